@@ -1,0 +1,5 @@
+import sys
+
+from pyobs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""The frozen configuration: environment variables, overridden by keyword options."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+HEALTH_PATHS = frozenset({"/health", "/healthz", "/ready", "/readyz", "/livez"})
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """A configuration value is malformed; the message names the variable and what it accepts."""
+
+
+@dataclass(frozen=True)
+class MetricsAuth:
+    """Credentials that guard the metrics endpoint."""
+
+    scheme: Literal["basic", "bearer"]
+    user: str = ""
+    secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective pyobs settings; see docs/configuration.md for every field."""
+
+    service_name: str = "unknown_service"
+    service_version: str = ""
+    environment: str = ""
+    log_level: str = "info"
+    log_format: Literal["json", "console"] = "json"
+    access_log: bool = True
+    metrics_path: str = "/metrics"
+    metrics_port: int | None = None
+    metrics_auth: MetricsAuth | None = None
+    excluded_paths: tuple[re.Pattern[str], ...] = ()
+    max_routes: int = 500
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    logstash_host: str | None = None
+    logstash_port: int = 5000
+    logstash_tls: bool = False
+    log_spool_dir: str | None = None
+    log_spool_max_bytes: int = 100 * 1024 * 1024
+    disabled: bool = False
+    tracing: bool = True
+    multiproc_dir: str | None = None
+
+    def is_excluded(self, path: str) -> bool:
+        """True for the metrics path, health paths and PYOBS_EXCLUDED_PATHS: no telemetry at all."""
+        if path == self.metrics_path or path in HEALTH_PATHS:
+            return True
+        return any(p.fullmatch(path) for p in self.excluded_paths)
+
+
+# --- parsers: each turns a raw string into a value or raises ValueError(what it accepts) ---
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("true/false (also 1/0, yes/no, on/off)")
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"a whole number from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        low = raw.strip().lower()
+        if low == "warn":
+            low = "warning"
+        if low not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return low
+
+    return parse
+
+
+def _path(raw: str) -> str:
+    raw = raw.strip()
+    if not raw.startswith("/") or " " in raw:
+        raise ValueError("a URL path starting with '/', e.g. /metrics")
+    return raw
+
+
+def _auth(raw: str) -> MetricsAuth | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    scheme, _, rest = raw.partition(":")
+    if scheme == "basic":
+        user, sep, password = rest.partition(":")
+        if sep and user and password:
+            return MetricsAuth("basic", user, password)
+    elif scheme == "bearer" and rest:
+        return MetricsAuth("bearer", "", rest)
+    raise ValueError("'basic:USER:PASS' or 'bearer:TOKEN'")
+
+
+def _regexes(raw: str) -> tuple[re.Pattern[str], ...]:
+    out = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(re.compile(part))
+        except re.error as exc:
+            raise ValueError(f"comma-separated regular expressions ({part!r}: {exc})") from None
+    return tuple(out)
+
+
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    out = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"comma-separated IP addresses or CIDR networks ({part!r} is neither)"
+            ) from None
+    return tuple(out)
+
+
+def _nonempty(raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _optional_port(raw: str) -> int | None:
+    return _int_range(1, 65535)(raw) if raw.strip() else None
+
+
+# field -> (environment variable, parser)
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "service_name": ("PYOBS_SERVICE_NAME", _nonempty),
+    "service_version": ("PYOBS_SERVICE_VERSION", _nonempty),
+    "environment": ("PYOBS_ENVIRONMENT", _nonempty),
+    "log_level": ("PYOBS_LOG_LEVEL", _choice(*LOG_LEVELS)),
+    "log_format": ("PYOBS_LOG_FORMAT", _choice("json", "console")),
+    "access_log": ("PYOBS_ACCESS_LOG", _bool),
+    "metrics_path": ("PYOBS_METRICS_PATH", _path),
+    "metrics_port": ("PYOBS_METRICS_PORT", _optional_port),
+    "metrics_auth": ("PYOBS_METRICS_AUTH", _auth),
+    "excluded_paths": ("PYOBS_EXCLUDED_PATHS", _regexes),
+    "max_routes": ("PYOBS_MAX_ROUTES", _int_range(1, 1_000_000)),
+    "trusted_proxies": ("PYOBS_TRUSTED_PROXIES", _networks),
+    "logstash_host": ("PYOBS_LOGSTASH_HOST", _optional_str),
+    "logstash_port": ("PYOBS_LOGSTASH_PORT", _int_range(1, 65535)),
+    "logstash_tls": ("PYOBS_LOGSTASH_TLS", _bool),
+    "log_spool_dir": ("PYOBS_LOG_SPOOL_DIR", _optional_str),
+    "log_spool_max_bytes": ("PYOBS_LOG_SPOOL_MAX_BYTES", _int_range(0, 2**50)),
+    "disabled": ("PYOBS_DISABLED", _bool),
+    "tracing": ("PYOBS_TRACING", _bool),
+    "multiproc_dir": ("PROMETHEUS_MULTIPROC_DIR", _optional_str),
+}
+
+ENV_VARS: Mapping[str, str] = {name: var for name, (var, _) in _ENV.items()}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Accept keyword options either as typed values or as the same strings the env takes."""
+    var, parser = _ENV[name]
+    if isinstance(value, str):
+        try:
+            return parser(value)
+        except ValueError as exc:
+            raise ConfigError(f"option {name}={value!r} (like {var}) accepts {exc}") from None
+    if name == "excluded_paths" and not isinstance(value, tuple):
+        return tuple(re.compile(p) if isinstance(p, str) else p for p in value)
+    if name == "trusted_proxies" and not isinstance(value, tuple):
+        return _networks(",".join(str(v) for v in value))
+    return value
+
+
+def load_config(env: Mapping[str, str] | None = None, **options: Any) -> Config:
+    """Build the frozen Config from ``env`` (default os.environ) and options (options win)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, (var, parser) in _ENV.items():
+        raw = env.get(var)
+        if raw is None:
+            continue
+        try:
+            values[name] = parser(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{var}={raw!r} is invalid: it accepts {exc}") from None
+    if "service_name" not in values and env.get("OTEL_SERVICE_NAME"):
+        values["service_name"] = env["OTEL_SERVICE_NAME"].strip()
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        values["tracing"] = False
+    known = {f.name for f in dataclasses.fields(Config)}
+    for name, value in options.items():
+        if name not in known:
+            raise ConfigError(f"unknown option {name!r}; known options: {', '.join(sorted(known))}")
+        if value is not None:
+            values[name] = _coerce(name, value)
+    if not values.get("service_name"):
+        values.pop("service_name", None)
+    return Config(**values)

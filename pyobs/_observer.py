@@ -1,0 +1,341 @@
+"""The one framework-neutral request path: plain facts in; metrics, span and access log out."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from pyobs import tracing
+from pyobs._config import Config
+from pyobs.logs import ACCESS_LOGGER, request_id_var
+from pyobs.metrics import PyobsMetrics, get_metrics
+from pyobs.redact import redact_header, redact_query
+
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+CLIENT_CLOSED = 499
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+_access = logging.getLogger(ACCESS_LOGGER)
+_internal = logging.getLogger("pyobs.internal")
+_reported: set[tuple[str, str]] = set()
+
+
+def report_internal_error(where: str, exc: BaseException) -> None:
+    """Log an error inside pyobs once per (place, error type); the request goes on."""
+    key = (where, type(exc).__name__)
+    if key in _reported:
+        return
+    _reported.add(key)
+    try:
+        _internal.error(
+            "pyobs internal error in %s (reported once; the request was served)",
+            where,
+            exc_info=exc,
+        )
+    except Exception:  # noqa: BLE001 - never let reporting break the request
+        pass
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """What a protocol layer knows about a request before the app runs."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-cased names
+    scheme: str = "http"
+    query: str = ""
+    client_addr: str | None = None
+    client_port: int | None = None
+    server_addr: str | None = None
+    server_port: int | None = None
+    http_version: str = "1.1"
+
+
+@dataclass(slots=True)
+class RequestHandle:
+    """Per-request state between start() and finish(); adapters set ``route``."""
+
+    facts: RequestFacts
+    method: str
+    request_id: str
+    start: float
+    route: str | None = None
+    status: int | None = None
+    response_bytes: int = 0
+    exception: BaseException | None = None
+    disconnected: bool = False
+    finished: bool = False
+    span: Any = None
+    owns_span: bool = False
+    trace_id: str | None = None
+    tokens: list[Any] = field(default_factory=list)
+
+
+def method_label(method: str) -> str:
+    """The method, or _OTHER for anything outside the standard set."""
+    upper = method.upper()
+    return upper if upper in STANDARD_METHODS else "_OTHER"
+
+
+class RequestObserver:
+    """Feeds metrics, the SERVER span and the access log from one code path."""
+
+    def __init__(self, config: Config, metrics: PyobsMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or get_metrics()
+        self.tracer = tracing.get_tracer() if config.tracing else None
+        self._capture_headers = _capture_header_names()
+
+    # -- start -------------------------------------------------------------------------
+
+    def start(self, facts: RequestFacts) -> RequestHandle | None:
+        """Begin observing; None for excluded paths (metrics, health, PYOBS_EXCLUDED_PATHS)."""
+        try:
+            if self.config.is_excluded(facts.path):
+                return None
+            return self._start(facts)
+        except Exception as exc:  # noqa: BLE001 - failsafe: the request must go on
+            report_internal_error("start", exc)
+            return None
+
+    def _start(self, facts: RequestFacts) -> RequestHandle:
+        method = method_label(facts.method)
+        incoming = facts.headers.get("x-request-id")
+        request_id = (
+            incoming
+            if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
+            else uuid.uuid4().hex
+        )
+        handle = RequestHandle(facts, method, request_id, time.perf_counter())
+        m = self.metrics
+        m.child(m.active_requests, method).inc()
+        if self.tracer is not None:
+            self._start_span(handle)
+        handle.tokens.append(request_id_var.set(request_id))
+        return handle
+
+    def _start_span(self, handle: RequestHandle) -> None:
+        current = trace.get_current_span()
+        # The OTel contrib instrumentation is already serving this request: reuse its span.
+        if current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
+            handle.span = current
+        else:
+            facts = handle.facts
+            parent = tracing.extract(facts.headers)
+            attrs: dict[str, Any] = {
+                "http.request.method": handle.method,
+                "url.path": facts.path,
+                "url.scheme": facts.scheme,
+                "network.protocol.version": facts.http_version,
+            }
+            if handle.method == "_OTHER":
+                attrs["http.request.method_original"] = facts.method
+            if facts.query:
+                attrs["url.query"] = redact_query(facts.query)
+            if facts.server_addr:
+                attrs["server.address"] = facts.server_addr
+            if facts.server_port:
+                attrs["server.port"] = facts.server_port
+            client = self.client_ip(facts)
+            if client:
+                attrs["client.address"] = client
+            ua = facts.headers.get("user-agent")
+            if ua:
+                attrs["user_agent.original"] = ua
+            if self._capture_headers is not None:
+                for name, value in facts.headers.items():
+                    if self._capture_headers.fullmatch(name):
+                        attrs[f"http.request.header.{name}"] = [redact_header(name, value)]
+            span = self.tracer.start_span(  # type: ignore[union-attr]
+                handle.method, context=parent, kind=SpanKind.SERVER, attributes=attrs
+            )
+            handle.span = span
+            handle.owns_span = True
+            handle.tokens.append(otel_context.attach(trace.set_span_in_context(span, parent)))
+        ctx = handle.span.get_span_context()
+        if ctx.trace_flags.sampled:
+            handle.trace_id = format(ctx.trace_id, "032x")
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def client_ip(self, facts: RequestFacts) -> str | None:
+        """The peer, or the first untrusted X-Forwarded-For hop when the peer is a trusted proxy."""
+        peer = facts.client_addr
+        proxies = self.config.trusted_proxies
+        if not proxies or peer is None:
+            return peer
+        forwarded = facts.headers.get("x-forwarded-for")
+        if not forwarded or not _trusted(peer, proxies):
+            return peer
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not _trusted(hop, proxies):
+                return hop
+        return hops[0] if hops else peer
+
+    def response_headers(self, handle: RequestHandle) -> list[tuple[str, str]]:
+        """Headers to add to the response: the request id, echoed."""
+        return [("X-Request-ID", handle.request_id)]
+
+    def detach(self, handle: RequestHandle) -> None:
+        """Leave the request's context (call where start() was called, after the app returns)."""
+        tokens, handle.tokens = handle.tokens, []
+        for token in reversed(tokens):
+            try:
+                if token.var is request_id_var:
+                    request_id_var.reset(token)
+                else:
+                    otel_context.detach(token)
+            except Exception as exc:  # noqa: BLE001 - a token from another context
+                report_internal_error("detach", exc)
+
+    # -- finish ------------------------------------------------------------------------
+
+    def finish(
+        self,
+        handle: RequestHandle,
+        status: int | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Record the request once: metrics, span end, access log."""
+        if handle.finished:
+            return
+        handle.finished = True
+        try:
+            self._finish(handle, status, exception)
+        except Exception as exc:  # noqa: BLE001 - failsafe: the response is already on its way
+            report_internal_error("finish", exc)
+
+    def _finish(
+        self, handle: RequestHandle, status: int | None, exception: BaseException | None
+    ) -> None:
+        duration = time.perf_counter() - handle.start
+        if exception is not None:
+            handle.exception = exception
+        exc = handle.exception
+        if handle.disconnected:
+            code = CLIENT_CLOSED
+        elif status is not None:
+            code = status
+        elif handle.status is not None:
+            code = handle.status
+        else:
+            code = 500
+        if exc is not None and code < 500 and not handle.disconnected:
+            code = 500
+        m = self.metrics
+        method = handle.method
+        route = m.route_label(handle.route)
+        status_label = str(code)
+        m.child(m.active_requests, method).dec()
+        exemplar = {"trace_id": handle.trace_id} if handle.trace_id else None
+        m.child(m.request_duration, method, route, status_label).observe(duration, exemplar)
+        m.child(m.response_size, method, route, status_label).observe(handle.response_bytes)
+        length = handle.facts.headers.get("content-length")
+        if length is not None and length.isdigit():
+            m.child(m.request_size, method, route).observe(int(length))
+        if exc is not None:
+            m.child(m.exceptions, method, route, _error_type(exc)).inc()
+        span = handle.span
+        if span is not None and not span.is_recording():
+            span = None  # an adopted span that its owner already ended
+        if span is not None:
+            if handle.route is not None:
+                span.set_attribute("http.route", handle.route)
+                if handle.owns_span:
+                    span.update_name(f"{method} {handle.route}")
+            span.set_attribute("http.response.status_code", code)
+            if exc is not None:
+                span.set_attribute("error.type", _error_type(exc))
+                span.record_exception(exc)
+            elif code >= 500:
+                span.set_attribute("error.type", status_label)
+            if code >= 500 or exc is not None:
+                span.set_status(Status(StatusCode.ERROR))
+        if self.config.access_log:
+            self._access_log(handle, code, duration, exc)
+        if span is not None and handle.owns_span:
+            span.end()
+
+    def _access_log(
+        self, handle: RequestHandle, code: int, duration: float, exc: BaseException | None
+    ) -> None:
+        level = logging.ERROR if code >= 500 else logging.WARNING if code >= 400 else logging.INFO
+        if not _access.isEnabledFor(level):
+            return
+        facts = handle.facts
+        extra: dict[str, Any] = {
+            # The request's own ids, even when a server closes the body in another context.
+            "http.request.id": handle.request_id,
+            "event.dataset": ACCESS_LOGGER,
+            "http.request.method": handle.method,
+            "url.path": facts.path,
+            "http.response.status_code": code,
+            "http.response.body.bytes": handle.response_bytes,
+            "event.duration": int(duration * 1e9),
+        }
+        if handle.span is not None:
+            ctx = handle.span.get_span_context()
+            extra["trace.id"] = format(ctx.trace_id, "032x")
+            extra["span.id"] = format(ctx.span_id, "016x")
+        if facts.query:
+            extra["url.query"] = redact_query(facts.query)
+        if handle.route is not None:
+            extra["http.route"] = handle.route
+        client = self.client_ip(facts)
+        if client:
+            extra["client.ip"] = client
+        ua = facts.headers.get("user-agent")
+        if ua:
+            extra["user_agent.original"] = ua
+        message = f"{facts.method} {facts.path} {code}"
+        exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+        _access.log(level, message, extra=extra, exc_info=exc_info)
+
+
+def _error_type(exc: BaseException) -> str:
+    return type(exc).__qualname__
+
+
+def _trusted(address: str, proxies: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in proxies)
+
+
+def _capture_header_names() -> re.Pattern[str] | None:
+    """OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST (names or regexes), redacted."""
+    raw = os.environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "")
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    if not names:
+        return None
+    try:
+        return re.compile("|".join(f"(?:{n})" for n in names), re.IGNORECASE)
+    except re.error:
+        return re.compile("|".join(re.escape(n) for n in names), re.IGNORECASE)
+
+
+def headers_from_pairs(pairs: Any) -> dict[str, str]:
+    """Lower-cased header dict from ASGI-style (bytes, bytes) pairs; repeated names are joined."""
+    out: dict[str, str] = {}
+    for raw_name, raw_value in pairs:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        out[name] = f"{out[name]},{value}" if name in out else value
+    return out

@@ -1,0 +1,201 @@
+"""ASGI middleware: metrics, a SERVER span and the access log for any ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from pyobs import _state, exposition
+from pyobs._observer import (
+    RequestFacts,
+    RequestHandle,
+    RequestObserver,
+    headers_from_pairs,
+    report_internal_error,
+)
+
+HANDLE_KEY = "pyobs.handle"
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RouteResolver = Callable[[Scope], "str | None"]
+
+LAG_INTERVAL = 0.5  # seconds between event-loop lag probes
+
+
+def facts_from_scope(scope: Scope) -> tuple[RequestFacts, dict[str, str]]:
+    """Plain request facts (and the lower-cased headers) from an ASGI HTTP scope."""
+    headers = headers_from_pairs(scope.get("headers") or ())
+    client = scope.get("client") or (None, None)
+    server = scope.get("server") or (None, None)
+    query = scope.get("query_string") or b""
+    host = headers.get("host")
+    facts = RequestFacts(
+        method=scope.get("method", "GET"),
+        path=scope.get("path", "/"),
+        headers=headers,
+        scheme=scope.get("scheme", "http"),
+        query=query.decode("latin-1") if isinstance(query, bytes) else str(query),
+        client_addr=client[0],
+        client_port=client[1],
+        server_addr=host.split(":")[0] if host else server[0],
+        server_port=server[1],
+        http_version=scope.get("http_version", "1.1"),
+    )
+    return facts, headers
+
+
+_lag_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def ensure_loop_lag_monitor() -> None:
+    """Start one lag probe per running event loop (pyobs_event_loop_lag_seconds)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if loop in _lag_loops:
+        return
+    _lag_loops.add(loop)
+    from pyobs.metrics import get_metrics
+
+    histogram = get_metrics().loop_lag
+
+    async def probe() -> None:
+        while True:
+            expected = loop.time() + LAG_INTERVAL
+            await asyncio.sleep(LAG_INTERVAL)
+            histogram.observe(max(0.0, loop.time() - expected))
+
+    task = loop.create_task(probe(), name="pyobs-loop-lag")
+    _lag_tasks.add(task)
+    task.add_done_callback(_lag_tasks.discard)
+
+
+_lag_tasks: set[asyncio.Task[None]] = set()
+
+
+class ObservabilityMiddleware:
+    """Wrap an ASGI app. WebSocket and lifespan scopes pass through untouched.
+
+    ``route_resolver(scope)`` returns the route template after the app ran; adapters may
+    instead set ``scope["pyobs.handle"].route`` while routing.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        route_resolver: RouteResolver | None = None,
+        framework: str | None = None,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.route_resolver = route_resolver
+        self.config = _state.ensure_setup(framework or "asgi", **options)
+        self.observer: RequestObserver | None = (
+            None if self.config.disabled else _state.get_observer()
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        observer = self.observer
+        if observer is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        config = observer.config
+        if config.metrics_port is None and scope.get("path") == config.metrics_path:
+            await self._serve_metrics(observer, scope, send)
+            return
+        try:
+            ensure_loop_lag_monitor()
+            facts, _ = facts_from_scope(scope)
+        except Exception as exc:  # noqa: BLE001 - failsafe
+            report_internal_error("asgi.scope", exc)
+            await self.app(scope, receive, send)
+            return
+        handle = observer.start(facts)
+        if handle is None:
+            await self.app(scope, receive, send)
+            return
+        # Routers rewrite root_path/path_params in place; resolve the route on the original.
+        original = dict(scope) if self.route_resolver is not None else scope
+        scope[HANDLE_KEY] = handle
+        extra = [(k.lower().encode(), v.encode()) for k, v in observer.response_headers(handle)]
+
+        async def observed_receive() -> Message:
+            message = await receive()
+            if message.get("type") == "http.disconnect" and not handle.finished:
+                handle.disconnected = True
+            return message
+
+        async def observed_send(message: Message) -> None:
+            kind = message.get("type")
+            if kind == "http.response.start":
+                handle.status = message.get("status")
+                message = dict(message)
+                message["headers"] = [*message.get("headers", ()), *extra]
+            elif kind == "http.response.body":
+                handle.response_bytes += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    try:
+                        await send(message)
+                    except OSError:
+                        handle.disconnected = True
+                        raise
+                    # The last byte is out: this is where the duration ends.
+                    handle.disconnected = False
+                    self._finish(observer, handle, original)
+                    return
+            try:
+                await send(message)
+            except OSError:
+                handle.disconnected = True
+                raise
+
+        try:
+            await self.app(scope, observed_receive, observed_send)
+        except BaseException as exc:
+            if not handle.finished:
+                if isinstance(exc, asyncio.CancelledError):
+                    handle.disconnected = True
+                self._finish(observer, handle, original, exc)
+            raise
+        else:
+            if not handle.finished:
+                # The app returned before the last body byte (or sent nothing: 500).
+                self._finish(observer, handle, original)
+        finally:
+            observer.detach(handle)
+
+    def _finish(
+        self,
+        observer: RequestObserver,
+        handle: RequestHandle,
+        scope: Scope,
+        exc: BaseException | None = None,
+    ) -> None:
+        if handle.route is None and self.route_resolver is not None:
+            try:
+                handle.route = self.route_resolver(scope)
+            except Exception:  # noqa: BLE001 - an unresolvable route is just unmatched
+                handle.route = None
+        observer.finish(handle, exception=exc)
+
+    @staticmethod
+    async def _serve_metrics(observer: RequestObserver, scope: Scope, send: Send) -> None:
+        headers = headers_from_pairs(scope.get("headers") or ())
+        status, out_headers, body = exposition.render(
+            observer.config, headers.get("accept"), headers.get("authorization")
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.lower().encode(), v.encode()) for k, v in out_headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,41 @@
+"""Flask adapter: ``pyobs.flask.instrument(app)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyobs import _state
+from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware
+
+
+def _on_request_started(sender: Any, **_: Any) -> None:
+    from flask import request
+
+    handle = request.environ.get(HANDLE_KEY)
+    if handle is not None and request.url_rule is not None:
+        handle.route = request.url_rule.rule
+
+
+def _on_exception(sender: Any, exception: BaseException, **_: Any) -> None:
+    from flask import request
+
+    # Flask turns the exception into a 500 itself; record what it swallowed.
+    handle = request.environ.get(HANDLE_KEY)
+    if handle is not None:
+        handle.exception = exception
+
+
+def instrument(app: Any, **options: Any) -> Any:
+    """Instrument a Flask app; routes are labelled with their rules (/items/<int:item_id>)."""
+    from flask import got_request_exception, request_started
+
+    if getattr(app, "_pyobs_instrumented", False):
+        return app
+    config = _state.ensure_setup("flask", **options)
+    if config.disabled:
+        return app
+    app.wsgi_app = ObservabilityMiddleware(app.wsgi_app, framework="flask", **options)
+    request_started.connect(_on_request_started, app, weak=False)
+    got_request_exception.connect(_on_exception, app, weak=False)
+    app._pyobs_instrumented = True
+    return app

@@ -1,0 +1,234 @@
+"""ECS JSON logs for stdlib logging and structlog alike, with the request context (CONTRACT §5)."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+import traceback
+from typing import Any
+
+from opentelemetry import trace
+
+from pyobs._config import Config
+
+ECS_VERSION = "8.17.0"
+ACCESS_LOGGER = "pyobs.access"
+
+# The request id of the request being served (trace ids come from the OTel context).
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "pyobs_request_id", default=None
+)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` or structlog.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        from pythonjsonlogger.json import JsonEncoder
+    except ImportError:  # pragma: no cover - python-json-logger < 3.1
+        return str(value)
+    return JsonEncoder().default(value)
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """ECS error.* fields for an exception."""
+    cls = type(exc)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    return {
+        "error.type": name,
+        "error.message": str(exc),
+        "error.stack_trace": "".join(traceback.format_exception(cls, exc, exc.__traceback__)),
+    }
+
+
+class _Timestamps:
+    """UTC ISO-8601 with milliseconds; the seconds part is cached since it repeats."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
+
+
+class ECSFormatter(logging.Formatter):
+    """Formats any LogRecord (stdlib or structlog) as one flat ECS JSON line."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        super().__init__()
+        config = config or Config()
+        self._static: dict[str, Any] = {"ecs.version": ECS_VERSION}
+        self._static["service.name"] = config.service_name
+        if config.service_version:
+            self._static["service.version"] = config.service_version
+        if config.environment:
+            self._static["service.environment"] = config.environment
+        self._timestamp = _Timestamps()
+
+    def to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The ECS fields of ``record``, with the current request context."""
+        out: dict[str, Any] = {
+            "@timestamp": self._timestamp(record.created),
+            "log.level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        out.update(self._static)
+        out["log.logger"] = record.name
+        out["process.pid"] = record.process
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            out["trace.id"] = format(ctx.trace_id, "032x")
+            out["span.id"] = format(ctx.span_id, "016x")
+        request_id = request_id_var.get()
+        if request_id is not None:
+            out["http.request.id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info and record.exc_info[1] is not None:
+            out.update(error_fields(record.exc_info[1]))
+        elif record.stack_info:
+            out["error.stack_trace"] = record.stack_info
+        return out
+
+    @staticmethod
+    def dumps(fields: dict[str, Any]) -> str:
+        """One JSON line (without the newline)."""
+        return json.dumps(fields, default=_json_default, ensure_ascii=False)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.dumps(self.to_dict(record))
+
+
+class ConsoleFormatter(ECSFormatter):
+    """A readable developer format carrying the same fields."""
+
+    _SKIP = frozenset(
+        {"@timestamp", "log.level", "message", "log.logger", "ecs.version", "process.pid"}
+        | {"service.name", "service.version", "service.environment", "error.stack_trace"}
+    )
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = self.to_dict(record)
+        extras = " ".join(f"{k}={v}" for k, v in fields.items() if k not in self._SKIP)
+        line = (
+            f"{fields['@timestamp']} {fields['log.level'].upper():<8} "
+            f"{fields['log.logger']}: {fields['message']}"
+        )
+        if extras:
+            line += f"  {extras}"
+        if "error.stack_trace" in fields:
+            line += "\n" + str(fields["error.stack_trace"]).rstrip()
+        return line
+
+
+class StdoutHandler(logging.Handler):
+    """Writes formatted records to the *current* sys.stdout and counts them by level."""
+
+    pyobs_handler = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            stream = sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never break the app
+            self.handleError(record)
+            return
+        try:
+            from pyobs.metrics import get_metrics
+
+            metrics = get_metrics()
+            metrics.child(metrics.log_events, record.levelname.lower()).inc()
+        except Exception:  # noqa: BLE001 - a metric failure must not stop logging
+            pass
+
+
+_structlog_ours = False
+
+
+def _structlog_configure() -> None:
+    """Route structlog through stdlib logging so both produce the same ECS lines."""
+    import structlog
+
+    global _structlog_ours
+    if structlog.is_configured() and not _structlog_ours:
+        return  # the app configured structlog itself; leave it alone
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.render_to_log_kwargs,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    _structlog_ours = True
+
+
+def pyobs_handlers(logger: logging.Logger | None = None) -> list[logging.Handler]:
+    """Handlers pyobs installed on ``logger`` (default: root)."""
+    logger = logger or logging.getLogger()
+    return [h for h in logger.handlers if getattr(h, "pyobs_handler", False)]
+
+
+def configure_logging(config: Config) -> None:
+    """Install the stdout handler (and the Logstash shipper when configured) on the root logger."""
+    root = logging.getLogger()
+    for handler in pyobs_handlers(root):
+        root.removeHandler(handler)
+        if hasattr(handler, "close"):
+            handler.close()
+    formatter: ECSFormatter = (
+        ConsoleFormatter(config) if config.log_format == "console" else ECSFormatter(config)
+    )
+    handler = StdoutHandler()
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    if config.logstash_host:
+        try:
+            from pyobs.shipper import LogstashHandler
+        except ImportError:  # pragma: no cover - shipper module missing from a partial install
+            logging.getLogger("pyobs").warning("pyobs: the Logstash shipper is not available")
+        else:
+            shipper = LogstashHandler(config)
+            shipper.setFormatter(ECSFormatter(config))
+            shipper.pyobs_handler = True
+            root.addHandler(shipper)
+    root.setLevel(config.log_level.upper())
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+    _structlog_configure()
+
+
+def _reset() -> None:
+    global _structlog_ours
+    root = logging.getLogger()
+    for handler in pyobs_handlers(root):
+        root.removeHandler(handler)
+        handler.close()
+    try:
+        import structlog
+
+        if _structlog_ours:
+            structlog.reset_defaults()
+            _structlog_ours = False
+    except ImportError:  # pragma: no cover
+        pass

@@ -1,0 +1,204 @@
+"""WSGI middleware: metrics, a SERVER span and the access log for any WSGI app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from pyobs import _state, exposition
+from pyobs._observer import RequestFacts, RequestHandle, RequestObserver
+
+HANDLE_KEY = "pyobs.handle"
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+RouteResolver = Callable[[Environ], "str | None"]
+
+# Errors a WSGI server raises when the client went away mid-response.
+_DISCONNECTS: tuple[type[BaseException], ...] = (ConnectionError, BrokenPipeError)
+
+
+class _EnvironHeaders(Mapping[str, str]):
+    """Lower-cased header view over a WSGI environ, without copying it."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Environ) -> None:
+        self._environ = environ
+
+    @staticmethod
+    def _key(name: str) -> str:
+        upper = name.upper().replace("-", "_")
+        return upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + upper
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ[self._key(name)]
+        return str(value)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._environ.get(self._key(name), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._key(name) in self._environ
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].lower().replace("_", "-")
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                yield key.lower().replace("_", "-")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def facts_from_environ(environ: Environ) -> RequestFacts:
+    """Plain request facts from a WSGI environ."""
+    port = environ.get("SERVER_PORT")
+    remote_port = environ.get("REMOTE_PORT")
+    protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+    return RequestFacts(
+        method=environ.get("REQUEST_METHOD", "GET"),
+        path=(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/",
+        headers=_EnvironHeaders(environ),
+        scheme=environ.get("wsgi.url_scheme", "http"),
+        query=environ.get("QUERY_STRING", ""),
+        client_addr=environ.get("REMOTE_ADDR"),
+        client_port=int(remote_port) if remote_port and str(remote_port).isdigit() else None,
+        server_addr=(environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").split(":")[0]
+        or None,
+        server_port=int(port) if port and str(port).isdigit() else None,
+        http_version=protocol.partition("/")[2] or "1.1",
+    )
+
+
+def _status_code(status: str) -> int:
+    try:
+        return int(status.split(" ", 1)[0])
+    except ValueError:
+        return 500
+
+
+class ObservabilityMiddleware:
+    """Wrap a WSGI app: ``app.wsgi_app = ObservabilityMiddleware(app.wsgi_app)``.
+
+    ``route_resolver(environ)`` returns the route template after the app ran; adapters may
+    instead set ``environ["pyobs.handle"].route`` while routing.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        route_resolver: RouteResolver | None = None,
+        framework: str | None = None,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.route_resolver = route_resolver
+        self.config = _state.ensure_setup(framework or "wsgi", **options)
+        self.observer: RequestObserver | None = (
+            None if self.config.disabled else _state.get_observer()
+        )
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        observer = self.observer
+        if observer is None:
+            return self.app(environ, start_response)
+        config = observer.config
+        if config.metrics_port is None and environ.get("PATH_INFO") == config.metrics_path:
+            status, headers, body = exposition.render(
+                config, environ.get("HTTP_ACCEPT"), environ.get("HTTP_AUTHORIZATION")
+            )
+            start_response(f"{status} {'OK' if status == 200 else 'Unauthorized'}", headers)
+            return [body]
+        handle = observer.start(facts_from_environ(environ))
+        if handle is None:
+            return self.app(environ, start_response)
+        environ[HANDLE_KEY] = handle
+        extra_headers = observer.response_headers(handle)
+
+        def _start_response(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+            handle.status = _status_code(status)
+            return start_response(status, [*headers, *extra_headers], *args)
+
+        try:
+            result = self.app(environ, _start_response)
+        except BaseException as exc:
+            self._resolve(handle, environ)
+            observer.finish(handle, exception=exc)
+            observer.detach(handle)
+            raise
+        observer.detach(handle)
+        return _ObservedBody(result, observer, handle, self, environ)
+
+    def _resolve(self, handle: RequestHandle, environ: Environ) -> None:
+        if handle.route is None and self.route_resolver is not None:
+            try:
+                handle.route = self.route_resolver(environ)
+            except Exception:  # noqa: BLE001 - an unresolvable route is just unmatched
+                handle.route = None
+
+
+class _ObservedBody:
+    """Counts body bytes and finishes the request when the server closes the body."""
+
+    __slots__ = ("_done", "_environ", "_gen", "_handle", "_inner", "_middleware", "_observer")
+
+    def __init__(
+        self,
+        inner: Iterable[bytes],
+        observer: RequestObserver,
+        handle: RequestHandle,
+        middleware: ObservabilityMiddleware,
+        environ: Environ,
+    ) -> None:
+        self._inner = inner
+        self._gen: Iterator[bytes] | None = None
+        self._done = False
+        self._observer = observer
+        self._handle = handle
+        self._middleware = middleware
+        self._environ = environ
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._gen = self._iterate()
+        return self._gen
+
+    def _iterate(self) -> Iterator[bytes]:
+        handle = self._handle
+        try:
+            for chunk in self._inner:
+                handle.response_bytes += len(chunk)
+                yield chunk
+        except _DISCONNECTS:
+            handle.disconnected = True
+            raise
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            handle.exception = exc
+            raise
+        self._done = True
+
+    def close(self) -> None:
+        handle = self._handle
+        try:
+            if self._gen is not None and not self._done and handle.exception is None:
+                # The server stopped before the last byte: the client went away.
+                handle.disconnected = True
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._middleware._resolve(self._handle, self._environ)
+        self._observer.finish(self._handle)
+
+    def __del__(self) -> None:
+        # A server that never calls close() still gets the request recorded.
+        handle = getattr(self, "_handle", None)
+        if handle is not None and not handle.finished:
+            self._finish()

@@ -1,0 +1,44 @@
+"""Shared test helpers: real-service gating and pyobs state isolation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("PYOBS_REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
+
+
+def require_service(available: bool, reason: str) -> None:
+    """Skip when a real service or extra is missing; fail instead under PYOBS_REQUIRE_SERVICES=1."""
+    if available:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service missing (PYOBS_REQUIRE_SERVICES=1): {reason}")
+    pytest.skip(reason)
+
+
+def import_or_require(module: str) -> object:
+    """Import an optional framework, skipping locally and failing in CI when it is absent."""
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        require_service(False, f"{module} is not installed ({exc})")
+        raise  # unreachable: require_service skipped or failed
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Give every test a clean pyobs: no leftover config, metrics, handlers or env."""
+    for name in list(os.environ):
+        if name.startswith(("PYOBS_", "OTEL_")) or name == "PROMETHEUS_MULTIPROC_DIR":
+            monkeypatch.delenv(name, raising=False)
+    try:
+        from pyobs import testing
+    except ImportError:
+        yield
+        return
+    testing.reset()
+    yield
+    testing.reset()
