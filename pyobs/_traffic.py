@@ -59,7 +59,7 @@ def run(
     stop: threading.Event | None = None,
     seed: int | None = None,
 ) -> Counter[int]:
-    """Send about ``rate`` requests/s to each target until ``duration`` passes or ``stop`` is set."""
+    """Send about ``rate`` requests/s to each target until ``duration`` or ``stop``."""
     stop = stop or threading.Event()
     rng = random.Random(seed)
     counts: Counter[int] = Counter()

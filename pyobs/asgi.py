@@ -15,8 +15,10 @@ from pyobs._observer import (
     headers_from_pairs,
     report_internal_error,
 )
+from pyobs._websocket import open_session
 
 HANDLE_KEY = "pyobs.handle"
+WEBSOCKET_KEY = "pyobs.websocket"
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -80,10 +82,11 @@ _lag_tasks: set[asyncio.Task[None]] = set()
 
 
 class ObservabilityMiddleware:
-    """Wrap an ASGI app. WebSocket and lifespan scopes pass through untouched.
+    """Wrap an ASGI app: HTTP requests and WebSocket connections; lifespan passes through.
 
     ``route_resolver(scope)`` returns the route template after the app ran; adapters may
-    instead set ``scope["pyobs.handle"].route`` while routing.
+    instead set ``scope["pyobs.handle"].route`` while routing (for a WebSocket, set
+    ``scope["pyobs.websocket"].route`` before the app accepts the connection).
     """
 
     def __init__(
@@ -103,6 +106,9 @@ class ObservabilityMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         observer = self.observer
+        if observer is not None and scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if observer is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -170,6 +176,49 @@ class ObservabilityMiddleware:
                 self._finish(observer, handle, original)
         finally:
             observer.detach(handle)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One span, the pyobs_websocket_* metrics and connect/disconnect logs per connection."""
+        try:
+            ensure_loop_lag_monitor()
+            facts, _ = facts_from_scope(scope)
+            facts.method = "GET"
+            route = self.route_resolver(scope) if self.route_resolver is not None else None
+            session = open_session(facts, route)
+        except Exception as exc:  # noqa: BLE001 - failsafe
+            report_internal_error("asgi.websocket", exc)
+            session = None
+        if session is None:
+            await self.app(scope, receive, send)
+            return
+        scope[WEBSOCKET_KEY] = session
+
+        async def observed_receive() -> Message:
+            message = await receive()
+            kind = message.get("type")
+            if kind == "websocket.receive":
+                session.on_message("received")
+            elif kind == "websocket.disconnect":
+                session.on_close(message.get("code"))
+            return message
+
+        async def observed_send(message: Message) -> None:
+            kind = message.get("type")
+            await send(message)
+            if kind == "websocket.accept":
+                session.on_accept()
+            elif kind == "websocket.send":
+                session.on_message("sent")
+            elif kind == "websocket.close":
+                session.on_close(message.get("code", 1000))
+
+        with session.activate():
+            try:
+                await self.app(scope, observed_receive, observed_send)
+            except BaseException as exc:
+                session.on_close(exception=exc)
+                raise
+            session.on_close()
 
     def _finish(
         self,

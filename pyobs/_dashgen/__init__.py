@@ -17,16 +17,14 @@ HEADER = (
 )
 
 
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (long PromQL) as literal blocks; nothing folded."""
-
-
 def _str(dumper: yaml.SafeDumper, value: str) -> Any:
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-_Dumper.add_representer(str, _str)
+# Multi-line strings (long PromQL) as literal blocks; nothing folded.
+_Dumper = type("_Dumper", (yaml.SafeDumper,), {})
+yaml.add_representer(str, _str, Dumper=_Dumper)
 
 
 def to_yaml(data: Any) -> str:
@@ -50,14 +48,14 @@ def generate() -> dict[str, str]:
     for name, rules in promrules.rule_files().items():
         files[f"prometheus/rules/{name}"] = to_yaml(rules)
     for name, board in dashboards.dashboards().items():
-        files[f"dashboards/{name}"] = to_json(json.loads(json.dumps(board.build(), cls=JSONEncoder)))
+        files[f"dashboards/{name}"] = to_json(
+            json.loads(json.dumps(board.build(), cls=JSONEncoder))
+        )
     prov = "dashboards/provisioning"
     files[f"{prov}/datasources/pyobs.yml"] = to_yaml(provisioning.datasources())
     files[f"{prov}/dashboards/pyobs.yml"] = to_yaml(provisioning.dashboard_provider())
     files[f"{prov}/alerting/pyobs-rules.yml"] = to_yaml(provisioning.alert_rules_file())
-    files[f"{prov}/alerting/pyobs-contact-points.yml"] = to_yaml(
-        provisioning.contact_points_file()
-    )
+    files[f"{prov}/alerting/pyobs-contact-points.yml"] = to_yaml(provisioning.contact_points_file())
     files[f"{prov}/alerting/pyobs-policies.yml"] = to_yaml(provisioning.policies_file())
     return files
 
@@ -80,6 +78,5 @@ def stale(root: Path) -> list[str]:
     return [
         relative
         for relative, text in generate().items()
-        if not (root / relative).is_file()
-        or (root / relative).read_text(encoding="utf-8") != text
+        if not (root / relative).is_file() or (root / relative).read_text(encoding="utf-8") != text
     ]

@@ -98,7 +98,7 @@ def _route_variable() -> dash.QueryVariable:
 
 
 def _base(uid: str, title: str, description: str) -> dash.Dashboard:
-    links = [
+    links: list[cogbuilder.Builder[model.DashboardLink]] = [
         dash.DashboardLink("pyobs")
         .type(model.DashboardLinkType.DASHBOARDS)
         .tags(["pyobs"])
@@ -294,7 +294,9 @@ def _logs_panel() -> logs.Panel:
         .with_target(
             es.Dataquery()
             .ref_id("A")
-            .query('service.name:${service:lucene} AND log.level:("warning" OR "error" OR "critical")')
+            .query(
+                'service.name:${service:lucene} AND log.level:("warning" OR "error" OR "critical")'
+            )
             .time_field("@timestamp")
             .metrics([es.Logs().id("1")])
         )
@@ -331,7 +333,8 @@ def runtime() -> dash.Dashboard:
                 "CPU seconds per second, per instance.",
                 "percentunit",
                 _q(
-                    f"sum by (service, instance) (rate(process_cpu_seconds_total{{{SVC}}}[{RATE}]))",
+                    f"sum by (service, instance) "
+                    f"(rate(process_cpu_seconds_total{{{SVC}}}[{RATE}]))",
                     "{{service}} {{instance}}",
                 ),
             )
@@ -435,14 +438,11 @@ def runtime() -> dash.Dashboard:
 
 def slo_dashboard() -> dash.Dashboard:
     """Error budget left and burn rates of every SLO."""
-    board = (
-        _base(
-            slo.SLO_UID,
-            "pyobs / SLOs",
-            f"Error budgets over {slo.SLO_PERIOD} and the burn rates the alerts watch.",
-        )
-        .with_variable(_service_variable())
-    )
+    board = _base(
+        slo.SLO_UID,
+        "pyobs / SLOs",
+        f"Error budgets over {slo.SLO_PERIOD} and the burn rates the alerts watch.",
+    ).with_variable(_service_variable())
     for objective in slo.SLOS:
         period_ratio = objective.error_ratio_expr(slo.SLO_PERIOD, SVC)
         board = (

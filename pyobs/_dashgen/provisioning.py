@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from grafana_foundation_sdk.builders import alerting
@@ -20,6 +21,8 @@ DASHBOARDS_PATH = "/var/lib/grafana/dashboards"
 CONTACT_POINT = "pyobs-alertmanager"
 #: The math expression that decides; the data queries are A, B, C, ...
 CONDITION_REF = "Z"
+#: How often Grafana evaluates each rule group.
+EVALUATION_SECONDS = 60
 
 
 def datasources() -> dict[str, Any]:
@@ -138,7 +141,7 @@ def _rule(alert: slo.Alert, group: str) -> alerting.Rule:
     refs = [chr(ord("A") + i) for i in range(len(conditions))]
     rule = (
         alerting.Rule(alert.name)
-        .uid(f"pyobs-{alert.name.lower()}"[:40])
+        .uid(alert.name.lower()[:40])
         .folder_uid(FOLDER_UID)
         .rule_group(group)
         .condition(CONDITION_REF)
@@ -147,13 +150,9 @@ def _rule(alert: slo.Alert, group: str) -> alerting.Rule:
         .exec_err_state("Error")
         .is_paused(True)
         .labels({"severity": alert.severity, **alert.labels})
-        .annotations(
-            {key: _grafana_template(value) for key, value in alert.annotations().items()}
-        )
+        .annotations({key: _grafana_template(value) for key, value in alert.annotations().items()})
     )
-    longest = max(
-        (slo.seconds(w) for c in conditions for w in _windows(c.query)), default=300
-    )
+    longest = max((slo.seconds(w) for c in conditions for w in _windows(c.query)), default=300)
     for ref, condition in zip(refs, conditions, strict=True):
         rule = rule.with_query(
             alerting.Query(ref)
@@ -177,8 +176,6 @@ def _rule(alert: slo.Alert, group: str) -> alerting.Rule:
 
 
 def _windows(query: str) -> list[str]:
-    import re
-
     return re.findall(r"\[(\w+)\]", query) + re.findall(r"ratio_rate(\w+)\{", query)
 
 
@@ -186,7 +183,7 @@ def alert_rule_groups() -> list[alerting.RuleGroup]:
     """The Grafana-managed copies of the alerts, built with grafana-foundation-sdk."""
     groups: list[alerting.RuleGroup] = []
     for name, wanted in (("pyobs-slo", True), ("pyobs-service", False)):
-        group = alerting.RuleGroup(name).folder_uid(FOLDER_UID).interval("1m")
+        group = alerting.RuleGroup(name).folder_uid(FOLDER_UID).interval(EVALUATION_SECONDS)
         for alert in slo.ALERTS:
             if alert.grafana and ("slo" in alert.labels) == wanted:
                 group = group.with_rule(_rule(alert, name))
@@ -224,7 +221,7 @@ def alert_rules_file() -> dict[str, Any]:
                 "orgId": 1,
                 "name": group["title"],
                 "folder": FOLDER_TITLE,
-                "interval": group["interval"],
+                "interval": slo.duration(int(group["interval"])),
                 "rules": rules,
             }
         )

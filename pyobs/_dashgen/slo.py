@@ -43,7 +43,7 @@ SERVER_ERROR = 'http_response_status_code=~"5.."'
 
 @dataclass(frozen=True)
 class BurnWindow:
-    """One multi-window pair of the SRE workbook: alert when both windows burn faster than factor."""
+    """A window pair of the SRE workbook: alert when both windows burn faster than factor."""
 
     long: str
     short: str
@@ -163,11 +163,12 @@ class Alert:
 
     def annotations(self) -> dict[str, str]:
         """summary, description, runbook_url and dashboard_url (Prometheus template syntax)."""
+        service = "{{ $labels.service }}"
         return {
             "summary": self.summary,
             "description": self.description,
             "runbook_url": f"{RUNBOOK_URL}#{self.name.lower()}",
-            "dashboard_url": f"{GRAFANA_URL}/d/{self.dashboard}?var-service={{{{ $labels.service }}}}",
+            "dashboard_url": f"{GRAFANA_URL}/d/{self.dashboard}?var-service={service}",
         }
 
 

@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--framework",
         default="all",
-        help="framework to run, or 'all' (every example whose framework is installed)",
+        help="framework(s) to run, comma-separated, or 'all' (every installed one)",
     )
     parser.add_argument("--port", type=int, default=8000, help="first port (default 8000)")
     parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
@@ -122,11 +122,12 @@ def run(args: argparse.Namespace) -> int:
         skipped = sorted(set(examples) - set(chosen))
         if skipped:
             log.warning("skipping examples whose framework is not installed: %s", skipped)
-    elif args.framework in examples:
-        chosen = [args.framework]
     else:
-        log.error("unknown framework %r; examples: %s", args.framework, ", ".join(examples))
-        return 2
+        chosen = [n.strip() for n in args.framework.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in examples]
+        if unknown:
+            log.error("unknown framework %s; examples: %s", unknown, ", ".join(examples))
+            return 2
     if not chosen:
         log.error('no example can run: install a framework extra, e.g. pip install "pyobs[flask]"')
         return 2

@@ -1,0 +1,501 @@
+"""Tiny identical apps for every framework, and the instrumentation each benchmark config adds.
+
+Every app serves ``GET /items/{item_id}`` (the benchmarked route) next to a few other routes, so
+routing does realistic work. ``build(framework, config)`` returns a ``Target``: the app plus how
+it is driven in-process (see ``overhead.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any
+
+# Configurations measured for every framework, then its peers (when installed).
+BASE_CONFIGS = ("bare", "pyobs-metrics", "pyobs-full")
+
+# framework -> (driver kind, pyobs adapter module, peer configurations)
+FRAMEWORKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "flask": ("wsgi", "pyobs.flask", ("prometheus-flask-exporter", "otel-contrib")),
+    "flask-restful": (
+        "wsgi",
+        "pyobs.flask_restful",
+        ("prometheus-flask-exporter", "otel-contrib"),
+    ),
+    "django": ("wsgi", "pyobs.django", ("django-prometheus", "otel-contrib")),
+    "drf": ("wsgi", "pyobs.django", ("django-prometheus", "otel-contrib")),
+    "fastapi": (
+        "asgi",
+        "pyobs.fastapi",
+        ("prometheus-fastapi-instrumentator", "starlette-exporter", "otel-contrib"),
+    ),
+    "starlette": ("asgi", "pyobs.starlette", ("starlette-exporter", "otel-contrib")),
+    "tornado": ("tornado", "pyobs.tornado", ("otel-contrib",)),
+    "falcon": ("wsgi", "pyobs.falcon", ("otel-contrib",)),
+    "sanic": ("asgi", "pyobs.sanic", ()),  # no OTel contrib instrumentation for Sanic
+    "pyramid": ("wsgi", "pyobs.pyramid", ("otel-contrib",)),
+    "aiohttp": ("aiohttp", "pyobs.aiohttp", ("otel-contrib",)),
+}
+
+# Python modules each peer configuration needs (checked before a worker starts).
+PEER_MODULES: dict[str, dict[str, str]] = {
+    "prometheus-flask-exporter": {"*": "prometheus_flask_exporter"},
+    "prometheus-fastapi-instrumentator": {"*": "prometheus_fastapi_instrumentator"},
+    "starlette-exporter": {"*": "starlette_exporter"},
+    "django-prometheus": {"*": "django_prometheus"},
+    "otel-contrib": {
+        "flask": "opentelemetry.instrumentation.flask",
+        "flask-restful": "opentelemetry.instrumentation.flask",
+        "django": "opentelemetry.instrumentation.django",
+        "drf": "opentelemetry.instrumentation.django",
+        "fastapi": "opentelemetry.instrumentation.fastapi",
+        "starlette": "opentelemetry.instrumentation.starlette",
+        "tornado": "opentelemetry.instrumentation.tornado",
+        "falcon": "opentelemetry.instrumentation.falcon",
+        "pyramid": "opentelemetry.instrumentation.pyramid",
+        "aiohttp": "opentelemetry.instrumentation.aiohttp_server",
+    },
+}
+
+# The framework itself, by import name (a missing one is reported, not fatal).
+FRAMEWORK_MODULES = {
+    "flask": "flask",
+    "flask-restful": "flask_restful",
+    "django": "django",
+    "drf": "rest_framework",
+    "fastapi": "fastapi",
+    "starlette": "starlette",
+    "tornado": "tornado",
+    "falcon": "falcon",
+    "sanic": "sanic",
+    "pyramid": "pyramid",
+    "aiohttp": "aiohttp",
+}
+
+DRIVEN_AS = {
+    "wsgi": "WSGI callable, environ built per request, body iterated and closed",
+    "asgi": "ASGI callable on one event loop, scope/receive/send per request",
+    "tornado": (
+        "Application.start_request() delegate fed headers_received()+finish(), "
+        "as tornado's HTTP/1 connection does, with an in-memory connection"
+    ),
+    "aiohttp": (
+        "aiohttp make_mocked_request() through Application._handle() (router + "
+        "middlewares), then response prepare()+write_eof() into an in-memory writer"
+    ),
+}
+
+ITEM = {"id": 7, "name": "widget", "price": 9.5}
+PEER_LABEL = {
+    "otel-contrib": "OTel contrib",
+}
+
+
+@dataclass
+class Target:
+    """An app ready to drive, and how to drive it."""
+
+    kind: str  # wsgi | asgi | tornado | aiohttp
+    app: Any
+    note: str = ""
+
+
+def _item(item_id: int) -> dict[str, Any]:
+    return {**ITEM, "id": item_id}
+
+
+def missing_module(framework: str, config: str) -> str | None:
+    """The module a (framework, config) needs that is not installed, else None."""
+    needed = [FRAMEWORK_MODULES[framework]]
+    if config.startswith("pyobs"):
+        needed.append(FRAMEWORKS[framework][1])
+    elif config != "bare":
+        table = PEER_MODULES[config]
+        needed.append(table.get(framework, table.get("*", "")))
+    for name in needed:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
+def build(framework: str, config: str) -> Target:
+    """Build the framework's app instrumented as ``config`` says (pyobs.setup ran already)."""
+    builder = globals()["_build_" + framework.replace("-", "_")]
+    target: Target = builder(config)
+    return target
+
+
+# --- WSGI frameworks --------------------------------------------------------------------
+
+
+def _flask_app() -> Any:
+    from flask import Flask
+
+    app = Flask("bench")
+
+    @app.get("/items/<int:item_id>")
+    def get_item(item_id: int) -> dict[str, Any]:
+        return _item(item_id)
+
+    @app.get("/users/<name>")
+    def get_user(name: str) -> dict[str, Any]:
+        return {"name": name}
+
+    @app.post("/items")
+    def create_item() -> tuple[dict[str, Any], int]:
+        return _item(1), 201
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _instrument_flask(app: Any, config: str) -> None:
+    if config.startswith("pyobs"):
+        import pyobs.flask
+
+        pyobs.flask.instrument(app)
+    elif config == "prometheus-flask-exporter":
+        from prometheus_flask_exporter import PrometheusMetrics
+
+        PrometheusMetrics(app)
+    elif config == "otel-contrib":
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor().instrument_app(app)
+
+
+def _build_flask(config: str) -> Target:
+    app = _flask_app()
+    _instrument_flask(app, config)
+    return Target("wsgi", app)
+
+
+def _build_flask_restful(config: str) -> Target:
+    from flask import Flask
+    from flask_restful import Api, Resource
+
+    class Item(Resource):  # type: ignore[misc]
+        def get(self, item_id: int) -> dict[str, Any]:
+            return _item(item_id)
+
+    class User(Resource):  # type: ignore[misc]
+        def get(self, name: str) -> dict[str, Any]:
+            return {"name": name}
+
+    app = Flask("bench")
+    api = Api(app)
+    api.add_resource(Item, "/items/<int:item_id>")
+    api.add_resource(User, "/users/<name>")
+    if config.startswith("pyobs"):
+        adapter = importlib.import_module("pyobs.flask_restful")
+        adapter.instrument(api)
+    else:
+        _instrument_flask(app, config)
+    return Target("wsgi", app)
+
+
+def _django_app(config: str, drf: bool) -> Target:
+    import django
+    from django.conf import settings
+    from django.http import JsonResponse
+    from django.urls import path
+
+    middleware = [
+        "django.middleware.security.SecurityMiddleware",
+        "django.middleware.common.CommonMiddleware",
+    ]
+    apps = ["django.contrib.contenttypes", "django.contrib.auth"]
+    if drf:
+        apps.append("rest_framework")
+    if config.startswith("pyobs"):
+        middleware.insert(0, "pyobs.django.ObservabilityMiddleware")
+    elif config == "django-prometheus":
+        apps.append("django_prometheus")
+        middleware = [
+            "django_prometheus.middleware.PrometheusBeforeMiddleware",
+            *middleware,
+            "django_prometheus.middleware.PrometheusAfterMiddleware",
+        ]
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="benchmark-only",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF="bench_urls",
+        MIDDLEWARE=middleware,
+        INSTALLED_APPS=apps,
+        DATABASES={},
+        USE_TZ=True,
+        LOGGING_CONFIG=None,
+        REST_FRAMEWORK={
+            "DEFAULT_AUTHENTICATION_CLASSES": [],
+            "DEFAULT_PERMISSION_CLASSES": [],
+            "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+            "UNAUTHENTICATED_USER": None,
+        },
+    )
+    if config == "otel-contrib":
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+        DjangoInstrumentor().instrument()  # inserts its middleware into settings.MIDDLEWARE
+    django.setup()
+
+    urls = types.ModuleType("bench_urls")
+    if drf:
+        from rest_framework.response import Response
+        from rest_framework.views import APIView
+
+        class ItemView(APIView):  # type: ignore[misc]
+            def get(self, request: Any, item_id: int) -> Any:
+                return Response(_item(item_id))
+
+        class UserView(APIView):  # type: ignore[misc]
+            def get(self, request: Any, name: str) -> Any:
+                return Response({"name": name})
+
+        item_view: Any = ItemView.as_view()
+        user_view: Any = UserView.as_view()
+    else:
+
+        def item_view(request: Any, item_id: int) -> Any:
+            return JsonResponse(_item(item_id))
+
+        def user_view(request: Any, name: str) -> Any:
+            return JsonResponse({"name": name})
+
+    urls.urlpatterns = [  # type: ignore[attr-defined]
+        path("items/<int:item_id>", item_view),
+        path("users/<str:name>", user_view),
+    ]
+    sys.modules["bench_urls"] = urls
+
+    from django.core.wsgi import get_wsgi_application
+
+    return Target("wsgi", get_wsgi_application())
+
+
+def _build_django(config: str) -> Target:
+    return _django_app(config, drf=False)
+
+
+def _build_drf(config: str) -> Target:
+    return _django_app(config, drf=True)
+
+
+def _build_falcon(config: str) -> Target:
+    if config == "otel-contrib":
+        from opentelemetry.instrumentation.falcon import FalconInstrumentor
+
+        FalconInstrumentor().instrument()  # patches falcon.App: must precede the app
+    import falcon
+
+    class ItemResource:
+        def on_get(self, req: Any, resp: Any, item_id: int) -> None:
+            resp.media = _item(item_id)
+
+    class UserResource:
+        def on_get(self, req: Any, resp: Any, name: str) -> None:
+            resp.media = {"name": name}
+
+    app = falcon.App()
+    app.add_route("/items/{item_id:int}", ItemResource())
+    app.add_route("/users/{name}", UserResource())
+    if config.startswith("pyobs"):
+        adapter = importlib.import_module("pyobs.falcon")
+        app = adapter.instrument(app) or app
+    return Target("wsgi", app)
+
+
+def _build_pyramid(config: str) -> Target:
+    if config == "otel-contrib":
+        from opentelemetry.instrumentation.pyramid import PyramidInstrumentor
+
+        PyramidInstrumentor().instrument()  # patches Configurator: must precede it
+    from pyramid.config import Configurator
+
+    def item_view(request: Any) -> dict[str, Any]:
+        return _item(int(request.matchdict["item_id"]))
+
+    def user_view(request: Any) -> dict[str, Any]:
+        return {"name": request.matchdict["name"]}
+
+    with Configurator() as cfg:
+        if config.startswith("pyobs"):
+            cfg.include("pyobs.pyramid")
+        cfg.add_route("item", "/items/{item_id}")
+        cfg.add_route("user", "/users/{name}")
+        cfg.add_view(item_view, route_name="item", renderer="json")
+        cfg.add_view(user_view, route_name="user", renderer="json")
+        app = cfg.make_wsgi_app()
+    return Target("wsgi", app)
+
+
+# --- ASGI frameworks --------------------------------------------------------------------
+
+
+def _fastapi_app(native_telemetry: bool) -> Any:
+    from fastapi import FastAPI
+
+    kwargs: dict[str, Any] = {}
+    if not native_telemetry:
+        kwargs["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
+    try:
+        app = FastAPI(**kwargs)
+    except TypeError:  # a FastAPI release without native telemetry
+        app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def get_item(item_id: int) -> dict[str, Any]:
+        return _item(item_id)
+
+    @app.get("/users/{name}")
+    async def get_user(name: str) -> dict[str, Any]:
+        return {"name": name}
+
+    @app.post("/items", status_code=201)
+    async def create_item() -> dict[str, Any]:
+        return _item(1)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _build_fastapi(config: str) -> Target:
+    # Bare and Prometheus-peer apps switch FastAPI's native OTel telemetry off so they stay
+    # bare; pyobs switches native tracing off itself; the OTel contrib config keeps FastAPI's
+    # defaults (FastAPI sees contrib's middleware and stands down: overhead.py counts spans).
+    app = _fastapi_app(native_telemetry=config in ("otel-contrib", "pyobs-full"))
+    note = "" if config in ("otel-contrib", "pyobs-full") else "FastAPI native telemetry off"
+    if config.startswith("pyobs"):
+        import pyobs.fastapi
+
+        pyobs.fastapi.instrument(app)
+    elif config == "prometheus-fastapi-instrumentator":
+        from prometheus_fastapi_instrumentator import Instrumentator
+
+        Instrumentator().instrument(app)
+    elif config == "starlette-exporter":
+        from starlette_exporter import PrometheusMiddleware
+
+        app.add_middleware(PrometheusMiddleware)
+    elif config == "otel-contrib":
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app)
+    return Target("asgi", app, note)
+
+
+def _build_starlette(config: str) -> Target:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def get_item(request: Request) -> JSONResponse:
+        return JSONResponse(_item(request.path_params["item_id"]))
+
+    async def get_user(request: Request) -> JSONResponse:
+        return JSONResponse({"name": request.path_params["name"]})
+
+    app = Starlette(
+        routes=[
+            Route("/items/{item_id:int}", get_item),
+            Route("/users/{name}", get_user),
+        ]
+    )
+    if config.startswith("pyobs"):
+        import pyobs.starlette
+
+        pyobs.starlette.instrument(app)
+    elif config == "starlette-exporter":
+        from starlette_exporter import PrometheusMiddleware
+
+        app.add_middleware(PrometheusMiddleware)
+    elif config == "otel-contrib":
+        from opentelemetry.instrumentation.starlette import StarletteInstrumentor
+
+        StarletteInstrumentor.instrument_app(app)
+    return Target("asgi", app)
+
+
+def _build_sanic(config: str) -> Target:
+    from sanic import Sanic
+    from sanic.response import json
+
+    Sanic.test_mode = True  # no signal handlers, no banner
+    app = Sanic("bench", configure_logging=False)
+    app.config.MOTD = False
+    app.config.ACCESS_LOG = False
+
+    @app.get("/items/<item_id:int>")
+    async def get_item(request: Any, item_id: int) -> Any:
+        return json(_item(item_id))
+
+    @app.get("/users/<name:str>")
+    async def get_user(request: Any, name: str) -> Any:
+        return json({"name": name})
+
+    if config.startswith("pyobs"):
+        adapter = importlib.import_module("pyobs.sanic")
+        adapter.instrument(app)
+    return Target("asgi", app, "Sanic in ASGI mode (lifespan run first)")
+
+
+# --- tornado and aiohttp ----------------------------------------------------------------
+
+
+def _build_tornado(config: str) -> Target:
+    if config == "otel-contrib":
+        from opentelemetry.instrumentation.tornado import TornadoInstrumentor
+
+        TornadoInstrumentor().instrument()  # patches Application/RequestHandler
+    import tornado.web
+
+    class ItemHandler(tornado.web.RequestHandler):
+        def get(self, item_id: str) -> None:
+            self.write(_item(int(item_id)))
+
+    class UserHandler(tornado.web.RequestHandler):
+        def get(self, name: str) -> None:
+            self.write({"name": name})
+
+    app = tornado.web.Application(
+        [(r"/items/(\d+)", ItemHandler), (r"/users/([^/]+)", UserHandler)],
+        log_function=lambda handler: None,  # the bare app writes no access log either
+    )
+    if config.startswith("pyobs"):
+        adapter = importlib.import_module("pyobs.tornado")
+        app = adapter.instrument(app) or app
+    return Target("tornado", app)
+
+
+def _build_aiohttp(config: str) -> Target:
+    if config == "otel-contrib":
+        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+
+        AioHttpServerInstrumentor().instrument()  # replaces web.Application: must precede it
+    from aiohttp import web
+
+    async def get_item(request: Any) -> Any:
+        return web.json_response(_item(int(request.match_info["item_id"])))
+
+    async def get_user(request: Any) -> Any:
+        return web.json_response({"name": request.match_info["name"]})
+
+    app = web.Application()
+    app.router.add_get(r"/items/{item_id:\d+}", get_item)
+    app.router.add_get("/users/{name}", get_user)
+    if config.startswith("pyobs"):
+        adapter = importlib.import_module("pyobs.aiohttp")
+        app = adapter.instrument(app) or app
+    return Target("aiohttp", app)

@@ -1,0 +1,673 @@
+"""Per-request overhead of pyobs next to its peers, measured in-process (no sockets).
+
+    python benchmarks/overhead.py                       # every framework, ~3-4 minutes
+    python benchmarks/overhead.py --frameworks flask,fastapi --rounds 20
+    python benchmarks/overhead.py --quick               # smoke run: a few requests each
+
+Each configuration (bare app, pyobs with metrics only, pyobs with metrics + spans + access
+log, the Prometheus peers, the OTel contrib instrumentation) runs in its own worker process,
+because pyobs, the OTel tracer provider and the Prometheus registry are process-wide. The
+workers of one framework start together and then take turns: every round measures each
+configuration for a short burst, in a shuffled order, so machine noise hits them alike. The
+figure per configuration is the median over rounds of microseconds per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import random
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _overhead_apps import (  # noqa: E402 - the path line above makes the helper importable
+    BASE_CONFIGS,
+    DRIVEN_AS,
+    FRAMEWORKS,
+    Target,
+    build,
+    missing_module,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUEST_PATH = "/items/7"
+ROUTE_TEMPLATES = {"/items/<int:item_id>", "/items/{item_id}", "/items/{item_id:int}"}
+HEADERS = {
+    "host": "bench.local",
+    "user-agent": "pyobs-bench/1",
+    "accept": "application/json",
+    "accept-encoding": "gzip",
+}
+# Targets from the issue, as ratios of added per-request overhead.
+METRICS_TARGET = 0.5  # pyobs-metrics vs the lightest Prometheus peer
+FULL_TARGET = 0.25  # pyobs-full vs the OTel contrib instrumentation
+
+
+# ======================================================================================
+# worker side: one configuration per process
+# ======================================================================================
+
+
+class _Drivers:
+    """Runs one request against a target; returns the status (every driver checks it)."""
+
+    @staticmethod
+    def wsgi(app: Any) -> Callable[[], int]:
+        template = {
+            "REQUEST_METHOD": "GET",
+            "SCRIPT_NAME": "",
+            "PATH_INFO": REQUEST_PATH,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "bench.local",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "REMOTE_PORT": "40000",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in HEADERS.items()},
+        }
+        status: list[str] = []
+
+        def start_response(line: str, headers: Any, exc_info: Any = None) -> Any:
+            status.append(line)
+            return lambda data: None
+
+        def one() -> int:
+            environ = dict(template)
+            environ["wsgi.input"] = io.BytesIO(b"")
+            status.clear()
+            body = app(environ, start_response)
+            try:
+                for _chunk in body:
+                    pass
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+            return int(status[0].split(" ", 1)[0])
+
+        return one
+
+    @staticmethod
+    def asgi(app: Any) -> Callable[[], Any]:
+        template = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": REQUEST_PATH,
+            "raw_path": REQUEST_PATH.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(k.encode(), v.encode()) for k, v in HEADERS.items()],
+            "client": ("127.0.0.1", 40000),
+            "server": ("bench.local", 80),
+        }
+        request_message = {"type": "http.request", "body": b"", "more_body": False}
+
+        async def one() -> int:
+            scope = dict(template)
+            scope["state"] = {}
+            sent: list[int] = []
+            first = True
+
+            async def receive() -> dict[str, Any]:
+                nonlocal first
+                if first:
+                    first = False
+                    return request_message
+                # A real server blocks here until the client goes away; ours never does.
+                await asyncio.get_running_loop().create_future()
+                raise AssertionError("unreachable")
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    sent.append(message["status"])
+
+            await app(scope, receive, send)
+            return sent[0]
+
+        return one
+
+    @staticmethod
+    def tornado(app: Any) -> Callable[[], Any]:
+        from tornado import httputil
+        from tornado.concurrent import Future
+
+        class Context:
+            remote_ip = "127.0.0.1"
+            protocol = "http"
+            address = ("127.0.0.1", 40000)
+            trusted_downstream: set[str] = set()
+
+        class Connection(httputil.HTTPConnection):
+            """What tornado's HTTP1Connection offers a handler, writing to memory."""
+
+            def __init__(self) -> None:
+                self.context = Context()
+                self.status = 0
+                self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def set_close_callback(self, callback: Any) -> None:
+                pass
+
+            def write_headers(
+                self, start_line: Any, headers: Any, chunk: bytes | None = None
+            ) -> Future[None]:
+                self.status = start_line.code
+                return _done_future()
+
+            def write(self, chunk: bytes) -> Future[None]:
+                return _done_future()
+
+            def finish(self) -> None:
+                if not self.done.done():
+                    self.done.set_result(None)
+
+            def detach(self) -> Any:
+                raise NotImplementedError
+
+        def _done_future() -> Future[None]:
+            future: Future[None] = Future()
+            future.set_result(None)
+            return future
+
+        start_line = httputil.RequestStartLine("GET", REQUEST_PATH, "HTTP/1.1")
+        raw_headers = list(HEADERS.items())
+
+        async def one() -> int:
+            connection = Connection()
+            headers = httputil.HTTPHeaders()
+            for name, value in raw_headers:
+                headers.add(name, value)
+            delegate = app.start_request(object(), connection)
+            pending = delegate.headers_received(start_line, headers)
+            if pending is not None:
+                await pending
+            delegate.finish()
+            await connection.done
+            return connection.status
+
+        return one
+
+    @staticmethod
+    def aiohttp(app: Any) -> Callable[[], Any]:
+        from aiohttp.test_utils import make_mocked_request
+        from multidict import CIMultiDict
+
+        class Writer:
+            """The payload writer a response talks to, writing nowhere."""
+
+            buffer_size = 0
+            output_size = 0
+            length: int | None = None
+
+            def enable_chunking(self) -> None:
+                pass
+
+            def enable_compression(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+            async def write_headers(self, status_line: str, headers: Any) -> None:
+                pass
+
+            def send_headers(self) -> None:
+                pass
+
+            def set_eof(self) -> None:
+                pass
+
+            async def write(self, chunk: bytes, **kwargs: Any) -> None:
+                self.output_size += len(chunk)
+
+            async def write_eof(self, chunk: bytes = b"") -> None:
+                self.output_size += len(chunk)
+
+            async def drain(self) -> None:
+                pass
+
+        headers = CIMultiDict(HEADERS)
+        state: dict[str, bool] = {}
+
+        async def one() -> int:
+            if not state:
+                app.freeze()  # what AppRunner.setup() does: builds the middleware chain
+                await app.startup()
+                state["ready"] = True
+            request = make_mocked_request(
+                "GET", REQUEST_PATH, headers=headers, app=app, writer=Writer()
+            )
+            response = await app._handle(request)
+            await response.prepare(request)
+            await response.write_eof()
+            return int(response.status)
+
+        return one
+
+
+async def _sanic_lifespan(app: Any) -> None:
+    """Run Sanic's ASGI lifespan startup so its routes are finalised."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    await inbox.put({"type": "lifespan.startup"})
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"].startswith("lifespan.startup") and not started.done():
+            if message["type"].endswith("failed"):
+                started.set_exception(RuntimeError(message.get("message", "startup failed")))
+            else:
+                started.set_result(None)
+
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    task = asyncio.get_running_loop().create_task(app(scope, inbox.get, send))
+    _background.add(task)
+    await asyncio.wait_for(started, 30)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+class _CountingDropExporter:
+    """A span exporter that drops every span after counting it."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    from prometheus_client import REGISTRY
+
+    total = 0.0
+    for metric in REGISTRY.collect():
+        for s in metric.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
+                total += s.value
+    return total
+
+
+def _route_labels() -> set[str]:
+    from prometheus_client import REGISTRY
+
+    found = set()
+    for metric in REGISTRY.collect():
+        for s in metric.samples:
+            if s.name == "http_server_request_duration_seconds_count":
+                found.add(s.labels.get("http_route", ""))
+    return found
+
+
+def worker(framework: str, config: str) -> int:
+    """Build one configuration, then serve 'run SECONDS' commands from stdin (JSON replies)."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # the app's and pyobs's stdout (JSON logs) go to /dev/null
+    for name in list(os.environ):
+        if name.startswith(("PYOBS_", "OTEL_")):
+            del os.environ[name]
+
+    exporter: _CountingDropExporter | None = None
+    if config in ("pyobs-full", "otel-contrib"):
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+        exporter = _CountingDropExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[arg-type]
+        trace.set_tracer_provider(provider)
+    if config.startswith("pyobs"):
+        import pyobs
+
+        full = config == "pyobs-full"
+        pyobs.setup(service_name="bench", tracing=full, access_log=full)
+
+    target = build(framework, config)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    if framework == "sanic":
+        loop.run_until_complete(_sanic_lifespan(target.app))
+    make = getattr(_Drivers, target.kind)
+    if target.kind == "tornado":
+        one = loop.run_until_complete(_make_in_loop(make, target))
+    else:
+        one = make(target.app)
+    is_async = asyncio.iscoroutinefunction(one)
+
+    async def burst_async(seconds: float, limit: int) -> tuple[int, int, int]:
+        count, bad = 0, 0
+        start = time.perf_counter_ns()
+        deadline = start + int(seconds * 1e9)
+        while count < limit:
+            for _ in range(16):
+                if await one() != 200:
+                    bad += 1
+            count += 16
+            if time.perf_counter_ns() >= deadline:
+                break
+        return count, time.perf_counter_ns() - start, bad
+
+    def burst(seconds: float, limit: int) -> tuple[int, int, int]:
+        if is_async:
+            return loop.run_until_complete(burst_async(seconds, limit))
+        count, bad = 0, 0
+        start = time.perf_counter_ns()
+        deadline = start + int(seconds * 1e9)
+        while count < limit:
+            for _ in range(16):
+                if one() != 200:
+                    bad += 1
+            count += 16
+            if time.perf_counter_ns() >= deadline:
+                break
+        return count, time.perf_counter_ns() - start, bad
+
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "quit":
+            break
+        if words[0] in ("run", "warmup"):
+            count, elapsed, bad = burst(float(words[1]), int(words[2]))
+            reply: dict[str, Any] = {"count": count, "ns": elapsed, "bad": bad}
+            if words[0] == "warmup":
+                reply["facts"] = _facts(config, count, exporter, target)
+            proto.write(json.dumps(reply) + "\n")
+    return 0
+
+
+async def _make_in_loop(make: Any, target: Target) -> Any:
+    return make(target.app)
+
+
+def _facts(config: str, requests: int, exporter: Any, target: Target) -> dict[str, Any]:
+    """What the warm-up proved: spans per request, recorded routes, access log lines."""
+    facts: dict[str, Any] = {"note": target.note}
+    if exporter is not None:
+        facts["spans_per_request"] = round(exporter.spans / max(requests, 1), 2)
+    if config.startswith("pyobs"):
+        facts["pyobs_requests"] = _sample("http_server_request_duration_seconds_count")
+        facts["pyobs_routes"] = sorted(_route_labels())
+        facts["pyobs_log_lines"] = _sample("pyobs_log_events_total", {"level": "info"})
+    return facts
+
+
+# ======================================================================================
+# parent side: start the workers of one framework, interleave their bursts, report
+# ======================================================================================
+
+
+@dataclass
+class Worker:
+    """A running configuration and its per-round figures."""
+
+    framework: str
+    config: str
+    proc: subprocess.Popen[str] | None = None
+    stderr: Any = None
+    us_per_request: list[float] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    requests: int = 0
+
+    def ask(self, command: str, timeout: float) -> dict[str, Any]:
+        """Send one command; wait at most ``timeout`` seconds for its JSON reply."""
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            raise RuntimeError(f"no reply to {command!r}: {self.stderr_tail()}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def stderr_tail(self) -> str:
+        if self.stderr is None:
+            return ""
+        self.stderr.seek(0)
+        text: str = self.stderr.read()
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        return " | ".join(lines[-3:])[-400:] or f"worker exited ({self.returncode()})"
+
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                if self.proc.stdin:
+                    self.proc.stdin.write("quit\n")
+                    self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                self.proc.kill()
+                self.proc.wait()
+        if self.stderr is not None:
+            self.stderr.close()
+
+
+def configs_for(framework: str) -> list[str]:
+    """Every configuration measured for a framework."""
+    return [*BASE_CONFIGS, *FRAMEWORKS[framework][2]]
+
+
+def _start(framework: str, config: str) -> Worker:
+    w = Worker(framework, config)
+    missing = missing_module(framework, config)
+    if missing is not None:
+        w.error = (
+            "pyobs adapter missing"
+            if config.startswith("pyobs") and missing.startswith("pyobs")
+            else f"not installed: {missing}"
+        )
+        return w
+    w.stderr = tempfile.TemporaryFile("w+")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    w.proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", framework, config],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=w.stderr,
+        text=True,
+        env=env,
+        cwd=str(ROOT),
+    )
+    return w
+
+
+def measure_framework(
+    framework: str, rounds: int, burst: float, warmup: float, limit: int, seed: int
+) -> list[Worker]:
+    """Start every configuration of ``framework``, warm up, then interleave bursts."""
+    workers = [_start(framework, c) for c in configs_for(framework)]
+    live = [w for w in workers if w.proc is not None]
+    try:
+        for w in live:
+            try:
+                reply = w.ask(f"warmup {warmup} {limit}", timeout=120)
+                w.facts = reply["facts"]
+                if reply["bad"]:
+                    w.error = f"{reply['bad']} of {reply['count']} warm-up requests not 200"
+            except (RuntimeError, ValueError, KeyError) as exc:
+                w.error = f"failed to start: {exc}"
+        live = [w for w in live if not w.error]
+        rng = random.Random(seed)
+        for _ in range(rounds):
+            order = live[:]
+            rng.shuffle(order)
+            for w in order:
+                if w.error:
+                    continue
+                try:
+                    reply = w.ask(f"run {burst} {limit}", timeout=60)
+                except (RuntimeError, ValueError) as exc:
+                    w.error = f"crashed: {exc}"
+                    continue
+                if reply["bad"]:
+                    w.error = f"{reply['bad']} of {reply['count']} requests not 200"
+                w.requests += reply["count"]
+                w.us_per_request.append(reply["ns"] / reply["count"] / 1000)
+    finally:
+        for w in workers:
+            w.stop()
+    return workers
+
+
+def median(w: Worker) -> float | None:
+    """Median microseconds per request over the rounds."""
+    return statistics.median(w.us_per_request) if w.us_per_request and not w.error else None
+
+
+def report_framework(framework: str, workers: list[Worker], out: Any) -> list[str]:
+    """Print one framework's table; return its target verdict lines."""
+    kind, adapter, _ = FRAMEWORKS[framework]
+    by_config = {w.config: w for w in workers}
+    bare = median(by_config["bare"])
+    peers = [w for w in workers if w.config not in BASE_CONFIGS]
+    out.write(f"\n## {framework}  (driven as: {DRIVEN_AS[kind]})\n")
+    notes = sorted({w.facts.get("note", "") for w in workers if w.facts.get("note")})
+    for note in notes:
+        out.write(f"   note: {note}\n")
+    header = f"{'configuration':<36}{'us/req':>9}{'+us':>9}{'x bare':>8}  vs peers / notes\n"
+    out.write(header)
+    for w in workers:
+        m = median(w)
+        if m is None:
+            out.write(f"{w.config:<36}{'-':>9}{'-':>9}{'-':>8}  {w.error or 'no data'}\n")
+            continue
+        added = m - bare if bare is not None else None
+        cells = [
+            f"{w.config:<36}{m:>9.1f}",
+            f"{added:>+9.1f}" if added is not None else f"{'-':>9}",
+            f"{m / bare:>8.2f}" if bare else f"{'-':>8}",
+        ]
+        extra = []
+        if added is not None and w.config.startswith("pyobs"):
+            for p in peers:
+                pm = median(p)
+                if pm is not None and bare is not None and pm - bare > 0:
+                    extra.append(f"{added / (pm - bare):.2f} of {p.config}")
+        if "spans_per_request" in w.facts:
+            extra.append(f"{w.facts['spans_per_request']:g} spans/req")
+        if w.config.startswith("pyobs"):
+            routes = [r for r in w.facts.get("pyobs_routes", []) if r in ROUTE_TEMPLATES]
+            extra.append(f"route {routes[0]}" if routes else "NO route recorded")
+            if w.config == "pyobs-full":
+                extra.append(f"{w.facts.get('pyobs_log_lines', 0):g} access-log lines in warm-up")
+        out.write("".join(cells) + "  " + "; ".join(extra) + "\n")
+    return _verdicts(framework, by_config, bare)
+
+
+def _verdicts(framework: str, by_config: dict[str, Worker], bare: float | None) -> list[str]:
+    lines: list[str] = []
+    if bare is None:
+        return lines
+
+    def added(name: str) -> float | None:
+        w = by_config.get(name)
+        m = median(w) if w is not None else None
+        return None if m is None else m - bare
+
+    prom_peers = [c for c in by_config if c not in BASE_CONFIGS and c != "otel-contrib"]
+    pm = added("pyobs-metrics")
+    peer_added = [(a, c) for c in prom_peers if (a := added(c)) is not None]
+    if pm is not None and peer_added:
+        lightest, name = min(peer_added)
+        ratio = pm / lightest if lightest > 0 else float("inf")
+        verdict = "meets" if ratio <= METRICS_TARGET else "MISSES"
+        lines.append(
+            f"{framework}: pyobs-metrics +{pm:.1f} us = {ratio:.2f} x lightest Prometheus peer "
+            f"({name} +{lightest:.1f} us); target <= {METRICS_TARGET}: {verdict}"
+        )
+    pf, otel = added("pyobs-full"), added("otel-contrib")
+    if pf is not None and otel is not None:
+        ratio = pf / otel if otel > 0 else float("inf")
+        verdict = "meets" if ratio <= FULL_TARGET else "MISSES"
+        lines.append(
+            f"{framework}: pyobs-full +{pf:.1f} us = {ratio:.2f} x OTel contrib "
+            f"(+{otel:.1f} us); target <= {FULL_TARGET}: {verdict}"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frameworks", default="all", help="comma-separated, or 'all'")
+    parser.add_argument("--rounds", type=int, default=15, help="bursts per configuration")
+    parser.add_argument("--burst", type=float, default=0.15, help="seconds per burst")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="smoke run: a few requests each")
+    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(*args.worker)
+
+    names = list(FRAMEWORKS) if args.frameworks == "all" else args.frameworks.split(",")
+    unknown = [n for n in names if n not in FRAMEWORKS]
+    if unknown:
+        parser.error(f"unknown framework(s) {unknown}; known: {', '.join(FRAMEWORKS)}")
+    rounds, burst, warmup, limit = args.rounds, args.burst, args.warmup, 10**9
+    if args.quick:
+        rounds, burst, warmup, limit = 2, 0.0, 0.0, 32
+
+    out = sys.stdout
+    out.write(
+        f"# pyobs overhead benchmark  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+        f"# Python {platform.python_version()} on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, {platform.platform()}\n"
+        f"# in-process, GET {REQUEST_PATH} -> 200 JSON; {rounds} interleaved rounds of "
+        f"{burst:g} s bursts per configuration (after {warmup:g} s warm-up); "
+        "median us/request\n"
+        "# pyobs-metrics: tracing=False, access_log=False.  pyobs-full: metrics + SDK span "
+        "(SimpleSpanProcessor, exporter drops) + ECS access log to /dev/null.\n"
+        "# otel-contrib: the same SDK provider/exporter, contrib instrumentation only.\n"
+        "# +us: added per request vs bare;  'N of PEER': pyobs's added us / the peer's.\n"
+    )
+    out.flush()
+    verdicts: list[str] = []
+    for i, name in enumerate(names):
+        workers = measure_framework(name, rounds, burst, warmup, limit, args.seed + i)
+        verdicts += report_framework(name, workers, out)
+        out.flush()
+    if verdicts:
+        out.write("\n## targets\n" + "\n".join(verdicts) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

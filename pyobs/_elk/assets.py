@@ -1,0 +1,285 @@
+"""The Elasticsearch assets (index templates, ingest pipeline) built from one field table.
+
+``python -m pyobs._elk.assets`` rewrites the JSON files under ``elk/``; a test fails when the
+committed files differ from what this module builds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pyobs._resources import repo_file
+
+DATA_STREAM_PATTERN = "logs-pyobs-*"
+DEFAULT_NAMESPACE = "default"
+TEMPLATE_NAME = "logs-pyobs"
+PIPELINE_NAME = "pyobs-logs"
+FAILURE_INDEX = "pyobs-logs-failures"
+FAILURE_TEMPLATE_NAME = "pyobs-logs-failures"
+DEFAULT_RETENTION = "30d"
+# Above the built-in `logs-*-*` template (priority 100) so ours wins for logs-pyobs-*.
+TEMPLATE_PRIORITY = 200
+
+# Every field pyobs emits or the pipeline adds, with its Elasticsearch type. The types are the
+# ECS ones, except where ECS uses a type from a module a minimal Elasticsearch may lack:
+# match_only_text -> text, wildcard -> keyword, constant_keyword -> keyword (same family, same
+# queries). `http.route` is the OTel attribute, mapped as keyword.
+FIELDS: dict[str, str] = {
+    "@timestamp": "date",
+    "message": "text",
+    "tags": "keyword",
+    "labels": "object",
+    "ecs.version": "keyword",
+    "log.level": "keyword",
+    "log.logger": "keyword",
+    "log.origin.file.name": "keyword",
+    "log.origin.file.line": "long",
+    "log.origin.function": "keyword",
+    "service.name": "keyword",
+    "service.version": "keyword",
+    "service.environment": "keyword",
+    "service.node.name": "keyword",
+    "host.name": "keyword",
+    "host.hostname": "keyword",
+    "process.pid": "long",
+    "process.thread.id": "long",
+    "process.thread.name": "keyword",
+    "trace.id": "keyword",
+    "span.id": "keyword",
+    "transaction.id": "keyword",
+    "event.id": "keyword",
+    "event.dataset": "keyword",
+    "event.module": "keyword",
+    "event.kind": "keyword",
+    "event.outcome": "keyword",
+    "event.duration": "long",
+    "event.created": "date",
+    "event.ingested": "date",
+    "http.request.id": "keyword",
+    "http.request.method": "keyword",
+    "http.request.body.bytes": "long",
+    "http.response.status_code": "long",
+    "http.response.body.bytes": "long",
+    "http.route": "keyword",
+    "url.path": "keyword",
+    "url.query": "keyword",
+    "url.scheme": "keyword",
+    "url.domain": "keyword",
+    "url.full": "keyword",
+    "url.original": "keyword",
+    "client.ip": "ip",
+    "client.address": "keyword",
+    "client.port": "long",
+    "user_agent.original": "keyword",
+    "user_agent.name": "keyword",
+    "user_agent.version": "keyword",
+    "user_agent.device.name": "keyword",
+    "user_agent.os.name": "keyword",
+    "user_agent.os.version": "keyword",
+    "user_agent.os.full": "keyword",
+    "user_agent.os.family": "keyword",
+    "user_agent.os.platform": "keyword",
+    "user_agent.os.kernel": "keyword",
+    "user_agent.os.type": "keyword",
+    "error.type": "keyword",
+    "error.message": "text",
+    "error.stack_trace": "keyword",
+    "error.id": "keyword",
+    "error.code": "keyword",
+    "data_stream.type": "keyword",
+    "data_stream.dataset": "keyword",
+    "data_stream.namespace": "keyword",
+}
+
+# Long free text stays searchable as text; the keyword side keeps exact matches short.
+_TEXT_SUBFIELD = {"user_agent.original", "error.stack_trace", "url.full", "url.original"}
+_IGNORE_ABOVE = {"error.stack_trace": 8191, "url.full": 8191, "url.original": 8191}
+
+
+def _leaf(name: str, es_type: str) -> dict[str, Any]:
+    if es_type == "object":
+        return {"type": "object"}
+    leaf: dict[str, Any] = {"type": es_type}
+    if es_type == "keyword":
+        leaf["ignore_above"] = _IGNORE_ABOVE.get(name, 1024)
+    if name in _TEXT_SUBFIELD:
+        leaf["fields"] = {"text": {"type": "text"}}
+    return leaf
+
+
+def mapping_properties(fields: dict[str, str]) -> dict[str, Any]:
+    """Nested `properties` for dotted field names."""
+    root: dict[str, Any] = {}
+    for name, es_type in sorted(fields.items()):
+        node = root
+        parts = name.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {"properties": {}})["properties"]
+        node[parts[-1]] = _leaf(name, es_type)
+    return root
+
+
+def index_template(retention: str = DEFAULT_RETENTION) -> dict[str, Any]:
+    """Composable template for the `logs-pyobs-<namespace>` data streams."""
+    return {
+        "index_patterns": [DATA_STREAM_PATTERN],
+        "priority": TEMPLATE_PRIORITY,
+        "data_stream": {},
+        "_meta": {"managed_by": "pyobs", "description": "ECS logs shipped by pyobs"},
+        "template": {
+            "settings": {"index": {"codec": "best_compression"}},
+            "lifecycle": {"data_retention": retention},
+            "mappings": {
+                "dynamic": True,
+                # Unknown strings (extra= fields, labels) become keywords, as in ECS.
+                "dynamic_templates": [
+                    {
+                        "strings_as_keyword": {
+                            "match_mapping_type": "string",
+                            "mapping": {"type": "keyword", "ignore_above": 1024},
+                        }
+                    }
+                ],
+                "properties": mapping_properties(FIELDS),
+            },
+        },
+    }
+
+
+def failure_template() -> dict[str, Any]:
+    """Template for the index the pipeline sends events to when a processor fails.
+
+    Only a few fields are indexed; everything else is kept in `_source` unparsed, so an event
+    whose fields broke the pipeline cannot fail again on the mapping.
+    """
+    fields = {
+        "@timestamp": "date",
+        "event.ingested": "date",
+        "event.kind": "keyword",
+        "event.id": "keyword",
+        "error.message": "text",
+        "error.type": "keyword",
+        "service.name": "keyword",
+        "message": "text",
+    }
+    props = mapping_properties(fields)
+    props["@timestamp"]["ignore_malformed"] = True
+    props["service"]["properties"]["name"]["ignore_above"] = 1024
+    return {
+        "index_patterns": [f"{FAILURE_INDEX}*"],
+        "priority": TEMPLATE_PRIORITY,
+        "_meta": {"managed_by": "pyobs", "description": "events the pyobs-logs pipeline rejected"},
+        "template": {"mappings": {"dynamic": False, "properties": props}},
+    }
+
+
+_PIPELINE_READS = ("log.level", "trace.id", "span.id", "user_agent.original", "event.id")
+
+
+def ingest_pipeline() -> dict[str, Any]:
+    """The `pyobs-logs` ingest pipeline: normalise, de-duplicate, route failures."""
+    return {
+        "description": "pyobs (managed): ECS logs normalised, de-duplicated by event.id, failures routed",
+        "processors": [
+            # Shippers send flat dotted keys ("log.level"); processors address objects, so
+            # expand the ones they read (the mapping takes either form for the rest).
+            *({"dot_expander": {"field": name}} for name in _PIPELINE_READS),
+            {"set": {"field": "event.ingested", "value": "{{{_ingest.timestamp}}}"}},
+            {
+                "set": {
+                    "description": "events without a timestamp get the ingest time",
+                    "field": "@timestamp",
+                    "value": "{{{_ingest.timestamp}}}",
+                    "override": False,
+                }
+            },
+            {
+                "date": {
+                    "field": "@timestamp",
+                    "target_field": "@timestamp",
+                    "formats": ["ISO8601", "UNIX_MS", "UNIX"],
+                    "timezone": "UTC",
+                }
+            },
+            {"lowercase": {"field": "log.level", "ignore_missing": True}},
+            {"lowercase": {"field": "trace.id", "ignore_missing": True}},
+            {"lowercase": {"field": "span.id", "ignore_missing": True}},
+            {
+                "gsub": {
+                    "description": "a UUID-style trace id becomes the 32 hex digits W3C uses",
+                    "field": "trace.id",
+                    "pattern": "-",
+                    "replacement": "",
+                    "ignore_missing": True,
+                }
+            },
+            {
+                "user_agent": {
+                    "field": "user_agent.original",
+                    "target_field": "user_agent",
+                    "ignore_missing": True,
+                }
+            },
+            {
+                "set": {
+                    "description": "at-least-once delivery: a retried event keeps its _id",
+                    "field": "_id",
+                    "value": "{{{event.id}}}",
+                    "if": "ctx.event?.id != null",
+                }
+            },
+        ],
+        "on_failure": [
+            {"set": {"field": "event.kind", "value": "pipeline_error"}},
+            {"set": {"field": "error.message", "value": "{{{_ingest.on_failure_message}}}"}},
+            {
+                "set": {
+                    "field": "error.type",
+                    "value": "{{{_ingest.on_failure_processor_type}}}",
+                }
+            },
+            {"set": {"field": "event.ingested", "value": "{{{_ingest.timestamp}}}"}},
+            {"set": {"field": "_index", "value": FAILURE_INDEX}},
+        ],
+    }
+
+
+ASSET_FILES: dict[str, Any] = {
+    "elk/index-template.json": index_template,
+    "elk/failure-index-template.json": failure_template,
+    "elk/ingest-pipeline.json": ingest_pipeline,
+}
+
+
+def render(builder: Any) -> str:
+    """Stable JSON text for one asset."""
+    return json.dumps(builder(), indent=2, sort_keys=False) + "\n"
+
+
+def load(relative: str) -> dict[str, Any]:
+    """Read one committed asset (checkout or wheel)."""
+    data: dict[str, Any] = json.loads(repo_file(relative).read_text(encoding="utf-8"))
+    return data
+
+
+def write_all(root: Path) -> list[str]:
+    """Write every asset under root; return the relative paths that changed."""
+    changed = []
+    for relative, builder in ASSET_FILES.items():
+        path = root / relative
+        text = render(builder)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            changed.append(relative)
+    return changed
+
+
+if __name__ == "__main__":  # pragma: no cover
+    repo = Path(__file__).resolve().parents[2]
+    for name in write_all(repo):
+        print(f"wrote {name}")
+    sys.exit(0)

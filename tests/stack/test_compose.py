@@ -1,0 +1,190 @@
+"""The repository's docker-compose.yml, checked without a Docker engine.
+
+What only a running engine can prove (images pull, containers get healthy, data
+flows end to end) is listed in docs/stack.md under "Checked only with Docker".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require_service
+from tests.stack import validate
+from tests.stack.helpers import ROOT, require_files, write_env
+
+# Disagreements between the compose file and files other engineers own, reported
+# to the lead instead of edited here (issue 6). Each is excluded from its check
+# until its owner fixes it; a fixed one only warns, so fixing never breaks CI.
+KNOWN_DISAGREEMENTS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    """The .env a user gets from `pyobs stack init`: .env.example plus secrets."""
+    return validate.example_env(ROOT)
+
+
+@pytest.fixture(scope="module")
+def model(env: dict[str, str]) -> dict[str, Any]:
+    """The compose model with variables substituted from that .env."""
+    model, problems = validate.load_compose(ROOT, env)
+    assert problems == []
+    return model
+
+
+def assert_no_problems(problems: list[str]) -> None:
+    """Fail on any problem that is not a known, reported disagreement."""
+    unexpected = [p for p in problems if p not in KNOWN_DISAGREEMENTS]
+    stale = [p for p in KNOWN_DISAGREEMENTS if p not in problems]
+    if stale:
+        warnings.warn(f"fixed, drop from KNOWN_DISAGREEMENTS: {stale}", stacklevel=2)
+    assert unexpected == [], validate.dump(unexpected)
+
+
+def test_compose_file_matches_the_compose_spec_schema() -> None:
+    """`docker compose` accepts the file's structure (compose-spec JSON schema)."""
+    require_service(
+        importlib.util.find_spec("check_jsonschema") is not None,
+        "check-jsonschema is not installed (dev dependency)",
+    )
+    assert validate.check_schema(ROOT) == []
+
+
+def test_docker_compose_config_accepts_the_stack(tmp_path: Path, env: dict[str, str]) -> None:
+    """`docker compose config` (the real parser) resolves the file with a generated .env.
+
+    It proves the interpolation, merge keys and references; it cannot prove the
+    images exist or that the containers start.
+    """
+    require_service(validate.compose_command() is not None, "Docker Compose v2 not installed")
+    assert validate.check_compose_config(ROOT, write_env(tmp_path / ".env", env)) == []
+
+
+def test_compose_refuses_to_start_without_passwords(tmp_path: Path) -> None:
+    """With the unedited .env.example, compose stops and names the missing password."""
+    require_service(validate.compose_command() is not None, "Docker Compose v2 not installed")
+    problems = validate.check_compose_config(ROOT, ROOT / ".env.example")
+    assert problems, "compose started without any password"
+    assert "PASSWORD" in problems[0] or "KEY" in problems[0]
+
+
+def test_top_level_is_compose_spec() -> None:
+    """The file has no obsolete `version:` key and a fixed project name."""
+    assert validate.check_top_level(validate.load_raw(ROOT)) == []
+
+
+def test_every_bind_mount_and_build_input_exists(model: dict[str, Any]) -> None:
+    """No container starts with a missing config file or an empty directory in its place."""
+    for area in validate_areas():
+        require_files(ROOT, area)
+    assert validate.check_mounts(model, ROOT) + validate.check_builds(model, ROOT) == []
+
+
+def validate_areas() -> tuple[str, ...]:
+    """The other owners whose files the stack mounts."""
+    return ("prometheus", "grafana", "logstash")
+
+
+def test_every_depends_on_target_exists_and_can_be_satisfied(model: dict[str, Any]) -> None:
+    """`docker compose up` starts services in dependency order without waiting forever."""
+    assert validate.check_depends_on(model) == []
+
+
+def test_start_order_is_the_documented_one(model: dict[str, Any]) -> None:
+    """Elasticsearch, then setup, then Logstash, then the examples, then traffic."""
+    services = validate.services(model)
+    assert validate.depends_on(services["setup"])["elasticsearch"] == "service_healthy"
+    assert validate.depends_on(services["logstash"])["setup"] == "service_completed_successfully"
+    assert validate.depends_on(services["grafana"])["setup"] == "service_completed_successfully"
+    for name in services:
+        if name.startswith("example-"):
+            assert validate.depends_on(services[name])["logstash"] == "service_healthy"
+            assert validate.depends_on(services["traffic"])[name] == "service_healthy"
+    assert validate.one_shot_services(model) == {"setup"}
+    assert services["setup"]["restart"] == "no"
+
+
+def test_every_long_running_service_has_a_health_check(model: dict[str, Any]) -> None:
+    """`docker compose ps` shows health for every daemon; only the setup job has none."""
+    assert validate.check_healthchecks(model) == []
+
+
+def test_every_service_has_a_memory_limit_and_rotated_logs(model: dict[str, Any]) -> None:
+    """The stack cannot fill the host's memory or disk with logs."""
+    assert validate.check_resources(model) == []
+
+
+def test_published_ports_are_unique_and_local(model: dict[str, Any]) -> None:
+    """No two services fight for a host port; nothing listens beyond 127.0.0.1 by default."""
+    assert validate.check_ports(model) == []
+
+
+def test_every_image_is_pinned(model: dict[str, Any]) -> None:
+    """Every pulled image and the Python base image name an exact version."""
+    assert validate.check_images(model, ROOT) == []
+
+
+def test_versions_are_pinned_in_env_example_only() -> None:
+    """Image tags come from .env.example variables, not from literals in the compose file."""
+    raw = validate.load_raw(ROOT)
+    for name, service in validate.services(raw).items():
+        image = service.get("image")
+        if image:
+            assert "${" in image and "_VERSION" in image, f"{name}: {image}"
+    example = validate.parse_env_file(ROOT / ".env.example")
+    assert example["ELASTIC_VERSION"].startswith("8.19.")
+
+
+def test_secrets_are_generated_or_required() -> None:
+    """No password has a default; compose refuses to start without one."""
+    assert validate.check_secrets(ROOT) == []
+
+
+def test_env_example_plus_generated_secrets_is_complete(env: dict[str, str]) -> None:
+    """Every variable the compose file requires is in .env.example or generated."""
+    assert validate.check_env_complete(ROOT, env) == []
+
+
+def test_service_urls_name_real_services_and_ports(model: dict[str, Any]) -> None:
+    """Every URL in an environment or command reaches a service port of the stack."""
+    assert_no_problems(validate.check_service_urls(model))
+
+
+def test_prometheus_targets_are_services_of_the_stack(model: dict[str, Any]) -> None:
+    """Prometheus scrapes and alerts only hosts and ports the compose file runs."""
+    require_files(ROOT, "prometheus")
+    assert_no_problems(
+        validate.check_prometheus(model, ROOT) + validate.check_alertmanager(model, ROOT)
+    )
+
+
+def test_grafana_datasources_point_at_stack_services(model: dict[str, Any]) -> None:
+    """Grafana's datasources (fixed uids) reach Prometheus, Elasticsearch, Alertmanager, Jaeger."""
+    require_files(ROOT, "grafana")
+    assert_no_problems(validate.check_grafana(model, ROOT))
+
+
+def test_logstash_pipeline_writes_to_the_stack_as_least_privilege_user(
+    model: dict[str, Any],
+) -> None:
+    """Logstash sends to the stack's Elasticsearch as the write-only user, on exposed ports."""
+    require_files(ROOT, "logstash")
+    assert_no_problems(validate.check_logstash(model, ROOT))
+
+
+def test_every_framework_example_runs_in_the_stack(model: dict[str, Any]) -> None:
+    """Each examples/<framework>/app.py has its service, shipping logs and traces, with traffic."""
+    assert validate.example_frameworks(ROOT), "no example service found"
+    assert_no_problems(validate.check_examples(model, ROOT))
+
+
+def test_everything_at_once(env: dict[str, str]) -> None:
+    """The one-call validator reports nothing beyond the known, reported disagreements."""
+    for area in validate_areas():
+        require_files(ROOT, area)
+    assert_no_problems(validate.validate(ROOT, env))

@@ -1,0 +1,265 @@
+"""Runtime behaviour: multiprocess sums, disconnects, the metrics port, OTel interplay."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyobs
+from tests.conftest import import_or_require
+from tests.core_apps import FACTORIES, Client, json_lines, sample
+
+ROOT = Path(__file__).resolve().parents[1]
+DURATION = "http_server_request_duration_seconds"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from tests.core_apps import FACTORIES, Client
+    framework, n = sys.argv[1], int(sys.argv[2])
+    client = Client(framework, FACTORIES[framework]())
+    for i in range(n):
+        assert client.get(f"/items/{i}").status == 200
+    client.get("/boom")
+    """
+)
+
+
+@pytest.mark.parametrize("framework", ["flask", "fastapi"])
+def test_multiprocess_counts_sum_exactly(
+    framework: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two worker processes with PROMETHEUS_MULTIPROC_DIR add up exactly in one scrape."""
+    import_or_require(framework)
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
+    counts = (137, 211)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, framework, str(n)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for n in counts
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pyobs import exposition
+
+    status, _, body = exposition.render(pyobs.setup(), None, None)
+    assert status == 200
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            if s.name == f"{DURATION}_count":
+                key = s.labels["http_response_status_code"]
+                totals[key] = totals.get(key, 0) + s.value
+            if s.name == "pyobs_http_server_exceptions_total":
+                totals["exceptions"] = totals.get("exceptions", 0) + s.value
+    assert totals == {"200": sum(counts), "500": 2, "exceptions": 2}
+    assert b"process_cpu_seconds_total" in body
+
+
+def test_wsgi_client_gone_is_499() -> None:
+    """A WSGI client that disconnects mid-stream is counted as 499."""
+    import_or_require("flask")
+    app = FACTORIES["flask"]()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/stream",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": __import__("io").BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+    body = app.wsgi_app(environ, lambda status, headers, exc_info=None: None)
+    next(iter(body))  # the client reads one chunk, then goes away
+    body.close()
+    assert sample(
+        f"{DURATION}_count",
+        http_request_method="GET",
+        http_route="/stream",
+        http_response_status_code="499",
+    )
+
+
+@pytest.mark.parametrize("how", ["receive", "send"])
+def test_asgi_client_gone_is_499(how: str) -> None:
+    """An ASGI client that disconnects mid-stream is counted as 499."""
+    import_or_require("fastapi")
+    app = FACTORIES["fastapi"]()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/stream",
+        "raw_path": b"/stream",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    state = {"received": 0, "bodies": 0}
+
+    async def receive() -> dict[str, Any]:
+        state["received"] += 1
+        if state["received"] == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if how == "receive":
+            await asyncio.sleep(0.15)
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            state["bodies"] += 1
+            if how == "send" and state["bodies"] >= 2:
+                raise OSError("connection reset by peer")
+
+    async def main() -> None:
+        try:
+            await app(scope, receive, send)
+        except OSError:
+            pass
+
+    asyncio.run(main())
+    assert sample(
+        f"{DURATION}_count",
+        http_request_method="GET",
+        http_route="/stream",
+        http_response_status_code="499",
+    )
+
+
+def test_metrics_on_own_port_with_auth() -> None:
+    """PYOBS_METRICS_PORT serves /metrics on its own port, behind the same auth."""
+    import_or_require("flask")
+    port = free_port()
+    client = Client("flask", FACTORIES["flask"](metrics_port=port, metrics_auth="bearer:tok"))
+    client.get("/items/1")
+    assert client.get("/metrics").status == 404  # not on the app any more
+    url = f"http://127.0.0.1:{port}/metrics"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(url, timeout=5)
+    assert info.value.code == 401
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer tok"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = response.read().decode()
+    assert 'http_route="/items/<int:item_id>"' in body
+
+
+@pytest.mark.parametrize("framework", ["flask", "fastapi"])
+def test_otel_contrib_active_means_one_server_span(framework: str) -> None:
+    """With the OTel contrib instrumentation also on, a request still has one SERVER span."""
+    import_or_require(framework)
+    from pyobs.testing import span_exporter
+
+    pyobs.setup()
+    exporter = span_exporter()
+    if framework == "flask":
+        pytest.importorskip("opentelemetry.instrumentation.flask")
+        from flask import Flask
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        from pyobs import flask as pyobs_flask
+
+        app = Flask("both")
+        app.get("/items/<int:item_id>")(lambda item_id: {"id": item_id})
+        FlaskInstrumentor().instrument_app(app)
+        pyobs_flask.instrument(app)
+    else:
+        pytest.importorskip("opentelemetry.instrumentation.fastapi")
+        from fastapi import FastAPI
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        from pyobs import fastapi as pyobs_fastapi
+
+        app = FastAPI()
+
+        @app.get("/items/{item_id}")
+        async def item(item_id: int) -> dict[str, int]:
+            return {"id": item_id}
+
+        FastAPIInstrumentor.instrument_app(app)
+        pyobs_fastapi.instrument(app)
+    try:
+        assert Client(framework, app).get("/items/3").status == 200
+        server_spans = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
+        assert len(server_spans) == 1, [s.name for s in server_spans]
+    finally:
+        if framework == "flask":
+            FlaskInstrumentor().uninstrument_app(app)
+        else:
+            FastAPIInstrumentor.uninstrument_app(app)
+
+
+def test_existing_tracer_provider_is_adopted() -> None:
+    """An app's own global TracerProvider is kept, and pyobs's spans go through it."""
+    script = textwrap.dedent(
+        """
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        mine = TracerProvider(resource=Resource.create({"service.name": "users-own"}))
+        trace.set_tracer_provider(mine)
+        import pyobs
+        pyobs.setup(service_name="pyobs-name")
+        assert trace.get_tracer_provider() is mine
+        from pyobs.tracing import get_tracer
+        span = get_tracer().start_span("x")
+        assert span.resource.attributes["service.name"] == "users-own"
+        print("adopted")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert "adopted" in out.stdout
+
+
+def test_trusted_proxy_client_ip(capsys: pytest.CaptureFixture[str]) -> None:
+    """X-Forwarded-For is honoured only when the peer is a trusted proxy."""
+    import_or_require("flask")
+    client = Client("flask", FACTORIES["flask"](trusted_proxies="127.0.0.0/8"))
+    client.get("/items/1", headers={"X-Forwarded-For": "203.0.113.9, 127.0.0.2"})
+    untrusted = Client("flask", FACTORIES["flask"](trusted_proxies="10.0.0.0/8"))
+    untrusted.get("/items/1", headers={"X-Forwarded-For": "203.0.113.9"})
+    ips = [
+        r["client.ip"]
+        for r in json_lines(capsys.readouterr().out)
+        if r["log.logger"] == "pyobs.access"
+    ]
+    assert ips == ["203.0.113.9", "127.0.0.1"]
