@@ -82,8 +82,8 @@ DRIVEN_AS = {
         "as tornado's HTTP/1 connection does, with an in-memory connection"
     ),
     "aiohttp": (
-        "aiohttp make_mocked_request() through Application._handle() (router + "
-        "middlewares), then response prepare()+write_eof() into an in-memory writer"
+        "aiohttp's own server protocol (AppRunner.server()) fed raw HTTP/1.1 bytes "
+        "over an in-memory transport, keep-alive: HTTP parsing included"
     ),
 }
 

@@ -45,7 +45,6 @@ from _overhead_apps import (  # noqa: E402 - the path line above makes the helpe
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST_PATH = "/items/7"
-ROUTE_TEMPLATES = {"/items/<int:item_id>", "/items/{item_id}", "/items/{item_id:int}"}
 HEADERS = {
     "host": "bench.local",
     "user-agent": "pyobs-bench/1",
@@ -212,55 +211,82 @@ class _Drivers:
 
     @staticmethod
     def aiohttp(app: Any) -> Callable[[], Any]:
-        from aiohttp.test_utils import make_mocked_request
-        from multidict import CIMultiDict
+        from aiohttp import web
 
-        class Writer:
-            """The payload writer a response talks to, writing nowhere."""
+        class Transport(asyncio.Transport):
+            """An in-memory connection: completes a future when a whole response is written."""
 
-            buffer_size = 0
-            output_size = 0
-            length: int | None = None
+            def __init__(self) -> None:
+                super().__init__()
+                self.buffer = bytearray()
+                self.waiter: asyncio.Future[int] | None = None
+                self.closed = False
 
-            def enable_chunking(self) -> None:
+            def write(self, data: Any) -> None:
+                self.buffer += data
+                self._check()
+
+            def writelines(self, lines: Any) -> None:
+                for data in lines:
+                    self.buffer += data
+                self._check()
+
+            def _check(self) -> None:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(self.buffer[:end]).lower()
+                at = head.find(b"content-length:")
+                stop = head.find(b"\r\n", at)
+                length = int(head[at + 15 : stop if stop > 0 else None])
+                if len(self.buffer) >= end + 4 + length:
+                    status = int(self.buffer[9:12])
+                    del self.buffer[: end + 4 + length]
+                    if self.waiter is not None and not self.waiter.done():
+                        self.waiter.set_result(status)
+
+            def is_closing(self) -> bool:
+                return self.closed
+
+            def close(self) -> None:
+                self.closed = True
+
+            def get_extra_info(self, name: str, default: Any = None) -> Any:
+                extra = {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 80)}
+                return extra.get(name, default)
+
+            def pause_reading(self) -> None:
                 pass
 
-            def enable_compression(self, *args: Any, **kwargs: Any) -> None:
+            def resume_reading(self) -> None:
                 pass
 
-            async def write_headers(self, status_line: str, headers: Any) -> None:
+            def get_write_buffer_size(self) -> int:
+                return 0
+
+            def set_write_buffer_limits(self, high: Any = None, low: Any = None) -> None:
                 pass
 
-            def send_headers(self) -> None:
-                pass
-
-            def set_eof(self) -> None:
-                pass
-
-            async def write(self, chunk: bytes, **kwargs: Any) -> None:
-                self.output_size += len(chunk)
-
-            async def write_eof(self, chunk: bytes = b"") -> None:
-                self.output_size += len(chunk)
-
-            async def drain(self) -> None:
-                pass
-
-        headers = CIMultiDict(HEADERS)
-        state: dict[str, bool] = {}
+        raw = (
+            f"GET {REQUEST_PATH} HTTP/1.1\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items())
+            + "\r\n"
+        ).encode()
+        state: dict[str, Any] = {}
 
         async def one() -> int:
             if not state:
-                app.freeze()  # what AppRunner.setup() does: builds the middleware chain
-                await app.startup()
-                state["ready"] = True
-            request = make_mocked_request(
-                "GET", REQUEST_PATH, headers=headers, app=app, writer=Writer()
-            )
-            response = await app._handle(request)
-            await response.prepare(request)
-            await response.write_eof()
-            return int(response.status)
+                runner = web.AppRunner(app, access_log=None)
+                await runner.setup()  # freezes the app, runs on_startup
+                protocol = runner.server()  # type: ignore[misc]
+                transport = Transport()
+                protocol.connection_made(transport)
+                state.update(runner=runner, protocol=protocol, transport=transport)
+            transport = state["transport"]
+            transport.waiter = asyncio.get_running_loop().create_future()
+            state["protocol"].data_received(raw)
+            status: int = await transport.waiter
+            return status
 
         return one
 
@@ -292,11 +318,16 @@ class _CountingDropExporter:
 
     def __init__(self) -> None:
         self.spans = 0
+        self.scopes: dict[str, int] = {}
 
     def export(self, spans: Sequence[Any]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         self.spans += len(spans)
+        for span in spans:
+            scope = span.instrumentation_scope
+            name = scope.name if scope is not None else "?"
+            self.scopes[name] = self.scopes.get(name, 0) + 1
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
@@ -417,6 +448,9 @@ def _facts(config: str, requests: int, exporter: Any, target: Target) -> dict[st
     facts: dict[str, Any] = {"note": target.note}
     if exporter is not None:
         facts["spans_per_request"] = round(exporter.spans / max(requests, 1), 2)
+        facts["span_scopes"] = {
+            name: round(n / max(requests, 1), 2) for name, n in sorted(exporter.scopes.items())
+        }
     if config.startswith("pyobs"):
         facts["pyobs_requests"] = _sample("http_server_request_duration_seconds_count")
         facts["pyobs_routes"] = sorted(_route_labels())
@@ -581,9 +615,10 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
                 if pm is not None and bare is not None and pm - bare > 0:
                     extra.append(f"{added / (pm - bare):.2f} of {p.config}")
         if "spans_per_request" in w.facts:
-            extra.append(f"{w.facts['spans_per_request']:g} spans/req")
+            scopes = ", ".join(f"{k} {v:g}" for k, v in w.facts.get("span_scopes", {}).items())
+            extra.append(f"{w.facts['spans_per_request']:g} spans/req ({scopes})")
         if w.config.startswith("pyobs"):
-            routes = [r for r in w.facts.get("pyobs_routes", []) if r in ROUTE_TEMPLATES]
+            routes = [r for r in w.facts.get("pyobs_routes", []) if r != "<unmatched>"]
             extra.append(f"route {routes[0]}" if routes else "NO route recorded")
             if w.config == "pyobs-full":
                 extra.append(f"{w.facts.get('pyobs_log_lines', 0):g} access-log lines in warm-up")
@@ -632,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: a few requests each")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -660,12 +696,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     out.flush()
     verdicts: list[str] = []
+    results: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
         workers = measure_framework(name, rounds, burst, warmup, limit, args.seed + i)
         verdicts += report_framework(name, workers, out)
+        results[name] = {
+            w.config: {
+                "us_per_request": median(w),
+                "rounds": w.us_per_request,
+                "requests": w.requests,
+                "error": w.error,
+                "facts": w.facts,
+            }
+            for w in workers
+        }
         out.flush()
     if verdicts:
         out.write("\n## targets\n" + "\n".join(verdicts) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"frameworks": results, "targets": verdicts}))
     return 0
 
 

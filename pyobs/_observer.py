@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +117,7 @@ class RequestObserver:
         request_id = (
             incoming
             if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
-            else uuid.uuid4().hex
+            else os.urandom(16).hex()
         )
         handle = RequestHandle(facts, method, request_id, time.perf_counter())
         m = self.metrics
@@ -304,7 +303,11 @@ class RequestObserver:
             extra["user_agent.original"] = ua
         message = f"{facts.method} {facts.path} {code}"
         exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
-        _access.log(level, message, extra=extra, exc_info=exc_info)
+        # Built by hand: Logger.log() would walk the stack for a caller we do not report.
+        record = logging.LogRecord(ACCESS_LOGGER, level, "", 0, message, None, exc_info)
+        record.__dict__.update(extra)
+        record.pyobs_fields = extra
+        _access.handle(record)
 
 
 def _error_type(exc: BaseException) -> str:

@@ -8,19 +8,32 @@ from pyobs import _state
 from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware
 
 
-def _on_request_started(sender: Any, **_: Any) -> None:
-    from flask import request
+def _current_request() -> Any:
+    try:  # Flask >= 2.3: the context variable, without the LocalProxy's indirection
+        from flask.globals import _cv_request
 
+        ctx = _cv_request.get(None)
+        return None if ctx is None else ctx.request
+    except ImportError:  # pragma: no cover - older Flask
+        from flask import request
+
+        return request._get_current_object()  # type: ignore[attr-defined]
+
+
+def _on_request_started(sender: Any, **_: Any) -> None:
+    # Routing has run when request_started fires; Flask forgets the rule before we finish.
+    request = _current_request()
+    if request is None or request.url_rule is None:
+        return
     handle = request.environ.get(HANDLE_KEY)
-    if handle is not None and request.url_rule is not None:
+    if handle is not None:
         handle.route = request.url_rule.rule
 
 
 def _on_exception(sender: Any, exception: BaseException, **_: Any) -> None:
-    from flask import request
-
     # Flask turns the exception into a 500 itself; record what it swallowed.
-    handle = request.environ.get(HANDLE_KEY)
+    request = _current_request()
+    handle = None if request is None else request.environ.get(HANDLE_KEY)
     if handle is not None:
         handle.exception = exception
 

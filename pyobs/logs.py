@@ -97,9 +97,13 @@ class ECSFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             out["http.request.id"] = request_id
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRS and not key.startswith("_"):
-                out[key] = value
+        fields = record.__dict__.get("pyobs_fields")
+        if fields is not None:
+            out.update(fields)  # pyobs's own records say which fields they carry
+        else:
+            for key, value in record.__dict__.items():
+                if key not in _RECORD_ATTRS and not key.startswith("_"):
+                    out[key] = value
         if record.exc_info and record.exc_info[1] is not None:
             out.update(error_fields(record.exc_info[1]))
         elif record.stack_info:

@@ -18,11 +18,11 @@ import collections
 import contextlib
 import contextvars
 import copy
-import errno
 import json
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import ssl
@@ -135,6 +135,21 @@ class Spool:
         """Add newline-terminated events at the tail; return how many old events were dropped."""
         if not blob:
             return 0
+        if len(blob) > self.segment_bytes:
+            # Keep segments small so the cap drops a small slice of the oldest events.
+            dropped = 0
+            start = 0
+            while start < len(blob):
+                end = blob.rfind(b"\n", start, start + self.segment_bytes) + 1
+                if end <= start:  # one line longer than a segment
+                    end = blob.index(b"\n", start) + 1
+                piece = blob[start:end]
+                dropped += self._append(piece, piece.count(b"\n"))
+                start = end
+            return dropped
+        return self._append(blob, events)
+
+    def _append(self, blob: bytes, events: int) -> int:
         last = self.segments[-1] if self.segments else None
         if last is None or self._tail is None or last.size + len(blob) > self.segment_bytes:
             self._close_tail()
@@ -206,6 +221,8 @@ class LogstashHandler(logging.Handler):
     bounded queue (dropping, counted, when the queue is full). Safe across ``fork``: the child
     starts its own thread and spool on its first record.
     """
+
+    pyobs_handler = True  # configure_logging() replaces handlers carrying this mark
 
     def __init__(
         self,
@@ -439,7 +456,8 @@ class LogstashHandler(logging.Handler):
             if head is not None:
                 self._send(head[0], head[1])
             return
-        if self._queue:
+        # Without a disk spool, records wait in the bounded memory queue while disconnected.
+        if self._queue and (self._sock is not None or spool is not None):
             blob, count = self._format_batch()
             if self._sock is not None:
                 self._send(blob, count)
@@ -449,7 +467,7 @@ class LogstashHandler(logging.Handler):
         self._idle.set()
         self._gauge()
         self._wake.clear()
-        if self._queue or self._stopping:
+        if self._stopping or (self._queue and (self._sock is not None or spool is not None)):
             return
         if self._sock is None:
             timeout = max(0.01, self._next_attempt - time.monotonic())
@@ -468,7 +486,7 @@ class LogstashHandler(logging.Handler):
             formatter = ECSFormatter(self._config)
             self.setFormatter(formatter)
             to_dict = formatter.to_dict
-        lines = []
+        lines: list[str] = []
         queue = self._queue
         dumps = json.dumps
         prefix = self._id_prefix
@@ -540,6 +558,14 @@ class LogstashHandler(logging.Handler):
                 _log.warning("pyobs: Logstash unreachable, spooling logs (%s)", reason)
             self._last_error = reason
 
+    def _put_back(self, blob: bytes, count: int) -> None:
+        if self._spool is None:
+            self._drop(count)
+            return
+        self.spooled += count
+        self._count("spooled", count)
+        self._drop(self._spool.prepend(blob, count))
+
     def _requeue_unconfirmed(self) -> None:
         if not self._unconfirmed:
             return
@@ -548,10 +574,7 @@ class LogstashHandler(logging.Handler):
         self._unconfirmed.clear()
         self._unconfirmed_bytes = 0
         self.sent -= count
-        if self._spool is not None:
-            self._drop(self._spool.prepend(blob, count))
-        else:
-            self._drop(count)
+        self._put_back(blob, count)
 
     def _send(self, blob: bytes, count: int) -> None:
         sock = self._sock
@@ -561,9 +584,9 @@ class LogstashHandler(logging.Handler):
         try:
             sock.sendall(blob)
         except OSError as exc:
-            # Unconfirmed writes go back first, then this blob after them: order is kept.
+            # Back at the head: this blob, and before it the unconfirmed writes (older still).
+            self._put_back(blob, count)
             self._disconnect(f"send: {exc}")
-            self._to_spool(blob, count)
             return
         now = time.monotonic()
         self._unconfirmed.append((now, blob, count))
@@ -592,25 +615,29 @@ class LogstashHandler(logging.Handler):
         if isinstance(sock, ssl.SSLSocket):
             return True  # TLS records may arrive; a broken peer shows up on the next send
         try:
-            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        except OSError as exc:
-            return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
-        return data != b""
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return True  # Logstash never writes: nothing to read means still open
+            # Readable on a connection the peer never writes to: EOF or an error.
+            return sock.recv(1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError):
+            return False
 
     def _shutdown(self) -> None:
         """At exit: deliver what memory holds if connected, keep everything else on disk."""
         deadline = time.monotonic() + EXIT_DEADLINE_S
         spool = self._spool
-        sock = self._sock
-        if sock is not None and (spool is None or not spool.segments):
-            while self._queue and time.monotonic() < deadline:
+        # Connected: send the spool (oldest first), then memory, until the deadline.
+        while self._sock is not None and time.monotonic() < deadline:
+            self._sock.settimeout(max(0.01, deadline - time.monotonic()))
+            head = spool.pop_head() if spool is not None else None
+            if head is not None:
+                self._send(head[0], head[1])
+            elif self._queue:
                 blob, count = self._format_batch()
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
                 self._send(blob, count)
-                if self._sock is None:
-                    break
+            else:
+                break
         self._spool_from_memory()
         sock = self._sock
         if sock is not None and self._unconfirmed:

@@ -116,7 +116,7 @@ class ObservabilityMiddleware:
         if handle is None:
             return self.app(environ, start_response)
         environ[HANDLE_KEY] = handle
-        extra_headers = observer.response_headers(handle)
+        extra_headers = (("X-Request-ID", handle.request_id),)
 
         def _start_response(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
             handle.status = _status_code(status)
@@ -128,6 +128,7 @@ class ObservabilityMiddleware:
             self._resolve(handle, environ)
             observer.finish(handle, exception=exc)
             observer.detach(handle)
+            environ.pop(HANDLE_KEY, None)
             raise
         observer.detach(handle)
         return _ObservedBody(result, observer, handle, self, environ)
@@ -196,9 +197,6 @@ class _ObservedBody:
     def _finish(self) -> None:
         self._middleware._resolve(self._handle, self._environ)
         self._observer.finish(self._handle)
-
-    def __del__(self) -> None:
-        # A server that never calls close() still gets the request recorded.
-        handle = getattr(self, "_handle", None)
-        if handle is not None and not handle.finished:
-            self._finish()
+        # environ -> handle -> facts -> environ is a cycle; break it so refcounting frees
+        # the request at once instead of leaving it to the cyclic GC.
+        self._environ.pop(HANDLE_KEY, None)

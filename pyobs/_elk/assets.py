@@ -182,7 +182,7 @@ _PIPELINE_READS = ("log.level", "trace.id", "span.id", "user_agent.original", "e
 def ingest_pipeline() -> dict[str, Any]:
     """The `pyobs-logs` ingest pipeline: normalise, de-duplicate, route failures."""
     return {
-        "description": "pyobs (managed): ECS logs normalised, de-duplicated by event.id, failures routed",
+        "description": "pyobs (managed): normalise ECS logs, de-duplicate by event.id",
         "processors": [
             # Shippers send flat dotted keys ("log.level"); processors address objects, so
             # expand the ones they read (the mapping takes either form for the rest).

@@ -77,9 +77,7 @@ def stack_files() -> dict[str, Path]:
             continue
         files.update(_walk(source, relative))
     if missing:
-        raise FileNotFoundError(
-            "this pyobs installation lacks stack files: " + ", ".join(missing)
-        )
+        raise FileNotFoundError("this pyobs installation lacks stack files: " + ", ".join(missing))
     return files
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian's Prometheus, promtool, Alertmanager and amtool for the live and rule tests.
+# Debian's Prometheus, promtool, Alertmanager and amtool for the rule, config and live tests.
+# Idempotent: does nothing when the four commands exist.
 set -euo pipefail
 if command -v prometheus >/dev/null && command -v promtool >/dev/null \
     && command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null; then
@@ -9,7 +10,8 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     prometheus prometheus-alertmanager >/dev/null
-# The Debian packages start system services; the tests run their own instances.
-$SUDO systemctl stop prometheus prometheus-alertmanager 2>/dev/null || true
-$SUDO pkill -x prometheus 2>/dev/null || true
-$SUDO pkill -x prometheus-alertmanager 2>/dev/null || true
+# The packages may start system services on 9090/9093; the tests start their own instances on
+# free loopback ports, so the system ones are only stopped where systemd runs them.
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus prometheus-alertmanager 2>/dev/null || true
+fi

@@ -173,8 +173,15 @@ class Es8Node:
     def _readable_home(self) -> Path:
         """The distribution as the unprivileged user can read it (copied if the checkout is not)."""
         probe = subprocess.run(
-            ["setpriv", f"--reuid={ES_USER}", f"--regid={ES_USER}", "--clear-groups",
-             "test", "-r", str(self.home / "lib" / f"elasticsearch-{ES_VERSION}.jar")],
+            [
+                "setpriv",
+                f"--reuid={ES_USER}",
+                f"--regid={ES_USER}",
+                "--clear-groups",
+                "test",
+                "-r",
+                str(self.home / "lib" / f"elasticsearch-{ES_VERSION}.jar"),
+            ],
             check=False,
         )
         if probe.returncode == 0:

@@ -281,10 +281,10 @@ def compose_command() -> list[str] | None:
     """How to call Docker Compose v2 here, or None when it is not installed."""
     docker = shutil.which("docker")
     if docker:
-        probe = subprocess.run(
+        plugin = subprocess.run(
             [docker, "compose", "version"], capture_output=True, timeout=30, check=False
         )
-        if probe.returncode == 0:
+        if plugin.returncode == 0:
             return [docker, "compose"]
     standalone = shutil.which("docker-compose")
     if standalone:
@@ -681,10 +681,10 @@ def check_prometheus(model: Mapping[str, Any], directory: Path) -> list[str]:
             problems.append(f"{PROMETHEUS_CONFIG}: example service {name}:8000 is not scraped")
     for pattern in config.get("rule_files") or []:
         container_path = str(PurePosixPath("/etc/prometheus") / pattern)
-        host = host_path_for(directory, prometheus, container_path)
-        if host is None:
+        rules = host_path_for(directory, prometheus, container_path)
+        if rules is None:
             problems.append(f"{PROMETHEUS_CONFIG}: rule_files {pattern} is not mounted")
-        elif not list(host.parent.glob(host.name)):
+        elif not list(rules.parent.glob(rules.name)):
             problems.append(f"{PROMETHEUS_CONFIG}: rule_files {pattern} matches no file")
     if "--enable-feature=exemplar-storage" not in (prometheus.get("command") or []):
         problems.append("prometheus: exemplar storage is not enabled")
@@ -917,9 +917,9 @@ def check_examples(model: Mapping[str, Any], directory: Path) -> list[str]:
     if traffic is None:
         problems.append("no traffic service")
     else:
-        command = " ".join(str(part) for part in traffic.get("command") or [])
+        traffic_command = " ".join(str(part) for part in traffic.get("command") or [])
         for framework in frameworks:
-            if f"http://example-{framework}:8000" not in command:
+            if f"http://example-{framework}:8000" not in traffic_command:
                 problems.append(f"traffic: does not send traffic to example-{framework}")
     return problems
 

@@ -1,0 +1,142 @@
+"""aiohttp adapter: ``pyobs.aiohttp.instrument(app)`` (HTTP handlers and WebSockets)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pyobs import _state, exposition
+from pyobs._observer import RequestFacts
+from pyobs._websocket import WebSocketSession, open_session
+from pyobs.asgi import ensure_loop_lag_monitor
+
+HANDLE_KEY = "pyobs.handle"
+WEBSOCKET_KEY = "pyobs.websocket"
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def _facts(request: Any) -> RequestFacts:
+    host = request.host or ""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return RequestFacts(
+        method=request.method,
+        path=request.path,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        scheme=request.scheme,
+        query=request.query_string,
+        client_addr=request.remote,
+        client_port=peer[1] if isinstance(peer, tuple) and len(peer) > 1 else None,
+        server_addr=host.split(":")[0] or None,
+        server_port=request.url.port,
+        http_version=f"{request.version.major}.{request.version.minor}",
+    )
+
+
+def _route(request: Any) -> str | None:
+    """The resource's canonical form (/items/{item_id}); None when nothing matched."""
+    info = request.match_info
+    if info.http_exception is not None or info.route.resource is None:
+        return None
+    return str(info.route.resource.canonical)
+
+
+def _count(session: WebSocketSession, ws: Any) -> None:
+    """Count messages on this one WebSocketResponse (its senders bypass each other)."""
+    from aiohttp import WSMsgType
+
+    receive = ws.receive
+
+    async def counted_receive(*args: Any, **kwargs: Any) -> Any:
+        message = await receive(*args, **kwargs)
+        if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            session.on_message("received")
+        return message
+
+    def counting(send: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            result = await send(*args, **kwargs)
+            session.on_message("sent")
+            return result
+
+        return counted
+
+    ws.receive = counted_receive
+    ws.send_str = counting(ws.send_str)
+    ws.send_bytes = counting(ws.send_bytes)
+    ws.send_frame = counting(ws.send_frame)
+
+
+def instrument(app: Any, **options: Any) -> Any:
+    """Instrument an aiohttp ``web.Application``; /metrics is served by the app."""
+    from aiohttp import web
+
+    if any(getattr(m, "_pyobs", False) for m in app.middlewares):
+        return app
+    config = _state.ensure_setup("aiohttp", **options)
+    observer = _state.get_observer()
+    if config.disabled or observer is None:
+        return app
+
+    async def on_prepare(request: Any, response: Any) -> None:
+        handle = request.get(HANDLE_KEY)
+        if handle is not None:
+            for name, value in observer.response_headers(handle):
+                response.headers[name] = value
+        session = request.get(WEBSOCKET_KEY)
+        if session is not None and isinstance(response, web.WebSocketResponse):
+            _count(session, response)
+            session.on_accept()
+
+    @web.middleware
+    async def middleware(request: Any, handler: Handler) -> Any:
+        if config.metrics_port is None and request.path == config.metrics_path:
+            status, headers, body = exposition.render(
+                config, request.headers.get("Accept"), request.headers.get("Authorization")
+            )
+            return web.Response(body=body, status=status, headers=dict(headers))
+        ensure_loop_lag_monitor()
+        facts = _facts(request)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            session = open_session(facts, _route(request))
+            if session is None:
+                return await handler(request)
+            request[WEBSOCKET_KEY] = session
+            with session.activate():
+                try:
+                    response = await handler(request)
+                except BaseException as exc:
+                    session.on_close(exception=exc)
+                    raise
+                session.on_close(getattr(response, "close_code", None))
+                return response
+        handle = observer.start(facts)
+        if handle is None:
+            return await handler(request)
+        handle.route = _route(request)
+        request[HANDLE_KEY] = handle
+        try:
+            response = await handler(request)
+            # Send it here, so the duration runs until the last body byte is out.
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write_eof()
+        except web.HTTPException as exc:
+            handle.status = exc.status
+            body = exc.body
+            handle.response_bytes = len(body) if isinstance(body, (bytes, bytearray)) else 0
+            observer.finish(handle)
+            raise
+        except BaseException as exc:
+            observer.finish(handle, exception=exc)
+            raise
+        finally:
+            observer.detach(handle)
+        handle.status = response.status
+        handle.response_bytes = response.body_length
+        observer.finish(handle)
+        return response
+
+    middleware._pyobs = True  # type: ignore[attr-defined]
+    app.middlewares.insert(0, middleware)
+    app.on_response_prepare.append(on_prepare)
+    return app

@@ -1,0 +1,166 @@
+"""Django adapter: ``"pyobs.django.ObservabilityMiddleware"`` first in ``MIDDLEWARE``.
+
+Works under WSGI and ASGI, serves /metrics without a urls.py entry, labels requests with the
+URL pattern (``/items/<int:item_id>``; DRF routers' regexes without their ``^``/``$`` anchors)
+and puts the view (DRF viewset action included) on the span as ``code.function.name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from pyobs import _state, exposition
+from pyobs._observer import RequestHandle, RequestObserver
+from pyobs.wsgi import facts_from_environ
+
+
+def route_template(request: Any) -> str | None:
+    """The matched URL pattern with a leading '/', or None when no pattern matched."""
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None)
+    if not route:
+        return None if match is None else "/"
+    route = str(route).removeprefix("^").removesuffix("$")
+    return "/" + route.lstrip("/")
+
+
+def _view_name(view: Any, method: str) -> str:
+    cls = getattr(view, "cls", None) or getattr(view, "view_class", None)
+    if cls is None:
+        return f"{getattr(view, '__module__', '')}.{getattr(view, '__qualname__', view)}"
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    action = (getattr(view, "actions", None) or {}).get(method.lower())
+    return f"{name}.{action}" if action else name
+
+
+class ObservabilityMiddleware:
+    """Django middleware (sync and async): metrics, a SERVER span and the access log."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+        config = _state.ensure_setup("django")
+        self.observer: RequestObserver | None = None if config.disabled else _state.get_observer()
+
+    def _start(self, request: Any) -> RequestHandle | None:
+        facts = facts_from_environ(request.META)
+        facts.scheme = request.scheme or facts.scheme
+        handle = self.observer.start(facts) if self.observer is not None else None
+        request._pyobs_handle = handle
+        return handle
+
+    def __call__(self, request: Any) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        observer = self.observer
+        if observer is None:
+            return self.get_response(request)
+        if (
+            observer.config.metrics_port is None
+            and request.path_info == observer.config.metrics_path
+        ):
+            return self._metrics(request)
+        handle = self._start(request)
+        if handle is None:
+            return self.get_response(request)
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:
+            observer.finish(handle, exception=exc)
+            raise
+        finally:
+            observer.detach(handle)
+        return self._watch(observer, request, response, handle)
+
+    async def __acall__(self, request: Any) -> Any:
+        observer = self.observer
+        if observer is None:
+            return await self.get_response(request)
+        if (
+            observer.config.metrics_port is None
+            and request.path_info == observer.config.metrics_path
+        ):
+            return self._metrics(request)
+        handle = self._start(request)
+        if handle is None:
+            return await self.get_response(request)
+        try:
+            response = await self.get_response(request)
+        except BaseException as exc:
+            observer.finish(handle, exception=exc)
+            raise
+        finally:
+            observer.detach(handle)
+        return self._watch(observer, request, response, handle)
+
+    def process_view(self, request: Any, view: Any, args: Any, kwargs: Any) -> None:
+        handle = getattr(request, "_pyobs_handle", None)
+        if handle is not None and handle.span is not None and handle.owns_span:
+            handle.span.set_attribute("code.function.name", _view_name(view, request.method))
+
+    def process_exception(self, request: Any, exception: Exception) -> None:
+        # Django turns the exception into a response itself; keep it for the record.
+        handle = getattr(request, "_pyobs_handle", None)
+        if handle is not None:
+            handle.exception = exception
+
+    @staticmethod
+    def _metrics(request: Any) -> Any:
+        from django.http import HttpResponse
+
+        config = _state.ensure_setup()
+        status, headers, body = exposition.render(
+            config, request.headers.get("Accept"), request.headers.get("Authorization")
+        )
+        response = HttpResponse(body, status=status)
+        for name, value in headers:
+            response[name] = value
+        return response
+
+    @staticmethod
+    def _watch(observer: RequestObserver, request: Any, response: Any, handle: Any) -> Any:
+        """Label, add X-Request-ID, count the body; the record is made when Django closes it."""
+        handle.route = route_template(request)
+        handle.status = response.status_code
+        if handle.exception is not None and response.status_code < 500:
+            handle.exception = None  # Http404, PermissionDenied...: an answer, not a failure
+        for name, value in observer.response_headers(handle):
+            response[name] = value
+        done = [not response.streaming]
+        if response.streaming:
+            content = response.streaming_content
+            if response.is_async:
+
+                async def acount() -> AsyncIterator[bytes]:
+                    async for chunk in content:
+                        handle.response_bytes += len(chunk)
+                        yield chunk
+                    done[0] = True
+
+                response.streaming_content = acount()
+            else:
+
+                def count() -> Iterator[bytes]:
+                    for chunk in content:
+                        handle.response_bytes += len(chunk)
+                        yield chunk
+                    done[0] = True
+
+                response.streaming_content = count()
+        else:
+            handle.response_bytes = len(response.content)
+
+        def closed() -> None:
+            handle.disconnected = not done[0] and handle.exception is None
+            observer.finish(handle)
+
+        response._resource_closers.append(closed)
+        return response

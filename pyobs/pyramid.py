@@ -1,0 +1,79 @@
+"""Pyramid adapter: ``config.include("pyobs.pyramid")``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pyobs import _state, exposition
+from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware, _ObservedBody, facts_from_environ
+
+
+def _route(request: Any) -> str | None:
+    matched = getattr(request, "matched_route", None)
+    if matched is None:
+        return None
+    pattern = str(matched.pattern)
+    return pattern if pattern.startswith("/") else "/" + pattern
+
+
+def _no_app(environ: Any, start_response: Any) -> list[bytes]:
+    return []  # pragma: no cover - the tween serves the app, this middleware only records
+
+
+def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any], Any]:
+    """The outermost tween: one request, one record; routes are labelled with their patterns."""
+    recorder = ObservabilityMiddleware(_no_app, framework="pyramid")
+    observer = recorder.observer
+    if observer is None:
+        return handler
+    config = observer.config
+
+    def tween(request: Any) -> Any:
+        environ = request.environ
+        if config.metrics_port is None and request.path_info == config.metrics_path:
+            from pyramid.response import Response
+
+            status, headers, body = exposition.render(
+                config, request.headers.get("Accept"), request.headers.get("Authorization")
+            )
+            return Response(body=body, status=status, headerlist=headers)
+        handle = observer.start(facts_from_environ(environ))
+        if handle is None:
+            return handler(request)
+        environ[HANDLE_KEY] = handle
+        try:
+            response = handler(request)
+        except BaseException as exc:
+            handle.route = _route(request)
+            observer.finish(handle, exception=exc)
+            raise
+        finally:
+            observer.detach(handle)
+        handle.route = _route(request)
+        handle.status = response.status_int
+        # An exception view already turned the error into a response; count it as raised.
+        swallowed = getattr(request, "exception", None)
+        if isinstance(swallowed, Exception) and response.status_int >= 500:
+            handle.exception = swallowed
+        for name, value in observer.response_headers(handle):
+            response.headers[name] = value
+        length = response.content_length
+        response.app_iter = _ObservedBody(response.app_iter, observer, handle, recorder, environ)
+        response.content_length = length
+        return response
+
+    return tween
+
+
+def includeme(config: Any) -> None:
+    """``config.include("pyobs.pyramid")``: add the tween, nearest to the server."""
+    from pyramid.tweens import INGRESS
+
+    settings = config.get_settings() or {}
+    options = {
+        key[len("pyobs.") :]: value for key, value in settings.items() if key.startswith("pyobs.")
+    }
+    if _state.ensure_setup("pyramid", **options).disabled:
+        return
+    config.add_tween("pyobs.pyramid.tween_factory", under=INGRESS)

@@ -1,0 +1,144 @@
+"""Sanic adapter: ``pyobs.sanic.instrument(app)`` (HTTP handlers and WebSockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyobs import _state, exposition
+from pyobs._observer import RequestFacts
+from pyobs._websocket import open_session
+from pyobs.asgi import ensure_loop_lag_monitor
+
+
+def _facts(request: Any) -> RequestFacts:
+    return RequestFacts(
+        method=request.method,
+        path=request.path,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        scheme=request.scheme,
+        query=request.query_string,
+        client_addr=request.ip or None,
+        client_port=request.port or None,
+        server_addr=request.server_name or None,
+        server_port=request.server_port or None,
+        http_version=request.version or "1.1",
+    )
+
+
+def instrument(app: Any, **options: Any) -> Any:
+    """Instrument a Sanic app (its own server or ASGI); routes read /items/<item_id:int>."""
+    from sanic import response as responses
+    from sanic.exceptions import SanicException
+    from sanic.request import Request
+
+    if getattr(app.ctx, "pyobs_instrumented", False):
+        return app
+    config = _state.ensure_setup("sanic", **options)
+    observer = _state.get_observer()
+    if config.disabled or observer is None:
+        return app
+    app.ctx.pyobs_instrumented = True
+
+    async def on_request(request: Any) -> None:
+        ensure_loop_lag_monitor()
+        if request.headers.get("upgrade", "").lower() == "websocket":
+            request.ctx.pyobs_ws = open_session(_facts(request))
+            return
+        request.ctx.pyobs_handle = observer.start(_facts(request))
+
+    async def on_routed(request: Any, route: Any, kwargs: Any, handler: Any) -> None:
+        target = getattr(request.ctx, "pyobs_handle", None) or getattr(
+            request.ctx, "pyobs_ws", None
+        )
+        if target is not None:
+            target.route = "/" + route.path.lstrip("/")
+
+    async def on_exception(request: Any, exception: BaseException) -> None:
+        handle = getattr(request.ctx, "pyobs_handle", None)
+        status = getattr(exception, "status_code", 500)
+        if handle is not None and (not isinstance(exception, SanicException) or status >= 500):
+            handle.exception = exception
+
+    async def on_response(request: Any, response: Any) -> None:
+        handle = getattr(request.ctx, "pyobs_handle", None)
+        if handle is None or handle.finished:
+            return
+        if isinstance(response.body, bytes):
+            handle.response_bytes = len(response.body)
+        observer.finish(handle, response.status)
+        observer.detach(handle)
+
+    async def on_send(data: bytes) -> None:
+        # Streamed bodies: count what the handler writes; the first write carries the head.
+        request = Request.get_current()
+        handle = getattr(request.ctx, "pyobs_handle", None)
+        if handle is None or handle.finished:
+            return
+        if handle.status is None:
+            handle.status = 0  # the head went out with this write
+            data = data[data.find(b"\r\n\r\n") + 4 :]
+        handle.response_bytes += len(data)
+
+    async def add_request_id(request: Any, response: Any) -> None:
+        handle = getattr(request.ctx, "pyobs_handle", None)
+        if handle is not None:
+            for name, value in observer.response_headers(handle):
+                response.headers[name] = value
+
+    async def ws_before(request: Any, websocket: Any) -> None:
+        session = getattr(request.ctx, "pyobs_ws", None)
+        if session is None:
+            return
+        recv, send = websocket.recv, websocket.send
+
+        async def counted_recv(*args: Any, **kwargs: Any) -> Any:
+            try:
+                message = await recv(*args, **kwargs)
+            except Exception as exc:
+                session.on_close(getattr(getattr(exc, "rcvd", None), "code", None))
+                raise
+            if message is not None:
+                session.on_message("received")
+            return message
+
+        async def counted_send(message: Any) -> None:
+            await send(message)
+            session.on_message("sent")
+
+        websocket.recv, websocket.send = counted_recv, counted_send
+        session.on_accept()
+
+    async def ws_after(request: Any, websocket: Any) -> None:
+        session = getattr(request.ctx, "pyobs_ws", None)
+        if session is not None:
+            session.on_close(getattr(websocket.ws_proto, "close_code", None))
+
+    async def ws_error(request: Any, websocket: Any, exception: BaseException) -> None:
+        session = getattr(request.ctx, "pyobs_ws", None)
+        if session is not None:
+            session.on_close(exception=exception)
+
+    async def metrics(request: Any) -> Any:
+        status, headers, body = exposition.render(
+            config, request.headers.get("accept"), request.headers.get("authorization")
+        )
+        fields = dict(headers)
+        content_type = fields.pop("Content-Type")
+        fields.pop("Content-Length", None)
+        return responses.raw(body, status=status, headers=fields, content_type=content_type)
+
+    for event, handler in (
+        ("http.lifecycle.request", on_request),
+        ("http.routing.after", on_routed),
+        ("http.lifecycle.exception", on_exception),
+        ("http.lifecycle.response", on_response),
+        ("http.lifecycle.send", on_send),
+        ("websocket.handler.before", ws_before),
+        ("websocket.handler.after", ws_after),
+        ("websocket.handler.exception", ws_error),
+    ):
+        app.signal(event)(handler)
+    app.on_response(add_request_id)
+    if config.metrics_port is None:
+        app.add_route(metrics, config.metrics_path, name="pyobs_metrics")
+    return app

@@ -1,0 +1,181 @@
+"""Tornado adapter: ``pyobs.tornado.instrument(application)`` (RequestHandler, WebSocketHandler)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from pyobs import _state, exposition
+from pyobs._observer import RequestFacts, RequestHandle, RequestObserver
+from pyobs._websocket import WebSocketSession, open_session
+from pyobs.asgi import ensure_loop_lag_monitor
+
+
+def _facts(request: Any) -> RequestFacts:
+    host = request.host or ""
+    port = host.rpartition(":")[2] if ":" in host else ""
+    return RequestFacts(
+        method=request.method,
+        path=request.path,
+        headers={k.lower(): v for k, v in request.headers.get_all()},
+        scheme=request.protocol,
+        query=request.query,
+        client_addr=request.remote_ip,
+        server_addr=request.host_name or None,
+        server_port=int(port) if port.isdigit() else None,
+        http_version=request.version.partition("/")[2] or "1.1",
+    )
+
+
+def route_template(rules: Any, request: Any, target: Any) -> str | None:
+    """The URLSpec pattern that routed ``request`` to ``target``, as written (no added ``$``)."""
+    from tornado.routing import PathMatches, RuleRouter
+
+    for rule in rules:
+        if rule.matcher.match(request) is None:
+            continue
+        if isinstance(rule.target, RuleRouter):
+            found = route_template(rule.target.rules, request, target)
+            if found is not None:
+                return found
+        elif rule.target is target and isinstance(rule.matcher, PathMatches):
+            pattern = str(rule.matcher.regex.pattern)
+            return pattern[:-1] if pattern.endswith("$") else pattern
+    return None
+
+
+class _Connection:
+    """The request's connection, counting body bytes and adding X-Request-ID to the headers."""
+
+    def __init__(self, inner: Any, observer: RequestObserver, handle: RequestHandle) -> None:
+        self._inner, self._observer, self._handle = inner, observer, handle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def write_headers(self, start_line: Any, headers: Any, chunk: bytes | None = None) -> Any:
+        for name, value in self._observer.response_headers(self._handle):
+            headers[name] = value
+        self._handle.response_bytes += len(chunk or b"")
+        return self._inner.write_headers(start_line, headers, chunk)
+
+    def write(self, chunk: bytes) -> Any:
+        self._handle.response_bytes += len(chunk)
+        return self._inner.write(chunk)
+
+
+class _Delegate:
+    """Wraps the handler delegate so the request's context is left where it was entered."""
+
+    def __init__(self, inner: Any, observer: RequestObserver, handle: RequestHandle) -> None:
+        self._inner, self._observer, self._handle = inner, observer, handle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def finish(self) -> None:
+        try:
+            self._inner.finish()  # starts the handler task, which copies the context
+        finally:
+            self._observer.detach(self._handle)
+
+    def on_connection_close(self) -> None:
+        self._handle.disconnected = True
+        self._observer.finish(self._handle)
+        self._observer.detach(self._handle)
+        self._inner.on_connection_close()
+
+
+def _watch(session: WebSocketSession, handler: Any) -> None:
+    """Count one WebSocketHandler's messages and close (instance attributes, not the class)."""
+    on_message, write_message, on_close = (
+        handler.on_message,
+        handler.write_message,
+        handler.on_close,
+    )
+
+    def observed_message(message: Any) -> Any:
+        session.on_message("received")
+        with session.activate():
+            return on_message(message)
+
+    def observed_write(message: Any, binary: bool = False) -> Any:
+        session.on_message("sent")
+        return write_message(message, binary=binary)
+
+    def observed_close() -> None:
+        try:
+            with session.activate():
+                on_close()
+        finally:
+            session.on_close(handler.close_code)
+
+    handler.on_message, handler.write_message = observed_message, observed_write
+    handler.on_close = observed_close
+
+
+def instrument(application: Any, **options: Any) -> Any:
+    """Instrument a ``tornado.web.Application``; /metrics is served by it."""
+    from tornado.web import HTTPError, RequestHandler
+    from tornado.websocket import WebSocketHandler
+
+    if getattr(application, "_pyobs_instrumented", False):
+        return application
+    config = _state.ensure_setup("tornado", **options)
+    observer = _state.get_observer()
+    if config.disabled or observer is None:
+        return application
+
+    class MetricsHandler(RequestHandler):
+        def get(self) -> None:
+            headers = self.request.headers
+            status, out, body = exposition.render(
+                config, headers.get("Accept"), headers.get("Authorization")
+            )
+            self.set_status(status)
+            for name, value in out:
+                self.set_header(name, value)
+            self.finish(body)
+
+    find_handler, user_log = application.find_handler, application.settings.get("log_function")
+
+    def find(request: Any, **kwargs: Any) -> Any:
+        if config.metrics_port is None and request.path == config.metrics_path:
+            return application.get_handler_delegate(request, MetricsHandler)
+        delegate = find_handler(request, **kwargs)
+        ensure_loop_lag_monitor()
+        target = getattr(delegate, "handler_class", None)
+        route = route_template(application.default_router.rules, request, target)
+        if isinstance(target, type) and issubclass(target, WebSocketHandler):
+            request._pyobs_ws = open_session(_facts(request), route)
+            return delegate
+        handle = observer.start(_facts(request))
+        if handle is None:
+            return delegate
+        handle.route = route
+        request._pyobs_handle = handle
+        request.connection = _Connection(request.connection, observer, handle)
+        return _Delegate(delegate, observer, handle)
+
+    def log_request(handler: Any) -> None:
+        request, status = handler.request, handler.get_status()
+        handle = getattr(request, "_pyobs_handle", None)
+        if handle is not None:
+            # Called from finish(); inside Tornado's exception handler when the handler raised.
+            exc = sys.exc_info()[1]
+            if status >= 500 and isinstance(exc, Exception) and not isinstance(exc, HTTPError):
+                handle.exception = exc
+            observer.finish(handle, status)
+        session = getattr(request, "_pyobs_ws", None)
+        if session is not None and status == 101:
+            _watch(session, handler)
+            session.on_accept()
+        elif session is not None:
+            session.on_close()  # the handshake was refused
+        if user_log is not None:
+            user_log(handler)
+
+    application.find_handler = find
+    application.log_request = log_request
+    application._pyobs_instrumented = True
+    return application

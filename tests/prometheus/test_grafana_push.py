@@ -1,0 +1,118 @@
+"""`pyobs grafana push`: the API calls it makes, against a recording HTTP server on loopback.
+
+Grafana cannot run here, so this proves which endpoints are called with which bodies (read
+from the committed files), not that a real Grafana accepts them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.conftest import import_or_require
+from tests.prometheus.conftest import REPO, free_port
+
+
+@pytest.fixture
+def grafana_api() -> Iterator[tuple[str, list[tuple[str, str, Any, str]]]]:
+    """A loopback server answering like Grafana's HTTP API; records (method, path, body, auth)."""
+    calls: list[tuple[str, str, Any, str]] = []
+    state = {"folder": False, "contact_point": False}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length)) if length else None
+            calls.append((self.command, self.path, body, self.headers.get("Authorization", "")))
+            if self.path == "/api/folders/pyobs" and self.command == "GET":
+                if state["folder"]:
+                    self._reply(200, {"uid": "pyobs"})
+                else:
+                    self._reply(404, {"message": "folder not found"})
+            elif self.path == "/api/folders" and self.command == "POST":
+                state["folder"] = True
+                self._reply(200, {"uid": "pyobs"})
+            elif self.path.startswith("/api/v1/provisioning/contact-points/"):
+                if state["contact_point"]:
+                    self._reply(202, {})
+                else:
+                    self._reply(404, {"message": "not found"})
+            elif self.path == "/api/v1/provisioning/contact-points":
+                state["contact_point"] = True
+                self._reply(202, body)
+            else:
+                self._reply(200, {"status": "success"})
+
+        do_GET = do_POST = do_PUT = _handle
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", calls
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_push_sends_dashboards_rules_contact_point_and_policy(
+    grafana_api: tuple[str, list[tuple[str, str, Any, str]]],
+) -> None:
+    """Push creates the folder, then uploads 3 dashboards, the contact point, policies, rules."""
+    import_or_require("grafana_client")
+    from pyobs.cli import main
+
+    url, calls = grafana_api
+    assert main(["grafana", "push", "--url", url, "--token", "s3cret", "--root", str(REPO)]) == 0
+    assert all(auth == "Bearer s3cret" for *_, auth in calls)
+    paths = [(method, path) for method, path, *_ in calls]
+    assert ("POST", "/api/folders") in paths
+    boards = [body for method, path, body, _ in calls if path == "/api/dashboards/db"]
+    assert {b["dashboard"]["uid"] for b in boards} == {
+        "pyobs-overview",
+        "pyobs-runtime",
+        "pyobs-slo",
+    }
+    assert all(b["folderUid"] == "pyobs" and b["overwrite"] for b in boards)
+    created = [b for m, p, b, _ in calls if p == "/api/v1/provisioning/contact-points"]
+    assert created[0]["uid"] == "pyobs-alertmanager"
+    assert created[0]["type"] == "prometheus-alertmanager"
+    policy = next(b for m, p, b, _ in calls if p == "/api/v1/provisioning/policies")
+    assert policy["receiver"] == "pyobs-alertmanager"
+    groups = {
+        p.rsplit("/", 1)[1]: b
+        for m, p, b, _ in calls
+        if p.startswith("/api/v1/provisioning/folder/pyobs/rule-groups/")
+    }
+    assert set(groups) == {"pyobs-slo", "pyobs-service"}
+    rules = [r for g in groups.values() for r in g["rules"]]
+    assert len(rules) == 10
+    assert all(r["folderUID"] == "pyobs" and r["condition"] == "Z" for r in rules)
+    assert all(g["interval"] == 60 for g in groups.values())
+
+
+def test_push_reports_an_unreachable_grafana(capsys: pytest.CaptureFixture[str]) -> None:
+    """With nothing listening, push exits 1 with a plain message instead of a traceback."""
+    import_or_require("grafana_client")
+    from pyobs.cli import main
+
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["grafana", "push", "--url", url, "--token", "t", "--root", str(REPO)]) == 1
+    assert "Grafana" in capsys.readouterr().err
