@@ -169,7 +169,7 @@ def _instrument_flask(app: Any, config: str) -> None:
     elif config == "otel-contrib":
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-        FlaskInstrumentor().instrument_app(app)
+        FlaskInstrumentor().instrument_app(app)  # type: ignore[no-untyped-call]
 
 
 def _build_flask(config: str) -> Target:
@@ -458,7 +458,8 @@ def _build_tornado(config: str) -> Target:
     if config == "otel-contrib":
         from opentelemetry.instrumentation.tornado import TornadoInstrumentor
 
-        TornadoInstrumentor().instrument()  # patches Application/RequestHandler
+        # It patches Application and RequestHandler.
+        TornadoInstrumentor().instrument()  # type: ignore[no-untyped-call]
     import tornado.web
 
     class ItemHandler(tornado.web.RequestHandler):

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _overhead_apps import (  # noqa: E402 - the path line above makes the helper importable
+from _overhead_apps import (
     BASE_CONFIGS,
     DRIVEN_AS,
     FRAMEWORKS,
@@ -359,60 +359,61 @@ def _route_labels() -> set[str]:
     return found
 
 
-def worker(framework: str, config: str) -> int:
-    """Build one configuration, then serve 'run SECONDS' commands from stdin (JSON replies)."""
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)  # the app's and pyobs's stdout (JSON logs) go to /dev/null
-    for name in list(os.environ):
-        if name.startswith(("PYOBS_", "OTEL_")):
-            del os.environ[name]
+@dataclass
+class Burst:
+    """What one burst measured."""
 
-    exporter: _CountingDropExporter | None = None
-    if config in ("pyobs-full", "otel-contrib"):
-        from opentelemetry import trace
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    count: int
+    wall_ns: int
+    cpu_ns: int
+    bad: int
 
-        exporter = _CountingDropExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[arg-type]
-        trace.set_tracer_provider(provider)
-    if config.startswith("pyobs"):
-        import pyobs
 
-        full = config == "pyobs-full"
-        pyobs.setup(service_name="bench", tracing=full, access_log=full)
+class Bench:
+    """One configuration built in this process, ready to run bursts of requests."""
 
-    target = build(framework, config)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    if framework == "sanic":
-        loop.run_until_complete(_sanic_lifespan(target.app))
-    make = getattr(_Drivers, target.kind)
-    if target.kind == "tornado":
-        one = loop.run_until_complete(_make_in_loop(make, target))
-    else:
-        one = make(target.app)
-    is_async = asyncio.iscoroutinefunction(one)
+    def __init__(self, framework: str, config: str) -> None:
+        for name in list(os.environ):
+            if name.startswith(("PYOBS_", "OTEL_")):
+                del os.environ[name]
+        self.config = config
+        self.exporter: _CountingDropExporter | None = None
+        if config in ("pyobs-full", "otel-contrib"):
+            from opentelemetry import trace
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    async def burst_async(seconds: float, limit: int) -> tuple[int, int, int]:
+            self.exporter = _CountingDropExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(self.exporter))  # type: ignore[arg-type]
+            trace.set_tracer_provider(provider)
+        if config.startswith("pyobs"):
+            import pyobs
+
+            full = config == "pyobs-full"
+            pyobs.setup(service_name="bench", tracing=full, access_log=full)
+
+        self.access_lines = _count_records("pyobs.access")
+        self.target = build(framework, config)
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        if framework == "sanic":
+            self.loop.run_until_complete(_sanic_lifespan(self.target.app))
+        make = getattr(_Drivers, self.target.kind)
+        self.one = make(self.target.app)
+        self.is_async = asyncio.iscoroutinefunction(self.one)
+
+    def run(self, seconds: float, limit: int) -> Burst:
+        """Send requests in groups of 16 until ``seconds`` pass or ``limit`` requests are sent.
+
+        Wall and process CPU time are both taken; CPU time (all threads of this process) is
+        what the report uses, because it does not count time the OS gave other processes.
+        """
+        if self.is_async:
+            return self.loop.run_until_complete(self._run_async(seconds, limit))
+        one = self.one
         count, bad = 0, 0
-        start = time.perf_counter_ns()
-        deadline = start + int(seconds * 1e9)
-        while count < limit:
-            for _ in range(16):
-                if await one() != 200:
-                    bad += 1
-            count += 16
-            if time.perf_counter_ns() >= deadline:
-                break
-        return count, time.perf_counter_ns() - start, bad
-
-    def burst(seconds: float, limit: int) -> tuple[int, int, int]:
-        if is_async:
-            return loop.run_until_complete(burst_async(seconds, limit))
-        count, bad = 0, 0
+        cpu = time.process_time_ns()
         start = time.perf_counter_ns()
         deadline = start + int(seconds * 1e9)
         while count < limit:
@@ -422,8 +423,44 @@ def worker(framework: str, config: str) -> int:
             count += 16
             if time.perf_counter_ns() >= deadline:
                 break
-        return count, time.perf_counter_ns() - start, bad
+        wall = time.perf_counter_ns() - start
+        return Burst(count, wall, time.process_time_ns() - cpu, bad)
 
+    async def _run_async(self, seconds: float, limit: int) -> Burst:
+        one = self.one
+        count, bad = 0, 0
+        cpu = time.process_time_ns()
+        start = time.perf_counter_ns()
+        deadline = start + int(seconds * 1e9)
+        while count < limit:
+            for _ in range(16):
+                if await one() != 200:
+                    bad += 1
+            count += 16
+            if time.perf_counter_ns() >= deadline:
+                break
+        wall = time.perf_counter_ns() - start
+        return Burst(count, wall, time.process_time_ns() - cpu, bad)
+
+    def facts(self, requests: int) -> dict[str, Any]:
+        """What the warm-up proved: spans per request, recorded routes, access log lines."""
+        facts = _facts(self.config, requests, self.exporter, self.target)
+        facts["access_log_lines"] = self.access_lines[0]
+        return facts
+
+
+def _quiet_stdout() -> Any:
+    """Send fd 1 (the app's and pyobs's JSON logs) to /dev/null; return a stream to the old one."""
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    return out
+
+
+def worker(framework: str, config: str) -> int:
+    """Build one configuration, then serve 'run SECONDS LIMIT' commands from stdin."""
+    proto = _quiet_stdout()
+    bench = Bench(framework, config)
     for line in sys.stdin:
         words = line.split()
         if not words:
@@ -431,16 +468,189 @@ def worker(framework: str, config: str) -> int:
         if words[0] == "quit":
             break
         if words[0] in ("run", "warmup"):
-            count, elapsed, bad = burst(float(words[1]), int(words[2]))
-            reply: dict[str, Any] = {"count": count, "ns": elapsed, "bad": bad}
+            b = bench.run(float(words[1]), int(words[2]))
+            reply: dict[str, Any] = {
+                "count": b.count,
+                "ns": b.wall_ns,
+                "cpu_ns": b.cpu_ns,
+                "bad": b.bad,
+            }
             if words[0] == "warmup":
-                reply["facts"] = _facts(config, count, exporter, target)
+                reply["facts"] = bench.facts(b.count)
             proto.write(json.dumps(reply) + "\n")
     return 0
 
 
-async def _make_in_loop(make: Any, target: Target) -> Any:
-    return make(target.app)
+def _package_of(filename: str, name: str) -> str:
+    """A readable owner for a profiled function: pyobs module, top-level package or builtin."""
+    if filename == "~":
+        return "builtins: " + name.split(" of ")[0].strip("{}<>").replace("built-in method ", "")
+    path = Path(filename)
+    parts = path.parts
+    if "pyobs" in parts:
+        return "pyobs/" + "/".join(parts[parts.index("pyobs") + 1 :])
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    if path.name == "overhead.py" or path.name == "_overhead_apps.py":
+        return "benchmark driver"
+    return "stdlib " + (path.parent.name + "/" if path.parent.name != "python3.11" else "") + path.stem
+
+
+def floors(iterations: int) -> int:
+    """Print what the building blocks cost here: the floor under any instrumentation."""
+    import logging
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import SpanKind
+    from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+    import pyobs
+
+    out = _quiet_stdout()
+    registry = CollectorRegistry()
+    histogram = Histogram("floor_seconds", "floor", ["a", "b", "c"], registry=registry)
+    child = histogram.labels("GET", "/items/{item_id}", "200")
+    gauge = Gauge("floor_active", "floor", ["a"], registry=registry).labels("GET")
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_CountingDropExporter()))  # type: ignore[arg-type]
+    tracer = provider.get_tracer("floor")
+    attributes = {
+        "http.request.method": "GET",
+        "url.path": "/items/7",
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
+        "server.address": "bench.local",
+        "server.port": 80,
+        "client.address": "127.0.0.1",
+        "user_agent.original": "pyobs-bench/1",
+    }
+    os.environ.pop("PYOBS_LOG_FORMAT", None)
+    pyobs.setup(service_name="floor", tracing=False)
+    access = logging.getLogger("pyobs.access")
+    extra = {
+        "http.request.id": "0" * 32,
+        "event.dataset": "pyobs.access",
+        "http.request.method": "GET",
+        "url.path": "/items/7",
+        "http.route": "/items/{item_id}",
+        "http.response.status_code": 200,
+        "http.response.body.bytes": 42,
+        "event.duration": 123456,
+        "client.ip": "127.0.0.1",
+        "user_agent.original": "pyobs-bench/1",
+    }
+
+    def span() -> None:
+        s = tracer.start_span("GET", kind=SpanKind.SERVER, attributes=attributes)
+        s.set_attribute("http.route", "/items/{item_id}")
+        s.set_attribute("http.response.status_code", 200)
+        s.end()
+
+    cases: list[tuple[str, Callable[[], Any]]] = [
+        ("histogram observe (bound child)", lambda: child.observe(0.01)),
+        (
+            "histogram observe with exemplar",
+            lambda: child.observe(0.01, {"trace_id": "0" * 32}),
+        ),
+        ("gauge inc + dec (bound child)", lambda: (gauge.inc(), gauge.dec())),
+        ("SDK span: start, 2 attributes, end (8 at start)", span),
+        ("pyobs ECS access-log line to /dev/null", lambda: access.info("GET /items/7 200", extra=extra)),
+    ]
+    out.write(f"# floors: process CPU us per operation, median of 5 x {iterations}\n")
+    for name, fn in cases:
+        samples = []
+        for _ in range(5):
+            start = time.process_time_ns()
+            for _ in range(iterations):
+                fn()
+            samples.append((time.process_time_ns() - start) / iterations / 1000)
+        out.write(f"{name:<52}{statistics.median(samples):>8.2f}\n")
+    return 0
+
+
+# Code that works on behalf of its caller: its time is charged to whoever called it.
+_HELPERS = ("builtins: ", "stdlib ", "prometheus_client", "opentelemetry", "structlog")
+
+
+def _own_time(raw: dict[Any, Any]) -> dict[str, float]:
+    table: dict[str, float] = {}
+    for (filename, _, name), (_, _, tottime, _, _) in raw.items():
+        key = _package_of(filename, name)
+        table[key] = table.get(key, 0.0) + tottime
+    return table
+
+
+def _charged(raw: dict[Any, Any]) -> dict[str, float]:
+    """Own time, with helper code's time charged (through its callers) to the calling owner."""
+    memo: dict[Any, dict[str, float]] = {}
+
+    def owners(func: Any, stack: frozenset[Any]) -> dict[str, float]:
+        if func in memo:
+            return memo[func]
+        key = _package_of(func[0], func[2])
+        callers = raw.get(func, (0, 0, 0, 0, {}))[4]
+        if not key.startswith(_HELPERS) or not callers or func in stack:
+            return {key: 1.0}
+        weights = {c: v[2] + 1e-12 for c, v in callers.items()}
+        total = sum(weights.values())
+        shares: dict[str, float] = {}
+        for caller, weight in weights.items():
+            for owner, share in owners(caller, stack | {func}).items():
+                shares[owner] = shares.get(owner, 0.0) + share * weight / total
+        memo[func] = shares
+        return shares
+
+    table: dict[str, float] = {}
+    for func, (_, _, tottime, _, _) in raw.items():
+        for owner, share in owners(func, frozenset()).items():
+            table[owner] = table.get(owner, 0.0) + tottime * share
+    return table
+
+
+def profile(framework: str, config: str, seconds: float, top: int) -> int:
+    """Run one configuration under cProfile and print where the time goes."""
+    import cProfile
+    import pstats
+
+    out = _quiet_stdout()
+    bench = Bench(framework, config)
+    bench.run(0.5, 10**9)  # warm-up
+    profiler = cProfile.Profile(time.process_time)  # CPU time: immune to a busy machine
+    profiler.enable()
+    b = bench.run(seconds, 10**9)
+    profiler.disable()
+    out.write(
+        f"# {framework} {config}: {b.count} requests, "
+        f"{b.cpu_ns / b.count / 1000:.1f} us CPU/request under cProfile\n"
+    )
+    stats = pstats.Stats(profiler, stream=out)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    for title, table in (
+        ("own time by package", _own_time(raw)),
+        ("time by owner: library, stdlib and builtin calls charged to their caller", _charged(raw)),
+    ):
+        total = sum(table.values()) or 1.0
+        out.write(f"# {title} (us CPU/request under cProfile, share):\n")
+        for key, spent in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            out.write(f"{key:<48}{spent / b.count * 1e6:>9.1f}{100 * spent / total:>7.1f}%\n")
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return 0
+
+
+def _count_records(logger_name: str) -> list[int]:
+    """Count the records a logger emits (a filter that lets everything through)."""
+    import logging
+
+    counter = [0]
+
+    def count(record: logging.LogRecord) -> bool:
+        counter[0] += 1
+        return True
+
+    logging.getLogger(logger_name).addFilter(count)
+    return counter
 
 
 def _facts(config: str, requests: int, exporter: Any, target: Target) -> dict[str, Any]:
@@ -454,7 +664,6 @@ def _facts(config: str, requests: int, exporter: Any, target: Target) -> dict[st
     if config.startswith("pyobs"):
         facts["pyobs_requests"] = _sample("http_server_request_duration_seconds_count")
         facts["pyobs_routes"] = sorted(_route_labels())
-        facts["pyobs_log_lines"] = _sample("pyobs_log_events_total", {"level": "info"})
     return facts
 
 
@@ -471,14 +680,17 @@ class Worker:
     config: str
     proc: subprocess.Popen[str] | None = None
     stderr: Any = None
-    us_per_request: list[float] = field(default_factory=list)
+    us_per_request: list[float] = field(default_factory=list)  # CPU time, per round
+    wall_us: list[float] = field(default_factory=list)  # wall-clock time, per round
     facts: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     requests: int = 0
 
     def ask(self, command: str, timeout: float) -> dict[str, Any]:
         """Send one command; wait at most ``timeout`` seconds for its JSON reply."""
-        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -528,8 +740,11 @@ def _start(framework: str, config: str) -> Worker:
             else f"not installed: {missing}"
         )
         return w
-    w.stderr = tempfile.TemporaryFile("w+")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    w.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by Worker.stop()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     w.proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--worker", framework, config],
         stdin=subprocess.PIPE,
@@ -573,7 +788,8 @@ def measure_framework(
                 if reply["bad"]:
                     w.error = f"{reply['bad']} of {reply['count']} requests not 200"
                 w.requests += reply["count"]
-                w.us_per_request.append(reply["ns"] / reply["count"] / 1000)
+                w.us_per_request.append(reply["cpu_ns"] / reply["count"] / 1000)
+                w.wall_us.append(reply["ns"] / reply["count"] / 1000)
     finally:
         for w in workers:
             w.stop()
@@ -581,13 +797,21 @@ def measure_framework(
 
 
 def median(w: Worker) -> float | None:
-    """Median microseconds per request over the rounds."""
+    """Median CPU microseconds per request over the rounds."""
     return statistics.median(w.us_per_request) if w.us_per_request and not w.error else None
+
+
+def spread(values: list[float]) -> float:
+    """Interquartile range relative to the median, in percent (how noisy the rounds were)."""
+    if len(values) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return 100 * (q3 - q1) / statistics.median(values)
 
 
 def report_framework(framework: str, workers: list[Worker], out: Any) -> list[str]:
     """Print one framework's table; return its target verdict lines."""
-    kind, adapter, _ = FRAMEWORKS[framework]
+    kind = FRAMEWORKS[framework][0]
     by_config = {w.config: w for w in workers}
     bare = median(by_config["bare"])
     peers = [w for w in workers if w.config not in BASE_CONFIGS]
@@ -595,18 +819,23 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
     notes = sorted({w.facts.get("note", "") for w in workers if w.facts.get("note")})
     for note in notes:
         out.write(f"   note: {note}\n")
-    header = f"{'configuration':<36}{'us/req':>9}{'+us':>9}{'x bare':>8}  vs peers / notes\n"
-    out.write(header)
+    out.write(
+        f"{'configuration':<34}{'us/req':>8}{'+us':>8}{'x bare':>7}{'IQR%':>6}{'wall':>8}"
+        "  vs peers / notes\n"
+    )
     for w in workers:
         m = median(w)
         if m is None:
-            out.write(f"{w.config:<36}{'-':>9}{'-':>9}{'-':>8}  {w.error or 'no data'}\n")
+            dashes = f"{'-':>8}{'-':>8}{'-':>7}{'-':>6}{'-':>8}"
+            out.write(f"{w.config:<34}{dashes}  {w.error or 'no data'}\n")
             continue
         added = m - bare if bare is not None else None
         cells = [
-            f"{w.config:<36}{m:>9.1f}",
-            f"{added:>+9.1f}" if added is not None else f"{'-':>9}",
-            f"{m / bare:>8.2f}" if bare else f"{'-':>8}",
+            f"{w.config:<34}{m:>8.1f}",
+            f"{added:>+8.1f}" if added is not None else f"{'-':>8}",
+            f"{m / bare:>7.2f}" if bare else f"{'-':>7}",
+            f"{spread(w.us_per_request):>6.0f}",
+            f"{statistics.median(w.wall_us):>8.1f}",
         ]
         extra = []
         if added is not None and w.config.startswith("pyobs"):
@@ -621,7 +850,10 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
             routes = [r for r in w.facts.get("pyobs_routes", []) if r != "<unmatched>"]
             extra.append(f"route {routes[0]}" if routes else "NO route recorded")
             if w.config == "pyobs-full":
-                extra.append(f"{w.facts.get('pyobs_log_lines', 0):g} access-log lines in warm-up")
+                per_request = w.facts.get("access_log_lines", 0) / max(
+                    w.facts.get("pyobs_requests", 1), 1
+                )
+                extra.append(f"{per_request:g} access-log lines/req")
         out.write("".join(cells) + "  " + "; ".join(extra) + "\n")
     return _verdicts(framework, by_config, bare)
 
@@ -668,10 +900,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: a few requests each")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile",
+        metavar="FRAMEWORK:CONFIG",
+        help="instead of comparing, run one configuration under cProfile (e.g. flask:pyobs-full)",
+    )
+    parser.add_argument("--profile-seconds", type=float, default=3.0)
+    parser.add_argument("--top", type=int, default=30, help="rows of profile output")
+    parser.add_argument(
+        "--floors", action="store_true", help="instead of comparing, time the building blocks"
+    )
+    parser.add_argument(
+        "--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.worker:
         return worker(*args.worker)
+    if args.floors:
+        return floors(200 if args.quick else 20_000)
+    if args.profile:
+        framework, _, config = args.profile.partition(":")
+        if framework not in FRAMEWORKS or config not in configs_for(framework):
+            parser.error(
+                f"--profile takes FRAMEWORK:CONFIG, e.g. flask:pyobs-full, not {args.profile}"
+            )
+        return profile(framework, config, args.profile_seconds, args.top)
 
     names = list(FRAMEWORKS) if args.frameworks == "all" else args.frameworks.split(",")
     unknown = [n for n in names if n not in FRAMEWORKS]
@@ -687,8 +940,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"# Python {platform.python_version()} on {platform.machine()}, "
         f"{os.cpu_count()} CPUs, {platform.platform()}\n"
         f"# in-process, GET {REQUEST_PATH} -> 200 JSON; {rounds} interleaved rounds of "
-        f"{burst:g} s bursts per configuration (after {warmup:g} s warm-up); "
-        "median us/request\n"
+        f"{burst:g} s bursts per configuration (after {warmup:g} s warm-up)\n"
+        "# us/req: median over rounds of process CPU microseconds per request (all threads);\n"
+        "#   wall: the same in wall-clock time; IQR%: spread of the rounds around the median.\n"
         "# pyobs-metrics: tracing=False, access_log=False.  pyobs-full: metrics + SDK span "
         "(SimpleSpanProcessor, exporter drops) + ECS access log to /dev/null.\n"
         "# otel-contrib: the same SDK provider/exporter, contrib instrumentation only.\n"
@@ -704,6 +958,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             w.config: {
                 "us_per_request": median(w),
                 "rounds": w.us_per_request,
+                "wall_us_per_request": statistics.median(w.wall_us) if w.wall_us else None,
                 "requests": w.requests,
                 "error": w.error,
                 "facts": w.facts,

@@ -253,16 +253,17 @@ class RequestObserver:
         if span is not None and not span.is_recording():
             span = None  # an adopted span that its owner already ended
         if span is not None:
+            attributes: dict[str, Any] = {"http.response.status_code": code}
             if handle.route is not None:
-                span.set_attribute("http.route", handle.route)
+                attributes["http.route"] = handle.route
                 if handle.owns_span:
                     span.update_name(f"{method} {handle.route}")
-            span.set_attribute("http.response.status_code", code)
             if exc is not None:
-                span.set_attribute("error.type", _error_type(exc))
+                attributes["error.type"] = _error_type(exc)
                 span.record_exception(exc)
             elif code >= 500:
-                span.set_attribute("error.type", status_label)
+                attributes["error.type"] = status_label
+            span.set_attributes(attributes)
             if code >= 500 or exc is not None:
                 span.set_status(Status(StatusCode.ERROR))
         if self.config.access_log:

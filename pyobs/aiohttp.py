@@ -10,8 +10,8 @@ from pyobs._observer import RequestFacts
 from pyobs._websocket import WebSocketSession, open_session
 from pyobs.asgi import ensure_loop_lag_monitor
 
-HANDLE_KEY = "pyobs.handle"
-WEBSOCKET_KEY = "pyobs.websocket"
+HANDLE_KEY: Any = "pyobs.handle"
+WEBSOCKET_KEY: Any = "pyobs.websocket"
 Handler = Callable[[Any], Awaitable[Any]]
 
 
@@ -70,8 +70,12 @@ def instrument(app: Any, **options: Any) -> Any:
     """Instrument an aiohttp ``web.Application``; /metrics is served by the app."""
     from aiohttp import web
 
+    global HANDLE_KEY, WEBSOCKET_KEY
     if any(getattr(m, "_pyobs", False) for m in app.middlewares):
         return app
+    if hasattr(web, "RequestKey") and isinstance(HANDLE_KEY, str):  # aiohttp >= 3.12
+        HANDLE_KEY = web.RequestKey(HANDLE_KEY, object)
+        WEBSOCKET_KEY = web.RequestKey(WEBSOCKET_KEY, object)
     config = _state.ensure_setup("aiohttp", **options)
     observer = _state.get_observer()
     if config.disabled or observer is None:
@@ -82,6 +86,14 @@ def instrument(app: Any, **options: Any) -> Any:
         if handle is not None:
             for name, value in observer.response_headers(handle):
                 response.headers[name] = value
+            if not isinstance(response, web.Response):  # streamed: count what the handler writes
+                write = response.write
+
+                async def counted_write(data: Any) -> None:
+                    handle.response_bytes += len(data)
+                    await write(data)
+
+                response.write = counted_write
         session = request.get(WEBSOCKET_KEY)
         if session is not None and isinstance(response, web.WebSocketResponse):
             _count(session, response)
@@ -122,8 +134,8 @@ def instrument(app: Any, **options: Any) -> Any:
             await response.write_eof()
         except web.HTTPException as exc:
             handle.status = exc.status
-            body = exc.body
-            handle.response_bytes = len(body) if isinstance(body, (bytes, bytearray)) else 0
+            sent = exc.body
+            handle.response_bytes = len(sent) if isinstance(sent, (bytes, bytearray)) else 0
             observer.finish(handle)
             raise
         except BaseException as exc:
@@ -132,7 +144,8 @@ def instrument(app: Any, **options: Any) -> Any:
         finally:
             observer.detach(handle)
         handle.status = response.status
-        handle.response_bytes = response.body_length
+        if isinstance(response, web.Response):
+            handle.response_bytes = response.content_length or 0
         observer.finish(handle)
         return response
 

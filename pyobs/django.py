@@ -12,6 +12,7 @@ from typing import Any
 
 from pyobs import _state, exposition
 from pyobs._observer import RequestHandle, RequestObserver
+from pyobs.asgi import ensure_loop_lag_monitor
 from pyobs.wsgi import facts_from_environ
 
 
@@ -89,6 +90,7 @@ class ObservabilityMiddleware:
             and request.path_info == observer.config.metrics_path
         ):
             return self._metrics(request)
+        ensure_loop_lag_monitor()
         handle = self._start(request)
         if handle is None:
             return await self.get_response(request)

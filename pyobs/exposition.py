@@ -7,11 +7,13 @@ import hmac
 import logging
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
+    Gauge,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
@@ -25,16 +27,68 @@ Headers = list[tuple[str, str]]
 _log = logging.getLogger("pyobs")
 
 
+_process_gauges: dict[str, Gauge] = {}
+_process_lock = threading.Lock()
+_sampler_pid: int | None = None
+PROCESS_SAMPLE_INTERVAL = 5.0  # seconds between a worker's process_* updates
+
+
+def sample_process_metrics() -> None:
+    """Multiprocess mode: write this process's ``process_*`` values for any worker's scrape.
+
+    They are ``liveall`` gauges, so each worker shows up with a ``pid`` label and a dead
+    worker's values go away with ``mark_process_dead`` (the gunicorn ``child_exit`` hook).
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    with _process_lock:
+        for family in ProcessCollector(registry=None).collect():
+            for sample in family.samples:
+                gauge = _process_gauges.get(sample.name)
+                if gauge is None:
+                    gauge = Gauge(
+                        sample.name,
+                        family.documentation,
+                        multiprocess_mode="liveall",
+                        registry=None,
+                    )
+                    _process_gauges[sample.name] = gauge
+                gauge.set(sample.value)
+
+
+def start_process_sampler(interval: float = PROCESS_SAMPLE_INTERVAL) -> None:
+    """Keep this worker's ``process_*`` values fresh in multiprocess mode (once per process)."""
+    global _sampler_pid
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    with _process_lock:
+        if _sampler_pid == os.getpid():
+            return
+        _sampler_pid = os.getpid()
+
+    def run() -> None:
+        while True:
+            try:
+                sample_process_metrics()
+            except Exception as exc:  # noqa: BLE001 - a sampling failure must not kill the worker
+                _log.debug("pyobs: process metrics sampling failed: %s", exc)
+            time.sleep(interval)
+
+    threading.Thread(target=run, name="pyobs-process-metrics", daemon=True).start()
+
+
 def _registry_for_scrape() -> CollectorRegistry:
     """The default registry, or in multiprocess mode a fresh one that sums every worker's files."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return REGISTRY
     from prometheus_client import multiprocess
 
+    # Every worker's process_* come from the files (pid label); this one's are refreshed now.
+    start_process_sampler()
+    sample_process_metrics()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    # The scraping process's own runtime metrics, as in single-process mode.
-    ProcessCollector(registry=registry)
+    # The scraping process's own Python runtime metrics, as in single-process mode.
     GCCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry

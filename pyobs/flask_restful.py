@@ -6,19 +6,39 @@ from typing import Any
 
 from pyobs import _state
 from pyobs import flask as pyobs_flask
+from pyobs.wsgi import HANDLE_KEY
+
+
+def _keep_answers(api: Any) -> None:
+    """Flask-RESTful signals every error, 404s included: only a 5xx keeps its exception."""
+    handle_error = api.handle_error
+
+    def observed(exc: Exception) -> Any:
+        response = handle_error(exc)
+        if getattr(response, "status_code", 500) < 500:
+            from flask import request
+
+            handle = request.environ.get(HANDLE_KEY)
+            if handle is not None:
+                handle.exception = None
+        return response
+
+    api.handle_error = observed
 
 
 def instrument(api: Any, **options: Any) -> Any:
     """Instrument a Flask-RESTful ``Api`` (or a plain Flask app); returns it.
 
-    Resources are labelled with their Flask rules (``/items/<int:item_id>``). Flask-RESTful
-    turns exceptions into 500 responses itself but still signals them, so they are counted.
-    An ``Api`` created without an app is instrumented when ``api.init_app(app)`` runs.
+    Resources are labelled with their Flask rules (``/items/<int:item_id>``). An ``Api``
+    created without an app is instrumented when ``api.init_app(app)`` runs.
     """
     config = _state.ensure_setup("flask-restful", **options)
-    if config.disabled:
+    if config.disabled or getattr(api, "_pyobs_instrumented", False):
         return api
     app = getattr(api, "app", api)
+    if hasattr(api, "handle_error"):
+        _keep_answers(api)
+        api._pyobs_instrumented = True
     if app is not None and hasattr(app, "wsgi_app"):
         pyobs_flask.instrument(app, **options)
         return api

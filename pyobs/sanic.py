@@ -11,14 +11,17 @@ from pyobs.asgi import ensure_loop_lag_monitor
 
 
 def _facts(request: Any) -> RequestFacts:
+    # Runs before Sanic fills request.conn_info, so the peer comes from the transport.
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    peer = peer if isinstance(peer, tuple) and len(peer) >= 2 else (None, None)
     return RequestFacts(
         method=request.method,
         path=request.path,
         headers={k.lower(): v for k, v in request.headers.items()},
         scheme=request.scheme,
         query=request.query_string,
-        client_addr=request.ip or None,
-        client_port=request.port or None,
+        client_addr=peer[0],
+        client_port=peer[1],
         server_addr=request.server_name or None,
         server_port=request.server_port or None,
         http_version=request.version or "1.1",
@@ -63,14 +66,17 @@ def instrument(app: Any, **options: Any) -> Any:
         handle = getattr(request.ctx, "pyobs_handle", None)
         if handle is None or handle.finished:
             return
-        if isinstance(response.body, bytes):
+        if handle.status is None and isinstance(response.body, bytes):  # not streamed
             handle.response_bytes = len(response.body)
         observer.finish(handle, response.status)
         observer.detach(handle)
 
     async def on_send(data: bytes) -> None:
         # Streamed bodies: count what the handler writes; the first write carries the head.
-        request = Request.get_current()
+        try:
+            request = Request.get_current()
+        except Exception:  # noqa: BLE001 - WebSocket frames are sent outside any request
+            return
         handle = getattr(request.ctx, "pyobs_handle", None)
         if handle is None or handle.finished:
             return
@@ -94,8 +100,8 @@ def instrument(app: Any, **options: Any) -> Any:
         async def counted_recv(*args: Any, **kwargs: Any) -> Any:
             try:
                 message = await recv(*args, **kwargs)
-            except Exception as exc:
-                session.on_close(getattr(getattr(exc, "rcvd", None), "code", None))
+            except BaseException:  # closed, or cancelled by Sanic when the client went away
+                session.on_close(getattr(websocket.ws_proto, "close_code", None))
                 raise
             if message is not None:
                 session.on_message("received")

@@ -527,9 +527,9 @@ class LogstashHandler(logging.Handler):
             self.dropped += count
             self._count("dropped", count)
 
-    def _connect(self) -> None:
+    def _connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
             if self._ssl is not None:
                 sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
             sock.settimeout(SEND_TIMEOUT_S)
@@ -627,6 +627,8 @@ class LogstashHandler(logging.Handler):
         """At exit: deliver what memory holds if connected, keep everything else on disk."""
         deadline = time.monotonic() + EXIT_DEADLINE_S
         spool = self._spool
+        if self._sock is None and (self._queue or (spool is not None and spool.segments)):
+            self._connect(timeout=EXIT_DEADLINE_S / 3)  # one quick try; a failure costs little
         # Connected: send the spool (oldest first), then memory, until the deadline.
         while self._sock is not None and time.monotonic() < deadline:
             self._sock.settimeout(max(0.01, deadline - time.monotonic()))

@@ -18,6 +18,9 @@ RouteResolver = Callable[[Environ], "str | None"]
 _DISCONNECTS: tuple[type[BaseException], ...] = (ConnectionError, BrokenPipeError)
 
 
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
 class _EnvironHeaders(Mapping[str, str]):
     """Lower-cased header view over a WSGI environ, without copying it."""
 
@@ -28,8 +31,13 @@ class _EnvironHeaders(Mapping[str, str]):
 
     @staticmethod
     def _key(name: str) -> str:
-        upper = name.upper().replace("-", "_")
-        return upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + upper
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            upper = name.upper().replace("-", "_")
+            key = upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + upper
+            if len(_ENVIRON_KEYS) < 1024:
+                _ENVIRON_KEYS[name] = key
+        return key
 
     def __getitem__(self, name: str) -> str:
         value = self._environ[self._key(name)]

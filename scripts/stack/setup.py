@@ -23,22 +23,32 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 LOGSTASH_WRITER_USER = "pyobs_logstash_writer"
 GRAFANA_READER_USER = "pyobs_grafana_reader"
 LOG_INDICES = ["logs-pyobs-*"]
+# Where the ingest pipeline sends a document it cannot process (elk/ingest-pipeline.json).
+FAILURE_INDICES = ["pyobs-logs-failures*"]
 
 # Least privilege (issue 6): Logstash may only append documents to the pyobs data
-# streams (auto_configure lets the first document create the data stream from the
-# template `pyobs elk setup` installed); Grafana may only search and read mappings.
+# streams and to the failure index (auto_configure lets the first document create
+# them from the templates `pyobs elk setup` installed); Grafana may only search and
+# read mappings.
 # `monitor` answers the version and license checks both clients make at start.
 ROLES: dict[str, dict[str, Any]] = {
     LOGSTASH_WRITER_USER: {
         "cluster": ["monitor"],
-        "indices": [{"names": LOG_INDICES, "privileges": ["create_doc", "auto_configure"]}],
+        "indices": [
+            {
+                "names": LOG_INDICES + FAILURE_INDICES,
+                "privileges": ["create_doc", "auto_configure"],
+            }
+        ],
         "metadata": {"managed_by": "pyobs"},
     },
     GRAFANA_READER_USER: {
@@ -221,9 +231,32 @@ def configure_security(es: Client, env: Mapping[str, str]) -> list[str]:
     return done
 
 
-def elk_setup_command(es_url: str, kibana_url: str) -> list[str]:
-    """The `pyobs elk setup` call: templates, ingest pipeline, lifecycle and Kibana objects."""
-    return [sys.executable, "-m", "pyobs", "elk", "setup", "--es", es_url, "--kibana", kibana_url]
+def with_credentials(url: str, username: str, password: str) -> str:
+    """url with user:password in it, the form `pyobs elk setup` reads credentials from."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def elk_setup_command(es_url: str, kibana_url: str, username: str, password: str) -> list[str]:
+    """The `pyobs elk setup` call: templates, ingest pipeline, lifecycle and Kibana objects.
+
+    The credentials go in the URLs (what `pyobs elk setup` reads) and, for versions
+    that read them from the environment, in ELASTICSEARCH_USERNAME/PASSWORD too.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "pyobs",
+        "elk",
+        "setup",
+        "--es",
+        with_credentials(es_url, username, password),
+        "--kibana",
+        with_credentials(kibana_url, username, password),
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +299,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except SetupError as exc:
         print(f"setup: {exc}", file=sys.stderr)
         return 1
-    command = elk_setup_command(args.es, args.kibana)
+    command = elk_setup_command(args.es, args.kibana, username, password)
     print("setup: running pyobs elk setup", flush=True)
     child_env = {**env, "ELASTICSEARCH_USERNAME": username, "ELASTICSEARCH_PASSWORD": password}
     return subprocess.run(command, env=child_env, check=False).returncode

@@ -138,7 +138,10 @@ class Es8Node:
             "action.destructive_requires_name: false\n"
             "cluster.routing.allocation.disk.threshold_enabled: false\n"
         )
-        (conf / "jvm.options.d" / "heap.options").write_text("-Xms512m\n-Xmx512m\n")
+        # C1 only: a test node starts much faster and needs no peak throughput.
+        (conf / "jvm.options.d" / "test.options").write_text(
+            "-Xms512m\n-Xmx512m\n-XX:TieredStopAtLevel=1\n"
+        )
         env = dict(os.environ)
         env["ES_PATH_CONF"] = str(conf)
         env["ES_TMPDIR"] = str(self.workdir / "tmp")
@@ -223,7 +226,7 @@ class IngestNode:
         log = self.workdir / "stdout.log"
         # The runner scans upward from the base port for a free one and logs what it bound.
         cmd = [
-            "java", "-Xms256m", "-Xmx384m", "-cp", f"{self.lib}/*",
+            "java", "-Xms256m", "-Xmx384m", "-XX:TieredStopAtLevel=1", "-cp", f"{self.lib}/*",
             "org.codelibs.elasticsearch.runner.ElasticsearchClusterRunner",
             "-basePath", str(self.workdir / "base"), "-numOfNode", "1",
             "-baseHttpPort", "9200", "-clusterName", "pyobs-ingest",

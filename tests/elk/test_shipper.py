@@ -251,36 +251,32 @@ def test_exit_is_fast_while_down_and_the_next_start_replays(tmp_path: Path) -> N
 def test_sigterm_flushes_what_the_process_holds(
     receiver: JsonLinesReceiver, tmp_path: Path
 ) -> None:
-    """A service killed with SIGTERM delivers every record it had logged."""
+    """A service killed with SIGTERM while records are still queued delivers every one of them."""
     code = """
-        import logging, os, sys, time
+        import logging, os, signal, sys, time
         import pyobs
-        pyobs.setup(service_name="sigterm-test")
+        pyobs.setup(service_name="sigterm-test", log_level="warning")
+        shipper = [h for h in logging.getLogger().handlers if type(h).__name__ == "LogstashHandler"]
         log = logging.getLogger("term")
         for i in range(20000):
-            log.info("event %d", i)
-        print("ready", flush=True)
+            log.warning("event %d", i)
+        print("pending", shipper[0].pending(), file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)
     """
     env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
         "PYOBS_LOGSTASH_HOST": "127.0.0.1",
         "PYOBS_LOGSTASH_PORT": str(receiver.port),
         "PYOBS_LOG_SPOOL_DIR": str(tmp_path),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=5) == -signal.SIGTERM
+    result = _run(code, env)
+    assert result.returncode == -signal.SIGTERM
+    pending = int(result.stderr.split("pending")[1].split()[0])
+    assert pending > 0, "nothing was queued at SIGTERM: the test proves nothing"
     spooled = _spooled(tmp_path, "term")
     receiver.wait_for(20000 - len(spooled), timeout=5)
-    got = {
-        int(str(e["message"]).split()[-1]) for e in receiver.snapshot() if e["log.logger"] == "term"
-    }
+    events = [e for e in receiver.snapshot() if e["log.logger"] == "term"]
+    got = {int(str(e["message"]).split()[-1]) for e in events}
     got |= {int(line.split('"event ')[1].split('"')[0]) for line in spooled}
     assert got == set(range(20000))
 

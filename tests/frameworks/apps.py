@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 log = logging.getLogger("shop")
@@ -31,7 +31,10 @@ async def _achunks() -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _item(item_id: int) -> dict[str, Any]:
+def _item(item_id: int, missing: Callable[[], BaseException]) -> dict[str, Any]:
+    """Item 0 does not exist: the handler answers 404 the framework's own way."""
+    if item_id == 0:
+        raise missing()
     log.info("item fetched")
     return {"id": item_id}
 
@@ -41,11 +44,15 @@ def _item(item_id: int) -> dict[str, Any]:
 
 def flask_app() -> Any:
     import flask
+    from werkzeug.exceptions import NotFound
 
     import pyobs.flask
 
     app = flask.Flask("contract")
-    app.get("/items/<int:item_id>")(_item)
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> dict[str, Any]:
+        return _item(item_id, lambda: NotFound())
 
     @app.get("/boom")
     def boom() -> str:
@@ -79,7 +86,11 @@ def flask_restful_app() -> Any:
 
     class Item(flask_restful.Resource):  # type: ignore[misc]
         def get(self, item_id: int) -> dict[str, Any]:
-            return _item(item_id)
+            try:
+                return _item(item_id, LookupError)
+            except LookupError:
+                flask_restful.abort(404, message="no such item")
+                raise
 
     class Boom(flask_restful.Resource):  # type: ignore[misc]
         def get(self) -> None:
@@ -114,7 +125,7 @@ def falcon_app() -> Any:
 
     class Item:
         def on_get(self, req: Any, resp: Any, item_id: int) -> None:
-            resp.media = _item(item_id)
+            resp.media = _item(item_id, falcon.HTTPNotFound)
 
     class Boom:
         def on_get(self, req: Any, resp: Any) -> None:
@@ -146,10 +157,11 @@ def falcon_app() -> Any:
 
 def pyramid_app() -> Any:
     from pyramid.config import Configurator
+    from pyramid.httpexceptions import HTTPNotFound
     from pyramid.response import Response
 
     def item(request: Any) -> Any:
-        return _item(int(request.matchdict["item_id"]))
+        return _item(int(request.matchdict["item_id"]), HTTPNotFound)
 
     def boom(request: Any) -> Any:
         raise RuntimeError("boom")
@@ -232,11 +244,12 @@ def django_asgi_app() -> Any:
 
 
 def _starlette_routes() -> list[Any]:
+    from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.routing import Route, WebSocketRoute
 
     async def item(request: Any) -> Any:
-        return JSONResponse(_item(int(request.path_params["item_id"])))
+        return JSONResponse(_item(int(request.path_params["item_id"]), lambda: HTTPException(404)))
 
     async def boom(request: Any) -> Any:
         raise RuntimeError("boom")
@@ -280,7 +293,7 @@ def starlette_app() -> Any:
 
 
 def fastapi_app() -> Any:
-    from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+    from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
     from fastapi.responses import PlainTextResponse, StreamingResponse
 
     import pyobs.fastapi
@@ -289,7 +302,7 @@ def fastapi_app() -> Any:
 
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, Any]:
-        return _item(item_id)
+        return _item(item_id, lambda: HTTPException(404))
 
     @app.get("/boom")
     async def boom() -> None:
@@ -308,7 +321,6 @@ def fastapi_app() -> Any:
     async def health() -> str:
         return "ok"
 
-    @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
         await websocket.accept()
         try:
@@ -317,6 +329,9 @@ def fastapi_app() -> Any:
         except WebSocketDisconnect:
             return
 
+    # Annotations are strings here (PEP 563) and WebSocket is a local name: resolve it for FastAPI.
+    ws.__annotations__["websocket"] = WebSocket
+    app.websocket("/ws")(ws)
     pyobs.fastapi.instrument(app)
     return app
 
@@ -329,7 +344,7 @@ def falcon_asgi_app() -> Any:
 
     class Item:
         async def on_get(self, req: Any, resp: Any, item_id: int) -> None:
-            resp.media = _item(item_id)
+            resp.media = _item(item_id, falcon.HTTPNotFound)
 
     class Boom:
         async def on_get(self, req: Any, resp: Any) -> None:
@@ -380,7 +395,7 @@ def tornado_app() -> Any:
 
     class Item(tornado.web.RequestHandler):
         def get(self, item_id: str) -> None:
-            self.write(_item(int(item_id)))
+            self.write(_item(int(item_id), lambda: tornado.web.HTTPError(404)))
 
     class Boom(tornado.web.RequestHandler):
         def get(self) -> None:
@@ -426,16 +441,19 @@ _sanic_count = 0
 
 def sanic_app() -> Any:
     from sanic import Sanic, response
+    from sanic.exceptions import NotFound
 
     import pyobs.sanic
 
     global _sanic_count
     _sanic_count += 1
+    # Sanic rewrites some of its methods at the first start; test mode lets it start again.
+    Sanic.test_mode = True
     app = Sanic(f"contract{_sanic_count}", configure_logging=False)
 
     @app.get("/items/<item_id:int>")
     async def item(request: Any, item_id: int) -> Any:
-        return response.json(_item(item_id))
+        return response.json(_item(item_id, NotFound))
 
     @app.get("/boom")
     async def boom(request: Any) -> Any:
@@ -457,7 +475,7 @@ def sanic_app() -> Any:
     async def health(request: Any) -> Any:
         return response.text("ok")
 
-    @app.websocket("/ws")
+    @app.websocket("/ws")  # type: ignore[untyped-decorator]
     async def ws(request: Any, websocket: Any) -> None:
         while True:
             message = await websocket.recv()
@@ -475,7 +493,7 @@ def aiohttp_app() -> Any:
     import pyobs.aiohttp
 
     async def item(request: Any) -> Any:
-        return web.json_response(_item(int(request.match_info["item_id"])))
+        return web.json_response(_item(int(request.match_info["item_id"]), web.HTTPNotFound))
 
     async def boom(request: Any) -> Any:
         raise RuntimeError("boom")

@@ -7,7 +7,7 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +91,9 @@ class Served:
         self, path: str, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         parsed = urllib.parse.urlsplit(self.url)
-        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=REQUEST_TIMEOUT)
+        conn = http.client.HTTPConnection(
+            parsed.hostname or "", parsed.port, timeout=REQUEST_TIMEOUT
+        )
         try:
             conn.request("GET", path, headers={"User-Agent": "contract-suite/1", **(headers or {})})
             response = conn.getresponse()
@@ -132,10 +134,8 @@ class Served:
         return check()
 
 
-@pytest.fixture(params=FRAMEWORKS, ids=[f.name for f in FRAMEWORKS])
-def served(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
-    """The framework's tiny app, instrumented, on its own server on a free loopback port."""
-    framework: Framework = request.param
+def serve(framework: Framework, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """Build the framework's tiny app, instrumented, and serve it on a free loopback port."""
     for module in framework.modules:
         import_or_require(module)
     monkeypatch.setenv("PYOBS_SERVICE_NAME", "contract")
@@ -153,3 +153,26 @@ def served(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
             yield Served(framework, url, capture.records, exporter)
     finally:
         root.removeHandler(capture)
+
+
+serving = contextmanager(serve)
+
+
+@pytest.fixture(params=FRAMEWORKS, ids=[f.name for f in FRAMEWORKS])
+def served(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """Every framework's tiny app, one at a time."""
+    yield from serve(request.param, monkeypatch)
+
+
+WEBSOCKET_FRAMEWORKS = [f for f in FRAMEWORKS if f.websocket]
+
+
+@pytest.fixture(params=WEBSOCKET_FRAMEWORKS, ids=[f.name for f in WEBSOCKET_FRAMEWORKS])
+def served_ws(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """The tiny app of every framework that has WebSockets."""
+    yield from serve(request.param, monkeypatch)
+
+
+def by_name(name: str) -> Framework:
+    """One row of the matrix, for framework-specific quirk tests."""
+    return next(f for f in FRAMEWORKS if f.name == name)

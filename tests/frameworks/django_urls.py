@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 
 from tests.frameworks.apps import SLOW, _chunks, _item
 
 
 def item(request: Any, item_id: int) -> Any:
-    return JsonResponse(_item(item_id))
+    return JsonResponse(_item(item_id, Http404))
 
 
 def boom(request: Any) -> Any:

@@ -68,7 +68,7 @@ def django_server(app: Any) -> Iterator[str]:
     """Django's runserver/LiveServerTestCase server."""
     from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 
-    class Quiet(WSGIRequestHandler):
+    class Quiet(WSGIRequestHandler):  # type: ignore[misc]
         def log_message(self, format: str, *args: Any) -> None:
             """pyobs writes the access log."""
 
@@ -116,7 +116,7 @@ def uvicorn_server(app: Any) -> Iterator[str]:
 def _loop_thread(
     start: Callable[[int], Any], stop: Callable[[Any], Any]
 ) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
-    """Run ``await start(port)`` on a fresh event loop in a thread; ``await stop(state)`` at the end."""
+    """Run ``await start(port)`` on a new loop in a thread; ``await stop(state)`` at the end."""
     port = free_port()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)

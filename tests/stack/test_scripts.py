@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import shutil
 import socket
@@ -157,7 +158,10 @@ def test_setup_sets_passwords_roles_and_users(
     by_path = {path: body for _, path, body in writes}
     writer_role = by_path["/_security/role/pyobs_logstash_writer"]
     assert writer_role["indices"] == [
-        {"names": ["logs-pyobs-*"], "privileges": ["create_doc", "auto_configure"]}
+        {
+            "names": ["logs-pyobs-*", "pyobs-logs-failures*"],
+            "privileges": ["create_doc", "auto_configure"],
+        }
     ]
     reader_role = by_path["/_security/role/pyobs_grafana_reader"]
     assert reader_role["indices"] == [
@@ -171,6 +175,19 @@ def test_setup_sets_passwords_roles_and_users(
     reader = by_path["/_security/user/pyobs_grafana_reader"]
     assert reader["password"] == PASSWORDS["GRAFANA_READER_PASSWORD"]
     assert reader["roles"] == ["pyobs_grafana_reader"]
+
+
+def test_writer_role_covers_every_index_the_ingest_pipeline_writes() -> None:
+    """The failure index the ingest pipeline reroutes to is writable by Logstash's user."""
+    pipeline = json.loads((ROOT / "elk" / "ingest-pipeline.json").read_text())
+    targets = [
+        step["set"]["value"]
+        for step in pipeline.get("on_failure", []) + pipeline.get("processors", [])
+        if "set" in step and step["set"].get("field") == "_index"
+    ]
+    patterns = setup.ROLES[setup.LOGSTASH_WRITER_USER]["indices"][0]["names"]
+    for target in [*targets, "logs-pyobs-default"]:
+        assert any(fnmatch.fnmatchcase(target, pattern) for pattern in patterns), target
 
 
 def test_setup_twice_sends_the_same_requests(
@@ -237,9 +254,19 @@ def test_setup_waits_for_kibana_then_runs_elk_setup(
     assert setup.main(["--es", url, "--kibana", url, "--timeout", "5"], env=PASSWORDS) == 0
     assert ("GET", "/api/status") in [(m, p) for m, p, _, _ in calls]
     ((command, env),) = ran
-    assert command[1:] == ["-m", "pyobs", "elk", "setup", "--es", url, "--kibana", url]
+    authed = url.replace("http://", f"http://elastic:{PASSWORDS['ELASTICSEARCH_PASSWORD']}@")
+    assert command[1:] == ["-m", "pyobs", "elk", "setup", "--es", authed, "--kibana", authed]
     assert env["ELASTICSEARCH_USERNAME"] == "elastic"
     assert env["ELASTICSEARCH_PASSWORD"] == PASSWORDS["ELASTICSEARCH_PASSWORD"]
+
+
+def test_credentials_in_urls_are_quoted() -> None:
+    """A password with URL-special characters survives the trip into the URL."""
+    url = setup.with_credentials("http://kibana:5601/base", "elastic", "p@ss:w/rd")
+    assert url == "http://elastic:p%40ss%3Aw%2Frd@kibana:5601/base"
+    from pyobs._elk.client import split_credentials
+
+    assert split_credentials(url) == ("http://kibana:5601/base", ("elastic", "p@ss:w/rd"))
 
 
 def test_compose_runs_the_setup_job_against_the_stack_services() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import socketserver
@@ -27,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
-from tests.conftest import import_or_require
+from tests.conftest import import_or_require, require_service
 from tests.stack import validate
-from tests.stack.helpers import ROOT
+from tests.stack.helpers import ROOT, load_script
 
-FRAMEWORK_MODULES = {"flask-restful": "flask_restful", "django": "django"}
+GUARD = Path(__file__).with_name("only_installed.py")
 
 
 def free_port() -> int:
@@ -105,6 +107,17 @@ def image_root(tmp_path: Path) -> Path:
     return app
 
 
+def image_requirements(service: dict[str, Any], tmp_path: Path) -> Path:
+    """A JSON file with what the service's image installs (its PYOBS_EXTRAS build arg)."""
+    requirements = load_script("requirements")
+    extras = str(service["build"]["args"]["PYOBS_EXTRAS"]).split(",")
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        data = tomllib.load(file)
+    path = tmp_path / f"requirements-{len(list(tmp_path.glob('requirements-*')))}.json"
+    path.write_text(json.dumps(requirements.requirements(data, extras)))
+    return path
+
+
 def wait_for(check: Any, timeout: float, what: str) -> Any:
     """Poll check() until it returns something truthy; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
@@ -130,10 +143,10 @@ def test_example_service_runs_as_its_container_does(
     framework: str, tmp_path: Path, received: tuple[Received, int, int]
 ) -> None:
     """The example answers, passes its compose health check, ships logs and exports spans."""
-    import_or_require(FRAMEWORK_MODULES.get(framework, framework))
+    import_or_require(framework)  # examples/<framework>/ is named after its module
     box, logstash_port, otlp_port = received
     model, _ = validate.load_compose(ROOT, validate.example_env(ROOT))
-    name = f"example-{framework}"
+    name = validate.example_service(framework)
     service = validate.services(model)[name]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
@@ -154,22 +167,31 @@ def test_example_service_runs_as_its_container_does(
         for part in service["command"]
     ]
     assert command[0] == "python"
-    command[0] = sys.executable
-    process = subprocess.Popen(
-        command, cwd=app, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    # Only what the image installs is importable: a missing extra fails here too.
+    command[:1] = [sys.executable, str(GUARD), str(image_requirements(service, tmp_path))]
+    stderr_path = tmp_path / "stderr.log"
+    stderr = stderr_path.open("wb")
+    process = subprocess.Popen(command, cwd=app, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+
+    def service_output() -> str:
+        return stderr_path.read_text(errors="replace")[-3000:]
+
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: health(base + "/health") or process.poll() is not None, 30, "health")
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        assert process.poll() is None, service_output()
         check = [part.replace("8000", str(port)) for part in service["healthcheck"]["test"]]
         assert check[:2] == ["CMD", "python"]
         assert subprocess.run([sys.executable, *check[2:]], timeout=10).returncode == 0
 
-        traffic = validate.services(model)["traffic"]["command"]
-        assert f"http://{name}:8000" in traffic
+        traffic = validate.services(model)["traffic"]
+        assert f"http://{name}:8000" in traffic["command"]
+        assert traffic["command"][:3] == ["python", "-m", "pyobs._traffic"]
         result = subprocess.run(
-            [sys.executable, "-m", "pyobs._traffic", base, "--rate", "20", "--duration", "2"],
+            [
+                *(sys.executable, str(GUARD), str(image_requirements(traffic, tmp_path))),
+                *("-m", "pyobs._traffic", base, "--rate", "20", "--duration", "2"),
+            ],
             cwd=app,
             env=env,
             capture_output=True,
@@ -191,7 +213,7 @@ def test_example_service_runs_as_its_container_does(
         access = wait_for(shipped, 15, "access logs on the Logstash port")
         assert {line["service.name"] for line in access} == {name}
         assert all(line["service.environment"] == "demo" for line in access)
-        wait_for(lambda: box.otlp_posts, 15, "spans on the OTLP endpoint")
+        assert wait_for(lambda: box.otlp_posts, 15, "spans on the OTLP endpoint"), service_output()
         path, content_type, size = box.otlp_posts[0]
         assert path == "/v1/traces"
         assert content_type == "application/x-protobuf"
@@ -205,3 +227,80 @@ def test_example_service_runs_as_its_container_does(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+        stderr.close()
+
+
+def test_an_example_missing_from_its_extra_fails_as_in_the_image(tmp_path: Path) -> None:
+    """Run with only another framework's extra installed, the Flask example cannot start."""
+    import_or_require("flask")
+    requirements = load_script("requirements")
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        data = tomllib.load(file)
+    allowed = tmp_path / "allowed.json"
+    allowed.write_text(json.dumps(requirements.requirements(data, ["fastapi", "otlp"])))
+    result = subprocess.run(
+        [sys.executable, str(GUARD), str(allowed), "examples/flask/app.py", "--port", "1"],
+        cwd=image_root(tmp_path),
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "app")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ModuleNotFoundError: import of flask halted" in result.stderr
+
+
+NETWORK_ERRORS = ("NewConnectionError", "Temporary failure in name resolution", "ProxyError")
+
+
+def image_requirement_sets() -> dict[str, list[str]]:
+    """What each distinct PYOBS_EXTRAS build argument of the compose file installs."""
+    requirements = load_script("requirements")
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        data = tomllib.load(file)
+    model, _ = validate.load_compose(ROOT, validate.example_env(ROOT))
+    extras = {
+        str(service["build"]["args"]["PYOBS_EXTRAS"])
+        for service in validate.services(model).values()
+        if isinstance(service.get("build"), dict)
+    }
+    return {extra: requirements.requirements(data, extra.split(",")) for extra in sorted(extras)}
+
+
+def test_image_requirements_resolve_for_the_image_python(tmp_path: Path) -> None:
+    """pip finds wheels for every image's requirements on the image's Python (linux x86_64).
+
+    One dry run against the package index for the union of all images' requirements
+    (faster than one per image; a conflict between two frameworks would show here
+    although separate images would not have it). It proves `pip install` in the
+    Dockerfile resolves; it does not build the image.
+    """
+    sets = image_requirement_sets()
+    assert len(sets) >= 3, sets
+    wanted = sorted({requirement for group in sets.values() for requirement in group})
+    python = validate.parse_env_file(ROOT / ".env.example")["PYTHON_VERSION"]
+    major_minor = ".".join(python.split(".")[:2])
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--dry-run", "--quiet"),
+            *("--disable-pip-version-check", "--ignore-installed", "--only-binary=:all:"),
+            *("--python-version", major_minor, "--implementation", "cp"),
+            *("--platform", "manylinux_2_17_x86_64", "--target", str(tmp_path / "t")),
+            *("--report", str(tmp_path / "report.json"), *wanted),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = result.stdout + result.stderr
+    require_service(
+        not any(error in output for error in NETWORK_ERRORS), "the package index is not reachable"
+    )
+    assert result.returncode == 0, output[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    installed = {
+        re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower() for item in report["install"]
+    }
+    for requirement in wanted:
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+        assert re.sub(r"[-_.]+", "-", name).lower() in installed, requirement

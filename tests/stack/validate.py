@@ -890,13 +890,18 @@ def example_frameworks(directory: Path) -> list[str]:
     return sorted(path.parent.name for path in (directory / "examples").glob("*/app.py"))
 
 
+def example_service(framework: str) -> str:
+    """The compose service of examples/<framework>/: example-flask-restful for flask_restful."""
+    return "example-" + framework.replace("_", "-")
+
+
 def check_examples(model: Mapping[str, Any], directory: Path) -> list[str]:
     """One example-<framework> service per examples/<framework>/app.py, all driven by traffic."""
     problems = []
     all_services = services(model)
     frameworks = example_frameworks(directory)
     for framework in frameworks:
-        name = f"example-{framework}"
+        name = example_service(framework)
         service = all_services.get(name)
         if service is None:
             problems.append(f"examples/{framework}/app.py has no {name} service")
@@ -910,17 +915,18 @@ def check_examples(model: Mapping[str, Any], directory: Path) -> list[str]:
             problems.append(f"{name}: PYOBS_SERVICE_NAME is not {name}")
         if not env.get("PYOBS_LOGSTASH_HOST") or not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             problems.append(f"{name}: does not ship logs to Logstash and traces over OTLP")
+    known = {example_service(framework) for framework in frameworks}
     for name in all_services:
-        if name.startswith("example-") and name.removeprefix("example-") not in frameworks:
-            problems.append(f"{name}: examples/{name.removeprefix('example-')}/app.py is missing")
+        if name.startswith("example-") and name not in known:
+            problems.append(f"{name}: no examples/<framework>/app.py for it")
     traffic = all_services.get("traffic")
     if traffic is None:
         problems.append("no traffic service")
     else:
         traffic_command = " ".join(str(part) for part in traffic.get("command") or [])
         for framework in frameworks:
-            if f"http://example-{framework}:8000" not in traffic_command:
-                problems.append(f"traffic: does not send traffic to example-{framework}")
+            if f"http://{example_service(framework)}:8000" not in traffic_command:
+                problems.append(f"traffic: does not send traffic to {example_service(framework)}")
     return problems
 
 

@@ -1,0 +1,284 @@
+"""Example services under gunicorn with 4 workers: one scrape holds every worker's exact counts.
+
+Real gunicorn (sync workers and uvicorn workers) on a loopback port, a real Logstash-style TCP
+receiver and a real OTLP/HTTP endpoint. What this cannot prove: behaviour under other pre-fork
+servers (uwsgi) or across hosts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import import_or_require, require_service
+from tests.elk.receiver import JsonLinesReceiver
+from tests.frameworks.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKERS = 4
+BOOT_TIMEOUT = 30.0
+# path -> (requests sent, expected route label, expected status)
+TRAFFIC = {
+    "/items/3": (60, None, "200"),
+    "/boom": (20, "/boom", "500"),
+    "/no/such/page": (20, "<unmatched>", "404"),
+}
+HOOKS = "from pyobs.gunicorn import child_exit, on_starting, post_fork  # noqa: F401\n"
+
+
+class _OtlpSink(http.server.BaseHTTPRequestHandler):
+    """Counts the spans in OTLP/HTTP protobuf exports."""
+
+    spans: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        with self.lock:
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        self.spans[span.name] += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@dataclass
+class Gunicorn:
+    """A running gunicorn master and the sinks its workers report to."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    logs: JsonLinesReceiver
+    spans: Counter[str]
+
+    def get(self, path: str) -> int:
+        host, port = self.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("GET", path, headers={"Connection": "close"})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        host, port = self.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        return {
+            (s.name, frozenset(s.labels.items())): float(s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def workers(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+
+def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """Sum of the samples named ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, lbls), v in samples.items() if n == name and want <= lbls)
+
+
+def _wait(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
+    """Start gunicorn on an example with logs and spans going to loopback sinks."""
+    import_or_require("gunicorn")
+    import_or_require("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    require_service(sys.platform.startswith("linux"), "gunicorn test reads /proc (Linux only)")
+    started: list[Gunicorn] = []
+    sinks: list[Any] = []
+
+    def run(example: str, *extra: str, worker_class: str = "sync") -> Gunicorn:
+        logs = JsonLinesReceiver()
+        logs.start()
+        _OtlpSink.spans = Counter()
+        otlp = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+        threading.Thread(target=otlp.serve_forever, daemon=True).start()
+        sinks.extend([logs, otlp])
+        conf = tmp_path / "gunicorn.conf.py"
+        conf.write_text(HOOKS)
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))},
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+            "PYOBS_LOGSTASH_HOST": "127.0.0.1",
+            "PYOBS_LOGSTASH_PORT": str(logs.port),
+            "PYOBS_LOG_SPOOL_DIR": str(tmp_path / "spool"),
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{otlp.server_port}/v1/traces",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "PYTHONPATH": str(ROOT),
+        }
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        errors = tmp_path / f"gunicorn-{len(started)}.err"  # a file: a full pipe would block
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(WORKERS),
+             "-k", worker_class, "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
+             *extra, "app:app"],
+            cwd=ROOT / "examples" / example,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors.open("wb"),
+        )  # fmt: skip
+        server = Gunicorn(proc, f"http://127.0.0.1:{port}", logs, _OtlpSink.spans)
+        started.append(server)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited: {errors.read_text()[-2000:]}")
+            try:
+                return server.get("/health") == 200 and len(server.workers()) == WORKERS
+            except OSError:
+                return False
+
+        _wait(up, BOOT_TIMEOUT, "gunicorn to boot 4 workers")
+        return server
+
+    yield run
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+            try:
+                server.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+                server.proc.wait()
+    for sink in sinks:
+        if isinstance(sink, JsonLinesReceiver):
+            sink.stop()
+        else:
+            sink.shutdown()
+            sink.server_close()
+
+
+def _drive(server: Gunicorn) -> int:
+    """Send the known traffic from 8 client threads; returns the number of requests."""
+    paths = [p for p, (n, _, _) in TRAFFIC.items() for _ in range(n)]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(server.get, paths))
+    assert Counter(statuses) == {200: 60, 500: 20, 404: 20}
+    return len(paths)
+
+
+def _assert_exact(server: Gunicorn, item_route: str, total: int) -> None:
+    samples = server.scrape()
+    for path, (count, route, status) in TRAFFIC.items():
+        got = _value(samples, "http_server_request_duration_seconds_count",
+                     http_route=route or item_route, http_response_status_code=status)  # fmt: skip
+        assert got == count, (path, got)
+    assert _value(samples, "pyobs_http_server_exceptions_total", http_route="/boom") == 20
+    assert _value(samples, "http_server_active_requests") == 0
+    # Every worker's process metrics, each under its own pid.
+    pids = {dict(lbls).get("pid") for (n, lbls) in samples if n == "process_resident_memory_bytes"}
+    assert {str(p) for p in server.workers()} <= pids
+    assert _value(samples, "python_info") == 1
+    # The shipper and the span processor work in every worker: nothing is missing.
+    _wait(lambda: len(_access(server)) >= total, 15, "every access log to be shipped")
+    assert len(_access(server)) == total
+    _wait(lambda: sum(server.spans.values()) >= total, 15, "every span to be exported")
+    assert sum(server.spans.values()) == total
+    assert len({e["process.pid"] for e in _access(server)}) >= 2
+
+
+def _access(server: Gunicorn) -> list[dict[str, Any]]:
+    return [e for e in list(server.logs.events) if e.get("log.logger") == "pyobs.access"]
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
+def test_flask_under_gunicorn_sums_exactly(gunicorn_run: Any, preload: bool) -> None:
+    """With 4 sync workers (with and without --preload) one scrape holds the exact totals."""
+    import_or_require("flask")
+    server = gunicorn_run("flask", *(["--preload"] if preload else []))
+    total = _drive(server)
+    _assert_exact(server, "/items/<int:item_id>", total)
+
+
+def test_fastapi_under_gunicorn_uvicorn_workers_sums_exactly(gunicorn_run: Any) -> None:
+    """With 4 uvicorn workers (ASGI) and --preload, one scrape holds the exact totals."""
+    import_or_require("fastapi")
+    import_or_require("uvicorn")
+    worker = "uvicorn.workers.UvicornWorker"
+    try:
+        __import__("uvicorn.workers")
+    except ImportError:
+        import_or_require("uvicorn_worker")
+        worker = "uvicorn_worker.UvicornWorker"
+    server = gunicorn_run("fastapi", "--preload", worker_class=worker)
+    total = _drive(server)
+    _assert_exact(server, "/items/{item_id}", total)
+
+
+def test_dead_workers_live_gauges_do_not_linger(gunicorn_run: Any) -> None:
+    """Workers killed mid-request leave no in-flight requests or process metrics behind."""
+    import_or_require("flask")
+    server = gunicorn_run("flask", "--preload")
+    before = server.workers()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        pending = [pool.submit(_quietly, server, "/slow") for _ in range(WORKERS)]
+        _wait(
+            lambda: _value(server.scrape(), "http_server_active_requests") >= 1,
+            5,
+            "a request in flight",
+        )
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)
+        for future in pending:
+            future.result(15)
+    _wait(lambda: len(set(server.workers()) - set(before)) == WORKERS, BOOT_TIMEOUT,
+          "gunicorn to replace the killed workers")  # fmt: skip
+    samples = server.scrape()
+    assert _value(samples, "http_server_active_requests") == 0
+    pids = {dict(lbls).get("pid") for (n, lbls) in samples if n == "process_resident_memory_bytes"}
+    assert not pids & {str(p) for p in before}
+
+
+def _quietly(server: Gunicorn, path: str) -> int:
+    try:
+        return server.get(path)
+    except OSError:
+        return 0  # the worker was killed under it
