@@ -375,7 +375,11 @@ def _build_fastapi(config: str) -> Target:
     # bare; pyobs switches native tracing off itself; the OTel contrib config keeps FastAPI's
     # defaults (FastAPI sees contrib's middleware and stands down: overhead.py counts spans).
     app = _fastapi_app(native_telemetry=config in ("otel-contrib", "pyobs-full"))
-    note = "" if config in ("otel-contrib", "pyobs-full") else "FastAPI native telemetry off"
+    note = (
+        "bare and Prometheus-peer apps run with FastAPI's native telemetry off; pyobs turns "
+        "native tracing off itself; otel-contrib keeps FastAPI's defaults (spans by scope "
+        "show FastAPI standing down)"
+    )
     if config.startswith("pyobs"):
         import pyobs.fastapi
 

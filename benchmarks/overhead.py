@@ -491,9 +491,10 @@ def _package_of(filename: str, name: str) -> str:
         return "pyobs/" + "/".join(parts[parts.index("pyobs") + 1 :])
     if "site-packages" in parts:
         return parts[parts.index("site-packages") + 1].removesuffix(".py")
-    if path.name == "overhead.py" or path.name == "_overhead_apps.py":
+    if path.name in ("overhead.py", "_overhead_apps.py"):
         return "benchmark driver"
-    return "stdlib " + (path.parent.name + "/" if path.parent.name != "python3.11" else "") + path.stem
+    folder = "" if path.parent.name.startswith("python3") else path.parent.name + "/"
+    return f"stdlib {folder}{path.stem}"
 
 
 def floors(iterations: int) -> int:
@@ -515,7 +516,7 @@ def floors(iterations: int) -> int:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(_CountingDropExporter()))  # type: ignore[arg-type]
     tracer = provider.get_tracer("floor")
-    attributes = {
+    attributes: dict[str, Any] = {
         "http.request.method": "GET",
         "url.path": "/items/7",
         "url.scheme": "http",
@@ -541,6 +542,10 @@ def floors(iterations: int) -> int:
         "user_agent.original": "pyobs-bench/1",
     }
 
+    def inc_dec() -> None:
+        gauge.inc()
+        gauge.dec()
+
     def span() -> None:
         s = tracer.start_span("GET", kind=SpanKind.SERVER, attributes=attributes)
         s.set_attribute("http.route", "/items/{item_id}")
@@ -553,9 +558,12 @@ def floors(iterations: int) -> int:
             "histogram observe with exemplar",
             lambda: child.observe(0.01, {"trace_id": "0" * 32}),
         ),
-        ("gauge inc + dec (bound child)", lambda: (gauge.inc(), gauge.dec())),
+        ("gauge inc + dec (bound child)", inc_dec),
         ("SDK span: start, 2 attributes, end (8 at start)", span),
-        ("pyobs ECS access-log line to /dev/null", lambda: access.info("GET /items/7 200", extra=extra)),
+        (
+            "pyobs ECS access-log line to /dev/null",
+            lambda: access.info("GET /items/7 200", extra=extra),
+        ),
     ]
     out.write(f"# floors: process CPU us per operation, median of 5 x {iterations}\n")
     for name, fn in cases:

@@ -30,7 +30,11 @@ def _view_name(view: Any, method: str) -> str:
     cls = getattr(view, "cls", None) or getattr(view, "view_class", None)
     if cls is None:
         return f"{getattr(view, '__module__', '')}.{getattr(view, '__qualname__', view)}"
-    name = f"{cls.__module__}.{cls.__qualname__}"
+    qualname = cls.__qualname__
+    # DRF's @api_view wraps the function in a class that carries the function's __name__.
+    if "<locals>" in qualname or qualname.endswith("WrappedAPIView"):
+        qualname = cls.__name__
+    name = f"{cls.__module__}.{qualname}"
     action = (getattr(view, "actions", None) or {}).get(method.lower())
     return f"{name}.{action}" if action else name
 

@@ -120,3 +120,36 @@ def test_pyobs_configurations_really_observe(
     assert full["access_log_lines"] == full["pyobs_requests"], full
     if "otel-contrib" in results:
         assert results["otel-contrib"]["facts"]["spans_per_request"] >= 1
+
+
+def _run(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_floors_prints_each_building_block() -> None:
+    """--floors times a histogram observe, a gauge, an SDK span and an access-log line."""
+    out = _run("--floors", "--quick")
+    for name in ("histogram observe", "gauge inc + dec", "SDK span", "access-log line"):
+        row = next((ln for ln in out.splitlines() if name in ln), None)
+        assert row is not None, out
+        assert float(row.split()[-1]) > 0, row
+
+
+def test_profile_names_pyobs_modules() -> None:
+    """--profile shows where a configuration's time goes, pyobs modules by name."""
+    if importlib.util.find_spec("flask") is None:
+        require_service(False, "flask is not installed")
+    out = _run("--profile", "flask:pyobs-metrics", "--profile-seconds", "0.2", "--top", "40")
+    assert "# time by owner" in out, out
+    owners = out.split("# time by owner", 1)[1]
+    assert "pyobs/_observer.py" in owners, owners
+    assert "flask" in owners, owners

@@ -156,15 +156,16 @@ def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
         }
         (tmp_path / "metrics").mkdir(exist_ok=True)
         errors = tmp_path / f"gunicorn-{len(started)}.err"  # a file: a full pipe would block
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(WORKERS),
-             "-k", worker_class, "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
-             *extra, "app:app"],
-            cwd=ROOT / "examples" / example,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=errors.open("wb"),
-        )  # fmt: skip
+        with errors.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(WORKERS),
+                 "-k", worker_class, "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
+                 *extra, "app:app"],
+                cwd=ROOT / "examples" / example,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )  # fmt: skip
         server = Gunicorn(proc, f"http://127.0.0.1:{port}", logs, _OtlpSink.spans)
         started.append(server)
 
