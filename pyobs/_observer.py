@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pyobs import tracing
 from pyobs._config import Config
-from pyobs.logs import ACCESS_LOGGER, request_id_var
+from pyobs.logs import ACCESS_LOGGER, direct_handler, error_fields, request_id_var
 from pyobs.metrics import PyobsMetrics, get_metrics
 from pyobs.redact import redact_header, redact_query
 
@@ -303,6 +303,18 @@ class RequestObserver:
         if ua:
             extra["user_agent.original"] = ua
         message = f"{facts.method} {facts.path} {code}"
+        direct = direct_handler(_access, level)
+        if direct is not None:
+            # Fast path: pyobs's own stdout handler is the only destination.
+            formatter: Any = direct.formatter
+            fields = formatter.direct_fields(
+                logging.getLevelName(level).lower(), ACCESS_LOGGER, message
+            )
+            fields.update(extra)
+            if exc is not None:
+                fields.update(error_fields(exc))
+            direct.write_fields(fields)
+            return
         exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
         # Built by hand: Logger.log() would walk the stack for a caller we do not report.
         record = logging.LogRecord(ACCESS_LOGGER, level, "", 0, message, None, exc_info)

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyobs import _state, exposition
-from pyobs._observer import RequestFacts
+from pyobs._observer import RequestFacts, report_internal_error
 from pyobs._websocket import WebSocketSession, open_session
 from pyobs.asgi import ensure_loop_lag_monitor
 
@@ -106,10 +106,14 @@ def instrument(app: Any, **options: Any) -> Any:
                 config, request.headers.get("Accept"), request.headers.get("Authorization")
             )
             return web.Response(body=body, status=status, headers=dict(headers))
-        ensure_loop_lag_monitor()
-        facts = _facts(request)
+        try:
+            ensure_loop_lag_monitor()
+            facts, route = _facts(request), _route(request)
+        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
+            report_internal_error("aiohttp.request", exc)
+            return await handler(request)
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            session = open_session(facts, _route(request))
+            session = open_session(facts, route)
             if session is None:
                 return await handler(request)
             request[WEBSOCKET_KEY] = session
@@ -124,7 +128,7 @@ def instrument(app: Any, **options: Any) -> Any:
         handle = observer.start(facts)
         if handle is None:
             return await handler(request)
-        handle.route = _route(request)
+        handle.route = route
         request[HANDLE_KEY] = handle
         try:
             response = await handler(request)

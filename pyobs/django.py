@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from pyobs import _state, exposition
-from pyobs._observer import RequestHandle, RequestObserver
+from pyobs._observer import RequestHandle, RequestObserver, report_internal_error
 from pyobs.asgi import ensure_loop_lag_monitor
 from pyobs.wsgi import facts_from_environ
 
@@ -56,8 +56,12 @@ class ObservabilityMiddleware:
         self.observer: RequestObserver | None = None if config.disabled else _state.get_observer()
 
     def _start(self, request: Any) -> RequestHandle | None:
-        facts = facts_from_environ(request.META)
-        facts.scheme = request.scheme or facts.scheme
+        try:
+            facts = facts_from_environ(request.META)
+            facts.scheme = request.scheme or facts.scheme
+        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
+            report_internal_error("django.request", exc)
+            return None
         handle = self.observer.start(facts) if self.observer is not None else None
         request._pyobs_handle = handle
         return handle
@@ -131,9 +135,18 @@ class ObservabilityMiddleware:
             response[name] = value
         return response
 
-    @staticmethod
-    def _watch(observer: RequestObserver, request: Any, response: Any, handle: Any) -> Any:
+    @classmethod
+    def _watch(cls, observer: RequestObserver, request: Any, response: Any, handle: Any) -> Any:
         """Label, add X-Request-ID, count the body; the record is made when Django closes it."""
+        try:
+            return cls._observe(observer, request, response, handle)
+        except Exception as exc:  # noqa: BLE001 - failsafe: the response goes out unobserved
+            report_internal_error("django.response", exc)
+            observer.finish(handle)
+            return response
+
+    @staticmethod
+    def _observe(observer: RequestObserver, request: Any, response: Any, handle: Any) -> Any:
         handle.route = route_template(request)
         handle.status = response.status_code
         if handle.exception is not None and response.status_code < 500:

@@ -33,13 +33,20 @@ _sampler_pid: int | None = None
 PROCESS_SAMPLE_INTERVAL = 5.0  # seconds between a worker's process_* updates
 
 
+def _file_backed() -> bool:
+    """True when this process's metric values are written to PROMETHEUS_MULTIPROC_DIR."""
+    from prometheus_client import values
+
+    return getattr(values.ValueClass, "__name__", "") == "MmapedValue"
+
+
 def sample_process_metrics() -> None:
     """Multiprocess mode: write this process's ``process_*`` values for any worker's scrape.
 
     They are ``liveall`` gauges, so each worker shows up with a ``pid`` label and a dead
     worker's values go away with ``mark_process_dead`` (the gunicorn ``child_exit`` hook).
     """
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not _file_backed():
         return
     with _process_lock:
         for family in ProcessCollector(registry=None).collect():
@@ -59,7 +66,7 @@ def sample_process_metrics() -> None:
 def start_process_sampler(interval: float = PROCESS_SAMPLE_INTERVAL) -> None:
     """Keep this worker's ``process_*`` values fresh in multiprocess mode (once per process)."""
     global _sampler_pid
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not _file_backed():
         return
     with _process_lock:
         if _sampler_pid == os.getpid():
@@ -83,11 +90,16 @@ def _registry_for_scrape() -> CollectorRegistry:
         return REGISTRY
     from prometheus_client import multiprocess
 
-    # Every worker's process_* come from the files (pid label); this one's are refreshed now.
-    start_process_sampler()
-    sample_process_metrics()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    if _file_backed():
+        # Every worker's process_* come from the files (pid label); this one's are fresh now.
+        start_process_sampler()
+        sample_process_metrics()
+    else:
+        # This process imported prometheus_client before the variable was set: its own
+        # values live in memory, so report them directly.
+        ProcessCollector(registry=registry)
     # The scraping process's own Python runtime metrics, as in single-process mode.
     GCCollector(registry=registry)
     PlatformCollector(registry=registry)

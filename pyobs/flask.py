@@ -9,15 +9,20 @@ from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware
 
 
 def _current_request() -> Any:
-    try:  # Flask >= 2.3: the context variable, without the LocalProxy's indirection
-        from flask.globals import _cv_request
+    ctx = _cv_request.get(None)
+    return None if ctx is None else ctx.request
 
-        ctx = _cv_request.get(None)
-        return None if ctx is None else ctx.request
-    except ImportError:  # pragma: no cover - older Flask
-        from flask import request
 
-        return request._get_current_object()  # type: ignore[attr-defined]
+def _load_request_var() -> None:
+    global _cv_request
+    # Flask >= 2.3 (the extra's floor): the context variable itself, without the
+    # LocalProxy's indirection on every request.
+    from flask.globals import _cv_request as var
+
+    _cv_request = var
+
+
+_cv_request: Any = None
 
 
 def _on_request_started(sender: Any, **_: Any) -> None:
@@ -42,6 +47,8 @@ def instrument(app: Any, **options: Any) -> Any:
     """Instrument a Flask app; routes are labelled with their rules (/items/<int:item_id>)."""
     from flask import got_request_exception, request_started
 
+    if _cv_request is None:
+        _load_request_var()
     if getattr(app, "_pyobs_instrumented", False):
         return app
     config = _state.ensure_setup("flask", **options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -110,6 +111,18 @@ class ECSFormatter(logging.Formatter):
             out["error.stack_trace"] = record.stack_info
         return out
 
+    def direct_fields(self, level: str, logger: str, message: str) -> dict[str, Any]:
+        """The leading fields of a line that pyobs writes without a LogRecord (access log)."""
+        out: dict[str, Any] = {
+            "@timestamp": self._timestamp(time.time()),
+            "log.level": level,
+            "message": message,
+        }
+        out.update(self._static)
+        out["log.logger"] = logger
+        out["process.pid"] = os.getpid()
+        return out
+
     @staticmethod
     def dumps(fields: dict[str, Any]) -> str:
         """One JSON line (without the newline)."""
@@ -155,13 +168,58 @@ class StdoutHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging must never break the app
             self.handleError(record)
             return
-        try:
-            from pyobs.metrics import get_metrics
+        _count(record.levelname.lower())
 
-            metrics = get_metrics()
-            metrics.child(metrics.log_events, record.levelname.lower()).inc()
-        except Exception:  # noqa: BLE001 - a metric failure must not stop logging
-            pass
+    def write_fields(self, fields: dict[str, Any]) -> None:
+        """Write a line pyobs built itself (the access-log fast path); same output as emit()."""
+        line = ECSFormatter.dumps(fields) + "\n"
+        self.acquire()
+        try:
+            stream = sys.stdout
+            stream.write(line)
+            stream.flush()
+        finally:
+            self.release()
+        _count(fields["log.level"])
+
+
+def _count(level: str) -> None:
+    try:
+        from pyobs.metrics import get_metrics
+
+        metrics = get_metrics()
+        metrics.child(metrics.log_events, level).inc()
+    except Exception:  # noqa: BLE001 - a metric failure must not stop logging
+        pass
+
+
+def direct_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
+    """pyobs's stdout handler when it is the only place a record of ``logger`` would go.
+
+    Then pyobs may write the line itself, skipping LogRecord and handler dispatch (the
+    output is identical). Any other handler, filter or formatter on the way returns None
+    and the record takes the normal logging path.
+    """
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return None
+        if current.handlers:
+            break
+        if not current.propagate:
+            return None
+        current = current.parent
+    if current is None or current is not logging.root or len(current.handlers) != 1:
+        return None
+    handler = current.handlers[0]
+    if (
+        type(handler) is not StdoutHandler
+        or handler.filters
+        or level < handler.level
+        or type(handler.formatter) is not ECSFormatter
+    ):
+        return None
+    return handler
 
 
 _structlog_ours = False

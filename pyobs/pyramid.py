@@ -6,14 +6,16 @@ from collections.abc import Callable
 from typing import Any
 
 from pyobs import _state, exposition
+from pyobs._observer import report_internal_error
 from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware, _ObservedBody, facts_from_environ
 
 
 def _route(request: Any) -> str | None:
+    """The matched route's pattern with a leading '/'; None when no route matched."""
     matched = getattr(request, "matched_route", None)
-    if matched is None:
+    pattern = str(getattr(matched, "pattern", "") or "")
+    if matched is None or not pattern:
         return None
-    pattern = str(matched.pattern)
     return pattern if pattern.startswith("/") else "/" + pattern
 
 
@@ -38,7 +40,12 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
                 config, request.headers.get("Accept"), request.headers.get("Authorization")
             )
             return Response(body=body, status=status, headerlist=headers)
-        handle = observer.start(facts_from_environ(environ))
+        try:
+            facts = facts_from_environ(environ)
+        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
+            report_internal_error("pyramid.request", exc)
+            return handler(request)
+        handle = observer.start(facts)
         if handle is None:
             return handler(request)
         environ[HANDLE_KEY] = handle

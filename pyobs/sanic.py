@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyobs import _state, exposition
-from pyobs._observer import RequestFacts
+from pyobs._observer import RequestFacts, report_internal_error
 from pyobs._websocket import open_session
 from pyobs.asgi import ensure_loop_lag_monitor
 
@@ -133,6 +133,16 @@ def instrument(app: Any, **options: Any) -> Any:
         fields.pop("Content-Length", None)
         return responses.raw(body, status=status, headers=fields, content_type=content_type)
 
+    def failsafe(handler: Any) -> Any:
+        # Signal handlers run inline in Sanic's request path: an error in pyobs stays here.
+        async def run(**context: Any) -> None:
+            try:
+                await handler(**context)
+            except Exception as exc:  # noqa: BLE001 - failsafe
+                report_internal_error(f"sanic.{handler.__name__}", exc)
+
+        return run
+
     for event, handler in (
         ("http.lifecycle.request", on_request),
         ("http.routing.after", on_routed),
@@ -143,7 +153,7 @@ def instrument(app: Any, **options: Any) -> Any:
         ("websocket.handler.after", ws_after),
         ("websocket.handler.exception", ws_error),
     ):
-        app.signal(event)(handler)
+        app.signal(event)(failsafe(handler))
     app.on_response(add_request_id)
     if config.metrics_port is None:
         app.add_route(metrics, config.metrics_path, name="pyobs_metrics")

@@ -17,7 +17,6 @@ import atexit
 import collections
 import contextlib
 import contextvars
-import copy
 import json
 import logging
 import os
@@ -40,6 +39,8 @@ _log = logging.getLogger("pyobs.shipper")
 
 DEFAULT_QUEUE_SIZE = 10_000
 BATCH_MAX_EVENTS = 1_000
+WAKE_AT = 256  # queued records that wake the shipper thread at once
+POLL_S = 0.05  # otherwise it looks every this often: no lock taken per record
 CONFIRM_AFTER_S = 0.5  # a write counts as delivered once the connection outlived it this long
 UNCONFIRMED_MAX_BYTES = 16 * 1024 * 1024
 CONNECT_TIMEOUT_S = 2.0
@@ -55,6 +56,18 @@ def default_spool_dir() -> str:
     """Where spools live when PYOBS_LOG_SPOOL_DIR is unset: a per-user directory in the temp dir."""
     user = str(os.getuid()) if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
     return os.path.join(tempfile.gettempdir(), f"pyobs-spool-{user}")
+
+
+def _spool_owner(name: str) -> int | None:
+    """The pid that owns a spool directory: ``pid-<pid>[.<n>]`` or ``claimed-<pid>-...``."""
+    try:
+        if name.startswith("pid-"):
+            return int(name[4:].split(".")[0])
+        if name.startswith("claimed-"):
+            return int(name.split("-")[1])
+    except ValueError:
+        return None
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -252,12 +265,11 @@ class LogstashHandler(logging.Handler):
         )
         self.queue_size = queue_size
         self._config = config
-        self._queue: collections.deque[tuple[logging.LogRecord, contextvars.Context]] = (
+        self._queue: collections.deque[tuple[logging.LogRecord, str, contextvars.Context]] = (
             collections.deque()
         )
         self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._busy = False  # the shipper thread holds records taken off the queue
         self._stopping = False
         self._closed = False
         self._started = False
@@ -267,6 +279,7 @@ class LogstashHandler(logging.Handler):
         # Shipper-thread state.
         self._sock: socket.socket | None = None
         self._spool: Spool | None = None
+        self._spool_dir: Path | None = None
         self._unconfirmed: collections.deque[tuple[float, bytes, int]] = collections.deque()
         self._unconfirmed_bytes = 0
         self._next_attempt = 0.0
@@ -300,15 +313,12 @@ class LogstashHandler(logging.Handler):
                 self.dropped += 1
                 self._count("dropped", 1)
                 return
-            # Freeze the message now, as logging.handlers.QueueHandler does: the arguments may
-            # change after the call returns. The context carries the trace and request ids.
-            record = copy.copy(record)
-            record.msg = record.getMessage()
-            record.args = None
-            queue.append((record, contextvars.copy_context()))
-            if len(queue) == 1:
-                self._idle.clear()
-                self._wake.set()
+            # The message is rendered now, as logging.handlers.QueueHandler does (the arguments
+            # may change once the call returns); the context copy carries the trace and request
+            # ids. Everything else is formatted on the shipper thread.
+            queue.append((record, record.getMessage(), contextvars.copy_context()))
+            if len(queue) >= WAKE_AT:
+                self._wake.set()  # otherwise the thread comes by within POLL_S
         except Exception:  # noqa: BLE001 - logging must never break the request
             self.handleError(record)
 
@@ -323,10 +333,16 @@ class LogstashHandler(logging.Handler):
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait (bounded) until the memory queue has been sent or spooled."""
-        if not self._started or self._thread is None or not self._thread.is_alive():
+        thread = self._thread
+        if not self._started or thread is None or not thread.is_alive():
             return
+        deadline = time.monotonic() + timeout
         self._wake.set()
-        self._idle.wait(timeout)
+        while (self._queue or self._busy) and time.monotonic() < deadline:
+            if self._sock is None and self._spool is None:
+                return  # nowhere to put them until Logstash is back
+            self._wake.set()
+            time.sleep(0.005)
 
     def close(self) -> None:
         """Stop the thread: send what is queued if Logstash is up, spool the rest. Bounded time."""
@@ -363,8 +379,7 @@ class LogstashHandler(logging.Handler):
         """In a forked child: forget the parent's thread, socket and queue; start lazily."""
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._busy = False
         self._queue = collections.deque()
         self._unconfirmed = collections.deque()
         self._unconfirmed_bytes = 0
@@ -423,19 +438,25 @@ class LogstashHandler(logging.Handler):
             return
         root = self.spool_root
         root.mkdir(parents=True, exist_ok=True)
-        own = root / f"pid-{os.getpid()}"
+        pid = os.getpid()
+        with _spools_lock:  # two handlers of one process never share a directory
+            own = root / f"pid-{pid}"
+            n = 1
+            while own in _spools_in_use:
+                own = root / f"pid-{pid}.{n}"
+                n += 1
+            _spools_in_use.add(own)
+        self._spool_dir = own
         spool = Spool(own, self.spool_max_bytes)
-        # Replay what dead processes left behind (a crash, a SIGKILL, an exit while down).
-        for other in sorted(root.glob("pid-*")):
-            if other == own or not other.is_dir():
+        # Replay what dead processes left behind (a crash, a SIGKILL, an exit while down),
+        # including spools another process had claimed but not finished taking over.
+        for other in sorted(root.iterdir()):
+            owner = _spool_owner(other.name)
+            if other == own or owner is None or not other.is_dir():
                 continue
-            try:
-                pid = int(other.name[4:])
-            except ValueError:
+            if other in _spools_in_use or (owner != pid and _pid_alive(owner)):
                 continue
-            if _pid_alive(pid):
-                continue
-            claimed = root / f"claimed-{os.getpid()}-{pid}"
+            claimed = root / f"claimed-{pid}-{other.name}"
             try:
                 os.rename(other, claimed)  # atomic: one process adopts it
             except OSError:
@@ -464,17 +485,14 @@ class LogstashHandler(logging.Handler):
             else:
                 self._to_spool(blob, count)
             return
-        self._idle.set()
+        self._busy = False
         self._gauge()
         self._wake.clear()
         if self._stopping or (self._queue and (self._sock is not None or spool is not None)):
             return
+        timeout = POLL_S
         if self._sock is None:
-            timeout = max(0.01, self._next_attempt - time.monotonic())
-        elif self._unconfirmed:
-            timeout = CONFIRM_AFTER_S / 2
-        else:
-            timeout = 1.0
+            timeout = min(POLL_S, max(0.01, self._next_attempt - time.monotonic()))
         self._wake.wait(timeout)
 
     def _format_batch(self, limit: int = BATCH_MAX_EVENTS) -> tuple[bytes, int]:
@@ -490,10 +508,12 @@ class LogstashHandler(logging.Handler):
         queue = self._queue
         dumps = json.dumps
         prefix = self._id_prefix
+        self._busy = True
         while queue and len(lines) < limit:
-            record, ctx = queue.popleft()
+            record, message, ctx = queue.popleft()
             try:
                 fields = ctx.run(to_dict, record)
+                fields["message"] = message
                 self._id_counter += 1
                 fields["event.id"] = f"{prefix}{self._id_counter:010x}"
                 lines.append(dumps(fields, default=str, ensure_ascii=False))
@@ -655,14 +675,17 @@ class LogstashHandler(logging.Handler):
             except (OSError, TimeoutError):
                 pass
         self._disconnect("")
-        self._idle.set()
         self._gauge()
         if self._spool is not None:
             self._spool.close()
+            with _spools_lock:
+                _spools_in_use.discard(self._spool.dir)
 
 
 _OUTCOMES = ("sent", "spooled", "dropped")
 _handlers: weakref.WeakSet[LogstashHandler] = weakref.WeakSet()
+_spools_in_use: set[Path] = set()
+_spools_lock = threading.Lock()
 _sigterm_installed = False
 
 

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from pyobs import _state, exposition
-from pyobs._observer import RequestFacts, RequestHandle, RequestObserver
+from pyobs._observer import RequestFacts, RequestHandle, RequestObserver, report_internal_error
 from pyobs._websocket import WebSocketSession, open_session
 from pyobs.asgi import ensure_loop_lag_monitor
 
@@ -143,6 +143,13 @@ def instrument(application: Any, **options: Any) -> Any:
         if config.metrics_port is None and request.path == config.metrics_path:
             return application.get_handler_delegate(request, MetricsHandler)
         delegate = find_handler(request, **kwargs)
+        try:
+            return observe(request, delegate)
+        except Exception as exc:  # noqa: BLE001 - failsafe: the request goes on unobserved
+            report_internal_error("tornado.find_handler", exc)
+            return delegate
+
+    def observe(request: Any, delegate: Any) -> Any:
         ensure_loop_lag_monitor()
         target = getattr(delegate, "handler_class", None)
         route = route_template(application.default_router.rules, request, target)
@@ -158,6 +165,14 @@ def instrument(application: Any, **options: Any) -> Any:
         return _Delegate(delegate, observer, handle)
 
     def log_request(handler: Any) -> None:
+        try:
+            record(handler)
+        except Exception as exc:  # noqa: BLE001 - failsafe
+            report_internal_error("tornado.log_request", exc)
+        if user_log is not None:
+            user_log(handler)
+
+    def record(handler: Any) -> None:
         request, status = handler.request, handler.get_status()
         handle = getattr(request, "_pyobs_handle", None)
         if handle is not None:
@@ -172,8 +187,6 @@ def instrument(application: Any, **options: Any) -> Any:
             session.on_accept()
         elif session is not None:
             session.on_close()  # the handshake was refused
-        if user_log is not None:
-            user_log(handler)
 
     application.find_handler = find
     application.log_request = log_request

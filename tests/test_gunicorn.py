@@ -76,6 +76,7 @@ class Gunicorn:
     url: str
     logs: JsonLinesReceiver
     spans: Counter[str]
+    metrics_dir: Path
 
     def get(self, path: str) -> int:
         host, port = self.url.removeprefix("http://").split(":")
@@ -166,7 +167,9 @@ def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )  # fmt: skip
-        server = Gunicorn(proc, f"http://127.0.0.1:{port}", logs, _OtlpSink.spans)
+        server = Gunicorn(
+            proc, f"http://127.0.0.1:{port}", logs, _OtlpSink.spans, tmp_path / "metrics"
+        )
         started.append(server)
 
         def up() -> bool:
@@ -259,19 +262,21 @@ def test_dead_workers_live_gauges_do_not_linger(gunicorn_run: Any) -> None:
     import_or_require("flask")
     server = gunicorn_run("flask", "--preload")
     before = server.workers()
+
+    def live_files(pids: list[int]) -> list[Path]:
+        return [f for p in pids for f in server.metrics_dir.glob(f"gauge_live*_{p}.db")]
+
     with ThreadPoolExecutor(WORKERS) as pool:
         pending = [pool.submit(_quietly, server, "/slow") for _ in range(WORKERS)]
-        _wait(
-            lambda: _value(server.scrape(), "http_server_active_requests") >= 1,
-            5,
-            "a request in flight",
-        )
+        time.sleep(0.15)  # the workers are inside /slow (0.3 s): their gauges read 1
+        assert live_files(before)
         for pid in before:
             os.kill(pid, signal.SIGKILL)
         for future in pending:
             future.result(15)
     _wait(lambda: len(set(server.workers()) - set(before)) == WORKERS, BOOT_TIMEOUT,
           "gunicorn to replace the killed workers")  # fmt: skip
+    assert live_files(before) == []
     samples = server.scrape()
     assert _value(samples, "http_server_active_requests") == 0
     pids = {dict(lbls).get("pid") for (n, lbls) in samples if n == "process_resident_memory_bytes"}

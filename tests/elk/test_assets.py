@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pyobs._elk import assets, kibana
+from tests.conftest import require_service
 from tests.elk.esnodes import http_json
 from tests.elk.helpers import (
     bulk_create,
@@ -28,8 +29,7 @@ FAMILY = {"match_only_text": "text", "wildcard": "keyword", "constant_keyword": 
 
 
 def _ecs_types() -> dict[str, str]:
-    if not ECS_CSV.is_file():
-        pytest.skip("the official ECS field list is not next to the repository")
+    require_service(ECS_CSV.is_file(), "the official ECS field list (shared/ecs) is missing")
     with ECS_CSV.open(newline="") as handle:
         return {row["Field"]: row["Type"] for row in csv.DictReader(handle)}
 

@@ -114,7 +114,7 @@ def logs_in_es(es_url: str, ingest_url: str) -> dict[str, Any]:
 
     trace_a, trace_b = uuid.uuid4().hex, uuid.uuid4().hex
     base = {"service.name": service, "ecs.version": "8.17.0"}
-    raw = [
+    raw: list[dict[str, Any]] = [
         {**base, "@timestamp": ts(-5), "log.level": "info", "log.logger": "shop",
          "message": "item created", "trace.id": trace_a},
         {**base, "@timestamp": ts(-4), "log.level": "info", "log.logger": "pyobs.access",

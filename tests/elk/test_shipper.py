@@ -174,14 +174,14 @@ def test_emit_never_blocks_when_logstash_stalls(tmp_path: Path) -> None:
     server.listen(1)
     handler = _handler(server.getsockname()[1], tmp_path, queue_size=2000)
     log = _logger(handler, "stall")
-    worst = 0
+    worst = 0.0
     payload = "x" * 2000
     for i in range(30000):
         start = time.perf_counter()
         log.info("stalled %s %d", payload, i)
         worst = max(worst, time.perf_counter() - start)
     assert worst < 0.05
-    assert handler.dropped + handler.spooled + handler.pending() + handler.sent >= 1
+    assert handler.dropped > 0  # the queue was full: Logstash really stalled the thread
     server.close()
     handler.close()
 

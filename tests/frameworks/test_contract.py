@@ -6,6 +6,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind, StatusCode
 
+from tests.conftest import import_or_require
 from tests.frameworks.apps import CHUNK_DELAY, CHUNKS, SLOW
 from tests.frameworks.conftest import Served
 
@@ -195,6 +196,7 @@ def test_slow_request_is_timed(served: Served) -> None:
 
 def test_websocket_connection_is_observed(served_ws: Served) -> None:
     """A WebSocket connection gives the websocket metrics, one span and connect/disconnect logs."""
+    import_or_require("websockets")
     from websockets.sync.client import connect
 
     served = served_ws

@@ -134,3 +134,35 @@ def test_disabled_pyobs_leaves_apps_untouched(monkeypatch: pytest.MonkeyPatch) -
     pyobs.aiohttp.instrument(aio)
     assert list(aio.middlewares) == []
     logging.getLogger(__name__).debug("disabled: nothing installed")
+
+
+FACTS = {
+    "aiohttp": "pyobs.aiohttp._facts",
+    "tornado": "pyobs.tornado._facts",
+    "sanic": "pyobs.sanic._facts",
+    "django": "pyobs.django.facts_from_environ",
+    "pyramid": "pyobs.pyramid.facts_from_environ",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FACTS))
+def test_an_error_inside_pyobs_never_reaches_the_request(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If pyobs itself fails while reading a request, the request is still served (unobserved)."""
+    framework = by_name(name)
+    for module in framework.modules:
+        import_or_require(module)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("pyobs bug")
+
+    with serving(framework, monkeypatch) as served:
+        monkeypatch.setattr(FACTS[name], broken)
+        status, _, body = served.get("/items/1")
+        assert status == 200
+        assert b"1" in body
+        assert any(
+            r["log.logger"] == "pyobs.internal" and r.get("error.message") == "pyobs bug"
+            for r in served.logs
+        )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -53,3 +55,19 @@ def load_script(name: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def build_dockerlint(target: Path) -> Path | None:
+    """Build the BuildKit-based Dockerfile linter (tests/stack/dockerlint) into target."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    binary = target / "dockerlint"
+    subprocess.run(
+        [go, "build", "-o", str(binary), "."],
+        cwd=Path(__file__).with_name("dockerlint"),
+        env={**os.environ, "GOFLAGS": "-mod=mod"},
+        check=True,
+        timeout=600,
+    )
+    return binary

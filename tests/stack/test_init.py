@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -155,3 +156,30 @@ def test_stack_files_cover_every_mount_and_build_input() -> None:
     for source in validate.dockerfile_copy_sources(dockerfile):
         relative = source.rstrip("/")
         assert relative in files or any(f.startswith(relative + "/") for f in files), source
+
+
+def test_init_in_the_checkout_itself_only_adds_the_env(tmp_path: Path) -> None:
+    """The README's `pyobs stack init .` in a checkout leaves every file and writes .env."""
+    checkout = tmp_path / "checkout"
+    for relative in [*(f for r in STACK_PATHS for f in repo_files(r)), "README.md"]:
+        (checkout / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / relative, checkout / relative)
+    before = {p: p.read_bytes() for p in checkout.rglob("*") if p.is_file()}
+    result = subprocess.run(
+        [sys.executable, "-m", "pyobs", "stack", "init", "."],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": str(checkout)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 file(s) written" in result.stdout
+    after = {
+        p: p.read_bytes()
+        for p in checkout.rglob("*")
+        if p.is_file() and p.name != ".env" and "__pycache__" not in p.parts
+    }
+    assert after == before
+    assert (checkout / ".env").is_file()

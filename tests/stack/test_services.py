@@ -78,8 +78,10 @@ def received() -> Iterator[tuple[Received, int, int]]:
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet."""
 
-    socketserver.ThreadingTCPServer.daemon_threads = True
-    logstash = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Lines)
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+
+    logstash = Server(("127.0.0.1", 0), Lines)
     jaeger = ThreadingHTTPServer(("127.0.0.1", 0), Otlp)
     for server in (logstash, jaeger):
         threading.Thread(target=server.serve_forever, daemon=True).start()

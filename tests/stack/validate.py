@@ -549,6 +549,43 @@ def check_images(model: Mapping[str, Any], directory: Path) -> list[str]:
     return problems
 
 
+def check_dockerfiles(model: Mapping[str, Any], directory: Path, linter: Path) -> list[str]:
+    """BuildKit's parser and build checks (`docker build --check`) on every built Dockerfile."""
+    problems = []
+    seen: set[tuple[str, ...]] = set()
+    for name, service in services(model).items():
+        build = service.get("build")
+        if not isinstance(build, dict):
+            continue
+        dockerfile = (
+            directory / str(build.get("context", ".")) / build.get("dockerfile", "Dockerfile")
+        )
+        args = [f"{key}={value}" for key, value in sorted((build.get("args") or {}).items())]
+        key = (str(dockerfile), *args)
+        if key in seen or not dockerfile.is_file():
+            continue
+        seen.add(key)
+        result = subprocess.run(
+            [str(linter), str(dockerfile), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            problems.append(f"{name}: the Dockerfile linter failed: {result.stderr.strip()}")
+            continue
+        report = json.loads(result.stdout)
+        if report.get("error"):
+            problems.append(f"{name}: {build.get('dockerfile')}: {report['error']}")
+        for warning in report["warnings"]:
+            problems.append(
+                f"{name}: {build.get('dockerfile')}:{warning['line']}: "
+                f"{warning['rule']}: {warning['message']}"
+            )
+    return problems
+
+
 def check_secrets(directory: Path) -> list[str]:
     """Secrets are empty in .env.example, required (`:?`) in compose, never a weak default."""
     problems = []
