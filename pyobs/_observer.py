@@ -28,6 +28,7 @@ CLIENT_CLOSED = 499
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 _access = logging.getLogger(ACCESS_LOGGER)
+_LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
 _internal = logging.getLogger("pyobs.internal")
 _reported: set[tuple[str, str]] = set()
 
@@ -307,13 +308,12 @@ class RequestObserver:
         if direct is not None:
             # Fast path: pyobs's own stdout handler is the only destination.
             formatter: Any = direct.formatter
-            fields = formatter.direct_fields(
-                logging.getLevelName(level).lower(), ACCESS_LOGGER, message
-            )
-            fields.update(extra)
+            level_name = _LEVEL_NAMES[level]
             if exc is not None:
-                fields.update(error_fields(exc))
-            direct.write_fields(fields)
+                extra.update(error_fields(exc))
+            direct.write_line(
+                formatter.direct_line(level_name, ACCESS_LOGGER, message, extra), level_name
+            )
             return
         exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
         # Built by hand: Logger.log() would walk the stack for a caller we do not report.

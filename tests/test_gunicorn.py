@@ -210,7 +210,14 @@ def _drive(server: Gunicorn) -> int:
 
 
 def _assert_exact(server: Gunicorn, item_route: str, total: int) -> None:
+    # A sync worker records a request when it closes the body, just after the last byte.
+    _wait(
+        lambda: _value(server.scrape(), "http_server_request_duration_seconds_count") >= total,
+        5,
+        "the last requests to be recorded",
+    )
     samples = server.scrape()
+    assert _value(samples, "http_server_request_duration_seconds_count") == total
     for path, (count, route, status) in TRAFFIC.items():
         got = _value(samples, "http_server_request_duration_seconds_count",
                      http_route=route or item_route, http_response_status_code=status)  # fmt: skip

@@ -128,3 +128,26 @@ def test_log_events_are_counted(capsys: pytest.CaptureFixture[str]) -> None:
         logging.getLogger("c").warning("w")
     capsys.readouterr()
     assert REGISTRY.get_sample_value("pyobs_log_events_total", {"level": "warning"}) == 3
+
+
+@pytest.mark.parametrize("status_path", ["/items/5?q=%22x%22", "/boom", "/nope/\u00e9"])
+def test_access_fast_path_matches_logging_path(
+    status_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The direct access-log writer and the general logging path give the same fields."""
+    import_or_require("flask")
+    client = Client("flask", FACTORIES["flask"]())
+    client.get(status_path)
+    fast = [r for r in json_lines(capsys.readouterr().out) if r["log.logger"] == "pyobs.access"]
+    access = logging.getLogger("pyobs.access")
+    access.addFilter(lambda record: True)  # any filter sends records down the logging path
+    try:
+        client.get(status_path)
+    finally:
+        access.filters.clear()
+    slow = [r for r in json_lines(capsys.readouterr().out) if r["log.logger"] == "pyobs.access"]
+    varying = {"@timestamp", "trace.id", "span.id", "http.request.id", "event.duration"}
+    assert len(fast) == len(slow) == 1
+    strip = lambda r: {k: v for k, v in r.items() if k not in varying}  # noqa: E731
+    assert strip(fast[0]) == strip(slow[0])
+    assert set(fast[0]) == set(slow[0])

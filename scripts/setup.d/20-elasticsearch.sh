@@ -8,10 +8,12 @@ ES_VERSION=8.19.21
 RUNNER_VERSION=7.10.2.0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+# Java 17 and Maven fetch and run the nodes; openssl makes the shipper's TLS test certificate.
+if ! command -v java >/dev/null || ! command -v mvn >/dev/null || ! command -v openssl >/dev/null
+then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        openjdk-17-jre-headless maven >/dev/null
+        openjdk-17-jre-headless maven openssl >/dev/null
 fi
 
 # Elasticsearch refuses to run as root: the tests start it as this unprivileged user.

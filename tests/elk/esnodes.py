@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ class Es8Node:
         shutil.copytree(home / "config", conf)
         port, transport = free_port(), free_port()
         (conf / "elasticsearch.yml").write_text(
-            "cluster.name: pyobs-test\n"
+            f"cluster.name: pyobs-test-{uuid.uuid4().hex[:8]}\n"
             "node.name: pyobs-test-1\n"
             f"path.data: {self.workdir / 'data'}\n"
             f"path.logs: {self.workdir / 'logs'}\n"
@@ -229,7 +230,8 @@ class IngestNode:
             "java", "-Xms256m", "-Xmx384m", "-XX:TieredStopAtLevel=1", "-cp", f"{self.lib}/*",
             "org.codelibs.elasticsearch.runner.ElasticsearchClusterRunner",
             "-basePath", str(self.workdir / "base"), "-numOfNode", "1",
-            "-baseHttpPort", "9200", "-clusterName", "pyobs-ingest",
+            # A cluster name of its own: same-named nodes on this host would try to join.
+            "-baseHttpPort", "9200", "-clusterName", f"pyobs-ingest-{uuid.uuid4().hex[:8]}",
         ]  # fmt: skip
         with log.open("wb") as out:
             self.proc = subprocess.Popen(

@@ -344,3 +344,31 @@ def test_tls_connection(tmp_path: Path) -> None:
     assert b'"message": "secret 1"' in data
     handler.close()
     listener.close()
+
+
+def test_leftover_spools_of_dead_processes_are_replayed(
+    receiver: JsonLinesReceiver, tmp_path: Path
+) -> None:
+    """Spools of crashed processes (even half-adopted ones) go first; a cut-off line is dropped."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    pid = int(dead.stdout)  # that process has exited: its pid is free
+    crashed = tmp_path / f"pid-{pid}"
+    crashed.mkdir()
+    lines = [
+        f'{{"message": "old {i}", "event.id": "old-{i}", "log.logger": "old"}}\n' for i in range(3)
+    ]
+    (crashed / "001000000000.jsonl").write_text("".join(lines) + '{"message": "cut sh')
+    orphan = tmp_path / f"claimed-{pid}-pid-{pid + 1}"  # a claim its claimer never finished
+    orphan.mkdir()
+    (orphan / "001000000000.jsonl").write_text(
+        '{"message": "orphan 0", "event.id": "orphan-0", "log.logger": "old"}\n'
+    )
+    handler = _handler(receiver.port, tmp_path)
+    log = _logger(handler, "new")
+    log.info("new %d", 0)
+    assert receiver.wait_for(5, timeout=10)
+    messages = [e["message"] for e in receiver.snapshot()]
+    assert messages == ["old 0", "old 1", "old 2", "orphan 0", "new 0"]
+    assert not crashed.exists() and not orphan.exists()
+    handler.close()

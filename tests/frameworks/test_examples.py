@@ -80,14 +80,20 @@ def test_example_serves_the_contract(example: str, tmp_path: Path) -> None:
             assert status == expected, (method, path, body[:200])
             if path == "/stream":
                 assert body == b"".join(f"chunk {i}\n".encode() for i in range(5))
-        _, page = _request(port, "GET", "/metrics")
-        text = page.decode()
-        for label in (
+        labels = (
             f'http_route="{item_route}"',
             'http_route="/boom"',
             'http_route="<unmatched>"',
             f'framework="{example.replace("_", "-")}"',
-        ):
+        )
+        # A WSGI server records a request when it closes the body, just after the last byte.
+        deadline = time.monotonic() + 5
+        while True:
+            text = _request(port, "GET", "/metrics")[1].decode()
+            if all(label in text for label in labels) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for label in labels:
             assert label in text, label
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -166,3 +166,20 @@ def test_an_error_inside_pyobs_never_reaches_the_request(
             r["log.logger"] == "pyobs.internal" and r.get("error.message") == "pyobs bug"
             for r in served.logs
         )
+
+
+def test_pyramid_settings_carry_pyobs_options() -> None:
+    """`pyobs.<option>` entries in the Pyramid settings configure pyobs (here the metrics path)."""
+    import_or_require("pyramid")
+    webtest: Any = import_or_require("webtest")
+    from pyramid.config import Configurator
+
+    with Configurator(settings={"pyobs.metrics_path": "/internal/metrics"}) as config:
+        config.include("pyobs.pyramid")
+        config.add_route("item", "/items/{item_id}")
+        config.add_view(lambda request: {"id": 1}, route_name="item", renderer="json")
+        app = webtest.TestApp(config.make_wsgi_app())
+    assert app.get("/items/1").status_int == 200
+    page = app.get("/internal/metrics").text
+    assert 'http_route="/items/{item_id}"' in page
+    assert app.get("/metrics", expect_errors=True).status_int == 404
