@@ -82,12 +82,6 @@ class PyobsMetrics:
             ["http_route", "direction"],
             registry=r,
         )
-        self.loop_lag = Histogram(
-            "pyobs_event_loop_lag_seconds",
-            "How late the event loop ran a scheduled callback (async servers only).",
-            buckets=LOOP_LAG_BUCKETS,
-            registry=r,
-        )
         self.log_events = Counter(
             "pyobs_log_events", "Log records emitted, by level.", ["level"], registry=r
         )
@@ -124,6 +118,23 @@ class PyobsMetrics:
         self._routes: set[str] = {UNMATCHED}
         self._routes_lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
+
+    @property
+    def loop_lag(self) -> Histogram:
+        """pyobs_event_loop_lag_seconds, created on first use: only async servers export it."""
+        lag = self.__dict__.get("_loop_lag")
+        if lag is None:
+            with self._routes_lock:
+                lag = self.__dict__.get("_loop_lag")
+                if lag is None:
+                    lag = Histogram(
+                        "pyobs_event_loop_lag_seconds",
+                        "How late the event loop ran a scheduled callback (async servers only).",
+                        buckets=LOOP_LAG_BUCKETS,
+                        registry=self.registry,
+                    )
+                    self._loop_lag = lag
+        return lag
 
     def route_label(self, route: str | None) -> str:
         """Return the route to use as a label, or <overflow> once PYOBS_MAX_ROUTES are in use."""

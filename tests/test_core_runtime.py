@@ -188,6 +188,8 @@ def test_otel_contrib_active_means_one_server_span(framework: str) -> None:
 
     pyobs.setup()
     exporter = span_exporter()
+    app: Any
+    contrib: Any
     if framework == "flask":
         pytest.importorskip("opentelemetry.instrumentation.flask")
         from flask import Flask
@@ -197,7 +199,8 @@ def test_otel_contrib_active_means_one_server_span(framework: str) -> None:
 
         app = Flask("both")
         app.get("/items/<int:item_id>")(lambda item_id: {"id": item_id})
-        FlaskInstrumentor().instrument_app(app)
+        contrib = FlaskInstrumentor()
+        contrib.instrument_app(app)
         pyobs_flask.instrument(app)
     else:
         pytest.importorskip("opentelemetry.instrumentation.fastapi")
@@ -206,23 +209,22 @@ def test_otel_contrib_active_means_one_server_span(framework: str) -> None:
 
         from pyobs import fastapi as pyobs_fastapi
 
-        app = FastAPI()
+        fastapi_app = FastAPI()
 
-        @app.get("/items/{item_id}")
+        @fastapi_app.get("/items/{item_id}")
         async def item(item_id: int) -> dict[str, int]:
             return {"id": item_id}
 
-        FastAPIInstrumentor.instrument_app(app)
+        app = fastapi_app
+        contrib = FastAPIInstrumentor
+        contrib.instrument_app(app)
         pyobs_fastapi.instrument(app)
     try:
         assert Client(framework, app).get("/items/3").status == 200
         server_spans = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
         assert len(server_spans) == 1, [s.name for s in server_spans]
     finally:
-        if framework == "flask":
-            FlaskInstrumentor().uninstrument_app(app)
-        else:
-            FastAPIInstrumentor.uninstrument_app(app)
+        contrib.uninstrument_app(app)
 
 
 def test_existing_tracer_provider_is_adopted() -> None:

@@ -44,7 +44,7 @@ def test_demo_runs_examples_with_traffic_and_stops() -> None:
     port = free_base_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyobs", "demo", "--port", str(port), "--duration", "8",
-         "--framework", "flask,fastapi", "--rate", "10"],
+         "--framework", "flask,fastapi", "--rate", "20"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -7,6 +7,7 @@ this package. ``pyobs dashboards build`` is the command line for it.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,41 @@ def to_yaml(data: Any) -> str:
     return HEADER + str(body)
 
 
+_ENV_REF = re.compile(r"\$[A-Z_][A-Z0-9_]*|\$\{[A-Z_][A-Z0-9_]*\}")
+
+
+def escape_dollars(data: Any) -> Any:
+    """Grafana expands $VAR in provisioning files; a literal $ must be written $$.
+
+    A string that is exactly one environment reference (``$GRAFANA_READER_PASSWORD``) is
+    meant to be expanded and stays; every other $ (``{{ $labels.service }}``, ``$A > 1``,
+    ``${__value.raw}``) is literal and is doubled.
+    """
+    if isinstance(data, str):
+        return data if _ENV_REF.fullmatch(data) else data.replace("$", "$$")
+    if isinstance(data, dict):
+        return {key: escape_dollars(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [escape_dollars(value) for value in data]
+    return data
+
+
+def unescape_dollars(data: Any) -> Any:
+    """The values Grafana sees after provisioning (for the HTTP API, which expands nothing)."""
+    if isinstance(data, str):
+        return data.replace("$$", "$")
+    if isinstance(data, dict):
+        return {key: unescape_dollars(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [unescape_dollars(value) for value in data]
+    return data
+
+
+def to_provisioning_yaml(data: Any) -> str:
+    """YAML for Grafana's provisioning directory, literal dollars escaped."""
+    return to_yaml(escape_dollars(data))
+
+
 def to_json(data: Any) -> str:
     """Stable, indented JSON with a trailing newline."""
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
@@ -52,11 +88,14 @@ def generate() -> dict[str, str]:
             json.loads(json.dumps(board.build(), cls=JSONEncoder))
         )
     prov = "dashboards/provisioning"
-    files[f"{prov}/datasources/pyobs.yml"] = to_yaml(provisioning.datasources())
-    files[f"{prov}/dashboards/pyobs.yml"] = to_yaml(provisioning.dashboard_provider())
-    files[f"{prov}/alerting/pyobs-rules.yml"] = to_yaml(provisioning.alert_rules_file())
-    files[f"{prov}/alerting/pyobs-contact-points.yml"] = to_yaml(provisioning.contact_points_file())
-    files[f"{prov}/alerting/pyobs-policies.yml"] = to_yaml(provisioning.policies_file())
+    prov_yaml = to_provisioning_yaml
+    files[f"{prov}/datasources/pyobs.yml"] = prov_yaml(provisioning.datasources())
+    files[f"{prov}/dashboards/pyobs.yml"] = prov_yaml(provisioning.dashboard_provider())
+    files[f"{prov}/alerting/pyobs-rules.yml"] = prov_yaml(provisioning.alert_rules_file())
+    files[f"{prov}/alerting/pyobs-contact-points.yml"] = prov_yaml(
+        provisioning.contact_points_file()
+    )
+    files[f"{prov}/alerting/pyobs-policies.yml"] = prov_yaml(provisioning.policies_file())
     return files
 
 

@@ -46,7 +46,11 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _load_yaml(path: Path) -> Any:
     import yaml
 
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    from pyobs._dashgen import unescape_dollars
+
+    # The files are written for Grafana's provisioning ($$ for a literal $); the HTTP API
+    # takes the values as Grafana would see them after provisioning.
+    return unescape_dollars(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
 def _seconds(duration: str) -> int:
