@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pyobs import tracing
-from pyobs._config import Config
+from pyobs._config import HEALTH_PATHS, Config
 from pyobs.logs import ACCESS_LOGGER, direct_handler, error_fields, request_id_var
 from pyobs.metrics import PyobsMetrics, get_metrics
 from pyobs.redact import redact_header, redact_query
@@ -99,13 +99,20 @@ class RequestObserver:
         self.metrics = metrics or get_metrics()
         self.tracer = tracing.get_tracer() if config.tracing else None
         self._capture_headers = _capture_header_names()
+        # Config.is_excluded(), precomputed: one set lookup and at most one regex.
+        self._quiet_paths = HEALTH_PATHS | {config.metrics_path}
+        patterns = [p.pattern for p in config.excluded_paths]
+        self._excluded = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
 
     # -- start -------------------------------------------------------------------------
 
     def start(self, facts: RequestFacts) -> RequestHandle | None:
         """Begin observing; None for excluded paths (metrics, health, PYOBS_EXCLUDED_PATHS)."""
         try:
-            if self.config.is_excluded(facts.path):
+            path = facts.path
+            if path in self._quiet_paths or (
+                self._excluded is not None and self._excluded.fullmatch(path)
+            ):
                 return None
             return self._start(facts)
         except Exception as exc:  # noqa: BLE001 - failsafe: the request must go on
@@ -121,8 +128,7 @@ class RequestObserver:
             else os.urandom(16).hex()
         )
         handle = RequestHandle(facts, method, request_id, time.perf_counter())
-        m = self.metrics
-        m.child(m.active_requests, method).inc()
+        self.metrics.active(method).inc(1)
         if self.tracer is not None:
             self._start_span(handle)
         handle.tokens.append(request_id_var.set(request_id))
@@ -241,13 +247,13 @@ class RequestObserver:
         method = handle.method
         route = m.route_label(handle.route)
         status_label = str(code)
-        m.child(m.active_requests, method).dec()
-        exemplar = {"trace_id": handle.trace_id} if handle.trace_id else None
-        m.child(m.request_duration, method, route, status_label).observe(duration, exemplar)
-        m.child(m.response_size, method, route, status_label).observe(handle.response_bytes)
+        m.active(method).inc(-1)
+        duration_h, response_h = m.request_children(method, route, status_label)
+        m.observe(duration_h, duration, {"trace_id": handle.trace_id} if handle.trace_id else None)
+        m.observe(response_h, handle.response_bytes)
         length = handle.facts.headers.get("content-length")
         if length is not None and length.isdigit():
-            m.child(m.request_size, method, route).observe(int(length))
+            m.observe(m.child(m.request_size, method, route), int(length))
         if exc is not None:
             m.child(m.exceptions, method, route, _error_type(exc)).inc()
         span = handle.span

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -70,7 +71,8 @@ def _set_info(config: Config) -> None:
     from pyobs.metrics import get_metrics
 
     info = get_metrics().info
-    info.clear()
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        info.clear()  # prometheus_client cannot clear labels across processes
     for framework in sorted(_frameworks) or [""]:
         info.labels(
             config.service_name,

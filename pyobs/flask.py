@@ -7,55 +7,62 @@ from typing import Any
 from pyobs import _state
 from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware
 
-
-def _current_request() -> Any:
-    ctx = _cv_request.get(None)
-    return None if ctx is None else ctx.request
+_route_classes: dict[type, type] = {}
 
 
-def _load_request_var() -> None:
-    global _cv_request
-    # Flask >= 2.3 (the extra's floor): the context variable itself, without the
-    # LocalProxy's indirection on every request.
-    from flask.globals import _cv_request as var
+def _route_recording(request_class: type) -> type:
+    """A subclass of the app's request class that hands the matched rule to pyobs.
 
-    _cv_request = var
+    Flask sets ``request.url_rule`` once, while routing, and forgets it before the response
+    is sent; catching the assignment costs less than a signal receiver on every request.
+    """
+    found = _route_classes.get(request_class)
+    if found is not None:
+        return found
 
+    def get_rule(self: Any) -> Any:
+        return self.__dict__.get("_pyobs_url_rule")
 
-_cv_request: Any = None
+    def set_rule(self: Any, rule: Any) -> None:
+        self.__dict__["_pyobs_url_rule"] = rule
+        if rule is not None:
+            handle = self.environ.get(HANDLE_KEY)
+            if handle is not None:
+                handle.route = rule.rule
 
-
-def _on_request_started(sender: Any, **_: Any) -> None:
-    # Routing has run when request_started fires; Flask forgets the rule before we finish.
-    request = _current_request()
-    if request is None or request.url_rule is None:
-        return
-    handle = request.environ.get(HANDLE_KEY)
-    if handle is not None:
-        handle.route = request.url_rule.rule
+    found = type(
+        request_class.__name__,
+        (request_class,),
+        {"url_rule": property(get_rule, set_rule), "__module__": request_class.__module__},
+    )
+    _route_classes[request_class] = found
+    return found
 
 
 def _on_exception(sender: Any, exception: BaseException, **_: Any) -> None:
+    from flask.globals import _cv_request
+
     # Flask turns the exception into a 500 itself; record what it swallowed.
-    request = _current_request()
-    handle = None if request is None else request.environ.get(HANDLE_KEY)
+    ctx = _cv_request.get(None)
+    handle = None if ctx is None else ctx.request.environ.get(HANDLE_KEY)
     if handle is not None:
         handle.exception = exception
 
 
 def instrument(app: Any, **options: Any) -> Any:
-    """Instrument a Flask app; routes are labelled with their rules (/items/<int:item_id>)."""
-    from flask import got_request_exception, request_started
+    """Instrument a Flask app; routes are labelled with their rules (/items/<int:item_id>).
 
-    if _cv_request is None:
-        _load_request_var()
+    Set a custom ``app.request_class`` before calling this: pyobs subclasses it.
+    """
+    from flask import got_request_exception
+
     if getattr(app, "_pyobs_instrumented", False):
         return app
     config = _state.ensure_setup("flask", **options)
     if config.disabled:
         return app
     app.wsgi_app = ObservabilityMiddleware(app.wsgi_app, framework="flask", **options)
-    request_started.connect(_on_request_started, app, weak=False)
+    app.request_class = _route_recording(app.request_class)
     got_request_exception.connect(_on_exception, app, weak=False)
     app._pyobs_instrumented = True
     return app

@@ -68,7 +68,10 @@ class _Timestamps:
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
+        return self._prefix + _MILLIS[int((created - second) * 1000)]
+
+
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 class ECSFormatter(logging.Formatter):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.samples import Exemplar
 
 # OTel's advice for http.server.request.duration (seconds).
 DURATION_BUCKETS = (
@@ -118,6 +121,55 @@ class PyobsMetrics:
         self._routes: set[str] = {UNMATCHED}
         self._routes_lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._active_children: dict[str, Any] = {}
+        # Histogram.observe() re-checks labels and walks the buckets linearly; while
+        # prometheus_client's layout is the known one, pyobs updates the same values directly.
+        self._direct = True
+
+    def active(self, method: str) -> Any:
+        """In-flight gauge value for ``method``: ``.inc(1)`` at start, ``.inc(-1)`` at the end.
+
+        That is the gauge's own value object (what Gauge.inc/dec update after their checks).
+        """
+        value = self._active_children.get(method)
+        if value is None:
+            child = self.active_requests.labels(method)
+            value = getattr(child, "_value", None) or _GaugeSteps(child)
+            self._active_children[method] = value
+        return value
+
+    def request_children(self, method: str, route: str, status: str) -> tuple[Any, Any]:
+        """(duration, response size) histograms for one label set, cached."""
+        key = (method, route, status)
+        found = self._request_children.get(key)
+        if found is None:
+            found = (
+                self.request_duration.labels(method, route, status),
+                self.response_size.labels(method, route, status),
+            )
+            self._request_children[key] = found
+        return found
+
+    def observe(self, child: Any, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        """Histogram.observe() for a bound child, without its per-call checks.
+
+        Same effect (sum, the first bucket whose bound is >= amount, the exemplar on it),
+        found by bisection; falls back to observe() on an unknown prometheus_client layout.
+        """
+        if self._direct:
+            try:
+                buckets, bounds, total = child._buckets, child._upper_bounds, child._sum
+            except AttributeError:
+                self._direct = False
+        if not self._direct:
+            child.observe(amount, exemplar)
+            return
+        bucket = buckets[bisect_left(bounds, amount)]
+        total.inc(amount)
+        bucket.inc(1)
+        if exemplar:
+            bucket.set_exemplar(Exemplar(exemplar, amount, time.time()))
 
     @property
     def loop_lag(self) -> Histogram:
@@ -169,6 +221,16 @@ class PyobsMetrics:
                     self.registry.unregister(value)
                 except KeyError:
                     pass
+
+
+class _GaugeSteps:
+    """``inc(n)`` on a gauge through its public API (unknown prometheus_client layout)."""
+
+    def __init__(self, gauge: Any) -> None:
+        self._gauge = gauge
+
+    def inc(self, amount: float) -> None:
+        self._gauge.inc(amount)
 
 
 _metrics: PyobsMetrics | None = None

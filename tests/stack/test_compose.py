@@ -194,9 +194,9 @@ def test_everything_at_once(env: dict[str, str]) -> None:
 
 
 def test_the_docs_add_your_own_service_snippet_works(tmp_path: Path) -> None:
-    """The override from docs/stack.md joins the stack as written (docker compose config)."""
+    """The README's "Add your own service" override joins the stack as written (compose config)."""
     require_service(validate.compose_command() is not None, "Docker Compose v2 not installed")
-    text = (ROOT / "docs" / "stack.md").read_text()
+    text = (ROOT / "README.md").read_text().split("### Add your own service", 1)[1]
     snippet = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     first_line = snippet.splitlines()[0]
     assert first_line.startswith("# docker-compose.override.yml")
