@@ -8,7 +8,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -82,7 +82,8 @@ class RequestHandle:
     span: Any = None
     owns_span: bool = False
     trace_id: str | None = None
-    tokens: list[Any] = field(default_factory=list)
+    request_id_token: Any = None  # contextvar tokens, undone by detach()
+    context_token: Any = None
 
 
 def method_label(method: str) -> str:
@@ -131,7 +132,7 @@ class RequestObserver:
         self.metrics.active(method).inc(1)
         if self.tracer is not None:
             self._start_span(handle)
-        handle.tokens.append(request_id_var.set(request_id))
+        handle.request_id_token = request_id_var.set(request_id)
         return handle
 
     def _start_span(self, handle: RequestHandle) -> None:
@@ -171,7 +172,7 @@ class RequestObserver:
             )
             handle.span = span
             handle.owns_span = True
-            handle.tokens.append(otel_context.attach(trace.set_span_in_context(span, parent)))
+            handle.context_token = otel_context.attach(trace.set_span_in_context(span, parent))
         ctx = handle.span.get_span_context()
         if ctx.trace_flags.sampled:
             handle.trace_id = format(ctx.trace_id, "032x")
@@ -199,15 +200,15 @@ class RequestObserver:
 
     def detach(self, handle: RequestHandle) -> None:
         """Leave the request's context (call where start() was called, after the app returns)."""
-        tokens, handle.tokens = handle.tokens, []
-        for token in reversed(tokens):
-            try:
-                if token.var is request_id_var:
-                    request_id_var.reset(token)
-                else:
-                    otel_context.detach(token)
-            except Exception as exc:  # noqa: BLE001 - a token from another context
-                report_internal_error("detach", exc)
+        context_token, handle.context_token = handle.context_token, None
+        request_id_token, handle.request_id_token = handle.request_id_token, None
+        try:
+            if context_token is not None:
+                otel_context.detach(context_token)
+            if request_id_token is not None:
+                request_id_var.reset(request_id_token)
+        except Exception as exc:  # noqa: BLE001 - a token from another context
+            report_internal_error("detach", exc)
 
     # -- finish ------------------------------------------------------------------------
 
@@ -355,6 +356,13 @@ def _capture_header_names() -> re.Pattern[str] | None:
 
 def headers_from_pairs(pairs: Any) -> dict[str, str]:
     """Lower-cased header dict from ASGI-style (bytes, bytes) pairs; repeated names are joined."""
+    # ASGI servers send lower-case names (Starlette's Headers relies on it too), so the
+    # common case is one decode per name and value; repeated names take the slow path.
+    if not isinstance(pairs, (list, tuple)):
+        pairs = list(pairs)
+    fast = {name.decode("latin-1"): value.decode("latin-1") for name, value in pairs}
+    if len(fast) == len(pairs):
+        return fast
     out: dict[str, str] = {}
     for raw_name, raw_value in pairs:
         name = raw_name.decode("latin-1").lower()

@@ -18,6 +18,7 @@ from pyobs._observer import (
 from pyobs._websocket import open_session
 
 HANDLE_KEY = "pyobs.handle"
+ROOT_PATH_KEY = "pyobs.root_path"  # the scope's root_path before the app ran
 WEBSOCKET_KEY = "pyobs.websocket"
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,17 +53,20 @@ def facts_from_scope(scope: Scope) -> tuple[RequestFacts, dict[str, str]]:
 
 
 _lag_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_last_loop: asyncio.AbstractEventLoop | None = None  # fast path; a new loop is checked again
 
 
 def ensure_loop_lag_monitor() -> None:
     """Start one lag probe per running event loop (pyobs_event_loop_lag_seconds)."""
+    global _last_loop
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    if loop in _lag_loops:
+    if loop is _last_loop or loop in _lag_loops:
         return
     _lag_loops.add(loop)
+    _last_loop = loop
     from pyobs.metrics import get_metrics
 
     histogram = get_metrics().loop_lag
@@ -127,10 +131,11 @@ class ObservabilityMiddleware:
         if handle is None:
             await self.app(scope, receive, send)
             return
-        # Routers rewrite root_path/path_params in place; resolve the route on the original.
-        original = dict(scope) if self.route_resolver is not None else scope
+        # Routers rewrite root_path in place (mounts); resolvers compare it with this.
+        scope[ROOT_PATH_KEY] = scope.get("root_path", "")
         scope[HANDLE_KEY] = handle
-        extra = [(k.lower().encode(), v.encode()) for k, v in observer.response_headers(handle)]
+        original = scope
+        extra = ((b"x-request-id", handle.request_id.encode()),)
 
         async def observed_receive() -> Message:
             message = await receive()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyobs import _state
-from pyobs.asgi import ObservabilityMiddleware, Scope
+from pyobs.asgi import ROOT_PATH_KEY, ObservabilityMiddleware, Scope
 
 
 def route_template(routes: Sequence[Any], scope: Scope, prefix: str = "") -> str | None:
@@ -31,6 +31,34 @@ def route_template(routes: Sequence[Any], scope: Scope, prefix: str = "") -> str
     return partial
 
 
+def resolve_route(routes: Sequence[Any], scope: Scope) -> str | None:
+    """The route template for a request, after the app ran (or before, for websockets).
+
+    Starlette's router leaves the matched route in ``scope["route"]``; outside a mount its
+    ``path`` is the template. Under a mount (root_path changed) the router is walked again
+    to add the mount's own template.
+    """
+    from starlette.routing import Host, Mount
+
+    before = scope.get(ROOT_PATH_KEY, scope.get("root_path", ""))
+    route = scope.get("route")
+    if (
+        route is not None
+        and scope.get("root_path", "") == before
+        and not isinstance(route, (Mount, Host))
+    ):
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            return path
+    probe = {
+        "type": scope.get("type", "http"),
+        "path": scope.get("path", "/"),
+        "root_path": before,
+        "method": scope.get("method", "GET"),
+    }
+    return route_template(routes, probe)
+
+
 def instrument_asgi(app: Any, framework: str, **options: Any) -> Any:
     """Add the ASGI middleware to a Starlette-based app (also used by FastAPI)."""
     if getattr(app.state, "pyobs_instrumented", False):
@@ -40,7 +68,7 @@ def instrument_asgi(app: Any, framework: str, **options: Any) -> Any:
         return app
 
     def resolve(scope: Scope) -> str | None:
-        return route_template(app.router.routes, scope)
+        return resolve_route(app.router.routes, scope)
 
     app.add_middleware(
         ObservabilityMiddleware, route_resolver=resolve, framework=framework, **options

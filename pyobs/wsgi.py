@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pyobs import _state, exposition
-from pyobs._observer import RequestFacts, RequestHandle, RequestObserver
+from pyobs._observer import RequestFacts, RequestHandle, RequestObserver, report_internal_error
 
 HANDLE_KEY = "pyobs.handle"
 Environ = dict[str, Any]
@@ -62,22 +62,28 @@ class _EnvironHeaders(Mapping[str, str]):
 
 def facts_from_environ(environ: Environ) -> RequestFacts:
     """Plain request facts from a WSGI environ."""
-    port = environ.get("SERVER_PORT")
-    remote_port = environ.get("REMOTE_PORT")
-    protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+    get = environ.get
+    host = get("HTTP_HOST") or get("SERVER_NAME") or ""
+    protocol = get("SERVER_PROTOCOL") or "HTTP/1.1"
     return RequestFacts(
-        method=environ.get("REQUEST_METHOD", "GET"),
-        path=(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/",
-        headers=_EnvironHeaders(environ),
-        scheme=environ.get("wsgi.url_scheme", "http"),
-        query=environ.get("QUERY_STRING", ""),
-        client_addr=environ.get("REMOTE_ADDR"),
-        client_port=int(remote_port) if remote_port and str(remote_port).isdigit() else None,
-        server_addr=(environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").split(":")[0]
-        or None,
-        server_port=int(port) if port and str(port).isdigit() else None,
-        http_version=protocol.partition("/")[2] or "1.1",
+        get("REQUEST_METHOD") or "GET",
+        (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/",
+        _EnvironHeaders(environ),
+        get("wsgi.url_scheme") or "http",
+        get("QUERY_STRING") or "",
+        get("REMOTE_ADDR"),
+        _port(get("REMOTE_PORT")),
+        host.partition(":")[0] or None,
+        _port(get("SERVER_PORT")),
+        protocol[5:] if protocol.startswith("HTTP/") else "1.1",
     )
+
+
+def _port(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _status_code(status: str) -> int:
@@ -120,7 +126,12 @@ class ObservabilityMiddleware:
             )
             start_response(f"{status} {'OK' if status == 200 else 'Unauthorized'}", headers)
             return [body]
-        handle = observer.start(facts_from_environ(environ))
+        try:
+            facts = facts_from_environ(environ)
+        except Exception as exc:  # noqa: BLE001 - failsafe: a malformed environ is the app's call
+            report_internal_error("wsgi.environ", exc)
+            return self.app(environ, start_response)
+        handle = observer.start(facts)
         if handle is None:
             return self.app(environ, start_response)
         environ[HANDLE_KEY] = handle

@@ -17,7 +17,7 @@ import pytest
 
 import pyobs
 from tests.conftest import import_or_require
-from tests.core_apps import FACTORIES, Client, json_lines, sample
+from tests.core_apps import FACTORIES, Client, json_lines, sample, series
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATION = "http_server_request_duration_seconds"
@@ -265,3 +265,34 @@ def test_trusted_proxy_client_ip(capsys: pytest.CaptureFixture[str]) -> None:
         if r["log.logger"] == "pyobs.access"
     ]
     assert ips == ["203.0.113.9", "127.0.0.1"]
+
+
+def test_mounted_and_prefixed_routes_keep_full_templates() -> None:
+    """Routers, prefixes and mounts (with parameters) are labelled with the whole template."""
+    import_or_require("fastapi")
+    from fastapi import APIRouter, FastAPI
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    from pyobs import fastapi as pyobs_fastapi
+
+    router = APIRouter(prefix="/v1")
+
+    @router.get("/orders/{order_id}")
+    async def order(order_id: int) -> dict[str, int]:
+        return {"id": order_id}
+
+    async def inner(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("inner")
+
+    sub = Starlette(routes=[Route("/things/{thing}", inner)])
+    app = FastAPI()
+    app.include_router(router)
+    app.mount("/tenants/{tenant}", sub)
+    pyobs_fastapi.instrument(app)
+    client = Client("fastapi", app)
+    assert client.get("/v1/orders/3").status == 200
+    assert client.get("/tenants/acme/things/7").status == 200
+    routes = {dict(labels)["http_route"] for labels in series(f"{DURATION}_count")}
+    assert routes == {"/v1/orders/{order_id}", "/tenants/{tenant}/things/{thing}"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from typing import Any
@@ -14,11 +15,18 @@ class ElkError(RuntimeError):
 
 
 def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
-    """``http://user:pass@host:9200`` -> (``http://host:9200``, (user, pass))."""
+    """``http://user:pass@host:9200`` -> (``http://host:9200``, (user, pass)).
+
+    A URL without credentials takes them from ELASTICSEARCH_USERNAME (default ``elastic``)
+    and ELASTICSEARCH_PASSWORD when that is set, which keeps passwords off command lines.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ElkError(f"not an http(s) URL: {url!r} (e.g. http://localhost:9200)")
     if parts.username is None:
+        password = os.environ.get("ELASTICSEARCH_PASSWORD")
+        if password:
+            return url, (os.environ.get("ELASTICSEARCH_USERNAME") or "elastic", password)
         return url, None
     netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
     if ":" in parts.hostname:

@@ -27,7 +27,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
 
 LOGSTASH_WRITER_USER = "pyobs_logstash_writer"
 GRAFANA_READER_USER = "pyobs_grafana_reader"
@@ -231,32 +230,13 @@ def configure_security(es: Client, env: Mapping[str, str]) -> list[str]:
     return done
 
 
-def with_credentials(url: str, username: str, password: str) -> str:
-    """url with user:password in it, the form `pyobs elk setup` reads credentials from."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
-def elk_setup_command(es_url: str, kibana_url: str, username: str, password: str) -> list[str]:
+def elk_setup_command(es_url: str, kibana_url: str) -> list[str]:
     """The `pyobs elk setup` call: templates, ingest pipeline, lifecycle and Kibana objects.
 
-    The credentials go in the URLs (what `pyobs elk setup` reads) and, for versions
-    that read them from the environment, in ELASTICSEARCH_USERNAME/PASSWORD too.
+    `pyobs elk setup` reads the credentials from ELASTICSEARCH_USERNAME/PASSWORD (the
+    caller's environment), so they never appear on a command line.
     """
-    return [
-        sys.executable,
-        "-m",
-        "pyobs",
-        "elk",
-        "setup",
-        "--es",
-        with_credentials(es_url, username, password),
-        "--kibana",
-        with_credentials(kibana_url, username, password),
-    ]
+    return [sys.executable, "-m", "pyobs", "elk", "setup", "--es", es_url, "--kibana", kibana_url]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,7 +279,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except SetupError as exc:
         print(f"setup: {exc}", file=sys.stderr)
         return 1
-    command = elk_setup_command(args.es, args.kibana, username, password)
+    command = elk_setup_command(args.es, args.kibana)
     print("setup: running pyobs elk setup", flush=True)
     child_env = {**env, "ELASTICSEARCH_USERNAME": username, "ELASTICSEARCH_PASSWORD": password}
     return subprocess.run(command, env=child_env, check=False).returncode

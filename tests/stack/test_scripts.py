@@ -254,19 +254,30 @@ def test_setup_waits_for_kibana_then_runs_elk_setup(
     assert setup.main(["--es", url, "--kibana", url, "--timeout", "5"], env=PASSWORDS) == 0
     assert ("GET", "/api/status") in [(m, p) for m, p, _, _ in calls]
     ((command, env),) = ran
-    authed = url.replace("http://", f"http://elastic:{PASSWORDS['ELASTICSEARCH_PASSWORD']}@")
-    assert command[1:] == ["-m", "pyobs", "elk", "setup", "--es", authed, "--kibana", authed]
+    # Credentials travel in the environment only, never on the command line.
+    assert command[1:] == ["-m", "pyobs", "elk", "setup", "--es", url, "--kibana", url]
     assert env["ELASTICSEARCH_USERNAME"] == "elastic"
     assert env["ELASTICSEARCH_PASSWORD"] == PASSWORDS["ELASTICSEARCH_PASSWORD"]
 
 
-def test_credentials_in_urls_are_quoted() -> None:
-    """A password with URL-special characters survives the trip into the URL."""
-    url = setup.with_credentials("http://kibana:5601/base", "elastic", "p@ss:w/rd")
-    assert url == "http://elastic:p%40ss%3Aw%2Frd@kibana:5601/base"
+def test_elk_client_takes_credentials_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`pyobs elk setup` authenticates with ELASTICSEARCH_USERNAME/PASSWORD; URL ones win."""
     from pyobs._elk.client import split_credentials
 
-    assert split_credentials(url) == ("http://kibana:5601/base", ("elastic", "p@ss:w/rd"))
+    monkeypatch.setenv("ELASTICSEARCH_USERNAME", "elastic")
+    monkeypatch.setenv("ELASTICSEARCH_PASSWORD", "p@ss:w/rd")
+    assert split_credentials("http://kibana:5601/base") == (
+        "http://kibana:5601/base",
+        ("elastic", "p@ss:w/rd"),
+    )
+    assert split_credentials("http://other:x%40y@kibana:5601") == (
+        "http://kibana:5601",
+        ("other", "x@y"),
+    )
+    monkeypatch.delenv("ELASTICSEARCH_PASSWORD")
+    assert split_credentials("http://kibana:5601") == ("http://kibana:5601", None)
 
 
 def test_compose_runs_the_setup_job_against_the_stack_services() -> None:
