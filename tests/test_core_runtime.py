@@ -273,7 +273,7 @@ def test_mounted_and_prefixed_routes_keep_full_templates() -> None:
     from fastapi import APIRouter, FastAPI
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
-    from starlette.routing import Mount, Route
+    from starlette.routing import Route
 
     from pyobs import fastapi as pyobs_fastapi
 
