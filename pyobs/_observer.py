@@ -166,10 +166,8 @@ class RequestObserver:
             if self._capture_headers is not None:
                 for name, value in facts.headers.items():
                     if self._capture_headers.fullmatch(name):
-                        attrs[f"http.request.header.{name}"] = [redact_header(name, value)]
-            span = self.tracer.start_span(  # type: ignore[union-attr]
-                handle.method, context=parent, kind=SpanKind.SERVER, attributes=attrs
-            )
+                        attrs[f"http.request.header.{name}"] = (redact_header(name, value),)
+            span = tracing.start_server_span(handle.method, parent, attrs)
             handle.span = span
             handle.owns_span = True
             handle.context_token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -271,7 +269,10 @@ class RequestObserver:
                 span.record_exception(exc)
             elif code >= 500:
                 attributes["error.type"] = status_label
-            span.set_attributes(attributes)
+            if isinstance(span, tracing.RequestSpan):
+                span.set_trusted(attributes)
+            else:
+                span.set_attributes(attributes)
             if code >= 500 or exc is not None:
                 span.set_status(Status(StatusCode.ERROR))
         if self.config.access_log:

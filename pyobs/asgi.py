@@ -32,22 +32,23 @@ LAG_INTERVAL = 0.5  # seconds between event-loop lag probes
 
 def facts_from_scope(scope: Scope) -> tuple[RequestFacts, dict[str, str]]:
     """Plain request facts (and the lower-cased headers) from an ASGI HTTP scope."""
-    headers = headers_from_pairs(scope.get("headers") or ())
-    client = scope.get("client") or (None, None)
-    server = scope.get("server") or (None, None)
-    query = scope.get("query_string") or b""
+    get = scope.get
+    headers = headers_from_pairs(get("headers") or ())
+    client = get("client") or (None, None)
+    server = get("server") or (None, None)
+    query = get("query_string") or b""
     host = headers.get("host")
     facts = RequestFacts(
-        method=scope.get("method", "GET"),
-        path=scope.get("path", "/"),
-        headers=headers,
-        scheme=scope.get("scheme", "http"),
-        query=query.decode("latin-1") if isinstance(query, bytes) else str(query),
-        client_addr=client[0],
-        client_port=client[1],
-        server_addr=host.split(":")[0] if host else server[0],
-        server_port=server[1],
-        http_version=scope.get("http_version", "1.1"),
+        get("method", "GET"),
+        get("path", "/"),
+        headers,
+        get("scheme", "http"),
+        (query.decode("latin-1") if isinstance(query, bytes) else str(query)) if query else "",
+        client[0],
+        client[1],
+        host.partition(":")[0] if host else server[0],
+        server[1],
+        get("http_version", "1.1"),
     )
     return facts, headers
 

@@ -10,6 +10,21 @@ from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware
 _route_classes: dict[type, type] = {}
 
 
+class _RuleSetter:
+    """Catches ``request.url_rule = rule`` and hands the rule to pyobs.
+
+    Only ``__set__`` is defined, so reads go straight to the instance dict (Flask reads the
+    rule several times per request); ``__init__`` below puts the initial None there.
+    """
+
+    def __set__(self, request: Any, rule: Any) -> None:
+        request.__dict__["url_rule"] = rule
+        if rule is not None:
+            handle = request.environ.get(HANDLE_KEY)
+            if handle is not None:
+                handle.route = rule.rule
+
+
 def _route_recording(request_class: type) -> type:
     """A subclass of the app's request class that hands the matched rule to pyobs.
 
@@ -19,21 +34,20 @@ def _route_recording(request_class: type) -> type:
     found = _route_classes.get(request_class)
     if found is not None:
         return found
+    base_init: Any = request_class.__init__  # type: ignore[misc]
 
-    def get_rule(self: Any) -> Any:
-        return self.__dict__.get("_pyobs_url_rule")
-
-    def set_rule(self: Any, rule: Any) -> None:
-        self.__dict__["_pyobs_url_rule"] = rule
-        if rule is not None:
-            handle = self.environ.get(HANDLE_KEY)
-            if handle is not None:
-                handle.route = rule.rule
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        base_init(self, *args, **kwargs)
+        self.__dict__["url_rule"] = None
 
     found = type(
         request_class.__name__,
         (request_class,),
-        {"url_rule": property(get_rule, set_rule), "__module__": request_class.__module__},
+        {
+            "url_rule": _RuleSetter(),
+            "__init__": __init__,
+            "__module__": request_class.__module__,
+        },
     )
     _route_classes[request_class] = found
     return found

@@ -87,7 +87,7 @@ class ECSFormatter(logging.Formatter):
         if config.environment:
             self._static["service.environment"] = config.environment
         self._timestamp = _Timestamps()
-        self._line_heads: dict[str, str] = {}
+        self._line_templates: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
         """The ECS fields of ``record``, with the current request context."""
@@ -126,34 +126,40 @@ class ECSFormatter(logging.Formatter):
         static part is encoded once, strings go through the json module's C escaper, and
         the values pyobs puts here are only str and int. Anything else falls back to json.
         """
-        head = self._line_heads.get(logger)
-        if head is None:
-            static = dict(self._static)
-            static["log.logger"] = logger
-            head = self.dumps(static)[1:-1]
-            self._line_heads[logger] = head
-        parts = [
-            '{"@timestamp":"',
+        keys = tuple(fields)
+        template = self._line_templates.get((logger, keys))
+        if template is None:
+            template = self._line_template(logger, keys)
+        values: list[Any] = [
             self._timestamp(time.time()),
-            '","log.level":"',
             level,
-            '","message":',
             _quote(message),
-            ",",
-            head,
-            ',"process.pid":',
-            str(os.getpid()),
+            os.getpid(),
         ]
-        for key, value in fields.items():
+        for value in fields.values():
             kind = type(value)
             if kind is str:
-                parts.append(f',"{key}":{_quote(value)}')
+                values.append(_quote(value))
             elif kind is int:
-                parts.append(f',"{key}":{value}')
+                values.append(value)
             else:
-                parts.append(f',"{key}":{self.dumps(value)}')
-        parts.append("}")
-        return "".join(parts)
+                values.append(json.dumps(value, default=_json_default, ensure_ascii=False))
+        return template % tuple(values)
+
+    def _line_template(self, logger: str, keys: tuple[str, ...]) -> str:
+        """A %-template for one logger and field order: the static part encoded once."""
+        static = dict(self._static)
+        static["log.logger"] = logger
+        head = self.dumps(static)[1:-1].replace("%", "%%")
+        body = "".join("," + _quote(key).replace("%", "%%") + ":%s" for key in keys)
+        template = (
+            ('{"@timestamp":"%s","log.level":"%s","message":%s,' + head + ',"process.pid":%d')
+            + body
+            + "}"
+        )
+        if len(self._line_templates) < 256:
+            self._line_templates[(logger, keys)] = template
+        return template
 
     @staticmethod
     def dumps(fields: dict[str, Any]) -> str:

@@ -31,6 +31,18 @@ def route_template(routes: Sequence[Any], scope: Scope, prefix: str = "") -> str
     return partial
 
 
+_MOUNTS: tuple[type, ...] = ()
+
+
+def _mount_types() -> tuple[type, ...]:
+    global _MOUNTS
+    if not _MOUNTS:
+        from starlette.routing import Host, Mount
+
+        _MOUNTS = (Mount, Host)
+    return _MOUNTS
+
+
 def resolve_route(routes: Sequence[Any], scope: Scope) -> str | None:
     """The route template for a request, after the app ran (or before, for websockets).
 
@@ -38,14 +50,12 @@ def resolve_route(routes: Sequence[Any], scope: Scope) -> str | None:
     ``path`` is the template. Under a mount (root_path changed) the router is walked again
     to add the mount's own template.
     """
-    from starlette.routing import Host, Mount
-
     before = scope.get(ROOT_PATH_KEY, scope.get("root_path", ""))
     route = scope.get("route")
     if (
         route is not None
         and scope.get("root_path", "") == before
-        and not isinstance(route, (Mount, Host))
+        and not isinstance(route, _mount_types())
     ):
         path = getattr(route, "path", None)
         if isinstance(path, str):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
@@ -119,11 +122,211 @@ def configure_tracing(config: Config) -> trace.Tracer:
     return _tracer
 
 
+class RequestSpan(trace.Span):
+    """The request's SERVER span, recorded by pyobs and handed to the SDK's span processors.
+
+    The SDK's own span validates every attribute and takes a lock on every change; pyobs sets
+    a dozen known-good attributes per request, so it records them itself and builds the
+    SDK's ``ReadableSpan`` once, at the end. Everything else behaves like an SDK span: the
+    provider's sampler, id generator, resource and processors (``on_start``/``on_end``) are
+    used, and application code can still enrich the span through ``get_current_span()``.
+    """
+
+    kind = trace.SpanKind.SERVER
+
+    def __init__(
+        self,
+        recorder: _Recorder,
+        name: str,
+        context: trace.SpanContext,
+        parent: trace.SpanContext | None,
+        attributes: dict[str, Any],
+    ) -> None:
+        self._recorder = recorder
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._attributes = attributes
+        self._events: list[Any] = []
+        self._links: list[Any] = []
+        self._status = trace.Status(trace.StatusCode.UNSET)
+        self._start_time = time.time_ns()
+        self._end_time: int | None = None
+
+    def get_span_context(self) -> trace.SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self._end_time is not None:
+            return
+        # Values from application code are validated like the SDK does (rare, not per request).
+        cleaned = BoundedAttributes(attributes={key: value})
+        if key in cleaned:
+            self._attributes[key] = cleaned[key]
+
+    def set_trusted(self, attributes: Mapping[str, Any]) -> None:
+        """pyobs's own attributes: already of valid types, so stored as they are."""
+        if self._end_time is None:
+            self._attributes.update(attributes)
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
+        if self._end_time is None:
+            self._events.append(_Event(name, attributes, timestamp))
+
+    def add_link(self, context: trace.SpanContext, attributes: Any = None) -> None:
+        if self._end_time is None:
+            self._links.append(trace.Link(context, attributes))
+
+    def update_name(self, name: str) -> None:
+        if self._end_time is None:
+            self._name = name
+
+    def set_status(self, status: Any, description: str | None = None) -> None:
+        if self._end_time is not None:
+            return
+        if isinstance(status, trace.Status):
+            self._status = status
+        else:
+            self._status = trace.Status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Any = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        cls = type(exception)
+        fields: dict[str, Any] = {
+            "exception.type": cls.__qualname__
+            if cls.__module__ == "builtins"
+            else f"{cls.__module__}.{cls.__qualname__}",
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(
+                traceback.format_exception(cls, exception, exception.__traceback__)
+            ),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            fields.update(attributes)
+        self.add_event("exception", fields, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is not None:
+            return
+        self._end_time = end_time or time.time_ns()
+        recorder = self._recorder
+        readable = _ReadableSpan(
+            name=self._name,
+            context=self._context,
+            parent=self._parent,
+            resource=recorder.resource,
+            attributes=self._attributes,
+            events=tuple(self._events),
+            links=tuple(self._links),
+            kind=trace.SpanKind.SERVER,
+            status=self._status,
+            start_time=self._start_time,
+            end_time=self._end_time,
+            instrumentation_scope=recorder.scope,
+        )
+        recorder.processor.on_end(readable)
+
+
+class _Recorder:
+    """What a RequestSpan needs from an SDK TracerProvider."""
+
+    def __init__(self, provider: Any) -> None:
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self.provider = provider
+        self.sampler = provider.sampler
+        self.ids = provider.id_generator
+        self.resource = provider.resource
+        self.processor = provider._active_span_processor
+        self.scope = InstrumentationScope("pyobs", __version__)
+
+
+_recorder: _Recorder | None = None
+_recorder_for: Any = None
+
+
+def _get_recorder() -> _Recorder | None:
+    """A recorder for the global provider when it is the SDK's; None otherwise."""
+    global _recorder, _recorder_for, _Event, _ReadableSpan
+    provider = trace.get_tracer_provider()
+    if provider is _recorder_for:
+        return _recorder
+    _recorder_for = provider
+    _recorder = None
+    try:
+        from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+
+        if isinstance(provider, TracerProvider) and not getattr(provider, "_disabled", False):
+            recorder = _Recorder(provider)
+            _Event, _ReadableSpan = Event, ReadableSpan
+            _recorder = recorder
+    except (ImportError, AttributeError):  # another SDK layout: use the tracer API instead
+        _recorder = None
+    return _recorder
+
+
+_Event: Any = None
+_ReadableSpan: Any = None
+
+
+def start_server_span(name: str, parent: Context | None, attributes: dict[str, Any]) -> Any:
+    """Start the request's SERVER span: a RequestSpan on the SDK, the tracer API otherwise."""
+    recorder = _get_recorder()
+    if recorder is None:
+        return get_tracer().start_span(
+            name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+        )
+    parent_context: trace.SpanContext | None = trace.get_current_span(parent).get_span_context()
+    if parent_context is None or not parent_context.is_valid:
+        parent_context = None
+        trace_id = recorder.ids.generate_trace_id()
+    else:
+        trace_id = parent_context.trace_id
+    result = recorder.sampler.should_sample(
+        parent, trace_id, name, trace.SpanKind.SERVER, attributes
+    )
+    flags = trace.TraceFlags.SAMPLED if result.decision.is_sampled() else trace.TraceFlags.DEFAULT
+    context = trace.SpanContext(
+        trace_id,
+        recorder.ids.generate_span_id(),
+        is_remote=False,
+        trace_flags=trace.TraceFlags(flags),
+        trace_state=result.trace_state,
+    )
+    if not result.decision.is_recording():
+        return trace.NonRecordingSpan(context)
+    sampled_attributes = result.attributes
+    span = RequestSpan(
+        recorder,
+        name,
+        context,
+        parent_context,
+        dict(sampled_attributes) if sampled_attributes is not None else attributes,
+    )
+    recorder.processor.on_start(span, parent_context=parent)
+    return span
+
+
 def get_tracer() -> trace.Tracer:
     """The pyobs tracer (configured by setup)."""
     return _tracer if _tracer is not None else trace.get_tracer("pyobs", __version__)
 
 
 def _reset() -> None:
-    global _tracer
+    global _tracer, _recorder, _recorder_for
     _tracer = None
+    _recorder = None
+    _recorder_for = None
