@@ -1,0 +1,188 @@
+"""The request's SERVER span behaves like an SDK span for exporters and application code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyobs
+from tests.conftest import import_or_require
+from tests.core_apps import Client
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _app_with_view(view: Any) -> Client:
+    import_or_require("flask")
+    from flask import Flask
+
+    from pyobs import flask as pyobs_flask
+
+    app = Flask("span")
+    app.get("/orders/<int:order_id>")(view)
+    pyobs_flask.instrument(app)
+    return Client("flask", app)
+
+
+def test_application_code_can_enrich_and_nest_under_the_server_span() -> None:
+    """get_current_span() in a view sets attributes and events; child spans nest under it."""
+    from opentelemetry import trace
+
+    from pyobs.testing import span_exporter
+
+    def view(order_id: int) -> str:
+        span = trace.get_current_span()
+        span.set_attribute("app.order_id", order_id)
+        span.set_attribute("app.tags", ["a", "b"])
+        span.add_event("looked up", {"cache": "hit"})
+        with trace.get_tracer("app").start_as_current_span("db query"):
+            pass
+        return "ok"
+
+    client = _app_with_view(view)
+    exporter = span_exporter()
+    assert client.get("/orders/42").status == 200
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    server, child = spans["GET /orders/<int:order_id>"], spans["db query"]
+    assert server.attributes["app.order_id"] == 42
+    assert server.attributes["app.tags"] == ("a", "b")
+    assert [e.name for e in server.events] == ["looked up"]
+    assert child.parent is not None and child.parent.span_id == server.context.span_id
+    assert child.context.trace_id == server.context.trace_id
+    assert server.instrumentation_scope.name == "pyobs"
+    assert server.resource.attributes["service.name"]
+    assert server.end_time >= server.start_time
+
+
+def test_exception_is_an_event_with_error_status() -> None:
+    """An exception leaves an 'exception' event with type, message and stack trace."""
+    from pyobs.testing import span_exporter
+
+    def view(order_id: int) -> str:
+        raise LookupError(f"order {order_id} is gone")
+
+    client = _app_with_view(view)
+    exporter = span_exporter()
+    assert client.get("/orders/7").status == 500
+    (span,) = exporter.get_finished_spans()
+    (event,) = span.events
+    assert event.name == "exception"
+    assert event.attributes["exception.type"] == "LookupError"
+    assert "order 7 is gone" in event.attributes["exception.message"]
+    assert "Traceback" in event.attributes["exception.stacktrace"]
+    assert span.status.status_code.name == "ERROR"
+
+
+def test_span_processors_see_start_and_end() -> None:
+    """Processors on the provider get on_start and on_end for the server span, as with the SDK."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Recording(SpanProcessor):
+        def __init__(self) -> None:
+            self.started: list[str] = []
+            self.ended: list[str] = []
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            span.set_attribute("tenant", "blue")  # what baggage-style processors do
+            self.started.append(span.get_span_context().span_id)
+
+        def on_end(self, span: Any) -> None:
+            self.ended.append(span.context.span_id)
+
+    pyobs.setup()
+    recording = Recording()
+    provider: Any = trace.get_tracer_provider()
+    provider.add_span_processor(recording)
+    try:
+        from pyobs.testing import span_exporter
+
+        exporter = span_exporter()
+        client = _app_with_view(lambda order_id: "ok")
+        client.get("/orders/1")
+        (span,) = exporter.get_finished_spans()
+        assert recording.started == recording.ended == [span.context.span_id]
+        assert span.attributes["tenant"] == "blue"
+    finally:  # the SDK has no remove_span_processor; keep other tests' spans untouched
+        multi = provider._active_span_processor
+        multi._span_processors = tuple(p for p in multi._span_processors if p is not recording)
+
+
+def test_sampler_off_records_nothing_but_keeps_trace_ids_in_logs() -> None:
+    """OTEL_TRACES_SAMPLER=always_off: no span exported, no exemplar, logs still carry trace.id."""
+    script = textwrap.dedent(
+        """
+        import json, sys, io
+        from flask import Flask
+        import pyobs.flask
+        from pyobs.testing import span_exporter
+        app = Flask("off")
+        app.get("/x")(lambda: "ok")
+        pyobs.flask.instrument(app)
+        exporter = span_exporter()
+        out = io.StringIO(); real = sys.stdout; sys.stdout = out
+        app.test_client().get("/x", buffered=True)
+        page = app.test_client().get(
+            "/metrics", headers={"Accept": "application/openmetrics-text"}).text
+        sys.stdout = real
+        access = [json.loads(l) for l in out.getvalue().splitlines() if "pyobs.access" in l]
+        assert exporter.get_finished_spans() == (), exporter.get_finished_spans()
+        assert len(access[0]["trace.id"]) == 32
+        assert "trace_id" not in page
+        print("ok")
+        """
+    )
+    import_or_require("flask")
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**_clean_env(), "OTEL_TRACES_SAMPLER": "always_off"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def _clean_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
+
+
+@pytest.mark.parametrize("exporter", ["console"])
+def test_console_exporter_writes_one_json_span_per_line(exporter: str) -> None:
+    """OTEL_TRACES_EXPORTER=console writes each server span as one JSON line on stderr."""
+    import_or_require("flask")
+    script = textwrap.dedent(
+        """
+        from flask import Flask
+        import pyobs.flask
+        app = Flask("c")
+        app.get("/items/<int:i>")(lambda i: "ok")
+        pyobs.flask.instrument(app)
+        app.test_client().get("/items/3", buffered=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**_clean_env(), "OTEL_TRACES_EXPORTER": exporter},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("{")]
+    span = json.loads(line)
+    assert span["name"] == "GET /items/<int:i>"
+    assert span["kind"] == "SpanKind.SERVER"
+    assert span["attributes"]["http.route"] == "/items/<int:i>"
