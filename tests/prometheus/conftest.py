@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -201,6 +202,13 @@ class Webhook:
 @pytest.fixture
 def webhook() -> Iterator[Webhook]:
     """A running webhook receiver; stopped after the test."""
+    with running_webhook() as hook:
+        yield hook
+
+
+@contextlib.contextmanager
+def running_webhook() -> Iterator[Webhook]:
+    """A webhook receiver on a free loopback port that records every POST."""
     hook = Webhook(port=0)
 
     class Handler(BaseHTTPRequestHandler):

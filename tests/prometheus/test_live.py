@@ -24,7 +24,6 @@ import urllib.request
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from tests.prometheus.conftest import (
     free_port,
     http_json,
     query,
+    running_webhook,
     spawn,
     start_alertmanager,
     start_prometheus,
@@ -63,34 +63,6 @@ def _require_examples() -> None:
         require_service((REPO / "examples" / app / "app.py").is_file(), f"examples/{app} missing")
     tool("prometheus")
     tool("prometheus-alertmanager")
-
-
-@contextlib.contextmanager
-def _webhook() -> Iterator[Webhook]:
-    hook = Webhook(port=0)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length) or b"{}")
-            with hook.lock:
-                hook.received.append((self.path, body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hook.port = int(server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 class Driver:
@@ -199,7 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     closed_port = free_port()  # nobody listens: the log shipper spools, then drops
     processes: list[Process] = []
     stop_traffic = threading.Event()
-    with _webhook() as webhook, contextlib.ExitStack() as cleanup:
+    with running_webhook() as webhook, contextlib.ExitStack() as cleanup:
 
         @cleanup.callback
         def _stop_all() -> None:
