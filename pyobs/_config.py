@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import re
@@ -56,9 +57,15 @@ class Config:
 
     def is_excluded(self, path: str) -> bool:
         """True for the metrics path, health paths and PYOBS_EXCLUDED_PATHS: no telemetry at all."""
-        if path == self.metrics_path or path in HEALTH_PATHS:
-            return True
-        return any(p.fullmatch(path) for p in self.excluded_paths)
+        quiet, excluded = self._exclusions
+        return path in quiet or (excluded is not None and excluded.fullmatch(path) is not None)
+
+    @functools.cached_property
+    def _exclusions(self) -> tuple[frozenset[str], re.Pattern[str] | None]:
+        # Computed once per config (it is on every request's path): one set, one regex.
+        patterns = [p.pattern for p in self.excluded_paths]
+        combined = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+        return HEALTH_PATHS | {self.metrics_path}, combined
 
 
 # --- parsers: each turns a raw string into a value or raises ValueError(what it accepts) ---

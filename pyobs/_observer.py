@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pyobs import tracing
-from pyobs._config import HEALTH_PATHS, Config
+from pyobs._config import Config
 from pyobs.logs import ACCESS_LOGGER, direct_handler, error_fields, request_id_var
 from pyobs.metrics import PyobsMetrics, get_metrics
 from pyobs.redact import redact_header, redact_query
@@ -86,6 +86,14 @@ class RequestHandle:
     context_token: Any = None
 
 
+def request_id_for(headers: Mapping[str, str]) -> str:
+    """The incoming X-Request-ID when safe (1-128 of [A-Za-z0-9._-]), a random 32-hex id else."""
+    incoming = headers.get("x-request-id")
+    if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return os.urandom(16).hex()
+
+
 def method_label(method: str) -> str:
     """The method, or _OTHER for anything outside the standard set."""
     upper = method.upper()
@@ -100,20 +108,13 @@ class RequestObserver:
         self.metrics = metrics or get_metrics()
         self.tracer = tracing.get_tracer() if config.tracing else None
         self._capture_headers = _capture_header_names()
-        # Config.is_excluded(), precomputed: one set lookup and at most one regex.
-        self._quiet_paths = HEALTH_PATHS | {config.metrics_path}
-        patterns = [p.pattern for p in config.excluded_paths]
-        self._excluded = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
 
     # -- start -------------------------------------------------------------------------
 
     def start(self, facts: RequestFacts) -> RequestHandle | None:
         """Begin observing; None for excluded paths (metrics, health, PYOBS_EXCLUDED_PATHS)."""
         try:
-            path = facts.path
-            if path in self._quiet_paths or (
-                self._excluded is not None and self._excluded.fullmatch(path)
-            ):
+            if self.config.is_excluded(facts.path):
                 return None
             return self._start(facts)
         except Exception as exc:  # noqa: BLE001 - failsafe: the request must go on
@@ -122,12 +123,7 @@ class RequestObserver:
 
     def _start(self, facts: RequestFacts) -> RequestHandle:
         method = method_label(facts.method)
-        incoming = facts.headers.get("x-request-id")
-        request_id = (
-            incoming
-            if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming)
-            else os.urandom(16).hex()
-        )
+        request_id = request_id_for(facts.headers)
         handle = RequestHandle(facts, method, request_id, time.perf_counter())
         self.metrics.active(method).inc(1)
         if self.tracer is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pyobs import _state, tracing
-from pyobs._observer import _SAFE_REQUEST_ID, RequestFacts, report_internal_error
+from pyobs._observer import RequestFacts, report_internal_error, request_id_for
 from pyobs.logs import ACCESS_LOGGER, request_id_var
 from pyobs.redact import redact_query
 
@@ -34,10 +33,7 @@ class WebSocketSession:
         self.observer = observer
         self.facts = facts
         self.route = route
-        incoming = facts.headers.get("x-request-id")
-        self.request_id = (
-            incoming if incoming and _SAFE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        )
+        self.request_id = request_id_for(facts.headers)
         self.start = time.perf_counter()
         self.accepted = False
         self.closed = False

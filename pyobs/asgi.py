@@ -136,7 +136,7 @@ class ObservabilityMiddleware:
         scope[ROOT_PATH_KEY] = scope.get("root_path", "")
         scope[HANDLE_KEY] = handle
         original = scope
-        extra = ((b"x-request-id", handle.request_id.encode()),)
+        extra = [(k.lower().encode(), v.encode()) for k, v in observer.response_headers(handle)]
 
         async def observed_receive() -> Message:
             message = await receive()

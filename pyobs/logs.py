@@ -220,24 +220,13 @@ class StdoutHandler(logging.Handler):
         _count(level)
 
 
-_level_counters: tuple[Any, dict[str, Any]] = (None, {})
-
-
 def _count(level: str) -> None:
-    """pyobs_log_events_total{level}; the bound children are cached per metrics instance."""
-    global _level_counters
+    """pyobs_log_events_total{level}."""
     try:
         from pyobs.metrics import get_metrics
 
         metrics = get_metrics()
-        owner, children = _level_counters
-        if owner is not metrics:
-            children = {}
-            _level_counters = (metrics, children)
-        child = children.get(level)
-        if child is None:
-            child = children[level] = metrics.log_events.labels(level)
-        child.inc()
+        metrics.child(metrics.log_events, level).inc()
     except Exception:  # noqa: BLE001 - a metric failure must not stop logging
         pass
 

@@ -206,7 +206,7 @@ class PyobsMetrics:
 
     def child(self, metric: Any, *labels: str) -> Any:
         """A bound child, cached: `labels()` costs a lock and a tuple build on every call."""
-        key = (id(metric), *labels)
+        key = (id(metric), labels)
         found = self._children.get(key)
         if found is None:
             found = metric.labels(*labels)

@@ -135,7 +135,7 @@ class ObservabilityMiddleware:
         if handle is None:
             return self.app(environ, start_response)
         environ[HANDLE_KEY] = handle
-        extra_headers = (("X-Request-ID", handle.request_id),)
+        extra_headers = observer.response_headers(handle)
 
         def _start_response(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
             handle.status = _status_code(status)
