@@ -354,11 +354,12 @@ def _capture_header_names() -> re.Pattern[str] | None:
 def headers_from_pairs(pairs: Any) -> dict[str, str]:
     """Lower-cased header dict from ASGI-style (bytes, bytes) pairs; repeated names are joined."""
     # ASGI servers send lower-case names (Starlette's Headers relies on it too), so the
-    # common case is one decode per name and value; repeated names take the slow path.
+    # common case is one decode per name and value; upper-case or repeated names take the
+    # slow path.
     if not isinstance(pairs, (list, tuple)):
         pairs = list(pairs)
     fast = {name.decode("latin-1"): value.decode("latin-1") for name, value in pairs}
-    if len(fast) == len(pairs):
+    if len(fast) == len(pairs) and ("x" + "".join(fast)).islower():
         return fast
     out: dict[str, str] = {}
     for raw_name, raw_value in pairs:

@@ -296,3 +296,15 @@ def test_mounted_and_prefixed_routes_keep_full_templates() -> None:
     assert client.get("/tenants/acme/things/7").status == 200
     routes = {dict(labels)["http_route"] for labels in series(f"{DURATION}_count")}
     assert routes == {"/v1/orders/{order_id}", "/tenants/{tenant}/things/{thing}"}
+
+
+def test_asgi_header_names_are_lower_cased_whatever_the_server_sends() -> None:
+    """Header lookups work for upper-case names from a non-conforming server, repeated or not."""
+    from pyobs._observer import headers_from_pairs
+
+    assert headers_from_pairs([(b"X-Request-ID", b"abc"), (b"host", b"h")]) == {
+        "x-request-id": "abc",
+        "host": "h",
+    }
+    assert headers_from_pairs([(b"accept", b"a"), (b"Accept", b"b")]) == {"accept": "a,b"}
+    assert headers_from_pairs(iter([(b"host", b"h")])) == {"host": "h"}
