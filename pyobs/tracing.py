@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import time
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ from opentelemetry.propagators.textmap import Getter
 
 from pyobs._config import Config
 from pyobs._version import __version__
+from pyobs.logs import error_fields
 
 _log = logging.getLogger("pyobs")
 
@@ -203,15 +203,11 @@ class RequestSpan(trace.Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        cls = type(exception)
+        error = error_fields(exception)  # the same names and trace as the ECS log line
         fields: dict[str, Any] = {
-            "exception.type": cls.__qualname__
-            if cls.__module__ == "builtins"
-            else f"{cls.__module__}.{cls.__qualname__}",
-            "exception.message": str(exception),
-            "exception.stacktrace": "".join(
-                traceback.format_exception(cls, exception, exception.__traceback__)
-            ),
+            "exception.type": error["error.type"],
+            "exception.message": error["error.message"],
+            "exception.stacktrace": error["error.stack_trace"],
             "exception.escaped": str(escaped),
         }
         if attributes:
