@@ -17,7 +17,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pyobs import tracing
 from pyobs._config import Config
-from pyobs.logs import ACCESS_LOGGER, direct_handler, error_fields, request_id_var
+from pyobs.logs import (
+    ACCESS_LOGGER,
+    ACCESS_OPTIONAL_FIELDS,
+    direct_handler,
+    error_fields,
+    request_id_var,
+)
 from pyobs.metrics import PyobsMetrics, get_metrics
 from pyobs.redact import redact_header, redact_query
 
@@ -82,6 +88,8 @@ class RequestHandle:
     span: Any = None
     owns_span: bool = False
     trace_id: str | None = None
+    client: str | None = None  # client.ip / client.address (spans and access log only)
+    user_agent: str | None = None
     request_id_token: Any = None  # contextvar tokens, undone by detach()
     context_token: Any = None
 
@@ -108,6 +116,7 @@ class RequestObserver:
         self.metrics = metrics or get_metrics()
         self.tracer = tracing.get_tracer() if config.tracing else None
         self._capture_headers = _capture_header_names()
+        self._details = config.tracing or config.access_log  # client and user agent needed
 
     # -- start -------------------------------------------------------------------------
 
@@ -125,7 +134,10 @@ class RequestObserver:
         method = method_label(facts.method)
         request_id = request_id_for(facts.headers)
         handle = RequestHandle(facts, method, request_id, time.perf_counter())
-        self.metrics.active(method).inc(1)
+        self.metrics.request_started(method)
+        if self._details:
+            handle.client = self.client_ip(facts)
+            handle.user_agent = facts.headers.get("user-agent")
         if self.tracer is not None:
             self._start_span(handle)
         handle.request_id_token = request_id_var.set(request_id)
@@ -153,17 +165,15 @@ class RequestObserver:
                 attrs["server.address"] = facts.server_addr
             if facts.server_port:
                 attrs["server.port"] = facts.server_port
-            client = self.client_ip(facts)
-            if client:
-                attrs["client.address"] = client
-            ua = facts.headers.get("user-agent")
-            if ua:
-                attrs["user_agent.original"] = ua
+            if handle.client:
+                attrs["client.address"] = handle.client
+            if handle.user_agent:
+                attrs["user_agent.original"] = handle.user_agent
             if self._capture_headers is not None:
                 for name, value in facts.headers.items():
                     if self._capture_headers.fullmatch(name):
                         attrs[f"http.request.header.{name}"] = (redact_header(name, value),)
-            span = tracing.start_server_span(handle.method, parent, attrs)
+            span = tracing.start_server_span(handle.method, parent, attrs, current)
             handle.span = span
             handle.owns_span = True
             handle.context_token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -242,13 +252,12 @@ class RequestObserver:
         method = handle.method
         route = m.route_label(handle.route)
         status_label = str(code)
-        m.active(method).inc(-1)
-        duration_h, response_h = m.request_children(method, route, status_label)
-        m.observe(duration_h, duration, {"trace_id": handle.trace_id} if handle.trace_id else None)
-        m.observe(response_h, handle.response_bytes)
+        m.request_finished(
+            method, route, status_label, duration, handle.response_bytes, handle.trace_id
+        )
         length = handle.facts.headers.get("content-length")
         if length is not None and length.isdigit():
-            m.observe(m.child(m.request_size, method, route), int(length))
+            m.request_body(method, route, int(length))
         if exc is not None:
             m.child(m.exceptions, method, route, _error_type(exc)).inc()
         span = handle.span
@@ -283,8 +292,32 @@ class RequestObserver:
         if not _access.isEnabledFor(level):
             return
         facts = handle.facts
+        # The request's own ids, even when a server closes the body in another context.
+        trace_ids: tuple[str, str] | None = None
+        if handle.span is not None:
+            ctx = handle.span.get_span_context()
+            trace_id = handle.trace_id or format(ctx.trace_id, "032x")
+            trace_ids = (trace_id, format(ctx.span_id, "016x"))
+        query = redact_query(facts.query) if facts.query else None
+        optional = (query, handle.route, handle.client or None, handle.user_agent or None)
+        message = f"{facts.method} {facts.path} {code}"
+        direct = direct_handler(_access, level)
+        if direct is not None and exc is None:
+            # Fast path: pyobs's own stdout handler is the only destination.
+            formatter: Any = direct.formatter
+            level_name = _LEVEL_NAMES[level]
+            request = (
+                handle.request_id,
+                handle.method,
+                facts.path,
+                code,
+                handle.response_bytes,
+                int(duration * 1e9),
+            )
+            line = formatter.access_line(level_name, message, request, trace_ids, optional)
+            direct.write_line(line, level_name)
+            return
         extra: dict[str, Any] = {
-            # The request's own ids, even when a server closes the body in another context.
             "http.request.id": handle.request_id,
             "event.dataset": ACCESS_LOGGER,
             "http.request.method": handle.method,
@@ -293,31 +326,18 @@ class RequestObserver:
             "http.response.body.bytes": handle.response_bytes,
             "event.duration": int(duration * 1e9),
         }
-        if handle.span is not None:
-            ctx = handle.span.get_span_context()
-            extra["trace.id"] = format(ctx.trace_id, "032x")
-            extra["span.id"] = format(ctx.span_id, "016x")
-        if facts.query:
-            extra["url.query"] = redact_query(facts.query)
-        if handle.route is not None:
-            extra["http.route"] = handle.route
-        client = self.client_ip(facts)
-        if client:
-            extra["client.ip"] = client
-        ua = facts.headers.get("user-agent")
-        if ua:
-            extra["user_agent.original"] = ua
-        message = f"{facts.method} {facts.path} {code}"
-        direct = direct_handler(_access, level)
+        if trace_ids is not None:
+            extra["trace.id"], extra["span.id"] = trace_ids
+        for key, value in zip(ACCESS_OPTIONAL_FIELDS, optional, strict=True):
+            if value is not None:
+                extra[key] = value
         if direct is not None:
-            # Fast path: pyobs's own stdout handler is the only destination.
-            formatter: Any = direct.formatter
+            # Still pyobs's own handler only; the error fields follow the access fields.
             level_name = _LEVEL_NAMES[level]
             if exc is not None:
                 extra.update(error_fields(exc))
-            direct.write_line(
-                formatter.direct_line(level_name, ACCESS_LOGGER, message, extra), level_name
-            )
+            line = direct.formatter.direct_line(level_name, ACCESS_LOGGER, message, extra)  # type: ignore[union-attr]
+            direct.write_line(line, level_name)
             return
         exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
         # Built by hand: Logger.log() would walk the stack for a caller we do not report.

@@ -15,9 +15,12 @@ from typing import Any
 from opentelemetry import trace
 
 from pyobs._config import Config
+from pyobs.metrics import get_metrics
 
 ECS_VERSION = "8.17.0"
 ACCESS_LOGGER = "pyobs.access"
+# The access log's optional fields, in the order they follow the trace ids.
+ACCESS_OPTIONAL_FIELDS = ("url.query", "http.route", "client.ip", "user_agent.original")
 
 # The request id of the request being served (trace ids come from the OTel context).
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -32,6 +35,9 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 }
 
 
+_pid = [os.getpid()]  # process.pid without a system call per line; updated after fork
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 _quote = json.encoder.encode_basestring  # the C string escaper behind json.dumps
 
 
@@ -88,6 +94,7 @@ class ECSFormatter(logging.Formatter):
             self._static["service.environment"] = config.environment
         self._timestamp = _Timestamps()
         self._line_templates: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._access_templates: list[str | None] = [None] * (1 << (len(ACCESS_OPTIONAL_FIELDS) + 1))
 
     def to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
         """The ECS fields of ``record``, with the current request context."""
@@ -134,7 +141,7 @@ class ECSFormatter(logging.Formatter):
             self._timestamp(time.time()),
             level,
             _quote(message),
-            os.getpid(),
+            _pid[0],
         ]
         for value in fields.values():
             kind = type(value)
@@ -159,6 +166,65 @@ class ECSFormatter(logging.Formatter):
         )
         if len(self._line_templates) < 256:
             self._line_templates[(logger, keys)] = template
+        return template
+
+    def access_line(
+        self,
+        level: str,
+        message: str,
+        request: tuple[str, str, str, int, int, int],
+        trace_ids: tuple[str, str] | None,
+        optional: tuple[str | None, str | None, str | None, str | None],
+    ) -> str:
+        """The access-log line, the same text as the logging path would write.
+
+        ``request`` is (request id, method label, path, status, body bytes, duration ns);
+        ``optional`` is (url.query, http.route, client.ip, user_agent.original), None when
+        absent. The request id (checked against [A-Za-z0-9._-] or generated), the method
+        label and the hex trace ids need no JSON escaping, so they go in as they are.
+        """
+        mask = 0 if trace_ids is None else 1
+        for bit, value in enumerate(optional, 1):
+            if value is not None:
+                mask |= 1 << bit
+        template = self._access_templates[mask] or self._access_template(mask)
+        request_id, method, path, status, nbytes, duration = request
+        values: list[Any] = [
+            self._timestamp(time.time()),
+            level,
+            _quote(message),
+            _pid[0],
+            request_id,
+            method,
+            _quote(path),
+            status,
+            nbytes,
+            duration,
+        ]
+        if trace_ids is not None:
+            values += trace_ids
+        for value in optional:
+            if value is not None:
+                values.append(_quote(value))
+        return template % tuple(values)
+
+    def _access_template(self, mask: int) -> str:
+        static = dict(self._static)
+        static["log.logger"] = ACCESS_LOGGER
+        head = self.dumps(static)[1:-1].replace("%", "%%")
+        parts = [
+            '{"@timestamp":"%s","log.level":"%s","message":%s,' + head + ',"process.pid":%d',
+            ',"http.request.id":"%s","event.dataset":' + _quote(ACCESS_LOGGER),
+            ',"http.request.method":"%s","url.path":%s,"http.response.status_code":%d',
+            ',"http.response.body.bytes":%d,"event.duration":%d',
+        ]
+        if mask & 1:
+            parts.append(',"trace.id":"%s","span.id":"%s"')
+        for bit, key in enumerate(ACCESS_OPTIONAL_FIELDS, 1):
+            if mask & (1 << bit):
+                parts.append("," + _quote(key) + ":%s")
+        template = "".join(parts) + "}"
+        self._access_templates[mask] = template
         return template
 
     @staticmethod
@@ -223,10 +289,7 @@ class StdoutHandler(logging.Handler):
 def _count(level: str) -> None:
     """pyobs_log_events_total{level}."""
     try:
-        from pyobs.metrics import get_metrics
-
-        metrics = get_metrics()
-        metrics.child(metrics.log_events, level).inc()
+        get_metrics().log_event(level)
     except Exception:  # noqa: BLE001 - a metric failure must not stop logging
         pass
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.samples import Exemplar
+from prometheus_client.values import MutexValue
 
 # OTel's advice for http.server.request.duration (seconds).
 DURATION_BUCKETS = (
@@ -121,55 +122,90 @@ class PyobsMetrics:
         self._routes: set[str] = {UNMATCHED}
         self._routes_lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self._active_children: dict[str, Any] = {}
-        # Histogram.observe() re-checks labels and walks the buckets linearly; while
-        # prometheus_client's layout is the known one, pyobs updates the same values directly.
-        self._direct = True
+        # The request path's values, updated directly (see _Series) under this one lock.
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._active: dict[str, Any] = {}
+        self._request_sizes: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._log_levels: dict[str, Any] = {}
 
-    def active(self, method: str) -> Any:
-        """In-flight gauge value for ``method``: ``.inc(1)`` at start, ``.inc(-1)`` at the end.
-
-        That is the gauge's own value object (what Gauge.inc/dec update after their checks).
-        """
-        value = self._active_children.get(method)
+    def _active_value(self, method: str) -> Any:
+        value = self._active.get(method)
         if value is None:
             child = self.active_requests.labels(method)
-            value = getattr(child, "_value", None) or _GaugeSteps(child)
-            self._active_children[method] = value
+            value = getattr(child, "_value", None)
+            if type(value) is not MutexValue:
+                value = _PublicInc(child)
+            self._active[method] = value
         return value
 
-    def request_children(self, method: str, route: str, status: str) -> tuple[Any, Any]:
-        """(duration, response size) histograms for one label set, cached."""
+    def request_started(self, method: str) -> None:
+        """http_server_active_requests{method} + 1."""
+        value = self._active.get(method) or self._active_value(method)
+        if type(value) is MutexValue:
+            with self._lock:
+                value._value += 1
+        else:
+            value.inc(1)
+
+    def request_finished(
+        self,
+        method: str,
+        route: str,
+        status: str,
+        duration: float,
+        response_bytes: int,
+        trace_id: str | None = None,
+    ) -> None:
+        """Active gauge - 1, then the duration (with a trace_id exemplar) and response size."""
+        active = self._active.get(method) or self._active_value(method)
         key = (method, route, status)
-        found = self._request_children.get(key)
-        if found is None:
-            found = (
-                self.request_duration.labels(method, route, status),
-                self.response_size.labels(method, route, status),
-            )
-            self._request_children[key] = found
-        return found
-
-    def observe(self, child: Any, amount: float, exemplar: dict[str, str] | None = None) -> None:
-        """Histogram.observe() for a bound child, without its per-call checks.
-
-        Same effect (sum, the first bucket whose bound is >= amount, the exemplar on it),
-        found by bisection; falls back to observe() on an unknown prometheus_client layout.
-        """
-        if self._direct:
-            try:
-                buckets, bounds, total = child._buckets, child._upper_bounds, child._sum
-            except AttributeError:
-                self._direct = False
-        if not self._direct:
-            child.observe(amount, exemplar)
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(key)
+        direct = series.direct
+        if direct is not None and type(active) is MutexValue:
+            d_sum, d_buckets, d_bounds, r_sum, r_buckets, r_bounds = direct
+            d_bucket = d_buckets[bisect_left(d_bounds, duration)]
+            r_bucket = r_buckets[bisect_left(r_bounds, response_bytes)]
+            exemplar = Exemplar({"trace_id": trace_id}, duration, time.time()) if trace_id else None
+            with self._lock:
+                active._value -= 1
+                d_sum._value += duration
+                d_bucket._value += 1
+                r_sum._value += response_bytes
+                r_bucket._value += 1
+                if exemplar is not None:
+                    d_bucket._exemplar = exemplar
             return
-        bucket = buckets[bisect_left(bounds, amount)]
-        total.inc(amount)
-        bucket.inc(1)
-        if exemplar:
-            bucket.set_exemplar(Exemplar(exemplar, amount, time.time()))
+        active.inc(-1)
+        series.duration.observe(duration, {"trace_id": trace_id} if trace_id else None)
+        series.response.observe(response_bytes)
+
+    def _new_series(self, key: tuple[str, str, str]) -> _Series:
+        series = _Series(self.request_duration.labels(*key), self.response_size.labels(*key))
+        if len(self._series) < 10_000:
+            self._series[key] = series
+        return series
+
+    def request_body(self, method: str, route: str, nbytes: int) -> None:
+        """http_server_request_body_size_bytes (from Content-Length)."""
+        key = (method, route)
+        found = self._request_sizes.get(key)
+        if found is None:
+            child = self.request_size.labels(method, route)
+            found = (child, _direct_values(child))
+            if len(self._request_sizes) < 10_000:
+                self._request_sizes[key] = found
+        child, direct = found
+        if direct is None:
+            child.observe(nbytes)
+            return
+        total, buckets, bounds = direct
+        bucket = buckets[bisect_left(bounds, nbytes)]
+        with self._lock:
+            total._value += nbytes
+            bucket._value += 1
 
     @property
     def loop_lag(self) -> Histogram:
@@ -213,6 +249,14 @@ class PyobsMetrics:
             self._children[key] = found
         return found
 
+    def log_event(self, level: str) -> None:
+        """Count one log record of ``level`` (pyobs_log_events_total)."""
+        value = self._log_levels.get(level)
+        if value is None:
+            child = self.log_events.labels(level)
+            value = self._log_levels[level] = getattr(child, "_value", None) or _PublicInc(child)
+        value.inc(1)  # the value's own lock: other code may count through the Counter too
+
     def unregister(self) -> None:
         """Remove every instrument from the registry (tests and re-setup)."""
         for value in vars(self).values():
@@ -223,14 +267,47 @@ class PyobsMetrics:
                     pass
 
 
-class _GaugeSteps:
-    """``inc(n)`` on a gauge through its public API (unknown prometheus_client layout)."""
+class _PublicInc:
+    """``inc(n)`` through the metric's public API (multiprocess mode, unknown layout)."""
 
-    def __init__(self, gauge: Any) -> None:
-        self._gauge = gauge
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
 
     def inc(self, amount: float) -> None:
-        self._gauge.inc(amount)
+        self._metric.inc(amount)
+
+
+def _direct_values(child: Any) -> tuple[Any, list[Any], list[float]] | None:
+    """(sum, buckets, bounds) of a histogram child whose values pyobs may update directly.
+
+    That is prometheus_client's in-process layout, where every value is a MutexValue whose
+    ``inc`` is ``_value += amount`` under the value's lock. pyobs takes one lock of its own
+    for all the values of a request instead; nothing else writes these values (exposition
+    only reads them). Multiprocess values (mmap files) and unknown layouts return None.
+    """
+    try:
+        total, buckets, bounds = child._sum, child._buckets, child._upper_bounds
+    except AttributeError:
+        return None
+    values = [total, *buckets]
+    if any(type(v) is not MutexValue or not hasattr(v, "_value") for v in values):
+        return None
+    if len(buckets) != len(bounds) or list(bounds) != sorted(bounds):
+        return None
+    return total, buckets, bounds
+
+
+class _Series:
+    """The duration and response-size histograms of one (method, route, status)."""
+
+    __slots__ = ("direct", "duration", "response")
+
+    def __init__(self, duration: Any, response: Any) -> None:
+        self.duration = duration
+        self.response = response
+        d = _direct_values(duration)
+        r = _direct_values(response)
+        self.direct = None if d is None or r is None else (*d, *r)
 
 
 _metrics: PyobsMetrics | None = None

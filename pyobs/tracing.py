@@ -13,6 +13,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.trace import Event, ReadableSpan
 
 from pyobs._config import Config
 from pyobs._version import __version__
@@ -122,17 +123,22 @@ def configure_tracing(config: Config) -> trace.Tracer:
     return _tracer
 
 
-class RequestSpan(trace.Span):
+_UNSET = trace.Status(trace.StatusCode.UNSET)
+
+
+class RequestSpan(trace.Span, ReadableSpan):
     """The request's SERVER span, recorded by pyobs and handed to the SDK's span processors.
 
     The SDK's own span validates every attribute and takes a lock on every change; pyobs sets
-    a dozen known-good attributes per request, so it records them itself and builds the
-    SDK's ``ReadableSpan`` once, at the end. Everything else behaves like an SDK span: the
+    a dozen known-good attributes per request, so it records them itself. Like the SDK's
+    span, it is a ``ReadableSpan`` itself, so ending it hands this object to the processors
+    without a copy. Everything else behaves like an SDK span: the
     provider's sampler, id generator, resource and processors (``on_start``/``on_end``) are
     used, and application code can still enrich the span through ``get_current_span()``.
     """
 
-    kind = trace.SpanKind.SERVER
+    _kind = trace.SpanKind.SERVER
+    _instrumentation_info = None
 
     def __init__(
         self,
@@ -142,19 +148,26 @@ class RequestSpan(trace.Span):
         parent: trace.SpanContext | None,
         attributes: dict[str, Any],
     ) -> None:
+        # ReadableSpan's fields, set directly: this object is also what the processors get.
         self._recorder = recorder
         self._name = name
-        self._context = context
+        self._context = self._span_context = context
         self._parent = parent
-        self._attributes = attributes
-        self._events: list[Any] = []
-        self._links: list[Any] = []
-        self._status = trace.Status(trace.StatusCode.UNSET)
+        # Typed aliases of the ReadableSpan fields this class fills in.
+        self._attribute_dict: dict[str, Any] = attributes
+        self._event_list: list[Event] = []
+        self._link_list: list[trace.Link] = []
+        self._attributes = self._attribute_dict
+        self._events = self._event_list
+        self._links = self._link_list
+        self._status = _UNSET
+        self._resource = recorder.resource
+        self._instrumentation_scope = recorder.scope
         self._start_time = time.time_ns()
-        self._end_time: int | None = None
+        self._end_time = None
 
     def get_span_context(self) -> trace.SpanContext:
-        return self._context
+        return self._span_context
 
     def is_recording(self) -> bool:
         return self._end_time is None
@@ -169,20 +182,20 @@ class RequestSpan(trace.Span):
         # Values from application code are validated like the SDK does (rare, not per request).
         cleaned = BoundedAttributes(attributes={key: value})
         if key in cleaned:
-            self._attributes[key] = cleaned[key]
+            self._attribute_dict[key] = cleaned[key]
 
     def set_trusted(self, attributes: Mapping[str, Any]) -> None:
         """pyobs's own attributes: already of valid types, so stored as they are."""
         if self._end_time is None:
-            self._attributes.update(attributes)
+            self._attribute_dict.update(attributes)
 
     def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
         if self._end_time is None:
-            self._events.append(_Event(name, attributes, timestamp))
+            self._event_list.append(Event(name, attributes, timestamp))
 
     def add_link(self, context: trace.SpanContext, attributes: Any = None) -> None:
         if self._end_time is None:
-            self._links.append(trace.Link(context, attributes))
+            self._link_list.append(trace.Link(context, attributes))
 
     def update_name(self, name: str) -> None:
         if self._end_time is None:
@@ -218,22 +231,8 @@ class RequestSpan(trace.Span):
         if self._end_time is not None:
             return
         self._end_time = end_time or time.time_ns()
-        recorder = self._recorder
-        readable = _ReadableSpan(
-            name=self._name,
-            context=self._context,
-            parent=self._parent,
-            resource=recorder.resource,
-            attributes=self._attributes,
-            events=tuple(self._events),
-            links=tuple(self._links),
-            kind=trace.SpanKind.SERVER,
-            status=self._status,
-            start_time=self._start_time,
-            end_time=self._end_time,
-            instrumentation_scope=recorder.scope,
-        )
-        recorder.processor.on_end(readable)
+        # Like the SDK's own span, the ended span itself is the ReadableSpan: no copy.
+        self._recorder.processor.on_end(self)
 
 
 class _Recorder:
@@ -248,6 +247,11 @@ class _Recorder:
         self.resource = provider.resource
         self.processor = provider._active_span_processor
         self.scope = InstrumentationScope("pyobs", __version__)
+        from opentelemetry.sdk.trace import sampling
+
+        # The default sampler (OTEL_TRACES_SAMPLER unset or parentbased_always_on) is one
+        # shared instance with fixed delegates, so its decision can be taken inline.
+        self.parent_based_always_on = self.sampler is sampling.DEFAULT_ON
 
 
 _recorder: _Recorder | None = None
@@ -256,62 +260,82 @@ _recorder_for: Any = None
 
 def _get_recorder() -> _Recorder | None:
     """A recorder for the global provider when it is the SDK's; None otherwise."""
-    global _recorder, _recorder_for, _Event, _ReadableSpan
+    global _recorder, _recorder_for
     provider = trace.get_tracer_provider()
     if provider is _recorder_for:
         return _recorder
     _recorder_for = provider
     _recorder = None
     try:
-        from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+        from opentelemetry.sdk.trace import TracerProvider
 
         if isinstance(provider, TracerProvider) and not getattr(provider, "_disabled", False):
-            recorder = _Recorder(provider)
-            _Event, _ReadableSpan = Event, ReadableSpan
-            _recorder = recorder
+            _recorder = _Recorder(provider)
     except (ImportError, AttributeError):  # another SDK layout: use the tracer API instead
         _recorder = None
     return _recorder
 
 
-_Event: Any = None
-_ReadableSpan: Any = None
+_SAMPLED_FLAGS = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+_DEFAULT_FLAGS = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 
 
-def start_server_span(name: str, parent: Context | None, attributes: dict[str, Any]) -> Any:
-    """Start the request's SERVER span: a RequestSpan on the SDK, the tracer API otherwise."""
+def start_server_span(
+    name: str,
+    parent: Context | None,
+    attributes: dict[str, Any],
+    current: trace.Span | None = None,
+) -> Any:
+    """Start the request's SERVER span: a RequestSpan on the SDK, the tracer API otherwise.
+
+    ``parent`` is the extracted incoming context; without one, the span's parent is the
+    current span (``current`` when the caller already looked it up), as the SDK does.
+    """
     recorder = _get_recorder()
     if recorder is None:
         return get_tracer().start_span(
             name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
         )
-    parent_context: trace.SpanContext | None = trace.get_current_span(parent).get_span_context()
+    if parent is not None or current is None:
+        current = trace.get_current_span(parent)
+    parent_context: trace.SpanContext | None = current.get_span_context()
     if parent_context is None or not parent_context.is_valid:
         parent_context = None
+    if parent_context is None:
         trace_id = recorder.ids.generate_trace_id()
     else:
         trace_id = parent_context.trace_id
-    result = recorder.sampler.should_sample(
-        parent, trace_id, name, trace.SpanKind.SERVER, attributes
-    )
-    flags = trace.TraceFlags.SAMPLED if result.decision.is_sampled() else trace.TraceFlags.DEFAULT
-    context = trace.SpanContext(
-        trace_id,
-        recorder.ids.generate_span_id(),
-        is_remote=False,
-        trace_flags=trace.TraceFlags(flags),
-        trace_state=result.trace_state,
-    )
-    if not result.decision.is_recording():
-        return trace.NonRecordingSpan(context)
-    sampled_attributes = result.attributes
-    span = RequestSpan(
-        recorder,
-        name,
-        context,
-        parent_context,
-        dict(sampled_attributes) if sampled_attributes is not None else attributes,
-    )
+    if recorder.parent_based_always_on:
+        # The SDK's default sampler, decided here without building a SamplingResult: a span
+        # is sampled unless its parent is valid and not sampled; the trace state is the
+        # parent's. Attributes pass through unchanged.
+        sampled = parent_context is None or parent_context.trace_flags.sampled
+        trace_state = parent_context.trace_state if parent_context is not None else None
+        context = trace.SpanContext(
+            trace_id,
+            recorder.ids.generate_span_id(),
+            False,
+            _SAMPLED_FLAGS if sampled else _DEFAULT_FLAGS,
+            trace_state,
+        )
+        if not sampled:
+            return trace.NonRecordingSpan(context)
+    else:
+        result = recorder.sampler.should_sample(
+            parent, trace_id, name, trace.SpanKind.SERVER, attributes
+        )
+        context = trace.SpanContext(
+            trace_id,
+            recorder.ids.generate_span_id(),
+            False,
+            _SAMPLED_FLAGS if result.decision.is_sampled() else _DEFAULT_FLAGS,
+            result.trace_state,
+        )
+        if not result.decision.is_recording():
+            return trace.NonRecordingSpan(context)
+        if result.attributes is not None:
+            attributes = dict(result.attributes)
+    span = RequestSpan(recorder, name, context, parent_context, attributes)
     recorder.processor.on_start(span, parent_context=parent)
     return span
 

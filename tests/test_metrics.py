@@ -2,63 +2,97 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from prometheus_client import CollectorRegistry
 
-from pyobs.metrics import DURATION_BUCKETS, PyobsMetrics
+from pyobs.metrics import DURATION_BUCKETS, SIZE_BUCKETS, PyobsMetrics
 
 
-def test_direct_observe_matches_prometheus_client() -> None:
-    """The bisecting observe() fills the same buckets, sum and exemplars as Histogram.observe."""
+def _samples(metrics: PyobsMetrics, prefix: str) -> list[tuple[str, dict[str, str], float]]:
+    return [
+        (s.name, s.labels, s.value)
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name.startswith(prefix) and not s.name.endswith("_created")
+    ]
+
+
+def test_request_path_matches_prometheus_client() -> None:
+    """Direct updates fill the same buckets, sums and exemplars as Histogram.observe."""
     ours, theirs = PyobsMetrics(CollectorRegistry()), PyobsMetrics(CollectorRegistry())
     values = [0.0, 0.005, 0.0050001, 0.3, 1.0, 9.99, 10.0, 11.0, 1e9, *DURATION_BUCKETS]
+    sizes = [0, 1, 100, 101, 99_999, 10**9, *SIZE_BUCKETS]
     for i, value in enumerate(values):
-        exemplar = {"trace_id": f"{i:032x}"}
-        a = ours.request_children("GET", "/x", "200")[0]
-        b = theirs.request_duration.labels("GET", "/x", "200")
-        ours.observe(a, value, exemplar)
-        b.observe(value, exemplar)
+        trace_id = f"{i:032x}"
+        size = sizes[i % len(sizes)]
+        ours.request_started("GET")
+        ours.request_finished("GET", "/x", "200", value, size, trace_id)
+        ours.request_body("GET", "/x", size)
+        theirs.active_requests.labels("GET").inc()
+        theirs.active_requests.labels("GET").dec()
+        theirs.request_duration.labels("GET", "/x", "200").observe(value, {"trace_id": trace_id})
+        theirs.response_size.labels("GET", "/x", "200").observe(size)
+        theirs.request_size.labels("GET", "/x").observe(size)
 
-    def samples(metrics: PyobsMetrics) -> list[tuple[str, dict[str, str], float]]:
-        return [
-            (s.name, s.labels, s.value)
-            for family in metrics.registry.collect()
-            for s in family.samples
-            if s.name.startswith("http_server_request_duration") and not s.name.endswith("_created")
-        ]
-
-    assert samples(ours) == samples(theirs)
-    a_buckets = [v._value for v in ours.request_children("GET", "/x", "200")[0]._buckets]
-    b_buckets = [v._value for v in theirs.request_duration.labels("GET", "/x", "200")._buckets]
-    assert a_buckets == b_buckets
-    a_ex = [v._exemplar for v in ours.request_children("GET", "/x", "200")[0]._buckets]
-    b_ex = [v._exemplar for v in theirs.request_duration.labels("GET", "/x", "200")._buckets]
-    assert [e and (e.labels, e.value) for e in a_ex] == [e and (e.labels, e.value) for e in b_ex]
+    for prefix in ("http_server_re", "http_server_active"):
+        assert _samples(ours, prefix) == _samples(theirs, prefix)
+    mine = ours.request_duration.labels("GET", "/x", "200")._buckets
+    other = theirs.request_duration.labels("GET", "/x", "200")._buckets
+    assert [b._value for b in mine] == [b._value for b in other]
+    assert [b._exemplar and (b._exemplar.labels, b._exemplar.value) for b in mine] == [
+        b._exemplar and (b._exemplar.labels, b._exemplar.value) for b in other
+    ]
+    assert ours.active_requests.labels("GET")._value.get() == 0
 
 
-def test_active_gauge_steps() -> None:
-    """The in-flight gauge goes up and back down through the direct value."""
+def test_counts_stay_exact_across_threads() -> None:
+    """Four threads recording at once lose no request (one lock guards every value)."""
     metrics = PyobsMetrics(CollectorRegistry())
-    value = metrics.active("GET")
-    value.inc(1)
-    value.inc(1)
-    value.inc(-1)
-    sample = metrics.registry.get_sample_value(
-        "http_server_active_requests", {"http_request_method": "GET"}
-    )
-    assert sample == 1
+    per_thread = 5_000
+
+    def work() -> None:
+        for _ in range(per_thread):
+            metrics.request_started("GET")
+            metrics.request_finished("GET", "/x", "200", 0.01, 10)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    labels = {"http_request_method": "GET", "http_route": "/x", "http_response_status_code": "200"}
+    get = metrics.registry.get_sample_value
+    assert get("http_server_request_duration_seconds_count", labels) == 4 * per_thread
+    assert get("http_server_response_body_size_bytes_sum", labels) == 4 * per_thread * 10
+    assert get("http_server_active_requests", {"http_request_method": "GET"}) == 0
+
+
+class _Opaque:
+    """A metric child of a prometheus_client layout pyobs does not know."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def observe(self, amount: float, exemplar: object = None) -> None:
+        self.seen.append(amount)
+
+    def inc(self, amount: float = 1) -> None:
+        self.seen.append(amount)
+
+    def labels(self, *labels: str) -> _Opaque:
+        return self
 
 
 def test_unknown_layout_falls_back_to_the_public_api() -> None:
-    """A prometheus_client without the expected internals still gets correct counts."""
-
-    class Opaque:
-        def __init__(self) -> None:
-            self.seen: list[float] = []
-
-        def observe(self, amount: float, exemplar: object = None) -> None:
-            self.seen.append(amount)
-
+    """Without the expected internals (or in multiprocess mode) the public API is used."""
     metrics = PyobsMetrics(CollectorRegistry())
-    child = Opaque()
-    metrics.observe(child, 0.25)
-    assert child.seen == [0.25]
+    duration, size, active, body = _Opaque(), _Opaque(), _Opaque(), _Opaque()
+    fake: Any = metrics
+    fake.request_duration, fake.response_size = duration, size
+    fake.active_requests, fake.request_size = active, body
+    metrics.request_started("GET")
+    metrics.request_finished("GET", "/x", "200", 0.25, 7, "ab" * 16)
+    metrics.request_body("GET", "/x", 3)
+    assert (duration.seen, size.seen, active.seen, body.seen) == ([0.25], [7], [1, -1], [3])
