@@ -65,20 +65,18 @@ class RequestFacts:
     scheme: str = "http"
     query: str = ""
     client_addr: str | None = None
-    client_port: int | None = None
     server_addr: str | None = None
     server_port: int | None = None
     http_version: str = "1.1"
 
 
-@dataclass(slots=True)
 class RequestHandle:
-    """Per-request state between start() and finish(); adapters set ``route``."""
+    """Per-request state between start() and finish(); adapters set ``route``.
 
-    facts: RequestFacts
-    method: str
-    request_id: str
-    start: float
+    A plain class whose optional fields default at class level: a request sets only what
+    it uses (most stay at their default), which is cheaper than initialising every field.
+    """
+
     route: str | None = None
     status: int | None = None
     response_bytes: int = 0
@@ -92,6 +90,15 @@ class RequestHandle:
     user_agent: str | None = None
     request_id_token: Any = None  # contextvar tokens, undone by detach()
     context_token: Any = None
+
+    def __init__(self, facts: RequestFacts, method: str, request_id: str, start: float) -> None:
+        self.facts = facts
+        self.method = method
+        self.request_id = request_id
+        self.start = start
+
+    def __repr__(self) -> str:
+        return f"RequestHandle({self.method} {self.facts.path!r}, route={self.route!r})"
 
 
 def request_id_for(headers: Mapping[str, str]) -> str:
@@ -116,7 +123,8 @@ class RequestObserver:
         self.metrics = metrics or get_metrics()
         self.tracer = tracing.get_tracer() if config.tracing else None
         self._capture_headers = _capture_header_names()
-        self._details = config.tracing or config.access_log  # client and user agent needed
+        # Spans and access logs need every request fact; metrics need method, path, headers.
+        self.details = config.tracing or config.access_log
 
     # -- start -------------------------------------------------------------------------
 
@@ -135,7 +143,7 @@ class RequestObserver:
         request_id = request_id_for(facts.headers)
         handle = RequestHandle(facts, method, request_id, time.perf_counter())
         self.metrics.request_started(method)
-        if self._details:
+        if self.details:
             handle.client = self.client_ip(facts)
             handle.user_agent = facts.headers.get("user-agent")
         if self.tracer is not None:
@@ -264,22 +272,23 @@ class RequestObserver:
         if span is not None and not span.is_recording():
             span = None  # an adopted span that its owner already ended
         if span is not None:
-            attributes: dict[str, Any] = {"http.response.status_code": code}
-            if handle.route is not None:
-                attributes["http.route"] = handle.route
-                if handle.owns_span:
-                    span.update_name(f"{method} {handle.route}")
-            if exc is not None:
-                attributes["error.type"] = _error_type(exc)
-                span.record_exception(exc)
-            elif code >= 500:
-                attributes["error.type"] = status_label
-            if isinstance(span, tracing.RequestSpan):
-                span.set_trusted(attributes)
+            error_type = _error_type(exc) if exc is not None else None
+            if error_type is None and code >= 500:
+                error_type = status_label
+            if handle.owns_span and type(span) is tracing.RequestSpan:
+                span.request_done(code, method, handle.route, error_type, exc)
             else:
+                attributes: dict[str, Any] = {"http.response.status_code": code}
+                if handle.route is not None:
+                    attributes["http.route"] = handle.route
+                    if handle.owns_span:
+                        span.update_name(f"{method} {handle.route}")
+                if error_type is not None:
+                    attributes["error.type"] = error_type
+                    span.set_status(Status(StatusCode.ERROR))
+                if exc is not None:
+                    span.record_exception(exc)
                 span.set_attributes(attributes)
-            if code >= 500 or exc is not None:
-                span.set_status(Status(StatusCode.ERROR))
         if self.config.access_log:
             self._access_log(handle, code, duration, exc)
         if span is not None and handle.owns_span:

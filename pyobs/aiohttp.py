@@ -17,7 +17,6 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 def _facts(request: Any) -> RequestFacts:
     host = request.host or ""
-    peer = request.transport.get_extra_info("peername") if request.transport else None
     return RequestFacts(
         method=request.method,
         path=request.path,
@@ -25,7 +24,6 @@ def _facts(request: Any) -> RequestFacts:
         scheme=request.scheme,
         query=request.query_string,
         client_addr=request.remote,
-        client_port=peer[1] if isinstance(peer, tuple) and len(peer) > 1 else None,
         server_addr=host.split(":")[0] or None,
         server_port=request.url.port,
         http_version=f"{request.version.major}.{request.version.minor}",

@@ -45,7 +45,6 @@ def facts_from_scope(scope: Scope) -> tuple[RequestFacts, dict[str, str]]:
         get("scheme", "http"),
         (query.decode("latin-1") if isinstance(query, bytes) else str(query)) if query else "",
         client[0],
-        client[1],
         host.partition(":")[0] if host else server[0],
         server[1],
         get("http_version", "1.1"),

@@ -56,9 +56,11 @@ class ObservabilityMiddleware:
         self.observer: RequestObserver | None = None if config.disabled else _state.get_observer()
 
     def _start(self, request: Any) -> RequestHandle | None:
+        details = self.observer is None or self.observer.details
         try:
-            facts = facts_from_environ(request.META)
-            facts.scheme = request.scheme or facts.scheme
+            facts = facts_from_environ(request.META, details)
+            if details:
+                facts.scheme = request.scheme or facts.scheme
         except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
             report_internal_error("django.request", exc)
             return None

@@ -183,30 +183,30 @@ class ECSFormatter(logging.Formatter):
         absent. The request id (checked against [A-Za-z0-9._-] or generated), the method
         label and the hex trace ids need no JSON escaping, so they go in as they are.
         """
-        mask = 0 if trace_ids is None else 1
-        for bit, value in enumerate(optional, 1):
-            if value is not None:
-                mask |= 1 << bit
+        query, route, client, user_agent = optional
+        mask = (
+            (trace_ids is not None)
+            | (query is not None) << 1
+            | (route is not None) << 2
+            | (client is not None) << 3
+            | (user_agent is not None) << 4
+        )
         template = self._access_templates[mask] or self._access_template(mask)
-        request_id, method, path, status, nbytes, duration = request
-        values: list[Any] = [
+        values: tuple[Any, ...] = (
             self._timestamp(time.time()),
             level,
             _quote(message),
             _pid[0],
-            request_id,
-            method,
-            _quote(path),
-            status,
-            nbytes,
-            duration,
-        ]
+            request[0],
+            request[1],
+            _quote(request[2]),
+            *request[3:],
+        )
         if trace_ids is not None:
             values += trace_ids
-        for value in optional:
-            if value is not None:
-                values.append(_quote(value))
-        return template % tuple(values)
+        if mask > 1:
+            values += tuple(_quote(value) for value in optional if value is not None)
+        return template % values
 
     def _access_template(self, mask: int) -> str:
         static = dict(self._static)
@@ -301,16 +301,15 @@ def direct_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
     output is identical). Any other handler, filter or formatter on the way returns None
     and the record takes the normal logging path.
     """
-    current: logging.Logger | None = logger
-    while current is not None:
-        if current.filters or current.disabled:
+    current = logger
+    while not current.handlers:
+        if current.filters or current.disabled or not current.propagate:
             return None
-        if current.handlers:
-            break
-        if not current.propagate:
+        parent = current.parent
+        if parent is None:
             return None
-        current = current.parent
-    if current is None or current is not logging.root or len(current.handlers) != 1:
+        current = parent
+    if current is not _root or current.filters or current.disabled or len(current.handlers) != 1:
         return None
     handler = current.handlers[0]
     if (
@@ -323,6 +322,7 @@ def direct_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
     return handler
 
 
+_root = logging.root
 _structlog_ours = False
 
 

@@ -158,14 +158,12 @@ class PyobsMetrics:
         trace_id: str | None = None,
     ) -> None:
         """Active gauge - 1, then the duration (with a trace_id exemplar) and response size."""
-        active = self._active.get(method) or self._active_value(method)
-        key = (method, route, status)
-        series = self._series.get(key)
+        series = self._series.get((method, route, status))
         if series is None:
-            series = self._new_series(key)
+            series = self._new_series(method, route, status)
         direct = series.direct
-        if direct is not None and type(active) is MutexValue:
-            d_sum, d_buckets, d_bounds, r_sum, r_buckets, r_bounds = direct
+        if direct is not None:
+            active, d_sum, d_buckets, d_bounds, r_sum, r_buckets, r_bounds = direct
             d_bucket = d_buckets[bisect_left(d_bounds, duration)]
             r_bucket = r_buckets[bisect_left(r_bounds, response_bytes)]
             exemplar = Exemplar({"trace_id": trace_id}, duration, time.time()) if trace_id else None
@@ -178,14 +176,19 @@ class PyobsMetrics:
                 if exemplar is not None:
                     d_bucket._exemplar = exemplar
             return
-        active.inc(-1)
+        self._active_value(method).inc(-1)
         series.duration.observe(duration, {"trace_id": trace_id} if trace_id else None)
         series.response.observe(response_bytes)
 
-    def _new_series(self, key: tuple[str, str, str]) -> _Series:
-        series = _Series(self.request_duration.labels(*key), self.response_size.labels(*key))
+    def _new_series(self, method: str, route: str, status: str) -> _Series:
+        labels = (method, route, status)
+        series = _Series(
+            self._active_value(method),
+            self.request_duration.labels(*labels),
+            self.response_size.labels(*labels),
+        )
         if len(self._series) < 10_000:
-            self._series[key] = series
+            self._series[labels] = series
         return series
 
     def request_body(self, method: str, route: str, nbytes: int) -> None:
@@ -298,16 +301,19 @@ def _direct_values(child: Any) -> tuple[Any, list[Any], list[float]] | None:
 
 
 class _Series:
-    """The duration and response-size histograms of one (method, route, status)."""
+    """The in-flight gauge and the two histograms one (method, route, status) updates."""
 
     __slots__ = ("direct", "duration", "response")
 
-    def __init__(self, duration: Any, response: Any) -> None:
+    def __init__(self, active: Any, duration: Any, response: Any) -> None:
         self.duration = duration
         self.response = response
         d = _direct_values(duration)
         r = _direct_values(response)
-        self.direct = None if d is None or r is None else (*d, *r)
+        # (active gauge value, duration sum/buckets/bounds, response sum/buckets/bounds)
+        self.direct: tuple[Any, ...] | None = None
+        if type(active) is MutexValue and d is not None and r is not None:
+            self.direct = (active, *d, *r)
 
 
 _metrics: PyobsMetrics | None = None

@@ -41,7 +41,7 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
             )
             return Response(body=body, status=status, headerlist=headers)
         try:
-            facts = facts_from_environ(environ)
+            facts = facts_from_environ(environ, observer.details)
         except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
             report_internal_error("pyramid.request", exc)
             return handler(request)
@@ -66,7 +66,7 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
         for name, value in observer.response_headers(handle):
             response.headers[name] = value
         length = response.content_length
-        response.app_iter = _ObservedBody(response.app_iter, observer, handle, recorder, environ)
+        response.app_iter = _ObservedBody(response.app_iter, handle, recorder, environ)
         response.content_length = length
         return response
 

@@ -21,7 +21,6 @@ def _facts(request: Any) -> RequestFacts:
         scheme=request.scheme,
         query=request.query_string,
         client_addr=peer[0],
-        client_port=peer[1],
         server_addr=request.server_name or None,
         server_port=request.server_port or None,
         http_version=request.version or "1.1",

@@ -124,6 +124,7 @@ def configure_tracing(config: Config) -> trace.Tracer:
 
 
 _UNSET = trace.Status(trace.StatusCode.UNSET)
+_ERROR = trace.Status(trace.StatusCode.ERROR)
 
 
 class RequestSpan(trace.Span, ReadableSpan):
@@ -184,10 +185,27 @@ class RequestSpan(trace.Span, ReadableSpan):
         if key in cleaned:
             self._attribute_dict[key] = cleaned[key]
 
-    def set_trusted(self, attributes: Mapping[str, Any]) -> None:
-        """pyobs's own attributes: already of valid types, so stored as they are."""
-        if self._end_time is None:
-            self._attribute_dict.update(attributes)
+    def request_done(
+        self,
+        status_code: int,
+        method: str,
+        route: str | None,
+        error_type: str | None,
+        exception: BaseException | None,
+    ) -> None:
+        """The outcome pyobs records on its own span: status, route and name, error."""
+        if self._end_time is not None:
+            return
+        attributes = self._attribute_dict
+        attributes["http.response.status_code"] = status_code
+        if route is not None:
+            attributes["http.route"] = route
+            self._name = f"{method} {route}"
+        if error_type is not None:
+            attributes["error.type"] = error_type
+            self._status = _ERROR
+        if exception is not None:
+            self.record_exception(exception)
 
     def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
         if self._end_time is None:

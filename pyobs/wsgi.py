@@ -18,7 +18,16 @@ RouteResolver = Callable[[Environ], "str | None"]
 _DISCONNECTS: tuple[type[BaseException], ...] = (ConnectionError, BrokenPipeError)
 
 
-_ENVIRON_KEYS: dict[str, str] = {}
+# Header name -> environ key, for the names pyobs reads on every request and any others seen.
+_ENVIRON_KEYS: dict[str, str] = {
+    "content-length": "CONTENT_LENGTH",
+    "content-type": "CONTENT_TYPE",
+    "x-request-id": "HTTP_X_REQUEST_ID",
+    "user-agent": "HTTP_USER_AGENT",
+    "traceparent": "HTTP_TRACEPARENT",
+    "baggage": "HTTP_BAGGAGE",
+    "x-forwarded-for": "HTTP_X_FORWARDED_FOR",
+}
 
 
 class _EnvironHeaders(Mapping[str, str]):
@@ -44,10 +53,14 @@ class _EnvironHeaders(Mapping[str, str]):
         return str(value)
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self._environ.get(self._key(name), default)
+        key = _ENVIRON_KEYS.get(name)  # the cache, inline: this runs a few times per request
+        return self._environ.get(self._key(name) if key is None else key, default)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._key(name) in self._environ
+        if not isinstance(name, str):
+            return False
+        key = _ENVIRON_KEYS.get(name)
+        return (self._key(name) if key is None else key) in self._environ
 
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
@@ -60,19 +73,21 @@ class _EnvironHeaders(Mapping[str, str]):
         return sum(1 for _ in self)
 
 
-def facts_from_environ(environ: Environ) -> RequestFacts:
-    """Plain request facts from a WSGI environ."""
+def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
+    """Plain request facts from a WSGI environ (method, path and headers only without details)."""
     get = environ.get
+    path = (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
+    if not details:
+        return RequestFacts(get("REQUEST_METHOD") or "GET", path, _EnvironHeaders(environ))
     host = get("HTTP_HOST") or get("SERVER_NAME") or ""
     protocol = get("SERVER_PROTOCOL") or "HTTP/1.1"
     return RequestFacts(
         get("REQUEST_METHOD") or "GET",
-        (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/",
+        path,
         _EnvironHeaders(environ),
         get("wsgi.url_scheme") or "http",
         get("QUERY_STRING") or "",
         get("REMOTE_ADDR"),
-        _port(get("REMOTE_PORT")),
         host.partition(":")[0] or None,
         _port(get("SERVER_PORT")),
         protocol[5:] if protocol.startswith("HTTP/") else "1.1",
@@ -88,7 +103,7 @@ def _port(value: Any) -> int | None:
 
 def _status_code(status: str) -> int:
     try:
-        return int(status.split(" ", 1)[0])
+        return int(status[:3])
     except ValueError:
         return 500
 
@@ -127,7 +142,7 @@ class ObservabilityMiddleware:
             start_response(f"{status} {'OK' if status == 200 else 'Unauthorized'}", headers)
             return [body]
         try:
-            facts = facts_from_environ(environ)
+            facts = facts_from_environ(environ, observer.details)
         except Exception as exc:  # noqa: BLE001 - failsafe: a malformed environ is the app's call
             report_internal_error("wsgi.environ", exc)
             return self.app(environ, start_response)
@@ -150,7 +165,7 @@ class ObservabilityMiddleware:
             environ.pop(HANDLE_KEY, None)
             raise
         observer.detach(handle)
-        return _ObservedBody(result, observer, handle, self, environ)
+        return _ObservedBody(result, handle, self, environ)
 
     def _resolve(self, handle: RequestHandle, environ: Environ) -> None:
         if handle.route is None and self.route_resolver is not None:
@@ -163,27 +178,27 @@ class ObservabilityMiddleware:
 class _ObservedBody:
     """Counts body bytes and finishes the request when the server closes the body."""
 
-    __slots__ = ("_done", "_environ", "_gen", "_handle", "_inner", "_middleware", "_observer")
+    __slots__ = ("_environ", "_handle", "_inner", "_middleware", "_state")
+
+    # _state: not iterated yet, iterating, or the last chunk was handed out.
+    _FRESH, _STARTED, _DONE = 0, 1, 2
 
     def __init__(
         self,
         inner: Iterable[bytes],
-        observer: RequestObserver,
         handle: RequestHandle,
         middleware: ObservabilityMiddleware,
         environ: Environ,
     ) -> None:
         self._inner = inner
-        self._gen: Iterator[bytes] | None = None
-        self._done = False
-        self._observer = observer
         self._handle = handle
         self._middleware = middleware
         self._environ = environ
+        self._state = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        self._gen = self._iterate()
-        return self._gen
+        self._state = 1
+        return self._iterate()
 
     def _iterate(self) -> Iterator[bytes]:
         handle = self._handle
@@ -199,23 +214,24 @@ class _ObservedBody:
         except BaseException as exc:
             handle.exception = exc
             raise
-        self._done = True
+        self._state = 2
 
     def close(self) -> None:
         handle = self._handle
         try:
-            if self._gen is not None and not self._done and handle.exception is None:
+            if self._state == 1 and handle.exception is None:
                 # The server stopped before the last byte: the client went away.
                 handle.disconnected = True
             close = getattr(self._inner, "close", None)
             if close is not None:
                 close()
         finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        self._middleware._resolve(self._handle, self._environ)
-        self._observer.finish(self._handle)
-        # environ -> handle -> facts -> environ is a cycle; break it so refcounting frees
-        # the request at once instead of leaving it to the cyclic GC.
-        self._environ.pop(HANDLE_KEY, None)
+            middleware = self._middleware
+            if handle.route is None and middleware.route_resolver is not None:
+                middleware._resolve(handle, self._environ)
+            observer = middleware.observer
+            if observer is not None:
+                observer.finish(handle)
+            # environ -> handle -> facts -> environ is a cycle; break it so refcounting
+            # frees the request at once instead of leaving it to the cyclic GC.
+            self._environ.pop(HANDLE_KEY, None)
