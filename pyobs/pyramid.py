@@ -66,7 +66,7 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
         for name, value in observer.response_headers(handle):
             response.headers[name] = value
         length = response.content_length
-        response.app_iter = _ObservedBody(response.app_iter, handle, recorder, environ)
+        response.app_iter = _ObservedBody(handle, recorder, environ, inner=response.app_iter)
         response.content_length = length
         return response
 

@@ -150,14 +150,9 @@ class ObservabilityMiddleware:
         if handle is None:
             return self.app(environ, start_response)
         environ[HANDLE_KEY] = handle
-        extra_headers = observer.response_headers(handle)
-
-        def _start_response(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
-            handle.status = _status_code(status)
-            return start_response(status, [*headers, *extra_headers], *args)
-
+        observed = _ObservedBody(handle, self, environ, start_response)
         try:
-            result = self.app(environ, _start_response)
+            observed.inner = self.app(environ, observed.start_response)
         except BaseException as exc:
             self._resolve(handle, environ)
             observer.finish(handle, exception=exc)
@@ -165,7 +160,7 @@ class ObservabilityMiddleware:
             environ.pop(HANDLE_KEY, None)
             raise
         observer.detach(handle)
-        return _ObservedBody(result, handle, self, environ)
+        return observed
 
     def _resolve(self, handle: RequestHandle, environ: Environ) -> None:
         if handle.route is None and self.route_resolver is not None:
@@ -178,23 +173,33 @@ class ObservabilityMiddleware:
 class _ObservedBody:
     """Counts body bytes and finishes the request when the server closes the body."""
 
-    __slots__ = ("_environ", "_handle", "_inner", "_middleware", "_state")
+    __slots__ = ("_environ", "_extra", "_handle", "_middleware", "_server", "_state", "inner")
 
-    # _state: not iterated yet, iterating, or the last chunk was handed out.
-    _FRESH, _STARTED, _DONE = 0, 1, 2
+    # _state: 0 not iterated yet, 1 iterating, 2 the last chunk was handed out.
 
     def __init__(
         self,
-        inner: Iterable[bytes],
         handle: RequestHandle,
         middleware: ObservabilityMiddleware,
         environ: Environ,
+        server_start_response: StartResponse | None = None,
+        inner: Iterable[bytes] = (),
     ) -> None:
-        self._inner = inner
+        self.inner = inner  # the app's body, set once the app returned it
         self._handle = handle
         self._middleware = middleware
         self._environ = environ
+        self._server = server_start_response
         self._state = 0
+        observer = middleware.observer
+        if server_start_response is not None and observer is not None:
+            self._extra = observer.response_headers(handle)
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+        """The app's start_response: notes the status and adds pyobs's response headers."""
+        assert self._server is not None
+        self._handle.status = _status_code(status)
+        return self._server(status, [*headers, *self._extra], *args)
 
     def __iter__(self) -> Iterator[bytes]:
         self._state = 1
@@ -203,7 +208,7 @@ class _ObservedBody:
     def _iterate(self) -> Iterator[bytes]:
         handle = self._handle
         try:
-            for chunk in self._inner:
+            for chunk in self.inner:
                 handle.response_bytes += len(chunk)
                 yield chunk
         except _DISCONNECTS:
@@ -222,7 +227,7 @@ class _ObservedBody:
             if self._state == 1 and handle.exception is None:
                 # The server stopped before the last byte: the client went away.
                 handle.disconnected = True
-            close = getattr(self._inner, "close", None)
+            close = getattr(self.inner, "close", None)
             if close is not None:
                 close()
         finally:
