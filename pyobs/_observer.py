@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -380,16 +380,41 @@ def _capture_header_names() -> re.Pattern[str] | None:
         return re.compile("|".join(re.escape(n) for n in names), re.IGNORECASE)
 
 
-def headers_from_pairs(pairs: Any) -> dict[str, str]:
-    """Lower-cased header dict from ASGI-style (bytes, bytes) pairs; repeated names are joined."""
+class _PairHeaders(Mapping[str, str]):
+    """Lower-case ASGI header pairs as a str mapping, each value decoded only when read."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: dict[bytes, bytes]) -> None:
+        self._raw = raw
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._raw.get(name.encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
+    def __getitem__(self, name: str) -> str:
+        return self._raw[name.encode("latin-1")].decode("latin-1")
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.encode("latin-1") in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return (name.decode("latin-1") for name in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def headers_from_pairs(pairs: Any) -> Mapping[str, str]:
+    """Lower-cased header mapping from ASGI-style (bytes, bytes) pairs; repeats are joined."""
     # ASGI servers send lower-case names (Starlette's Headers relies on it too), so the
-    # common case is one decode per name and value; upper-case or repeated names take the
-    # slow path.
+    # common case keeps the raw pairs and decodes only what pyobs reads; upper-case or
+    # repeated names take the slow path.
     if not isinstance(pairs, (list, tuple)):
         pairs = list(pairs)
-    fast = {name.decode("latin-1"): value.decode("latin-1") for name, value in pairs}
-    if len(fast) == len(pairs) and ("x" + "".join(fast)).islower():
-        return fast
+    raw = dict(pairs)
+    if len(raw) == len(pairs) and (b"x" + b"".join(raw)).islower():
+        return _PairHeaders(raw)
     out: dict[str, str] = {}
     for raw_name, raw_value in pairs:
         name = raw_name.decode("latin-1").lower()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from pyobs import _state, exposition
@@ -30,7 +30,7 @@ RouteResolver = Callable[[Scope], "str | None"]
 LAG_INTERVAL = 0.5  # seconds between event-loop lag probes
 
 
-def facts_from_scope(scope: Scope) -> tuple[RequestFacts, dict[str, str]]:
+def facts_from_scope(scope: Scope) -> tuple[RequestFacts, Mapping[str, str]]:
     """Plain request facts (and the lower-cased headers) from an ASGI HTTP scope."""
     get = scope.get
     headers = headers_from_pairs(get("headers") or ())

@@ -192,21 +192,30 @@ class ECSFormatter(logging.Formatter):
             | (user_agent is not None) << 4
         )
         template = self._access_templates[mask] or self._access_template(mask)
-        values: tuple[Any, ...] = (
+        request_id, method, path, status, nbytes, duration = request
+        values = [
             self._timestamp(time.time()),
             level,
             _quote(message),
             _pid[0],
-            request[0],
-            request[1],
-            _quote(request[2]),
-            *request[3:],
-        )
+            request_id,
+            method,
+            _quote(path),
+            status,
+            nbytes,
+            duration,
+        ]
         if trace_ids is not None:
             values += trace_ids
-        if mask > 1:
-            values += tuple(_quote(value) for value in optional if value is not None)
-        return template % values
+        if query is not None:
+            values.append(_quote(query))
+        if route is not None:
+            values.append(_quote(route))
+        if client is not None:
+            values.append(_quote(client))
+        if user_agent is not None:
+            values.append(_quote(user_agent))
+        return template % tuple(values)
 
     def _access_template(self, mask: int) -> str:
         static = dict(self._static)
