@@ -30,10 +30,15 @@ RouteResolver = Callable[[Scope], "str | None"]
 LAG_INTERVAL = 0.5  # seconds between event-loop lag probes
 
 
-def facts_from_scope(scope: Scope) -> tuple[RequestFacts, Mapping[str, str]]:
-    """Plain request facts (and the lower-cased headers) from an ASGI HTTP scope."""
+def facts_from_scope(scope: Scope, details: bool = True) -> tuple[RequestFacts, Mapping[str, str]]:
+    """Plain request facts (and the lower-cased headers) from an ASGI HTTP scope.
+
+    Without ``details`` only method, path and headers are filled (all that metrics need).
+    """
     get = scope.get
     headers = headers_from_pairs(get("headers") or ())
+    if not details:
+        return RequestFacts(get("method", "GET"), get("path", "/"), headers), headers
     client = get("client") or (None, None)
     server = get("server") or (None, None)
     query = get("query_string") or b""
@@ -122,7 +127,7 @@ class ObservabilityMiddleware:
             return
         try:
             ensure_loop_lag_monitor()
-            facts, _ = facts_from_scope(scope)
+            facts, _ = facts_from_scope(scope, observer.details)
         except Exception as exc:  # noqa: BLE001 - failsafe
             report_internal_error("asgi.scope", exc)
             await self.app(scope, receive, send)
