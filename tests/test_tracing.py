@@ -186,3 +186,38 @@ def test_console_exporter_writes_one_json_span_per_line(exporter: str) -> None:
     assert span["name"] == "GET /items/<int:i>"
     assert span["kind"] == "SpanKind.SERVER"
     assert span["attributes"]["http.route"] == "/items/<int:i>"
+
+
+def test_default_sampler_follows_the_parent_decision(capsys: pytest.CaptureFixture[str]) -> None:
+    """parentbased_always_on: a sampled parent is continued (with its tracestate), an
+    unsampled one records nothing but keeps its trace id in the log, and without headers the
+    current span (here an outer span of the test) is the parent."""
+    from opentelemetry import trace
+
+    from pyobs.testing import span_exporter
+    from tests.core_apps import json_lines
+
+    client = _app_with_view(lambda order_id: "ok")
+    exporter = span_exporter()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+    headers = {"traceparent": f"00-{trace_id}-{parent_id}-01", "tracestate": "vendor=x"}
+    assert client.get("/orders/1", headers).status == 200
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert span.parent is not None and format(span.parent.span_id, "016x") == parent_id
+    assert span.parent.is_remote and span.context.trace_state.get("vendor") == "x"
+
+    exporter.clear()
+    capsys.readouterr()
+    assert client.get("/orders/2", {"traceparent": f"00-{trace_id}-{parent_id}-00"}).status == 200
+    assert exporter.get_finished_spans() == ()
+    (line,) = [r for r in json_lines(capsys.readouterr().out) if r["log.logger"] == "pyobs.access"]
+    assert line["trace.id"] == trace_id
+
+    with trace.get_tracer("test").start_as_current_span("outer") as outer:
+        assert client.get("/orders/3").status == 200
+    server = next(s for s in exporter.get_finished_spans() if s.name != "outer")
+    assert server.parent is not None
+    assert server.parent.span_id == outer.get_span_context().span_id
+    assert server.context.trace_id == outer.get_span_context().trace_id
