@@ -152,7 +152,8 @@ class RequestObserver:
         return handle
 
     def _start_span(self, handle: RequestHandle) -> None:
-        current = trace.get_current_span()
+        context = otel_context.get_current()
+        current = trace.get_current_span(context)
         # The OTel contrib instrumentation is already serving this request: reuse its span.
         if current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
             handle.span = current
@@ -184,7 +185,9 @@ class RequestObserver:
             span = tracing.start_server_span(handle.method, parent, attrs, current)
             handle.span = span
             handle.owns_span = True
-            handle.context_token = otel_context.attach(trace.set_span_in_context(span, parent))
+            handle.context_token = otel_context.attach(
+                trace.set_span_in_context(span, context if parent is None else parent)
+            )
         ctx = handle.span.get_span_context()
         if ctx.trace_flags.sampled:
             handle.trace_id = format(ctx.trace_id, "032x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import json.encoder
@@ -285,13 +286,10 @@ class StdoutHandler(logging.Handler):
 
     def write_line(self, line: str, level: str) -> None:
         """Write a line pyobs built itself (the access-log fast path); same output as emit()."""
-        self.acquire()
-        try:
+        with self.lock or _NO_LOCK:
             stream = sys.stdout
             stream.write(line + "\n")
             stream.flush()
-        finally:
-            self.release()
         _count(level)
 
 
@@ -332,6 +330,7 @@ def direct_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
 
 
 _root = logging.root
+_NO_LOCK = contextlib.nullcontext()
 _structlog_ours = False
 
 

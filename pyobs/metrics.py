@@ -166,7 +166,12 @@ class PyobsMetrics:
             active, d_sum, d_buckets, d_bounds, r_sum, r_buckets, r_bounds = direct
             d_bucket = d_buckets[bisect_left(d_bounds, duration)]
             r_bucket = r_buckets[bisect_left(r_bounds, response_bytes)]
-            exemplar = Exemplar({"trace_id": trace_id}, duration, time.time()) if trace_id else None
+            exemplar = (
+                # Exemplar(labels, value, timestamp), built without the NamedTuple's __new__
+                tuple.__new__(Exemplar, ({"trace_id": trace_id}, duration, time.time()))
+                if trace_id
+                else None
+            )
             with self._lock:
                 active._value -= 1
                 d_sum._value += duration

@@ -298,6 +298,47 @@ _SAMPLED_FLAGS = trace.TraceFlags(trace.TraceFlags.SAMPLED)
 _DEFAULT_FLAGS = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 
 
+def _checked_span_context(
+    trace_id: int, span_id: int, flags: trace.TraceFlags, state: trace.TraceState | None
+) -> trace.SpanContext:
+    return trace.SpanContext(trace_id, span_id, False, flags, state)
+
+
+def _direct_span_context(
+    trace_id: int, span_id: int, flags: trace.TraceFlags, state: trace.TraceState | None
+) -> trace.SpanContext:
+    # The ids come from the SDK's generator or a valid parent, so the result is valid;
+    # SpanContext is a tuple (trace_id, span_id, is_remote, flags, state, is_valid).
+    return tuple.__new__(
+        trace.SpanContext,
+        (trace_id, span_id, False, flags, _DEFAULT_STATE if state is None else state, True),
+    )
+
+
+_DEFAULT_STATE = trace.DEFAULT_TRACE_STATE
+
+
+def _pick_span_context() -> Any:
+    """The direct constructor while it builds what SpanContext() builds; the checked one else."""
+    sample = (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, _SAMPLED_FLAGS, None)
+    try:
+        direct = _direct_span_context(*sample)
+        checked = _checked_span_context(*sample)
+        same = (
+            direct == checked
+            and direct.is_valid
+            and (direct.trace_id, direct.span_id, direct.trace_flags) == sample[:3]
+            and not direct.is_remote
+            and direct.trace_state == checked.trace_state
+        )
+    except Exception:  # noqa: BLE001 - an API release with another layout
+        same = False
+    return _direct_span_context if same else _checked_span_context
+
+
+_span_context = _pick_span_context()
+
+
 def start_server_span(
     name: str,
     parent: Context | None,
@@ -329,10 +370,9 @@ def start_server_span(
         # parent's. Attributes pass through unchanged.
         sampled = parent_context is None or parent_context.trace_flags.sampled
         trace_state = parent_context.trace_state if parent_context is not None else None
-        context = trace.SpanContext(
+        context = _span_context(
             trace_id,
             recorder.ids.generate_span_id(),
-            False,
             _SAMPLED_FLAGS if sampled else _DEFAULT_FLAGS,
             trace_state,
         )
