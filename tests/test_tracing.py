@@ -221,3 +221,22 @@ def test_default_sampler_follows_the_parent_decision(capsys: pytest.CaptureFixtu
     assert server.parent is not None
     assert server.parent.span_id == outer.get_span_context().span_id
     assert server.context.trace_id == outer.get_span_context().trace_id
+
+
+def test_direct_span_context_equals_the_checked_constructor() -> None:
+    """The span context pyobs builds without SpanContext's checks is the same object value."""
+    from opentelemetry import trace
+
+    from pyobs import tracing
+
+    state = trace.TraceState([("vendor", "x")])
+    for flags in (tracing._SAMPLED_FLAGS, tracing._DEFAULT_FLAGS):
+        for trace_state in (None, state):
+            args = (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, flags, trace_state)
+            fast, checked = tracing._span_context(*args), tracing._checked_span_context(*args)
+            assert fast == checked
+            assert (fast.is_valid, fast.is_remote, fast.trace_state) == (
+                checked.is_valid,
+                checked.is_remote,
+                checked.trace_state,
+            )
