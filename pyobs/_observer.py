@@ -133,23 +133,22 @@ class RequestObserver:
         try:
             if self.config.is_excluded(facts.path):
                 return None
-            return self._start(facts)
+            method = facts.method
+            if method not in STANDARD_METHODS:
+                method = method_label(method)
+            request_id = request_id_for(facts.headers)
+            handle = RequestHandle(facts, method, request_id, time.perf_counter())
+            self.metrics.request_started(method)
+            if self.details:
+                handle.client = self.client_ip(facts)
+                handle.user_agent = facts.headers.get("user-agent")
+            if self.tracer is not None:
+                self._start_span(handle)
+            handle.request_id_token = request_id_var.set(request_id)
+            return handle
         except Exception as exc:  # noqa: BLE001 - failsafe: the request must go on
             report_internal_error("start", exc)
             return None
-
-    def _start(self, facts: RequestFacts) -> RequestHandle:
-        method = method_label(facts.method)
-        request_id = request_id_for(facts.headers)
-        handle = RequestHandle(facts, method, request_id, time.perf_counter())
-        self.metrics.request_started(method)
-        if self.details:
-            handle.client = self.client_ip(facts)
-            handle.user_agent = facts.headers.get("user-agent")
-        if self.tracer is not None:
-            self._start_span(handle)
-        handle.request_id_token = request_id_var.set(request_id)
-        return handle
 
     def _start_span(self, handle: RequestHandle) -> None:
         context = otel_context.get_current()
@@ -238,64 +237,59 @@ class RequestObserver:
             return
         handle.finished = True
         try:
-            self._finish(handle, status, exception)
-        except Exception as exc:  # noqa: BLE001 - failsafe: the response is already on its way
-            report_internal_error("finish", exc)
-
-    def _finish(
-        self, handle: RequestHandle, status: int | None, exception: BaseException | None
-    ) -> None:
-        duration = time.perf_counter() - handle.start
-        if exception is not None:
-            handle.exception = exception
-        exc = handle.exception
-        if handle.disconnected:
-            code = CLIENT_CLOSED
-        elif status is not None:
-            code = status
-        elif handle.status is not None:
-            code = handle.status
-        else:
-            code = 500
-        if exc is not None and code < 500 and not handle.disconnected:
-            code = 500
-        m = self.metrics
-        method = handle.method
-        route = m.route_label(handle.route)
-        status_label = str(code)
-        m.request_finished(
-            method, route, status_label, duration, handle.response_bytes, handle.trace_id
-        )
-        length = handle.facts.headers.get("content-length")
-        if length is not None and length.isdigit():
-            m.request_body(method, route, int(length))
-        if exc is not None:
-            m.child(m.exceptions, method, route, _error_type(exc)).inc()
-        span = handle.span
-        if span is not None and not span.is_recording():
-            span = None  # an adopted span that its owner already ended
-        if span is not None:
-            error_type = _error_type(exc) if exc is not None else None
-            if error_type is None and code >= 500:
-                error_type = status_label
-            if handle.owns_span and type(span) is tracing.RequestSpan:
-                span.request_done(code, method, handle.route, error_type, exc)
+            duration = time.perf_counter() - handle.start
+            if exception is not None:
+                handle.exception = exception
+            exc = handle.exception
+            if handle.disconnected:
+                code = CLIENT_CLOSED
+            elif status is not None:
+                code = status
+            elif handle.status is not None:
+                code = handle.status
             else:
-                attributes: dict[str, Any] = {"http.response.status_code": code}
-                if handle.route is not None:
-                    attributes["http.route"] = handle.route
-                    if handle.owns_span:
-                        span.update_name(f"{method} {handle.route}")
-                if error_type is not None:
-                    attributes["error.type"] = error_type
-                    span.set_status(Status(StatusCode.ERROR))
-                if exc is not None:
-                    span.record_exception(exc)
-                span.set_attributes(attributes)
-        if self.config.access_log:
-            self._access_log(handle, code, duration, exc)
-        if span is not None and handle.owns_span:
-            span.end()
+                code = 500
+            if exc is not None and code < 500 and not handle.disconnected:
+                code = 500
+            m = self.metrics
+            method = handle.method
+            route = m.route_label(handle.route)
+            status_label = str(code)
+            m.request_finished(
+                method, route, status_label, duration, handle.response_bytes, handle.trace_id
+            )
+            length = handle.facts.headers.get("content-length")
+            if length is not None and length.isdigit():
+                m.request_body(method, route, int(length))
+            if exc is not None:
+                m.child(m.exceptions, method, route, _error_type(exc)).inc()
+            span = handle.span
+            if span is not None and not span.is_recording():
+                span = None  # an adopted span that its owner already ended
+            if span is not None:
+                error_type = _error_type(exc) if exc is not None else None
+                if error_type is None and code >= 500:
+                    error_type = status_label
+                if handle.owns_span and type(span) is tracing.RequestSpan:
+                    span.request_done(code, method, handle.route, error_type, exc)
+                else:
+                    attributes: dict[str, Any] = {"http.response.status_code": code}
+                    if handle.route is not None:
+                        attributes["http.route"] = handle.route
+                        if handle.owns_span:
+                            span.update_name(f"{method} {handle.route}")
+                    if error_type is not None:
+                        attributes["error.type"] = error_type
+                        span.set_status(Status(StatusCode.ERROR))
+                    if exc is not None:
+                        span.record_exception(exc)
+                    span.set_attributes(attributes)
+            if self.config.access_log:
+                self._access_log(handle, code, duration, exc)
+            if span is not None and handle.owns_span:
+                span.end()
+        except Exception as error:  # noqa: BLE001 - failsafe: the response is already on its way
+            report_internal_error("finish", error)
 
     def _access_log(
         self, handle: RequestHandle, code: int, duration: float, exc: BaseException | None

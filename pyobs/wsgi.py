@@ -101,13 +101,6 @@ def _port(value: Any) -> int | None:
         return None
 
 
-def _status_code(status: str) -> int:
-    try:
-        return int(status[:3])
-    except ValueError:
-        return 500
-
-
 class ObservabilityMiddleware:
     """Wrap a WSGI app: ``app.wsgi_app = ObservabilityMiddleware(app.wsgi_app)``.
 
@@ -198,7 +191,10 @@ class _ObservedBody:
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The app's start_response: notes the status and adds pyobs's response headers."""
         assert self._server is not None
-        self._handle.status = _status_code(status)
+        try:
+            self._handle.status = int(status[:3])
+        except ValueError:
+            self._handle.status = 500
         return self._server(status, [*headers, *self._extra], *args)
 
     def __iter__(self) -> Iterator[bytes]:
