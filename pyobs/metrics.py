@@ -139,14 +139,18 @@ class PyobsMetrics:
             self._active[method] = value
         return value
 
-    def request_started(self, method: str) -> None:
-        """http_server_active_requests{method} + 1."""
+    def _active_add(self, method: str, amount: int) -> None:
+        """http_server_active_requests{method} + amount, always through the same lock."""
         value = self._active.get(method) or self._active_value(method)
         if type(value) is MutexValue:
             with self._lock:
-                value._value += 1
+                value._value += amount
         else:
-            value.inc(1)
+            value.inc(amount)
+
+    def request_started(self, method: str) -> None:
+        """http_server_active_requests{method} + 1."""
+        self._active_add(method, 1)
 
     def request_finished(
         self,
@@ -181,7 +185,7 @@ class PyobsMetrics:
                 if exemplar is not None:
                     d_bucket._exemplar = exemplar
             return
-        self._active_value(method).inc(-1)
+        self._active_add(method, -1)
         series.duration.observe(duration, {"trace_id": trace_id} if trace_id else None)
         series.response.observe(response_bytes)
 
