@@ -290,10 +290,7 @@ class StdoutHandler(logging.Handler):
             stream = sys.stdout
             stream.write(line + "\n")
             stream.flush()
-        try:
-            get_metrics().log_event(level)  # _count(), inline on the per-request path
-        except Exception:  # noqa: BLE001 - a metric failure must not stop logging
-            pass
+        _count(level)
 
 
 def _count(level: str) -> None:

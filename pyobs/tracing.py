@@ -140,6 +140,11 @@ class RequestSpan(trace.Span, ReadableSpan):
 
     _kind = trace.SpanKind.SERVER
     _instrumentation_info = None
+    # ReadableSpan's fields, as this class fills them (narrower than the base declares).
+    _attributes: dict[str, Any]
+    _events: list[Event]
+    _links: list[trace.Link]
+    _context: trace.SpanContext
 
     def __init__(
         self,
@@ -152,15 +157,11 @@ class RequestSpan(trace.Span, ReadableSpan):
         # ReadableSpan's fields, set directly: this object is also what the processors get.
         self._recorder = recorder
         self._name = name
-        self._context = self._span_context = context
+        self._context = context
         self._parent = parent
-        # Typed aliases of the ReadableSpan fields this class fills in.
-        self._attribute_dict: dict[str, Any] = attributes
-        self._event_list: list[Event] = []
-        self._link_list: list[trace.Link] = []
-        self._attributes = self._attribute_dict
-        self._events = self._event_list
-        self._links = self._link_list
+        self._attributes = attributes
+        self._events = []
+        self._links = []
         self._status = _UNSET
         self._resource = recorder.resource
         self._instrumentation_scope = recorder.scope
@@ -168,7 +169,7 @@ class RequestSpan(trace.Span, ReadableSpan):
         self._end_time = None
 
     def get_span_context(self) -> trace.SpanContext:
-        return self._span_context
+        return self._context
 
     def is_recording(self) -> bool:
         return self._end_time is None
@@ -183,7 +184,7 @@ class RequestSpan(trace.Span, ReadableSpan):
         # Values from application code are validated like the SDK does (rare, not per request).
         cleaned = BoundedAttributes(attributes={key: value})
         if key in cleaned:
-            self._attribute_dict[key] = cleaned[key]
+            self._attributes[key] = cleaned[key]
 
     def request_done(
         self,
@@ -196,7 +197,7 @@ class RequestSpan(trace.Span, ReadableSpan):
         """The outcome pyobs records on its own span: status, route and name, error."""
         if self._end_time is not None:
             return
-        attributes = self._attribute_dict
+        attributes = self._attributes
         attributes["http.response.status_code"] = status_code
         if route is not None:
             attributes["http.route"] = route
@@ -209,11 +210,11 @@ class RequestSpan(trace.Span, ReadableSpan):
 
     def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
         if self._end_time is None:
-            self._event_list.append(Event(name, attributes, timestamp))
+            self._events.append(Event(name, attributes, timestamp))
 
     def add_link(self, context: trace.SpanContext, attributes: Any = None) -> None:
         if self._end_time is None:
-            self._link_list.append(trace.Link(context, attributes))
+            self._links.append(trace.Link(context, attributes))
 
     def update_name(self, name: str) -> None:
         if self._end_time is None:
@@ -296,6 +297,7 @@ def _get_recorder() -> _Recorder | None:
 
 _SAMPLED_FLAGS = trace.TraceFlags(trace.TraceFlags.SAMPLED)
 _DEFAULT_FLAGS = trace.TraceFlags(trace.TraceFlags.DEFAULT)
+_DEFAULT_STATE = trace.DEFAULT_TRACE_STATE
 
 
 def _checked_span_context(
@@ -315,22 +317,13 @@ def _direct_span_context(
     )
 
 
-_DEFAULT_STATE = trace.DEFAULT_TRACE_STATE
-
-
 def _pick_span_context() -> Any:
     """The direct constructor while it builds what SpanContext() builds; the checked one else."""
     sample = (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, _SAMPLED_FLAGS, None)
     try:
-        direct = _direct_span_context(*sample)
-        checked = _checked_span_context(*sample)
-        same = (
-            direct == checked
-            and direct.is_valid
-            and (direct.trace_id, direct.span_id, direct.trace_flags) == sample[:3]
-            and not direct.is_remote
-            and direct.trace_state == checked.trace_state
-        )
+        # Equal tuples: every field, is_valid and is_remote included, sits where the API's
+        # own constructor puts it.
+        same = _direct_span_context(*sample) == _checked_span_context(*sample)
     except Exception:  # noqa: BLE001 - an API release with another layout
         same = False
     return _direct_span_context if same else _checked_span_context

@@ -53,14 +53,10 @@ class _EnvironHeaders(Mapping[str, str]):
         return str(value)
 
     def get(self, name: str, default: Any = None) -> Any:
-        key = _ENVIRON_KEYS.get(name)  # the cache, inline: this runs a few times per request
-        return self._environ.get(self._key(name) if key is None else key, default)
+        return self._environ.get(self._key(name), default)
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        key = _ENVIRON_KEYS.get(name)
-        return (self._key(name) if key is None else key) in self._environ
+        return isinstance(name, str) and self._key(name) in self._environ
 
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
@@ -185,8 +181,11 @@ class _ObservedBody:
         self._server = server_start_response
         self._state = 0
         observer = middleware.observer
-        if server_start_response is not None and observer is not None:
-            self._extra = observer.response_headers(handle)
+        self._extra = (
+            observer.response_headers(handle)
+            if server_start_response is not None and observer is not None
+            else []
+        )
 
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The app's start_response: notes the status and adds pyobs's response headers."""
@@ -228,8 +227,7 @@ class _ObservedBody:
                 close()
         finally:
             middleware = self._middleware
-            if handle.route is None and middleware.route_resolver is not None:
-                middleware._resolve(handle, self._environ)
+            middleware._resolve(handle, self._environ)
             observer = middleware.observer
             if observer is not None:
                 observer.finish(handle)
