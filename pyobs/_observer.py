@@ -5,17 +5,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from pyobs import tracing
+from pyobs import _context, tracing
 from pyobs._config import Config
 from pyobs.logs import (
     ACCESS_LOGGER,
@@ -36,6 +35,13 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _access = logging.getLogger(ACCESS_LOGGER)
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
 _internal = logging.getLogger("pyobs.internal")
+# Generated request ids come from pyobs's own generator (as the OTel SDK's ids come from
+# `random`): no system call per request, unaffected by the app seeding `random`, and
+# reseeded in every forked worker so two workers never share a sequence.
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
+_random_bits = _ids.getrandbits
 _reported: set[tuple[str, str]] = set()
 
 
@@ -85,7 +91,8 @@ class RequestHandle:
     finished: bool = False
     span: Any = None
     owns_span: bool = False
-    trace_id: str | None = None
+    trace_id: str | None = None  # for exemplars: set when the span is sampled
+    trace_ids: tuple[str, str] | None = None  # (trace id, span id) in hex, sampled or not
     client: str | None = None  # client.ip / client.address (spans and access log only)
     user_agent: str | None = None
     request_id_token: Any = None  # contextvar tokens, undone by detach()
@@ -106,7 +113,7 @@ def request_id_for(headers: Mapping[str, str]) -> str:
     incoming = headers.get("x-request-id")
     if incoming is not None and _SAFE_REQUEST_ID.fullmatch(incoming):
         return incoming
-    return os.urandom(16).hex()
+    return "%032x" % _random_bits(128)  # noqa: UP031 - faster than format()
 
 
 def method_label(method: str) -> str:
@@ -151,10 +158,14 @@ class RequestObserver:
             return None
 
     def _start_span(self, handle: RequestHandle) -> None:
-        context = otel_context.get_current()
-        current = trace.get_current_span(context)
+        context = _context.current()
+        current = _context.span_in(context)
         # The OTel contrib instrumentation is already serving this request: reuse its span.
-        if current.is_recording() and getattr(current, "kind", None) is SpanKind.SERVER:
+        if (
+            current is not _context.INVALID_SPAN
+            and current.is_recording()
+            and getattr(current, "kind", None) is SpanKind.SERVER
+        ):
             handle.span = current
         else:
             facts = handle.facts
@@ -184,12 +195,11 @@ class RequestObserver:
             span = tracing.start_server_span(handle.method, parent, attrs, current)
             handle.span = span
             handle.owns_span = True
-            handle.context_token = otel_context.attach(
-                trace.set_span_in_context(span, context if parent is None else parent)
-            )
-        ctx = handle.span.get_span_context()
-        if ctx.trace_flags.sampled:
-            handle.trace_id = format(ctx.trace_id, "032x")
+            handle.context_token = _context.attach_span(span, context if parent is None else parent)
+        trace_id, span_id, sampled = tracing.span_ids(handle.span)
+        handle.trace_ids = (trace_id, span_id)
+        if sampled:
+            handle.trace_id = trace_id
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -217,10 +227,10 @@ class RequestObserver:
         context_token, handle.context_token = handle.context_token, None
         request_id_token, handle.request_id_token = handle.request_id_token, None
         try:
-            if context_token is not None:
-                otel_context.detach(context_token)
             if request_id_token is not None:
                 request_id_var.reset(request_id_token)
+            if context_token is not None:
+                _context.detach(context_token)
         except Exception as exc:  # noqa: BLE001 - a token from another context
             report_internal_error("detach", exc)
 
@@ -264,13 +274,15 @@ class RequestObserver:
             if exc is not None:
                 m.child(m.exceptions, method, route, _error_type(exc)).inc()
             span = handle.span
-            if span is not None and not span.is_recording():
+            # pyobs's own span ignores changes once ended, so only other spans are asked.
+            own = handle.owns_span and type(span) is tracing.RequestSpan
+            if span is not None and not own and not span.is_recording():
                 span = None  # an adopted span that its owner already ended
             if span is not None:
                 error_type = _error_type(exc) if exc is not None else None
                 if error_type is None and code >= 500:
                     error_type = status_label
-                if handle.owns_span and type(span) is tracing.RequestSpan:
+                if own:
                     span.request_done(code, method, handle.route, error_type, exc)
                 else:
                     attributes: dict[str, Any] = {"http.response.status_code": code}
@@ -299,11 +311,7 @@ class RequestObserver:
             return
         facts = handle.facts
         # The request's own ids, even when a server closes the body in another context.
-        trace_ids: tuple[str, str] | None = None
-        if handle.span is not None:
-            ctx = handle.span.get_span_context()
-            trace_id = handle.trace_id or format(ctx.trace_id, "032x")
-            trace_ids = (trace_id, format(ctx.span_id, "016x"))
+        trace_ids = handle.trace_ids
         query = redact_query(facts.query) if facts.query else None
         optional = (query, handle.route, handle.client or None, handle.user_agent or None)
         message = f"{facts.method} {facts.path} {code}"

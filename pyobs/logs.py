@@ -13,8 +13,7 @@ import time
 import traceback
 from typing import Any
 
-from opentelemetry import trace
-
+from pyobs import _context
 from pyobs._config import Config
 from pyobs.metrics import get_metrics
 
@@ -95,7 +94,8 @@ class ECSFormatter(logging.Formatter):
             self._static["service.environment"] = config.environment
         self._timestamp = _Timestamps().format  # a bound method: cheaper than __call__
         self._line_templates: dict[tuple[str, tuple[str, ...]], str] = {}
-        self._access_templates: list[str | None] = [None] * (1 << (len(ACCESS_OPTIONAL_FIELDS) + 1))
+        # The access log's fixed fields after the message, encoded once.
+        self._access_static = "," + self.dumps({**self._static, "log.logger": ACCESS_LOGGER})[1:-1]
 
     def to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
         """The ECS fields of ``record``, with the current request context."""
@@ -107,7 +107,7 @@ class ECSFormatter(logging.Formatter):
         out.update(self._static)
         out["log.logger"] = record.name
         out["process.pid"] = record.process
-        ctx = trace.get_current_span().get_span_context()
+        ctx = _context.current_span().get_span_context()
         if ctx.is_valid:
             out["trace.id"] = format(ctx.trace_id, "032x")
             out["span.id"] = format(ctx.span_id, "016x")
@@ -184,58 +184,27 @@ class ECSFormatter(logging.Formatter):
         absent. The request id (checked against [A-Za-z0-9._-] or generated), the method
         label and the hex trace ids need no JSON escaping, so they go in as they are.
         """
-        query, route, client, user_agent = optional
-        mask = (
-            (trace_ids is not None)
-            | (query is not None) << 1
-            | (route is not None) << 2
-            | (client is not None) << 3
-            | (user_agent is not None) << 4
-        )
-        template = self._access_templates[mask] or self._access_template(mask)
         request_id, method, path, status, nbytes, duration = request
-        values = [
-            self._timestamp(time.time()),
-            level,
-            _quote(message),
-            _pid[0],
-            request_id,
-            method,
-            _quote(path),
-            status,
-            nbytes,
-            duration,
-        ]
+        query, route, client, user_agent = optional
+        ids = ""
         if trace_ids is not None:
-            values += trace_ids
-        if query is not None:
-            values.append(_quote(query))
+            ids = f',"trace.id":"{trace_ids[0]}","span.id":"{trace_ids[1]}"'
+        more = "" if query is None else ',"url.query":' + _quote(query)
         if route is not None:
-            values.append(_quote(route))
+            more += ',"http.route":' + _quote(route)
         if client is not None:
-            values.append(_quote(client))
+            more += ',"client.ip":' + _quote(client)
         if user_agent is not None:
-            values.append(_quote(user_agent))
-        return template % tuple(values)
-
-    def _access_template(self, mask: int) -> str:
-        static = dict(self._static)
-        static["log.logger"] = ACCESS_LOGGER
-        head = self.dumps(static)[1:-1].replace("%", "%%")
-        parts = [
-            '{"@timestamp":"%s","log.level":"%s","message":%s,' + head + ',"process.pid":%d',
-            ',"http.request.id":"%s","event.dataset":' + _quote(ACCESS_LOGGER),
-            ',"http.request.method":"%s","url.path":%s,"http.response.status_code":%d',
-            ',"http.response.body.bytes":%d,"event.duration":%d',
-        ]
-        if mask & 1:
-            parts.append(',"trace.id":"%s","span.id":"%s"')
-        for bit, key in enumerate(ACCESS_OPTIONAL_FIELDS, 1):
-            if mask & (1 << bit):
-                parts.append("," + _quote(key) + ":%s")
-        template = "".join(parts) + "}"
-        self._access_templates[mask] = template
-        return template
+            more += ',"user_agent.original":' + _quote(user_agent)
+        # One f-string: cheaper than %-formatting a template with a value tuple.
+        return (
+            f'{{"@timestamp":"{self._timestamp(time.time())}","log.level":"{level}",'
+            f'"message":{_quote(message)}{self._access_static},"process.pid":{_pid[0]},'
+            f'"http.request.id":"{request_id}","event.dataset":"{ACCESS_LOGGER}",'
+            f'"http.request.method":"{method}","url.path":{_quote(path)},'
+            f'"http.response.status_code":{status},"http.response.body.bytes":{nbytes},'
+            f'"event.duration":{duration}{ids}{more}}}'
+        )
 
     @staticmethod
     def dumps(fields: dict[str, Any]) -> str:

@@ -139,7 +139,7 @@ class PyobsMetrics:
             self._active[method] = value
         return value
 
-    def _active_add(self, method: str, amount: int) -> None:
+    def _active_add(self, method: str, amount: int = 1) -> None:
         """http_server_active_requests{method} + amount, always through the same lock."""
         value = self._active.get(method) or self._active_value(method)
         if type(value) is MutexValue:
@@ -148,9 +148,7 @@ class PyobsMetrics:
         else:
             value.inc(amount)
 
-    def request_started(self, method: str) -> None:
-        """http_server_active_requests{method} + 1."""
-        self._active_add(method, 1)
+    request_started = _active_add  # http_server_active_requests{method} + 1
 
     def request_finished(
         self,
@@ -266,8 +264,15 @@ class PyobsMetrics:
         value = self._log_levels.get(level)
         if value is None:
             child = self.log_events.labels(level)
-            value = self._log_levels[level] = getattr(child, "_value", None) or _PublicInc(child)
-        value.inc(1)  # the value's own lock: other code may count through the Counter too
+            value = getattr(child, "_value", None)
+            if type(value) is not MutexValue:
+                value = _PublicInc(child)
+            self._log_levels[level] = value
+        if type(value) is MutexValue:
+            with self._lock:  # like the request path's values: only pyobs writes this one
+                value._value += 1
+        else:
+            value.inc(1)
 
     def unregister(self) -> None:
         """Remove every instrument from the registry (tests and re-setup)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dis
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import Event, ReadableSpan
 
+from pyobs import _context
 from pyobs._config import Config
 from pyobs._version import __version__
 from pyobs.logs import error_fields
@@ -250,14 +252,35 @@ class RequestSpan(trace.Span, ReadableSpan):
         if self._end_time is not None:
             return
         self._end_time = end_time or time.time_ns()
+        recorder = self._recorder
+        multi = recorder.multi
+        if multi is not None and multi._span_processors is not recorder.processors:
+            recorder.refresh()
+        for hook in recorder.on_ending:
+            hook(self)
         # Like the SDK's own span, the ended span itself is the ReadableSpan: no copy.
-        self._recorder.processor.on_end(self)
+        for hook in recorder.on_end:
+            hook(self)
+
+
+def _does_nothing(method: Any) -> bool:
+    """True for a method whose body is only ``pass`` (or a docstring)."""
+    code = getattr(getattr(method, "__func__", None), "__code__", None)
+    if code is None:
+        return False
+    ops = [
+        (op.opname, op.argval)
+        for op in dis.get_instructions(code)
+        if op.opname not in ("RESUME", "NOP", "CACHE")
+    ]
+    return ops in ([("LOAD_CONST", None), ("RETURN_VALUE", None)], [("RETURN_CONST", None)])
 
 
 class _Recorder:
     """What a RequestSpan needs from an SDK TracerProvider."""
 
     def __init__(self, provider: Any) -> None:
+        from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, sampling
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.provider = provider
@@ -266,11 +289,34 @@ class _Recorder:
         self.resource = provider.resource
         self.processor = provider._active_span_processor
         self.scope = InstrumentationScope("pyobs", __version__)
-        from opentelemetry.sdk.trace import sampling
-
         # The default sampler (OTEL_TRACES_SAMPLER unset or parentbased_always_on) is one
         # shared instance with fixed delegates, so its decision can be taken inline.
         self.parent_based_always_on = self.sampler is sampling.DEFAULT_ON
+        # The provider's default processor only forwards to the processors added to it;
+        # pyobs calls those itself and skips the hooks that do nothing (the SDK's Simple and
+        # Batch processors have empty on_start). `processors` is the tuple the hooks were
+        # taken from; add_span_processor replaces it, and then the hooks are taken again.
+        self.multi = (
+            self.processor if type(self.processor) is SynchronousMultiSpanProcessor else None
+        )
+        self.processors: tuple[Any, ...] = ()
+        self.on_start: tuple[Any, ...] = ()
+        self.on_ending: tuple[Any, ...] = ()
+        self.on_end: tuple[Any, ...] = ()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Take the hooks from the processors there are now."""
+        multi = self.multi
+        processors = multi._span_processors if multi is not None else (self.processor,)
+        self.on_start = tuple(p.on_start for p in processors if not _does_nothing(p.on_start))
+        self.on_ending = tuple(
+            p._on_ending
+            for p in processors
+            if hasattr(p, "_on_ending") and not _does_nothing(p._on_ending)
+        )
+        self.on_end = tuple(p.on_end for p in processors)
+        self.processors = processors
 
 
 _recorder: _Recorder | None = None
@@ -332,6 +378,19 @@ def _pick_span_context() -> Any:
 _span_context = _pick_span_context()
 
 
+def span_ids(span: trace.Span) -> tuple[str, str, bool]:
+    """(trace id, span id) in hex and whether the span is sampled."""
+    context = span._context if type(span) is RequestSpan else span.get_span_context()
+    if _span_context is _direct_span_context:
+        # The API's tuple layout was checked at import: read the fields by position.
+        return "%032x" % context[0], "%016x" % context[1], context[3] & 1 == 1  # noqa: UP031
+    return (
+        format(context.trace_id, "032x"),
+        format(context.span_id, "016x"),
+        context.trace_flags.sampled,
+    )
+
+
 def start_server_span(
     name: str,
     parent: Context | None,
@@ -343,16 +402,22 @@ def start_server_span(
     ``parent`` is the extracted incoming context; without one, the span's parent is the
     current span (``current`` when the caller already looked it up), as the SDK does.
     """
-    recorder = _get_recorder()
+    recorder = _recorder
+    if recorder is None or getattr(trace, "_TRACER_PROVIDER", None) is not _recorder_for:
+        recorder = _get_recorder()
     if recorder is None:
         return get_tracer().start_span(
             name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
         )
-    if parent is not None or current is None:
-        current = trace.get_current_span(parent)
-    parent_context: trace.SpanContext | None = current.get_span_context()
-    if parent_context is None or not parent_context.is_valid:
-        parent_context = None
+    if parent is not None:
+        current = _context.span_in(parent)
+    elif current is None:
+        current = _context.current_span()
+    parent_context: trace.SpanContext | None = None
+    if current is not _context.INVALID_SPAN:
+        parent_context = current.get_span_context()
+        if parent_context is None or not parent_context.is_valid:
+            parent_context = None
     if parent_context is None:
         trace_id = recorder.ids.generate_trace_id()
     else:
@@ -387,7 +452,11 @@ def start_server_span(
         if result.attributes is not None:
             attributes = dict(result.attributes)
     span = RequestSpan(recorder, name, context, parent_context, attributes)
-    recorder.processor.on_start(span, parent_context=parent)
+    multi = recorder.multi
+    if multi is not None and multi._span_processors is not recorder.processors:
+        recorder.refresh()
+    for hook in recorder.on_start:
+        hook(span, parent_context=parent)
     return span
 
 

@@ -52,11 +52,14 @@ class _EnvironHeaders(Mapping[str, str]):
         value = self._environ[self._key(name)]
         return str(value)
 
+    # get and __contains__ run several times per request: the known names skip the call.
     def get(self, name: str, default: Any = None) -> Any:
-        return self._environ.get(self._key(name), default)
+        return self._environ.get(_ENVIRON_KEYS.get(name) or self._key(name), default)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._key(name) in self._environ
+        if not isinstance(name, str):
+            return False
+        return (_ENVIRON_KEYS.get(name) or self._key(name)) in self._environ
 
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
@@ -77,6 +80,7 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         return RequestFacts(get("REQUEST_METHOD") or "GET", path, _EnvironHeaders(environ))
     host = get("HTTP_HOST") or get("SERVER_NAME") or ""
     protocol = get("SERVER_PROTOCOL") or "HTTP/1.1"
+    port = get("SERVER_PORT")
     return RequestFacts(
         get("REQUEST_METHOD") or "GET",
         path,
@@ -85,7 +89,7 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         get("QUERY_STRING") or "",
         get("REMOTE_ADDR"),
         host.partition(":")[0] or None,
-        _port(get("SERVER_PORT")),
+        int(port) if type(port) is str and port.isdigit() else _port(port),
         protocol[5:] if protocol.startswith("HTTP/") else "1.1",
     )
 

@@ -308,3 +308,31 @@ def test_asgi_header_names_are_lower_cased_whatever_the_server_sends() -> None:
     }
     assert headers_from_pairs([(b"accept", b"a"), (b"Accept", b"b")]) == {"accept": "a,b"}
     assert headers_from_pairs(iter([(b"host", b"h")])) == {"host": "h"}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_generated_request_ids_differ_across_forked_workers() -> None:
+    """Pre-fork servers (gunicorn --preload) must not hand two workers the same id sequence,
+    and an app that seeds `random` for its own reasons must not make ids repeat."""
+    import random
+
+    from pyobs._observer import request_id_for
+
+    random.seed(7)
+    first = request_id_for({})
+    random.seed(7)
+    assert request_id_for({}) != first
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id goes to the parent, then it leaves at once
+        try:
+            os.write(write_end, ",".join(request_id_for({}) for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_ids = pipe.read().split(",")
+    os.waitpid(pid, 0)
+    parent_ids = [request_id_for({}) for _ in range(3)]
+    assert len(child_ids) == 3 and all(len(i) == 32 for i in child_ids)
+    assert not set(child_ids) & set(parent_ids)

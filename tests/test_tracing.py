@@ -29,11 +29,25 @@ def _app_with_view(view: Any) -> Client:
     return Client("flask", app)
 
 
-def test_application_code_can_enrich_and_nest_under_the_server_span() -> None:
-    """get_current_span() in a view sets attributes and events; child spans nest under it."""
+@pytest.mark.parametrize("access", ["direct", "api"])
+def test_application_code_can_enrich_and_nest_under_the_server_span(
+    access: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_current_span() in a view sets attributes and events; child spans nest under it.
+
+    pyobs sets OTel's context variable directly when the API's default runtime context is
+    in use ("direct"), and goes through the API otherwise ("api"); both must look the same
+    to application code, and the request's context must be gone afterwards.
+    """
     from opentelemetry import trace
 
+    from pyobs import _context
     from pyobs.testing import span_exporter
+
+    if access == "api":
+        monkeypatch.setattr(_context, "VAR", None)
+    else:
+        assert _context.VAR is not None  # the installed API has the layout pyobs checks for
 
     def view(order_id: int) -> str:
         span = trace.get_current_span()
@@ -57,6 +71,7 @@ def test_application_code_can_enrich_and_nest_under_the_server_span() -> None:
     assert server.instrumentation_scope.name == "pyobs"
     assert server.resource.attributes["service.name"]
     assert server.end_time >= server.start_time
+    assert trace.get_current_span() is trace.INVALID_SPAN
 
 
 def test_exception_is_an_event_with_error_status() -> None:
@@ -79,34 +94,41 @@ def test_exception_is_an_event_with_error_status() -> None:
 
 
 def test_span_processors_see_start_and_end() -> None:
-    """Processors on the provider get on_start and on_end for the server span, as with the SDK."""
+    """Processors on the provider get on_start, _on_ending and on_end for the server span, as
+    with the SDK, also when added after pyobs served its first request."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import SpanProcessor
 
     class Recording(SpanProcessor):
         def __init__(self) -> None:
             self.started: list[str] = []
+            self.ending: list[str] = []
             self.ended: list[str] = []
 
         def on_start(self, span: Any, parent_context: Any = None) -> None:
             span.set_attribute("tenant", "blue")  # what baggage-style processors do
             self.started.append(span.get_span_context().span_id)
 
+        def _on_ending(self, span: Any) -> None:  # the SDK's hook before the span is frozen
+            self.ending.append(span.get_span_context().span_id)
+
         def on_end(self, span: Any) -> None:
             self.ended.append(span.context.span_id)
 
+    from pyobs.testing import span_exporter
+
     pyobs.setup()
+    exporter = span_exporter()
+    client = _app_with_view(lambda order_id: "ok")
+    client.get("/orders/0")  # served before the processor below exists
+    exporter.clear()
     recording = Recording()
     provider: Any = trace.get_tracer_provider()
     provider.add_span_processor(recording)
     try:
-        from pyobs.testing import span_exporter
-
-        exporter = span_exporter()
-        client = _app_with_view(lambda order_id: "ok")
         client.get("/orders/1")
         (span,) = exporter.get_finished_spans()
-        assert recording.started == recording.ended == [span.context.span_id]
+        assert recording.started == recording.ending == recording.ended == [span.context.span_id]
         assert span.attributes["tenant"] == "blue"
     finally:  # the SDK has no remove_span_processor; keep other tests' spans untouched
         multi = provider._active_span_processor
@@ -239,4 +261,18 @@ def test_direct_span_context_equals_the_checked_constructor() -> None:
                 checked.is_valid,
                 checked.is_remote,
                 checked.trace_state,
+            )
+            # Reading the ids back by position gives what the API's properties give.
+            span = trace.NonRecordingSpan(checked)
+            by_position = tracing.span_ids(span)
+            assert tracing._span_context is tracing._direct_span_context  # positions in use
+            tracing._span_context = tracing._checked_span_context
+            try:
+                by_property = tracing.span_ids(span)
+            finally:
+                tracing._span_context = tracing._direct_span_context
+            assert by_position == by_property == (
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "00f067aa0ba902b7",
+                flags == tracing._SAMPLED_FLAGS,
             )
