@@ -57,11 +57,12 @@ class Config:
 
     def is_excluded(self, path: str) -> bool:
         """True for the metrics path, health paths and PYOBS_EXCLUDED_PATHS: no telemetry at all."""
-        quiet, excluded = self._exclusions
+        quiet, excluded = self.exclusions
         return path in quiet or (excluded is not None and excluded.fullmatch(path) is not None)
 
     @functools.cached_property
-    def _exclusions(self) -> tuple[frozenset[str], re.Pattern[str] | None]:
+    def exclusions(self) -> tuple[frozenset[str], re.Pattern[str] | None]:
+        """(exact paths, one regex of PYOBS_EXCLUDED_PATHS or None): what is_excluded checks."""
         # Computed once per config (it is on every request's path): one set, one regex.
         patterns = [p.pattern for p in self.excluded_paths]
         combined = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None

@@ -132,18 +132,25 @@ class RequestObserver:
         self._capture_headers = _capture_header_names()
         # Spans and access logs need every request fact; metrics need method, path, headers.
         self.details = config.tracing or config.access_log
+        self._quiet, self._excluded = config.exclusions  # Config.is_excluded, inlined
 
     # -- start -------------------------------------------------------------------------
 
     def start(self, facts: RequestFacts) -> RequestHandle | None:
         """Begin observing; None for excluded paths (metrics, health, PYOBS_EXCLUDED_PATHS)."""
         try:
-            if self.config.is_excluded(facts.path):
+            path = facts.path
+            if path in self._quiet or (
+                self._excluded is not None and self._excluded.fullmatch(path) is not None
+            ):
                 return None
             method = facts.method
             if method not in STANDARD_METHODS:
                 method = method_label(method)
-            request_id = request_id_for(facts.headers)
+            # request_id_for(), inlined: this runs on every request.
+            request_id = facts.headers.get("x-request-id")
+            if request_id is None or _SAFE_REQUEST_ID.fullmatch(request_id) is None:
+                request_id = "%032x" % _random_bits(128)  # noqa: UP031 - faster than format()
             handle = RequestHandle(facts, method, request_id, time.perf_counter())
             self.metrics.request_started(method)
             if self.details:

@@ -5,78 +5,53 @@ from __future__ import annotations
 from typing import Any
 
 from pyobs import _state
-from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware
+from pyobs.wsgi import HANDLE_KEY, Environ, ObservabilityMiddleware
 
-_route_classes: dict[type, type] = {}
+_cv_request: Any = None  # flask.globals._cv_request, imported by instrument()
 
 
-class _RuleSetter:
-    """Catches ``request.url_rule = rule`` and hands the rule to pyobs.
+def _rule_of(ctx: Any) -> str | None:
+    rule = ctx.request.url_rule
+    return None if rule is None else str(rule.rule)
 
-    Only ``__set__`` is defined, so reads go straight to the instance dict (Flask reads the
-    rule several times per request); ``__init__`` below puts the initial None there.
+
+def _matched_rule(environ: Environ) -> str | None:
+    """The rule Flask matched for this request (/items/<int:item_id>), None when none did.
+
+    The middleware asks when the app starts its response: Flask does that inside its request
+    context, which it drops before the body is sent.
     """
-
-    def __set__(self, request: Any, rule: Any) -> None:
-        request.__dict__["url_rule"] = rule
-        if rule is not None:
-            handle = request.environ.get(HANDLE_KEY)
-            if handle is not None:
-                handle.route = rule.rule
-
-
-def _route_recording(request_class: type) -> type:
-    """A subclass of the app's request class that hands the matched rule to pyobs.
-
-    Flask sets ``request.url_rule`` once, while routing, and forgets it before the response
-    is sent; catching the assignment costs less than a signal receiver on every request.
-    """
-    found = _route_classes.get(request_class)
-    if found is not None:
-        return found
-    base_init: Any = request_class.__init__  # type: ignore[misc]
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        base_init(self, *args, **kwargs)
-        self.__dict__["url_rule"] = None
-
-    found = type(
-        request_class.__name__,
-        (request_class,),
-        {
-            "url_rule": _RuleSetter(),
-            "__init__": __init__,
-            "__module__": request_class.__module__,
-        },
-    )
-    _route_classes[request_class] = found
-    return found
+    ctx = _cv_request.get(None)
+    if ctx is None or ctx.request.environ is not environ:
+        return None  # not this request's context (Flask's is gone, or an outer app's)
+    return _rule_of(ctx)
 
 
 def _on_exception(sender: Any, exception: BaseException, **_: Any) -> None:
-    from flask.globals import _cv_request
-
-    # Flask turns the exception into a 500 itself; record what it swallowed.
+    # Flask turns the exception into a 500 itself; record what it swallowed. With
+    # PROPAGATE_EXCEPTIONS no response is started, so the route is taken here too.
     ctx = _cv_request.get(None)
     handle = None if ctx is None else ctx.request.environ.get(HANDLE_KEY)
     if handle is not None:
         handle.exception = exception
+        if handle.route is None:
+            handle.route = _rule_of(ctx)
 
 
 def instrument(app: Any, **options: Any) -> Any:
-    """Instrument a Flask app; routes are labelled with their rules (/items/<int:item_id>).
-
-    Set a custom ``app.request_class`` before calling this: pyobs subclasses it.
-    """
+    """Instrument a Flask app; routes are labelled with their rules (/items/<int:item_id>)."""
+    global _cv_request
     from flask import got_request_exception
+    from flask.globals import _cv_request
 
     if getattr(app, "_pyobs_instrumented", False):
         return app
     config = _state.ensure_setup("flask", **options)
     if config.disabled:
         return app
-    app.wsgi_app = ObservabilityMiddleware(app.wsgi_app, framework="flask", **options)
-    app.request_class = _route_recording(app.request_class)
+    app.wsgi_app = ObservabilityMiddleware(
+        app.wsgi_app, route_resolver=_matched_rule, framework="flask", **options
+    )
     got_request_exception.connect(_on_exception, app, weak=False)
     app._pyobs_instrumented = True
     return app

@@ -104,8 +104,10 @@ def _port(value: Any) -> int | None:
 class ObservabilityMiddleware:
     """Wrap a WSGI app: ``app.wsgi_app = ObservabilityMiddleware(app.wsgi_app)``.
 
-    ``route_resolver(environ)`` returns the route template after the app ran; adapters may
-    instead set ``environ["pyobs.handle"].route`` while routing.
+    ``route_resolver(environ)`` returns the route template; it is asked when the app starts
+    its response (routing is done, the app's request context still active) and, if it
+    returned None, again when the request ends. Adapters may instead set
+    ``environ["pyobs.handle"].route`` while routing.
     """
 
     def __init__(
@@ -194,10 +196,13 @@ class _ObservedBody:
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The app's start_response: notes the status and adds pyobs's response headers."""
         assert self._server is not None
+        handle = self._handle
         try:
-            self._handle.status = int(status[:3])
+            handle.status = int(status[:3])
         except ValueError:
-            self._handle.status = 500
+            handle.status = 500
+        if handle.route is None:
+            self._middleware._resolve(handle, self._environ)
         return self._server(status, [*headers, *self._extra], *args)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -231,7 +236,8 @@ class _ObservedBody:
                 close()
         finally:
             middleware = self._middleware
-            middleware._resolve(handle, self._environ)
+            if handle.route is None:
+                middleware._resolve(handle, self._environ)
             observer = middleware.observer
             if observer is not None:
                 observer.finish(handle)

@@ -171,6 +171,50 @@ def test_request_id_kept_generated_echoed(
     assert ids[1:] == [r.headers["x-request-id"] for r in (generated, unsafe, too_long)]
 
 
+def test_flask_keeps_the_request_class_and_labels_propagated_exceptions() -> None:
+    """instrument() leaves a custom request_class in place; with PROPAGATE_EXCEPTIONS (debug,
+    testing) the exception leaves the app, and the 500 still carries the matched rule."""
+    import_or_require("flask")
+    from flask import Flask, Request
+
+    from pyobs import flask as pyobs_flask
+
+    class AppRequest(Request):
+        pass
+
+    app = Flask("propagating")
+    app.request_class = AppRequest
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+
+    @app.get("/orders/<int:order_id>/fail")
+    def fail(order_id: int) -> str:
+        raise LookupError(order_id)
+
+    pyobs_flask.instrument(app)
+    assert app.request_class is AppRequest
+    with pytest.raises(LookupError):
+        app.test_client().get("/orders/3/fail")
+    route = "/orders/<int:order_id>/fail"
+    assert (
+        sample(
+            f"{DURATION}_count",
+            http_request_method="GET",
+            http_route=route,
+            http_response_status_code="500",
+        )
+        == 1
+    )
+    assert (
+        sample(
+            "pyobs_http_server_exceptions_total",
+            http_request_method="GET",
+            http_route=route,
+            error_type="LookupError",
+        )
+        == 1
+    )
+
+
 def test_secrets_never_recorded(
     framework: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -271,8 +271,12 @@ def test_direct_span_context_equals_the_checked_constructor() -> None:
                 by_property = tracing.span_ids(span)
             finally:
                 tracing._span_context = tracing._direct_span_context
-            assert by_position == by_property == (
-                "4bf92f3577b34da6a3ce929d0e0e4736",
-                "00f067aa0ba902b7",
-                flags == tracing._SAMPLED_FLAGS,
+            assert (
+                by_position
+                == by_property
+                == (
+                    "4bf92f3577b34da6a3ce929d0e0e4736",
+                    "00f067aa0ba902b7",
+                    flags == tracing._SAMPLED_FLAGS,
+                )
             )
