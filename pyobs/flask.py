@@ -22,9 +22,13 @@ def _matched_rule(environ: Environ) -> str | None:
     context, which it drops before the body is sent.
     """
     ctx = _cv_request.get(None)
-    if ctx is None or ctx.request.environ is not environ:
+    if ctx is None:
+        return None
+    request = ctx.request
+    if request.environ is not environ:
         return None  # not this request's context (Flask's is gone, or an outer app's)
-    return _rule_of(ctx)
+    rule = request.url_rule
+    return None if rule is None else str(rule.rule)
 
 
 def _on_exception(sender: Any, exception: BaseException, **_: Any) -> None:
