@@ -30,6 +30,7 @@ STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 CLIENT_CLOSED = 499
+REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 _access = logging.getLogger(ACCESS_LOGGER)
@@ -227,7 +228,7 @@ class RequestObserver:
 
     def response_headers(self, handle: RequestHandle) -> list[tuple[str, str]]:
         """Headers to add to the response: the request id, echoed."""
-        return [("X-Request-ID", handle.request_id)]
+        return [(REQUEST_ID_HEADER, handle.request_id)]
 
     def detach(self, handle: RequestHandle) -> None:
         """Leave the request's context (call where start() was called, after the app returns)."""

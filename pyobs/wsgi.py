@@ -6,7 +6,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pyobs import _state, exposition
-from pyobs._observer import RequestFacts, RequestHandle, RequestObserver, report_internal_error
+from pyobs._observer import (
+    REQUEST_ID_HEADER,
+    RequestFacts,
+    RequestHandle,
+    RequestObserver,
+    report_internal_error,
+)
 
 HANDLE_KEY = "pyobs.handle"
 Environ = dict[str, Any]
@@ -168,7 +174,7 @@ class ObservabilityMiddleware:
 class _ObservedBody:
     """Counts body bytes and finishes the request when the server closes the body."""
 
-    __slots__ = ("_environ", "_extra", "_handle", "_middleware", "_server", "_state", "inner")
+    __slots__ = ("_environ", "_handle", "_middleware", "_server", "_state", "inner")
 
     # _state: 0 not iterated yet, 1 iterating, 2 the last chunk was handed out.
 
@@ -186,12 +192,6 @@ class _ObservedBody:
         self._environ = environ
         self._server = server_start_response
         self._state = 0
-        observer = middleware.observer
-        self._extra = (
-            observer.response_headers(handle)
-            if server_start_response is not None and observer is not None
-            else []
-        )
 
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The app's start_response: notes the status and adds pyobs's response headers."""
@@ -201,9 +201,16 @@ class _ObservedBody:
             handle.status = int(status[:3])
         except ValueError:
             handle.status = 500
-        if handle.route is None:
-            self._middleware._resolve(handle, self._environ)
-        return self._server(status, [*headers, *self._extra], *args)
+        # Routing is done and the app's request context is still active: ask for the route
+        # now (what _resolve does, inlined), and again at the end if it is still unknown.
+        resolver = self._middleware.route_resolver
+        if handle.route is None and resolver is not None:
+            try:
+                handle.route = resolver(self._environ)
+            except Exception:  # noqa: BLE001 - an unresolvable route is just unmatched
+                handle.route = None
+        # RequestObserver.response_headers(), inlined.
+        return self._server(status, [*headers, (REQUEST_ID_HEADER, handle.request_id)], *args)
 
     def __iter__(self) -> Iterator[bytes]:
         self._state = 1
