@@ -137,8 +137,14 @@ class RequestObserver:
 
     # -- start -------------------------------------------------------------------------
 
-    def start(self, facts: RequestFacts) -> RequestHandle | None:
-        """Begin observing; None for excluded paths (metrics, health, PYOBS_EXCLUDED_PATHS)."""
+    def start(
+        self, facts: RequestFacts, kind: type[RequestHandle] = RequestHandle
+    ) -> RequestHandle | None:
+        """Begin observing; None for excluded paths (metrics, health, PYOBS_EXCLUDED_PATHS).
+
+        ``kind`` lets a protocol layer use a subclass of RequestHandle that carries its own
+        per-request state (the WSGI handle is also the body wrapper).
+        """
         try:
             path = facts.path
             if path in self._quiet or (
@@ -152,7 +158,7 @@ class RequestObserver:
             request_id = facts.headers.get("x-request-id")
             if request_id is None or _SAFE_REQUEST_ID.fullmatch(request_id) is None:
                 request_id = "%032x" % _random_bits(128)  # noqa: UP031 - faster than format()
-            handle = RequestHandle(facts, method, request_id, time.perf_counter())
+            handle = kind(facts, method, request_id, time.perf_counter())
             self.metrics.request_started(method)
             if self.details:
                 handle.client = self.client_ip(facts)
@@ -272,9 +278,8 @@ class RequestObserver:
             m = self.metrics
             method = handle.method
             route = m.route_label(handle.route)
-            status_label = str(code)
             m.request_finished(
-                method, route, status_label, duration, handle.response_bytes, handle.trace_id
+                method, route, code, duration, handle.response_bytes, handle.trace_id
             )
             length = handle.facts.headers.get("content-length")
             if length is not None and length.isdigit():
@@ -289,7 +294,7 @@ class RequestObserver:
             if span is not None:
                 error_type = _error_type(exc) if exc is not None else None
                 if error_type is None and code >= 500:
-                    error_type = status_label
+                    error_type = str(code)
                 if own:
                     span.request_done(code, method, handle.route, error_type, exc)
                 else:

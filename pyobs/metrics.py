@@ -124,7 +124,7 @@ class PyobsMetrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         # The request path's values, updated directly (see _Series) under this one lock.
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._series: dict[tuple[str, str, int], _Series] = {}
         self._active: dict[str, Any] = {}
         self._request_sizes: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._log_levels: dict[str, Any] = {}
@@ -154,12 +154,13 @@ class PyobsMetrics:
         self,
         method: str,
         route: str,
-        status: str,
+        status: int,
         duration: float,
         response_bytes: int,
         trace_id: str | None = None,
     ) -> None:
         """Active gauge - 1, then the duration (with a trace_id exemplar) and response size."""
+        # Keyed by the int status: no label string is built for a series already seen.
         series = self._series.get((method, route, status))
         if series is None:
             series = self._new_series(method, route, status)
@@ -187,15 +188,15 @@ class PyobsMetrics:
         series.duration.observe(duration, {"trace_id": trace_id} if trace_id else None)
         series.response.observe(response_bytes)
 
-    def _new_series(self, method: str, route: str, status: str) -> _Series:
-        labels = (method, route, status)
+    def _new_series(self, method: str, route: str, status: int) -> _Series:
+        labels = (method, route, str(status))
         series = _Series(
             self._active_value(method),
             self.request_duration.labels(*labels),
             self.response_size.labels(*labels),
         )
         if len(self._series) < 10_000:
-            self._series[labels] = series
+            self._series[method, route, status] = series
         return series
 
     def request_body(self, method: str, route: str, nbytes: int) -> None:

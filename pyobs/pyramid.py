@@ -45,7 +45,7 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
         except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
             report_internal_error("pyramid.request", exc)
             return handler(request)
-        handle = observer.start(facts)
+        handle: Any = observer.start(facts, _ObservedBody)
         if handle is None:
             return handler(request)
         environ[HANDLE_KEY] = handle
@@ -66,7 +66,10 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
         for name, value in observer.response_headers(handle):
             response.headers[name] = value
         length = response.content_length
-        response.app_iter = _ObservedBody(handle, recorder, environ, inner=response.app_iter)
+        handle._middleware = recorder
+        handle._environ = environ
+        handle.inner = response.app_iter
+        response.app_iter = handle
         response.content_length = length
         return response
 

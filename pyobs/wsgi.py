@@ -147,13 +147,15 @@ class ObservabilityMiddleware:
         except Exception as exc:  # noqa: BLE001 - failsafe: a malformed environ is the app's call
             report_internal_error("wsgi.environ", exc)
             return self.app(environ, start_response)
-        handle = observer.start(facts)
-        if handle is None:
+        handle = observer.start(facts, _ObservedBody)
+        if not isinstance(handle, _ObservedBody):  # None: not observed (excluded path)
             return self.app(environ, start_response)
         environ[HANDLE_KEY] = handle
-        observed = _ObservedBody(handle, self, environ, start_response)
+        handle._middleware = self
+        handle._environ = environ
+        handle._server = start_response
         try:
-            observed.inner = self.app(environ, observed.start_response)
+            handle.inner = self.app(environ, handle.start_response)
         except BaseException as exc:
             self._resolve(handle, environ)
             observer.finish(handle, exception=exc)
@@ -161,7 +163,7 @@ class ObservabilityMiddleware:
             environ.pop(HANDLE_KEY, None)
             raise
         observer.detach(handle)
-        return observed
+        return handle
 
     def _resolve(self, handle: RequestHandle, environ: Environ) -> None:
         if handle.route is None and self.route_resolver is not None:
@@ -171,83 +173,69 @@ class ObservabilityMiddleware:
                 handle.route = None
 
 
-class _ObservedBody:
-    """Counts body bytes and finishes the request when the server closes the body."""
+class _ObservedBody(RequestHandle):
+    """The request's handle, and also the body the server gets: it counts body bytes and
+    finishes the request when the server closes it (one object per request, not two)."""
 
-    __slots__ = ("_environ", "_handle", "_middleware", "_server", "_state", "inner")
-
-    # _state: 0 not iterated yet, 1 iterating, 2 the last chunk was handed out.
-
-    def __init__(
-        self,
-        handle: RequestHandle,
-        middleware: ObservabilityMiddleware,
-        environ: Environ,
-        server_start_response: StartResponse | None = None,
-        inner: Iterable[bytes] = (),
-    ) -> None:
-        self.inner = inner  # the app's body, set once the app returned it
-        self._handle = handle
-        self._middleware = middleware
-        self._environ = environ
-        self._server = server_start_response
-        self._state = 0
+    # Set per request by the middleware (or the Pyramid tween) after observer.start().
+    _middleware: ObservabilityMiddleware
+    _environ: Environ
+    _server: StartResponse | None = None  # the server's start_response
+    inner: Iterable[bytes] = ()  # the app's body, once the app returned it
+    _state = 0  # 0 not iterated yet, 1 iterating, 2 the last chunk was handed out
 
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The app's start_response: notes the status and adds pyobs's response headers."""
         assert self._server is not None
-        handle = self._handle
         try:
-            handle.status = int(status[:3])
+            self.status = int(status[:3])
         except ValueError:
-            handle.status = 500
+            self.status = 500
         # Routing is done and the app's request context is still active: ask for the route
         # now (what _resolve does, inlined), and again at the end if it is still unknown.
         resolver = self._middleware.route_resolver
-        if handle.route is None and resolver is not None:
+        if self.route is None and resolver is not None:
             try:
-                handle.route = resolver(self._environ)
+                self.route = resolver(self._environ)
             except Exception:  # noqa: BLE001 - an unresolvable route is just unmatched
-                handle.route = None
+                self.route = None
         # RequestObserver.response_headers(), inlined.
-        return self._server(status, [*headers, (REQUEST_ID_HEADER, handle.request_id)], *args)
+        return self._server(status, [*headers, (REQUEST_ID_HEADER, self.request_id)], *args)
 
     def __iter__(self) -> Iterator[bytes]:
         self._state = 1
         return self._iterate()
 
     def _iterate(self) -> Iterator[bytes]:
-        handle = self._handle
         try:
             for chunk in self.inner:
-                handle.response_bytes += len(chunk)
+                self.response_bytes += len(chunk)
                 yield chunk
         except _DISCONNECTS:
-            handle.disconnected = True
+            self.disconnected = True
             raise
         except GeneratorExit:
             raise
         except BaseException as exc:
-            handle.exception = exc
+            self.exception = exc
             raise
         self._state = 2
 
     def close(self) -> None:
-        handle = self._handle
         try:
-            if self._state == 1 and handle.exception is None:
+            if self._state == 1 and self.exception is None:
                 # The server stopped before the last byte: the client went away.
-                handle.disconnected = True
+                self.disconnected = True
             close = getattr(self.inner, "close", None)
             if close is not None:
                 close()
         finally:
             middleware = self._middleware
-            if handle.route is None:
-                middleware._resolve(handle, self._environ)
+            if self.route is None:
+                middleware._resolve(self, self._environ)
             observer = middleware.observer
             if observer is not None:
-                observer.finish(handle)
-            # environ -> handle -> facts -> environ is a cycle; break it so refcounting
+                observer.finish(self)
+            # environ -> handle -> environ is a cycle; break it so refcounting
             # frees the request at once instead of leaving it to the cyclic GC.
             self._environ.pop(HANDLE_KEY, None)

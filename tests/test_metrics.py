@@ -28,7 +28,7 @@ def test_request_path_matches_prometheus_client() -> None:
         trace_id = f"{i:032x}"
         size = sizes[i % len(sizes)]
         ours.request_started("GET")
-        ours.request_finished("GET", "/x", "200", value, size, trace_id)
+        ours.request_finished("GET", "/x", 200, value, size, trace_id)
         ours.request_body("GET", "/x", size)
         theirs.active_requests.labels("GET").inc()
         theirs.active_requests.labels("GET").dec()
@@ -55,7 +55,7 @@ def test_counts_stay_exact_across_threads() -> None:
     def work() -> None:
         for _ in range(per_thread):
             metrics.request_started("GET")
-            metrics.request_finished("GET", "/x", "200", 0.01, 10)
+            metrics.request_finished("GET", "/x", 200, 0.01, 10)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -93,6 +93,6 @@ def test_unknown_layout_falls_back_to_the_public_api() -> None:
     fake.request_duration, fake.response_size = duration, size
     fake.active_requests, fake.request_size = active, body
     metrics.request_started("GET")
-    metrics.request_finished("GET", "/x", "200", 0.25, 7, "ab" * 16)
+    metrics.request_finished("GET", "/x", 200, 0.25, 7, "ab" * 16)
     metrics.request_body("GET", "/x", 3)
     assert (duration.seen, size.seen, active.seen, body.seen) == ([0.25], [7], [1, -1], [3])
