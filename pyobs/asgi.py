@@ -9,6 +9,7 @@ from typing import Any
 
 from pyobs import _state, exposition
 from pyobs._observer import (
+    REQUEST_ID_HEADER,
     RequestFacts,
     RequestHandle,
     RequestObserver,
@@ -18,6 +19,7 @@ from pyobs._observer import (
 from pyobs._websocket import open_session
 
 HANDLE_KEY = "pyobs.handle"
+REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 ROOT_PATH_KEY = "pyobs.root_path"  # the scope's root_path before the app ran
 WEBSOCKET_KEY = "pyobs.websocket"
 Scope = MutableMapping[str, Any]
@@ -140,7 +142,8 @@ class ObservabilityMiddleware:
         scope[ROOT_PATH_KEY] = scope.get("root_path", "")
         scope[HANDLE_KEY] = handle
         original = scope
-        extra = [(k.lower().encode(), v.encode()) for k, v in observer.response_headers(handle)]
+        # RequestObserver.response_headers(), inlined and encoded (the id is ASCII).
+        extra = ((REQUEST_ID_NAME, handle.request_id.encode()),)
 
         async def observed_receive() -> Message:
             message = await receive()

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from starlette.routing import Host, Match, Mount
+
 from pyobs import _state
 from pyobs.asgi import ROOT_PATH_KEY, ObservabilityMiddleware, Scope
 
 
 def route_template(routes: Sequence[Any], scope: Scope, prefix: str = "") -> str | None:
     """The template of the route that serves ``scope``, mounts included (e.g. /api/items/{id})."""
-    from starlette.routing import Host, Match, Mount
-
     partial: str | None = None
     for route in routes:
         match, child = route.matches(scope)
@@ -31,18 +31,6 @@ def route_template(routes: Sequence[Any], scope: Scope, prefix: str = "") -> str
     return partial
 
 
-_MOUNTS: tuple[type, ...] = ()
-
-
-def _mount_types() -> tuple[type, ...]:
-    global _MOUNTS
-    if not _MOUNTS:
-        from starlette.routing import Host, Mount
-
-        _MOUNTS = (Mount, Host)
-    return _MOUNTS
-
-
 def resolve_route(routes: Sequence[Any], scope: Scope) -> str | None:
     """The route template for a request, after the app ran (or before, for websockets).
 
@@ -55,7 +43,7 @@ def resolve_route(routes: Sequence[Any], scope: Scope) -> str | None:
     if (
         route is not None
         and scope.get("root_path", "") == before
-        and not isinstance(route, _mount_types())
+        and not isinstance(route, (Mount, Host))
     ):
         path = getattr(route, "path", None)
         if isinstance(path, str):
