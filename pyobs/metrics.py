@@ -129,15 +129,21 @@ class PyobsMetrics:
         self._request_sizes: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._log_levels: dict[str, Any] = {}
 
-    def _active_value(self, method: str) -> Any:
-        value = self._active.get(method)
+    @staticmethod
+    def _value_for(cache: dict[str, Any], metric: Any, label: str) -> Any:
+        """The child's in-process value (a MutexValue pyobs adds to under its own lock), or
+        a _PublicInc for multiprocess mode and unknown layouts; cached by label."""
+        value = cache.get(label)
         if value is None:
-            child = self.active_requests.labels(method)
+            child = metric.labels(label)
             value = getattr(child, "_value", None)
             if type(value) is not MutexValue:
                 value = _PublicInc(child)
-            self._active[method] = value
+            cache[label] = value
         return value
+
+    def _active_value(self, method: str) -> Any:
+        return self._value_for(self._active, self.active_requests, method)
 
     def _active_add(self, method: str, amount: int = 1) -> None:
         """http_server_active_requests{method} + amount, always through the same lock."""
@@ -262,13 +268,9 @@ class PyobsMetrics:
 
     def log_event(self, level: str) -> None:
         """Count one log record of ``level`` (pyobs_log_events_total)."""
-        value = self._log_levels.get(level)
-        if value is None:
-            child = self.log_events.labels(level)
-            value = getattr(child, "_value", None)
-            if type(value) is not MutexValue:
-                value = _PublicInc(child)
-            self._log_levels[level] = value
+        value = self._log_levels.get(level) or self._value_for(
+            self._log_levels, self.log_events, level
+        )
         if type(value) is MutexValue:
             with self._lock:  # like the request path's values: only pyobs writes this one
                 value._value += 1
