@@ -10,11 +10,6 @@ from pyobs.wsgi import HANDLE_KEY, Environ, ObservabilityMiddleware
 _cv_request: Any = None  # flask.globals._cv_request, imported by instrument()
 
 
-def _rule_of(ctx: Any) -> str | None:
-    rule = ctx.request.url_rule
-    return None if rule is None else str(rule.rule)
-
-
 def _matched_rule(environ: Environ) -> str | None:
     """The rule Flask matched for this request (/items/<int:item_id>), None when none did.
 
@@ -39,7 +34,7 @@ def _on_exception(sender: Any, exception: BaseException, **_: Any) -> None:
     if handle is not None:
         handle.exception = exception
         if handle.route is None:
-            handle.route = _rule_of(ctx)
+            handle.route = _matched_rule(ctx.request.environ)
 
 
 def instrument(app: Any, **options: Any) -> Any:

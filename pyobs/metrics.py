@@ -142,12 +142,11 @@ class PyobsMetrics:
             cache[label] = value
         return value
 
-    def _active_value(self, method: str) -> Any:
-        return self._value_for(self._active, self.active_requests, method)
-
     def _active_add(self, method: str, amount: int = 1) -> None:
         """http_server_active_requests{method} + amount, always through the same lock."""
-        value = self._active.get(method) or self._active_value(method)
+        value = self._active.get(method) or self._value_for(
+            self._active, self.active_requests, method
+        )
         if type(value) is MutexValue:
             with self._lock:
                 value._value += amount
@@ -197,7 +196,7 @@ class PyobsMetrics:
     def _new_series(self, method: str, route: str, status: int) -> _Series:
         labels = (method, route, str(status))
         series = _Series(
-            self._active_value(method),
+            self._value_for(self._active, self.active_requests, method),
             self.request_duration.labels(*labels),
             self.response_size.labels(*labels),
         )

@@ -157,20 +157,13 @@ class ObservabilityMiddleware:
         try:
             handle.inner = self.app(environ, handle.start_response)
         except BaseException as exc:
-            self._resolve(handle, environ)
+            handle.resolve_route()
             observer.finish(handle, exception=exc)
             observer.detach(handle)
             environ.pop(HANDLE_KEY, None)
             raise
         observer.detach(handle)
         return handle
-
-    def _resolve(self, handle: RequestHandle, environ: Environ) -> None:
-        if handle.route is None and self.route_resolver is not None:
-            try:
-                handle.route = self.route_resolver(environ)
-            except Exception:  # noqa: BLE001 - an unresolvable route is just unmatched
-                handle.route = None
 
 
 class _ObservedBody(RequestHandle):
@@ -192,15 +185,19 @@ class _ObservedBody(RequestHandle):
         except ValueError:
             self.status = 500
         # Routing is done and the app's request context is still active: ask for the route
-        # now (what _resolve does, inlined), and again at the end if it is still unknown.
+        # now, and again at the end if it is still unknown.
+        self.resolve_route()
+        # RequestObserver.response_headers(), inlined.
+        return self._server(status, [*headers, (REQUEST_ID_HEADER, self.request_id)], *args)
+
+    def resolve_route(self) -> None:
+        """Ask the middleware's route_resolver for the route, unless it is already known."""
         resolver = self._middleware.route_resolver
         if self.route is None and resolver is not None:
             try:
                 self.route = resolver(self._environ)
             except Exception:  # noqa: BLE001 - an unresolvable route is just unmatched
                 self.route = None
-        # RequestObserver.response_headers(), inlined.
-        return self._server(status, [*headers, (REQUEST_ID_HEADER, self.request_id)], *args)
 
     def __iter__(self) -> Iterator[bytes]:
         self._state = 1
@@ -230,10 +227,8 @@ class _ObservedBody(RequestHandle):
             if close is not None:
                 close()
         finally:
-            middleware = self._middleware
-            if self.route is None:
-                middleware._resolve(self, self._environ)
-            observer = middleware.observer
+            self.resolve_route()
+            observer = self._middleware.observer
             if observer is not None:
                 observer.finish(self)
             # environ -> handle -> environ is a cycle; break it so refcounting
