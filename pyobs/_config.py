@@ -54,6 +54,16 @@ class Config:
     disabled: bool = False
     tracing: bool = True
     multiproc_dir: str | None = None
+    # Added this round (contract §5, §6); see docs/configuration.md.
+    log_handler: Literal["auto", "always", "never"] = "auto"
+    logstash_url: str | None = None
+    elasticsearch_url: str | None = None
+    elasticsearch_api_key: str | None = field(default=None, repr=False)
+    elasticsearch_username: str | None = None
+    elasticsearch_password: str | None = field(default=None, repr=False)
+    redact_headers: tuple[str, ...] = ()
+    redact_query_params: tuple[str, ...] = ()
+    metrics_addr: str = "0.0.0.0"
 
     def is_excluded(self, path: str) -> bool:
         """True for the metrics path, health paths and PYOBS_EXCLUDED_PATHS: no telemetry at all."""
@@ -167,6 +177,26 @@ def _optional_port(raw: str) -> int | None:
     return _int_range(1, 65535)(raw) if raw.strip() else None
 
 
+def _http_url(raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) == 0:
+        raise ValueError("an http:// or https:// URL, e.g. http://logstash:8080")
+    return raw.rstrip("/")
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+
+
+def _address(raw: str) -> str:
+    raw = raw.strip()
+    if not raw:
+        raise ValueError("an IP address or host name to bind, e.g. 0.0.0.0 or 127.0.0.1")
+    return raw
+
+
 # field -> (environment variable, parser)
 _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "service_name": ("PYOBS_SERVICE_NAME", _nonempty),
@@ -189,9 +219,33 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "disabled": ("PYOBS_DISABLED", _bool),
     "tracing": ("PYOBS_TRACING", _bool),
     "multiproc_dir": ("PROMETHEUS_MULTIPROC_DIR", _optional_str),
+    "log_handler": ("PYOBS_LOG_HANDLER", _choice("auto", "always", "never")),
+    "logstash_url": ("PYOBS_LOGSTASH_URL", _http_url),
+    "elasticsearch_url": ("PYOBS_ELASTICSEARCH_URL", _http_url),
+    "elasticsearch_api_key": ("PYOBS_ELASTICSEARCH_API_KEY", _optional_str),
+    "elasticsearch_username": ("PYOBS_ELASTICSEARCH_USERNAME", _optional_str),
+    "elasticsearch_password": ("PYOBS_ELASTICSEARCH_PASSWORD", _optional_str),
+    "redact_headers": ("PYOBS_REDACT_HEADERS", _names),
+    "redact_query_params": ("PYOBS_REDACT_QUERY_PARAMS", _names),
+    "metrics_addr": ("PYOBS_METRICS_ADDR", _address),
 }
 
 ENV_VARS: Mapping[str, str] = {name: var for name, (var, _) in _ENV.items()}
+# Values never echoed in an error message (they may hold credentials).
+SECRET_FIELDS = frozenset(
+    {
+        "metrics_auth",
+        "elasticsearch_api_key",
+        "elasticsearch_password",
+        "logstash_url",
+        "elasticsearch_url",
+    }
+)
+
+
+def _shown(name: str, raw: object) -> str:
+    """The value as an error message may show it: secrets masked."""
+    return "'***'" if name in SECRET_FIELDS else repr(raw)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -201,11 +255,15 @@ def _coerce(name: str, value: Any) -> Any:
         try:
             return parser(value)
         except ValueError as exc:
-            raise ConfigError(f"option {name}={value!r} (like {var}) accepts {exc}") from None
+            raise ConfigError(
+                f"option {name}={_shown(name, value)} (like {var}) accepts {exc}"
+            ) from None
     if name == "excluded_paths" and not isinstance(value, tuple):
         return tuple(re.compile(p) if isinstance(p, str) else p for p in value)
     if name == "trusted_proxies" and not isinstance(value, tuple):
         return _networks(",".join(str(v) for v in value))
+    if name in ("redact_headers", "redact_query_params") and not isinstance(value, tuple):
+        return tuple(str(v).strip().lower() for v in value)
     return value
 
 
@@ -220,7 +278,7 @@ def load_config(env: Mapping[str, str] | None = None, **options: Any) -> Config:
         try:
             values[name] = parser(raw)
         except ValueError as exc:
-            raise ConfigError(f"{var}={raw!r} is invalid: it accepts {exc}") from None
+            raise ConfigError(f"{var}={_shown(name, raw)} is invalid: it accepts {exc}") from None
     if "service_name" not in values and env.get("OTEL_SERVICE_NAME"):
         values["service_name"] = env["OTEL_SERVICE_NAME"].strip()
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
