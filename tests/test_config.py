@@ -34,8 +34,24 @@ def test_malformed_value_names_variable_and_what_it_accepts(
         pyobs.setup()
     message = str(info.value)
     assert var in message
-    assert repr(value) in message
+    if var == "PYOBS_METRICS_AUTH":
+        assert value not in message  # may hold a password: never echoed
+    else:
+        assert repr(value) in message
     assert accepts in message
+
+
+@pytest.mark.parametrize(
+    "var",
+    ["PYOBS_METRICS_AUTH", "PYOBS_ELASTICSEARCH_URL", "PYOBS_LOGSTASH_URL"],
+)
+def test_malformed_secret_is_never_echoed(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    """A malformed value that may carry a password fails setup() without printing it."""
+    monkeypatch.setenv(var, "basic-hunter2-s3cret")
+    with pytest.raises(pyobs.ConfigError) as info:
+        pyobs.setup()
+    assert var in str(info.value)
+    assert "hunter2" not in str(info.value)
 
 
 def test_keyword_options_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
