@@ -278,14 +278,15 @@ class RequestObserver:
             m = self.metrics
             method = handle.method
             route = m.route_label(handle.route)
+            extra = m.request_labels(handle.facts) if m.labelled else ()
             m.request_finished(
-                method, route, code, duration, handle.response_bytes, handle.trace_id
+                method, route, code, duration, handle.response_bytes, handle.trace_id, extra
             )
             length = handle.facts.headers.get("content-length")
             if length is not None and length.isdigit():
-                m.request_body(method, route, int(length))
+                m.request_body(method, route, int(length), extra)
             if exc is not None:
-                m.child(m.exceptions, method, route, _error_type(exc)).inc()
+                m.exception(method, route, _error_type(exc), extra)
             span = handle.span
             # pyobs's own span ignores changes once ended, so only other spans are asked.
             own = handle.owns_span and type(span) is tracing.RequestSpan

@@ -15,6 +15,7 @@ _config: Config | None = None
 _explicit: dict[str, Any] = {}
 _observer: RequestObserver | None = None
 _frameworks: set[str] = set()
+_info_written: tuple[int, tuple[str, ...]] | None = None  # (pid, labels) of pyobs_info
 
 
 def setup(
@@ -56,10 +57,10 @@ def setup(
 def _apply(config: Config) -> None:
     global _observer
     from pyobs import exposition, logs, tracing
-    from pyobs.metrics import get_metrics
+    from pyobs._config import metrics_options
+    from pyobs.metrics import configure_metrics
 
-    metrics = get_metrics()
-    metrics.max_routes = config.max_routes
+    metrics = configure_metrics(config.metrics_registry, config.max_routes, metrics_options(config))
     logs.configure_logging(config)
     tracing.configure_tracing(config)
     _set_info(config)
@@ -68,19 +69,49 @@ def _apply(config: Config) -> None:
 
 
 def _set_info(config: Config) -> None:
+    """Write pyobs_info now in single-process mode; in multiprocess mode at the next scrape.
+
+    A process has exactly one series (its frameworks joined by ","), reading 1. In
+    multiprocess mode a series written by the gunicorn master before the fork (``--preload``)
+    or before the framework was known would linger in the shared files, so each process
+    writes its own when a scrape renders the page (``refresh_info``).
+    """
+    global _info_written
+    _info_written = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        refresh_info()
+
+
+def _info_labels(config: Config) -> tuple[str, ...]:
+    return (
+        config.service_name,
+        config.service_version,
+        config.environment,
+        ",".join(sorted(_frameworks)),
+        __version__,
+    )
+
+
+def refresh_info() -> None:
+    """Make this process's one pyobs_info series current (exposition calls it per scrape)."""
+    global _info_written
+    config = _config
+    if config is None or config.disabled:
+        return
+    labels = _info_labels(config)
+    written = _info_written
+    if written is not None and written == (os.getpid(), labels):
+        return
     from pyobs.metrics import get_metrics
 
-    info = get_metrics().info
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        info.clear()  # prometheus_client cannot clear labels across processes
-    for framework in sorted(_frameworks) or [""]:
-        info.labels(
-            config.service_name,
-            config.service_version,
-            config.environment,
-            framework,
-            __version__,
-        ).set(1)
+    with _lock:
+        info = get_metrics().info
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            info.clear()  # prometheus_client cannot clear labels across processes
+        elif written is not None and written[0] == os.getpid():
+            info.labels(*written[1]).set(0)  # this process's earlier series, now stale
+        info.labels(*labels).set(1)
+        _info_written = (os.getpid(), labels)
 
 
 def ensure_setup(framework: str | None = None, **options: Any) -> Config:
@@ -103,7 +134,7 @@ def get_observer() -> RequestObserver | None:
 
 def reset() -> None:
     """Forget everything (tests)."""
-    global _config, _explicit, _observer
+    global _config, _explicit, _observer, _info_written
     from pyobs import _observer as observer_module
     from pyobs import exposition, logs, metrics, tracing
 
@@ -112,6 +143,7 @@ def reset() -> None:
         _explicit = {}
         _observer = None
         _frameworks.clear()
+        _info_written = None
         exposition.stop_metrics_server()
         logs._reset()
         metrics._reset()

@@ -11,7 +11,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
-    REGISTRY,
     CollectorRegistry,
     Gauge,
     GCCollector,
@@ -86,8 +85,12 @@ def start_process_sampler(interval: float = PROCESS_SAMPLE_INTERVAL) -> None:
 
 def _registry_for_scrape() -> CollectorRegistry:
     """The default registry, or in multiprocess mode a fresh one that sums every worker's files."""
+    from pyobs import _state
+    from pyobs.metrics import get_metrics
+
+    _state.refresh_info()
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return REGISTRY
+        return get_metrics().registry  # the default registry unless setup() was given one
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
