@@ -23,6 +23,8 @@ def _samples(metrics: PyobsMetrics, prefix: str) -> list[tuple[str, dict[str, st
 def test_request_path_matches_prometheus_client() -> None:
     """Direct updates fill the same buckets, sums and exemplars as Histogram.observe."""
     ours, theirs = PyobsMetrics(CollectorRegistry()), PyobsMetrics(CollectorRegistry())
+    assert theirs.response_size is not None
+    assert theirs.request_size is not None
     values = [0.0, 0.005, 0.0050001, 0.3, 1.0, 9.99, 10.0, 11.0, 1e9, *DURATION_BUCKETS]
     sizes = [0, 1, 100, 101, 99_999, 10**9, *SIZE_BUCKETS]
     for i, value in enumerate(values):
@@ -165,7 +167,7 @@ def test_diverging_internals_fall_back_with_a_warning(
 
     from pyobs import metrics as metrics_module
 
-    original_inc = MutexValue.inc
+    original_inc: Any = MutexValue.inc
     # A release that stores half the amount and doubles it when read: the layout check passes.
     monkeypatch.setattr(MutexValue, "inc", lambda self, amount: original_inc(self, amount / 2))
     monkeypatch.setattr(MutexValue, "get", lambda self: self._value * 2)
