@@ -342,25 +342,4 @@ def load_config(env: Mapping[str, str] | None = None, **options: Any) -> Config:
             values[name] = _coerce(name, value)
     if not values.get("service_name"):
         values.pop("service_name", None)
-    config = Config(**values)
-    try:
-        metrics_options(config)
-    except ValueError as exc:
-        raise ConfigError(f"metrics customisation: {exc}") from None
-    return config
-
-
-def metrics_options(config: Config) -> Any:
-    """The MetricsOptions this config asks for (raises ValueError when they are invalid)."""
-    from pyobs.metrics import DURATION_BUCKETS, SIZE_BUCKETS, MetricsOptions
-
-    return MetricsOptions(
-        duration_buckets=config.duration_buckets or DURATION_BUCKETS,
-        request_size_buckets=config.request_size_buckets or SIZE_BUCKETS,
-        response_size_buckets=config.response_size_buckets or SIZE_BUCKETS,
-        static_labels=config.metrics_labels,
-        request_label_names=config.request_label_names,
-        request_label_hook=config.request_label_hook,
-        prefix=config.metrics_prefix,
-        body_sizes=config.body_size_metrics,
-    )
+    return Config(**values)

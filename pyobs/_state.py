@@ -6,7 +6,7 @@ import os
 import threading
 from typing import Any
 
-from pyobs._config import Config, load_config
+from pyobs._config import Config, ConfigError, load_config
 from pyobs._observer import RequestObserver
 from pyobs._version import __version__
 
@@ -43,6 +43,7 @@ def setup(
     with _lock:
         merged = {**_explicit, **given}
         config = load_config(**merged)
+        _check_metrics_options(config)
         if _config is not None and config == _config:
             return _config
         _explicit = merged
@@ -54,13 +55,22 @@ def setup(
         return config
 
 
+def _check_metrics_options(config: Config) -> None:
+    from pyobs.metrics import options_for
+
+    try:
+        options_for(config)
+    except ValueError as exc:
+        raise ConfigError(f"metrics customisation: {exc}") from None
+
+
 def _apply(config: Config) -> None:
     global _observer
     from pyobs import exposition, logs, tracing
-    from pyobs._config import metrics_options
-    from pyobs.metrics import configure_metrics
+    from pyobs.metrics import configure_metrics, options_for
 
-    metrics = configure_metrics(config.metrics_registry, config.max_routes, metrics_options(config))
+    metrics = configure_metrics(config.metrics_registry, config.max_routes, options_for(config))
+    exposition.before_scrape(refresh_info)
     logs.configure_logging(config)
     tracing.configure_tracing(config)
     _set_info(config)

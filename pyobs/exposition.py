@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -83,12 +84,21 @@ def start_process_sampler(interval: float = PROCESS_SAMPLE_INTERVAL) -> None:
     threading.Thread(target=run, name="pyobs-process-metrics", daemon=True).start()
 
 
+_scrape_hooks: list[Callable[[], None]] = []
+
+
+def before_scrape(hook: Callable[[], None]) -> None:
+    """Run ``hook`` before every scrape renders (pyobs_info is written then); added once."""
+    if hook not in _scrape_hooks:
+        _scrape_hooks.append(hook)
+
+
 def _registry_for_scrape() -> CollectorRegistry:
     """The default registry, or in multiprocess mode a fresh one that sums every worker's files."""
-    from pyobs import _state
     from pyobs.metrics import get_metrics
 
-    _state.refresh_info()
+    for hook in _scrape_hooks:
+        hook()
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return get_metrics().registry  # the default registry unless setup() was given one
     from prometheus_client import multiprocess

@@ -15,6 +15,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.samples import Exemplar
 from prometheus_client.values import MutexValue
 
+from pyobs._config import Config
+
 _log = logging.getLogger("pyobs.internal")
 
 # OTel's advice for http.server.request.duration (seconds).
@@ -592,12 +594,24 @@ def configure_metrics(
         return current
 
 
-def _report(component: str, exc: BaseException) -> None:
-    """Count and log an internal error (the observer's reporter; imported late: no cycle)."""
-    try:
-        from pyobs import _observer
+def options_for(config: Config) -> MetricsOptions:
+    """The MetricsOptions a config asks for (ValueError, naming the problem, when invalid)."""
+    return MetricsOptions(
+        duration_buckets=config.duration_buckets or DURATION_BUCKETS,
+        request_size_buckets=config.request_size_buckets or SIZE_BUCKETS,
+        response_size_buckets=config.response_size_buckets or SIZE_BUCKETS,
+        static_labels=config.metrics_labels,
+        request_label_names=config.request_label_names,
+        request_label_hook=config.request_label_hook,
+        prefix=config.metrics_prefix,
+        body_sizes=config.body_size_metrics,
+    )
 
-        _observer.report_internal_error(component, exc)
+
+def _report(component: str, exc: BaseException) -> None:
+    """Log an internal error of the metrics code; the request goes on."""
+    try:
+        _log.warning("pyobs internal error in %s: %r (the request was served)", component, exc)
     except Exception:  # noqa: BLE001 - reporting must never raise into the request
         pass
 
