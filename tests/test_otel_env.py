@@ -24,7 +24,7 @@ import pytest
 import pyobs
 from pyobs import ConfigError
 from pyobs._config import load_config
-from tests.conftest import import_or_require, require_service
+from tests.conftest import import_or_require
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,9 +115,8 @@ def _access(data: dict[str, Any]) -> list[dict[str, Any]]:
 def _info_labels(page: str) -> dict[str, str]:
     (line,) = [line for line in page.splitlines() if line.startswith("pyobs_info{")]
     inner = line[line.index("{") + 1 : line.rindex("}")]
-    return dict(
-        (part.split("=", 1)[0], part.split("=", 1)[1].strip('"')) for part in inner.split('",')
-    )
+    pairs = (part.split("=", 1) for part in inner.split('",'))
+    return {key: value.strip('"') for key, value in pairs}
 
 
 # --- OTEL_PROPAGATORS -------------------------------------------------------------------
@@ -315,7 +314,7 @@ def test_otel_sdk_disabled_turns_tracing_off_but_not_metrics_or_logs() -> None:
             'http_response_status_code="200",http_route="/items/<int:i>"} 2.0'
         ) in data["page"]
     assert load_config(env={"OTEL_SDK_DISABLED": "false"}).tracing is True
-    with pytest.raises(ConfigError, match="OTEL_SDK_DISABLED='yes'.*true or false"):
+    with pytest.raises(ConfigError, match=r"OTEL_SDK_DISABLED='yes'.*true or false"):
         load_config(env={"OTEL_SDK_DISABLED": "yes"})
 
 
@@ -590,13 +589,13 @@ def test_otel_exporter_otlp_protocol_grpc_sends_over_grpc() -> None:
 
     received: list[tuple[dict[str, str], list[dict[str, Any]]]] = []
 
-    class Service(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
-        def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+    class Service(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
             received.append((dict(context.invocation_metadata()), _decode(request)))
             return trace_service_pb2.ExportTraceServiceResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -653,4 +652,3 @@ def test_setup_keeps_working_in_process_with_otel_variables(
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=res,service.version=9")
     config = pyobs.setup()
     assert (config.service_name, config.service_version) == ("res", "9")
-
