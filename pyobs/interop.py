@@ -67,35 +67,40 @@ class UniqueFamilies:
 
         ordered.sort(key=rank)  # pyobs's, then prometheus_client's, then foreign; stable
         seen: set[str] = set()
+        dropped: dict[str, set[str]] = {}
         for collector in ordered:
             for family in collector.collect():
                 names = _family_names(family)
                 clash = names & seen
                 if clash:
-                    _warn(collector, clash)
+                    dropped.setdefault(type(collector).__module__, set()).update(clash)
                     continue
                 seen.update(names)
                 yield family
+        for kind, names in dropped.items():
+            _warn(kind, names)
 
     @staticmethod
     def _first_wins(families: Iterator[Any]) -> Iterator[Any]:
         seen: set[str] = set()
+        dropped: set[str] = set()
         for family in families:
             names = _family_names(family)
             if names & seen:
-                _warn(None, names & seen)
+                dropped.update(names & seen)
                 continue
             seen.update(names)
             yield family
+        if dropped:
+            _warn("another collector", dropped)
 
 
-def _warn(collector: Any, names: set[str]) -> None:
-    kind = type(collector).__module__ if collector is not None else "another collector"
-    key = f"{kind}:{','.join(sorted(names))}"
+def _warn(kind: str, names: set[str]) -> None:
+    """Warn once per process and kind of collector whose families were left out."""
     with _lock:
-        if key in _warned:
+        if kind in _warned:
             return
-        _warned.add(key)
+        _warned.add(kind)
     otel = kind.startswith("opentelemetry")
     _log.warning(
         "pyobs: %s also exports %s on the registry pyobs serves; pyobs already records "
