@@ -759,7 +759,6 @@ def test_spans_reach_jaeger_over_otlp_http(jaeger: tuple[int, int]) -> None:
     request's SERVER span arrives in Jaeger over OTLP/HTTP and is found through Jaeger's
     query API under the caller's trace id, service name, route and parent."""
     import time
-
     import urllib.error
 
     otlp, query = jaeger
@@ -787,7 +786,5 @@ def test_spans_reach_jaeger_over_otlp_http(jaeger: tuple[int, int]) -> None:
     tags = {tag["key"]: tag["value"] for tag in span["tags"]}
     assert tags["http.route"] == "/items/<int:i>"
     assert tags["span.kind"] == "server"
-    assert [(r["refType"], r["spanID"]) for r in span["references"]] == [
-        ("CHILD_OF", PARENT_ID)
-    ]
+    assert [(r["refType"], r["spanID"]) for r in span["references"]] == [("CHILD_OF", PARENT_ID)]
     assert "jaeger-e2e" in _get_json(f"http://127.0.0.1:{query}/api/services")["data"]
