@@ -36,6 +36,11 @@ try:
 except Exception as _exc:  # noqa: BLE001 - "Propagator b3multi not found. ...", or its ImportError
     _propagate = None
     _propagate_error = str(_exc)
+# get_global_textmap() returns the module's _HTTP_TEXT_FORMAT; extract() reads it directly.
+_direct = (
+    _propagate is not None
+    and getattr(_propagate, "_HTTP_TEXT_FORMAT", None) is _propagate.get_global_textmap()
+)
 _fallback_textmap: TextMapPropagator | None = None
 _installed: list[Any] = []  # the provider pyobs installed (kept: the global one stays set)
 _missing_propagators: list[str] = []
@@ -69,6 +74,7 @@ _TRIGGERS: dict[str, tuple[str, ...]] = {
 }
 _triggers_for: Any = None
 _triggers: tuple[str, ...] | None = ()
+_W3C_TRIGGERS = ("traceparent", "baggage")
 
 
 def _learn_triggers(textmap: TextMapPropagator) -> None:
@@ -87,7 +93,8 @@ def _learn_triggers(textmap: TextMapPropagator) -> None:
             _triggers_for, _triggers = textmap, None
             return
         found.extend(h for h in headers if h not in found)
-    _triggers_for, _triggers = textmap, tuple(found)
+    _triggers_for = textmap
+    _triggers = _W3C_TRIGGERS if tuple(found) == _W3C_TRIGGERS else tuple(found)
 
 
 def textmap() -> TextMapPropagator:
@@ -123,11 +130,16 @@ def extract(headers: Mapping[str, str]) -> Context | None:
     b3multi, jaeger with their packages; none). A malformed header yields a context without
     a valid span, so a fresh trace starts.
     """
-    propagator = _propagate.get_global_textmap() if _propagate is not None else _fallback()
+    # The API's global, read as get_global_textmap() returns it (checked at import): this
+    # runs on every request.
+    propagator: TextMapPropagator = _propagate._HTTP_TEXT_FORMAT if _direct else textmap()
     if propagator is not _triggers_for:
         _learn_triggers(propagator)
     triggers = _triggers
-    if triggers is not None:
+    if triggers is _W3C_TRIGGERS:  # the default: tracecontext,baggage
+        if "traceparent" not in headers and "baggage" not in headers:
+            return None
+    elif triggers is not None:
         for name in triggers:
             if name in headers:
                 break

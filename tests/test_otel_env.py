@@ -295,6 +295,29 @@ def test_otel_experimental_resource_detectors_add_their_attributes() -> None:
     assert "process.pid" not in plain["spans"][0]["resource"]["attributes"]
 
 
+def test_an_adopted_provider_naming_the_service_otherwise_is_warned_about() -> None:
+    """When the application installed its own TracerProvider, pyobs keeps it; if its
+    resource names the service unlike pyobs's logs, setup() warns once naming both."""
+    preamble = textwrap.dedent(
+        """
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        trace.set_tracer_provider(
+            TracerProvider(resource=Resource.create({"service.name": "app-named"})))
+        """
+    )
+    data = run_app(
+        {}, [("/items/1", {})], options={"service_name": "pyobs-named"}, preamble=preamble
+    )
+    (span,) = data["spans"]
+    assert span["resource"]["attributes"]["service.name"] == "app-named"  # adopted, untouched
+    warnings = [line["message"] for line in data["logs"] if line["log.level"] == "warning"]
+    assert len(warnings) == 1 and "'app-named'" in warnings[0] and "'pyobs-named'" in warnings[0]
+    same = run_app({}, [("/items/1", {})], options={"service_name": "app-named"}, preamble=preamble)
+    assert [line for line in same["logs"] if line["log.level"] == "warning"] == []
+
+
 # --- OTEL_SDK_DISABLED ------------------------------------------------------------------
 
 
