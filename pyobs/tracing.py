@@ -89,7 +89,6 @@ def _learn_triggers(textmap: TextMapPropagator) -> None:
         kind = type(part)
         headers = _TRIGGERS.get(f"{kind.__module__}.{kind.__qualname__}")
         if headers is None:
-            found = []
             _triggers_for, _triggers = textmap, None
             return
         found.extend(h for h in headers if h not in found)

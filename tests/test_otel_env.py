@@ -206,6 +206,35 @@ def test_otel_propagators_missing_package_warns_and_the_others_still_work() -> N
         assert (span["context"]["trace_id"][2:], _parent(span)) == (TRACE_ID, PARENT_ID)
 
 
+def test_a_propagator_the_application_sets_later_is_the_one_used() -> None:
+    """pyobs extracts with OpenTelemetry's global propagator as it is at request time: an
+    application that calls set_global_textmap() after pyobs started is honoured."""
+    import_or_require("opentelemetry.propagators.b3")
+    from opentelemetry import propagate
+    from opentelemetry.propagators.b3 import B3MultiFormat
+
+    from pyobs.testing import span_exporter
+    from tests.core_apps import FACTORIES, Client
+
+    import_or_require("flask")
+    client = Client("flask", FACTORIES["flask"]())
+    exporter = span_exporter()
+    exporter.clear()
+    before = propagate.get_global_textmap()
+    try:
+        assert client.get("/items/1", B3_MULTI).status == 200
+        propagate.set_global_textmap(B3MultiFormat())
+        assert client.get("/items/2", B3_MULTI).status == 200
+        assert client.get("/items/3", W3C).status == 200
+    finally:
+        propagate.set_global_textmap(before)
+    first, second, third = exporter.get_finished_spans()
+    assert format(first.context.trace_id, "032x") != B3_TRACE_ID
+    assert format(second.context.trace_id, "032x") == B3_TRACE_ID
+    assert second.parent is not None and format(second.parent.span_id, "016x") == B3_SPAN_ID
+    assert format(third.context.trace_id, "032x") != TRACE_ID
+
+
 def test_otel_propagators_unknown_name_fails_setup() -> None:
     """A misspelled propagator fails setup() with the variable and the accepted names."""
     with pytest.raises(ConfigError, match=r"OTEL_PROPAGATORS='b3mutli'.*b3multi.*jaeger"):
