@@ -21,7 +21,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from pyobs._config import Config, MetricsAuth
-from pyobs.interop import UniqueFamilies
+from pyobs._interop import UniqueFamilies
 
 Headers = list[tuple[str, str]]
 
