@@ -389,3 +389,51 @@ def test_the_documented_view_keeps_otels_http_server_metrics_out() -> None:
     checked = _promtool(data["page"])
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "http_server_duration_milliseconds" not in data["page"]
+
+
+def test_async_client_spans_nest_under_the_server_span_in_fastapi() -> None:
+    """In an async FastAPI endpoint, httpx.AsyncClient calls nest under pyobs's SERVER span
+    and carry its trace downstream."""
+    import_or_require("fastapi")
+    httpx: Any = import_or_require("httpx")
+    import_or_require("opentelemetry.instrumentation.httpx")
+    from fastapi import FastAPI
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.trace import SpanKind
+
+    import pyobs.fastapi
+    from pyobs.testing import span_exporter
+    from tests.core_apps import Client
+
+    downstream = Downstream()
+    app = FastAPI()
+
+    @app.get("/quote/{item_id}")
+    async def quote(item_id: int) -> dict[str, int]:
+        async with httpx.AsyncClient() as client:
+            await client.get(f"{downstream.url}/price/{item_id}")
+            await client.get(f"{downstream.url}/tax/{item_id}")
+        return {"item_id": item_id}
+
+    pyobs.fastapi.instrument(app)
+    instrumentor: Any = HTTPXClientInstrumentor()
+    try:
+        test_client = Client("fastapi", app)  # its own httpx client is created before instrument
+        instrumentor.instrument()
+        exporter = span_exporter()
+        exporter.clear()
+        assert test_client.get("/quote/3").status == 200
+    finally:
+        instrumentor.uninstrument()
+        downstream.close()
+    spans = exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    clients = [s for s in spans if s.kind is SpanKind.CLIENT]
+    assert len(clients) == 2
+    for span in clients:
+        assert span.parent is not None and span.parent.span_id == server.context.span_id
+    hex_trace = format(server.context.trace_id, "032x")
+    assert [tp.split("-")[1] if tp else None for tp in downstream.traceparents] == [
+        hex_trace,
+        hex_trace,
+    ]
