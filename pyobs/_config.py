@@ -330,10 +330,19 @@ def load_config(env: Mapping[str, str] | None = None, **options: Any) -> Config:
             values[name] = parser(raw)
         except ValueError as exc:
             raise ConfigError(f"{var}={_shown(name, raw)} is invalid: it accepts {exc}") from None
-    if "service_name" not in values and env.get("OTEL_SERVICE_NAME"):
-        values["service_name"] = env["OTEL_SERVICE_NAME"].strip()
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        values["tracing"] = False
+    # Standard OTEL_* variables (docs/configuration.md, "OpenTelemetry variables"): the PYOBS_
+    # names win; then OTEL_SERVICE_NAME, then OTEL_RESOURCE_ATTRIBUTES, as in the SDK.
+    from pyobs import _otel_env
+
+    try:
+        _otel_env.check(env)
+        for name, value in _otel_env.identity(env).items():
+            if not values.get(name):
+                values[name] = value
+        if _otel_env.sdk_disabled(env):
+            values["tracing"] = False
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     known = {f.name for f in dataclasses.fields(Config)}
     for name, value in options.items():
         if name not in known:

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pyobs import _context, tracing
 from pyobs._config import Config
+from pyobs._otel_env import full_url
 from pyobs.logs import (
     ACCESS_LOGGER,
     ACCESS_OPTIONAL_FIELDS,
@@ -126,6 +127,9 @@ def method_label(method: str) -> str:
 class RequestObserver:
     """Feeds metrics, the SERVER span and the access log from one code path."""
 
+    # Set by setup from OTEL_PYTHON_[<FRAMEWORK>_]EXCLUDED_URLS (pyobs._otel_env).
+    excluded_urls: re.Pattern[str] | None = None
+
     def __init__(self, config: Config, metrics: PyobsMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or get_metrics()
@@ -150,6 +154,9 @@ class RequestObserver:
             if path in self._quiet or (
                 self._excluded is not None and self._excluded.fullmatch(path) is not None
             ):
+                return None
+            # OTEL_PYTHON_[<FRAMEWORK>_]EXCLUDED_URLS: regexes searched in the full URL.
+            if self.excluded_urls is not None and self.excluded_urls.search(full_url(facts)):
                 return None
             method = facts.method
             if method not in STANDARD_METHODS:

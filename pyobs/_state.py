@@ -76,6 +76,15 @@ def _apply(config: Config) -> None:
     _set_info(config)
     exposition.start_metrics_server(config)
     _observer = RequestObserver(config, metrics)
+    _set_excluded_urls()
+
+
+def _set_excluded_urls() -> None:
+    """OTEL_PYTHON_EXCLUDED_URLS and the variables of the frameworks instrumented so far."""
+    from pyobs import _otel_env
+
+    if _observer is not None:
+        _observer.excluded_urls = _otel_env.excluded_urls(sorted(_frameworks), os.environ)
 
 
 def _set_info(config: Config) -> None:
@@ -131,6 +140,7 @@ def ensure_setup(framework: str | None = None, **options: Any) -> Config:
         if framework and framework not in _frameworks and not config.disabled:
             _frameworks.add(framework)
             _set_info(config)
+            _set_excluded_urls()
         return config
 
 

@@ -21,6 +21,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from pyobs._config import Config, MetricsAuth
+from pyobs._interop import UniqueFamilies
 
 Headers = list[tuple[str, str]]
 
@@ -157,7 +158,7 @@ def render(
             b"metrics: authentication required\n",
         )
     encoder, content_type = choose_encoder(accept or "")
-    body = encoder(_registry_for_scrape())
+    body = encoder(UniqueFamilies(_registry_for_scrape()))
     return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
 
