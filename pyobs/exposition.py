@@ -46,7 +46,7 @@ PROBE_TIMEOUT = 2.0  # seconds to ask the holder of a taken port who it is
 _AUTH_REQUIRED = b"metrics: authentication required\n"
 
 
-def _file_backed() -> bool:
+def file_backed() -> bool:
     """True when this process's metric values are written to PROMETHEUS_MULTIPROC_DIR."""
     from prometheus_client import values
 
@@ -59,7 +59,7 @@ def sample_process_metrics() -> None:
     They are ``liveall`` gauges, so each worker shows up with a ``pid`` label and a dead
     worker's values go away with ``mark_process_dead`` (the gunicorn ``child_exit`` hook).
     """
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not _file_backed():
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not file_backed():
         return
     with _process_lock:
         for family in ProcessCollector(registry=None).collect():
@@ -79,7 +79,7 @@ def sample_process_metrics() -> None:
 def start_process_sampler(interval: float = PROCESS_SAMPLE_INTERVAL) -> None:
     """Keep this worker's ``process_*`` values fresh in multiprocess mode (once per process)."""
     global _sampler_pid
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not _file_backed():
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not file_backed():
         return
     with _process_lock:
         if _sampler_pid == os.getpid():
@@ -105,7 +105,7 @@ def _registry_for_scrape() -> CollectorRegistry:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    if _file_backed():
+    if file_backed():
         # Every worker's process_* come from the files (pid label); this one's are fresh now.
         start_process_sampler()
         sample_process_metrics()
@@ -407,7 +407,7 @@ def _after_fork_in_child() -> None:
     if server is None or server.owner_pid == os.getpid():
         return
     _server = None
-    if _file_backed():
+    if file_backed():
         return  # every process writes to PROMETHEUS_MULTIPROC_DIR: the parent's page has it all
     _log.error(
         "pyobs: metrics port %s is served by process %s, which forked this one after "
