@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import importlib.metadata
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -170,6 +171,52 @@ def test_answering_http_server_that_is_not_elasticsearch_fails(
     (line,) = _lines(output, "FAIL")
     assert "refused the credentials (401)" in line and "PYOBS_ELASTICSEARCH_API_KEY" in line
     assert "s3cret-api-key" not in output
+
+
+class _Es(http.server.BaseHTTPRequestHandler):
+    """Stands in for an Elasticsearch 8 whose user may not write pyobs's data streams."""
+
+    asked: list[dict[str, Any]] = []
+
+    def _json(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._json({"version": {"number": "8.19.0"}})
+
+    def do_POST(self) -> None:
+        self.asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self._json({"has_all_requested": False})
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def test_credentials_that_may_not_write_the_data_streams_fail(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Valid credentials without create_doc on logs-pyobs-*: FAIL naming the privileges."""
+    _Es.asked = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Es)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PYOBS_ELASTICSEARCH_URL", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("PYOBS_ELASTICSEARCH_API_KEY", "s3cret-api-key")
+        code, output = _doctor(capsys)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    (line,) = _lines(output, "FAIL")
+    assert "may not write to logs-pyobs-*" in line and "create_doc, auto_configure" in line
+    assert _Es.asked == [
+        {"index": [{"names": ["logs-pyobs-*"], "privileges": ["create_doc", "auto_configure"]}]}
+    ]
 
 
 def test_spool_and_multiprocess_directories(

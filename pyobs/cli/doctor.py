@@ -34,6 +34,7 @@ MASK = "***"
 DISTRIBUTIONS = ("pyobs-kit", "pyobs")  # the new name first; "pyobs" for older installs
 # Extras whose packages are frameworks or optional features (not the dev tools).
 SKIPPED_EXTRAS = frozenset({"all", "dev"})
+WRITE_PRIVILEGES = ("create_doc", "auto_configure")  # what shipping into the data stream needs
 NODE_VERSION = "/_nodes/_local?filter_path=nodes.*.version"
 _SECRET_ENV = re.compile(r"(HEADERS|PASSWORD|SECRET|TOKEN|API_KEY|AUTH)$")
 
@@ -229,27 +230,56 @@ def check_elasticsearch(config: Config, timeout: float) -> Iterator[Check]:
             "or PYOBS_ELASTICSEARCH_USERNAME/_PASSWORD",
         )
         return
-    if status == 403:
-        yield (
-            "FAIL",
-            "Elasticsearch",
-            f"{shown} accepted the credentials but denies them this request (403): give the "
-            "key or user the privileges listed in docs/doctor.md",
-        )
-        return
-    version = _es_version(body)
+    if status == 403:  # authenticated, without the monitor privilege: no version to read
+        version: str | None = "(version not readable without the monitor privilege)"
+    else:
+        version = _es_version(body)
     if version is None:
         yield "FAIL", "Elasticsearch", f"{shown} answered {status} but is not Elasticsearch"
         return
     major = version.split(".", 1)[0]
-    if status != 200 or major not in ("8", "9"):
+    if status != 403 and (status != 200 or major not in ("8", "9")):
         yield (
             "FAIL",
             "Elasticsearch",
             f"{shown} is Elasticsearch {version} (status {status}); pyobs needs 8.x or 9.x",
         )
         return
+    if "Authorization" in headers:
+        denied = _write_denied(config.elasticsearch_url, timeout, headers)
+        if denied:
+            yield "FAIL", "Elasticsearch", f"{shown}: {denied}"
+            return
     yield "ok", "Elasticsearch", f"{shown} is Elasticsearch {version}"
+
+
+def _write_denied(url: str, timeout: float, headers: dict[str, str]) -> str | None:
+    """Plain words when the credentials may not write pyobs's data streams, else None.
+
+    The has-privileges API answers any user about their own privileges; without security
+    (or on error) there is nothing to say.
+    """
+    from pyobs._elk.assets import DATA_STREAM_PATTERN
+
+    wanted = {"names": [DATA_STREAM_PATTERN], "privileges": list(WRITE_PRIVILEGES)}
+    body = json.dumps({"index": [wanted]}).encode()
+    try:
+        status, answer = _http(
+            "POST",
+            url + "/_security/user/_has_privileges",
+            timeout,
+            {**headers, "Content-Type": "application/json"},
+            body=body,
+        )
+        result = json.loads(answer) if status == 200 else None
+    except (OSError, ssl.SSLError, http.client.HTTPException, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("has_all_requested", True):
+        return None
+    return (
+        f"the credentials may not write to {DATA_STREAM_PATTERN} (they need the index "
+        f"privileges {', '.join(WRITE_PRIVILEGES)})"
+    )
 
 
 def _es_version(body: bytes) -> str | None:
