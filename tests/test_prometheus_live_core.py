@@ -46,10 +46,6 @@ def _get(
         return int(exc.code), exc.read()
 
 
-def _healthy(base: str) -> bool:
-    return _get(f"{base}/health")[0] == 200
-
-
 def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll ``check`` every 0.3 s until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
