@@ -23,7 +23,7 @@ import pyobs.exposition
 import pyobs.testing
 from tests.conftest import import_or_require
 from tests.core_apps import FACTORIES, Client, json_lines, sample, series
-from tests.helpers import PortTaken, running, start_with_retry, wait_until
+from tests.helpers import PortTaken, kill_tree, running, start_with_retry, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATION = "http_server_request_duration_seconds"
@@ -60,9 +60,13 @@ def test_multiprocess_counts_sum_exactly(
         )
         for n in counts
     ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()[-2000:]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()[-2000:]
+    finally:
+        for proc in procs:
+            kill_tree(proc)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     from prometheus_client.parser import text_string_to_metric_families
 
