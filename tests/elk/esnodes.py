@@ -61,7 +61,8 @@ def _check_running(proc: subprocess.Popen[bytes], log: Path) -> None:
     """Raise PortTaken when the node could not bind its port (start again elsewhere)."""
     tail = _tail(log)
     if port_taken_in(tail) or re.search(r"The http port \d+ is unavailable", tail):
-        raise PortTaken(tail[-500:])
+        lines = [line for line in tail.splitlines() if port_taken_in(line)]
+        raise PortTaken((lines or [tail[-500:]])[0][:500])
     if proc.poll() is not None:
         raise RuntimeError(f"Elasticsearch exited with {proc.returncode}: {_tail(log)}")
 
