@@ -4,7 +4,9 @@
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set, every worker's counts then add up in one scrape, each
 worker's ``process_*`` values are kept fresh, and a dead worker's live gauges (in-flight
-requests, open WebSockets, its process metrics) are removed instead of lingering.
+requests, open WebSockets, its process metrics) are removed instead of lingering. With
+``--preload`` and ``PYOBS_METRICS_PORT`` but no multiprocess directory, ``on_starting`` stops
+gunicorn with the fix: the master would serve a page without any worker's requests.
 """
 
 from __future__ import annotations
