@@ -13,6 +13,7 @@ import queue
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -409,6 +410,10 @@ def _after_fork_in_child() -> None:
     _server = None
     if file_backed():
         return  # every process writes to PROMETHEUS_MULTIPROC_DIR: the parent's page has it all
+    # Only under a pre-fork server do forked children serve the requests; a pool child of
+    # multiprocessing (fork) serves none, and its silence is right.
+    if not any(name in sys.modules for name in ("gunicorn.arbiter", "uwsgi")):
+        return
     _log.error(
         "pyobs: metrics port %s is served by process %s, which forked this one after "
         "pyobs.setup() (gunicorn --preload?). Without PROMETHEUS_MULTIPROC_DIR each process "
