@@ -285,7 +285,12 @@ def test_versions_against_the_declared_ranges(tmp_path: Path) -> None:
     )
     results = list(doctor.check_versions(lambda: dist))
     by_word = {words.split()[0]: status for status, _, words in results}
-    assert by_word == {"prometheus-client": "ok", "structlog": "FAIL", "flask": "warn"}
+    assert by_word == {
+        "pyobs-kit": "ok",  # which distribution, and where pyobs was imported from
+        "prometheus-client": "ok",
+        "structlog": "FAIL",
+        "flask": "warn",
+    }
 
 
 def test_missing_metadata_warns_and_the_unrelated_pyobs_is_not_ours(
@@ -303,3 +308,15 @@ def test_missing_metadata_warns_and_the_unrelated_pyobs_is_not_ours(
 
     monkeypatch.setattr(importlib.metadata, "distribution", distribution)
     assert doctor._distribution() is None
+
+
+def test_pyobs_core_installed_beside_is_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pyobs-core (telescope software) also installs an import package named pyobs: FAIL."""
+    _dist(tmp_path, "pyobs-core", "1.20.0")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, output = _doctor(capsys)
+    assert code == 1
+    (line,) = _lines(output, "FAIL")
+    assert "pyobs-core 1.20.0 is also installed" in line and "'pyobs'" in line

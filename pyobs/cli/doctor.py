@@ -32,6 +32,8 @@ Status = Literal["ok", "warn", "FAIL"]
 Check = tuple[Status, str, str]  # (status, what, plain words)
 MASK = "***"
 DISTRIBUTIONS = ("pyobs-kit", "pyobs")  # the new name first; "pyobs" for older installs
+# Other projects whose distributions install an import package named "pyobs" too.
+CLASHING_DISTRIBUTIONS = ("pyobs-core",)
 # Extras whose packages are frameworks or optional features (not the dev tools).
 SKIPPED_EXTRAS = frozenset({"all", "dev"})
 WRITE_PRIVILEGES = ("create_doc", "auto_configure")  # what shipping into the data stream needs
@@ -471,15 +473,19 @@ def check_versions(
     dist_finder: Callable[[], importlib.metadata.Distribution | None] = _distribution,
 ) -> Iterator[Check]:
     """Installed dependencies and frameworks against the ranges pyobs declares (tested ranges)."""
+    import pyobs
+
+    where = Path(pyobs.__file__).parent
     dist = dist_finder()
     if dist is None:
         yield (
             "warn",
             "versions",
-            "no installed metadata for pyobs-kit (running from a source tree?): dependency "
-            "versions not checked",
+            f"no installed metadata for pyobs-kit (pyobs imported from {where}; a source "
+            "tree?): dependency versions not checked",
         )
         return
+    yield "ok", "versions", f"{dist.metadata['Name']} {dist.version}, imported from {where}"
     try:
         from packaging.requirements import InvalidRequirement, Requirement
     except ImportError:
@@ -526,6 +532,22 @@ def check_versions(
 # --- the command ---------------------------------------------------------------------------
 
 
+def check_import_clash() -> Iterator[Check]:
+    """Another installed distribution that also provides an import package named ``pyobs``."""
+    for other in CLASHING_DISTRIBUTIONS:
+        try:
+            version = importlib.metadata.version(other)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        yield (
+            "FAIL",
+            "install",
+            f"{other} {version} is also installed and also provides the import package "
+            "'pyobs': whichever was installed last overwrote the other's files. Use one of "
+            "them per environment (a virtualenv each)",
+        )
+
+
 def checks(config: Config, env: Mapping[str, str], timeout: float) -> Iterator[Check]:
     """Every check doctor runs, in the order it prints them."""
     yield from check_logstash(config, timeout)
@@ -534,6 +556,7 @@ def checks(config: Config, env: Mapping[str, str], timeout: float) -> Iterator[C
     yield from check_metrics_port(config, timeout)
     yield from check_spool(config)
     yield from check_multiproc_dir(env)
+    yield from check_import_clash()
     yield from check_versions()
 
 
