@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import import_or_require
-from tests.helpers import alive, default_sigint, descendants, kill_tree, wait_until
+from tests.helpers import (
+    alive,
+    default_sigint,
+    descendants,
+    kill_tree,
+    listening_socket,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_NAMES = (
@@ -158,3 +165,23 @@ def test_demo_stops_every_service_on_signal(sig: signal.Signals, tmp_path: Path)
     assert not [pid for pid in children if alive(pid)]
     assert "every service has ended" in err.read_text()
     assert all(json.loads(line) for line in out.read_text().splitlines() if line.strip())
+
+
+def test_a_taken_port_is_named_with_the_fix(tmp_path: Path) -> None:
+    """--port on a port another program holds: exit 1, naming the port and --port 0."""
+    import_or_require("flask")
+    with listening_socket() as held:
+        port = held.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "pyobs", "demo", "--framework", "flask", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    (line,) = [json.loads(line) for line in result.stdout.splitlines() if str(port) in line]
+    assert line["log.level"] == "error"
+    assert f"port(s) {port} already in use" in line["message"] and "--port 0" in line["message"]
+    assert f"pyobs demo: port(s) {port} already in use" in result.stderr

@@ -196,6 +196,12 @@ def _say(text: str) -> None:
         sys.stderr.flush()
 
 
+def _error(message: str) -> None:
+    """An error in plain words on stderr (where a person looks) and in the JSON log."""
+    log.error(message)
+    _say(f"pyobs demo: {message}\n")
+
+
 def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop(signal.Signals(signum).name)
 
@@ -209,15 +215,14 @@ def run(args: argparse.Namespace) -> int:
     examples = available_examples()
     chosen = _choose(args.framework, examples)
     if isinstance(chosen, str):
-        log.error(chosen)
+        _error(chosen)
         return 2
     if args.port != 0:
         taken = [args.port + i for i in range(len(chosen)) if not _port_free(args.port + i)]
         if taken:
-            log.error(
-                "port(s) %s already in use on 127.0.0.1: pass another --port, or --port 0 to "
-                "pick free ports",
-                ", ".join(map(str, taken)),
+            _error(
+                f"port(s) {', '.join(map(str, taken))} already in use on 127.0.0.1: pass "
+                "another --port, or --port 0 to pick free ports"
             )
             return 1
 
@@ -308,5 +313,5 @@ def _start_service(
         if _wait_ready(base + "/health", proc):
             return base
         _stop([proc])
-    log.error("example-%s did not start (last port tried: %s)", name, port)
+    _error(f"example-{name} did not start (last port tried: {port}); its output is above")
     return None
