@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
 BIND_ATTEMPTS = 5
-# What servers print when the port was taken under them (Python, Go, Java/Netty, gunicorn).
+# What servers print when the port was taken under them (Python, Go, Java/Netty).
 BIND_FAILURES = (
     "address already in use",
     "eaddrinuse",
@@ -33,7 +33,6 @@ BIND_FAILURES = (
     "bindhttpexception",
     "failed to bind",
     "netty4transport.bind",
-    "can't connect to",
 )
 
 
