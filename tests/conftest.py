@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -26,6 +28,25 @@ def import_or_require(module: str) -> object:
     except ImportError as exc:
         require_service(False, f"{module} is not installed ({exc})")
         raise  # unreachable: require_service skipped or failed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """Safety net: a process a test started and did not end is ended when the session ends.
+
+    Each test ends its own processes (tests/helpers.py); what is still alive here is a leak,
+    named on stderr so that it gets fixed.
+    """
+    yield
+    from tests.helpers import alive, descendants
+
+    left = [pid for pid in descendants(os.getpid()) if alive(pid)]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        sys.stderr.write(f"\npyobs tests: killed process {pid}, left running by a test\n")
 
 
 @pytest.fixture(autouse=True)
