@@ -153,7 +153,7 @@ def _fits(es_type: str, value: Any) -> tuple[bool, Any]:
         if isinstance(value, _dt.date):
             return True, value.isoformat()
         if kind is str:
-            return _DATE.fullmatch(value) is not None, value
+            return _valid_date(value), value
         if kind is int and 0 <= value <= _LONG_MAX:
             return True, value  # epoch milliseconds
         return False, value
@@ -165,6 +165,19 @@ def _fits(es_type: str, value: Any) -> tuple[bool, Any]:
                 return True, {"lat": lat, "lon": lon}
         return False, value
     return False, value
+
+
+def _valid_date(text: str) -> bool:
+    """Whether Elasticsearch's default date format reads ``text`` (ranges checked, not only form)."""
+    if _DATE.fullmatch(text) is None:
+        return False
+    numbers = [int(n) for n in re.findall(r"\d+", text.split(".")[0].split(",")[0])[:6]]
+    numbers += [1, 1, 0, 0, 0][len(numbers) - 1 :]
+    try:
+        _dt.datetime(*numbers[:6])  # type: ignore[misc]
+    except ValueError:
+        return False
+    return True
 
 
 def fits(es_type: str, value: Any) -> tuple[bool, Any]:

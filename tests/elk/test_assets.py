@@ -206,3 +206,56 @@ def test_duplicate_event_ids_are_stored_once(es_url: str, ingest_url: str) -> No
     assert bulk_create(es_url, docs) == {"created": 1, "duplicates": 1, "errors": 0}
     count = http_json("GET", f"{es_url}/{index}/_count")
     assert count["count"] == 1
+
+
+def _bulk_items(es_url: str, index: str, sources: list[str]) -> list[dict[str, Any]]:
+    """Create each JSON source in ``index`` with one _bulk; the per-item results."""
+    lines = []
+    for source in sources:
+        lines += [json.dumps({"create": {"_index": index}}), source]
+    answer = http_json("POST", f"{es_url}/_bulk?refresh=wait_for", "\n".join(lines) + "\n")
+    return [item["create"] for item in answer["items"]]
+
+
+def test_hostile_extras_are_never_rejected(es_url: str) -> None:
+    """Every hostile record, as pyobs writes it, is indexed by the real node with our template."""
+    import logging
+
+    from pyobs._config import Config
+    from pyobs.logs import ECSFormatter
+    from tests.test_ecs import HOSTILE
+
+    install_templates(es_url)
+    index = f"logs-pyobs-h{uuid.uuid4().hex[:10]}"
+    formatter = ECSFormatter(Config(service_name="hostile"))
+    sources = []
+    for extra in HOSTILE:
+        record = logging.LogRecord("app", logging.INFO, __file__, 1, "hostile", None, None)
+        record.__dict__.update(extra)
+        sources.append(formatter.format(record))
+    items = _bulk_items(es_url, index, sources)
+    assert [i.get("error") for i in items if i["status"] != 201] == []
+    assert len(items) == len(HOSTILE)
+    # Typed where ECS says so: the dynamic templates follow the ECS list.
+    types = _mapping_types(es_url, index)
+    assert types["event.start"] == "date"
+    assert types["labels.order_id"] == types["labels.service"] == "keyword"
+    assert types["pyobs.extra"] == "flattened"
+
+
+def test_the_same_records_unsanitized_are_refused(es_url: str) -> None:
+    """Without pyobs's checks the node refuses the issue's records: the test above can fail."""
+    install_templates(es_url)
+    index = f"logs-pyobs-r{uuid.uuid4().hex[:10]}"
+    raw = [
+        {"service": "billing"},  # a string where service.* is an object
+        {"user": "bob"},
+        {"user": {"id": 7}},  # an object after a string
+        {"order_id": 5},
+        {"order_id": "A-17"},  # a string after a number
+    ]
+    sources = [
+        json.dumps({"@timestamp": "2026-11-29T10:00:00.000Z", "message": "raw", **r}) for r in raw
+    ]
+    statuses = [i["status"] for i in _bulk_items(es_url, index, sources)]
+    assert statuses == [400, 201, 400, 201, 400]
