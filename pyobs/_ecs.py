@@ -168,13 +168,13 @@ def _fits(es_type: str, value: Any) -> tuple[bool, Any]:
 
 
 def _valid_date(text: str) -> bool:
-    """Whether Elasticsearch's default date format reads ``text`` (ranges checked, not only form)."""
+    """Whether the default date format of Elasticsearch reads ``text`` (ranges checked too)."""
     if _DATE.fullmatch(text) is None:
         return False
     numbers = [int(n) for n in re.findall(r"\d+", text.split(".")[0].split(",")[0])[:6]]
     numbers += [1, 1, 0, 0, 0][len(numbers) - 1 :]
     try:
-        _dt.datetime(*numbers[:6])  # type: ignore[misc]
+        _dt.datetime(*numbers[:3], *numbers[3:6])  # type: ignore[arg-type]
     except ValueError:
         return False
     return True

@@ -13,6 +13,7 @@ import pytest
 
 import pyobs
 from pyobs import _ecs
+from pyobs import _ecs_fields as ecs_fields
 from pyobs._config import Config
 from pyobs.logs import ECSFormatter
 from tests.conftest import import_or_require
@@ -114,7 +115,7 @@ def test_generated_table_matches_the_csv() -> None:
     assert (REPO / "pyobs" / "_ecs_fields.py").read_text(encoding="utf-8") == table
     types = _ecs_types()
     multi = {n for n in types if n.endswith(".text")}
-    assert {**_ecs.FIELD_TYPES, **{n: types[n] for n in multi}} == types
+    assert {**ecs_fields.FIELD_TYPES, **{n: types[n] for n in multi}} == types
 
 
 @pytest.mark.parametrize("extra", HOSTILE, ids=range(len(HOSTILE)))

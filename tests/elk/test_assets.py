@@ -247,7 +247,7 @@ def test_the_same_records_unsanitized_are_refused(es_url: str) -> None:
     """Without pyobs's checks the node refuses the issue's records: the test above can fail."""
     install_templates(es_url)
     index = f"logs-pyobs-r{uuid.uuid4().hex[:10]}"
-    raw = [
+    raw: list[dict[str, Any]] = [
         {"service": "billing"},  # a string where service.* is an object
         {"user": "bob"},
         {"user": {"id": 7}},  # an object after a string
