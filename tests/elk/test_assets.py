@@ -105,16 +105,28 @@ def test_real_mapping_has_the_ecs_types(es_with_sample: tuple[str, str, Any]) ->
 
 
 def test_kibana_objects_use_only_mapped_fields(es_with_sample: tuple[str, str, Any]) -> None:
-    """Every field a saved search shows or queries exists in the real mapping."""
+    """Every field a saved search shows or queries exists in the real mapping of its data view."""
     es_url, index, _ = es_with_sample
-    types = _mapping_types(es_url, index)
+    failures = _failure_sample(es_url)
+    types_by_view = {
+        kibana.DATA_VIEW_ID: _mapping_types(es_url, index),
+        # document.*: the failure store's own fields (not made here; see _failure_sample).
+        kibana.FAILURES_VIEW_ID: {
+            **_mapping_types(es_url, failures),
+            "document.index": "keyword",
+        },
+    }
     objects = kibana.saved_objects()
-    view = objects[0]
-    assert view["attributes"]["title"] == assets.DATA_STREAM_PATTERN
-    assert types[view["attributes"]["timeFieldName"]] == "date"
+    views = {o["id"]: o for o in objects if o["type"] == "index-pattern"}
+    assert views[kibana.DATA_VIEW_ID]["attributes"]["title"] == assets.DATA_STREAM_PATTERN
+    assert views[kibana.FAILURES_VIEW_ID]["attributes"]["title"] == kibana.FAILURES_PATTERN
+    for view_id, view in views.items():
+        assert types_by_view[view_id][view["attributes"]["timeFieldName"]] == "date"
     for obj in objects:
         if obj["type"] != "search":
             continue
+        (ref,) = obj["references"]
+        types = types_by_view[ref["id"]]
         for column in obj["attributes"]["columns"]:
             assert column in types, f"{obj['id']}: {column}"
         source = json.loads(obj["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
@@ -122,6 +134,53 @@ def test_kibana_objects_use_only_mapped_fields(es_with_sample: tuple[str, str, A
             assert field.strip("(") in types, f"{obj['id']}: {field}"
     refs = {r["id"] for o in objects for r in o["references"]}
     assert refs <= {o["id"] for o in objects}
+
+
+def _failure_sample(es_url: str) -> str:
+    """A failure data stream holding one refused event as the dead-letter drain writes it.
+
+    Elasticsearch's own failure store (`::failures`) cannot be filled here: the test node is
+    the integ-test distribution, which lacks the data-streams module that turns it on.
+    """
+    install_templates(es_url)
+    name = f"{assets.FAILURE_INDEX}-t{uuid.uuid4().hex[:8]}"
+    doc = {
+        "@timestamp": "2026-11-29T10:00:00.000Z",
+        "event": {"kind": "pipeline_error", "dataset": "pyobs.rejected", "id": "e-1",
+                  "original": json.dumps({"client.ip": "unknown"})},
+        "error": {"type": "dead_letter_queue", "message": "failed to parse field [client.ip]"},
+        "service": {"name": "shop"},
+        "message": "refused",
+    }  # fmt: skip
+    counts = bulk_create(es_url, [{"_index": name, "_id": None, "_source": doc}])
+    assert counts["created"] == 1, counts
+    return name
+
+
+def test_rejected_search_finds_refused_events(es_url: str) -> None:
+    """The "rejected log events" search runs on its data view's pattern (failure stream and
+    failure stores together) and finds a refused event with its reason."""
+    name = _failure_sample(es_url)
+    (search,) = [s for s in kibana.SEARCHES if s.view == kibana.FAILURES_VIEW_ID]
+    answer = http_json(
+        "POST",
+        f"{es_url}/{kibana.FAILURES_PATTERN}/_search",
+        {"query": {"bool": {"filter": [
+            {"query_string": {"query": search.query}}, {"term": {"_index": _backing(es_url, name)}},
+        ]}}},
+    )  # fmt: skip
+    (hit,) = answer["hits"]["hits"]
+    assert hit["_source"]["error"]["message"].startswith("failed to parse field")
+    assert json.loads(hit["_source"]["event"]["original"]) == {"client.ip": "unknown"}
+    stream = http_json("GET", f"{es_url}/_index_template/{assets.FAILURE_TEMPLATE_NAME}")
+    template = stream["index_templates"][0]["index_template"]
+    assert template["template"]["lifecycle"]["data_retention"] == assets.FAILURE_RETENTION
+
+
+def _backing(es_url: str, stream: str) -> str:
+    resolved = http_json("GET", f"{es_url}/_resolve/index/{stream}")
+    (data_stream,) = resolved["data_streams"]
+    return str(data_stream["backing_indices"][0])
 
 
 def test_saved_search_queries_run_and_find_their_events(
