@@ -102,6 +102,12 @@ def test_real_mapping_has_the_ecs_types(es_with_sample: tuple[str, str, Any]) ->
     assert template["template"]["lifecycle"]["data_retention"] == assets.DEFAULT_RETENTION
     resolved = http_json("GET", f"{es_url}/_resolve/index/{index}")
     assert [d["name"] for d in resolved["data_streams"]] == [index]
+    # The node took the failure store options and gave them to the new data stream.
+    options = template["template"]["data_stream_options"]["failure_store"]
+    assert options["enabled"] is True
+    state = http_json("GET", f"{es_url}/_cluster/state/metadata?filter_path=metadata.data_stream")
+    stream = state["metadata"]["data_stream"]["data_stream"][index]
+    assert stream["options"]["failure_store"]["enabled"] is True
 
 
 def test_kibana_objects_use_only_mapped_fields(es_with_sample: tuple[str, str, Any]) -> None:
