@@ -38,6 +38,8 @@ STRING_TYPES = frozenset({"keyword", "wildcard", "constant_keyword", "match_only
 FLOAT_TYPES = frozenset({"float", "scaled_float", "half_float", "double"})
 # ECS field sets that hold objects; only `labels` takes values from an extra (merged).
 OBJECT_TYPES = frozenset({"object", "nested", "flattened"})
+# Fields outside ECS that pyobs itself writes (CONTRACT §5), typed like ECS ones.
+PYOBS_FIELDS = {"http.route": "keyword"}
 # (logger prefix, field): dropped. "" matches every logger.
 NOISE = {
     "color_message": "",  # uvicorn: the message again, with ANSI colour codes
@@ -274,7 +276,15 @@ def sanitize(fields: Mapping[str, Any], logger: str = "") -> dict[str, Any]:
             if ok and converted is not None:
                 out[rename[1]] = converted
                 continue
-        es_type = FIELD_TYPES.get(name)
+        if name == "client.ip" and type(value) is str:
+            # As in the access log: the address without its port, the raw value kept.
+            ip = parse_ip(value)
+            if ip is not None:
+                out["client.ip"] = ip
+            if ip != value:
+                out["client.address"] = value
+            continue
+        es_type = FIELD_TYPES.get(name) or PYOBS_FIELDS.get(name)
         if es_type is not None:
             if es_type == "object" and name == "labels" and isinstance(value, Mapping):
                 for key, item in value.items():

@@ -139,6 +139,7 @@ def test_fitting_ecs_fields_pass_through_and_the_rest_is_kept() -> None:
             "order_id": 5,
             "flag": True,
             "client.ip": "203.0.113.9:4711",
+            "http.route": "/items/{id}",
             "user": {"id": 7},
             "order.ref": "A-17",
         }
@@ -152,7 +153,9 @@ def test_fitting_ecs_fields_pass_through_and_the_rest_is_kept() -> None:
         "labels.service": "billing",
         "labels.order_id": "5",
         "labels.flag": "true",
-        "labels.client_ip": "203.0.113.9:4711",  # not an IP: kept whole, port and all
+        "client.ip": "203.0.113.9",  # as in the access log: the port goes...
+        "client.address": "203.0.113.9:4711",  # ...and the raw value is kept
+        "http.route": "/items/{id}",
         "labels.order_ref": "A-17",
         "pyobs.extra": {"user": {"id": 7}},
     }
