@@ -267,48 +267,75 @@ def sanitize(fields: Mapping[str, Any], logger: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     extra: dict[str, Any] | None = None
     for name, value in fields.items():
-        prefix = NOISE.get(name)
-        if prefix is not None and logger.startswith(prefix):
+        if name in _SPECIAL and _special(name, value, logger, out):
             continue
-        rename = RENAMES.get(name)
-        if rename is not None and logger.startswith(rename[0]):
-            ok, converted = fits(FIELD_TYPES[rename[1]], value)
-            if ok and converted is not None:
-                out[rename[1]] = converted
+        es_type = _TYPES.get(name)
+        if es_type is not None and es_type not in OBJECT_TYPES:
+            ok, converted = fits(es_type, value)
+            if ok:
+                out[name] = converted
                 continue
-        if name == "client.ip" and type(value) is str:
-            # As in the access log: the address without its port, the raw value kept.
-            ip = parse_ip(value)
-            if ip is not None:
-                out["client.ip"] = ip
-            if ip != value:
-                out["client.address"] = value
+        kind = type(value)
+        if kind is str:  # the common case first
+            out[_label(name)] = value
             continue
-        es_type = FIELD_TYPES.get(name) or PYOBS_FIELDS.get(name)
-        if es_type is not None:
-            if es_type == "object" and name == "labels" and isinstance(value, Mapping):
-                for key, item in value.items():
-                    ok, text = _scalar(item)
-                    if ok:
-                        out[label_name(_key(key))] = text
-                    else:
-                        extra = extra if extra is not None else {}
-                        extra[f"labels.{_key(key)}"] = json_safe(item, 1)
-                continue
-            if es_type not in OBJECT_TYPES:
-                ok, converted = fits(es_type, value)
-                if ok:
-                    out[name] = converted
-                    continue
-        ok, text = _scalar(value)
+        ok, text = (False, None) if kind is dict or kind is list else _scalar(value)
         if ok:
-            out[label_name(name)] = text
+            out[_label(name)] = text
         else:
             extra = extra if extra is not None else {}
             extra[_key(name)] = json_safe(value, 1)
     if extra is not None:
-        out[EXTRA_FIELD] = extra
+        out.setdefault(EXTRA_FIELD, {}).update(extra)
     return out
+
+
+def _special(name: str, value: Any, logger: str, out: dict[str, Any]) -> bool:
+    """Noise, renames, client.ip and labels; True when ``name`` was dealt with here."""
+    prefix = NOISE.get(name)
+    if prefix is not None and logger.startswith(prefix):
+        return True
+    rename = RENAMES.get(name)
+    if rename is not None and logger.startswith(rename[0]):
+        ok, converted = fits(FIELD_TYPES[rename[1]], value)
+        if ok and converted is not None:
+            out[rename[1]] = converted
+            return True
+    if name == "client.ip" and type(value) is str:
+        # As in the access log: the address without its port, the raw value kept.
+        ip = parse_ip(value)
+        if ip is not None:
+            out["client.ip"] = ip
+        if ip != value:
+            out["client.address"] = value
+        return True
+    if name == "labels" and isinstance(value, Mapping):
+        extra: dict[str, Any] = out.setdefault(EXTRA_FIELD, {})
+        for key, item in value.items():
+            ok, text = _scalar(item)
+            if ok:
+                out[label_name(_key(key))] = text
+            else:
+                extra[f"labels.{_key(key)}"] = json_safe(item, 1)
+        if not extra:
+            del out[EXTRA_FIELD]
+        return True
+    return False
+
+
+_TYPES = {**FIELD_TYPES, **PYOBS_FIELDS}
+_SPECIAL = frozenset({*NOISE, *RENAMES, "client.ip", "labels"})
+_LABELS: dict[str, str] = {}
+
+
+def _label(name: str) -> str:
+    """``label_name`` remembered: the same extras come back on every record."""
+    label = _LABELS.get(name)
+    if label is None:
+        label = label_name(name)
+        if len(_LABELS) < 1024:
+            _LABELS[name] = label
+    return label
 
 
 # -- the generated table ----------------------------------------------------------------------

@@ -229,3 +229,13 @@ def test_forwarded_client_ip_is_an_ip_on_both_access_paths(
     for line in lines:
         assert line.get("client.ip") == ip
         assert line.get("client.address") == address
+
+
+def test_labels_dict_merges_with_other_extras() -> None:
+    """A `labels` dict joins labels.*; its objects share pyobs.extra with the other objects."""
+    out = _ecs.sanitize({"labels": {"team": "core", "obj": [1]}, "cart": {"n": 2}, "x.y": 3})
+    assert out == {
+        "labels.team": "core",
+        "labels.x_y": "3",
+        "pyobs.extra": {"labels.obj": [1], "cart": {"n": 2}},
+    }
