@@ -239,3 +239,35 @@ def test_labels_dict_merges_with_other_extras() -> None:
         "labels.x_y": "3",
         "pyobs.extra": {"labels.obj": [1], "cart": {"n": 2}},
     }
+
+
+def test_real_uvicorn_and_django_records(capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn's start-up line and Django's "Not Found" warning, as those libraries log them,
+    come out ECS-safe: no color_message, no request object, the status as the ECS field."""
+    import_or_require("uvicorn")
+    import_or_require("django")
+    import uvicorn
+
+    from tests.frameworks.apps import django_app
+
+    pyobs.setup(service_name="third-party")
+    django_app()
+    from django.test import Client as DjangoClient
+
+    capsys.readouterr()
+    # log_config=None: uvicorn leaves logging alone, its records reach the root handler.
+    config = uvicorn.Config("tests.core_apps:make_fastapi", host="127.0.0.1", port=0,
+                            log_config=None)  # fmt: skip
+    socket = config.bind_socket()
+    socket.close()
+    assert DjangoClient().get("/no-such-page").status_code == 404
+    records = json_lines(capsys.readouterr().out)
+    (running,) = [r for r in records if r["log.logger"] == "uvicorn.error"]
+    assert running["message"].startswith("Uvicorn running on")
+    (not_found,) = [r for r in records if r["log.logger"] == "django.request"]
+    assert not_found["http.response.status_code"] == 404
+    types = _ecs_types()
+    for record in (running, not_found):
+        assert_ecs_safe(record, types)
+        assert not any("color" in key or key.endswith("request") for key in record), record
+        assert "pyobs.extra" not in record, record  # the request object is not kept either
