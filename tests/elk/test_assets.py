@@ -324,3 +324,19 @@ def test_the_same_records_unsanitized_are_refused(es_url: str) -> None:
     ]
     statuses = [i["status"] for i in _bulk_items(es_url, index, sources)]
     assert statuses == [400, 201, 400, 201, 400]
+
+
+def test_pipeline_takes_the_event_id_logstash_nests(ingest_url: str) -> None:
+    """Logstash's filter turns pyobs's flat "event.id" into [event][id]: still the _id."""
+    install_pipeline(ingest_url)
+    doc = {
+        "@timestamp": "2026-11-28T09:03:43.123Z",
+        "log.level": "info",
+        "message": "via logstash",
+        "event": {"id": "nested-1"},
+        "event.dataset": "pyobs.access",
+    }
+    (out,) = run_pipeline(ingest_url, [doc], "logs-pyobs-default")
+    assert out["_index"] == "logs-pyobs-default"
+    assert out["_id"] == "nested-1"
+    assert out["_source"]["event"]["id"] == "nested-1"
