@@ -254,6 +254,42 @@ def failure_template(retention: str = FAILURE_RETENTION) -> dict[str, Any]:
     }
 
 
+def failure_document(
+    original: str | dict[str, Any],
+    error_type: str,
+    error_message: str,
+    timestamp: str,
+) -> dict[str, Any]:
+    """A refused event as the failure data stream keeps it (the shape the dead-letter drain
+    writes too): the reason, the ids to find it by, and the event itself as JSON text.
+
+    ``original`` is the event (a dict or its JSON line); ``timestamp`` the time of the
+    refusal in ISO 8601. Only strings are copied into indexed fields, so the document
+    cannot be refused for its shape again.
+    """
+    text = original if isinstance(original, str) else json.dumps(original, default=str)
+    try:
+        event = original if isinstance(original, dict) else json.loads(original)
+    except ValueError:
+        event = {}
+    if not isinstance(event, dict):
+        event = {}
+    doc: dict[str, Any] = {
+        "@timestamp": timestamp,
+        "event": {"kind": "pipeline_error", "dataset": "pyobs.rejected", "original": text},
+        "error": {"type": error_type, "message": error_message},
+    }
+    event_id = event.get("event.id")
+    if isinstance(event_id, str):
+        doc["event"]["id"] = event_id
+    service = event.get("service.name")
+    if isinstance(service, str):
+        doc["service"] = {"name": service}
+    if isinstance(event.get("message"), str):
+        doc["message"] = event["message"]
+    return doc
+
+
 _PIPELINE_READS = ("log.level", "trace.id", "span.id", "user_agent.original", "event.id")
 
 

@@ -340,3 +340,27 @@ def test_pipeline_takes_the_event_id_logstash_nests(ingest_url: str) -> None:
     assert out["_index"] == "logs-pyobs-default"
     assert out["_id"] == "nested-1"
     assert out["_source"]["event"]["id"] == "nested-1"
+
+
+def test_failure_document_is_kept_by_the_failure_stream(es_url: str) -> None:
+    """What the direct shipper keeps for a refused event lands in the failure data stream,
+    whatever the event held, and the event comes back whole from event.original."""
+    install_templates(es_url)
+    name = f"{assets.FAILURE_INDEX}-d{uuid.uuid4().hex[:8]}"
+    refused: dict[str, Any] = {
+        "event.id": "r-1",
+        "service.name": "shop",
+        "message": {"not": "a string"},  # the reason it was refused, say
+        "client.ip": "unknown",
+    }
+    docs = [
+        assets.failure_document(refused, "mapping", "bad", "2026-11-29T10:00:00Z"),
+        assets.failure_document("{not json", "x", "unreadable line", "2026-11-29T10:00:01Z"),
+    ]
+    counts = bulk_create(es_url, [{"_index": name, "_id": None, "_source": d} for d in docs])
+    assert counts == {"created": 2, "duplicates": 0, "errors": 0}
+    answer = http_json("POST", f"{es_url}/{name}/_search", {"query": {"term": {"event.id": "r-1"}}})
+    (hit,) = answer["hits"]["hits"]
+    assert json.loads(hit["_source"]["event"]["original"]) == refused
+    assert hit["_source"]["service"]["name"] == "shop"
+    assert "message" not in hit["_source"]
