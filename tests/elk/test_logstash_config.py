@@ -114,6 +114,8 @@ def test_dead_letter_drain_writes_the_failure_data_stream() -> None:
     assert "[error][message]" in code and "[event][original]" in code
     output = _plugins("output", DLQ_FILE)["elasticsearch"]
     assert output["action"] == "create"
+    # With ILM on, the output would write to its rollover alias instead of this index.
+    assert output["ilm_enabled"] is False and output["manage_template"] is False
     template = assets.load("elk/failure-index-template.json")
     assert any(fnmatch.fnmatchcase(output["index"], p) for p in template["index_patterns"])
     assert "data_stream" in template
