@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Any
 
-from pyobs import _context
+from pyobs import _context, _ecs
 from pyobs._config import Config
 from pyobs.metrics import get_metrics
 
@@ -116,11 +116,15 @@ class ECSFormatter(logging.Formatter):
             out["http.request.id"] = request_id
         fields = record.__dict__.get("pyobs_fields")
         if fields is not None:
-            out.update(fields)  # pyobs's own records say which fields they carry
+            out.update(_ecs.fix_client_ip(fields))  # pyobs's own records say which they carry
         else:
-            for key, value in record.__dict__.items():
-                if key not in _RECORD_ATTRS and not key.startswith("_"):
-                    out[key] = value
+            extras = {
+                key: value
+                for key, value in record.__dict__.items()
+                if key not in _RECORD_ATTRS and not key.startswith("_")
+            }
+            if extras:  # the app's or a library's: ECS-typed, labels, pyobs.extra (§5)
+                out.update(_ecs.sanitize(extras, record.name))
         if record.exc_info and record.exc_info[1] is not None:
             out.update(error_fields(record.exc_info[1]))
         elif record.stack_info:
@@ -134,6 +138,7 @@ class ECSFormatter(logging.Formatter):
         static part is encoded once, strings go through the json module's C escaper, and
         the values pyobs puts here are only str and int. Anything else falls back to json.
         """
+        fields = _ecs.fix_client_ip(fields)
         keys = tuple(fields)
         template = self._line_templates.get((logger, keys))
         if template is None:
@@ -193,7 +198,11 @@ class ECSFormatter(logging.Formatter):
         if route is not None:
             more += ',"http.route":' + _quote(route)
         if client is not None:
-            more += ',"client.ip":' + _quote(client)
+            ip = _ecs.parse_ip(client)  # a dict lookup once seen; X-Forwarded-For may hold anything
+            if ip is not None:
+                more += ',"client.ip":' + _quote(ip)
+            if ip != client:
+                more += ',"client.address":' + _quote(client)
         if user_agent is not None:
             more += ',"user_agent.original":' + _quote(user_agent)
         # One f-string: cheaper than %-formatting a template with a value tuple.
