@@ -34,6 +34,8 @@ def _fresh_pyobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(("PYOBS_", "OTEL_")) or name == "PROMETHEUS_MULTIPROC_DIR":
             monkeypatch.delenv(name, raising=False)
+    # Tests read app lines at INFO; pyobs's own default (the root's level) has its own tests.
+    monkeypatch.setenv("PYOBS_LOG_LEVEL", "info")
     try:
         from pyobs import testing
     except ImportError:
