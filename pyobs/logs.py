@@ -388,23 +388,17 @@ def pyobs_handlers(logger: logging.Logger | None = None) -> list[logging.Handler
     return [h for h in logger.handlers if getattr(h, "pyobs_handler", False)]
 
 
-def _is_test_capture(handler: logging.Handler) -> bool:
-    """pytest's capture handlers (caplog, the report, live logs): not the app's output."""
-    return type(handler).__module__.startswith("_pytest.")
-
-
 def app_configured() -> bool:
     """True when the application configured logging, so pyobs should add no handler.
 
-    The signals: the root logger has a handler that is neither pyobs's nor a test runner's
-    capture (``basicConfig``, a dictConfig or fileConfig with a root section, Tornado's or
-    Flask's defaults), or the app replaced or removed ``logging.lastResort``.
+    The signals: the root logger has a handler that is not pyobs's (``basicConfig``, a
+    dictConfig or fileConfig with a root section, Tornado's ``--logging``, pytest's capture
+    handlers), or the app replaced or removed ``logging.lastResort``.
     """
     root = logging.getLogger()
-    if any(
-        not getattr(h, "pyobs_handler", False) and not _is_test_capture(h) for h in root.handlers
-    ):
-        return True
+    for handler in root.handlers:
+        if not getattr(handler, "pyobs_handler", False):
+            return True
     return logging.lastResort is not _STDLIB_LAST_RESORT and logging.lastResort is not _installed()
 
 
@@ -453,8 +447,7 @@ def configure_logging(config: Config) -> None:
     handler and changes no level. Otherwise its stdout handler becomes the handler of last
     resort (``logging.lastResort``): it writes every record no other handler takes, so a
     ``basicConfig()`` or dictConfig the app runs later takes over without any record being
-    written twice. Under pytest (whose capture handlers sit on the root) it goes on the root
-    instead. ``always``: on the root, whatever else is there. ``never``: nothing.
+    written twice. ``always``: on the root, whatever else is there. ``never``: nothing.
     """
     global _placement
     _uninstall()
@@ -470,7 +463,7 @@ def configure_logging(config: Config) -> None:
         handler.setFormatter(formatter)
         handler.pyobs_handler = True
         _own.append(handler)
-        if mode == "always" or root.handlers:  # root.handlers: only pytest's captures here
+        if mode == "always":
             root.addHandler(handler)
             _placement = "root"
         else:

@@ -300,7 +300,7 @@ def test_direct_path_used_only_when_pyobs_is_the_only_destination() -> None:
     """
     out, _ = run(code)
     assert out == ["last_resort True", "False"]
-    pyobs.setup()  # under pytest: on the root beside pytest's capture handlers
+    pyobs.setup()  # always (tests/conftest.py): on the root beside pytest's capture handlers
     assert logs.direct_handler(logging.getLogger("pyobs.access"), logging.INFO) is None
 
 
@@ -327,12 +327,16 @@ def test_fast_and_logging_paths_write_the_same_access_line() -> None:
     assert err == []
 
 
-def test_pytest_capture_handlers_do_not_count_as_app_config() -> None:
-    """Under pytest the root holds only pytest's capture handlers: pyobs still owns the output."""
-    assert logging.getLogger().handlers, "pytest's capture handlers are expected on the root"
-    assert not logs.app_configured()
+def test_pytest_capture_handlers_count_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under pytest, auto adds nothing: pytest's capture handlers hold the root."""
+    monkeypatch.delenv("PYOBS_LOG_HANDLER")
+    monkeypatch.delenv("PYOBS_LOG_LEVEL")
+    root = logging.getLogger()
+    assert root.handlers, "pytest's capture handlers are expected on the root"
+    before = (list(root.handlers), root.level, logging.lastResort)
     pyobs.setup()
-    assert logs.handler_placement() == "root"
+    assert logs.handler_placement() is None
+    assert (list(root.handlers), root.level, logging.lastResort) == before
 
 
 @pytest.mark.parametrize("mode", ["auto", "always", "never"])
