@@ -229,12 +229,13 @@ def run_server(server: str, tmp_path: Path, paths: list[str]) -> tuple[Ran, list
 @pytest.fixture(params=sorted(APPS))
 def server(request: pytest.FixtureRequest) -> str:
     """Each server whose package is installed."""
-    import_or_require(MODULES[request.param])
-    if request.param == "uvicorn":
+    name = str(request.param)
+    import_or_require(MODULES[name])
+    if name == "uvicorn":
         import_or_require("fastapi")
-    if request.param == "gunicorn":
+    if name == "gunicorn":
         import_or_require("flask")
-    return request.param
+    return name
 
 
 def test_every_stdout_line_is_ecs_json_and_the_servers_access_log_is_off(
