@@ -140,19 +140,29 @@ APPS = {
             app.run(host="127.0.0.1", port=int(sys.argv[1]), single_process=True)
     """,
 }
+# gunicorn once more, with logconfig_dict in a Python config file instead of the JSON file.
+APPS["gunicorn-conf"] = APPS["gunicorn"]
+GUNICORN_CONF = """
+from pyobs.logconfigs import server_config
+
+logconfig_dict = server_config("gunicorn")
+"""
 MODULES = {"uvicorn": "uvicorn", "gunicorn": "gunicorn", "tornado": "tornado"}
-MODULES.update(aiohttp="aiohttp", sanic="sanic")
+MODULES.update({"aiohttp": "aiohttp", "sanic": "sanic", "gunicorn-conf": "gunicorn"})
 
 
 def command(server: str, port: int) -> list[str]:
     """How docs/logs.md starts ``server`` with its ready config."""
-    config = logconfigs.path(server)
+    config = logconfigs.path(server.partition("-")[0])
     if server == "uvicorn":
         return [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port",
                 str(port), "--log-config", config]  # fmt: skip
     if server == "gunicorn":
         return [sys.executable, "-m", "gunicorn", "app:app", "-b", f"127.0.0.1:{port}", "-w",
                 "1", "--log-config-json", config]  # fmt: skip
+    if server == "gunicorn-conf":
+        return [sys.executable, "-m", "gunicorn", "app:app", "-b", f"127.0.0.1:{port}", "-w",
+                "1", "-c", "gunicorn.conf.py"]  # fmt: skip
     return [sys.executable, "app.py", str(port)]
 
 
@@ -195,6 +205,8 @@ def _get(url: str) -> int:
 def run_server(server: str, tmp_path: Path, paths: list[str]) -> tuple[Ran, list[int]]:
     """Start ``server`` on a free port, send ``paths``, stop it; its output and the statuses."""
     (tmp_path / "app.py").write_text(textwrap.dedent(APPS[server]))
+    if server == "gunicorn-conf":  # only then: gunicorn reads ./gunicorn.conf.py by default
+        (tmp_path / "gunicorn.conf.py").write_text(GUNICORN_CONF)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
     # HOME: gunicorn puts its control socket there; keep it inside the test directory.
     env.update(PYTHONPATH=str(ROOT), PYOBS_SERVICE_NAME=f"logs-{server}", HOME=str(tmp_path))
@@ -233,7 +245,7 @@ def server(request: pytest.FixtureRequest) -> str:
     import_or_require(MODULES[name])
     if name == "uvicorn":
         import_or_require("fastapi")
-    if name == "gunicorn":
+    if name.startswith("gunicorn"):
         import_or_require("flask")
     return name
 
@@ -255,7 +267,7 @@ def test_every_stdout_line_is_ecs_json_and_the_servers_access_log_is_off(
         assert {"@timestamp", "log.level", "message", "ecs.version", "log.logger"} <= set(record)
         assert record["service.name"] == f"logs-{server}"
     loggers = [r["log.logger"] for r in records]
-    _, server_access = logconfigs.SERVERS[server]
+    _, server_access = logconfigs.SERVERS[server.partition("-")[0]]
     assert server_access not in loggers
     access = [r for r in records if r["log.logger"] == "pyobs.access"]
     assert [r["http.response.status_code"] for r in access] == statuses
