@@ -163,6 +163,22 @@ def test_formatter_by_dotted_path_takes_the_service_from_the_environment() -> No
     assert {r["service.name"] for r in json_records(out)} == {"from-env"}
 
 
+def test_formatter_as_a_class_entry_ignores_format_arguments() -> None:
+    """``"class": "pyobs.logs.ECSFormatter"`` with a format string still gives ECS lines."""
+    code = """
+        import logging.config
+        logging.config.dictConfig({
+            "version": 1,
+            "formatters": {"ecs": {"class": "pyobs.logs.ECSFormatter", "format": "%(message)s"}},
+            "handlers": {"out": {"class": "pyobs.logs.StdoutHandler", "formatter": "ecs"}},
+            "root": {"level": "ERROR", "handlers": ["out"]},
+        })
+    """
+    out, err = run(code, EMIT)
+    assert levels_of_json(out) == Counter({"error": 1, "critical": 1})
+    assert err == []
+
+
 def test_always_adds_the_handler_beside_the_apps() -> None:
     """PYOBS_LOG_HANDLER=always: JSON on stdout as well as the app's own handler on stderr."""
     code = "import logging, pyobs; logging.basicConfig(); pyobs.setup()\n"
