@@ -303,8 +303,7 @@ def test_reset_puts_the_standard_last_resort_back() -> None:
 
 
 def test_direct_path_used_only_when_pyobs_is_the_only_destination() -> None:
-    """The access-log fast path holds for pyobs's last-resort handler, and not once the app
-    (or pytest) has a handler of its own."""
+    """The fast path holds for pyobs's last-resort handler, not once the app has a handler."""
     code = """
         import logging, pyobs
         from pyobs import logs
