@@ -37,7 +37,7 @@ class Config:
     service_name: str = "unknown_service"
     service_version: str = ""
     environment: str = ""
-    log_level: str = "info"
+    log_level: str | None = None  # None: leave the root's level as it is
     log_format: Literal["json", "console"] = "json"
     access_log: bool = True
     metrics_path: str = "/metrics"

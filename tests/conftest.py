@@ -55,6 +55,11 @@ def _fresh_pyobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(("PYOBS_", "OTEL_")) or name == "PROMETHEUS_MULTIPROC_DIR":
             monkeypatch.delenv(name, raising=False)
+    # Tests read pyobs's JSON lines (app lines at INFO) from the captured stdout. Under pytest
+    # the default (auto) adds no handler, pytest's capture handlers being on the root; the
+    # defaults are tested in fresh interpreters (tests/test_logging_coexistence.py).
+    monkeypatch.setenv("PYOBS_LOG_HANDLER", "always")
+    monkeypatch.setenv("PYOBS_LOG_LEVEL", "info")
     try:
         from pyobs import testing
     except ImportError:

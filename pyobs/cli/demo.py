@@ -227,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
 
     env_base = dict(os.environ, PYTHONUNBUFFERED="1")
+    env_base.setdefault("PYOBS_LOG_LEVEL", "info")  # show the examples' INFO lines too
     if not any(k.startswith("OTEL_EXPORTER_OTLP") for k in env_base):
         env_base.setdefault("OTEL_TRACES_EXPORTER", "console")
     procs: list[subprocess.Popen[bytes]] = []
