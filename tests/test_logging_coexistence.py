@@ -248,7 +248,7 @@ def test_structlog_routed_when_pyobs_owns_the_output() -> None:
     """
     out, err = run(code)
     (line,) = json_records(out)
-    assert (line["log.logger"], line["message"], line["order"]) == ("shop", "declined", 7)
+    assert (line["log.logger"], line["message"], line["labels.order"]) == ("shop", "declined", "7")
     assert err == []
 
 
