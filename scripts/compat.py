@@ -70,9 +70,12 @@ FRAMEWORK_SELECTION = {
 # Core dependencies tested as one range when they are released together.
 CORE_GROUPS = {"opentelemetry-sdk": "opentelemetry-api"}
 # Test tools, held at the lock's versions. uvicorn serves the ASGI variants of the contract
-# suite (Django ASGI, Falcon ASGI); flask and fastapi carry the core tests' apps.
-CONTRACT_TOOLS = ["pytest", "pytest-timeout", "websockets", "uvicorn", "httpx"]
-CORE_TOOLS = [*CONTRACT_TOOLS, "flask", "fastapi"]
+# suite (Django ASGI, Falcon ASGI).
+TOOLS = ["pytest", "pytest-timeout", "websockets", "uvicorn", "httpx"]
+# The core tests' apps are Flask and FastAPI, held at the lock's versions, except in a core
+# lowest run, which takes these extras' lowest versions too (newer FastAPI releases need a
+# newer OpenTelemetry API than pyobs's lowest).
+CORE_APP_EXTRAS = ("flask", "fastapi")
 VARIANTS = ("lowest", "newest", "pre")
 INSTALL_TIMEOUT = 600
 TEST_TIMEOUT = 900
@@ -137,6 +140,14 @@ def targets() -> list[Target]:
         label = "opentelemetry" if name == "opentelemetry-api" else name
         found.append(Target(label, "core", members, CORE_TESTS))
     return found
+
+
+def app_requirements() -> list[Requirement]:
+    """The ranges of the extras whose apps the core tests run (CORE_APP_EXTRAS)."""
+    project = pyproject()["project"]
+    assert isinstance(project, dict)
+    extras: dict[str, list[str]] = project["optional-dependencies"]
+    return [Requirement(r) for name in CORE_APP_EXTRAS for r in extras[name]]
 
 
 def uv_command() -> list[str]:
@@ -243,16 +254,20 @@ def run_one(
         env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     python = venv / "bin" / "python"
-    # Everything but the target's own packages stays at the lock's versions.
-    tools = CONTRACT_TOOLS if target.kind == "extra" else CORE_TOOLS
-    held = [r for r in core_requirements if canonicalize_name(r.name) not in target.packages]
+    # Everything but the target's own packages (and, for a core lowest run, the apps'
+    # frameworks) stays at the lock's versions.
+    apps = app_requirements() if (target.kind, variant) == ("core", "lowest") else []
+    tools = [*TOOLS, *CORE_APP_EXTRAS] if target.kind == "core" and not apps else TOOLS
+    floating = target.packages | {canonicalize_name(r.name) for r in apps}
+    held = [r for r in core_requirements if canonicalize_name(r.name) not in floating]
     held_names = {canonicalize_name(r.name) for r in held}
-    held_names |= {canonicalize_name(t) for t in tools} - target.packages
+    held_names |= {canonicalize_name(t) for t in tools} - floating
     constraints = WORK / f"{target.name}-{variant}.constraints.txt"
     constraints.write_text(
         "\n".join(line for name in sorted(held_names) for line in pins.get(name, [])) + "\n"
     )
     direct = [str(r) for r in held] + [t for t in tools if canonicalize_name(t) in held_names]
+    direct += [str(r) for r in apps]
     command = [*uv, "pip", "install", "--quiet", "--python", str(python),
                "--constraint", str(constraints), *direct,
                *requirement_lines(target, variant)]  # fmt: skip
@@ -302,7 +317,7 @@ def run_one(
             result.outcome = "failed"  # no test ran: never a pass
         if result.outcome == "failed":
             failures = [
-                ln for ln in tested.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))
+                ln for ln in tested.stdout.splitlines() if re.match(r"(FAILED|ERROR) tests/", ln)
             ]
             if failures:
                 result.summary += "; first: " + failures[0][:200]
