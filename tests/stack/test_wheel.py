@@ -105,20 +105,34 @@ def _run(command: list[str | Path], timeout: float, cwd: Path) -> str:
     return result.stdout
 
 
+def _install(uv: list[str], python: Path, args: list[str | Path], cwd: Path) -> None:
+    """uv pip install into python's environment: from uv's cache if it can, else the index."""
+    install: list[str | Path] = [*uv, "pip", "install", "--quiet", "--python", python, *args]
+    try:
+        _run([*install, "--offline"], INSTALL_TIMEOUT, cwd)  # what the lock sync cached
+    except AssertionError:
+        _run(install, INSTALL_TIMEOUT, cwd)  # a cache without them: ask the package index
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """Build sdist and wheel, twine-check them, install the wheel into a fresh venv."""
     uv = _uv()
-    require_service(
-        importlib.util.find_spec("twine") is not None, "twine is not installed (dev extra)"
-    )
     base = tmp_path_factory.mktemp("wheel")
     dist = base / "dist"
     _run([*uv, "build", "--quiet", "--out-dir", dist, ROOT], BUILD_TIMEOUT, base)
+    # twine at the lock's version, in an environment of its own (uv.lock's wheel-check group).
+    tools, pins = base / "tools", base / "wheel-check.txt"
     _run(
-        [sys.executable, "-m", "twine", "check", "--strict", *sorted(dist.glob("pyobs_kit-*"))],
+        [*uv, "export", "--frozen", "--only-group", "wheel-check", "--no-hashes",
+         "--no-emit-project", "--format", "requirements-txt", "--output-file", pins, "--quiet"],
         120,
-        base,
+        ROOT,
+    )  # fmt: skip
+    _run([*uv, "venv", "--quiet", "--python", sys.executable, tools], 120, base)
+    _install(uv, tools / "bin" / "python", ["-r", pins], base)
+    _run(
+        [tools / "bin" / "twine", "check", "--strict", *sorted(dist.glob("pyobs_kit-*"))], 120, base
     )
     # The lock's versions, so the install is quick (uv's cache) and the same every day.
     constraints = base / "constraints.txt"
@@ -131,13 +145,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     venv = base / "venv"
     _run([*uv, "venv", "--quiet", "--python", sys.executable, venv], 120, base)
     (wheel,) = dist.glob("*.whl")
-    python = venv / "bin" / "python"
-    install: list[str | Path] = [*uv, "pip", "install", "--quiet", "--python", python,
-                                 "--constraint", constraints, f"{wheel}[flask]"]  # fmt: skip
-    try:
-        _run([*install, "--offline"], INSTALL_TIMEOUT, base)  # what the lock sync cached
-    except AssertionError:
-        _run(install, INSTALL_TIMEOUT, base)  # a cache without them: ask the package index
+    _install(uv, venv / "bin" / "python", ["--constraint", constraints, f"{wheel}[flask]"], base)
     return Installed(dist=dist, venv=venv)
 
 
