@@ -4,14 +4,15 @@ pyproject.toml gives every framework extra and every core dependency the range p
 tested on (``flask>=2.3,<3.2``). For each range this script makes a fresh virtual
 environment with uv and runs the tests that exercise it:
 
-- ``lowest``: the lowest versions the range allows (``--resolution lowest-direct``), on the
-  oldest supported Python found on this machine;
+- ``lowest``: the lowest versions the range allows (resolved alone with
+  ``--resolution lowest-direct``, then pinned), on the oldest supported Python found here;
 - ``newest``: the newest versions the range allows, on the newest supported Python found;
 - ``pre``: the newest version on the package index, pre-releases and releases past the
   upper bound included, on the newest Python: reported, allowed to fail.
 
 Everything else in the environment is held at uv.lock's versions (pyobs's other
-dependencies and the test tools), so each run changes one thing. Framework ranges run
+dependencies and the test tools), so each run changes one thing; the Flask and FastAPI apps
+of the core tests take the newest versions that fit. Framework ranges run
 their part of tests/frameworks/test_contract.py; core dependency ranges run the core
 tests (CORE_TESTS). With ``--write`` the results become docs/compatibility.md.
 
@@ -72,9 +73,7 @@ CORE_GROUPS = {"opentelemetry-sdk": "opentelemetry-api"}
 # Test tools, held at the lock's versions. uvicorn serves the ASGI variants of the contract
 # suite (Django ASGI, Falcon ASGI).
 TOOLS = ["pytest", "pytest-timeout", "websockets", "uvicorn", "httpx"]
-# The core tests' apps are Flask and FastAPI, held at the lock's versions, except in a core
-# lowest run, which takes these extras' lowest versions too (newer FastAPI releases need a
-# newer OpenTelemetry API than pyobs's lowest).
+# The core tests' apps are Flask and FastAPI: core runs install these extras' ranges.
 CORE_APP_EXTRAS = ("flask", "fastapi")
 VARIANTS = ("lowest", "newest", "pre")
 INSTALL_TIMEOUT = 600
@@ -254,26 +253,34 @@ def run_one(
         env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     python = venv / "bin" / "python"
-    # Everything but the target's own packages (and, for a core lowest run, the apps'
-    # frameworks) stays at the lock's versions.
-    apps = app_requirements() if (target.kind, variant) == ("core", "lowest") else []
-    tools = [*TOOLS, *CORE_APP_EXTRAS] if target.kind == "core" and not apps else TOOLS
+    # Everything but the target's own packages stays at the lock's versions, except the core
+    # tests' apps in core runs, which take the newest versions that fit (newer FastAPI
+    # releases need a newer OpenTelemetry API than pyobs's lowest).
+    apps = app_requirements() if target.kind == "core" else []
     floating = target.packages | {canonicalize_name(r.name) for r in apps}
     held = [r for r in core_requirements if canonicalize_name(r.name) not in floating]
     held_names = {canonicalize_name(r.name) for r in held}
-    held_names |= {canonicalize_name(t) for t in tools} - floating
+    held_names |= {canonicalize_name(t) for t in TOOLS} - floating
     constraints = WORK / f"{target.name}-{variant}.constraints.txt"
     constraints.write_text(
         "\n".join(line for name in sorted(held_names) for line in pins.get(name, [])) + "\n"
     )
-    direct = [str(r) for r in held] + [t for t in tools if canonicalize_name(t) in held_names]
+    direct = [str(r) for r in held] + [t for t in TOOLS if canonicalize_name(t) in held_names]
     direct += [str(r) for r in apps]
-    command = [*uv, "pip", "install", "--quiet", "--python", str(python),
-               "--constraint", str(constraints), *direct,
-               *requirement_lines(target, variant)]  # fmt: skip
+    wanted = requirement_lines(target, variant)
     if variant == "lowest":
-        command += ["--resolution", "lowest-direct"]
-    elif variant == "pre":
+        # The lowest versions the range allows, resolved alone, then pinned: the rest of
+        # the environment takes the newest versions that fit them.
+        try:
+            wanted = lowest_pins(uv, target, interpreter, env)
+        except subprocess.CalledProcessError as exc:
+            result.outcome = "install failed"
+            result.summary = " ".join(str(exc.stderr).split())[:300]
+            result.seconds = time.monotonic() - started
+            return result
+    command = [*uv, "pip", "install", "--quiet", "--python", str(python),
+               "--constraint", str(constraints), *direct, *wanted]  # fmt: skip
+    if variant == "pre":
         command += ["--prerelease", "allow"]
     install = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False
@@ -324,6 +331,22 @@ def run_one(
     result.seconds = time.monotonic() - started
     shutil.rmtree(venv, ignore_errors=True)
     return result
+
+
+def lowest_pins(uv: list[str], target: Target, interpreter: str, env: dict[str, str]) -> list[str]:
+    """`name==version` of the lowest versions the target's ranges allow on this Python."""
+    compiled = subprocess.run(
+        [*uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate", "--python",
+         interpreter, "--resolution", "lowest-direct", "-"],
+        input="\n".join(str(r) for r in target.requirements) + "\n",
+        env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=True,
+    ).stdout  # fmt: skip
+    pinned: dict[str, str] = {}
+    for line in compiled.splitlines():
+        if "==" in line and not line.startswith("#"):
+            requirement = Requirement(line.split(";")[0].strip())
+            pinned[canonicalize_name(requirement.name)] = str(requirement)
+    return [pinned[name] for name in sorted(target.packages)]
 
 
 def summary_line(output: str) -> str:
