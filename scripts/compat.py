@@ -73,8 +73,16 @@ CORE_GROUPS = {"opentelemetry-sdk": "opentelemetry-api"}
 # Test tools, held at the lock's versions. uvicorn serves the ASGI variants of the contract
 # suite (Django ASGI, Falcon ASGI).
 TOOLS = ["pytest", "pytest-timeout", "websockets", "uvicorn", "httpx"]
-# The core tests' apps are Flask and FastAPI: core runs install these extras' ranges.
+# The core tests' apps are Flask and FastAPI: core runs install these extras' ranges, and
+# OTel's own Flask and FastAPI instrumentations (the coexistence tests), at whatever versions
+# fit the OpenTelemetry under test.
 CORE_APP_EXTRAS = ("flask", "fastapi")
+CORE_APP_PEERS = (
+    "opentelemetry-instrumentation-flask>=0.46b0",
+    "opentelemetry-instrumentation-fastapi>=0.46b0",
+    # Older OTel contrib imports pkg_resources without declaring setuptools.
+    "setuptools<81",
+)
 VARIANTS = ("lowest", "newest", "pre")
 # What earlier runs found at the old floors, and why the floors in pyproject.toml are where
 # they are (kept under the table so a reader of the table sees it).
@@ -166,7 +174,8 @@ def app_requirements() -> list[Requirement]:
     project = pyproject()["project"]
     assert isinstance(project, dict)
     extras: dict[str, list[str]] = project["optional-dependencies"]
-    return [Requirement(r) for name in CORE_APP_EXTRAS for r in extras[name]]
+    apps = [Requirement(r) for name in CORE_APP_EXTRAS for r in extras[name]]
+    return apps + [Requirement(r) for r in CORE_APP_PEERS]
 
 
 def uv_command() -> list[str]:
