@@ -16,7 +16,7 @@ of the core tests take the newest versions that fit. Framework ranges run
 their part of tests/frameworks/test_contract.py; core dependency ranges run the core
 tests (CORE_TESTS). With ``--write`` the results become docs/compatibility.md.
 
-    python scripts/compat.py                     # everything (about 20 minutes)
+    python scripts/compat.py                     # everything (5 min with a warm uv cache)
     python scripts/compat.py --write docs/compatibility.md
     python scripts/compat.py --smoke             # oldest and newest Flask (scripts/test.sh)
     python scripts/compat.py --only flask,django --variants lowest
