@@ -75,6 +75,7 @@ fi
 echo "== Pythons: $FULL_PYTHON (full suite) ${extra_pythons[*]/%/ (library tests)}"
 
 echo "== install: uv $UV_VERSION"
+install_started=$SECONDS
 UV_HOME="$ROOT/.cache/uv-$UV_VERSION"
 UV="$UV_HOME/bin/uv"
 if ! [ -x "$UV" ] || ! "$UV" --version 2>/dev/null | grep -q "^uv $UV_VERSION\b"; then
@@ -97,6 +98,7 @@ for version in "$FULL_PYTHON" "${extra_pythons[@]}"; do
         --quiet --python "${INTERPRETER[$version]}"
     echo "   ($((SECONDS - started)) s)"
 done
+echo "== install: Python packages done in $((SECONDS - install_started)) s"
 VENV="$(venv_of "$FULL_PYTHON")"
 PYTHON="$VENV/bin/python"
 export PATH="$VENV/bin:$PATH"   # `pyobs`, `uv`, `twine` of the locked environment
