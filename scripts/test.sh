@@ -126,7 +126,7 @@ run_pytest() {  # run_pytest LABEL PYTHON ARGS...: pytest, where "no test collec
     shift 2
     echo "== pytest on Python $label"
     set +e
-    "$python" -m pytest "$@"
+    PATH="$(dirname "$python"):$PATH" "$python" -m pytest "$@"   # its own `pyobs` first
     local rc=$?
     set -e
     if [ "$rc" -eq 5 ]; then
