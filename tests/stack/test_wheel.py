@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,38 @@ def test_the_installed_wheel_is_imported_not_the_checkout(installed: Installed) 
     assert version == __version__
 
 
+def _children(pid: int) -> list[int]:
+    """The process ids whose parent is pid (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _end_group(pid: int) -> None:
+    """SIGTERM pid's process group, SIGKILL it if still there after a grace period."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
 def _demo(installed: Installed, cwd: Path, port: int) -> tuple[int, str, str]:
     """Run the wheel's `pyobs demo`; end its whole process group if it outlives its bound."""
     proc = subprocess.Popen(
@@ -197,15 +230,13 @@ def _demo(installed: Installed, cwd: Path, port: int) -> tuple[int, str, str]:
     try:
         out, err = proc.communicate(timeout=DEMO_TIMEOUT)
     finally:
-        # Children of the demo run in their own sessions; ending the demo's group on a
-        # timeout or failure ends the demo, which stops them.
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            # The example services may run in sessions of their own: end each child's
+            # group (found through its parent's pid), then the demo's.
+            for child in _children(proc.pid):
+                _end_group(child)
+            _end_group(proc.pid)
+            proc.wait()
     return proc.returncode, out, err
 
 
