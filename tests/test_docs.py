@@ -7,12 +7,21 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: pytest's own TOML reader
+    import tomli as tomllib
+
+from tests.conftest import require_service
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+README = (ROOT / "README.md").read_text()
 
 
 def snippets() -> list[tuple[str, str]]:
@@ -46,3 +55,84 @@ def test_readme_has_the_two_fresh_clone_commands() -> None:
     assert "bash scripts/test.sh" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci
+
+
+def _pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        return tomllib.load(file)
+
+
+def _bash_blocks(text: str) -> list[str]:
+    return re.findall(r"^```bash\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """.ci/run's one command is the README's `bash scripts/test.sh`, with no other arguments."""
+    readme_commands = [line for b in _bash_blocks(README) for line in b.splitlines()]
+    assert "bash scripts/test.sh" in readme_commands
+    ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    runs = [ln for ln in ci_lines if "scripts/test.sh" in ln]
+    assert runs == ["exec bash scripts/test.sh"]
+
+
+def test_the_readme_demo_command_uses_a_virtual_environment() -> None:
+    """The first command works on a Python that refuses installs outside a venv (Debian's)."""
+    first = _bash_blocks(README)[0].strip()
+    assert first.startswith("python3 -m venv .venv && .venv/bin/pip install -e ")
+    assert first.endswith(".venv/bin/pyobs demo --duration 60")
+    extras = re.search(r'-e "\.\[([^\]]*)\]"', first)
+    assert extras is not None
+    declared = _pyproject()["project"]["optional-dependencies"]
+    assert all(extra in declared for extra in extras.group(1).split(","))
+
+
+def test_the_readme_names_every_supported_python() -> None:
+    """The supported Pythons in the README are the classifiers of pyproject.toml."""
+    project = _pyproject()["project"]
+    prefix = "Programming Language :: Python :: "
+    versions = [
+        c.removeprefix(prefix)
+        for c in project["classifiers"]
+        if re.fullmatch(r"3\.\d+", c.removeprefix(prefix))
+    ]
+    assert versions == ["3.10", "3.11", "3.12", "3.13"]
+    assert project["requires-python"] == f">={versions[0]}"
+    section = README.split("## Supported Python", 1)[1].split("\n## ", 1)[0]
+    assert f"CPython {', '.join(versions[:-1])} and {versions[-1]}" in section
+
+
+def test_the_distribution_is_pyobs_kit_and_the_readme_says_why() -> None:
+    """`pip install "pyobs-kit[...]"`: the name, the `all` extra and the README's clash note."""
+    project = _pyproject()["project"]
+    assert project["name"] == "pyobs-kit"
+    (everything,) = project["optional-dependencies"]["all"]
+    assert everything.startswith("pyobs-kit[")
+    named = set(everything.removeprefix("pyobs-kit[").rstrip("]").split(","))
+    assert named == set(project["optional-dependencies"]) - {"all", "dev"}
+    assert 'pip install "pyobs-kit[fastapi]"' in README
+    assert "pyobs-core" in README
+
+
+# An install hint naming the old distribution (the index's `pyobs` is an unrelated project).
+OLD_HINT = re.compile(r"""install\s+["']?pyobs\[""")
+# Lines other helpers own (being renamed in their branches); skipped locally, failed in CI.
+PENDING = ("pyobs/tracing.py", "pyobs/_elk/", "pyobs/cli/grafana.py", "pyobs/cli/dashboards.py",
+           "pyobs/cli/demo.py", "pyobs/cli/elk.py")  # fmt: skip
+
+
+def test_every_install_hint_names_pyobs_kit() -> None:
+    """No README, doc, example, script or message tells users to install `pyobs[...]`."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "__"))]  # .git, .venv, ...
+        files += [Path(dirpath) / name for name in filenames]
+    offenders = []
+    for path in files:
+        if not path.is_file() or path.suffix not in {".md", ".py", ".sh", ".toml", ".yml", ""}:
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if OLD_HINT.search(line) and "OLD_HINT" not in line:
+                offenders.append(f"{path.relative_to(ROOT)}:{number}")
+    mine = [o for o in offenders if not o.startswith(PENDING)]
+    assert mine == []
+    require_service(not offenders, f"install hints still name pyobs[...]: {offenders}")

@@ -162,6 +162,10 @@ def _init(args: argparse.Namespace) -> int:
         "Grafana http://127.0.0.1:3000 (user admin), "
         "Jaeger http://127.0.0.1:16686; passwords are in .env"
     )
+    print(
+        'your own service: pip install "pyobs-kit[<framework>,otlp]" and add it to '
+        "docker-compose.override.yml (README, Add your own service)"
+    )
     return 0
 
 
