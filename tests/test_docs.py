@@ -16,7 +16,6 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: pytest's own TOML reader
     import tomli as tomllib
 
-from tests.conftest import require_service
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -115,9 +114,6 @@ def test_the_distribution_is_pyobs_kit_and_the_readme_says_why() -> None:
 
 # An install hint naming the old distribution (the index's `pyobs` is an unrelated project).
 OLD_HINT = re.compile(r"""install\s+["']?pyobs\[""")
-# Lines other helpers own (being renamed in their branches); skipped locally, failed in CI.
-PENDING = ("pyobs/tracing.py", "pyobs/_elk/", "pyobs/cli/grafana.py", "pyobs/cli/dashboards.py",
-           "pyobs/cli/demo.py", "pyobs/cli/elk.py")  # fmt: skip
 
 
 def test_every_install_hint_names_pyobs_kit() -> None:
@@ -133,6 +129,4 @@ def test_every_install_hint_names_pyobs_kit() -> None:
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if OLD_HINT.search(line) and "OLD_HINT" not in line:
                 offenders.append(f"{path.relative_to(ROOT)}:{number}")
-    mine = [o for o in offenders if not o.startswith(PENDING)]
-    assert mine == []
-    require_service(not offenders, f"install hints still name pyobs[...]: {offenders}")
+    assert offenders == [], f"install hints still name pyobs[...]: {offenders}"

@@ -43,7 +43,7 @@ def connect(url: str, timeout: float = 30.0) -> Any:
         from elasticsearch import Elasticsearch
     except ImportError as exc:
         raise ElkError(
-            "the Elasticsearch client is not installed: pip install 'pyobs[elk]'"
+            "the Elasticsearch client is not installed: pip install 'pyobs-kit[elk]'"
         ) from exc
     clean, auth = split_credentials(url)
     return Elasticsearch(clean, basic_auth=auth, request_timeout=timeout)

@@ -58,7 +58,7 @@ def handle_build(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(
             f"pyobs dashboards build needs grafana-foundation-sdk and PyYAML ({exc}); "
-            'install them with: pip install "pyobs[dev]"',
+            'install them with: pip install "pyobs-kit[dev]"',
             file=sys.stderr,
         )
         return 2

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
             "failure data stream, and with --kibana the data views, saved searches, dashboard "
             "and the rule that alerts on rejected log events. "
             "Safe to run again. Credentials go in the URLs: http://elastic:PASS@host:9200. "
-            "Needs the elk extra: pip install 'pyobs[elk]'."
+            "Needs the elk extra: pip install 'pyobs-kit[elk]'."
         ),
     )
     setup.add_argument("--es", default=DEFAULT_ES_URL, help=f"Elasticsearch URL ({DEFAULT_ES_URL})")

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
             "Create or update the pyobs folder, every dashboard, the Grafana-managed alert rule "
             "groups, the contact point and the notification policy tree. Datasources are not "
             "pushed: provision them (dashboards/provisioning/datasources) or create them with "
-            "the same uids. Needs the grafana extra: pip install 'pyobs[grafana]'."
+            "the same uids. Needs the grafana extra: pip install 'pyobs-kit[grafana]'."
         ),
     )
     push.add_argument("--url", required=True, help="Grafana base URL, e.g. http://localhost:3000")
@@ -100,7 +100,7 @@ def handle_push(args: argparse.Namespace) -> int:
         from grafana_client.api import GrafanaApi
         from grafana_client.client import GrafanaClientError
     except ImportError:
-        print("pyobs grafana push needs: pip install 'pyobs[grafana]'", file=sys.stderr)
+        print("pyobs grafana push needs: pip install 'pyobs-kit[grafana]'", file=sys.stderr)
         return 2
     from pyobs._resources import repo_file
 
