@@ -504,7 +504,8 @@ class RequestObserver:
         trace_ids = handle.trace_ids
         query = capped(redact_query(facts.query)) if facts.query else None
         optional = (query, handle.route, handle.client or None, handle.user_agent or None)
-        message = f"{capped(facts.method, 64)} {path} {code}"
+        # The message repeats the path for people; url.path has it in full (up to the cap).
+        message = f"{capped(facts.method, 64)} {capped(path, 1024)} {code}"
         direct = direct_handler(_access, level)
         if direct is not None and exc is None:
             # Fast path: pyobs's own stdout handler is the only destination.
