@@ -17,6 +17,7 @@ COMPONENTS = ("metrics", "tracing", "access_log", "shipper", "exposition", "adap
 INTERVAL = 60.0  # seconds between two log lines for the same (component, error type)
 
 _log = logging.getLogger("pyobs.internal")
+_clock = time.monotonic
 _lock = threading.Lock()
 # (component, error type) -> [monotonic time of the last line, errors left out since]
 _last: dict[tuple[str, str], list[float]] = {}
@@ -97,7 +98,7 @@ def report(component: str, exc: BaseException, where: str | None = None) -> None
         pass
     try:
         key = (component, type(exc).__name__)
-        now = time.monotonic()
+        now = _clock()
         with _lock:
             entry = _last.get(key)
             if entry is not None and now - entry[0] < INTERVAL:

@@ -61,8 +61,8 @@ def _raw(served: Served, request: bytes) -> int:
 
 def assert_observed(served: Served, path: str, status: int = 200) -> None:
     """The request is in the access log, the spans and the metrics; the gauge is at 0."""
-    assert served.wait_for(lambda: served.access_logs(path)), "no access line"
-    assert served.wait_for(lambda: _spans_for(served, path)), "no span"
+    assert served.wait_for(lambda: bool(served.access_logs(path))), "no access line"
+    assert served.wait_for(lambda: bool(_spans_for(served, path))), "no span"
     assert served.wait_for(
         lambda: (served.sample(DURATION_COUNT, http_response_status_code=str(status)) or 0) >= 1
     )
@@ -152,7 +152,7 @@ def test_trace_flags_are_the_sdks(served: Served) -> None:
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     assert served.get("/items/6", headers={"traceparent": parent})[0] == 200
     assert served.wait_for(
-        lambda: _spans_for(served, "/items/5") and _spans_for(served, "/items/6")
+        lambda: bool(_spans_for(served, "/items/5") and _spans_for(served, "/items/6"))
     )
     (fresh,) = _spans_for(served, "/items/5")
     (continued,) = _spans_for(served, "/items/6")
