@@ -306,7 +306,7 @@ class RequestObserver:
             if handle.method == "_OTHER":
                 attrs["http.request.method_original"] = capped(facts.method, 256)
             if facts.query:
-                attrs["url.query"] = capped(redact_query(facts.query))
+                attrs["url.query"] = redact_query(capped(facts.query) or "")
             if facts.server_addr:
                 attrs["server.address"] = capped(facts.server_addr, 256)
             if facts.server_port:
@@ -502,7 +502,7 @@ class RequestObserver:
         path = handle.path
         # The request's own ids, even when a server closes the body in another context.
         trace_ids = handle.trace_ids
-        query = capped(redact_query(facts.query)) if facts.query else None
+        query = redact_query(capped(facts.query) or "") if facts.query else None
         optional = (query, handle.route, handle.client or None, handle.user_agent or None)
         # The message repeats the path for people; url.path has it in full (up to the cap).
         message = f"{capped(facts.method, 64)} {capped(path, 1024)} {code}"

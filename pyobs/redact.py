@@ -77,19 +77,22 @@ def redact_query(query: str) -> str:
 
 
 # scheme://user:password@host or scheme://token@host: the whole userinfo goes.
-_URL_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#@]+@")
+_URL_USERINFO = re.compile(r"(?<![a-zA-Z0-9+.-])([a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#@]+@")
 # Authorization schemes followed by their credentials.
 _AUTH_SCHEME = re.compile(r"\b(Bearer|Basic|Token)(\s+)[A-Za-z0-9._~+/=:-]{4,}", re.IGNORECASE)
-# name=value and "name": "value" where the name is a sensitive one.
+# name=value and "name": "value"; the callback keeps only the sensitive names. A name is one
+# run of [\w.-] matched once (no nested quantifiers), so the scan stays linear in the text.
 _PAIR = re.compile(
-    r"""(["']?)\b([\w.-]*(?:password|passwd|secret|token|api[-_]?key|auth)[\w.-]*)\1"""
-    r"""(\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&,;'"\)\]}]+)""",
-    re.IGNORECASE,
+    r"""(["']?)(?<![\w.-])([\w.-]+)\1(\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&,;'"\)\]}]+)"""
 )
+_SECRET_NAME = re.compile(r"password|passwd|secret|token|api[-_]?key|auth", re.IGNORECASE)
+MAX_SCRUBBED = 65536  # a message longer than this is cut before scrubbing
 
 
 def _pair(match: re.Match[str]) -> str:
     quote, name, sep, value = match.groups()
+    if _SECRET_NAME.search(name) is None:
+        return match.group(0)
     if sep.strip() == ":" and not quote:
         return match.group(0)  # "Auth: failed" is prose, not a key-value pair
     kept = value[0] if value[:1] in ("'", '"') else ""
@@ -100,6 +103,8 @@ def scrub(text: str) -> str:
     """``text`` without URL credentials, bearer/basic tokens and ``secret=value`` pairs."""
     if not text:
         return text
+    if len(text) > MAX_SCRUBBED:
+        text = text[:MAX_SCRUBBED] + " [truncated]"
     text = _URL_USERINFO.sub(rf"\g<1>{REDACTED}@", text)
     text = _AUTH_SCHEME.sub(rf"\g<1>\g<2>{REDACTED}", text)
     return _PAIR.sub(_pair, text)
