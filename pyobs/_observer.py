@@ -228,8 +228,12 @@ class RequestObserver:
         self.details = config.tracing or config.access_log
         self._quiet, self._excluded = config.exclusions  # Config.is_excluded, inlined
         redact.configure(config.redact_headers, config.redact_query_params)
+        # The SDK warns for each attribute value its limits cut (and each one dropped):
+        # request input then provokes them, so they go through the input-warning filter.
+        self._limits_may_warn = False
         if config.tracing:
             _install_input_filter()
+            self._limits_may_warn = self._capture_headers is not None or _value_limits_set()
 
     # -- start -------------------------------------------------------------------------
 
@@ -274,13 +278,16 @@ class RequestObserver:
             except Exception as exc:  # noqa: BLE001
                 _errors.report("adapter", exc, "start")
         if self.tracer is not None:
-            _reading.active = True
+            guard = self._limits_may_warn
+            if guard:
+                _reading.active = True
             try:
                 self._start_span(handle)
             except Exception as exc:  # noqa: BLE001
                 _errors.report("tracing", exc, "start")
             finally:
-                _reading.active = False
+                if guard:
+                    _reading.active = False
         handle.request_id_token = request_id_var.set(request_id)
         return handle
 
@@ -333,11 +340,14 @@ class RequestObserver:
         """The incoming trace context; a header that cannot be read starts a fresh trace."""
         if "traceparent" not in headers and "baggage" not in headers:
             return None
+        _reading.active = True
         try:
             return tracing.extract(_TraceCarrier(headers))
         except Exception as exc:  # noqa: BLE001 - a malformed header: a fresh trace
             _errors.report("tracing", exc, "trace header extraction")
             return None
+        finally:
+            _reading.active = False
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -403,13 +413,16 @@ class RequestObserver:
         self._record_metrics(handle, code, duration, exc)
         span = handle.span
         if span is not None:
-            _reading.active = True
+            guard = self._limits_may_warn
+            if guard:
+                _reading.active = True
             try:
                 self._end_span(handle, span, code, exc)
             except Exception as error:  # noqa: BLE001
                 _errors.report("tracing", error, "finish")
             finally:
-                _reading.active = False
+                if guard:
+                    _reading.active = False
         if self.config.access_log:
             try:
                 self._access_log(handle, code, duration, exc)
@@ -550,6 +563,17 @@ class RequestObserver:
         record.__dict__.update(extra)
         record.pyobs_fields = extra
         _access.handle(record)
+
+
+def _value_limits_set() -> bool:
+    """True when the SDK's span limits (from OTEL_* variables) cut attribute values."""
+    try:
+        from opentelemetry.sdk.trace import SpanLimits
+
+        limits = SpanLimits()
+    except Exception:  # noqa: BLE001 - no SDK, or a malformed limit: the SDK will say so
+        return True
+    return limits.max_span_attribute_length is not None or limits.max_attribute_length is not None
 
 
 def _status_code(value: Any) -> int:

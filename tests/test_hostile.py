@@ -194,8 +194,8 @@ def test_gunicorn_scrubs_secrets_from_exception_messages(tmp_path: Path) -> None
 
 def test_gunicorn_honours_the_otel_span_limits(tmp_path: Path) -> None:
     """OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT=256 and a count limit of 64 hold for pyobs's span
-    as for the SDK's; the access line keeps its own 8 KiB cap; a 300-digit Content-Length
-    never reaches the size histogram."""
+    as for the SDK's, without a warning line per cut value; the access line keeps its own
+    8 KiB cap; a 300-digit Content-Length never reaches the size histogram."""
     path = "/" + "p" * 60_000
     headers = {f"x-h{n}": "v" * 300 for n in range(300)}
     with gunicorn(
@@ -223,6 +223,15 @@ def test_gunicorn_honours_the_otel_span_limits(tmp_path: Path) -> None:
         assert values and all(len(str(v)) <= 256 for v in values)
         line = next(r for r in server.access_logs() if r["url.path"].startswith("/pp"))
         assert len(line["url.path"]) == MAX_FIELD
+        # The SDK warns for each value cut and each attribute dropped: counted, one line.
+        attribute_warnings = [
+            r for r in server.logs() if r["log.logger"] == "opentelemetry.attributes"
+        ]
+        assert len(attribute_warnings) <= 1
+        counted = server.sample(
+            "pyobs_request_input_warnings_total", logger="opentelemetry.attributes"
+        )
+        assert (counted or 0.0) >= 300
         total = server.sample("http_server_request_body_size_bytes_sum") or 0.0
         assert total < 2**63
         assert server.sample(ACTIVE, http_request_method="GET") == 0.0
