@@ -122,7 +122,7 @@ def recheck(name: str | None = None) -> None:
 OTEL_SPAN = register(
     "otel-sdk-span",
     "opentelemetry-sdk",
-    ("1.27.0", "1.45.1"),
+    ("1.25.0", "1.45.1"),
     "tracing",
     "pyobs records its SERVER span itself (a ReadableSpan whose fields it sets) and hands it "
     "to the provider's span processor (_active_span_processor, _on_ending); the limits come "

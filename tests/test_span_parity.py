@@ -110,7 +110,7 @@ SCRIPT = textwrap.dedent(
             "dropped_events": span.dropped_events,
         }
 
-    print(json.dumps({"pyobs": facts(mine), "sdk": facts(sdk)}))
+    print(json.dumps({"pyobs": facts(mine), "sdk": facts(sdk), "type": type(mine).__name__}))
     """
 )
 
@@ -141,6 +141,8 @@ def test_server_span_equals_the_sdks_own_span(path: str, tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     mine, sdk = result["pyobs"], result["sdk"]
+    # The shortcut really served the request (it did not silently turn itself off).
+    assert (result["type"] == "RequestSpan") is (path == "shortcut")
     # The limits bit, so the comparison covers them.
     assert sdk["dropped_attributes"] > 0
     assert len(sdk["attributes"]["user_agent.original"]) == 24
