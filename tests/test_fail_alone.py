@@ -197,18 +197,24 @@ def test_a_broken_route_label_still_counts_the_request(
 
 
 @pytest.mark.parametrize(
-    ("fault", "component", "signals"),
+    ("fault", "component", "signals", "multiprocess"),
     [
-        ("span_on_start", "tracing", {"metrics", "logs", "spans"}),
-        ("log_handler", "access_log", {"metrics", "spans"}),
-        ("metrics", "metrics", {"logs", "spans"}),
+        ("span_on_start", "tracing", {"metrics", "logs", "spans"}, False),
+        ("span_on_start", "tracing", {"metrics", "logs", "spans"}, True),
+        ("log_handler", "access_log", {"metrics", "spans"}, False),
+        ("metrics", "metrics", {"logs", "spans"}, False),
     ],
 )
 def test_gunicorn_worker_faults_cost_no_other_signal(
-    tmp_path: Path, fault: str, component: str, signals: set[str]
+    tmp_path: Path, fault: str, component: str, signals: set[str], multiprocess: bool
 ) -> None:
-    """Under gunicorn: each fault leaves the other signals whole and is counted."""
-    with gunicorn(tmp_path, PROBE_FAULT=fault) as server:
+    """Under gunicorn: each fault leaves the other signals whole and is counted (also in
+    multiprocess mode, where the count comes from the worker's value files)."""
+    env = {"PROBE_FAULT": fault}
+    if multiprocess:
+        (tmp_path / "prom").mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom")
+    with gunicorn(tmp_path, **env) as server:
         for n in range(1, 4):
             assert server.request("GET", f"/items/{n}")[0] == 200
         if "logs" in signals:
