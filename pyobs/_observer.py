@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pyobs import _context, _errors, redact, tracing
 from pyobs._config import Config
-from pyobs._errors import report_internal_error
+from pyobs._errors import report_internal_error as report_internal_error  # moved; still here
 from pyobs.logs import (
     ACCESS_LOGGER,
     ACCESS_OPTIONAL_FIELDS,
@@ -47,8 +47,6 @@ if hasattr(os, "register_at_fork"):
 _random_bits = _ids.getrandbits
 # Cleared by pyobs's reset (tests): the rate limit of internal error lines.
 _reported = _errors._last
-
-__all__ = ["report_internal_error"]  # moved to pyobs._errors; this name still works
 
 # Longest value taken from the request that pyobs writes into a log field or a span
 # attribute (url.path, url.query, user_agent.original, captured headers); longer ones are cut.
