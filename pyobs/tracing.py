@@ -14,7 +14,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.util import BoundedList
 
 from pyobs import _context, _errors, _internals
@@ -493,6 +493,26 @@ def _silence(record: logging.LogRecord) -> bool:
     return False
 
 
+class _HookLog(SpanProcessor):
+    """A span processor that notes every hook the SDK asks it for (a new hook shows up)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("__") or name == "calls":
+            return object.__getattribute__(self, name)
+        object.__getattribute__(self, "calls").append(name)
+        try:
+            return object.__getattribute__(self, name)
+        except AttributeError:
+            return _ignore
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 def _probe() -> bool:
     import json
 
@@ -508,6 +528,8 @@ def _probe() -> bool:
         sampler=sampling.DEFAULT_ON, span_limits=limits, shutdown_on_exit=False
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    hooks = _HookLog()  # which processor hooks each path calls, whatever their names
+    provider.add_span_processor(hooks)
     remote = trace.SpanContext(
         0x4BF92F3577B34DA6A3CE929D0E0E4736,
         0x00F067AA0BA902B7,
@@ -540,12 +562,13 @@ def _probe() -> bool:
     )
     public.set_attribute("app.extra", "added by the application")
     public.end()
+    public_hooks, hooks.calls = hooks.calls, []
     mine = _start_recorded(_Recorder(provider, tracer), "GET", parent, dict(attributes), None)
     mine.request_done(500, "GET", "/probe/{id}", "ValueError", error)
     mine.set_attribute("app.extra", "added by the application")
     mine.end()
     spans = exporter.get_finished_spans()
-    if len(spans) != 2:
+    if len(spans) != 2 or hooks.calls != public_hooks:
         return False
 
     def comparable(span: Any) -> Any:

@@ -189,6 +189,32 @@ def test_the_shortcut_check_detects_a_renamed_span_field(
     assert tracing._same_as_sdk() is False
 
 
+def test_the_shortcut_check_detects_a_new_processor_hook(
+    fresh_gates: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SDK release whose span calls a new processor hook: the check sees the shortcut
+    does not, and fails (the public path then serves every hook)."""
+    from opentelemetry.sdk.trace import Span as SdkSpan
+    from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor
+
+    from pyobs import tracing
+
+    def before_end(self: Any, span: Any) -> None:
+        for processor in self._span_processors:
+            getattr(processor, "_before_end", lambda span: None)(span)
+
+    original_end = SdkSpan.end
+
+    def end(self: Any, end_time: Any = None) -> None:
+        self._span_processor._before_end(self)
+        original_end(self, end_time)
+
+    assert tracing._same_as_sdk() is True
+    monkeypatch.setattr(SynchronousMultiSpanProcessor, "_before_end", before_end, raising=False)
+    monkeypatch.setattr(SdkSpan, "end", end)
+    assert tracing._same_as_sdk() is False
+
+
 def test_an_older_library_than_tested_turns_the_shortcut_off(
     fresh_gates: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
