@@ -295,3 +295,10 @@ def test_raw_asgi_app_that_never_reads_records_a_client_that_left_as_499() -> No
         == 1.0
     )
     assert get_metrics() is not None
+
+
+def test_a_utf8_path_is_recorded_decoded_on_every_server(served: Served) -> None:
+    """/caf%C3%A9 is recorded as /café by every server and protocol (issue 13.9)."""
+    status, _, _ = served.get("/caf%C3%A9")
+    assert status == 404
+    assert_observed(served, "/café", 404)
