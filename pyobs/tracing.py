@@ -133,6 +133,7 @@ _SAMPLED = int(trace.TraceFlags.SAMPLED)
 _RANDOM = int(getattr(trace.TraceFlags, "RANDOM_TRACE_ID", 0))
 _FLAGS = {n: trace.TraceFlags(n) for n in (0, _SAMPLED, _RANDOM, _SAMPLED | _RANDOM)}
 _NO_EVENTS: tuple[Event, ...] = ()
+_INVALID_SPAN = trace.INVALID_SPAN
 _NO_LINKS: tuple[trace.Link, ...] = ()
 
 
@@ -331,6 +332,7 @@ class _Recorder:
         self.scope = InstrumentationScope("pyobs", __version__)
         is_random = getattr(self.ids, "is_trace_id_random", None)
         self.random_ids = _RANDOM if callable(is_random) and is_random() else 0
+        self.root_flags = _FLAGS[_SAMPLED | self.random_ids]  # a sampled new trace's flags
         # The default sampler (OTEL_TRACES_SAMPLER unset or parentbased_always_on) is one
         # shared instance with fixed delegates, so its decision can be taken inline.
         self.parent_based_always_on = self.sampler is sampling.DEFAULT_ON
@@ -436,7 +438,8 @@ def _start_recorded(
         current = _context.span_in(parent)
     elif current is None:
         current = _context.current_span()
-    parent_context: trace.SpanContext | None = current.get_span_context()
+    # No current span (the common case): no parent, without asking INVALID_SPAN for its context.
+    parent_context = None if current is _INVALID_SPAN else current.get_span_context()
     if parent_context is None or not parent_context.is_valid:
         parent_context = None
         trace_id = recorder.ids.generate_trace_id()
@@ -446,16 +449,21 @@ def _start_recorded(
         # The SDK's default sampler, decided here without building a SamplingResult: a span
         # is sampled unless its parent is valid and not sampled; the trace state is the
         # parent's. Attributes pass through unchanged.
-        sampled = parent_context is None or parent_context.trace_flags.sampled
-        context = trace.SpanContext(
-            trace_id,
-            recorder.ids.generate_span_id(),
-            False,
-            _flags(sampled, parent_context, recorder),
-            parent_context.trace_state if parent_context is not None else None,
-        )
-        if not sampled:
-            return trace.NonRecordingSpan(context)
+        if parent_context is None:
+            context = trace.SpanContext(
+                trace_id, recorder.ids.generate_span_id(), False, recorder.root_flags
+            )
+        else:
+            sampled = parent_context.trace_flags.sampled
+            context = trace.SpanContext(
+                trace_id,
+                recorder.ids.generate_span_id(),
+                False,
+                _flags(sampled, parent_context, recorder),
+                parent_context.trace_state,
+            )
+            if not sampled:
+                return trace.NonRecordingSpan(context)
     else:
         result = recorder.sampler.should_sample(
             parent, trace_id, name, trace.SpanKind.SERVER, attributes
