@@ -53,6 +53,7 @@ _reported = _errors._last
 MAX_FIELD_LENGTH = 8192
 # Largest Content-Length pyobs believes: 19 digits at most, below 2**63.
 _MAX_CONTENT_LENGTH = 2**63 - 1
+_MAX_FORWARDED_HOPS = 32  # X-Forwarded-For hops examined, from the right
 # W3C trace headers are ASCII; longer than this, the propagators drop them anyway.
 _MAX_TRACE_HEADER = 8192
 
@@ -358,7 +359,9 @@ class RequestObserver:
         forwarded = facts.headers.get("x-forwarded-for")
         if not forwarded or not _trusted(peer, proxies):
             return peer
-        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        # Only the nearest hops matter (a chain of trusted proxies is short); a header of
+        # thousands of hops must not cost thousands of address parses.
+        hops = [h.strip() for h in forwarded.split(",")[-_MAX_FORWARDED_HOPS:] if h.strip()]
         for hop in reversed(hops):
             if not _trusted(hop, proxies):
                 return hop

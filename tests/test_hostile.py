@@ -302,3 +302,28 @@ def test_a_utf8_path_is_recorded_decoded_on_every_server(served: Served) -> None
     status, _, _ = served.get("/caf%C3%A9")
     assert status == 404
     assert_observed(served, "/café", 404)
+
+
+def test_a_forwarded_for_of_thousands_of_hops_is_cheap_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """X-Forwarded-For with 3000 trusted hops: only the nearest 32 are parsed, and the
+    client recorded is one of them."""
+    import pyobs._observer as observer_module
+    from pyobs._config import load_config
+    from pyobs._observer import RequestFacts, RequestObserver
+
+    observer = RequestObserver(load_config({}, trusted_proxies="10.0.0.0/8", tracing=False))
+    parsed: list[str] = []
+    original = observer_module._trusted
+
+    def counting(address: str, proxies: Any) -> bool:
+        parsed.append(address)
+        return original(address, proxies)
+
+    monkeypatch.setattr(observer_module, "_trusted", counting)
+    hops = ", ".join(f"10.0.{n // 250}.{n % 250}" for n in range(3000))
+    facts = RequestFacts("GET", "/", {"x-forwarded-for": hops}, client_addr="10.9.9.9")
+    client = observer.client_ip(facts)
+    assert len(parsed) <= 33
+    assert client is not None and client.startswith("10.0.")
