@@ -124,7 +124,9 @@ class _DisconnectWatch:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # another event loop library: no watcher
             return
-        self._queue = asyncio.Queue()
+        # Bounded: an app that streams while it still has a large body to read is not made to
+        # buffer it; the watcher waits for the app to catch up.
+        self._queue = asyncio.Queue(maxsize=8)
         self.task = loop.create_task(self._watch(), name="pyobs-disconnect-watch")
 
     async def _watch(self) -> None:
@@ -132,7 +134,7 @@ class _DisconnectWatch:
         try:
             while True:
                 message = await self._receive()
-                self._queue.put_nowait(message)
+                await self._queue.put(message)
                 if message.get("type") == "http.disconnect":
                     if not self.handle.finished:
                         self.gone = True
@@ -153,7 +155,8 @@ class _DisconnectWatch:
         if task is not None and not task.done():
             task.cancel()
             assert self._queue is not None
-            self._queue.put_nowait({"type": "http.disconnect"})
+            if not self._queue.full():
+                self._queue.put_nowait({"type": "http.disconnect"})
 
 
 class ObservabilityMiddleware:
