@@ -37,7 +37,7 @@ class Config:
     service_name: str = "unknown_service"
     service_version: str = ""
     environment: str = ""
-    log_level: str = "info"
+    log_level: str | None = None  # None: leave the root's level as it is
     log_format: Literal["json", "console"] = "json"
     access_log: bool = True
     metrics_path: str = "/metrics"
@@ -64,6 +64,17 @@ class Config:
     redact_headers: tuple[str, ...] = ()
     redact_query_params: tuple[str, ...] = ()
     metrics_addr: str = "0.0.0.0"
+    # Metric customisation (docs/configuration.md, "Customising metrics").
+    duration_buckets: tuple[float, ...] | None = None  # None: OTel's advised buckets
+    request_size_buckets: tuple[float, ...] | None = None
+    response_size_buckets: tuple[float, ...] | None = None
+    metrics_labels: tuple[tuple[str, str], ...] = ()
+    metrics_prefix: str = ""
+    body_size_metrics: bool = True
+    # Keyword options only (no environment variable): objects, not strings.
+    metrics_registry: Any = None
+    request_label_names: tuple[str, ...] = ()
+    request_label_hook: Callable[[Any], Mapping[str, Any]] | None = None
 
     def is_excluded(self, path: str) -> bool:
         """True for the metrics path, health paths and PYOBS_EXCLUDED_PATHS: no telemetry at all."""
@@ -177,6 +188,30 @@ def _optional_port(raw: str) -> int | None:
     return _int_range(1, 65535)(raw) if raw.strip() else None
 
 
+def _buckets(raw: str) -> tuple[float, ...] | None:
+    if not raw.strip():
+        return None
+    try:
+        values = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ValueError("comma-separated increasing numbers, e.g. 0.01,0.1,1,10") from None
+    if not values or list(values) != sorted(set(values)):
+        raise ValueError("comma-separated increasing numbers, e.g. 0.01,0.1,1,10")
+    return values
+
+
+def _labels(raw: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError("comma-separated name=value pairs, e.g. team=payments,region=eu")
+        out.append((name.strip(), value.strip()))
+    return tuple(out)
+
+
 def _http_url(raw: str) -> str | None:
     raw = raw.strip()
     if not raw:
@@ -228,7 +263,15 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "redact_headers": ("PYOBS_REDACT_HEADERS", _names),
     "redact_query_params": ("PYOBS_REDACT_QUERY_PARAMS", _names),
     "metrics_addr": ("PYOBS_METRICS_ADDR", _address),
+    "duration_buckets": ("PYOBS_DURATION_BUCKETS", _buckets),
+    "request_size_buckets": ("PYOBS_REQUEST_SIZE_BUCKETS", _buckets),
+    "response_size_buckets": ("PYOBS_RESPONSE_SIZE_BUCKETS", _buckets),
+    "metrics_labels": ("PYOBS_METRICS_LABELS", _labels),
+    "metrics_prefix": ("PYOBS_METRICS_PREFIX", _nonempty),
+    "body_size_metrics": ("PYOBS_BODY_SIZE_METRICS", _bool),
 }
+# Options that only code can pass (objects), checked by metrics_options().
+_CODE_ONLY = frozenset({"metrics_registry", "request_label_names", "request_label_hook"})
 
 ENV_VARS: Mapping[str, str] = {name: var for name, (var, _) in _ENV.items()}
 # Values never echoed in an error message (they may hold credentials).
@@ -250,6 +293,10 @@ def _shown(name: str, raw: object) -> str:
 
 def _coerce(name: str, value: Any) -> Any:
     """Accept keyword options either as typed values or as the same strings the env takes."""
+    if name in _CODE_ONLY:
+        if name == "request_label_names" and not isinstance(value, tuple):
+            return tuple(value)
+        return value
     var, parser = _ENV[name]
     if isinstance(value, str):
         try:
@@ -264,6 +311,10 @@ def _coerce(name: str, value: Any) -> Any:
         return _networks(",".join(str(v) for v in value))
     if name in ("redact_headers", "redact_query_params") and not isinstance(value, tuple):
         return tuple(str(v).strip().lower() for v in value)
+    if name == "metrics_labels" and isinstance(value, Mapping):
+        return tuple((str(k), str(v)) for k, v in value.items())
+    if name.endswith("_buckets") and not isinstance(value, tuple):
+        return tuple(float(v) for v in value)
     return value
 
 
@@ -279,10 +330,19 @@ def load_config(env: Mapping[str, str] | None = None, **options: Any) -> Config:
             values[name] = parser(raw)
         except ValueError as exc:
             raise ConfigError(f"{var}={_shown(name, raw)} is invalid: it accepts {exc}") from None
-    if "service_name" not in values and env.get("OTEL_SERVICE_NAME"):
-        values["service_name"] = env["OTEL_SERVICE_NAME"].strip()
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        values["tracing"] = False
+    # Standard OTEL_* variables (docs/configuration.md, "OpenTelemetry variables"): the PYOBS_
+    # names win; then OTEL_SERVICE_NAME, then OTEL_RESOURCE_ATTRIBUTES, as in the SDK.
+    from pyobs import _otel_env
+
+    try:
+        _otel_env.check(env)
+        for name, value in _otel_env.identity(env).items():
+            if not values.get(name):
+                values[name] = value
+        if _otel_env.sdk_disabled(env):
+            values["tracing"] = False
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     known = {f.name for f in dataclasses.fields(Config)}
     for name, value in options.items():
         if name not in known:

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pyobs import _context, _errors, redact, tracing
 from pyobs._config import Config
 from pyobs._errors import report_internal_error as report_internal_error  # moved; still here
+from pyobs._otel_env import full_url
 from pyobs.logs import (
     ACCESS_LOGGER,
     ACCESS_OPTIONAL_FIELDS,
@@ -218,6 +219,9 @@ def method_label(method: str) -> str:
 class RequestObserver:
     """Feeds metrics, the SERVER span and the access log from one code path."""
 
+    # Set by setup from OTEL_PYTHON_[<FRAMEWORK>_]EXCLUDED_URLS (pyobs._otel_env).
+    excluded_urls: re.Pattern[str] | None = None
+
     def __init__(self, config: Config, metrics: PyobsMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or get_metrics()
@@ -250,6 +254,9 @@ class RequestObserver:
             if path in self._quiet or (
                 self._excluded is not None and self._excluded.fullmatch(path) is not None
             ):
+                return None
+            # OTEL_PYTHON_[<FRAMEWORK>_]EXCLUDED_URLS: regexes searched in the full URL.
+            if self.excluded_urls is not None and self.excluded_urls.search(full_url(facts)):
                 return None
             method = facts.method
             if method not in STANDARD_METHODS:
@@ -337,8 +344,15 @@ class RequestObserver:
     @staticmethod
     def _extract(headers: Mapping[str, str]) -> Any:
         """The incoming trace context; a header that cannot be read starts a fresh trace."""
-        if "traceparent" not in headers and "baggage" not in headers:
+        # The default propagators (W3C) without their headers: nothing to read, nothing to
+        # guard (tracing.extract checks the configured propagators' own headers otherwise).
+        if (
+            "traceparent" not in headers
+            and "baggage" not in headers
+            and getattr(tracing, "_triggers", None) is getattr(tracing, "_W3C_TRIGGERS", ())
+        ):
             return None
+        reading = getattr(_reading, "active", False)  # start() may have set it already
         _reading.active = True
         try:
             return tracing.extract(_TraceCarrier(headers))
@@ -346,7 +360,7 @@ class RequestObserver:
             _errors.report("tracing", exc, "trace header extraction")
             return None
         finally:
-            _reading.active = False
+            _reading.active = reading
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -445,30 +459,37 @@ class RequestObserver:
         except Exception as error:  # noqa: BLE001
             _errors.report("metrics", error, "route label")
             route = UNMATCHED
+        try:
+            extra = m.request_labels(handle.facts) if m.labelled else ()
+        except Exception as error:  # noqa: BLE001 - the application's label hook failed
+            _errors.report("metrics", error, "request labels")
+            extra = ()
         if handle.counted:
             handle.counted = False
             try:
                 m.request_finished(
-                    method, route, code, duration, handle.response_bytes, handle.trace_id
+                    method, route, code, duration, handle.response_bytes, handle.trace_id, extra
                 )
             except Exception as error:  # noqa: BLE001
                 _errors.report("metrics", error, "finish")
                 # request_finished takes the gauge down first; when it raised before that,
-                # do it through the public API so the gauge never stays one too high.
+                # do it here so the gauge never stays one too high.
                 _settle_gauge(m, method, error)
         else:
             try:
                 # The gauge never went up for this request; request_finished takes it down.
                 m.request_started(method)
-                m.request_finished(method, route, code, duration, handle.response_bytes, None)
+                m.request_finished(
+                    method, route, code, duration, handle.response_bytes, None, extra
+                )
             except Exception as error:  # noqa: BLE001
                 _errors.report("metrics", error, "finish")
         try:
             length = content_length(handle.facts.headers.get("content-length"))
             if length is not None:
-                m.request_body(method, route, length)
+                m.request_body(method, route, length, extra)
             if exc is not None:
-                m.child(m.exceptions, method, route, _error_type(exc)).inc()
+                m.exception(method, route, _error_type(exc), extra)
         except Exception as error:  # noqa: BLE001
             _errors.report("metrics", error, "finish")
 
@@ -597,7 +618,7 @@ def _settle_gauge(metrics: PyobsMetrics, method: str, error: BaseException) -> N
     if "observe" in frames:
         return
     try:
-        metrics.active_requests.labels(method).dec()
+        metrics._active_add(method, -1)
     except Exception as exc:  # noqa: BLE001
         _errors.report("metrics", exc, "in-flight gauge")
 

@@ -58,11 +58,18 @@ def run(
     duration: float | None = None,
     stop: threading.Event | None = None,
     seed: int | None = None,
+    per_target: dict[str, Counter[int]] | None = None,
 ) -> Counter[int]:
-    """Send about ``rate`` requests/s to each target until ``duration`` or ``stop``."""
+    """Send about ``rate`` requests/s to each target until ``duration`` or ``stop``.
+
+    Returns the count per status (0: no answer); ``per_target`` gets the same per target URL.
+    """
     stop = stop or threading.Event()
     rng = random.Random(seed)
     counts: Counter[int] = Counter()
+    by_target = per_target if per_target is not None else {}
+    for base in targets:
+        by_target.setdefault(base, Counter())
     lock = threading.Lock()
     deadline = None if duration is None else time.monotonic() + duration
     interval = 1.0 / max(rate * len(targets), 0.001)
@@ -71,6 +78,7 @@ def run(
         status = one_request(base, random.Random(local_seed))
         with lock:
             counts[status] += 1
+            by_target[base][status] += 1
 
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="pyobs-traffic") as pool:
         next_at = time.monotonic()

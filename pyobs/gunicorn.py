@@ -4,7 +4,9 @@
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set, every worker's counts then add up in one scrape, each
 worker's ``process_*`` values are kept fresh, and a dead worker's live gauges (in-flight
-requests, open WebSockets, its process metrics) are removed instead of lingering.
+requests, open WebSockets, its process metrics) are removed instead of lingering. With
+``--preload`` and ``PYOBS_METRICS_PORT`` but no multiprocess directory, ``on_starting`` stops
+gunicorn with the fix: the master would serve a page without any worker's requests.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ def _multiproc_dir() -> str | None:
 
 
 def on_starting(server: Any) -> None:
-    """Master start: clear metric files a previous run left in PROMETHEUS_MULTIPROC_DIR."""
+    """Master start: refuse a metrics port nobody's requests reach; clear stale metric files.
+
+    Stale files are those a previous run left in PROMETHEUS_MULTIPROC_DIR.
+    """
+    _check_preloaded_metrics_port()
     directory = _multiproc_dir()
     if directory is None:
         return
@@ -33,6 +39,32 @@ def on_starting(server: Any) -> None:
             stale.unlink()
         except OSError as exc:
             _log.warning("pyobs: cannot remove stale metrics file %s: %s", stale, exc)
+
+
+def _check_preloaded_metrics_port() -> None:
+    """With ``--preload`` the master runs ``setup()`` and so holds PYOBS_METRICS_PORT.
+
+    The master handles no request; without multiprocess files its page would show none of the
+    workers' requests. Fail the start with the fix instead of serving empty metrics.
+    """
+    from pyobs import exposition
+
+    server = exposition.serving_in_this_process()
+    if server is None or exposition.file_backed():
+        return
+    hint = (
+        "PROMETHEUS_MULTIPROC_DIR is set, but prometheus_client was imported before it was: "
+        "set it in the environment gunicorn starts with"
+        if _multiproc_dir()
+        else "set PROMETHEUS_MULTIPROC_DIR to an empty directory every worker can write, in "
+        "the environment gunicorn starts with, so that every worker's counts add up on "
+        "that page"
+    )
+    raise RuntimeError(
+        f"pyobs: the metrics port {server.server_address[1]} is served by the gunicorn master "
+        f"(the app is preloaded), which handles no requests: its page would show none of "
+        f"the workers' requests. Fix: {hint}; or drop --preload."
+    )
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -11,9 +11,10 @@ import os
 import sys
 import time
 import traceback
+import weakref
 from typing import Any
 
-from pyobs import _context
+from pyobs import _context, _ecs
 from pyobs._config import Config
 from pyobs.metrics import get_metrics
 from pyobs.redact import scrub
@@ -87,9 +88,19 @@ _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 class ECSFormatter(logging.Formatter):
     """Formats any LogRecord (stdlib or structlog) as one flat ECS JSON line."""
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, *_args: Any, **_kwargs: Any) -> None:
+        # Extra arguments (a dictConfig "class" entry passes fmt, datefmt, style) are ignored:
+        # the line's shape is fixed by ECS.
         super().__init__()
-        config = config or Config()
+        if not isinstance(config, Config):
+            # Made by name (dictConfig's "()", a handler built by the app): the service
+            # fields follow pyobs's effective config, now and after every setup().
+            _floating.add(self)
+            config = _effective_config()
+        self._apply_config(config)
+
+    def _apply_config(self, config: Config) -> None:
+        """Take the service fields (name, version, environment) from ``config``."""
         self._static: dict[str, Any] = {"ecs.version": ECS_VERSION}
         self._static["service.name"] = config.service_name
         if config.service_version:
@@ -120,11 +131,15 @@ class ECSFormatter(logging.Formatter):
             out["http.request.id"] = request_id
         fields = record.__dict__.get("pyobs_fields")
         if fields is not None:
-            out.update(fields)  # pyobs's own records say which fields they carry
+            out.update(_ecs.fix_client_ip(fields))  # pyobs's own records say which they carry
         else:
-            for key, value in record.__dict__.items():
-                if key not in _RECORD_ATTRS and not key.startswith("_"):
-                    out[key] = value
+            extras = {
+                key: value
+                for key, value in record.__dict__.items()
+                if key not in _RECORD_ATTRS and not key.startswith("_")
+            }
+            if extras:  # the app's or a library's: ECS-typed, labels, pyobs.extra (§5)
+                out.update(_ecs.sanitize(extras, record.name))
         if record.exc_info and record.exc_info[1] is not None:
             out.update(error_fields(record.exc_info[1]))
         elif record.stack_info:
@@ -138,6 +153,7 @@ class ECSFormatter(logging.Formatter):
         static part is encoded once, strings go through the json module's C escaper, and
         the values pyobs puts here are only str and int. Anything else falls back to json.
         """
+        fields = _ecs.fix_client_ip(fields)
         keys = tuple(fields)
         template = self._line_templates.get((logger, keys))
         if template is None:
@@ -197,7 +213,11 @@ class ECSFormatter(logging.Formatter):
         if route is not None:
             more += ',"http.route":' + _quote(route)
         if client is not None:
-            more += ',"client.ip":' + _quote(client)
+            ip = _ecs.parse_ip(client)  # a dict lookup once seen; X-Forwarded-For may hold anything
+            if ip is not None:
+                more += ',"client.ip":' + _quote(ip)
+            if ip != client:
+                more += ',"client.address":' + _quote(client)
         if user_agent is not None:
             more += ',"user_agent.original":' + _quote(user_agent)
         # One f-string: cheaper than %-formatting a template with a value tuple.
@@ -242,9 +262,13 @@ class ConsoleFormatter(ECSFormatter):
 
 
 class StdoutHandler(logging.Handler):
-    """Writes formatted records to the *current* sys.stdout and counts them by level."""
+    """Writes formatted records to the *current* sys.stdout and counts them by level.
 
-    pyobs_handler = True
+    Usable by name in a dictConfig (``"class": "pyobs.logs.StdoutHandler"``); pyobs marks
+    the one it installs itself (``pyobs_handler``), so setting up again replaces only that.
+    """
+
+    pyobs_handler = False  # True on the instance pyobs installs itself
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -279,7 +303,8 @@ def direct_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
 
     Then pyobs may write the line itself, skipping LogRecord and handler dispatch (the
     output is identical). Any other handler, filter or formatter on the way returns None
-    and the record takes the normal logging path.
+    and the record takes the normal logging path. With no handler anywhere on the way,
+    the record would go to ``logging.lastResort``: direct only when that is a StdoutHandler.
     """
     current = logger
     while not current.handlers:
@@ -287,13 +312,18 @@ def direct_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
             return None
         parent = current.parent
         if parent is None:
-            return None
+            break  # the root has no handler either: logging.lastResort takes the record
         current = parent
-    if current is not _root or current.filters or current.disabled or len(current.handlers) != 1:
-        return None
-    handler = current.handlers[0]
+    if current.handlers:
+        if current is not _root or len(current.handlers) != 1:
+            return None
+        handler: logging.Handler | None = current.handlers[0]
+    else:
+        handler = logging.lastResort
     if (
-        type(handler) is not StdoutHandler
+        current.filters
+        or current.disabled
+        or type(handler) is not StdoutHandler
         or handler.filters
         or level < handler.level
         or type(handler.formatter) is not ECSFormatter
@@ -305,6 +335,29 @@ def direct_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
 _root = logging.root
 _NO_LOCK = contextlib.nullcontext()
 _structlog_ours = False
+# Formatters made without a config (by name, from a dictConfig): setup() updates them.
+_floating: weakref.WeakSet[ECSFormatter] = weakref.WeakSet()
+# The standard library's last-resort handler, put back when pyobs steps aside.
+_STDLIB_LAST_RESORT = logging.lastResort
+# Where pyobs's stdout handler went: "root", "last_resort" or None (not installed).
+_placement: str | None = None
+# Levels pyobs set (logger name -> (level before, level pyobs set)), undone on reset.
+_levels_set: dict[str, tuple[int, int]] = {}
+
+
+def _effective_config() -> Config:
+    """pyobs's config once set up; before that, the one the environment describes."""
+    from pyobs import _state
+
+    config = _state._config
+    if config is not None:
+        return config
+    try:
+        from pyobs._config import load_config
+
+        return load_config()
+    except Exception:  # noqa: BLE001 - a bad variable is reported by setup(), not here
+        return Config()
 
 
 def _structlog_configure() -> None:
@@ -328,25 +381,114 @@ def _structlog_configure() -> None:
     _structlog_ours = True
 
 
+def _structlog_release() -> None:
+    """Undo pyobs's structlog routing (only if pyobs made it)."""
+    global _structlog_ours
+    if not _structlog_ours:
+        return
+    try:
+        import structlog
+
+        structlog.reset_defaults()
+    except ImportError:  # pragma: no cover - structlog is a dependency
+        pass
+    _structlog_ours = False
+
+
 def pyobs_handlers(logger: logging.Logger | None = None) -> list[logging.Handler]:
     """Handlers pyobs installed on ``logger`` (default: root)."""
     logger = logger or logging.getLogger()
     return [h for h in logger.handlers if getattr(h, "pyobs_handler", False)]
 
 
-def configure_logging(config: Config) -> None:
-    """Install the stdout handler (and the Logstash shipper when configured) on the root logger."""
+def app_configured() -> bool:
+    """True when the application configured logging, so pyobs should add no handler.
+
+    The signals: the root logger has a handler that is not pyobs's (``basicConfig``, a
+    dictConfig or fileConfig with a root section, Tornado's ``--logging``, pytest's capture
+    handlers), or the app replaced or removed ``logging.lastResort``.
+    """
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not getattr(handler, "pyobs_handler", False):
+            return True
+    return logging.lastResort is not _STDLIB_LAST_RESORT and logging.lastResort is not _installed()
+
+
+def _installed() -> logging.Handler | None:
+    return _own[0] if _own else None
+
+
+_own: list[logging.Handler] = []  # pyobs's stdout handler while it is installed
+
+
+def _set_level(name: str, level: int) -> None:
+    """Set a logger's level, remembering the one before so that it can be put back."""
+    logger = logging.getLogger(name or None)
+    before = _levels_set[name][0] if name in _levels_set else logger.level
+    logger.setLevel(level)
+    _levels_set[name] = (before, level)
+
+
+def _restore_levels() -> None:
+    """Put back levels pyobs set, unless the app changed them since."""
+    for name, (before, ours) in _levels_set.items():
+        logger = logging.getLogger(name or None)
+        if logger.level == ours:
+            logger.setLevel(before)
+    _levels_set.clear()
+
+
+def _uninstall() -> None:
+    """Remove every handler pyobs installed and undo its level and lastResort changes."""
+    global _placement
     root = logging.getLogger()
     for handler in pyobs_handlers(root):
         root.removeHandler(handler)
-        if hasattr(handler, "close"):
-            handler.close()
-    formatter: ECSFormatter = (
-        ConsoleFormatter(config) if config.log_format == "console" else ECSFormatter(config)
-    )
-    handler = StdoutHandler()
-    handler.setFormatter(formatter)
-    root.addHandler(handler)
+        handler.close()
+    if _own and logging.lastResort is _own[0]:
+        logging.lastResort = _STDLIB_LAST_RESORT
+    _own.clear()
+    _placement = None
+    _restore_levels()
+
+
+def configure_logging(config: Config) -> None:
+    """Apply CONTRACT §5's coexistence rule; install the Logstash shipper when configured.
+
+    ``PYOBS_LOG_HANDLER=auto`` (default): when the app configured logging, pyobs adds no
+    handler and changes no level. Otherwise its stdout handler becomes the handler of last
+    resort (``logging.lastResort``): it writes every record no other handler takes, so a
+    ``basicConfig()`` or dictConfig the app runs later takes over without any record being
+    written twice. ``always``: on the root, whatever else is there. ``never``: nothing.
+    """
+    global _placement
+    _uninstall()
+    for floating in list(_floating):
+        floating._apply_config(config)
+    root = logging.getLogger()
+    mode = config.log_handler
+    if mode == "always" or (mode == "auto" and not app_configured()):
+        formatter: ECSFormatter = (
+            ConsoleFormatter(config) if config.log_format == "console" else ECSFormatter(config)
+        )
+        handler = StdoutHandler()
+        handler.setFormatter(formatter)
+        handler.pyobs_handler = True
+        _own.append(handler)
+        if mode == "always":
+            root.addHandler(handler)
+            _placement = "root"
+        else:
+            logging.lastResort = handler
+            _placement = "last_resort"
+        if config.log_level is not None:
+            _set_level("", logging.getLevelName(config.log_level.upper()))
+        if logging.getLogger(ACCESS_LOGGER).level == logging.NOTSET:
+            _set_level(ACCESS_LOGGER, logging.INFO)  # pyobs's own access log, on by default
+        _structlog_configure()
+    else:
+        _structlog_release()
     if config.logstash_host:
         try:
             from pyobs.shipper import LogstashHandler
@@ -357,22 +499,49 @@ def configure_logging(config: Config) -> None:
             shipper.setFormatter(ECSFormatter(config))
             shipper.pyobs_handler = True
             root.addHandler(shipper)
-    root.setLevel(config.log_level.upper())
-    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
-    _structlog_configure()
+
+
+def handler_placement() -> str | None:
+    """Where pyobs's stdout handler is: "root", "last_resort", or None when not installed."""
+    return _placement
+
+
+def json_handler() -> StdoutHandler:
+    """A stdout handler writing ECS JSON, for apps that set up logging themselves.
+
+    ``logging.basicConfig(level=logging.INFO, handlers=[pyobs.logs.json_handler()])``
+    """
+    handler = StdoutHandler()
+    handler.setFormatter(ECSFormatter())
+    return handler
+
+
+def dict_config(
+    level: str = "WARNING", *, loggers: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A ready ``logging.config.dictConfig`` that writes every record as ECS JSON to stdout.
+
+    ``level`` is the root level (WARNING, as Python's default); pyobs's access log
+    (``pyobs.access``) is at INFO. ``loggers`` adds or overrides logger entries (a server's
+    own access logger turned off, see ``pyobs.logconfigs``).
+    """
+    config: dict[str, Any] = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"ecs": {"()": "pyobs.logs.ECSFormatter"}},
+        "handlers": {
+            "stdout": {"class": "pyobs.logs.StdoutHandler", "formatter": "ecs"},
+            "null": {"class": "logging.NullHandler"},
+        },
+        "root": {"level": level.upper(), "handlers": ["stdout"]},
+        "loggers": {
+            ACCESS_LOGGER: {"level": "INFO"},
+        },
+    }
+    config["loggers"].update(loggers or {})
+    return config
 
 
 def _reset() -> None:
-    global _structlog_ours
-    root = logging.getLogger()
-    for handler in pyobs_handlers(root):
-        root.removeHandler(handler)
-        handler.close()
-    try:
-        import structlog
-
-        if _structlog_ours:
-            structlog.reset_defaults()
-            _structlog_ours = False
-    except ImportError:  # pragma: no cover
-        pass
+    _uninstall()
+    _structlog_release()

@@ -10,14 +10,14 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.util import BoundedList
 
-from pyobs import _context, _errors, _internals
+from pyobs import _context, _errors, _internals, _otel_env
 from pyobs._config import Config
 from pyobs._version import __version__
 from pyobs.redact import scrub
@@ -25,6 +25,27 @@ from pyobs.redact import scrub
 _log = logging.getLogger("pyobs")
 
 _tracer: trace.Tracer | None = None
+
+# OpenTelemetry's global propagator, configured by OTEL_PROPAGATORS when the API is imported.
+# The API raises at import when a named propagator's package is missing; pyobs must not take
+# the application down with it, so it then uses the propagators that do load (and warns at
+# setup, naming the package to install).
+_propagate: Any
+_propagate_error: str | None = None
+try:
+    from opentelemetry import propagate as _propagate
+except Exception as _exc:  # noqa: BLE001 - "Propagator b3multi not found. ...", or its ImportError
+    _propagate = None
+    _propagate_error = str(_exc)
+# get_global_textmap() returns the module's _HTTP_TEXT_FORMAT; extract() reads it directly.
+_direct = (
+    _propagate is not None
+    and getattr(_propagate, "_HTTP_TEXT_FORMAT", None) is _propagate.get_global_textmap()
+)
+_fallback_textmap: TextMapPropagator | None = None
+_installed: list[Any] = []  # the provider pyobs installed (kept: the global one stays set)
+_missing_propagators: list[str] = []
+_warned: list[bool] = []  # the missing-propagator warning was given (once per process)
 
 
 class _MappingGetter(Getter[Mapping[str, str]]):
@@ -40,26 +61,96 @@ class _MappingGetter(Getter[Mapping[str, str]]):
 
 _GETTER = _MappingGetter()
 
+# Headers whose presence makes a known propagator's extract() find something; without any of
+# them extraction is skipped (it is on every request's path). An unknown propagator type is
+# always asked.
+_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "opentelemetry.trace.propagation.tracecontext.TraceContextTextMapPropagator": ("traceparent",),
+    "opentelemetry.baggage.propagation.W3CBaggagePropagator": ("baggage",),
+    # Both B3 formats read the single `b3` header and the multi headers alike.
+    "opentelemetry.propagators.b3.B3MultiFormat": ("b3", "x-b3-traceid"),
+    "opentelemetry.propagators.b3.B3SingleFormat": ("b3", "x-b3-traceid"),
+    "opentelemetry.propagators.b3.B3Format": ("b3", "x-b3-traceid"),
+    "opentelemetry.propagators.jaeger.JaegerPropagator": ("uber-trace-id",),
+}
+_triggers_for: Any = None
+_triggers: tuple[str, ...] | None = ()
+_W3C_TRIGGERS = ("traceparent", "baggage")
+
+
+def _learn_triggers(textmap: TextMapPropagator) -> None:
+    global _triggers_for, _triggers
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    parts: list[Any] = [textmap]
+    if type(textmap) is CompositePropagator:
+        parts = list(getattr(textmap, "_propagators", [textmap]))
+    found: list[str] = []
+    for part in parts:
+        kind = type(part)
+        headers = _TRIGGERS.get(f"{kind.__module__}.{kind.__qualname__}")
+        if headers is None:
+            _triggers_for, _triggers = textmap, None
+            return
+        found.extend(h for h in headers if h not in found)
+    _triggers_for = textmap
+    _triggers = _W3C_TRIGGERS if tuple(found) == _W3C_TRIGGERS else tuple(found)
+
+
+def textmap() -> TextMapPropagator:
+    """The propagator pyobs extracts with: OpenTelemetry's global one (``OTEL_PROPAGATORS``)."""
+    if _propagate is not None:
+        return _propagate.get_global_textmap()  # type: ignore[no-any-return]
+    return _fallback()
+
+
+def _fallback() -> TextMapPropagator:
+    """The propagators of OTEL_PROPAGATORS that load, when OpenTelemetry's import failed."""
+    global _fallback_textmap
+    if _fallback_textmap is None:
+        from importlib.metadata import entry_points
+
+        from opentelemetry.propagators.composite import CompositePropagator
+
+        loaded: list[TextMapPropagator] = []
+        for name in _otel_env.propagator_names(os.environ):
+            found = list(entry_points(group="opentelemetry_propagator", name=name))
+            try:
+                loaded.append(found[0].load()())
+            except Exception:  # noqa: BLE001 - missing or broken: warned about at setup
+                _missing_propagators.append(name)
+        _fallback_textmap = CompositePropagator(loaded)
+    return _fallback_textmap
+
 
 def extract(headers: Mapping[str, str]) -> Context | None:
-    """The incoming context from traceparent/tracestate/baggage; None when there is none.
+    """The incoming context as the configured propagators read it; None when there is none.
 
-    A malformed header yields a context without a valid span, so a fresh trace starts.
+    ``OTEL_PROPAGATORS`` chooses the formats (default W3C tracecontext and baggage; b3,
+    b3multi, jaeger with their packages; none). A malformed header yields a context without
+    a valid span, so a fresh trace starts.
     """
-    if "traceparent" not in headers and "baggage" not in headers:
-        return None
-    return propagate.extract(headers, getter=_GETTER)
+    # The API's global, read as get_global_textmap() returns it (checked at import): this
+    # runs on every request.
+    propagator: TextMapPropagator = _propagate._HTTP_TEXT_FORMAT if _direct else textmap()
+    if propagator is not _triggers_for:
+        _learn_triggers(propagator)
+    triggers = _triggers
+    if triggers is _W3C_TRIGGERS:  # the default: tracecontext,baggage
+        if "traceparent" not in headers and "baggage" not in headers:
+            return None
+    elif triggers is not None:
+        for name in triggers:
+            if name in headers:
+                break
+        else:
+            return None
+    return propagator.extract(headers, getter=_GETTER)
 
 
 def _exporter_names() -> list[str]:
-    raw = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if raw:
-        return [n.strip() for n in raw.split(",") if n.strip() and n.strip() != "none"]
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
-        return ["otlp"]
-    return []
+    """OTEL_TRACES_EXPORTER; unset: otlp when an OTLP endpoint is configured, else none."""
+    return _otel_env.exporter_names(os.environ)
 
 
 def _one_line_span(span: Any) -> str:
@@ -67,19 +158,24 @@ def _one_line_span(span: Any) -> str:
 
 
 def _make_exporter(name: str) -> Any:
+    """The span exporter OTEL_TRACES_EXPORTER names; None (with a warning) when unavailable.
+
+    ``console`` writes one JSON span per line to stderr. ``otlp`` picks HTTP or gRPC from
+    ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL`` (default ``http/protobuf``); the exporter reads
+    its endpoint, headers, timeout, compression and certificates from the environment
+    itself. Any other name is loaded like the SDK loads it (entry point group
+    ``opentelemetry_traces_exporter``) and built without arguments.
+    """
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         # Spans go to stderr, one per line, so stdout stays pure JSON log lines.
         return ConsoleSpanExporter(out=sys.stderr, formatter=_one_line_span)
-    if name == "otlp":
-        protocol = (
-            os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "http/protobuf"
-        )
+    if name in ("otlp", "otlp_proto_http", "otlp_proto_grpc"):
+        protocol = _otel_env.otlp_protocol(os.environ)
+        grpc = name == "otlp_proto_grpc" or (name == "otlp" and protocol == "grpc")
         try:
-            if protocol == "grpc":
+            if grpc:
                 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
                     OTLPSpanExporter,
                 )
@@ -89,18 +185,55 @@ def _make_exporter(name: str) -> Any:
                 )
         except ImportError:
             _log.warning(
-                "pyobs: OTLP export was asked for but the exporter is not installed; "
-                'install "pyobs[otlp]". Spans are not exported.'
+                "pyobs: OTLP export (%s) was asked for but the exporter is not installed; "
+                'install "pyobs-kit[otlp]". Spans are not exported.',
+                "grpc" if grpc else "http/protobuf",
             )
             return None
         return OTLPSpanExporter()
-    _log.warning("pyobs: unknown OTEL_TRACES_EXPORTER %r ignored (otlp, console, none)", name)
-    return None
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="opentelemetry_traces_exporter", name=name))
+    try:
+        return found[0].load()()
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in must not stop the app
+        _log.warning(
+            "pyobs: OTEL_TRACES_EXPORTER names %r, which cannot be loaded (%s); "
+            "its spans are not exported",
+            name,
+            exc,
+        )
+        return None
+
+
+def _warn_missing_propagators() -> None:
+    """Say once, at setup, which OTEL_PROPAGATORS entries are not installed."""
+    if _propagate is not None or _warned:
+        return
+    _warned.append(True)
+    _fallback()
+    names = list(dict.fromkeys(_missing_propagators))
+    packages = sorted({_otel_env.KNOWN_PROPAGATORS.get(n, n) for n in names})
+    _log.warning(
+        "pyobs: OTEL_PROPAGATORS names %s, but the package is not installed "
+        "(pip install %s); incoming %s headers are not read until it is. OpenTelemetry's "
+        "own propagation module cannot be imported in this process (%s).",
+        ", ".join(names) or "a propagator",
+        " ".join(packages),
+        "/".join(names) or "its",
+        _propagate_error,
+    )
 
 
 def configure_tracing(config: Config) -> trace.Tracer:
-    """Adopt the global TracerProvider if the app set one; otherwise install an SDK provider."""
+    """Adopt the global TracerProvider if the app set one; otherwise install an SDK provider.
+
+    The provider's resource names the service exactly as pyobs's logs and ``pyobs_info`` do
+    (``config.service_name``, resolved from the options, PYOBS_ and OTEL_ variables), merged
+    over what the resource detectors and OTEL_RESOURCE_ATTRIBUTES give.
+    """
     global _tracer
+    _warn_missing_propagators()
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider) and config.tracing:
         from opentelemetry.sdk.resources import Resource
@@ -112,9 +245,10 @@ def configure_tracing(config: Config) -> trace.Tracer:
             attributes["service.version"] = config.service_version
         if config.environment:
             attributes["deployment.environment.name"] = config.environment
-        # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES; the sampler comes from
-        # OTEL_TRACES_SAMPLER[_ARG] inside the SDK.
-        sdk = TracerProvider(resource=Resource.create(attributes))
+        # Resource.create runs the detectors (OTEL_EXPERIMENTAL_RESOURCE_DETECTORS) and merges
+        # OTEL_RESOURCE_ATTRIBUTES; the SDK's own samplers come from OTEL_TRACES_SAMPLER[_ARG]
+        # inside TracerProvider, a plug-in sampler from its entry point.
+        sdk = TracerProvider(resource=Resource.create(attributes), sampler=_plugin_sampler())
         for name in _exporter_names():
             exporter = _make_exporter(name)
             if exporter is not None:
@@ -122,8 +256,46 @@ def configure_tracing(config: Config) -> trace.Tracer:
                 sdk.add_span_processor(processor(exporter))
         trace.set_tracer_provider(sdk)
         provider = trace.get_tracer_provider()
+        _installed.append(provider)
+    elif config.tracing and provider not in _installed:
+        _check_adopted_resource(provider, config)
     _tracer = provider.get_tracer("pyobs", __version__)
     return _tracer
+
+
+def _plugin_sampler() -> Any:
+    """A sampler OTEL_TRACES_SAMPLER names through its entry point; None for the SDK's own."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not name or name in _otel_env.SDK_SAMPLERS:
+        return None
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="opentelemetry_traces_sampler", name=name))
+    try:
+        factory = found[0].load()
+        arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG")
+        return factory(arg) if arg is not None else factory()
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in: the SDK's default instead
+        _log.warning(
+            "pyobs: OTEL_TRACES_SAMPLER=%s cannot be loaded (%s); using parentbased_always_on",
+            name,
+            exc,
+        )
+        return None
+
+
+def _check_adopted_resource(provider: Any, config: Config) -> None:
+    """Warn when the application's own provider names the service unlike pyobs's logs."""
+    resource = getattr(provider, "resource", None)
+    name = getattr(resource, "attributes", {}).get("service.name")
+    if isinstance(name, str) and name != config.service_name:
+        _log.warning(
+            "pyobs: the application's TracerProvider names the service %r, but pyobs's logs "
+            "and pyobs_info say %r; set PYOBS_SERVICE_NAME (or OTEL_SERVICE_NAME) so they "
+            "agree",
+            name,
+            config.service_name,
+        )
 
 
 _UNSET = trace.Status(trace.StatusCode.UNSET)

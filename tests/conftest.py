@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -28,12 +30,36 @@ def import_or_require(module: str) -> object:
         raise  # unreachable: require_service skipped or failed
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """Safety net: a process a test started and did not end is ended when the session ends.
+
+    Each test ends its own processes (tests/helpers.py); what is still alive here is a leak,
+    named on stderr so that it gets fixed.
+    """
+    yield
+    from tests.helpers import alive, descendants
+
+    left = [pid for pid in descendants(os.getpid()) if alive(pid)]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        sys.stderr.write(f"\npyobs tests: killed process {pid}, left running by a test\n")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_pyobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Give every test a clean pyobs: no leftover config, metrics, handlers or env."""
     for name in list(os.environ):
         if name.startswith(("PYOBS_", "OTEL_")) or name == "PROMETHEUS_MULTIPROC_DIR":
             monkeypatch.delenv(name, raising=False)
+    # Tests read pyobs's JSON lines (app lines at INFO) from the captured stdout. Under pytest
+    # the default (auto) adds no handler, pytest's capture handlers being on the root; the
+    # defaults are tested in fresh interpreters (tests/test_logging_coexistence.py).
+    monkeypatch.setenv("PYOBS_LOG_HANDLER", "always")
+    monkeypatch.setenv("PYOBS_LOG_LEVEL", "info")
     try:
         from pyobs import testing
     except ImportError:

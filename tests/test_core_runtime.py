@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
+import logging
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,17 +19,14 @@ from typing import Any
 import pytest
 
 import pyobs
+import pyobs.exposition
+import pyobs.testing
 from tests.conftest import import_or_require
 from tests.core_apps import FACTORIES, Client, json_lines, sample, series
+from tests.helpers import PortTaken, kill_tree, running, start_with_retry, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATION = "http_server_request_duration_seconds"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 WORKER = textwrap.dedent(
@@ -60,9 +60,13 @@ def test_multiprocess_counts_sum_exactly(
         )
         for n in counts
     ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()[-2000:]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()[-2000:]
+    finally:
+        for proc in procs:
+            kill_tree(proc)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -163,11 +167,33 @@ def test_asgi_client_gone_is_499(how: str) -> None:
     )
 
 
+def _own_port(**options: Any) -> tuple[Any, int]:
+    """setup() with PYOBS_METRICS_PORT on a free port (another one if the port got taken)."""
+    from pyobs import exposition
+
+    def start(port: int) -> tuple[Any, int]:
+        pyobs.setup(metrics_port=port, metrics_addr="127.0.0.1", **options)
+        server = exposition.serving_in_this_process()
+        if server is None:
+            pyobs.testing.reset()
+            raise PortTaken(str(port))
+        return server, port
+
+    return start_with_retry(start)
+
+
 def test_metrics_on_own_port_with_auth() -> None:
     """PYOBS_METRICS_PORT serves /metrics on its own port, behind the same auth."""
     import_or_require("flask")
-    port = free_port()
-    client = Client("flask", FACTORIES["flask"](metrics_port=port, metrics_auth="bearer:tok"))
+
+    def start(port: int) -> tuple[Client, int]:
+        app = FACTORIES["flask"](metrics_port=port, metrics_auth="bearer:tok")
+        if pyobs.exposition.serving_in_this_process() is None:
+            pyobs.testing.reset()
+            raise PortTaken(str(port))
+        return Client("flask", app), port
+
+    client, port = start_with_retry(start)
     client.get("/items/1")
     assert client.get("/metrics").status == 404  # not on the app any more
     url = f"http://127.0.0.1:{port}/metrics"
@@ -178,6 +204,139 @@ def test_metrics_on_own_port_with_auth() -> None:
     with urllib.request.urlopen(request, timeout=5) as response:
         body = response.read().decode()
     assert 'http_route="/items/<int:item_id>"' in body
+
+
+def _scrape(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert b"pyobs_info" in response.read()
+        return int(response.status)
+
+
+def test_metrics_port_binds_the_configured_address() -> None:
+    """PYOBS_METRICS_ADDR is the address the metrics port listens on."""
+    server, port = _own_port()
+    assert server.server_address[0] == "127.0.0.1"
+    assert _scrape(port) == 200
+
+
+def test_idle_connections_cost_no_threads_and_scrapes_still_work() -> None:
+    """600 idle connections leave the thread count bounded, and a scrape is still answered."""
+    from pyobs import exposition
+
+    before = threading.active_count()
+    _, port = _own_port()
+    idle = []
+    try:
+        for _ in range(600):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        assert _scrape(port) == 200  # the server took every connection and still serves
+        grown = threading.active_count() - before
+        assert grown <= exposition.MAX_THREADS + 1, grown  # the pool and the accept loop
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /metr"], ids=["idle", "stalled-mid-request"])
+def test_silent_connections_are_closed(sent: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends nothing, or stalls inside its request, is disconnected."""
+    from pyobs import exposition
+
+    monkeypatch.setattr(exposition, "IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(exposition._MetricsHandler, "timeout", 0.3)
+    _, port = _own_port()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(sent)
+        assert sock.recv(1024) == b""  # closed by the server, no answer
+    assert _scrape(port) == 200
+
+
+class _Holder(http.server.BaseHTTPRequestHandler):
+    """Some other program on the port; records what it was sent."""
+
+    seen: list[dict[str, str]] = []
+    body = b"hello from another program\n"
+
+    def do_GET(self) -> None:
+        self.seen.append(dict(self.headers))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def test_port_taken_by_another_program_is_named_and_no_secret_is_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A port held by a non-pyobs program: the warning says so; credentials never leave."""
+    _Holder.seen = []
+    holder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Holder)
+    thread = threading.Thread(target=holder.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="pyobs"):
+            pyobs.setup(
+                metrics_port=holder.server_port,
+                metrics_addr="127.0.0.1",
+                metrics_auth="basic:scraper:s3cret-pass",
+            )
+    finally:
+        holder.shutdown()
+        holder.server_close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "pyobs"]
+    taken = [m for m in messages if "metrics port" in m]
+    assert taken and "another program" in taken[0], messages
+    assert "another worker" not in taken[0]
+    assert f"127.0.0.1:{holder.server_port}" in taken[0]
+    assert not any("s3cret" in m for m in messages)
+    assert _Holder.seen and all("Authorization" not in h for h in _Holder.seen)
+
+
+SIBLING = textwrap.dedent(
+    """
+    import sys, time
+    import pyobs
+    pyobs.setup(service_name=sys.argv[2], metrics_port=int(sys.argv[1]), metrics_addr="127.0.0.1")
+    from pyobs import exposition
+    print("serving" if exposition.serving_in_this_process() else "taken", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [("shop", "another worker of service 'shop'"), ("billing", "another pyobs service")],
+)
+def test_port_taken_by_pyobs_says_which(
+    service: str, expected: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A port held by a pyobs process: a worker of this service, or another service."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def start(port: int) -> tuple[Any, int]:
+        out = tmp_path / f"sibling-{port}.out"
+        with (
+            out.open("w") as stdout,
+            running(
+                [sys.executable, "-c", SIBLING, str(port), service], env=env, stdout=stdout
+            ) as proc,
+        ):
+            said = wait_until(lambda: out.read_text().strip(), 30, "the sibling to start")
+            if said == "taken":
+                raise PortTaken(str(port))
+            with caplog.at_level(logging.INFO, logger="pyobs"):
+                pyobs.setup(service_name="shop", metrics_port=port, metrics_addr="127.0.0.1")
+            assert proc.poll() is None
+        return None, port
+
+    start_with_retry(start)
+    taken = [r for r in caplog.records if r.name == "pyobs" and "metrics port" in r.getMessage()]
+    assert len(taken) == 1 and expected in taken[0].getMessage(), taken[0].getMessage()
+    assert "another program" not in taken[0].getMessage()
 
 
 @pytest.mark.parametrize("framework", ["flask", "fastapi"])

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +26,13 @@ import pytest
 
 from tests.conftest import import_or_require, require_service
 from tests.elk.receiver import JsonLinesReceiver
-from tests.frameworks.servers import free_port
+from tests.helpers import (
+    PortTaken,
+    kill_tree,
+    listening_socket,
+    start_with_retry,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 4
@@ -38,6 +44,8 @@ TRAFFIC = {
     "/no/such/page": (20, "<unmatched>", "404"),
 }
 HOOKS = "from pyobs.gunicorn import child_exit, on_starting, post_fork  # noqa: F401\n"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 class _OtlpSink(http.server.BaseHTTPRequestHandler):
@@ -77,6 +85,7 @@ class Gunicorn:
     logs: JsonLinesReceiver
     spans: Counter[str]
     metrics_dir: Path
+    stdout: Path
 
     def get(self, path: str) -> int:
         host, port = self.url.removeprefix("http://").split(":")
@@ -89,11 +98,13 @@ class Gunicorn:
         finally:
             conn.close()
 
-    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    def scrape(
+        self, port: int | None = None
+    ) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         from prometheus_client.parser import text_string_to_metric_families
 
-        host, port = self.url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        host, app_port = self.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, port or int(app_port), timeout=10)
         try:
             conn.request("GET", "/metrics")
             text = conn.getresponse().read().decode()
@@ -116,13 +127,13 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return sum(v for (n, lbls), v in samples.items() if n == name and want <= lbls)
 
 
-def _wait(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def _wait(check: Any, timeout: float, what: str) -> Any:
+    """Poll ``check`` until truthy (a deadline to wait, not a speed bound)."""
+    return wait_until(check, timeout, what)
+
+
+class BootFailed(Exception):
+    """gunicorn exited while booting; the message is its stderr."""
 
 
 @pytest.fixture
@@ -134,7 +145,14 @@ def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
     started: list[Gunicorn] = []
     sinks: list[Any] = []
 
-    def run(example: str, *extra: str, worker_class: str = "sync") -> Gunicorn:
+    def run(
+        example: str,
+        *extra: str,
+        worker_class: str = "sync",
+        env: dict[str, str] | None = None,
+        multiproc: bool = True,
+        hooks: bool = True,
+    ) -> Gunicorn:
         logs = JsonLinesReceiver()
         logs.start()
         _OtlpSink.spans = Counter()
@@ -142,11 +160,9 @@ def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
         threading.Thread(target=otlp.serve_forever, daemon=True).start()
         sinks.extend([logs, otlp])
         conf = tmp_path / "gunicorn.conf.py"
-        conf.write_text(HOOKS)
-        port = free_port()
-        env = {
+        conf.write_text(HOOKS if hooks else "")
+        full_env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))},
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
             "PYOBS_LOGSTASH_HOST": "127.0.0.1",
             "PYOBS_LOGSTASH_PORT": str(logs.port),
             "PYOBS_LOG_SPOOL_DIR": str(tmp_path / "spool"),
@@ -154,27 +170,38 @@ def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{otlp.server_port}/v1/traces",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "PYTHONPATH": str(ROOT),
+            **(env or {}),
         }
-        (tmp_path / "metrics").mkdir(exist_ok=True)
+        full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if multiproc:
+            full_env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+            (tmp_path / "metrics").mkdir(exist_ok=True)
         errors = tmp_path / f"gunicorn-{len(started)}.err"  # a file: a full pipe would block
-        with errors.open("wb") as stderr:
+        output = tmp_path / f"gunicorn-{len(started)}.out"
+        # gunicorn takes over a socket already listening on a port the kernel chose: no race.
+        listener = listening_socket()
+        port = listener.getsockname()[1]
+        with errors.open("wb") as stderr, output.open("wb") as stdout:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(WORKERS),
-                 "-k", worker_class, "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
-                 *extra, "app:app"],
+                 "-k", worker_class, "-b", f"fd://{listener.fileno()}", "--graceful-timeout",
+                 "5", *extra, "app:app"],
                 cwd=ROOT / "examples" / example,
-                env=env,
-                stdout=subprocess.DEVNULL,
+                env=full_env,
+                stdout=stdout,
                 stderr=stderr,
+                pass_fds=(listener.fileno(),),
+                start_new_session=True,
             )  # fmt: skip
+        listener.close()
         server = Gunicorn(
-            proc, f"http://127.0.0.1:{port}", logs, _OtlpSink.spans, tmp_path / "metrics"
+            proc, f"http://127.0.0.1:{port}", logs, _OtlpSink.spans, tmp_path / "metrics", output
         )
         started.append(server)
 
         def up() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {errors.read_text()[-2000:]}")
+                raise BootFailed(errors.read_text()[-3000:])
             try:
                 return server.get("/health") == 200 and len(server.workers()) == WORKERS
             except OSError:
@@ -185,13 +212,7 @@ def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
 
     yield run
     for server in started:
-        if server.proc.poll() is None:
-            server.proc.send_signal(signal.SIGTERM)
-            try:
-                server.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
-                server.proc.wait()
+        kill_tree(server.proc, grace=15)
     for sink in sinks:
         if isinstance(sink, JsonLinesReceiver):
             sink.stop()
@@ -275,8 +296,8 @@ def test_dead_workers_live_gauges_do_not_linger(gunicorn_run: Any) -> None:
 
     with ThreadPoolExecutor(WORKERS) as pool:
         pending = [pool.submit(_quietly, server, "/slow") for _ in range(WORKERS)]
-        time.sleep(0.15)  # the workers are inside /slow (0.3 s): their gauges read 1
-        assert live_files(before)
+        # The workers are inside /slow (0.3 s) once their live gauges have files.
+        _wait(lambda: bool(live_files(before)), 10, "the workers to enter /slow")
         for pid in before:
             os.kill(pid, signal.SIGKILL)
         for future in pending:
@@ -295,3 +316,61 @@ def _quietly(server: Gunicorn, path: str) -> int:
         return server.get(path)
     except OSError:
         return 0  # the worker was killed under it
+
+
+def _own_port_run(gunicorn_run: Any, **kwargs: Any) -> tuple[Gunicorn, int]:
+    """Flask under gunicorn --preload with PYOBS_METRICS_PORT on a free port (retried)."""
+
+    def start(port: int) -> tuple[Gunicorn, int]:
+        server = gunicorn_run("flask", "--preload", env={"PYOBS_METRICS_PORT": str(port)}, **kwargs)
+        if "is taken by another program" in server.stdout.read_text():
+            kill_tree(server.proc)
+            raise PortTaken(str(port))
+        return server, port
+
+    return start_with_retry(start)
+
+
+def test_preload_with_metrics_port_and_multiproc_dir_counts_every_request(
+    gunicorn_run: Any,
+) -> None:
+    """--preload + PYOBS_METRICS_PORT + PROMETHEUS_MULTIPROC_DIR: the port shows every request."""
+    import_or_require("flask")
+    server, port = _own_port_run(gunicorn_run)
+    total = _drive(server)
+    _wait(
+        lambda: _value(server.scrape(port), "http_server_request_duration_seconds_count") >= total,
+        5,
+        "the last requests to be recorded",
+    )
+    assert _value(server.scrape(port), "http_server_request_duration_seconds_count") == total
+
+
+def test_preload_with_metrics_port_without_multiproc_dir_refuses_to_start(
+    gunicorn_run: Any,
+) -> None:
+    """With the pyobs.gunicorn hooks, that setup stops gunicorn with the fix, not empty metrics."""
+    import_or_require("flask")
+    with pytest.raises(BootFailed) as failed:
+        _own_port_run(gunicorn_run, multiproc=False)
+    message = str(failed.value)
+    assert "is served by the gunicorn master" in message
+    assert "set PROMETHEUS_MULTIPROC_DIR to an empty directory" in message
+
+
+def test_preload_with_metrics_port_without_hooks_logs_the_fix_in_every_worker(
+    gunicorn_run: Any,
+) -> None:
+    """Without the hooks, every worker logs an error that names PROMETHEUS_MULTIPROC_DIR."""
+    import_or_require("flask")
+    server, _ = _own_port_run(gunicorn_run, multiproc=False, hooks=False)
+
+    def errors() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in server.stdout.read_text().splitlines() if line]
+        return [
+            line for line in lines
+            if line.get("log.level") == "error" and "PROMETHEUS_MULTIPROC_DIR" in line["message"]
+        ]  # fmt: skip
+
+    found = _wait(lambda: len(errors()) >= WORKERS and errors(), 10, "every worker's error")
+    assert {e["process.pid"] for e in found} == set(server.workers())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from pyobs.metrics import DURATION_BUCKETS, SIZE_BUCKETS, PyobsMetrics
@@ -22,6 +23,8 @@ def _samples(metrics: PyobsMetrics, prefix: str) -> list[tuple[str, dict[str, st
 def test_request_path_matches_prometheus_client() -> None:
     """Direct updates fill the same buckets, sums and exemplars as Histogram.observe."""
     ours, theirs = PyobsMetrics(CollectorRegistry()), PyobsMetrics(CollectorRegistry())
+    assert theirs.response_size is not None
+    assert theirs.request_size is not None
     values = [0.0, 0.005, 0.0050001, 0.3, 1.0, 9.99, 10.0, 11.0, 1e9, *DURATION_BUCKETS]
     sizes = [0, 1, 100, 101, 99_999, 10**9, *SIZE_BUCKETS]
     for i, value in enumerate(values):
@@ -96,3 +99,103 @@ def test_unknown_layout_falls_back_to_the_public_api() -> None:
     metrics.request_finished("GET", "/x", 200, 0.25, 7, "ab" * 16)
     metrics.request_body("GET", "/x", 3)
     assert (duration.seen, size.seen, active.seen, body.seen) == ([0.25], [7], [1, -1], [3])
+
+
+def test_direct_writes_are_on_for_the_tested_versions() -> None:
+    """The shortcut is active on the installed prometheus_client: fails if it silently turns off."""
+    from pyobs import metrics as metrics_module
+
+    metrics_module._direct_ok = None
+    assert metrics_module.direct_values_ok()
+    metrics = PyobsMetrics(CollectorRegistry())
+    metrics.request_started("GET")
+    metrics.request_finished("GET", "/x", 200, 0.1, 5)
+    assert metrics._series[("GET", "/x", 200)].direct is not None
+
+
+def _recorded(metrics: PyobsMetrics) -> tuple[float | None, float | None, float | None]:
+    labels = {"http_request_method": "GET", "http_route": "/x", "http_response_status_code": "200"}
+    get = metrics.registry.get_sample_value
+    return (
+        get("http_server_request_duration_seconds_count", labels),
+        get("http_server_response_body_size_bytes_sum", labels),
+        get("http_server_active_requests", {"http_request_method": "GET"}),
+    )
+
+
+def test_renamed_private_value_falls_back_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MutexValue renamed ``_value`` in a release: public API, a warning, exact counts."""
+    import threading as _threading
+
+    from prometheus_client.values import MutexValue
+
+    from pyobs import metrics as metrics_module
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        self._v, self._exemplar, self._lock = 0.0, None, _threading.Lock()
+
+    def inc(self: Any, amount: float) -> None:
+        with self._lock:
+            self._v += amount
+
+    def set_(self: Any, value: float, timestamp: float | None = None) -> None:
+        self._v = value
+
+    monkeypatch.setattr(MutexValue, "__init__", init)
+    monkeypatch.setattr(MutexValue, "inc", inc)
+    monkeypatch.setattr(MutexValue, "set", set_)
+    monkeypatch.setattr(MutexValue, "get", lambda self: self._v)
+    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+    with caplog.at_level("WARNING", logger="pyobs.internal"):
+        metrics = PyobsMetrics(CollectorRegistry())
+        for _ in range(3):
+            metrics.request_started("GET")
+            metrics.request_finished("GET", "/x", 200, 0.1, 5)
+    assert not metrics_module.direct_values_ok()
+    assert "public API" in caplog.text
+    assert _recorded(metrics) == (3, 15, 0)
+    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+
+
+def test_diverging_internals_fall_back_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same private names, new meaning: the first-use check notices; public API used."""
+    from prometheus_client.values import MutexValue
+
+    from pyobs import metrics as metrics_module
+
+    original_inc: Any = MutexValue.inc
+    # A release that stores half the amount and doubles it when read: the layout check passes.
+    monkeypatch.setattr(MutexValue, "inc", lambda self, amount: original_inc(self, amount / 2))
+    monkeypatch.setattr(MutexValue, "get", lambda self: self._value * 2)
+    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+    with caplog.at_level("WARNING", logger="pyobs.internal"):
+        metrics = PyobsMetrics(CollectorRegistry())
+        for _ in range(3):
+            metrics.request_started("GET")
+            metrics.request_finished("GET", "/x", 200, 0.1, 5)
+    assert not metrics_module.direct_values_ok()
+    assert "public API" in caplog.text
+    assert _recorded(metrics) == (3, 15, 0)
+    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+
+
+def test_untested_version_uses_the_public_api(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A prometheus_client outside the tested range never takes the shortcut, and says so."""
+    from pyobs import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "_prometheus_client_version", lambda: (9, 0))
+    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+    with caplog.at_level("WARNING", logger="pyobs.internal"):
+        metrics = PyobsMetrics(CollectorRegistry())
+        metrics.request_started("GET")
+        metrics.request_finished("GET", "/x", 200, 0.1, 5)
+    assert metrics._series[("GET", "/x", 200)].direct is None
+    assert "outside the versions" in caplog.text
+    assert _recorded(metrics) == (1, 5, 0)
+    monkeypatch.setattr(metrics_module, "_direct_ok", None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -21,25 +20,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import import_or_require, require_service
+from tests.helpers import health_ready, http_status, kill_tree, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 ROUTES = {"fastapi": "/items/{item_id}", "flask": "/items/<int:item_id>"}
 CONTRACT_LABELS = {"http_request_method", "http_route", "http_response_status_code"}
 SCRAPE_SECONDS = 1
 DEADLINE_SECONDS = 40.0  # the whole live run: start, traffic, scrapes, queries
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(
@@ -51,10 +44,6 @@ def _get(
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
-
-
-def _healthy(base: str) -> bool:
-    return _get(f"{base}/health")[0] == 200
 
 
 def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -115,7 +104,7 @@ class LiveRun:
 
 
 def _start_example(framework: str, tmp: Path) -> Service:
-    port = _free_port()
+    """The example on a free port (another one when the port is taken before it binds)."""
     stderr_path = tmp / f"{framework}.stderr"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))},
@@ -123,21 +112,15 @@ def _start_example(framework: str, tmp: Path) -> Service:
         "OTEL_TRACES_EXPORTER": "console",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
-    with (tmp / f"{framework}.stdout").open("wb") as out, stderr_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "examples" / framework / "app.py"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=str(tmp),
-        )
+    app = str(REPO / "examples" / framework / "app.py")
+    proc, port = start_server(
+        lambda port: [sys.executable, app, "--host", "127.0.0.1", "--port", str(port)],
+        health_ready,
+        tmp / f"{framework}.stdout",
+        stderr_log=stderr_path,
+        env=env,
+        cwd=str(tmp),
+    )
     return Service(framework, port, proc, stderr_path)
 
 
@@ -188,30 +171,26 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     stop = threading.Event()
     threads: list[threading.Thread] = []
     try:
-        services = {fw: _start_example(fw, tmp) for fw in ROUTES}
-        procs += [s.proc for s in services.values()]
-        prom_port = _free_port()
-        prom_log = (tmp / "prometheus.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={_prometheus_config(tmp, services)}",
-                    f"--storage.tsdb.path={tmp / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                    "--enable-feature=exemplar-storage",
-                    "--log.level=warn",
-                ],
-                stdout=prom_log,
-                stderr=prom_log,
-                cwd=str(tmp),
-            )
+        services: dict[str, Service] = {}
+        for fw in ROUTES:
+            services[fw] = _start_example(fw, tmp)
+            procs.append(services[fw].proc)
+        config = _prometheus_config(tmp, services)
+        prom, prom_port = start_server(
+            lambda port: [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--enable-feature=exemplar-storage",
+                "--log.level=warn",
+            ],
+            lambda port: http_status(f"http://127.0.0.1:{port}/-/ready") == 200,
+            tmp / "prometheus.log",
+            cwd=str(tmp),
         )
-        prom_log.close()
+        procs.append(prom)
         run = LiveRun(f"http://127.0.0.1:{prom_port}", services)
-        for s in services.values():
-            _wait(partial(_healthy, s.base), 20, f"{s.framework} example")
-        _wait(lambda: _get(f"{run.prometheus}/-/ready")[0] == 200, 20, "Prometheus ready")
         threads = [
             threading.Thread(
                 target=_traffic.run,
@@ -237,13 +216,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         for t in threads:
             t.join(timeout=10)
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            kill_tree(proc, grace=10)
 
 
 @pytest.mark.service

@@ -320,6 +320,29 @@ def _alerts() -> tuple[Alert, ...]:
             labels={"notify": "ticket"},
         ),
         Alert(
+            name="PyobsLogsRejected",
+            any_of=(
+                (
+                    Condition(
+                        "sum by (service) "
+                        '(increase(pyobs_log_shipper_events_total{outcome="rejected"}[15m]))',
+                        ">",
+                        0,
+                    ),
+                ),
+            ),
+            for_="1m",
+            severity="warning",
+            summary="Elasticsearch rejects log events of {{ $labels.service }}",
+            description=(
+                "{{ $value | humanize }} log events of {{ $labels.service }} were refused by "
+                "Elasticsearch in the last 15 minutes and kept in the failure store: "
+                'Kibana\'s "pyobs: rejected log events" shows them and why.'
+            ),
+            dashboard=RUNTIME_UID,
+            labels={"notify": "ticket"},
+        ),
+        Alert(
             name="PyobsWatchdog",
             any_of=((Condition("vector(1)", ">", 0),),),
             for_="0s",

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pyobs._ecs_fields import FIELD_TYPES as ECS_FIELD_TYPES
 from pyobs._resources import repo_file
 
 DATA_STREAM_PATTERN = "logs-pyobs-*"
@@ -92,7 +93,23 @@ FIELDS: dict[str, str] = {
     "data_stream.type": "keyword",
     "data_stream.dataset": "keyword",
     "data_stream.namespace": "keyword",
+    # Not ECS: the application's extras that are neither ECS-typed nor scalar (CONTRACT §5).
+    "pyobs.extra": "flattened",
 }
+# Fields outside ECS that pyobs emits, with their type.
+NON_ECS_FIELDS = {"http.route": "keyword", "pyobs.extra": "flattened"}
+# ECS types -> the type of the same family a minimal Elasticsearch has (mapper-extras and
+# the wildcard/constant_keyword plugins may be missing; the queries stay the same).
+TYPE_FAMILY = {
+    "match_only_text": "text",
+    "wildcard": "keyword",
+    "constant_keyword": "keyword",
+    "scaled_float": "float",
+}
+# Types where a malformed value can be skipped and the rest of the document kept. Never on
+# @timestamp: a data stream refuses a template that allows it there.
+_IGNORE_MALFORMED = {"long", "float", "date", "ip", "boolean", "geo_point"}
+FAILURE_RETENTION = "30d"
 
 # Long free text stays searchable as text; the keyword side keeps exact matches short.
 _TEXT_SUBFIELD = {"user_agent.original", "error.stack_trace", "url.full", "url.original"}
@@ -105,6 +122,11 @@ def _leaf(name: str, es_type: str) -> dict[str, Any]:
     leaf: dict[str, Any] = {"type": es_type}
     if es_type == "keyword":
         leaf["ignore_above"] = _IGNORE_ABOVE.get(name, 1024)
+    elif es_type == "flattened":
+        # Long leaves are kept in _source, not indexed, instead of failing the document.
+        leaf["ignore_above"] = 1024
+    elif es_type in _IGNORE_MALFORMED and name != "@timestamp":
+        leaf["ignore_malformed"] = True
     if name in _TEXT_SUBFIELD:
         leaf["fields"] = {"text": {"type": "text"}}
     return leaf
@@ -122,6 +144,27 @@ def mapping_properties(fields: dict[str, str]) -> dict[str, Any]:
     return root
 
 
+def ecs_dynamic_templates() -> list[dict[str, Any]]:
+    """ECS fields pyobs does not map itself get their ECS type when a record first carries one.
+
+    Strings need no template (they become keywords below); every other ECS type is listed by
+    path, so `source.ip` is an ip and `event.start` a date, with malformed values skipped.
+    """
+    by_type: dict[str, list[str]] = {}
+    for name, ecs_type in sorted(ECS_FIELD_TYPES.items()):
+        es_type = TYPE_FAMILY.get(ecs_type, ecs_type)
+        if name in FIELDS or es_type in {"keyword", "object", "nested", "flattened"}:
+            continue
+        by_type.setdefault(es_type, []).append(name)
+    templates = []
+    for es_type, names in sorted(by_type.items()):
+        mapping: dict[str, Any] = {"type": es_type}
+        if es_type in _IGNORE_MALFORMED:
+            mapping["ignore_malformed"] = True
+        templates.append({f"ecs_{es_type}": {"path_match": names, "mapping": mapping}})
+    return templates
+
+
 def index_template(retention: str = DEFAULT_RETENTION) -> dict[str, Any]:
     """Composable template for the `logs-pyobs-<namespace>` data streams."""
     return {
@@ -130,18 +173,41 @@ def index_template(retention: str = DEFAULT_RETENTION) -> dict[str, Any]:
         "data_stream": {},
         "_meta": {"managed_by": "pyobs", "description": "ECS logs shipped by pyobs"},
         "template": {
-            "settings": {"index": {"codec": "best_compression"}},
+            "settings": {
+                "index": {
+                    "codec": "best_compression",
+                    # Too many distinct extras: the surplus stays in _source, unindexed,
+                    # instead of the document being refused.
+                    "mapping": {"total_fields": {"ignore_dynamic_beyond_limit": True}},
+                }
+            },
             "lifecycle": {"data_retention": retention},
+            # Documents Elasticsearch still refuses are kept beside the data stream
+            # (`logs-pyobs-*::failures`, Elasticsearch 8.19+), with their own retention.
+            "data_stream_options": {
+                "failure_store": {
+                    "enabled": True,
+                    "lifecycle": {"data_retention": FAILURE_RETENTION},
+                }
+            },
             "mappings": {
                 "dynamic": True,
-                # Unknown strings (extra= fields, labels) become keywords, as in ECS.
                 "dynamic_templates": [
+                    # labels.* are strings by contract: always keyword.
+                    {
+                        "labels_as_keyword": {
+                            "path_match": "labels.*",
+                            "mapping": {"type": "keyword", "ignore_above": 1024},
+                        }
+                    },
+                    *ecs_dynamic_templates(),
+                    # Other strings (ECS keyword fields passed through) become keywords.
                     {
                         "strings_as_keyword": {
                             "match_mapping_type": "string",
                             "mapping": {"type": "keyword", "ignore_above": 1024},
                         }
-                    }
+                    },
                 ],
                 "properties": mapping_properties(FIELDS),
             },
@@ -149,31 +215,79 @@ def index_template(retention: str = DEFAULT_RETENTION) -> dict[str, Any]:
     }
 
 
-def failure_template() -> dict[str, Any]:
-    """Template for the index the pipeline sends events to when a processor fails.
+def failure_template(retention: str = FAILURE_RETENTION) -> dict[str, Any]:
+    """Template for the failure data stream: events the pipeline or Elasticsearch refused.
 
-    Only a few fields are indexed; everything else is kept in `_source` unparsed, so an event
-    whose fields broke the pipeline cannot fail again on the mapping.
+    The ingest pipeline's on_failure branch, Logstash's dead-letter drain and the direct
+    shipper write here, each with `error.type`/`error.message` and, where it has it, the
+    refused event as JSON text in `event.original`. Only these few fields are indexed;
+    everything else stays in `_source` unparsed, so an event that was refused for its shape
+    cannot be refused again. A data stream with a lifecycle: kept `retention`, then deleted.
     """
     fields = {
         "@timestamp": "date",
         "event.ingested": "date",
         "event.kind": "keyword",
         "event.id": "keyword",
+        "event.dataset": "keyword",
         "error.message": "text",
         "error.type": "keyword",
         "service.name": "keyword",
         "message": "text",
     }
     props = mapping_properties(fields)
-    props["@timestamp"]["ignore_malformed"] = True
-    props["service"]["properties"]["name"]["ignore_above"] = 1024
+    # ECS: the raw event is kept, not indexed.
+    props["event"]["properties"]["original"] = {
+        "type": "keyword",
+        "index": False,
+        "doc_values": False,
+    }
     return {
         "index_patterns": [f"{FAILURE_INDEX}*"],
         "priority": TEMPLATE_PRIORITY,
-        "_meta": {"managed_by": "pyobs", "description": "events the pyobs-logs pipeline rejected"},
-        "template": {"mappings": {"dynamic": False, "properties": props}},
+        "data_stream": {},
+        "_meta": {"managed_by": "pyobs", "description": "pyobs log events that were refused"},
+        "template": {
+            "lifecycle": {"data_retention": retention},
+            "mappings": {"dynamic": False, "properties": props},
+        },
     }
+
+
+def failure_document(
+    original: str | dict[str, Any],
+    error_type: str,
+    error_message: str,
+    timestamp: str,
+) -> dict[str, Any]:
+    """A refused event as the failure data stream keeps it (the shape the dead-letter drain
+    writes too): the reason, the ids to find it by, and the event itself as JSON text.
+
+    ``original`` is the event (a dict or its JSON line); ``timestamp`` the time of the
+    refusal in ISO 8601. Only strings are copied into indexed fields, so the document
+    cannot be refused for its shape again.
+    """
+    text = original if isinstance(original, str) else json.dumps(original, default=str)
+    try:
+        event = original if isinstance(original, dict) else json.loads(original)
+    except ValueError:
+        event = {}
+    if not isinstance(event, dict):
+        event = {}
+    doc: dict[str, Any] = {
+        "@timestamp": timestamp,
+        "event": {"kind": "pipeline_error", "dataset": "pyobs.rejected", "original": text},
+        "error": {"type": error_type, "message": error_message},
+    }
+    event_id = event.get("event.id")
+    if isinstance(event_id, str):
+        doc["event"]["id"] = event_id
+    service = event.get("service.name")
+    if isinstance(service, str):
+        doc["service"] = {"name": service}
+    if isinstance(event.get("message"), str):
+        doc["message"] = event["message"]
+    return doc
 
 
 _PIPELINE_READS = ("log.level", "trace.id", "span.id", "user_agent.original", "event.id")
@@ -234,6 +348,10 @@ def ingest_pipeline() -> dict[str, Any]:
         ],
         "on_failure": [
             {"set": {"field": "event.kind", "value": "pipeline_error"}},
+            # The failure data stream needs a valid @timestamp: the event's own may be what
+            # failed, so it is kept in event.created and the failure time takes its place.
+            {"set": {"field": "event.created", "value": "{{{@timestamp}}}"}},
+            {"set": {"field": "@timestamp", "value": "{{{_ingest.timestamp}}}"}},
             {"set": {"field": "error.message", "value": "{{{_ingest.on_failure_message}}}"}},
             {
                 "set": {

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyobs._elk.assets import DATA_STREAM_PATTERN
+from pyobs._elk.assets import DATA_STREAM_PATTERN, FAILURE_INDEX
 
 DATA_VIEW_ID = "pyobs-logs"
+# Refused events: the failure data stream (ingest pipeline failures, Logstash's dead-letter
+# drain, the direct shipper) and the data streams' own failure stores (Elasticsearch 8.19+).
+FAILURES_VIEW_ID = "pyobs-logs-failures"
+FAILURES_PATTERN = f"{FAILURE_INDEX}*,{DATA_STREAM_PATTERN}::failures"
 DASHBOARD_ID = "pyobs-logs-dashboard"
 NDJSON_PATH = "elk/kibana/pyobs-logs.ndjson"
 # Versions of the object formats below; Kibana migrates them forward on import.
@@ -34,6 +38,7 @@ class SavedSearch:
     query: str
     columns: tuple[str, ...]
     sort_order: str = "desc"
+    view: str = DATA_VIEW_ID
 
 
 SEARCHES = (
@@ -69,18 +74,22 @@ SEARCHES = (
             "client.ip",
         ),
     ),
+    SavedSearch(
+        "pyobs-rejected",
+        "pyobs: rejected log events",
+        "error.type:*",
+        # document.* are the failure store's fields, the others the failure stream's.
+        ("error.type", "error.message", "service.name", "event.id", "document.index"),
+        view=FAILURES_VIEW_ID,
+    ),
 )
 
 
-def _data_view() -> dict[str, Any]:
+def _data_view(view_id: str, title: str, name: str) -> dict[str, Any]:
     return {
         "type": "index-pattern",
-        "id": DATA_VIEW_ID,
-        "attributes": {
-            "title": DATA_STREAM_PATTERN,
-            "name": "pyobs logs",
-            "timeFieldName": "@timestamp",
-        },
+        "id": view_id,
+        "attributes": {"title": title, "name": name, "timeFieldName": "@timestamp"},
         "references": [],
     }
 
@@ -105,7 +114,7 @@ def _search(search: SavedSearch) -> dict[str, Any]:
             {
                 "name": "kibanaSavedObjectMeta.searchSourceJSON.index",
                 "type": "index-pattern",
-                "id": DATA_VIEW_ID,
+                "id": search.view,
             }
         ],
     }
@@ -134,7 +143,7 @@ def _dashboard() -> dict[str, Any]:
         "id": DASHBOARD_ID,
         "attributes": {
             "title": "pyobs: logs",
-            "description": "Errors, slow requests and the access log of every pyobs service.",
+            "description": "Errors, slow requests, the access log and rejected events of pyobs.",
             "panelsJSON": json.dumps(panels),
             "optionsJSON": json.dumps({"useMargins": True, "hidePanelTitles": False}),
             "timeRestore": True,
@@ -152,7 +161,12 @@ def _dashboard() -> dict[str, Any]:
 
 def saved_objects() -> list[dict[str, Any]]:
     """Every object, referenced ones first."""
-    objects = [_data_view(), *(_search(s) for s in SEARCHES), _dashboard()]
+    objects = [
+        _data_view(DATA_VIEW_ID, DATA_STREAM_PATTERN, "pyobs logs"),
+        _data_view(FAILURES_VIEW_ID, FAILURES_PATTERN, "pyobs rejected log events"),
+        *(_search(s) for s in SEARCHES),
+        _dashboard(),
+    ]
     for obj in objects:
         obj["coreMigrationVersion"] = _CORE_MIGRATION
         obj["typeMigrationVersion"] = _TYPE_MIGRATION[obj["type"]]

@@ -101,6 +101,89 @@ def _existing_lifecycle(es: Any, retention: str) -> Step:
     return Step(name, True, f"{len(streams)} updated")
 
 
+# A fixed id (Kibana takes only a UUID here) makes the rule one object however often setup runs.
+REJECTED_RULE_ID = "5b0d6c1e-3f0a-4c8e-9d57-7e1f0b6a2c41"
+REJECTED_RULE_NAME = "pyobs: log events rejected by Elasticsearch"
+
+
+def rejected_rule() -> dict[str, Any]:
+    """The Kibana Elasticsearch-query rule that fires when refused log events were kept.
+
+    It counts documents in the failure data stream (Logstash's dead-letter drain, the
+    ingest pipeline's failures, the direct shipper) and in the data streams' failure stores
+    over the last 15 minutes: the alert for the Logstash path, where the shipper cannot see
+    rejections. Prometheus's PyobsLogsRejected covers the direct path.
+    """
+    from pyobs._elk.kibana import FAILURES_PATTERN
+
+    return {
+        "name": REJECTED_RULE_NAME,
+        "tags": ["pyobs"],
+        "rule_type_id": ".es-query",
+        "consumer": "stackAlerts",
+        "schedule": {"interval": "5m"},
+        "params": {
+            "searchType": "esQuery",
+            "index": FAILURES_PATTERN.split(","),
+            "timeField": "@timestamp",
+            "esQuery": json.dumps({"query": {"match_all": {}}}),
+            "size": 10,
+            "threshold": [0],
+            "thresholdComparator": ">",
+            "timeWindowSize": 15,
+            "timeWindowUnit": "m",
+            "excludeHitsFromPreviousRun": True,
+        },
+        "actions": [],
+    }
+
+
+def _kibana_request(
+    kibana_url: str, method: str, path: str, body: bytes, content_type: str, timeout: float
+) -> Any:
+    """One Kibana API call with its xsrf header and the URL's credentials; the JSON answer."""
+    clean, auth = split_credentials(kibana_url)
+    headers = {"kbn-xsrf": "pyobs", "Content-Type": content_type}
+    if auth is not None:
+        import base64
+
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    url = clean.rstrip("/") + path
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def kibana_rule(kibana_url: str, timeout: float = 30.0) -> Step:
+    """Create (or update) the rejected-events rule through Kibana's alerting API."""
+    name = f"Kibana rule {REJECTED_RULE_NAME!r}"
+    rule = rejected_rule()
+    path = f"/api/alerting/rule/{REJECTED_RULE_ID}"
+    try:
+        clean = split_credentials(kibana_url)[0]
+        try:
+            _kibana_request(
+                kibana_url, "POST", path, json.dumps(rule).encode(), "application/json", timeout
+            )
+            return Step(name, True, "created")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                return Step(name, False, f"Kibana answered {exc.code}: {exc.read()[:300]!r}")
+        # It exists: update what may change (type and consumer cannot).
+        update = {k: v for k, v in rule.items() if k not in {"rule_type_id", "consumer"}}
+        _kibana_request(
+            kibana_url, "PUT", path, json.dumps(update).encode(), "application/json", timeout
+        )
+    except ElkError as exc:
+        return Step(name, False, str(exc))
+    except urllib.error.HTTPError as exc:
+        return Step(name, False, f"Kibana answered {exc.code}: {exc.read()[:300]!r}")
+    except (OSError, ValueError) as exc:
+        return Step(name, False, f"cannot reach Kibana at {clean} ({exc})")
+    return Step(name, True, "updated")
+
+
 def kibana_import(kibana_url: str, timeout: float = 30.0) -> Step:
     """Import elk/kibana/*.ndjson through Kibana's saved objects API (overwriting ours)."""
     name = "Kibana saved objects (data view, searches, dashboard)"

@@ -20,7 +20,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Installs the pyobs-logs ingest pipeline, the logs-pyobs index template (data "
             "streams logs-pyobs-<namespace>, ECS mappings, retention), the template of the "
-            "failure index, and with --kibana the data view, saved searches and dashboard. "
+            "failure data stream, and with --kibana the data views, saved searches, dashboard "
+            "and the rule that alerts on rejected log events. "
             "Safe to run again. Credentials go in the URLs: http://elastic:PASS@host:9200. "
             "Needs the elk extra: pip install 'pyobs[elk]'."
         ),
@@ -49,7 +50,12 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def handle_setup(args: argparse.Namespace) -> int:
     """Run every step, print one line per step, exit 1 if any failed."""
     from pyobs._elk.client import connect, split_credentials
-    from pyobs._elk.setup import check_retention, install_elasticsearch, kibana_import
+    from pyobs._elk.setup import (
+        check_retention,
+        install_elasticsearch,
+        kibana_import,
+        kibana_rule,
+    )
 
     try:
         retention = check_retention(args.retention)
@@ -62,6 +68,7 @@ def handle_setup(args: argparse.Namespace) -> int:
     steps = install_elasticsearch(es, retention, pipeline=not args.without_pipeline, url=shown)
     if args.kibana:
         steps.append(kibana_import(args.kibana))
+        steps.append(kibana_rule(args.kibana))
     for step in steps:
         mark = "ok  " if step.ok else "FAIL"
         detail = f" ({step.detail})" if step.detail else ""

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,19 +27,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import PortTaken, free_port, port_taken_in, start_with_retry
+
+__all__ = ["Es8Node", "IngestNode", "free_port", "http_json"]
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "elasticsearch"
 ES_VERSION = "8.19.21"
 RUNNER_VERSION = "7.10.2.0"
 ES_USER = "pyobs-es"
 START_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any:
@@ -60,11 +57,20 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 30.0) ->
         raise RuntimeError(f"{method} {url} -> {exc.code}: {payload[:2000]!r}") from exc
 
 
+def _check_running(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Raise PortTaken when the node could not bind its port (start again elsewhere)."""
+    tail = _tail(log)
+    if port_taken_in(tail) or re.search(r"The http port \d+ is unavailable", tail):
+        lines = [line for line in tail.splitlines() if port_taken_in(line)]
+        raise PortTaken((lines or [tail[-500:]])[0][:500])
+    if proc.poll() is not None:
+        raise RuntimeError(f"Elasticsearch exited with {proc.returncode}: {_tail(log)}")
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Elasticsearch exited with {proc.returncode}: {_tail(log)}")
+        _check_running(proc, log)
         try:
             health = http_json("GET", f"{url}/_cluster/health?wait_for_status=yellow&timeout=2s")
             if health.get("status") in {"green", "yellow"}:
@@ -118,14 +124,20 @@ class Es8Node:
         return None
 
     def start(self) -> str:
-        """Start the node and return its base URL once the cluster is yellow or green."""
+        """Start the node and return its base URL once the cluster is yellow or green.
+
+        The two ports are picked free, but another process may bind one while the JVM starts:
+        then the node starts again on two new ports.
+        """
+        return start_with_retry(self._start_on, ports=2)
+
+    def _start_on(self, port: int, transport: int) -> str:
         # A world-traversable directory: as root the node runs as an unprivileged user.
         self.workdir = Path(tempfile.mkdtemp(prefix="pyobs-es8-"))
         self.workdir.chmod(0o755)
         home = self.home
         conf = self.workdir / "config"
         shutil.copytree(home / "config", conf)
-        port, transport = free_port(), free_port()
         (conf / "elasticsearch.yml").write_text(
             f"cluster.name: pyobs-test-{uuid.uuid4().hex[:8]}\n"
             "node.name: pyobs-test-1\n"
@@ -222,16 +234,23 @@ class IngestNode:
         return None
 
     def start(self) -> str:
-        """Start the node and return its base URL."""
+        """Start the node and return its base URL (again on other ports when a bind fails)."""
+        return start_with_retry(self._start_on, ports=0)
+
+    def _start_on(self) -> str:
         self.workdir = Path(tempfile.mkdtemp(prefix="pyobs-es7-"))
         log = self.workdir / "stdout.log"
-        # The runner scans upward from the base port for a free one and logs what it bound.
+        # The runner's command line cannot leave 9200-9299: it takes the first port above its
+        # base that nothing answers on and logs what it bound (the transport port comes from
+        # Elasticsearch's own 9300-9400 range, which skips taken ports). A random base spreads
+        # parallel runs; a port taken between the runner's check and the bind starts it again.
+        base = random.randint(9200, 9280)
         cmd = [
             "java", "-Xms256m", "-Xmx384m", "-XX:TieredStopAtLevel=1", "-cp", f"{self.lib}/*",
             "org.codelibs.elasticsearch.runner.ElasticsearchClusterRunner",
             "-basePath", str(self.workdir / "base"), "-numOfNode", "1",
             # A cluster name of its own: same-named nodes on this host would try to join.
-            "-baseHttpPort", "9200", "-clusterName", f"pyobs-ingest-{uuid.uuid4().hex[:8]}",
+            "-baseHttpPort", str(base), "-clusterName", f"pyobs-ingest-{uuid.uuid4().hex[:8]}",
         ]  # fmt: skip
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -241,7 +260,8 @@ class IngestNode:
         pattern = re.compile(r"AbstractHttpServerTransport.*publish_address \{127\.0\.0\.1:(\d+)\}")
         try:
             while not self.url:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
+                _check_running(self.proc, log)
+                if time.monotonic() > deadline:
                     raise RuntimeError(f"ingest node did not start: {_tail(log)}")
                 match = pattern.search(_tail(log))
                 if match:

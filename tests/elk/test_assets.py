@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from pyobs._elk import assets, kibana
-from tests.conftest import require_service
 from tests.elk.esnodes import http_json
 from tests.elk.helpers import (
     bulk_create,
@@ -23,13 +22,12 @@ from tests.elk.helpers import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-ECS_CSV = REPO.parent / "shared" / "ecs" / "ecs-8.17.0-fields.csv"
+ECS_CSV = REPO / "tests" / "data" / "ecs-8.17.0-fields.csv"
 # ECS types and the type of the same family a minimal Elasticsearch has (see assets.FIELDS).
-FAMILY = {"match_only_text": "text", "wildcard": "keyword", "constant_keyword": "keyword"}
+FAMILY = assets.TYPE_FAMILY
 
 
 def _ecs_types() -> dict[str, str]:
-    require_service(ECS_CSV.is_file(), "the official ECS field list (shared/ecs) is missing")
     with ECS_CSV.open(newline="") as handle:
         return {row["Field"]: row["Type"] for row in csv.DictReader(handle)}
 
@@ -44,9 +42,11 @@ def test_committed_assets_match_the_code() -> None:
 def test_field_types_are_the_ecs_types() -> None:
     """Every mapped field is an ECS field with the ECS type (or its family), bar http.route."""
     ecs = _ecs_types()
+    assert assets.NON_ECS_FIELDS == {"http.route": "keyword", "pyobs.extra": "flattened"}
     for name, es_type in assets.FIELDS.items():
-        if name == "http.route":
-            assert es_type == "keyword"
+        if name in assets.NON_ECS_FIELDS:
+            assert es_type == assets.NON_ECS_FIELDS[name]
+            assert name not in ecs
             continue
         assert name in ecs, f"{name} is not an ECS field"
         assert FAMILY.get(ecs[name], ecs[name]) == es_type, name
@@ -102,19 +102,37 @@ def test_real_mapping_has_the_ecs_types(es_with_sample: tuple[str, str, Any]) ->
     assert template["template"]["lifecycle"]["data_retention"] == assets.DEFAULT_RETENTION
     resolved = http_json("GET", f"{es_url}/_resolve/index/{index}")
     assert [d["name"] for d in resolved["data_streams"]] == [index]
+    # The node took the failure store options and gave them to the new data stream.
+    options = template["template"]["data_stream_options"]["failure_store"]
+    assert options["enabled"] is True
+    state = http_json("GET", f"{es_url}/_cluster/state/metadata?filter_path=metadata.data_stream")
+    stream = state["metadata"]["data_stream"]["data_stream"][index]
+    assert stream["options"]["failure_store"]["enabled"] is True
 
 
 def test_kibana_objects_use_only_mapped_fields(es_with_sample: tuple[str, str, Any]) -> None:
-    """Every field a saved search shows or queries exists in the real mapping."""
+    """Every field a saved search shows or queries exists in the real mapping of its data view."""
     es_url, index, _ = es_with_sample
-    types = _mapping_types(es_url, index)
+    failures = _failure_sample(es_url)
+    types_by_view = {
+        kibana.DATA_VIEW_ID: _mapping_types(es_url, index),
+        # document.*: the failure store's own fields (not made here; see _failure_sample).
+        kibana.FAILURES_VIEW_ID: {
+            **_mapping_types(es_url, failures),
+            "document.index": "keyword",
+        },
+    }
     objects = kibana.saved_objects()
-    view = objects[0]
-    assert view["attributes"]["title"] == assets.DATA_STREAM_PATTERN
-    assert types[view["attributes"]["timeFieldName"]] == "date"
+    views = {o["id"]: o for o in objects if o["type"] == "index-pattern"}
+    assert views[kibana.DATA_VIEW_ID]["attributes"]["title"] == assets.DATA_STREAM_PATTERN
+    assert views[kibana.FAILURES_VIEW_ID]["attributes"]["title"] == kibana.FAILURES_PATTERN
+    for view_id, view in views.items():
+        assert types_by_view[view_id][view["attributes"]["timeFieldName"]] == "date"
     for obj in objects:
         if obj["type"] != "search":
             continue
+        (ref,) = obj["references"]
+        types = types_by_view[ref["id"]]
         for column in obj["attributes"]["columns"]:
             assert column in types, f"{obj['id']}: {column}"
         source = json.loads(obj["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
@@ -122,6 +140,53 @@ def test_kibana_objects_use_only_mapped_fields(es_with_sample: tuple[str, str, A
             assert field.strip("(") in types, f"{obj['id']}: {field}"
     refs = {r["id"] for o in objects for r in o["references"]}
     assert refs <= {o["id"] for o in objects}
+
+
+def _failure_sample(es_url: str) -> str:
+    """A failure data stream holding one refused event as the dead-letter drain writes it.
+
+    Elasticsearch's own failure store (`::failures`) cannot be filled here: the test node is
+    the integ-test distribution, which lacks the data-streams module that turns it on.
+    """
+    install_templates(es_url)
+    name = f"{assets.FAILURE_INDEX}-t{uuid.uuid4().hex[:8]}"
+    doc = {
+        "@timestamp": "2026-11-29T10:00:00.000Z",
+        "event": {"kind": "pipeline_error", "dataset": "pyobs.rejected", "id": "e-1",
+                  "original": json.dumps({"client.ip": "unknown"})},
+        "error": {"type": "dead_letter_queue", "message": "failed to parse field [client.ip]"},
+        "service": {"name": "shop"},
+        "message": "refused",
+    }  # fmt: skip
+    counts = bulk_create(es_url, [{"_index": name, "_id": None, "_source": doc}])
+    assert counts["created"] == 1, counts
+    return name
+
+
+def test_rejected_search_finds_refused_events(es_url: str) -> None:
+    """The "rejected log events" search runs on its data view's pattern (failure stream and
+    failure stores together) and finds a refused event with its reason."""
+    name = _failure_sample(es_url)
+    (search,) = [s for s in kibana.SEARCHES if s.view == kibana.FAILURES_VIEW_ID]
+    answer = http_json(
+        "POST",
+        f"{es_url}/{kibana.FAILURES_PATTERN}/_search",
+        {"query": {"bool": {"filter": [
+            {"query_string": {"query": search.query}}, {"term": {"_index": _backing(es_url, name)}},
+        ]}}},
+    )  # fmt: skip
+    (hit,) = answer["hits"]["hits"]
+    assert hit["_source"]["error"]["message"].startswith("failed to parse field")
+    assert json.loads(hit["_source"]["event"]["original"]) == {"client.ip": "unknown"}
+    stream = http_json("GET", f"{es_url}/_index_template/{assets.FAILURE_TEMPLATE_NAME}")
+    template = stream["index_templates"][0]["index_template"]
+    assert template["template"]["lifecycle"]["data_retention"] == assets.FAILURE_RETENTION
+
+
+def _backing(es_url: str, stream: str) -> str:
+    resolved = http_json("GET", f"{es_url}/_resolve/index/{stream}")
+    (data_stream,) = resolved["data_streams"]
+    return str(data_stream["backing_indices"][0])
 
 
 def test_saved_search_queries_run_and_find_their_events(
@@ -206,3 +271,96 @@ def test_duplicate_event_ids_are_stored_once(es_url: str, ingest_url: str) -> No
     assert bulk_create(es_url, docs) == {"created": 1, "duplicates": 1, "errors": 0}
     count = http_json("GET", f"{es_url}/{index}/_count")
     assert count["count"] == 1
+
+
+def _bulk_items(es_url: str, index: str, sources: list[str]) -> list[dict[str, Any]]:
+    """Create each JSON source in ``index`` with one _bulk; the per-item results."""
+    lines = []
+    for source in sources:
+        lines += [json.dumps({"create": {"_index": index}}), source]
+    answer = http_json("POST", f"{es_url}/_bulk?refresh=wait_for", "\n".join(lines) + "\n")
+    return [item["create"] for item in answer["items"]]
+
+
+def test_hostile_extras_are_never_rejected(es_url: str) -> None:
+    """Every hostile record, as pyobs writes it, is indexed by the real node with our template."""
+    import logging
+
+    from pyobs._config import Config
+    from pyobs.logs import ECSFormatter
+    from tests.test_ecs import HOSTILE
+
+    install_templates(es_url)
+    index = f"logs-pyobs-h{uuid.uuid4().hex[:10]}"
+    formatter = ECSFormatter(Config(service_name="hostile"))
+    sources = []
+    for extra in HOSTILE:
+        record = logging.LogRecord("app", logging.INFO, __file__, 1, "hostile", None, None)
+        record.__dict__.update(extra)
+        sources.append(formatter.format(record))
+    items = _bulk_items(es_url, index, sources)
+    assert [i.get("error") for i in items if i["status"] != 201] == []
+    assert len(items) == len(HOSTILE)
+    # Typed where ECS says so: the dynamic templates follow the ECS list.
+    types = _mapping_types(es_url, index)
+    assert types["event.start"] == "date"
+    assert types["labels.order_id"] == types["labels.service"] == "keyword"
+    assert types["pyobs.extra"] == "flattened"
+
+
+def test_the_same_records_unsanitized_are_refused(es_url: str) -> None:
+    """Without pyobs's checks the node refuses the issue's records: the test above can fail."""
+    install_templates(es_url)
+    index = f"logs-pyobs-r{uuid.uuid4().hex[:10]}"
+    raw: list[dict[str, Any]] = [
+        {"service": "billing"},  # a string where service.* is an object
+        {"user": "bob"},
+        {"user": {"id": 7}},  # an object after a string
+        {"order_id": 5},
+        {"order_id": "A-17"},  # a string after a number
+    ]
+    sources = [
+        json.dumps({"@timestamp": "2026-11-29T10:00:00.000Z", "message": "raw", **r}) for r in raw
+    ]
+    statuses = [i["status"] for i in _bulk_items(es_url, index, sources)]
+    assert statuses == [400, 201, 400, 201, 400]
+
+
+def test_pipeline_takes_the_event_id_logstash_nests(ingest_url: str) -> None:
+    """Logstash's filter turns pyobs's flat "event.id" into [event][id]: still the _id."""
+    install_pipeline(ingest_url)
+    doc = {
+        "@timestamp": "2026-11-28T09:03:43.123Z",
+        "log.level": "info",
+        "message": "via logstash",
+        "event": {"id": "nested-1"},
+        "event.dataset": "pyobs.access",
+    }
+    (out,) = run_pipeline(ingest_url, [doc], "logs-pyobs-default")
+    assert out["_index"] == "logs-pyobs-default"
+    assert out["_id"] == "nested-1"
+    assert out["_source"]["event"]["id"] == "nested-1"
+
+
+def test_failure_document_is_kept_by_the_failure_stream(es_url: str) -> None:
+    """What the direct shipper keeps for a refused event lands in the failure data stream,
+    whatever the event held, and the event comes back whole from event.original."""
+    install_templates(es_url)
+    name = f"{assets.FAILURE_INDEX}-d{uuid.uuid4().hex[:8]}"
+    refused: dict[str, Any] = {
+        "event.id": "r-1",
+        "service.name": "shop",
+        "message": {"not": "a string"},  # the reason it was refused, say
+        "client.ip": "unknown",
+    }
+    docs = [
+        assets.failure_document(refused, "mapping", "bad", "2026-11-29T10:00:00Z"),
+        assets.failure_document("{not json", "x", "unreadable line", "2026-11-29T10:00:01Z"),
+    ]
+    counts = bulk_create(es_url, [{"_index": name, "_id": None, "_source": d} for d in docs])
+    assert counts == {"created": 2, "duplicates": 0, "errors": 0}
+    answer = http_json("POST", f"{es_url}/{name}/_search", {"query": {"term": {"event.id": "r-1"}}})
+    (hit,) = answer["hits"]["hits"]
+    assert json.loads(hit["_source"]["event"]["original"]) == refused
+    assert hit["_source"]["service"]["name"] == "shop"
+    assert "message" not in hit["_source"]

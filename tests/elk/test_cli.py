@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pyobs._elk import assets, kibana
+from pyobs._elk import assets, kibana, setup
 from pyobs.cli import main
 from tests.elk.esnodes import http_json
 from tests.elk.helpers import bulk_create, install_pipeline, install_templates, run_pipeline
@@ -59,15 +59,34 @@ def test_elk_setup_reports_an_unreachable_cluster(capsys: pytest.CaptureFixture[
 class _FakeKibana(BaseHTTPRequestHandler):
     seen: list[dict[str, Any]] = []
 
+    rules: set[str] = set()
+
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        _FakeKibana.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        _FakeKibana.seen.append(
+            {"method": "POST", "path": self.path, "headers": dict(self.headers), "body": body}
+        )
+        status = 200
+        if self.path.startswith("/api/alerting/rule/"):
+            # Kibana's alerting API: a second create with the same id is a conflict.
+            status = 409 if self.path in _FakeKibana.rules else 200
+            _FakeKibana.rules.add(self.path)
         answer = json.dumps({"success": True, "successCount": 6}).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _FakeKibana.seen.append(
+            {"method": "PUT", "path": self.path, "headers": dict(self.headers), "body": body}
+        )
+        self.send_response(200 if self.path in _FakeKibana.rules else 404)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -85,20 +104,53 @@ def test_elk_setup_imports_kibana_objects(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     _FakeKibana.seen.clear()
+    _FakeKibana.rules.clear()
     try:
         url = f"http://elastic:s3cret@127.0.0.1:{server.server_address[1]}"
         argv = ["elk", "setup", "--es", fresh_es, "--without-pipeline", "--kibana", url]
         assert main(argv) == 0
     finally:
         server.shutdown()
-    assert "ok   Kibana saved objects" in capsys.readouterr().out
-    (request,) = _FakeKibana.seen
+    out = capsys.readouterr().out
+    assert "ok   Kibana saved objects" in out
+    assert "ok   Kibana rule 'pyobs: log events rejected by Elasticsearch' (created)" in out
+    request, rule = _FakeKibana.seen
     assert request["path"] == "/api/saved_objects/_import?overwrite=true"
     headers = {k.lower(): v for k, v in request["headers"].items()}
     assert headers["kbn-xsrf"]
     assert headers["authorization"] == "Basic " + base64.b64encode(b"elastic:s3cret").decode()
     assert headers["content-type"].startswith("multipart/form-data; boundary=")
     assert kibana.render_ndjson().encode() in request["body"]
+    assert rule["path"] == f"/api/alerting/rule/{setup.REJECTED_RULE_ID}"
+    body = json.loads(rule["body"])
+    assert body["rule_type_id"] == ".es-query"
+    assert body["params"]["index"] == kibana.FAILURES_PATTERN.split(",")
+    assert body["params"]["thresholdComparator"] == ">" and body["params"]["threshold"] == [0]
+    uuid.UUID(setup.REJECTED_RULE_ID)  # Kibana takes only a UUID as a rule id
+
+
+def test_elk_setup_updates_the_kibana_rule_on_a_second_run(
+    fresh_es: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Running setup twice keeps one rule: the second create is a conflict, then an update."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKibana)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _FakeKibana.seen.clear()
+    _FakeKibana.rules.clear()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        argv = ["elk", "setup", "--es", fresh_es, "--without-pipeline", "--kibana", url]
+        assert main(argv) == 0
+        assert main(argv) == 0
+    finally:
+        server.shutdown()
+    assert "(updated)" in capsys.readouterr().out
+    rule_calls = [(c["method"], c["path"]) for c in _FakeKibana.seen if "alerting" in c["path"]]
+    path = f"/api/alerting/rule/{setup.REJECTED_RULE_ID}"
+    assert rule_calls == [("POST", path), ("POST", path), ("PUT", path)]
+    update = json.loads(_FakeKibana.seen[-1]["body"])
+    assert "rule_type_id" not in update and update["name"] == setup.REJECTED_RULE_NAME
 
 
 @pytest.fixture

@@ -30,9 +30,10 @@ from pyobs.cli import main
 from pyobs.logs import ECSFormatter
 from pyobs.shipper import LogstashHandler
 from tests.conftest import import_or_require
-from tests.elk.esnodes import free_port, http_json
+from tests.elk.esnodes import http_json
 from tests.elk.helpers import IndexingSink, install_pipeline, install_templates
 from tests.elk.receiver import JsonLinesReceiver
+from tests.helpers import health_ready, kill_tree, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 UA = "pyobs-e2e/1"
@@ -70,18 +71,6 @@ def _request(base: str, method: str, path: str, trace_id: str) -> int:
         return int(exc.code)
 
 
-def _wait_up(base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the example service exited"
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("the example service did not come up")
-
-
 def _search_json(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, Any]]:
     code = main(["logs", "search", *args, "--json", "--limit", "1000"])
     out = capsys.readouterr().out
@@ -99,8 +88,6 @@ def test_example_service_logs_are_searchable_by_trace(
     """Under traffic, every line of a request is found by trace id; access lines match requests."""
     import_or_require("flask")
     service = f"e2e-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -109,15 +96,16 @@ def test_example_service_logs_are_searchable_by_trace(
         "PYOBS_LOGSTASH_PORT": str(receiver.port),
         "PYOBS_LOG_SPOOL_DIR": str(tmp_path / "spool"),
     }
-    app = subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "flask" / "app.py"), "--port", str(port)],
+    example = str(REPO / "examples" / "flask" / "app.py")
+    app, port = start_server(  # on a free port, again on another when the bind loses a race
+        lambda port: [sys.executable, example, "--port", str(port)],
+        health_ready,
+        tmp_path / "app.log",
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
+    base = f"http://127.0.0.1:{port}"
     traffic = None
     try:
-        _wait_up(base, app)
         # Background traffic from the project's generator (its own user agent) ...
         traffic = subprocess.Popen(
             [sys.executable, "-m", "pyobs._traffic", base, "--rate", "20", "--duration", "3"],
@@ -138,7 +126,10 @@ def test_example_service_logs_are_searchable_by_trace(
         if traffic is not None and traffic.poll() is None:
             traffic.kill()
         app.send_signal(signal.SIGTERM)  # the shipper flushes on SIGTERM
-        app.wait(timeout=10)
+        try:
+            app.wait(timeout=10)
+        finally:
+            kill_tree(app)
     # Let the stand-in index what arrived.
     deadline = time.monotonic() + 10
     last = -1

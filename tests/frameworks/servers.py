@@ -1,4 +1,8 @@
-"""Serve an app on a free loopback port with the server its framework provides, in a thread."""
+"""Serve an app on a loopback port with the server its framework provides, in a thread.
+
+Every server binds port 0 or takes a socket already listening on a port the kernel chose, so
+no other process can take the port between picking and binding it.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,11 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from tests.helpers import free_port, listening_socket
+
+__all__ = ["free_port"]  # re-exported for older imports; new code uses tests.helpers
+
 START_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_listening(port: int, thread: threading.Thread) -> None:
@@ -46,10 +48,10 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 @contextmanager
 def wsgiref_server(app: Any) -> Iterator[str]:
     """The stdlib reference server (what the Falcon and Pyramid quick starts use), threaded."""
-    port = free_port()
     server = make_server(
-        "127.0.0.1", port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+        "127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
     )
+    port = server.server_port
     yield from _serve_threaded(server.serve_forever, server.shutdown, server.server_close, port)
 
 
@@ -58,8 +60,8 @@ def werkzeug_server(app: Any) -> Iterator[str]:
     """Flask's own development server."""
     from werkzeug.serving import make_server as werkzeug_make_server
 
-    port = free_port()
-    server = werkzeug_make_server("127.0.0.1", port, app, threaded=True)
+    server = werkzeug_make_server("127.0.0.1", 0, app, threaded=True)
+    port = server.server_port
     yield from _serve_threaded(server.serve_forever, server.shutdown, server.server_close, port)
 
 
@@ -72,8 +74,8 @@ def django_server(app: Any) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             """pyobs writes the access log."""
 
-    port = free_port()
-    server = ThreadedWSGIServer(("127.0.0.1", port), Quiet)
+    server = ThreadedWSGIServer(("127.0.0.1", 0), Quiet)
+    port = server.server_port
     server.set_app(app)
     yield from _serve_threaded(server.serve_forever, server.shutdown, server.server_close, port)
 
@@ -97,12 +99,13 @@ def uvicorn_server(app: Any) -> Iterator[str]:
     """uvicorn, the server FastAPI and Starlette document."""
     import uvicorn
 
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         _wait_listening(port, thread)
@@ -110,18 +113,24 @@ def uvicorn_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+        sock.close()
 
 
 @contextmanager
 def _loop_thread(
-    start: Callable[[int], Any], stop: Callable[[Any], Any]
+    start: Callable[[socket.socket], Any], stop: Callable[[Any], Any]
 ) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
-    """Run ``await start(port)`` on a new loop in a thread; ``await stop(state)`` at the end."""
-    port = free_port()
+    """Run ``await start(sock)`` on a new loop in a thread; ``await stop(state)`` at the end.
+
+    ``sock`` is already listening (non-blocking) on a port the kernel chose.
+    """
+    sock = listening_socket()
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    state = asyncio.run_coroutine_threadsafe(start(port), loop).result(START_TIMEOUT)
+    state = asyncio.run_coroutine_threadsafe(start(sock), loop).result(START_TIMEOUT)
     try:
         _wait_listening(port, thread)
         yield f"http://127.0.0.1:{port}", loop
@@ -138,8 +147,12 @@ def _loop_thread(
 def tornado_server(app: Any) -> Iterator[str]:
     """Tornado's own HTTPServer."""
 
-    async def start(port: int) -> Any:
-        return app.listen(port, address="127.0.0.1")
+    async def start(sock: socket.socket) -> Any:
+        from tornado.httpserver import HTTPServer
+
+        server = HTTPServer(app)
+        server.add_sockets([sock])
+        return server
 
     async def stop(server: Any) -> None:
         server.stop()
@@ -154,10 +167,10 @@ def aiohttp_server(app: Any) -> Iterator[str]:
     """aiohttp's own server (AppRunner + TCPSite)."""
     from aiohttp import web
 
-    async def start(port: int) -> Any:
+    async def start(sock: socket.socket) -> Any:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.SockSite(runner, sock).start()
         return runner
 
     async def stop(runner: Any) -> None:
@@ -171,10 +184,8 @@ def aiohttp_server(app: Any) -> Iterator[str]:
 def sanic_server(app: Any) -> Iterator[str]:
     """Sanic's own server, started on our loop (its documented low-level API)."""
 
-    async def start(port: int) -> Any:
-        server = await app.create_server(
-            host="127.0.0.1", port=port, return_asyncio_server=True, access_log=False
-        )
+    async def start(sock: socket.socket) -> Any:
+        server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
         await server.startup()
         await server.before_start()
         await server.after_start()

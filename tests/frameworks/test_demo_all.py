@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -13,27 +15,9 @@ from pathlib import Path
 
 from pyobs.cli.demo import REQUIRES, available_examples
 from tests.conftest import require_service
+from tests.helpers import alive, descendants, kill_tree, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_run(count: int) -> int:
-    """A base port with ``count`` consecutive free loopback ports after it."""
-    for _ in range(100):
-        base = random.randint(20000, 60000 - count)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def _listening(port: int) -> bool:
@@ -47,21 +31,33 @@ def test_demo_all_runs_every_example_and_stops_cleanly(tmp_path: Path) -> None:
     examples = available_examples()
     missing = [n for n in examples if importlib.util.find_spec(REQUIRES.get(n, n)) is None]
     require_service(not missing, f"frameworks not installed for examples: {missing}")
-    base = _free_run(len(examples))
-    out = tmp_path / "stdout"
-    with out.open("wb") as stdout:
-        result = subprocess.run(
-            [sys.executable, "-m", "pyobs", "demo", "--framework", "all", "--port", str(base),
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyobs", "demo", "--framework", "all", "--port", "0",
              "--duration", "8", "--rate", "8"],
             cwd=ROOT,
             stdout=stdout,
-            stderr=subprocess.DEVNULL,
-            timeout=180,
-            check=False,
+            stderr=stderr,
+            start_new_session=True,
         )  # fmt: skip
-    assert result.returncode == 0
+    children: list[int] = []
+    try:
+        # The services the demo started, noted while it runs (for the check and the cleanup).
+        wait_until(lambda: proc.poll() is not None or "are up" in err.read_text(), 180, "start")
+        children = descendants(proc.pid)
+        assert proc.wait(timeout=180) == 0, err.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     served = Counter(r["service.name"] for r in records if r.get("log.logger") == "pyobs.access")
     assert set(served) == {f"example-{name}" for name in examples}
     assert all(n >= 5 for n in served.values()), served
-    assert not any(_listening(port) for port in range(base, base + len(examples)))
+    ports = [int(p) for p in re.findall(r"^  example-\S+\s+http://127\.0\.0\.1:(\d+)$",
+                                        err.read_text(), re.M)]  # fmt: skip
+    assert len(set(ports)) == len(examples)
+    assert not any(_listening(port) for port in ports)
+    assert children and not [pid for pid in children if alive(pid)]

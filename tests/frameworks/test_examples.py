@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import import_or_require
-from tests.frameworks.servers import free_port
+from tests.helpers import health_ready, kill_tree, start_server, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 # example folder -> (module it needs, the item route label)
@@ -55,26 +54,15 @@ def test_example_serves_the_contract(example: str, tmp_path: Path) -> None:
     modules, item_route = EXAMPLES[example]
     for module in modules:
         import_or_require(module)
-    port = free_port()
     out = tmp_path / "stdout"
-    with out.open("wb") as stdout:
-        proc = subprocess.Popen(
-            [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT / "examples" / example,
-            stdout=stdout,
-            stderr=subprocess.DEVNULL,
-        )
+    proc, port = start_server(
+        lambda port: [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+        health_ready,
+        out,
+        stderr_log=tmp_path / "stderr",
+        cwd=ROOT / "examples" / example,
+    )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, out.read_text()[-2000:]
-            try:
-                if _request(port, "GET", "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the example did not start"
-            time.sleep(0.1)
         for method, path, expected in CALLS:
             status, body = _request(port, method, path)
             assert status == expected, (method, path, body[:200])
@@ -86,22 +74,23 @@ def test_example_serves_the_contract(example: str, tmp_path: Path) -> None:
             'http_route="<unmatched>"',
             f'framework="{example.replace("_", "-")}"',
         )
+
         # A WSGI server records a request when it closes the body, just after the last byte.
-        deadline = time.monotonic() + 5
-        while True:
+        def recorded() -> str | None:
             text = _request(port, "GET", "/metrics")[1].decode()
-            if all(label in text for label in labels) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+            return text if all(label in text for label in labels) else None
+
+        with contextlib.suppress(AssertionError):
+            wait_until(recorded, 5, "every request in /metrics")
+        text = _request(port, "GET", "/metrics")[1].decode()
         for label in labels:
             assert label in text, label
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # a clean stop flushes the last log lines
         try:
             proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        finally:
+            kill_tree(proc)
     lines = [line for line in out.read_text().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # stdout is pure JSON lines
     service = f"example-{example.replace('_', '-')}"

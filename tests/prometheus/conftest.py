@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +22,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_service
+from tests.helpers import (
+    PortTaken,
+    free_port,
+    http_status,
+    kill_tree,
+    port_taken_in,
+    start_with_retry,
+)
+
+__all__ = ["free_port"]
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_BIN = "prometheus"
@@ -51,13 +60,6 @@ def run_tool(args: Sequence[str], cwd: Path = REPO, timeout: float = 60) -> str:
     if result.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{output}")
     return output
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now, on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:
@@ -89,6 +91,7 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    port: int = 0
 
     def tail(self, lines: int = 40) -> str:
         """The end of the process's output, for failure messages."""
@@ -96,14 +99,8 @@ class Process:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        """Terminate, then kill if it does not exit within five seconds."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
+        """Terminate it and everything it started; kill what is left after five seconds."""
+        kill_tree(self.popen)
 
 
 def spawn(
@@ -122,9 +119,46 @@ def spawn(
         stdout=handle,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
+        start_new_session=True,
     )
     handle.close()
     return Process(name, popen, log)
+
+
+def spawn_server(
+    name: str,
+    args: Callable[[int], Sequence[str]],
+    ready_path: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    timeout: float = 30.0,
+) -> Process:
+    """Start ``args(port)`` on a free port until ``ready_path`` answers 2xx.
+
+    When the port is taken before the server binds it, it starts again on another one.
+    """
+
+    def attempt(port: int) -> Process:
+        process = spawn(f"{name}-{port}", args(port), log_dir, env=env, cwd=cwd)
+        process.port = port
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if process.popen.poll() is not None:
+                    if port_taken_in(process.tail()):
+                        raise PortTaken(process.tail(5))
+                    pytest.fail(f"{name} exited {process.popen.returncode}:\n{process.tail()}")
+                with contextlib.suppress(OSError):
+                    if 200 <= http_status(f"http://127.0.0.1:{port}{ready_path}") < 300:
+                        return process
+                time.sleep(0.3)
+            pytest.fail(f"{name} not ready after {timeout:.0f}s:\n{process.tail()}")
+        except BaseException:
+            process.stop()
+            raise
+
+    return start_with_retry(attempt)
 
 
 def wait_ready(process: Process, url: str, timeout: float = 30.0) -> None:
@@ -143,42 +177,41 @@ def wait_ready(process: Process, url: str, timeout: float = 30.0) -> None:
     pytest.fail(f"{process.name} not ready at {url} after {timeout:.0f}s:\n{process.tail()}")
 
 
-def start_prometheus(config: Path, port: int, workdir: Path) -> Process:
-    """A real Prometheus with exemplar storage, on 127.0.0.1:port."""
-    process = spawn(
-        "prometheus",
-        [
+def start_prometheus(config: Path | Callable[[int], Path], workdir: Path) -> Process:
+    """A real Prometheus with exemplar storage on a free port (``.port``).
+
+    ``config`` may be a function of the port, for a configuration that scrapes Prometheus itself.
+    """
+
+    def args(port: int) -> list[str]:
+        path = config(port) if callable(config) else config
+        return [
             tool(PROMETHEUS_BIN),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+            f"--config.file={path}",
+            f"--storage.tsdb.path={workdir / f'prometheus-data-{port}'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--enable-feature=exemplar-storage",
             "--log.level=warn",
-        ],
-        workdir,
-        cwd=config.parent,
-    )
-    wait_ready(process, f"http://127.0.0.1:{port}/-/ready")
-    return process
+        ]
+
+    cwd = workdir if callable(config) else config.parent  # rule_files are relative to it
+    return spawn_server("prometheus", args, "/-/ready", workdir, cwd=cwd)
 
 
-def start_alertmanager(config: Path, port: int, workdir: Path) -> Process:
-    """A real Alertmanager without clustering, on 127.0.0.1:port."""
-    process = spawn(
-        "alertmanager",
-        [
+def start_alertmanager(config: Path, workdir: Path) -> Process:
+    """A real Alertmanager without clustering, on a free port (``.port``)."""
+
+    def args(port: int) -> list[str]:
+        return [
             tool(ALERTMANAGER_BIN),
             f"--config.file={config}",
-            f"--storage.path={workdir / 'alertmanager-data'}",
+            f"--storage.path={workdir / f'alertmanager-data-{port}'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",
             "--log.level=warn",
-        ],
-        workdir,
-        cwd=config.parent,
-    )
-    wait_ready(process, f"http://127.0.0.1:{port}/-/ready")
-    return process
+        ]
+
+    return spawn_server("alertmanager", args, "/-/ready", workdir, cwd=config.parent)
 
 
 @dataclass

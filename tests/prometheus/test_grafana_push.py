@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pyobs._dashgen import slo
 from tests.conftest import import_or_require
 from tests.prometheus.conftest import REPO, free_port
 
@@ -103,7 +104,7 @@ def test_push_sends_dashboards_rules_contact_point_and_policy(
     }
     assert set(groups) == {"pyobs-slo", "pyobs-service"}
     rules = [r for g in groups.values() for r in g["rules"]]
-    assert len(rules) == 10
+    assert len(rules) == sum(alert.grafana for alert in slo.ALERTS)  # one per Grafana alert
     assert all(r["folderUID"] == "pyobs" and r["condition"] == "Z" for r in rules)
     assert all(g["interval"] == 60 for g in groups.values())
 

@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import json
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -36,15 +37,13 @@ from tests.prometheus.conftest import (
     REPO,
     Process,
     Webhook,
-    free_port,
     http_json,
     query,
     running_webhook,
-    spawn,
+    spawn_server,
     start_alertmanager,
     start_prometheus,
     tool,
-    wait_ready,
     wait_until,
 )
 
@@ -168,25 +167,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from pyobs import _traffic
 
     workdir = tmp_path_factory.mktemp("live")
-    closed_port = free_port()  # nobody listens: the log shipper spools, then drops
+    # Bound but never listening: connections are refused for sure, and nobody else can take it.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
     processes: list[Process] = []
     stop_traffic = threading.Event()
-    with running_webhook() as webhook, contextlib.ExitStack() as cleanup:
+    with running_webhook() as webhook, contextlib.ExitStack() as cleanup, closed:
 
         @cleanup.callback
         def _stop_all() -> None:
             for process in reversed(processes):
                 process.stop()
 
-        ports = {"example-flask": free_port(), "example-fastapi": free_port()}
-        driven_port = free_port()
         services: dict[str, Process] = {}
-        for name, port, app in (
-            ("example-flask", ports["example-flask"], "flask"),
-            ("example-fastapi", ports["example-fastapi"], "fastapi"),
-            ("localhost", driven_port, "flask"),
+        for name, app in (
+            ("example-flask", "flask"),
+            ("example-fastapi", "fastapi"),
+            ("localhost", "flask"),
         ):
-            spool = workdir / f"spool-{port}"
+            spool = workdir / f"spool-{name}"
             spool.mkdir()
             env = {
                 "PYOBS_SERVICE_NAME": name,
@@ -195,24 +195,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "PYOBS_LOG_SPOOL_DIR": str(spool),
                 "PYOBS_LOG_SPOOL_MAX_BYTES": "4096",
             }
-            process = spawn(
-                f"{name}-{port}",
-                [PYTHON, f"examples/{app}/app.py", "--host", "127.0.0.1", "--port", str(port)],
+            process = spawn_server(
+                name,
+                lambda port, app=app: [  # type: ignore[misc]
+                    PYTHON, f"examples/{app}/app.py", "--host", "127.0.0.1", "--port", str(port)
+                ],
+                "/health",
                 workdir,
                 env=env,
-            )
+            )  # fmt: skip
             processes.append(process)
             services[name] = process
-        for name, process in services.items():
-            port = driven_port if name == "localhost" else ports[name]
-            wait_ready(process, f"http://127.0.0.1:{port}/health")
+        ports = {name: services[name].port for name in ("example-flask", "example-fastapi")}
+        driven_port = services["localhost"].port
 
-        am_port, prom_port = free_port(), free_port()
-        processes.append(
-            start_alertmanager(_alertmanager_config(workdir, webhook), am_port, workdir)
+        alertmanager = start_alertmanager(_alertmanager_config(workdir, webhook), workdir)
+        processes.append(alertmanager)
+        am_port = alertmanager.port
+        prometheus = start_prometheus(
+            lambda port: _prometheus_config(workdir, ports, driven_port, port, am_port), workdir
         )
-        prom_config = _prometheus_config(workdir, ports, driven_port, prom_port, am_port)
-        processes.append(start_prometheus(prom_config, prom_port, workdir))
+        processes.append(prometheus)
+        prom_port = prometheus.port
 
         bases = [f"http://127.0.0.1:{port}" for port in ports.values()]
         traffic = threading.Thread(
@@ -278,8 +282,8 @@ def _all_queries() -> list[tuple[str, str]]:
 def test_the_shipped_config_loads_in_real_prometheus(tmp_path: Path) -> None:
     """prometheus/prometheus.yml as committed starts a real Prometheus with all rule groups."""
     tool("prometheus")
-    port = free_port()
-    process = start_prometheus(REPO / "prometheus" / "prometheus.yml", port, tmp_path)
+    process = start_prometheus(REPO / "prometheus" / "prometheus.yml", tmp_path)
+    port = process.port
     try:
         groups = http_json(f"http://127.0.0.1:{port}/api/v1/rules")["data"]["groups"]
         assert {g["name"] for g in groups} == {"pyobs-red", "pyobs-slo", "pyobs-alerts"}

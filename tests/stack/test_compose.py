@@ -180,6 +180,38 @@ def test_logstash_pipeline_writes_to_the_stack_as_least_privilege_user(
     assert_no_problems(validate.check_logstash(model, ROOT))
 
 
+def test_examples_ship_to_logstashs_acknowledged_http_input(model: dict[str, Any]) -> None:
+    """Every example's PYOBS_LOGSTASH_URL is Logstash's http input (the pipeline's port, exposed
+    and published), and the persisted queue and dead letters live on a named volume."""
+    import re
+    import urllib.parse
+
+    import yaml
+
+    require_files(ROOT, "logstash")
+    conf = (ROOT / "logstash" / "pipeline" / "pyobs-logs.conf").read_text()
+    http_block = conf.split("http {", 1)[1].split("}", 1)[0]
+    port = int(re.search(r"\bport\s*=>\s*(\d+)", http_block)[1])  # type: ignore[index]
+    services = validate.services(model)
+    logstash = services["logstash"]
+    assert port in validate.listening_ports(logstash)
+    assert any(target == str(port) for _, _, target, _ in validate.published_ports(logstash))
+    examples = {n: s for n, s in services.items() if n.startswith("example-")}
+    assert examples
+    for name, service in examples.items():
+        url = urllib.parse.urlsplit(validate.environment(service)["PYOBS_LOGSTASH_URL"])
+        assert (url.scheme, url.hostname, url.port) == ("http", "logstash", port), name
+    settings = yaml.safe_load((ROOT / "logstash" / "config" / "logstash.yml").read_text())
+    assert settings["queue.type"] == "persisted"
+    data = [
+        v
+        for v in logstash["volumes"]
+        if (v.get("target") if isinstance(v, dict) else str(v).split(":")[1])
+        == "/usr/share/logstash/data"
+    ]
+    assert validate.named_volumes({"volumes": data}), "the queue and dead letters need a volume"
+
+
 def test_every_framework_example_runs_in_the_stack(model: dict[str, Any]) -> None:
     """Each examples/<framework>/app.py has its service, shipping logs and traces, with traffic."""
     assert validate.example_frameworks(ROOT), "no example service found"

@@ -7,7 +7,6 @@ import fnmatch
 import json
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ import tomllib
 import yaml
 
 from tests.conftest import require_service
+from tests.helpers import kill_tree, start_server
 from tests.stack import validate
 from tests.stack.helpers import ROOT, load_script, require_files
 
@@ -367,40 +367,49 @@ def test_real_alertmanager_notifies_the_alert_webhook(tmp_path: Path) -> None:
     require_service(binary is not None, "Alertmanager is not installed (setup.d/10-prometheus.sh)")
     assert binary is not None
     model, _ = validate.load_compose(ROOT, validate.example_env(ROOT))
-    hook_port, am_port = free_ports(2)
-    command = [
-        str(hook_port) if part == "8080" else "127.0.0.1" if part == "0.0.0.0" else part
-        for part in validate.services(model)["alert-webhook"]["command"]
-    ]
-    command[0] = sys.executable
+    hook_log = tmp_path / "hook.log"
+
+    def hook_command(port: int) -> list[str]:
+        command = [
+            str(port) if part == "8080" else "127.0.0.1" if part == "0.0.0.0" else part
+            for part in validate.services(model)["alert-webhook"]["command"]
+        ]
+        command[0] = sys.executable
+        return command
+
+    def listening(port: int) -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    hook, hook_port = start_server(hook_command, listening, hook_log, cwd=ROOT)
     config = yaml.safe_load((ROOT / validate.ALERTMANAGER_CONFIG).read_text())
     for receiver in config.get("receivers") or []:
-        for hook in receiver.get("webhook_configs") or []:
-            hook["url"] = hook["url"].replace("alert-webhook:8080", f"127.0.0.1:{hook_port}")
+        for webhook in receiver.get("webhook_configs") or []:
+            webhook["url"] = webhook["url"].replace("alert-webhook:8080", f"127.0.0.1:{hook_port}")
     workdir = tmp_path / "am"
     shutil.copytree(ROOT / "prometheus", workdir)
     (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    lines: list[str] = []
-    hook = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    reader = threading.Thread(target=lambda: lines.extend(hook.stdout or []), daemon=True)
-    reader.start()
-    manager = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={workdir / 'alertmanager.yml'}",
-            f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    processes = [hook]
+
+    def lines() -> list[str]:
+        return hook_log.read_text(errors="replace").splitlines()
+
     try:
+        manager, am_port = start_server(
+            lambda port: [
+                binary,
+                f"--config.file={workdir / 'alertmanager.yml'}",
+                f"--storage.path={workdir / f'data-{port}'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+            lambda port: http_ok(f"http://127.0.0.1:{port}/-/ready"),
+            tmp_path / "alertmanager.log",
+            cwd=workdir,
+        )
+        processes.append(manager)
         base = f"http://127.0.0.1:{am_port}"
-        poll(lambda: http_ok(base + "/-/ready") or manager.poll() is not None, 20)
-        assert manager.poll() is None, manager.stderr.read() if manager.stderr else ""
         alert = [{"labels": {"alertname": "PyobsWatchdog", "severity": "none", "service": "t"}}]
         request = urllib.request.Request(
             base + "/api/v2/alerts",
@@ -410,30 +419,13 @@ def test_real_alertmanager_notifies_the_alert_webhook(tmp_path: Path) -> None:
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200
-        poll(lambda: any("PyobsWatchdog" in line for line in lines), 30)
-        logged = [json.loads(line) for line in lines if "PyobsWatchdog" in line]
+        poll(lambda: any("PyobsWatchdog" in line for line in lines()), 30)
+        logged = [json.loads(line) for line in lines() if "PyobsWatchdog" in line]
         assert logged[0]["status"] == "firing"
         assert logged[0]["labels"]["service"] == "t"
     finally:
-        for process in (manager, hook):
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-
-def free_ports(count: int) -> list[int]:
-    """count distinct free TCP ports on 127.0.0.1."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        for process in reversed(processes):
+            kill_tree(process, grace=10)
 
 
 def http_ok(url: str) -> bool:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import socketserver
 import subprocess
 import sys
@@ -31,17 +30,11 @@ import pytest
 import tomllib
 
 from tests.conftest import import_or_require, require_service
+from tests.helpers import health_ready, kill_tree, start_server
 from tests.stack import validate
 from tests.stack.helpers import ROOT, load_script
 
 GUARD = Path(__file__).with_name("only_installed.py")
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Received:
@@ -150,11 +143,12 @@ def test_example_service_runs_as_its_container_does(
     model, _ = validate.load_compose(ROOT, validate.example_env(ROOT))
     name = validate.example_service(framework)
     service = validate.services(model)[name]
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
     env.update(validate.environment(service))
-    assert env["PYOBS_LOGSTASH_HOST"] == "logstash"
+    assert env["PYOBS_LOGSTASH_URL"] == "http://logstash:8080"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    # The stand-in here reads JSON lines; the http input's protocol has its own tests.
+    del env["PYOBS_LOGSTASH_URL"]
     env.update(
         PYOBS_LOGSTASH_HOST="127.0.0.1",
         PYOBS_LOGSTASH_PORT=str(logstash_port),
@@ -164,24 +158,32 @@ def test_example_service_runs_as_its_container_does(
         PYTHONPATH=str(tmp_path / "app"),
     )
     app = image_root(tmp_path)
-    command = [
-        "127.0.0.1" if part == "0.0.0.0" else str(port) if part == "8000" else part
-        for part in service["command"]
-    ]
-    assert command[0] == "python"
-    # Only what the image installs is importable: a missing extra fails here too.
-    command[:1] = [sys.executable, str(GUARD), str(image_requirements(service, tmp_path))]
+    assert service["command"][0] == "python"
+
+    def command(port: int) -> list[str]:
+        parts = [
+            "127.0.0.1" if part == "0.0.0.0" else str(port) if part == "8000" else part
+            for part in service["command"]
+        ]
+        # Only what the image installs is importable: a missing extra fails here too.
+        parts[:1] = [sys.executable, str(GUARD), str(image_requirements(service, tmp_path))]
+        return parts
+
     stderr_path = tmp_path / "stderr.log"
-    stderr = stderr_path.open("wb")
-    process = subprocess.Popen(command, cwd=app, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
     def service_output() -> str:
         return stderr_path.read_text(errors="replace")[-3000:]
 
+    process, port = start_server(
+        command,
+        health_ready,
+        tmp_path / "stdout.log",
+        stderr_log=stderr_path,
+        cwd=app,
+        env=env,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: health(base + "/health") or process.poll() is not None, 30, "health")
-        assert process.poll() is None, service_output()
         check = [part.replace("8000", str(port)) for part in service["healthcheck"]["test"]]
         assert check[:2] == ["CMD", "python"]
         assert subprocess.run([sys.executable, *check[2:]], timeout=10).returncode == 0
@@ -223,13 +225,7 @@ def test_example_service_runs_as_its_container_does(
         with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
             assert b"http_server_request_duration_seconds" in response.read()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        stderr.close()
+        kill_tree(process, grace=10)
 
 
 def test_an_example_missing_from_its_extra_fails_as_in_the_image(tmp_path: Path) -> None:

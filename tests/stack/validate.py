@@ -950,7 +950,8 @@ def check_examples(model: Mapping[str, Any], directory: Path) -> list[str]:
         env = environment(service)
         if env.get("PYOBS_SERVICE_NAME") != name:
             problems.append(f"{name}: PYOBS_SERVICE_NAME is not {name}")
-        if not env.get("PYOBS_LOGSTASH_HOST") or not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        shipping = env.get("PYOBS_LOGSTASH_URL") or env.get("PYOBS_LOGSTASH_HOST")
+        if not shipping or not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             problems.append(f"{name}: does not ship logs to Logstash and traces over OTLP")
     known = {example_service(framework) for framework in frameworks}
     for name in all_services:
