@@ -50,11 +50,11 @@ def _raw(served: Served, request: bytes) -> int:
     with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
         sock.sendall(request)
         reply = b""
-        while b"\r\n" not in reply:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        try:  # the whole reply: the server closes the connection (Connection: close)
+            while chunk := sock.recv(65536):
+                reply += chunk
+        except TimeoutError:
+            pass
     parts = reply.split(b" ", 2)
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
