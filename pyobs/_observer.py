@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from pyobs import _context, tracing
+from pyobs import _context, _errors, redact, tracing
 from pyobs._config import Config
+from pyobs._errors import report_internal_error as report_internal_error  # moved; still here
 from pyobs._otel_env import full_url
 from pyobs.logs import (
     ACCESS_LOGGER,
@@ -24,7 +26,7 @@ from pyobs.logs import (
     error_fields,
     request_id_var,
 )
-from pyobs.metrics import PyobsMetrics, get_metrics
+from pyobs.metrics import UNMATCHED, PyobsMetrics, get_metrics
 from pyobs.redact import redact_header, redact_query
 
 STANDARD_METHODS = frozenset(
@@ -44,23 +46,109 @@ _ids = random.Random()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ids.seed)
 _random_bits = _ids.getrandbits
-_reported: set[tuple[str, str]] = set()
+# Cleared by pyobs's reset (tests): the rate limit of internal error lines.
+_reported = _errors._last
+
+# Longest value taken from the request that pyobs writes into a log field or a span
+# attribute (url.path, url.query, user_agent.original, captured headers); longer ones are cut.
+MAX_FIELD_LENGTH = 8192
+# Largest Content-Length pyobs believes: 19 digits at most, below 2**63.
+_MAX_CONTENT_LENGTH = 2**63 - 1
+_MAX_FORWARDED_HOPS = 32  # X-Forwarded-For hops examined, from the right
+# W3C trace headers are ASCII; longer than this, the propagators drop them anyway.
+_MAX_TRACE_HEADER = 8192
 
 
-def report_internal_error(where: str, exc: BaseException) -> None:
-    """Log an error inside pyobs once per (place, error type); the request goes on."""
-    key = (where, type(exc).__name__)
-    if key in _reported:
-        return
-    _reported.add(key)
-    try:
-        _internal.error(
-            "pyobs internal error in %s (reported once; the request was served)",
-            where,
-            exc_info=exc,
-        )
-    except Exception:  # noqa: BLE001 - never let reporting break the request
-        pass
+def capped(value: str | None, limit: int = MAX_FIELD_LENGTH) -> str | None:
+    """``value`` cut to ``limit`` characters (None stays None)."""
+    if value is None or len(value) <= limit:
+        return value
+    return value[:limit]
+
+
+def content_length(raw: str | None) -> int | None:
+    """Content-Length as an int when it is 1-19 ASCII digits below 2**63; None otherwise."""
+    if raw is None or not (0 < len(raw) <= 19 and raw.isascii() and raw.isdigit()):
+        return None
+    value = int(raw)
+    return value if value <= _MAX_CONTENT_LENGTH else None
+
+
+class _TraceCarrier(Mapping[str, str]):
+    """The request headers as the propagators see them: a value that is not ASCII or is too
+    long is absent (W3C headers are ASCII; a bad one must start a fresh trace, not fail)."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = headers
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._headers.get(name)
+        if value is None or len(value) > _MAX_TRACE_HEADER or not value.isascii():
+            return default
+        return value
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return str(value)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+
+_reading = threading.local()  # .active: pyobs is reading request input into its span
+# Libraries that log a warning per bad entry of a request's trace headers, or per attribute
+# value cut by the span limits.
+_PROPAGATION_LOGGERS = (
+    "opentelemetry.attributes",
+    "opentelemetry.baggage.propagation",
+    "opentelemetry.baggage",
+    "opentelemetry.trace.propagation.tracecontext",
+    "opentelemetry.trace.span",
+    "opentelemetry.propagators.textmap",
+    "opentelemetry.propagate",
+)
+
+
+class _RequestInputWarnings(logging.Filter):
+    """While pyobs reads a request into its span (trace headers, attribute values cut by the
+    span limits), the warnings libraries log about that input are counted
+    (pyobs_request_input_warnings_total) and one line per logger a minute is let through:
+    an 8 KB baggage header of bad entries is not 181 lines per request."""
+
+    def __init__(self) -> None:
+        super().__init__("pyobs")
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(_reading, "active", False):
+            return True
+        _errors.count_input_warning(record.name)
+        now = time.monotonic()
+        last = self._last.get(record.name)
+        if last is not None and now - last < _errors.INTERVAL:
+            return False
+        self._last[record.name] = now
+        return True
+
+
+_input_filter = _RequestInputWarnings()
+
+
+def _install_input_filter() -> None:
+    for name in _PROPAGATION_LOGGERS:
+        logger = logging.getLogger(name)
+        if _input_filter not in logger.filters:
+            logger.addFilter(_input_filter)
 
 
 @dataclass(slots=True)
@@ -99,12 +187,16 @@ class RequestHandle:
     user_agent: str | None = None
     request_id_token: Any = None  # contextvar tokens, undone by detach()
     context_token: Any = None
+    counted: bool = False  # the in-flight gauge was incremented: finish() decrements it
+    path: str  # facts.path, cut to MAX_FIELD_LENGTH for logs and spans
 
     def __init__(self, facts: RequestFacts, method: str, request_id: str, start: float) -> None:
         self.facts = facts
         self.method = method
         self.request_id = request_id
         self.start = start
+        path = facts.path
+        self.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]
 
     def __repr__(self) -> str:
         return f"RequestHandle({self.method} {self.facts.path!r}, route={self.route!r})"
@@ -138,6 +230,13 @@ class RequestObserver:
         # Spans and access logs need every request fact; metrics need method, path, headers.
         self.details = config.tracing or config.access_log
         self._quiet, self._excluded = config.exclusions  # Config.is_excluded, inlined
+        redact.configure(config.redact_headers, config.redact_query_params)
+        # The SDK warns for each attribute value its limits cut (and each one dropped):
+        # request input then provokes them, so they go through the input-warning filter.
+        self._limits_may_warn = False
+        if config.tracing:
+            _install_input_filter()
+            self._limits_may_warn = self._capture_headers is not None or _value_limits_set()
 
     # -- start -------------------------------------------------------------------------
 
@@ -147,7 +246,8 @@ class RequestObserver:
         """Begin observing; None for excluded paths (metrics, health, PYOBS_EXCLUDED_PATHS).
 
         ``kind`` lets a protocol layer use a subclass of RequestHandle that carries its own
-        per-request state (the WSGI handle is also the body wrapper).
+        per-request state (the WSGI handle is also the body wrapper). Each signal starts in
+        its own guard: a failure in one is counted and the others go on (CONTRACT §3).
         """
         try:
             path = facts.path
@@ -166,17 +266,36 @@ class RequestObserver:
             if request_id is None or _SAFE_REQUEST_ID.fullmatch(request_id) is None:
                 request_id = "%032x" % _random_bits(128)  # noqa: UP031 - faster than format()
             handle = kind(facts, method, request_id, time.perf_counter())
-            self.metrics.request_started(method)
-            if self.details:
-                handle.client = self.client_ip(facts)
-                handle.user_agent = facts.headers.get("user-agent")
-            if self.tracer is not None:
-                self._start_span(handle)
-            handle.request_id_token = request_id_var.set(request_id)
-            return handle
         except Exception as exc:  # noqa: BLE001 - failsafe: the request must go on
-            report_internal_error("start", exc)
+            _errors.report("adapter", exc, "start")
             return None
+        try:
+            self.metrics.request_started(method)
+            handle.counted = True
+        except Exception as exc:  # noqa: BLE001
+            _errors.report("metrics", exc, "start")
+        if self.details:
+            try:
+                handle.client = capped(self.client_ip(facts), 256)
+                user_agent = facts.headers.get("user-agent")
+                if user_agent is not None and len(user_agent) > MAX_FIELD_LENGTH:
+                    user_agent = user_agent[:MAX_FIELD_LENGTH]
+                handle.user_agent = user_agent
+            except Exception as exc:  # noqa: BLE001
+                _errors.report("adapter", exc, "start")
+        if self.tracer is not None:
+            guard = self._limits_may_warn
+            if guard:
+                _reading.active = True
+            try:
+                self._start_span(handle)
+            except Exception as exc:  # noqa: BLE001
+                _errors.report("tracing", exc, "start")
+            finally:
+                if guard:
+                    _reading.active = False
+        handle.request_id_token = request_id_var.set(request_id)
+        return handle
 
     def _start_span(self, handle: RequestHandle) -> None:
         context = _context.current()
@@ -190,19 +309,19 @@ class RequestObserver:
             handle.span = current
         else:
             facts = handle.facts
-            parent = tracing.extract(facts.headers)
+            parent = self._extract(facts.headers)
             attrs: dict[str, Any] = {
                 "http.request.method": handle.method,
-                "url.path": facts.path,
+                "url.path": handle.path,
                 "url.scheme": facts.scheme,
                 "network.protocol.version": facts.http_version,
             }
             if handle.method == "_OTHER":
-                attrs["http.request.method_original"] = facts.method
+                attrs["http.request.method_original"] = capped(facts.method, 256)
             if facts.query:
-                attrs["url.query"] = redact_query(facts.query)
+                attrs["url.query"] = redact_query(capped(facts.query) or "")
             if facts.server_addr:
-                attrs["server.address"] = facts.server_addr
+                attrs["server.address"] = capped(facts.server_addr, 256)
             if facts.server_port:
                 attrs["server.port"] = facts.server_port
             if handle.client:
@@ -212,7 +331,7 @@ class RequestObserver:
             if self._capture_headers is not None:
                 for name, value in facts.headers.items():
                     if self._capture_headers.fullmatch(name):
-                        attrs[f"http.request.header.{name}"] = (redact_header(name, value),)
+                        attrs[f"http.request.header.{name}"] = (capped(redact_header(name, value)),)
             span = tracing.start_server_span(handle.method, parent, attrs, current)
             handle.span = span
             handle.owns_span = True
@@ -221,6 +340,27 @@ class RequestObserver:
         handle.trace_ids = (trace_id, span_id)
         if sampled:
             handle.trace_id = trace_id
+
+    @staticmethod
+    def _extract(headers: Mapping[str, str]) -> Any:
+        """The incoming trace context; a header that cannot be read starts a fresh trace."""
+        # The default propagators (W3C) without their headers: nothing to read, nothing to
+        # guard (tracing.extract checks the configured propagators' own headers otherwise).
+        if (
+            "traceparent" not in headers
+            and "baggage" not in headers
+            and getattr(tracing, "_triggers", None) is getattr(tracing, "_W3C_TRIGGERS", ())
+        ):
+            return None
+        reading = getattr(_reading, "active", False)  # start() may have set it already
+        _reading.active = True
+        try:
+            return tracing.extract(_TraceCarrier(headers))
+        except Exception as exc:  # noqa: BLE001 - a malformed header: a fresh trace
+            _errors.report("tracing", exc, "trace header extraction")
+            return None
+        finally:
+            _reading.active = reading
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -233,7 +373,9 @@ class RequestObserver:
         forwarded = facts.headers.get("x-forwarded-for")
         if not forwarded or not _trusted(peer, proxies):
             return peer
-        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        # Only the nearest hops matter (a chain of trusted proxies is short); a header of
+        # thousands of hops must not cost thousands of address parses.
+        hops = [h.strip() for h in forwarded.split(",")[-_MAX_FORWARDED_HOPS:] if h.strip()]
         for hop in reversed(hops):
             if not _trusted(hop, proxies):
                 return hop
@@ -253,7 +395,7 @@ class RequestObserver:
             if context_token is not None:
                 _context.detach(context_token)
         except Exception as exc:  # noqa: BLE001 - a token from another context
-            report_internal_error("detach", exc)
+            _errors.report("adapter", exc, "detach")
 
     # -- finish ------------------------------------------------------------------------
 
@@ -263,66 +405,127 @@ class RequestObserver:
         status: int | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        """Record the request once: metrics, span end, access log."""
+        """Record the request once: metrics, span end, access log, each in its own guard."""
         if handle.finished:
             return
         handle.finished = True
+        duration = time.perf_counter() - handle.start
+        if exception is not None:
+            handle.exception = exception
+        exc = handle.exception
+        if handle.disconnected:
+            code = CLIENT_CLOSED
+        elif status is not None:
+            code = status
+        elif handle.status is not None:
+            code = handle.status
+        else:
+            code = 500
+        if type(code) is not int:
+            code = _status_code(code)
+        if exc is not None and code < 500 and not handle.disconnected:
+            code = 500
+        self._record_metrics(handle, code, duration, exc)
+        span = handle.span
+        if span is not None:
+            guard = self._limits_may_warn
+            if guard:
+                _reading.active = True
+            try:
+                self._end_span(handle, span, code, exc)
+            except Exception as error:  # noqa: BLE001
+                _errors.report("tracing", error, "finish")
+            finally:
+                if guard:
+                    _reading.active = False
+        if self.config.access_log:
+            try:
+                self._access_log(handle, code, duration, exc)
+            except Exception as error:  # noqa: BLE001
+                _errors.report("access_log", error, "finish")
+        if span is not None and handle.owns_span:
+            try:
+                span.end()
+            except Exception as error:  # noqa: BLE001
+                _errors.report("tracing", error, "span end")
+
+    def _record_metrics(
+        self, handle: RequestHandle, code: int, duration: float, exc: BaseException | None
+    ) -> None:
+        m = self.metrics
+        method = handle.method
         try:
-            duration = time.perf_counter() - handle.start
-            if exception is not None:
-                handle.exception = exception
-            exc = handle.exception
-            if handle.disconnected:
-                code = CLIENT_CLOSED
-            elif status is not None:
-                code = status
-            elif handle.status is not None:
-                code = handle.status
-            else:
-                code = 500
-            if exc is not None and code < 500 and not handle.disconnected:
-                code = 500
-            m = self.metrics
-            method = handle.method
             route = m.route_label(handle.route)
+        except Exception as error:  # noqa: BLE001
+            _errors.report("metrics", error, "route label")
+            route = UNMATCHED
+        try:
             extra = m.request_labels(handle.facts) if m.labelled else ()
-            m.request_finished(
-                method, route, code, duration, handle.response_bytes, handle.trace_id, extra
-            )
-            length = handle.facts.headers.get("content-length")
-            if length is not None and length.isdigit():
-                m.request_body(method, route, int(length), extra)
+        except Exception as error:  # noqa: BLE001 - the application's label hook failed
+            _errors.report("metrics", error, "request labels")
+            extra = ()
+        if handle.counted:
+            handle.counted = False
+            try:
+                m.request_finished(
+                    method, route, code, duration, handle.response_bytes, handle.trace_id, extra
+                )
+            except Exception as error:  # noqa: BLE001
+                _errors.report("metrics", error, "finish")
+                # request_finished takes the gauge down first; when it raised before that,
+                # do it here so the gauge never stays one too high.
+                _settle_gauge(m, method, error)
+        else:
+            try:
+                # The gauge never went up for this request; request_finished takes it down.
+                m.request_started(method)
+                m.request_finished(
+                    method, route, code, duration, handle.response_bytes, None, extra
+                )
+            except Exception as error:  # noqa: BLE001
+                _errors.report("metrics", error, "finish")
+        try:
+            length = content_length(handle.facts.headers.get("content-length"))
+            if length is not None:
+                m.request_body(method, route, length, extra)
             if exc is not None:
                 m.exception(method, route, _error_type(exc), extra)
-            span = handle.span
-            # pyobs's own span ignores changes once ended, so only other spans are asked.
-            own = handle.owns_span and type(span) is tracing.RequestSpan
-            if span is not None and not own and not span.is_recording():
-                span = None  # an adopted span that its owner already ended
-            if span is not None:
-                error_type = _error_type(exc) if exc is not None else None
-                if error_type is None and code >= 500:
-                    error_type = str(code)
-                if own:
-                    span.request_done(code, method, handle.route, error_type, exc)
-                else:
-                    attributes: dict[str, Any] = {"http.response.status_code": code}
-                    if handle.route is not None:
-                        attributes["http.route"] = handle.route
-                        if handle.owns_span:
-                            span.update_name(f"{method} {handle.route}")
-                    if error_type is not None:
-                        attributes["error.type"] = error_type
-                        span.set_status(Status(StatusCode.ERROR))
-                    if exc is not None:
-                        span.record_exception(exc)
-                    span.set_attributes(attributes)
-            if self.config.access_log:
-                self._access_log(handle, code, duration, exc)
-            if span is not None and handle.owns_span:
-                span.end()
-        except Exception as error:  # noqa: BLE001 - failsafe: the response is already on its way
-            report_internal_error("finish", error)
+        except Exception as error:  # noqa: BLE001
+            _errors.report("metrics", error, "finish")
+
+    def _end_span(
+        self, handle: RequestHandle, span: Any, code: int, exc: BaseException | None
+    ) -> None:
+        # pyobs's own span ignores changes once ended, so only other spans are asked.
+        own = handle.owns_span and type(span) is tracing.RequestSpan
+        if not own and not span.is_recording():
+            return  # an adopted span that its owner already ended
+        method = handle.method
+        error_type = _error_type(exc) if exc is not None else None
+        if error_type is None and code >= 500:
+            error_type = str(code)
+        if own:
+            span.request_done(code, method, handle.route, error_type, exc)
+            return
+        attributes: dict[str, Any] = {"http.response.status_code": code}
+        if handle.route is not None:
+            attributes["http.route"] = handle.route
+            if handle.owns_span:
+                span.update_name(f"{method} {handle.route}")
+        if error_type is not None:
+            attributes["error.type"] = error_type
+            span.set_status(Status(StatusCode.ERROR))
+        if exc is not None:
+            # The SDK's own event, with the message and trace scrubbed of secrets.
+            scrubbed = tracing.exception_attributes(exc)
+            span.record_exception(
+                exc,
+                attributes={
+                    "exception.message": scrubbed["exception.message"],
+                    "exception.stacktrace": scrubbed["exception.stacktrace"],
+                },
+            )
+        span.set_attributes(attributes)
 
     def _access_log(
         self, handle: RequestHandle, code: int, duration: float, exc: BaseException | None
@@ -331,11 +534,13 @@ class RequestObserver:
         if not _access.isEnabledFor(level):
             return
         facts = handle.facts
+        path = handle.path
         # The request's own ids, even when a server closes the body in another context.
         trace_ids = handle.trace_ids
-        query = redact_query(facts.query) if facts.query else None
+        query = redact_query(capped(facts.query) or "") if facts.query else None
         optional = (query, handle.route, handle.client or None, handle.user_agent or None)
-        message = f"{facts.method} {facts.path} {code}"
+        # The message repeats the path for people; url.path has it in full (up to the cap).
+        message = f"{capped(facts.method, 64)} {capped(path, 1024)} {code}"
         direct = direct_handler(_access, level)
         if direct is not None and exc is None:
             # Fast path: pyobs's own stdout handler is the only destination.
@@ -344,7 +549,7 @@ class RequestObserver:
             request = (
                 handle.request_id,
                 handle.method,
-                facts.path,
+                path,
                 code,
                 handle.response_bytes,
                 int(duration * 1e9),
@@ -356,7 +561,7 @@ class RequestObserver:
             "http.request.id": handle.request_id,
             "event.dataset": ACCESS_LOGGER,
             "http.request.method": handle.method,
-            "url.path": facts.path,
+            "url.path": path,
             "http.response.status_code": code,
             "http.response.body.bytes": handle.response_bytes,
             "event.duration": int(duration * 1e9),
@@ -380,6 +585,42 @@ class RequestObserver:
         record.__dict__.update(extra)
         record.pyobs_fields = extra
         _access.handle(record)
+
+
+def _value_limits_set() -> bool:
+    """True when the SDK's span limits (from OTEL_* variables) cut attribute values."""
+    try:
+        from opentelemetry.sdk.trace import SpanLimits
+
+        limits = SpanLimits()
+    except Exception:  # noqa: BLE001 - no SDK, or a malformed limit: the SDK will say so
+        return True
+    return limits.max_span_attribute_length is not None or limits.max_attribute_length is not None
+
+
+def _status_code(value: Any) -> int:
+    """A status an adapter passed as something else than an int (``"404"``, HTTPStatus)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 500
+
+
+def _settle_gauge(metrics: PyobsMetrics, method: str, error: BaseException) -> None:
+    """After request_finished raised: take the in-flight gauge down unless it already was."""
+    # request_finished's first step is the gauge; a traceback that got past it into the
+    # histogram code means the gauge is already down.
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    if "observe" in frames:
+        return
+    try:
+        metrics._active_add(method, -1)
+    except Exception as exc:  # noqa: BLE001
+        _errors.report("metrics", exc, "in-flight gauge")
 
 
 def _error_type(exc: BaseException) -> str:

@@ -92,6 +92,73 @@ def ensure_loop_lag_monitor() -> None:
 _lag_tasks: set[asyncio.Task[None]] = set()
 
 
+class _DisconnectWatch:
+    """Reads the request's input on the app's behalf while it streams a response without
+    reading it, so a client that leaves is seen; the app still gets every message, in order."""
+
+    __slots__ = ("_busy", "_queue", "_receive", "gone", "handle", "task")
+
+    def __init__(self, receive: Receive, handle: RequestHandle) -> None:
+        self._receive = receive
+        self.handle = handle
+        self.task: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[Message] | None = None
+        self._busy = 0  # the app is inside receive(): it watches for itself
+        self.gone = False
+
+    async def receive(self) -> Message:
+        queue = self._queue
+        if queue is not None and (not queue.empty() or not self._stopped()):
+            return await queue.get()
+        self._busy += 1
+        try:
+            return await self._receive()
+        finally:
+            self._busy -= 1
+
+    def start(self) -> None:
+        """Start watching (first streamed chunk), unless the app is reading itself."""
+        if self._busy or self.task is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # another event loop library: no watcher
+            return
+        # Bounded: an app that streams while it still has a large body to read is not made to
+        # buffer it; the watcher waits for the app to catch up.
+        self._queue = asyncio.Queue(maxsize=8)
+        self.task = loop.create_task(self._watch(), name="pyobs-disconnect-watch")
+
+    async def _watch(self) -> None:
+        assert self._queue is not None
+        try:
+            while True:
+                message = await self._receive()
+                await self._queue.put(message)
+                if message.get("type") == "http.disconnect":
+                    if not self.handle.finished:
+                        self.gone = True
+                        self.handle.disconnected = True
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the server's receive failed: nothing to watch
+            return
+
+    def _stopped(self) -> bool:
+        return self.task is None or self.task.done()
+
+    def stop(self) -> None:
+        """Stop watching (the response is done); a receive() waiting on the watcher gets
+        http.disconnect, as the ASGI spec has it once the response is complete."""
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            assert self._queue is not None
+            if not self._queue.full():
+                self._queue.put_nowait({"type": "http.disconnect"})
+
+
 class ObservabilityMiddleware:
     """Wrap an ASGI app: HTTP requests and WebSocket connections; lifespan passes through.
 
@@ -145,8 +212,13 @@ class ObservabilityMiddleware:
         # RequestObserver.response_headers(), inlined and encoded (the id is ASCII).
         extra = ((REQUEST_ID_NAME, handle.request_id.encode()),)
 
+        # A raw app that streams without ever reading its input would not see the client
+        # leave (some servers drop sends to a closed connection silently): once it streams,
+        # a watcher reads the input for it and keeps the messages for the app (issue 13.9).
+        watch = _DisconnectWatch(receive, handle)
+
         async def observed_receive() -> Message:
-            message = await receive()
+            message = await watch.receive()
             if message.get("type") == "http.disconnect" and not handle.finished:
                 handle.disconnected = True
             return message
@@ -166,9 +238,12 @@ class ObservabilityMiddleware:
                         handle.disconnected = True
                         raise
                     # The last byte is out: this is where the duration ends.
-                    handle.disconnected = False
+                    handle.disconnected = watch.gone
+                    watch.stop()
                     self._finish(observer, handle, original)
                     return
+                if watch.task is None:
+                    watch.start()
             try:
                 await send(message)
             except OSError:
@@ -188,6 +263,7 @@ class ObservabilityMiddleware:
                 # The app returned before the last body byte (or sent nothing: 500).
                 self._finish(observer, handle, original)
         finally:
+            watch.stop()
             observer.detach(handle)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from pyobs import _context, _ecs
 from pyobs._config import Config
 from pyobs.metrics import get_metrics
+from pyobs.redact import scrub
 
 ECS_VERSION = "8.17.0"
 ACCESS_LOGGER = "pyobs.access"
@@ -56,10 +57,13 @@ def error_fields(exc: BaseException) -> dict[str, str]:
     name = (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     )
+    # URL credentials and tokens in the message (and so in the trace) are scrubbed (§5).
     return {
         "error.type": name,
-        "error.message": str(exc),
-        "error.stack_trace": "".join(traceback.format_exception(cls, exc, exc.__traceback__)),
+        "error.message": scrub(str(exc)),
+        "error.stack_trace": scrub(
+            "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+        ),
     }
 
 

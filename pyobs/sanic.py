@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 from pyobs import _state, exposition
 from pyobs._observer import RequestFacts, report_internal_error
@@ -16,7 +17,7 @@ def _facts(request: Any) -> RequestFacts:
     peer = peer if isinstance(peer, tuple) and len(peer) >= 2 else (None, None)
     return RequestFacts(
         method=request.method,
-        path=request.path,
+        path=unquote(request.path, errors="replace"),  # decoded, as under ASGI
         headers={k.lower(): v for k, v in request.headers.items()},
         scheme=request.scheme,
         query=request.query_string,

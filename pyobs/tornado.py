@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from typing import Any
+from urllib.parse import unquote
 
 from pyobs import _state, exposition
 from pyobs._observer import RequestFacts, RequestHandle, RequestObserver, report_internal_error
@@ -16,7 +17,7 @@ def _facts(request: Any) -> RequestFacts:
     port = host.rpartition(":")[2] if ":" in host else ""
     return RequestFacts(
         method=request.method,
-        path=request.path,
+        path=unquote(request.path, errors="replace"),  # decoded, as under ASGI
         headers={k.lower(): v for k, v in request.headers.get_all()},
         scheme=request.protocol,
         query=request.query,

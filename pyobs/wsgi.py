@@ -82,6 +82,8 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
     """Plain request facts from a WSGI environ (method, path and headers only without details)."""
     get = environ.get
     path = (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
+    if not path.isascii():
+        path = decoded_path(path)
     if not details:
         return RequestFacts(get("REQUEST_METHOD") or "GET", path, _EnvironHeaders(environ))
     host = get("HTTP_HOST") or get("SERVER_NAME") or ""
@@ -98,6 +100,16 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         int(port) if type(port) is str and port.isdigit() else _port(port),
         protocol[5:] if protocol.startswith("HTTP/") else "1.1",
     )
+
+
+def decoded_path(path: str) -> str:
+    """The path as ASGI servers give it: PEP 3333 hands WSGI apps the raw bytes as latin-1
+    characters (``/cafÃ©``), so they are taken back to bytes and read as UTF-8 (``/café``);
+    bytes that are not UTF-8 become U+FFFD, as uvicorn decodes them."""
+    try:
+        return path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # not a PEP 3333 string: a server that already decoded it
+        return path
 
 
 def _port(value: Any) -> int | None:

@@ -345,16 +345,18 @@ def test_cardinality_guard(framework: str, capsys: pytest.CaptureFixture[str]) -
     capsys.readouterr()
 
 
-def test_internal_error_is_logged_once_and_requests_go_on(
+def test_internal_error_is_counted_logged_at_a_limited_rate_and_requests_go_on(
     framework: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bug inside pyobs never reaches the request: served anyway, reported once."""
+    """A bug inside pyobs never reaches the request: served anyway, counted each time, one
+    log line for three errors of a kind within the minute."""
     from pyobs.metrics import PyobsMetrics
 
     def broken(self: Any, route: str | None) -> str:
         raise ZeroDivisionError("simulated pyobs bug")
 
     client = make(framework)
+    before = sample("pyobs_internal_errors_total", component="metrics") or 0
     monkeypatch.setattr(PyobsMetrics, "route_label", broken)
     replies = [client.get("/items/4") for _ in range(3)]
     assert [r.status for r in replies] == [200, 200, 200]
@@ -364,6 +366,7 @@ def test_internal_error_is_logged_once_and_requests_go_on(
     assert len(internal) == 1
     assert internal[0]["error.type"] == "ZeroDivisionError"
     assert "simulated pyobs bug" in internal[0]["error.message"]
+    assert sample("pyobs_internal_errors_total", component="metrics") == before + 3
 
 
 def test_start_failure_still_serves(

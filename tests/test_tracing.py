@@ -29,25 +29,24 @@ def _app_with_view(view: Any) -> Client:
     return Client("flask", app)
 
 
-@pytest.mark.parametrize("access", ["direct", "api"])
+@pytest.mark.parametrize("path", ["shortcut", "public"])
 def test_application_code_can_enrich_and_nest_under_the_server_span(
-    access: str, monkeypatch: pytest.MonkeyPatch
+    path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """get_current_span() in a view sets attributes and events; child spans nest under it.
 
-    pyobs sets OTel's context variable directly when the API's default runtime context is
-    in use ("direct"), and goes through the API otherwise ("api"); both must look the same
-    to application code, and the request's context must be gone afterwards.
+    pyobs records its span itself on the SDK ("shortcut") and through Tracer.start_span when
+    the shortcut is off ("public"); both must look the same to application code, and the
+    request's context must be gone afterwards.
     """
     from opentelemetry import trace
 
-    from pyobs import _context
+    from pyobs import _internals, tracing
     from pyobs.testing import span_exporter
 
-    if access == "api":
-        monkeypatch.setattr(_context, "VAR", None)
-    else:
-        assert _context.VAR is not None  # the installed API has the layout pyobs checks for
+    if path == "public":
+        monkeypatch.setattr(_internals.OTEL_SPAN, "enabled", False)
+        monkeypatch.setattr(tracing, "_recorder_for", None)
 
     def view(order_id: int) -> str:
         span = trace.get_current_span()
@@ -245,38 +244,24 @@ def test_default_sampler_follows_the_parent_decision(capsys: pytest.CaptureFixtu
     assert server.context.trace_id == outer.get_span_context().trace_id
 
 
-def test_direct_span_context_equals_the_checked_constructor() -> None:
-    """The span context pyobs builds without SpanContext's checks is the same object value."""
+def test_span_ids_are_the_span_contexts_ids_in_hex() -> None:
+    """span_ids() gives the W3C hex forms of the span context's ids and its sampled flag."""
     from opentelemetry import trace
 
     from pyobs import tracing
 
     state = trace.TraceState([("vendor", "x")])
-    for flags in (tracing._SAMPLED_FLAGS, tracing._DEFAULT_FLAGS):
+    for flags in (0, 1, 3):
         for trace_state in (None, state):
-            args = (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, flags, trace_state)
-            fast, checked = tracing._span_context(*args), tracing._checked_span_context(*args)
-            assert fast == checked
-            assert (fast.is_valid, fast.is_remote, fast.trace_state) == (
-                checked.is_valid,
-                checked.is_remote,
-                checked.trace_state,
+            context = trace.SpanContext(
+                0x4BF92F3577B34DA6A3CE929D0E0E4736,
+                0x00F067AA0BA902B7,
+                False,
+                trace.TraceFlags(flags),
+                trace_state,
             )
-            # Reading the ids back by position gives what the API's properties give.
-            span = trace.NonRecordingSpan(checked)
-            by_position = tracing.span_ids(span)
-            assert tracing._span_context is tracing._direct_span_context  # positions in use
-            tracing._span_context = tracing._checked_span_context
-            try:
-                by_property = tracing.span_ids(span)
-            finally:
-                tracing._span_context = tracing._direct_span_context
-            assert (
-                by_position
-                == by_property
-                == (
-                    "4bf92f3577b34da6a3ce929d0e0e4736",
-                    "00f067aa0ba902b7",
-                    flags == tracing._SAMPLED_FLAGS,
-                )
+            assert tracing.span_ids(trace.NonRecordingSpan(context)) == (
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "00f067aa0ba902b7",
+                flags & 1 == 1,
             )
