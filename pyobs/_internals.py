@@ -153,3 +153,89 @@ def sdk_tracer_enabled(tracer: Any) -> bool:
     """False when the tracer configurator turned pyobs's tracer off (``Tracer._is_enabled``)."""
     is_enabled = getattr(tracer, "_is_enabled", None)
     return bool(is_enabled()) if callable(is_enabled) else True
+
+
+# -- prometheus_client ------------------------------------------------------------------
+
+PROM_VALUES = register(
+    "prometheus-client-values",
+    "prometheus_client",
+    ("0.20.0", "0.26.0"),
+    "metrics",
+    "pyobs writes a request's gauge and histogram values straight into prometheus_client's "
+    "in-process MutexValue objects (_value, _exemplar; a histogram child's _sum, _buckets, "
+    "_upper_bounds) under one lock of its own. Saves 3-7 us per request over observe()/inc().",
+)
+
+
+class AfterGauge(Exception):
+    """prom_request failed after the in-flight gauge was already taken down."""
+
+
+def prom_value(child: Any) -> Any:
+    """A counter or gauge child's in-process MutexValue, or None for any other layout."""
+    from prometheus_client.values import MutexValue
+
+    value = getattr(child, "_value", None)
+    if type(value) is not MutexValue or not hasattr(value, "_value"):
+        return None
+    return value
+
+
+def prom_histogram(child: Any) -> tuple[Any, list[Any], list[float]] | None:
+    """(sum, buckets, upper bounds) of a histogram child in the in-process layout, or None."""
+    from prometheus_client.values import MutexValue
+
+    try:
+        total, buckets, bounds = child._sum, child._buckets, child._upper_bounds
+    except AttributeError:
+        return None
+    if any(type(v) is not MutexValue or not hasattr(v, "_value") for v in [total, *buckets]):
+        return None
+    if len(buckets) != len(bounds) or list(bounds) != sorted(bounds):
+        return None
+    return total, buckets, bounds
+
+
+def prom_add(lock: Any, value: Any, amount: float) -> None:
+    """``value.inc(amount)``, under pyobs's lock instead of the value's own."""
+    with lock:
+        value._value += amount
+
+
+def prom_request(
+    lock: Any, direct: tuple[Any, ...], duration: float, response_bytes: int, exemplar: Any
+) -> None:
+    """One request's values: in-flight gauge - 1, duration (+ exemplar), response size.
+
+    Raises AfterGauge (from the cause) when a write after the gauge's failed, so the caller
+    knows the gauge is already down and completes the rest through the public API.
+    """
+    from bisect import bisect_left
+
+    active, d_sum, d_buckets, d_bounds, r_sum, r_buckets, r_bounds = direct
+    d_bucket = d_buckets[bisect_left(d_bounds, duration)]
+    r_bucket = r_buckets[bisect_left(r_bounds, response_bytes)] if r_sum is not None else None
+    with lock:
+        active._value -= 1
+        try:
+            d_sum._value += duration
+            d_bucket._value += 1
+            if r_bucket is not None:
+                r_sum._value += response_bytes
+                r_bucket._value += 1
+            if exemplar is not None:
+                d_bucket._exemplar = exemplar
+        except Exception as exc:
+            raise AfterGauge() from exc
+
+
+def prom_observe(lock: Any, direct: tuple[Any, list[Any], list[float]], amount: float) -> None:
+    """``histogram_child.observe(amount)`` (no exemplar), under pyobs's lock."""
+    from bisect import bisect_left
+
+    total, buckets, bounds = direct
+    bucket = buckets[bisect_left(bounds, amount)]
+    with lock:
+        total._value += amount
+        bucket._value += 1

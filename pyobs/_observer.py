@@ -471,10 +471,8 @@ class RequestObserver:
                     method, route, code, duration, handle.response_bytes, handle.trace_id, extra
                 )
             except Exception as error:  # noqa: BLE001
+                # request_finished takes the gauge down exactly once, whatever fails after.
                 _errors.report("metrics", error, "finish")
-                # request_finished takes the gauge down first; when it raised before that,
-                # do it here so the gauge never stays one too high.
-                _settle_gauge(m, method, error)
         else:
             try:
                 # The gauge never went up for this request; request_finished takes it down.
@@ -604,23 +602,6 @@ def _status_code(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 500
-
-
-def _settle_gauge(metrics: PyobsMetrics, method: str, error: BaseException) -> None:
-    """After request_finished raised: take the in-flight gauge down unless it already was."""
-    # request_finished's first step is the gauge; a traceback that got past it into the
-    # histogram code means the gauge is already down.
-    frames = []
-    tb = error.__traceback__
-    while tb is not None:
-        frames.append(tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    if "observe" in frames:
-        return
-    try:
-        metrics._active_add(method, -1)
-    except Exception as exc:  # noqa: BLE001
-        _errors.report("metrics", exc, "in-flight gauge")
 
 
 def _error_type(exc: BaseException) -> str:

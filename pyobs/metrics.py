@@ -6,7 +6,6 @@ import logging
 import re
 import threading
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.samples import Exemplar
 from prometheus_client.values import MutexValue
 
+from pyobs import _errors, _internals
 from pyobs._config import Config
 
 _log = logging.getLogger("pyobs.internal")
@@ -208,8 +208,8 @@ class PyobsMetrics:
         if value is None:
             labels = (label, *self._static) if metric is self.active_requests else (label,)
             child = metric.labels(*labels)
-            value = getattr(child, "_value", None)
-            if type(value) is not MutexValue or not direct_values_ok():
+            value = _internals.prom_value(child) if direct_values_ok() else None
+            if value is None:
                 value = _PublicInc(child)
             cache[label] = value
         return value
@@ -219,11 +219,14 @@ class PyobsMetrics:
         value = self._active.get(method) or self._value_for(
             self._active, self.active_requests, method
         )
-        if type(value) is MutexValue:
-            with self._lock:
-                value._value += amount
-        else:
+        if type(value) is _PublicInc:
             value.inc(amount)
+            return
+        try:
+            _internals.prom_add(self._lock, value, amount)
+        except Exception as exc:  # noqa: BLE001 - a changed layout: public API from now on
+            self._direct_failed(exc)
+            self._active_add(method, amount)
 
     request_started = _active_add  # http_server_active_requests{method} + 1
 
@@ -274,39 +277,46 @@ class PyobsMetrics:
         key = (method, route, status, extra) if extra else (method, route, status)
         series = self._series.get(key)
         if series is None:
-            series = self._new_series(key, method, route, status, extra)
+            try:
+                series = self._new_series(key, method, route, status, extra)
+            except BaseException:
+                self._active_add(method, -1)  # the gauge goes down exactly once, always
+                raise
         direct = series.direct
         if direct is not None:
-            active, d_sum, d_buckets, d_bounds, r_sum, r_buckets, r_bounds = direct
-            d_bucket = d_buckets[bisect_left(d_bounds, duration)]
             exemplar = (
                 # Exemplar(labels, value, timestamp), built without the NamedTuple's __new__
                 tuple.__new__(Exemplar, ({"trace_id": trace_id}, duration, time.time()))
                 if trace_id
                 else None
             )
-            if r_sum is not None:
-                r_bucket = r_buckets[bisect_left(r_bounds, response_bytes)]
-                with self._lock:
-                    active._value -= 1
-                    d_sum._value += duration
-                    d_bucket._value += 1
-                    r_sum._value += response_bytes
-                    r_bucket._value += 1
-                    if exemplar is not None:
-                        d_bucket._exemplar = exemplar
-            else:
-                with self._lock:
-                    active._value -= 1
-                    d_sum._value += duration
-                    d_bucket._value += 1
-                    if exemplar is not None:
-                        d_bucket._exemplar = exemplar
-            return
+            try:
+                _internals.prom_request(self._lock, direct, duration, response_bytes, exemplar)
+                return
+            except _internals.AfterGauge as exc:
+                # The gauge is down; record the rest through the public API below.
+                self._direct_failed(exc.__cause__ or exc)
+                self._public_observe(series, duration, response_bytes, trace_id)
+                return
+            except Exception as exc:  # noqa: BLE001 - nothing written yet: all public
+                self._direct_failed(exc)
         self._active_add(method, -1)
+        self._public_observe(series, duration, response_bytes, trace_id)
+
+    def _public_observe(
+        self, series: _Series, duration: float, response_bytes: int, trace_id: str | None
+    ) -> None:
         series.duration.observe(duration, {"trace_id": trace_id} if trace_id else None)
         if series.response is not None:
             series.response.observe(response_bytes)
+
+    def _direct_failed(self, exc: BaseException) -> None:
+        """The direct writes failed in use: turn them off, count it, forget cached values."""
+        _internals.broken(_internals.PROM_VALUES.name, exc)
+        self._series.clear()
+        self._active.clear()
+        self._request_sizes.clear()
+        self._log_levels.clear()
 
     def _new_series(
         self, key: tuple[Any, ...], method: str, route: str, status: int, extra: tuple[str, ...]
@@ -333,18 +343,18 @@ class PyobsMetrics:
         found = self._request_sizes.get(key)
         if found is None:
             child = histogram.labels(method, route, *self._static, *extra)
-            found = (child, _direct_values(child) if direct_values_ok() else None)
+            found = (child, _direct_values(child))
             if len(self._request_sizes) < 10_000:
                 self._request_sizes[key] = found
         child, direct = found
         if direct is None:
             child.observe(nbytes)
             return
-        total, buckets, bounds = direct
-        bucket = buckets[bisect_left(bounds, nbytes)]
-        with self._lock:
-            total._value += nbytes
-            bucket._value += 1
+        try:
+            _internals.prom_observe(self._lock, direct, nbytes)
+        except Exception as exc:  # noqa: BLE001 - a changed layout: public API from now on
+            self._direct_failed(exc)
+            child.observe(nbytes)
 
     def exception(
         self, method: str, route: str, error_type: str, extra: tuple[str, ...] = ()
@@ -399,11 +409,14 @@ class PyobsMetrics:
         value = self._log_levels.get(level) or self._value_for(
             self._log_levels, self.log_events, level
         )
-        if type(value) is MutexValue:
-            with self._lock:  # like the request path's values: only pyobs writes this one
-                value._value += 1
-        else:
+        if type(value) is _PublicInc:
             value.inc(1)
+            return
+        try:  # like the request path's values: only pyobs writes this one
+            _internals.prom_add(self._lock, value, 1)
+        except Exception as exc:  # noqa: BLE001 - a changed layout: public API from now on
+            self._direct_failed(exc)
+            self.log_event(level)
 
     def unregister(self) -> None:
         """Remove every instrument from the registry (tests and re-setup)."""
@@ -425,73 +438,40 @@ class _PublicInc:
         self._metric.inc(amount)
 
 
-# --- The one shortcut into prometheus_client's internals --------------------------------
-# Writing a request's values straight into the in-process MutexValue objects under one pyobs
-# lock saves 3-7 µs per request over observe()/inc() (docs/benchmarks.md). It relies on
-# private names (MutexValue._value, Histogram child _sum/_buckets/_upper_bounds, _exemplar),
-# so it runs only on the prometheus_client versions it is tested on AND after a check at
-# first use that it gives exactly the samples the public API gives; otherwise pyobs uses
-# the public API and says so once (tests/test_metrics.py fails if the shortcut turns off).
-DIRECT_TESTED = ((0, 20), (0, 26))  # inclusive (major, minor) range of prometheus_client
-_direct_ok: bool | None = None
-_direct_lock = threading.RLock()
+# --- The shortcut into prometheus_client's internals (pyobs._internals) ----------------
+# A request's values are written straight into the in-process value objects under one pyobs
+# lock (saves 3-7 µs per request over observe()/inc()). _internals keeps the private names
+# and the tested version range; the check below runs once, at first use, and must show that
+# the direct writes give exactly the samples the public API gives. Otherwise (or in
+# multiprocess mode, where values live in shared files) the public API is used.
+_checking = False
 
 
 def direct_values_ok() -> bool:
     """True when the direct value writes may be used (checked once per process)."""
-    state = _direct_ok
-    if state is None:
-        with _direct_lock:
-            state = _direct_ok
-            if state is None:
-                state = _check_direct_values()
-    return state
-
-
-def _prometheus_client_version() -> tuple[int, int] | None:
-    from importlib import metadata
-
-    try:
-        major, minor = metadata.version("prometheus-client").split(".")[:2]
-        return int(major), int(minor)
-    except (metadata.PackageNotFoundError, ValueError):
-        return None
-
-
-def _check_direct_values() -> bool:
-    """Run the request path both ways on scratch registries; any difference: public API."""
-    global _direct_ok
+    if _checking:
+        return True
     from prometheus_client import values
 
     if values.ValueClass is not MutexValue:
-        # Multiprocess mode (values live in shared files): no shortcut, and no scratch
-        # observations either, since they would land in every worker's sum.
-        _direct_ok = False
-        return False
-    version = _prometheus_client_version()
-    lo, hi = DIRECT_TESTED
-    if version is None or not lo <= version <= hi:
-        _log.warning(
-            "pyobs: prometheus_client %s is outside the versions pyobs's direct metric "
-            "writes are tested on (%d.%d-%d.%d); using its public API instead",
-            "?" if version is None else f"{version[0]}.{version[1]}",
-            *lo,
-            *hi,
-        )
-        _direct_ok = False
-        return False
-    _direct_ok = True  # let the scratch instance below take the direct path
+        return False  # multiprocess mode: no shortcut (and no scratch observations)
+    return _internals.gate(_internals.PROM_VALUES.name, _check_direct_values)
+
+
+def _check_direct_values() -> bool:
+    """Run the request path both ways on scratch registries; True when the samples match."""
+    global _checking
+    _checking = True
     try:
         ours = PyobsMetrics(CollectorRegistry())
         theirs = PyobsMetrics(CollectorRegistry())
-        ok = True
         for i, (value, size) in enumerate(((0.0, 0), (0.3, 101), (10.0, 10**9), (11.0, 5))):
             trace_id = f"{i + 1:032x}"
             ours.request_started("GET")
             ours.request_finished("GET", "/x", 200, value, size, trace_id)
             ours.request_body("GET", "/x", size)
             if ours._series[("GET", "/x", 200)].direct is None:
-                ok = False
+                return False  # the layout is not the one the shortcut knows
             assert theirs.request_size is not None
             assert theirs.response_size is not None
             theirs.active_requests.labels("GET").inc()
@@ -500,18 +480,9 @@ def _check_direct_values() -> bool:
             theirs.request_duration.labels(*labels).observe(value, {"trace_id": trace_id})
             theirs.response_size.labels(*labels).observe(size)
             theirs.request_size.labels("GET", "/x").observe(size)
-        ok = ok and _samples(ours.registry) == _samples(theirs.registry)
-    except Exception as exc:  # noqa: BLE001 - any surprise means: do not take the shortcut
-        _log.warning("pyobs: direct metric writes failed their check (%r); public API used", exc)
-        ok = False
-    if not ok:
-        _log.warning(
-            "pyobs: prometheus_client %d.%d's internals differ from what pyobs expects; "
-            "metrics use its public API (correct, a few µs slower per request)",
-            *version,
-        )
-    _direct_ok = ok
-    return ok
+        return _samples(ours.registry) == _samples(theirs.registry)
+    finally:
+        _checking = False
 
 
 def _samples(registry: CollectorRegistry) -> list[Any]:
@@ -525,25 +496,8 @@ def _samples(registry: CollectorRegistry) -> list[Any]:
 
 
 def _direct_values(child: Any) -> tuple[Any, list[Any], list[float]] | None:
-    """(sum, buckets, bounds) of a histogram child whose values pyobs may update directly.
-
-    That is prometheus_client's in-process layout, where every value is a MutexValue whose
-    ``inc`` is ``_value += amount`` under the value's lock. pyobs takes one lock of its own
-    for all the values of a request instead; nothing else writes these values (exposition
-    only reads them). Multiprocess values (mmap files) and unknown layouts return None.
-    """
-    if not direct_values_ok():
-        return None
-    try:
-        total, buckets, bounds = child._sum, child._buckets, child._upper_bounds
-    except AttributeError:
-        return None
-    values = [total, *buckets]
-    if any(type(v) is not MutexValue or not hasattr(v, "_value") for v in values):
-        return None
-    if len(buckets) != len(bounds) or list(bounds) != sorted(bounds):
-        return None
-    return total, buckets, bounds
+    """(sum, buckets, bounds) of a histogram child pyobs may update directly, else None."""
+    return _internals.prom_histogram(child) if direct_values_ok() else None
 
 
 class _Series:
@@ -559,7 +513,7 @@ class _Series:
         # (active gauge value, duration sum/buckets/bounds, response sum/buckets/bounds);
         # the response part is (None, None, None) when body-size histograms are off.
         self.direct: tuple[Any, ...] | None = None
-        if type(active) is MutexValue and d is not None and r is not None:
+        if type(active) is not _PublicInc and d is not None and r is not None:
             self.direct = (active, *d, *r)
 
 
@@ -609,11 +563,8 @@ def options_for(config: Config) -> MetricsOptions:
 
 
 def _report(component: str, exc: BaseException) -> None:
-    """Log an internal error of the metrics code; the request goes on."""
-    try:
-        _log.warning("pyobs internal error in %s: %r (the request was served)", component, exc)
-    except Exception:  # noqa: BLE001 - reporting must never raise into the request
-        pass
+    """Count and log an internal error of the metrics code; the request goes on."""
+    _errors.report(component, exc, "request label hook")
 
 
 def _reset() -> None:

@@ -82,7 +82,10 @@ APP = textwrap.dedent(
         def broken(self, *args, **kwargs):
             raise AttributeError("'MutexValue' object has no attribute '_value'")
 
-        PyobsMetrics.request_finished = broken
+        from pyobs import _internals
+
+        _internals.prom_request = broken
+        PyobsMetrics._public_observe = broken
     """
 )
 

@@ -156,8 +156,13 @@ def test_metrics_that_fail_cost_no_span_or_log_line(
     def broken(self: Any, *args: Any, **kwargs: Any) -> None:
         raise AttributeError("'MutexValue' object has no attribute '_value'")
 
+    from pyobs import _internals
+
     before = _errors(served, "metrics")
-    monkeypatch.setattr(PyobsMetrics, "request_finished", broken)
+    # Both ways of writing a histogram break (a changed layout, and its public API too);
+    # request_finished still takes the in-flight gauge down exactly once.
+    monkeypatch.setattr(_internals, "prom_request", broken)
+    monkeypatch.setattr(PyobsMetrics, "_public_observe", broken)
     monkeypatch.setattr(PyobsMetrics, "request_body", broken)
     for n in range(1, 4):
         assert served.get(f"/items/{n}", headers={"Content-Length": "0"})[0] == 200

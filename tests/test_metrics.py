@@ -103,9 +103,10 @@ def test_unknown_layout_falls_back_to_the_public_api() -> None:
 
 def test_direct_writes_are_on_for_the_tested_versions() -> None:
     """The shortcut is active on the installed prometheus_client: fails if it silently turns off."""
+    from pyobs import _internals
     from pyobs import metrics as metrics_module
 
-    metrics_module._direct_ok = None
+    _internals.recheck(_internals.PROM_VALUES.name)
     assert metrics_module.direct_values_ok()
     metrics = PyobsMetrics(CollectorRegistry())
     metrics.request_started("GET")
@@ -131,6 +132,7 @@ def test_renamed_private_value_falls_back_with_a_warning(
 
     from prometheus_client.values import MutexValue
 
+    from pyobs import _internals
     from pyobs import metrics as metrics_module
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -147,7 +149,7 @@ def test_renamed_private_value_falls_back_with_a_warning(
     monkeypatch.setattr(MutexValue, "inc", inc)
     monkeypatch.setattr(MutexValue, "set", set_)
     monkeypatch.setattr(MutexValue, "get", lambda self: self._v)
-    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+    _internals.recheck(_internals.PROM_VALUES.name)
     with caplog.at_level("WARNING", logger="pyobs.internal"):
         metrics = PyobsMetrics(CollectorRegistry())
         for _ in range(3):
@@ -156,7 +158,7 @@ def test_renamed_private_value_falls_back_with_a_warning(
     assert not metrics_module.direct_values_ok()
     assert "public API" in caplog.text
     assert _recorded(metrics) == (3, 15, 0)
-    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+    _internals.recheck(_internals.PROM_VALUES.name)
 
 
 def test_diverging_internals_fall_back_with_a_warning(
@@ -165,13 +167,14 @@ def test_diverging_internals_fall_back_with_a_warning(
     """Same private names, new meaning: the first-use check notices; public API used."""
     from prometheus_client.values import MutexValue
 
+    from pyobs import _internals
     from pyobs import metrics as metrics_module
 
     original_inc: Any = MutexValue.inc
     # A release that stores half the amount and doubles it when read: the layout check passes.
     monkeypatch.setattr(MutexValue, "inc", lambda self, amount: original_inc(self, amount / 2))
     monkeypatch.setattr(MutexValue, "get", lambda self: self._value * 2)
-    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+    _internals.recheck(_internals.PROM_VALUES.name)
     with caplog.at_level("WARNING", logger="pyobs.internal"):
         metrics = PyobsMetrics(CollectorRegistry())
         for _ in range(3):
@@ -180,22 +183,28 @@ def test_diverging_internals_fall_back_with_a_warning(
     assert not metrics_module.direct_values_ok()
     assert "public API" in caplog.text
     assert _recorded(metrics) == (3, 15, 0)
-    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+    _internals.recheck(_internals.PROM_VALUES.name)
 
 
 def test_untested_version_uses_the_public_api(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A prometheus_client outside the tested range never takes the shortcut, and says so."""
-    from pyobs import metrics as metrics_module
+    """A prometheus_client older than the tested range never takes the shortcut, and says so."""
+    from pyobs import _internals
 
-    monkeypatch.setattr(metrics_module, "_prometheus_client_version", lambda: (9, 0))
-    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+    real = _internals.installed
+    monkeypatch.setattr(
+        _internals,
+        "installed",
+        lambda dist: "0.1.0" if dist == "prometheus_client" else real(dist),
+    )
+    _internals.recheck(_internals.PROM_VALUES.name)
+    _internals.recheck(_internals.PROM_VALUES.name)
     with caplog.at_level("WARNING", logger="pyobs.internal"):
         metrics = PyobsMetrics(CollectorRegistry())
         metrics.request_started("GET")
         metrics.request_finished("GET", "/x", 200, 0.1, 5)
     assert metrics._series[("GET", "/x", 200)].direct is None
-    assert "outside the versions" in caplog.text
+    assert "older than tested" in caplog.text
     assert _recorded(metrics) == (1, 5, 0)
-    monkeypatch.setattr(metrics_module, "_direct_ok", None)
+    _internals.recheck(_internals.PROM_VALUES.name)
