@@ -343,16 +343,13 @@ def configure_logging(config: Config) -> None:
     handler = StdoutHandler()
     handler.setFormatter(formatter)
     root.addHandler(handler)
-    if config.logstash_host:
-        try:
-            from pyobs.shipper import LogstashHandler
-        except ImportError:  # pragma: no cover - shipper module missing from a partial install
-            logging.getLogger("pyobs").warning("pyobs: the Logstash shipper is not available")
-        else:
-            shipper = LogstashHandler(config)
-            shipper.setFormatter(ECSFormatter(config))
-            shipper.pyobs_handler = True
-            root.addHandler(shipper)
+    if config.logstash_url or config.elasticsearch_url or config.logstash_host:
+        from pyobs import shipper  # only when shipping is configured; it never imports logs
+
+        shipping = shipper.handler_for(config)
+        if shipping is not None:
+            shipping.setFormatter(ECSFormatter(config))
+            root.addHandler(shipping)
     root.setLevel(config.log_level.upper())
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     _structlog_configure()
