@@ -410,16 +410,18 @@ class ShippingHandler(logging.Handler):
         """Every event not settled yet: memory, in flight and spool."""
         return len(self._queue) + len(self._held) - self._held_done + self.spooled_events()
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait (bounded) until nothing waits in memory or the spool, or nothing can move."""
-        if not self._started or self._pid != os.getpid():
+    def flush(self, timeout: float = 0.0) -> None:
+        """Wait up to ``timeout`` seconds until every record is delivered (settled).
+
+        Without a timeout (as ``logging.shutdown`` calls it) it returns at once: ``close``
+        does the bounded flush at exit.
+        """
+        if not self._started or self._pid != os.getpid() or self._closed:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.waiting():
-            if self._backoff_until > time.monotonic():
-                return  # the receiver is away: what waits is on disk or will be
+        while self.waiting() and time.monotonic() < deadline:
             self._wake.set()
-            time.sleep(0.005)
+            time.sleep(0.01)
 
     def close(self) -> None:
         """Send what can be sent within EXIT_DEADLINE_S, keep everything else in the spool."""

@@ -166,13 +166,14 @@ class EsStream:
             parts.append(line.decode().rstrip("\n"))
         answer = http_json(
             "POST",
-            f"{self.es_url}/{self.name}/_bulk?filter_path=errors,items.*.status",
+            f"{self.es_url}/{self.name}/_bulk?filter_path=errors,items.*.status,items.*.error",
             "\n".join(parts) + "\n",
         )
         if answer.get("errors"):
-            statuses = {next(iter(i.values()))["status"] for i in answer["items"]}
-            if statuses - {200, 201, 409}:
-                raise RuntimeError(f"bulk item errors: {statuses}")
+            items = [next(iter(i.values())) for i in answer["items"]]
+            bad = [i for i in items if i["status"] not in (200, 201, 409)]
+            if bad:
+                raise RuntimeError(f"bulk item errors: {bad[:3]}")
         return 200
 
     def count(self) -> int:

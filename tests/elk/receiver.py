@@ -146,7 +146,8 @@ class HttpNdjsonReceiver:
     reset) and ``start()`` again on the same port; ``stalled`` (reads nothing); ``reset_all()``
     (reset the open connections); ``close_after_lines`` (cut each connection after that many
     lines, without answering); ``lose_ack_every`` (store every n-th batch, then close the
-    connection instead of answering); ``statuses`` (answer the next requests with these codes).
+    connection instead of answering); ``statuses`` (answer the next requests with these codes);
+    ``refuse_marker`` (answer 400 to a batch holding a line that contains it).
     """
 
     def __init__(
@@ -161,10 +162,12 @@ class HttpNdjsonReceiver:
         self.close_after_lines = 0
         self.lose_ack_every = 0
         self.statuses: list[int] = []
+        self.refuse_marker = b""  # answer 400 to any batch with a line containing this
         self.requests = 0
         self.lines_read = 0
         self.accepted: list[bytes] = []  # every line of every batch answered 2xx
         self.batches = 0
+        self.errors: list[str] = []  # on_batch failures (answered 503)
         self._lock = threading.Lock()
         self._server: socket.socket | None = None
         self._clients: list[socket.socket] = []
@@ -295,6 +298,8 @@ class HttpNdjsonReceiver:
                 self.requests += 1
                 self.lines_read += len(lines)
                 status = self.statuses.pop(0) if self.statuses else 200
+            if self.refuse_marker and any(self.refuse_marker in line for line in lines):
+                status = 400
             lines_here += len(lines)
             if self.close_after_lines and lines_here > self.close_after_lines:
                 _reset(conn)
@@ -302,7 +307,8 @@ class HttpNdjsonReceiver:
             if status == 200 and self.on_batch is not None:
                 try:
                     status = self.on_batch(lines)
-                except Exception:  # Elasticsearch away: Logstash would push back too
+                except Exception as exc:  # Elasticsearch away: Logstash would push back too
+                    self.errors.append(str(exc)[:500])
                     status = 503
             if status == 200:
                 with self._lock:
@@ -312,7 +318,7 @@ class HttpNdjsonReceiver:
                 if lose:
                     _reset(conn)
                     return
-            reason = {200: b"OK", 429: b"Too Many Requests", 503: b"Service Unavailable"}
+            reason = {200: b"OK", 400: b"Bad Request", 429: b"Busy", 503: b"Unavailable"}
             conn.sendall(
                 b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
                 % (status, reason.get(status, b"Error"))
