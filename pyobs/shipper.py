@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import itertools
 import json
+import json.encoder
 import logging
 import os
 import random
@@ -153,7 +154,24 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-_encode = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":")).encode
+_safe_encode = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":")).encode
+_c_encoder = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    if getattr(json.encoder, "c_make_encoder", None) is not None
+    else None
+)
+
+
+def _encode(fields: dict[str, Any]) -> str:
+    """json.dumps(fields) without building an encoder per call (the C encoder, made once)."""
+    if _c_encoder is not None:
+        try:
+            return "".join(_c_encoder(fields, 0))
+        except RecursionError:
+            pass  # a value that contains itself: the checked encoder says so
+    return _safe_encode(fields)
 
 
 def _minimal_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -350,6 +368,7 @@ class ShippingHandler(logging.Handler):
         self._deadline = 0.0
         self._last_error = ""
         self._fork_locked = False
+        self._gave_up = False
 
     # --- request thread -------------------------------------------------------------------
 
@@ -599,7 +618,9 @@ class ShippingHandler(logging.Handler):
         while True:
             try:
                 if self._stop.is_set() and (
-                    time.monotonic() >= self._deadline or not self._take_for_exit()
+                    self._gave_up
+                    or time.monotonic() >= self._deadline
+                    or not self._take_for_exit()
                 ):
                     return
                 if not self._held and not self._take():
@@ -653,6 +674,7 @@ class ShippingHandler(logging.Handler):
             if not self._send_chunk(chunk):
                 if self._stop.is_set():
                     self._put_back()
+                    self._gave_up = True  # closing and the receiver fails: keep the rest
                     return
                 continue
             self._held_done += len(chunk)

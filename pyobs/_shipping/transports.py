@@ -112,6 +112,11 @@ class _HttpBase:
         conn = self._connection()
         headers = {**self.headers, "Content-Type": content_type}
         try:
+            if conn.sock is None:
+                conn.connect()
+                sock: Any = conn.sock
+                with contextlib.suppress(OSError, AttributeError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
             payload = response.read()
