@@ -344,7 +344,7 @@ class ShippingHandler(logging.Handler):
     def _reset_state(self) -> None:
         """Fresh per-process state (at creation and in a fork child)."""
         self._pid = os.getpid()
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[str] = deque()  # JSON lines, newline included
         self._in_bytes = 0  # added by emit without a lock: approximate by a few records
         self._out_bytes = 0
         self._ids = itertools.count(1)
@@ -374,6 +374,9 @@ class ShippingHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:  # type: ignore[override]
         """Filter and emit without the handler lock: emit is safe from any thread."""
+        if not self.filters:  # the common case: no filter call at all
+            self.emit(record)
+            return True
         rv = self.filter(record)
         if rv:
             self.emit(record if not isinstance(rv, logging.LogRecord) else rv)
@@ -404,17 +407,18 @@ class ShippingHandler(logging.Handler):
             self._warn.warn("emit", "a record could not be shipped", 1)
             self.counters.add("dropped", 1)
 
-    def _serialize(self, record: logging.LogRecord) -> bytes:
+    def _serialize(self, record: logging.LogRecord) -> str:
+        """The record's JSON line, ``event.id`` first (encoded to bytes off this thread)."""
         to_dict = getattr(self.formatter, "to_dict", None)
         try:
             fields = to_dict(record) if to_dict is not None else _minimal_fields(record)
         except Exception:  # noqa: BLE001 - a formatter bug still ships the message
             fields = _minimal_fields(record)
         if "event.id" in fields:
-            return (_encode(fields) + "\n").encode("utf-8", "replace")
-        eid = f"{self._id_prefix}{next(self._ids):010x}"
+            return _encode(fields) + "\n"
         body = _encode(fields)
-        return f'{{"event.id":"{eid}",{body[1:]}\n'.encode("utf-8", "replace")
+        eid = f'{{"event.id":"{self._id_prefix}{next(self._ids):010x}"'
+        return f"{eid},{body[1:]}\n" if len(body) > 2 else f"{eid}}}\n"
 
     def pending(self) -> int:
         """Events in the memory queue."""
@@ -574,12 +578,18 @@ class ShippingHandler(logging.Handler):
         size = 0
         while queue:
             line = queue.popleft()
-            lines.append(line)
+            lines.append(line.encode("utf-8", "replace"))
             size += len(line)
         self._out_bytes += size
         dropped = spool.append(lines)
         self.counters.add("spooled", len(lines))
         self._dropped(dropped)
+
+    def _to_memory(self, lines: list[bytes]) -> None:
+        """Put lines back at the head of the memory queue (only when there is no spool)."""
+        texts = [line.decode("utf-8", "replace") for line in lines]
+        self._out_bytes -= sum(len(t) for t in texts)
+        self._queue.extendleft(reversed(texts))
 
     def _dropped(self, n: int) -> None:
         if n:
@@ -618,9 +628,7 @@ class ShippingHandler(logging.Handler):
         while True:
             try:
                 if self._stop.is_set() and (
-                    self._gave_up
-                    or time.monotonic() >= self._deadline
-                    or not self._take_for_exit()
+                    self._gave_up or time.monotonic() >= self._deadline or not self._take_for_exit()
                 ):
                     return
                 if not self._held and not self._take():
@@ -660,7 +668,7 @@ class ShippingHandler(logging.Handler):
             size = 0
             for _ in range(min(len(queue), self._batch)):
                 line = queue.popleft()
-                lines.append(line)
+                lines.append(line.encode("utf-8", "replace"))
                 size += len(line)
             self._out_bytes += size
             self._held, self._held_segment, self._held_done = lines, None, 0
@@ -694,7 +702,7 @@ class ShippingHandler(logging.Handler):
                 self.counters.add("spooled", len(rest))
                 self._dropped(spool.prepend(rest))
             elif rest:
-                self._queue.extendleft(reversed(rest))  # no disk: back to memory
+                self._to_memory(rest)  # no disk: back to memory
             self._held, self._held_segment, self._held_done = [], None, 0
 
     def _send_chunk(self, chunk: list[bytes]) -> bool:
@@ -729,7 +737,7 @@ class ShippingHandler(logging.Handler):
                         self.counters.add("spooled", len(lines))
                         self._dropped(spool.prepend(lines))
                     else:
-                        self._queue.extendleft(reversed(lines))
+                        self._to_memory(lines)
                 return True
             self._sleep_backoff()
             try:
