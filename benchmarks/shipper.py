@@ -453,6 +453,8 @@ def print_summary(results: dict[str, Any]) -> None:
         ("RSS growth, 10,000 exceptions waiting (MB)", "exceptions_down", "rss_growth_mb"),
         ("exit with the receiver down (s)", "exit_down", "exit_s"),
         ("events kept at exit (of 1,000)", "exit_down", "kept_for_next_start"),
+        ("exit with the 10,000 exceptions waiting (s)", "exceptions_down", "exit_s"),
+        ("exceptions kept at exit (of 10,000)", "exceptions_down", "kept_for_next_start"),
     ]
     names = [n for n in SHIPPERS if n in results]
     print("\n(in brackets: the pyobs figure divided by that column's)")
@@ -465,7 +467,7 @@ def print_summary(results: dict[str, Any]) -> None:
             value = results[name][section][key]
             ratio = ""
             numeric = isinstance(value, (int, float)) and isinstance(mine, (int, float))
-            if name != "pyobs" and numeric and value and key != "kept_for_next_start":
+            if name != "pyobs" and numeric and value and not key.startswith("kept"):
                 ratio = f" ({mine / value:.2g})"
             cells.append(f"{value}{ratio}")
         print(f"| {label} | " + " | ".join(cells) + " |")
