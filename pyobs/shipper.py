@@ -240,6 +240,16 @@ class _Counters:
         except Exception:  # noqa: BLE001 - a metric failure never stops shipping
             pass
 
+    def register(self) -> None:
+        """Make every series exist (at 0) before the first event: dashboards see zeros."""
+        with contextlib.suppress(Exception):
+            from pyobs.metrics import get_metrics
+
+            metrics = get_metrics()
+            _retries_counter(metrics)
+            for outcome in OUTCOMES:
+                metrics.child(metrics.log_shipper_events, outcome)
+
     def gauge(self, waiting: int) -> None:
         with contextlib.suppress(Exception):
             from pyobs.metrics import get_metrics
@@ -324,6 +334,7 @@ class ShippingHandler(logging.Handler):
         self.queue_size = self.queue_max_events  # the name the old handler used
         self.counters = _Counters()
         self.stats = self.counters.stats
+        self.counters.register()
         self._warn = _RateLimited()
         self._closed = False
         self._start_lock = threading.Lock()

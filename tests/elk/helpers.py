@@ -296,6 +296,11 @@ def _hard_close(sock: Any) -> None:
 
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # shutdown wakes a thread blocked in recv on this socket; close alone would not.
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
         sock.close()
     except OSError:
         pass
