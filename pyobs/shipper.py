@@ -376,6 +376,7 @@ class ShippingHandler(logging.Handler):
         self._held: list[bytes] = []  # lines the sender took from memory and has not settled
         self._held_segment: _spool.Segment | None = None
         self._held_done = 0  # lines of the held list already settled
+        self._bisect_end = 0  # held lines up to here are sent in halves (a bad line among them)
         self._deadline = 0.0
         self._last_error = ""
         self._fork_locked = False
@@ -670,6 +671,7 @@ class ShippingHandler(logging.Handler):
                 self.counters.add("quarantined", bad)
                 if lines:
                     self._held, self._held_segment, self._held_done = lines, segment, 0
+                    self._bisect_end = 0
                     return True
                 spool.forget(segment)
             queue = self._queue
@@ -683,6 +685,7 @@ class ShippingHandler(logging.Handler):
                 size += len(line)
             self._out_bytes += size
             self._held, self._held_segment, self._held_done = lines, None, 0
+            self._bisect_end = 0
             return True
 
     def _deliver(self) -> None:
@@ -701,6 +704,7 @@ class ShippingHandler(logging.Handler):
             if self._held_segment is not None and self._spool is not None:
                 self._spool.forget(self._held_segment)
             self._held, self._held_segment, self._held_done = [], None, 0
+            self._bisect_end = 0
 
     def _put_back(self) -> None:
         """Unsettled held lines go back to the spool head (or stay in their segment)."""
@@ -715,6 +719,7 @@ class ShippingHandler(logging.Handler):
             elif rest:
                 self._to_memory(rest)  # no disk: back to memory
             self._held, self._held_segment, self._held_done = [], None, 0
+            self._bisect_end = 0
 
     def _send_chunk(self, chunk: list[bytes]) -> bool:
         """One request; True when every line of ``chunk`` is settled (acked, kept or refused)."""
@@ -731,9 +736,15 @@ class ShippingHandler(logging.Handler):
             self._batch = max(1, len(chunk) // 2)
             return False
         except BadBatch as exc:
-            self._inflight_since = 0.0
-            self._bisect(chunk, str(exc))
-            return True
+            if len(chunk) == 1:
+                self._refused([(chunk[0], str(exc))])
+                return True
+            # Some line is bad: send this stretch again in halves, down to single lines (the
+            # delivery loop keeps the progress, so an outage meanwhile loses or repeats nothing).
+            self.counters.add("retries", len(chunk))
+            self._batch = max(1, len(chunk) // 2)
+            self._bisect_end = max(self._bisect_end, self._held_done + len(chunk))
+            return False
         finally:
             self._inflight_since = 0.0
         self._settle(result)
@@ -759,26 +770,6 @@ class ShippingHandler(logging.Handler):
             self._settle(result)
         self._recovered()
         return True
-
-    def _bisect(self, chunk: list[bytes], reason: str) -> None:
-        """Find the bad lines of a refused batch by halves; keep and count them."""
-        if len(chunk) == 1:
-            self._refused([(chunk[0], reason)])
-            return
-        mid = len(chunk) // 2
-        for half in (chunk[:mid], chunk[mid:]):
-            while True:
-                try:
-                    self._settle(self.transport.send(half))
-                    break
-                except BadBatch as exc:
-                    self._bisect(half, str(exc))
-                    break
-                except (RetryLater, TooLarge) as exc:
-                    self._failed(half, str(exc), False, False)
-                    if self._stop.is_set():
-                        raise
-                    self._sleep_backoff()
 
     def _settle(self, result: Result) -> None:
         self.counters.add("acknowledged", result.acknowledged)
@@ -836,7 +827,8 @@ class ShippingHandler(logging.Handler):
     def _recovered(self) -> None:
         self._backoff = BACKOFF_MIN_S
         self._backoff_until = 0.0
-        self._batch = min(BATCH_MAX_EVENTS, self._batch * 2)
+        if self._held_done >= self._bisect_end:  # not while halving around a bad line
+            self._batch = min(BATCH_MAX_EVENTS, self._batch * 2)
         if self._last_error:
             self._last_error = ""
             _log.info("pyobs: %s takes logs again", self.transport.display)
