@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import datetime
 import itertools
-import json
-import json.encoder
 import logging
 import os
 import random
@@ -41,6 +38,10 @@ from typing import Any, Protocol
 
 from pyobs._config import Config, ConfigError
 from pyobs._shipping import spool as _spool
+from pyobs._shipping.counters import Counters as _Counters
+from pyobs._shipping.counters import RateLimited as _RateLimited
+from pyobs._shipping.lines import encode as _encode
+from pyobs._shipping.lines import minimal_fields as _minimal_fields
 from pyobs._shipping.transports import (
     BadBatch,
     ElasticsearchBulk,
@@ -64,8 +65,6 @@ CLAIM_EVERY_S = 2.0  # look for spools of dead processes (fork children) this of
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
 EXIT_DEADLINE_S = 0.8  # exit never waits longer than this for delivery
-WARN_EVERY_S = 10.0
-OUTCOMES = ("acknowledged", "unconfirmed", "spooled", "dropped", "rejected", "quarantined")
 
 _log = logging.getLogger("pyobs.shipper")
 
@@ -139,141 +138,6 @@ def handler_for(config: Config) -> ShippingHandler | None:
     if transport is None:
         return None
     return ShippingHandler(config, transport=transport)
-
-
-# --- serialization --------------------------------------------------------------------------
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-_safe_encode = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":")).encode
-_c_encoder = (
-    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-        None, _default, json.encoder.encode_basestring, None, ":", ",", False, False, True
-    )
-    if getattr(json.encoder, "c_make_encoder", None) is not None
-    else None
-)
-
-
-def _encode(fields: dict[str, Any]) -> str:
-    """json.dumps(fields) without building an encoder per call (the C encoder, made once)."""
-    if _c_encoder is not None:
-        try:
-            return "".join(_c_encoder(fields, 0))
-        except RecursionError:
-            pass  # a value that contains itself: the checked encoder says so
-    return _safe_encode(fields)
-
-
-def _minimal_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """ECS fields when the handler has no ECS formatter (configure_logging always sets one)."""
-    created = record.created
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    fields: dict[str, Any] = {
-        "@timestamp": f"{stamp}.{int((created % 1) * 1000):03d}Z",
-        "log.level": record.levelname.lower(),
-        "message": record.getMessage(),
-        "log.logger": record.name,
-        "process.pid": record.process,
-    }
-    if record.exc_info and record.exc_info[1] is not None:
-        import traceback
-
-        exc = record.exc_info[1]
-        fields["error.type"] = type(exc).__name__
-        fields["error.message"] = str(exc)
-        fields["error.stack_trace"] = "".join(traceback.format_exception(exc))
-    return fields
-
-
-# --- counters -------------------------------------------------------------------------------
-
-_retries_counters: dict[int, Any] = {}
-
-
-def _retries_counter(metrics: Any) -> Any:
-    """pyobs_log_shipper_retries_total: metrics.py's if it defines one, else made here once."""
-    found = getattr(metrics, "log_shipper_retries", None)
-    if found is not None:
-        return found
-    key = id(metrics.registry)
-    if key not in _retries_counters:
-        from prometheus_client import Counter
-
-        _retries_counters[key] = Counter(
-            "pyobs_log_shipper_retries",
-            "Log events sent again after a failed or unanswered attempt (not new deliveries).",
-            registry=metrics.registry,
-        )
-    return _retries_counters[key]
-
-
-class _Counters:
-    """The handler's own totals (``stats``) mirrored into the Prometheus counters."""
-
-    def __init__(self) -> None:
-        self.stats = dict.fromkeys((*OUTCOMES, "retries"), 0)
-        self._lock = threading.Lock()
-
-    def add(self, outcome: str, n: int) -> None:
-        if n <= 0:
-            return
-        with self._lock:
-            self.stats[outcome] += n
-        try:
-            from pyobs.metrics import get_metrics
-
-            metrics = get_metrics()
-            if outcome == "retries":
-                _retries_counter(metrics).inc(n)
-            else:
-                metrics.child(metrics.log_shipper_events, outcome).inc(n)
-        except Exception:  # noqa: BLE001 - a metric failure never stops shipping
-            pass
-
-    def register(self) -> None:
-        """Make every series exist (at 0) before the first event: dashboards see zeros."""
-        with contextlib.suppress(Exception):
-            from pyobs.metrics import get_metrics
-
-            metrics = get_metrics()
-            _retries_counter(metrics)
-            for outcome in OUTCOMES:
-                metrics.child(metrics.log_shipper_events, outcome)
-
-    def gauge(self, waiting: int) -> None:
-        with contextlib.suppress(Exception):
-            from pyobs.metrics import get_metrics
-
-            get_metrics().log_shipper_queue.set(waiting)
-
-
-class _RateLimited:
-    """stderr warnings at most once per WARN_EVERY_S per kind, with what happened meanwhile."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._pending: dict[str, int] = {}
-
-    def warn(self, kind: str, message: str, count: int = 1) -> None:
-        now = time.monotonic()
-        self._pending[kind] = self._pending.get(kind, 0) + count
-        if now - self._last.get(kind, -WARN_EVERY_S) < WARN_EVERY_S:
-            return
-        self._last[kind] = now
-        total = self._pending.pop(kind, 0)
-        with contextlib.suppress(Exception):
-            sys.stderr.write(f"pyobs shipper: {message} ({total} since the last warning)\n")
-            sys.stderr.flush()
 
 
 # --- the handler ----------------------------------------------------------------------------
