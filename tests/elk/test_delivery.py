@@ -162,7 +162,7 @@ def test_back_pressure_429_keeps_records_queued(
     receiver: HttpNdjsonReceiver, stream: EsStream, tmp_path: Path, handlers: list[Any]
 ) -> None:
     """429 and 503 answers are back-pressure: the same records are sent again later."""
-    receiver.statuses = [429] * 5 + [503] * 3
+    receiver.statuses = [429] * 3 + [503] * 2
     handler, log = _shipper(handlers, LogstashHttp(receiver.url), tmp_path, "429")
     _emit(log, 0, 3_000)
     _accounted(stream, handler, 3_000)
