@@ -162,6 +162,7 @@ class HttpNdjsonReceiver:
         self.close_after_lines = 0
         self.lose_ack_every = 0
         self.statuses: list[int] = []
+        self.last_request: tuple[str, dict[str, str]] = ("", {})  # request line, headers
         self.refuse_marker = b""  # answer 400 to any batch with a line containing this
         self.requests = 0
         self.lines_read = 0
@@ -285,10 +286,15 @@ class HttpNdjsonReceiver:
                     return
             head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
             length = 0
-            for header in head.split(b"\r\n")[1:]:
+            request_line, *headers = head.split(b"\r\n")
+            seen = {}
+            for header in headers:
                 name, _, value = header.partition(b":")
+                seen[name.strip().decode().lower()] = value.strip().decode()
                 if name.strip().lower() == b"content-length":
                     length = int(value.strip())
+            with self._lock:
+                self.last_request = (request_line.decode(), seen)
             buffer = bytearray(rest)
             if not self._read(conn, buffer, length):
                 return

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -246,6 +247,34 @@ def test_two_live_processes_never_both_claim_a_dead_spool(tmp_path: Path) -> Non
     assert third.claim_dead() == (0, 0)
     for spool in (first, second, third):
         spool.close()
+
+
+def test_direct_mode_speaks_bulk_over_tls_with_an_api_key(
+    tmp_path: Path, handlers: list[Any]
+) -> None:
+    """Direct mode: _bulk create into the data stream, over verified TLS, with the API key."""
+    from tests.elk.helpers import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    fake_es = HttpNdjsonReceiver(ssl_context=server_ctx)
+    fake_es.start()
+    try:
+        transport = ElasticsearchBulk(
+            fake_es.url, "logs-pyobs-tls", api_key="secret-key", ca_file=str(cert)
+        )
+        handler, log = _shipper(handlers, transport, tmp_path / "spool")
+        log.info("direct %d", 1)
+        wait_until(lambda: handler.stats["acknowledged"] == 1)
+        request_line, headers = fake_es.last_request
+        assert request_line.startswith("POST /logs-pyobs-tls/_bulk?")
+        assert headers["authorization"] == "ApiKey secret-key"
+        action, source = (json.loads(line) for line in fake_es.accepted)
+        assert action == {"create": {"_id": source["event.id"]}}
+        assert source["message"] == "direct 1"
+    finally:
+        fake_es.stop()
 
 
 def test_transport_follows_the_configuration() -> None:
