@@ -706,8 +706,12 @@ class ShippingHandler(logging.Handler):
         self._wake.set()
         sender = self._sender
         if sender is not None and sender.is_alive() and sender is not threading.current_thread():
-            sender.join(max(0.0, self._deadline - time.monotonic()))
-            if sender.is_alive():  # stuck on a stalled receiver: cut the request short
+            while sender.is_alive() and time.monotonic() < self._deadline:
+                sender.join(0.02)
+                since = self._inflight_since
+                if since and time.monotonic() - since > STUCK_S:
+                    break  # a stalled receiver: waiting longer would not help
+            if sender.is_alive():  # cut the request short; the sender keeps what it held
                 self.transport.abort()
                 sender.join(0.1)
         spiller = self._spiller
