@@ -489,3 +489,16 @@ def test_fork_while_threads_log_never_deadlocks(
     result = _run(code, env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "all children done" in result.stdout
+
+
+def test_exit_with_a_stalled_receiver_keeps_every_record(
+    receiver: HttpNdjsonReceiver, tmp_path: Path
+) -> None:
+    """A receiver that reads nothing at exit time: the process ends, every record is on disk."""
+    receiver.stalled = True
+    env = {"PYOBS_LOGSTASH_URL": receiver.url, "PYOBS_LOG_SPOOL_DIR": str(tmp_path), "N": "2000"}
+    result = _run(_EMITTER, env)
+    assert result.returncode == 0, result.stderr
+    assert receiver.lines_read == 0
+    numbers = sorted(int(e["message"].split()[1]) for e in _spooled(tmp_path, "exit"))
+    assert numbers == list(range(2000))  # each kept once, none lost
