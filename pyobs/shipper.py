@@ -196,6 +196,7 @@ class ShippingHandler(logging.Handler):
             "PYOBS_LOG_QUEUE_MAX_BYTES", DEFAULT_QUEUE_MAX_BYTES, 1024
         )
         self.queue_size = self.queue_max_events  # the name the old handler used
+        self._to_dict: Any = None
         self.counters = _Counters()
         self.stats = self.counters.stats
         self.counters.register()
@@ -223,7 +224,7 @@ class ShippingHandler(logging.Handler):
         self._in_bytes = 0  # added by emit without a lock: approximate by a few records
         self._out_bytes = 0
         self._ids = itertools.count(1)
-        self._id_prefix = os.urandom(6).hex()
+        self._id_head = '{"event.id":"' + os.urandom(6).hex()
         self._move_lock = threading.Lock()
         self._wake = threading.Event()
         self._woken = False
@@ -261,20 +262,29 @@ class ShippingHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Serialize the record and queue its line; never blocks on the network, never raises."""
         try:
-            if self._closed:
-                return
             if not self._started:
+                if self._closed:
+                    return
                 self._start()
-            line = self._serialize(record)
+            to_dict = self._to_dict
+            try:
+                fields = to_dict(record) if to_dict is not None else _minimal_fields(record)
+            except Exception:  # noqa: BLE001 - a formatter bug still ships the message
+                fields = _minimal_fields(record)
+            body = _encode(fields)
+            if "event.id" in fields:
+                line = body + "\n"
+            elif len(body) > 2:  # event.id first: the direct transport reads it from there
+                line = f'{self._id_head}{next(self._ids):010x}",{body[1:]}\n'
+            else:
+                line = f'{self._id_head}{next(self._ids):010x}"}}\n'
             queue = self._queue
             queue.append(line)
-            self._in_bytes += len(line)
+            size = self._in_bytes + len(line)
+            self._in_bytes = size
             n = len(queue)
-            if n >= WAKE_AT:
-                if (
-                    n >= self.queue_max_events
-                    or self._in_bytes - self._out_bytes >= self.queue_max_bytes
-                ):
+            if n >= WAKE_AT or size - self._out_bytes >= self.queue_max_bytes:
+                if n >= self.queue_max_events or size - self._out_bytes >= self.queue_max_bytes:
                     self._spill(blocking=True)  # rare: the queue is full; to disk now
                 elif not self._woken:
                     self._woken = True
@@ -283,18 +293,10 @@ class ShippingHandler(logging.Handler):
             self._warn.warn("emit", "a record could not be shipped", 1)
             self.counters.add("dropped", 1)
 
-    def _serialize(self, record: logging.LogRecord) -> str:
-        """The record's JSON line, ``event.id`` first (encoded to bytes off this thread)."""
-        to_dict = getattr(self.formatter, "to_dict", None)
-        try:
-            fields = to_dict(record) if to_dict is not None else _minimal_fields(record)
-        except Exception:  # noqa: BLE001 - a formatter bug still ships the message
-            fields = _minimal_fields(record)
-        if "event.id" in fields:
-            return _encode(fields) + "\n"
-        body = _encode(fields)
-        eid = f'{{"event.id":"{self._id_prefix}{next(self._ids):010x}"'
-        return f"{eid},{body[1:]}\n" if len(body) > 2 else f"{eid}}}\n"
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        """Also remember the formatter's ``to_dict`` (the ECS fields), looked up once."""
+        super().setFormatter(fmt)
+        self._to_dict = getattr(fmt, "to_dict", None)
 
     def pending(self) -> int:
         """Events in the memory queue."""
