@@ -65,6 +65,7 @@ CLAIM_EVERY_S = 2.0  # look for spools of dead processes (fork children) this of
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
 EXIT_DEADLINE_S = 0.8  # exit never waits longer than this for delivery
+EXIT_STALL_S = 0.5  # at exit, a request unanswered this long is cut short
 
 _log = logging.getLogger("pyobs.shipper")
 
@@ -704,6 +705,11 @@ class ShippingHandler(logging.Handler):
     def _shutdown(self) -> None:
         """Deliver within the deadline if the receiver takes it; everything else to the spool."""
         self._deadline = time.monotonic() + EXIT_DEADLINE_S
+        if self._move_lock.acquire(timeout=0.1):
+            try:  # what fork children left since the last look goes out with ours
+                self._claim()
+            finally:
+                self._move_lock.release()
         self._stop.set()
         self._wake.set()
         sender = self._sender
@@ -711,7 +717,7 @@ class ShippingHandler(logging.Handler):
             while sender.is_alive() and time.monotonic() < self._deadline:
                 sender.join(0.02)
                 since = self._inflight_since
-                if since and time.monotonic() - since > STUCK_S:
+                if since and time.monotonic() - since > EXIT_STALL_S:
                     break  # a stalled receiver: waiting longer would not help
             if sender.is_alive():  # cut the request short; the sender keeps what it held
                 self.transport.abort()
