@@ -247,6 +247,7 @@ class ShippingHandler(logging.Handler):
         self._last_error = ""
         self._fork_locked = False
         self._gave_up = False
+        self._retry_pending = False
 
     # --- request thread -------------------------------------------------------------------
 
@@ -565,6 +566,15 @@ class ShippingHandler(logging.Handler):
                     self._put_back()
                     self._gave_up = True  # closing and the receiver fails: keep the rest
                     return
+                if self._retry_pending:
+                    self._retry_pending = False
+                    if self._held_segment is None and self._spool is not None:
+                        # The receiver is away: what memory held waits on disk from now on
+                        # (a crash meanwhile loses nothing); it is taken again from there.
+                        self._put_back()
+                        self._sleep_backoff()
+                        return
+                    self._sleep_backoff()
                 continue
             self._held_done += len(chunk)
         with self._move_lock:
@@ -676,8 +686,7 @@ class ShippingHandler(logging.Handler):
                 "unreachable",
                 f"{self.transport.display} did not take the logs ({reason}); they wait on disk",
             )
-        if not self._stop.is_set():
-            self._sleep_backoff()
+        self._retry_pending = True  # the delivery loop waits out the backoff
 
     def _back_off(self, back_pressure: bool) -> None:
         delay = self._backoff * random.uniform(0.8, 1.2)
