@@ -1,226 +1,218 @@
-"""Log shipper benchmark: pyobs.shipper vs python-logstash-async, same loopback receiver, same run.
+"""Log shipper benchmark: pyobs.shipper vs python-logstash-async vs pyobs as of e4d17de, one run.
 
-    python benchmarks/shipper.py              # full run (about 2 minutes)
-    python benchmarks/shipper.py --quick      # pyobs only, small numbers (the smoke test)
+    python benchmarks/shipper.py                 # full run (a few minutes; starts ES if fetched)
+    python benchmarks/shipper.py --es URL        # use a running Elasticsearch for direct mode
+    python benchmarks/shipper.py --quick         # small numbers, no python-logstash-async
     python benchmarks/shipper.py --json out.json
 
-Scenarios, each in a fresh producer process:
-- throughput: as many events as the shipper takes (the producer backs off when pyobs's
-  queue is 80% full, as pyobs drops rather than blocks); delivered events per second.
-- restart: steady load; the receiver is killed (connections reset) for a while and comes
-  back. Events sent, received, unique (what Elasticsearch keeps: it uses event.id as _id),
-  duplicates removed, whether the first arrivals are in order, how long after the restart
-  the backlog was delivered, emit cost on the logging thread (p50/p99), peak RSS.
-- exit: the receiver is down; how long the process takes to exit, and what it kept.
+What it verifies, each shipper in a fresh producer process, side by side:
 
-The receiver runs in its own process and only counts lines; it stands in for Logstash's tcp
-input with the json_lines codec. No Elasticsearch is involved (tests/elk prove that part).
+- throughput: events emitted as fast as the producer can, until every one has reached the
+  receiver; delivered events per second. The receiver (its own process) is an acknowledging
+  stand-in for Logstash's http input (NDJSON or JSON arrays, answers 200) and also takes TCP
+  JSON lines for the e4d17de shipper, which only speaks TCP. pyobs also runs in direct mode
+  against a real Elasticsearch node (``_bulk``; delivered = documents counted in the stream).
+- emit cost on the logging thread (``handler.handle(record)``), p50 and p99.
+- RSS growth with 10,000 exception records waiting (receiver down; each failing frame holds a
+  200 kB local, so a shipper that keeps frames grows by gigabytes).
+- exit with the receiver down: seconds from "exit" to process end, and events kept on disk.
+
+Ratios in the summary are pyobs / other. The e4d17de column loads that commit's
+pyobs/shipper.py with ``git show`` (skipped with a note when git or the commit is missing).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import logging
 import os
-import resource
-import selectors
+import re
 import socket
-import struct
+import socketserver
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import types
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPERS = ("pyobs", "logstash-async-sqlite", "logstash-async-memory")
+OLD_COMMIT = "e4d17de"
+SHIPPERS = ("pyobs", "pyobs-e4d17de", "logstash-async")
+EXIT_WAIT_S = 60.0  # a producer still running this long after "exit" is killed
+_BENCH = re.compile(rb'"message": ?"bench (\d+)"')  # how every shipper writes the message
 
 
 # --- receiver process ---------------------------------------------------------------------
 
 
-class Receiver:
-    """json_lines over TCP; tracks unique events, duplicates and the delivered prefix."""
+class Tally:
+    """Unique "bench N" events seen, by any route."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sel = selectors.DefaultSelector()
-        self.server: socket.socket | None = None
-        self.buffers: dict[socket.socket, bytes] = {}
-        self.lines = 0
-        self.seen: set[str] = set()
-        self.numbers: set[int] = set()
-        self.prefix = 0  # every event numbered below this has arrived
-        self.in_order = True
-        self.last_first_seen = -1
+    def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.numbers: set[int] = set()
+        self.lines = 0
+        self.down = False
 
-    def up(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(16)
-        server.setblocking(False)
-        self.sel.register(server, selectors.EVENT_READ)
-        self.server = server
-
-    def down(self) -> None:
-        if self.server is not None:
-            self.sel.unregister(self.server)
-            self.server.close()
-            self.server = None
-        for client in list(self.buffers):
-            self._drop(client, reset=True)
-
-    def _drop(self, client: socket.socket, reset: bool = False) -> None:
-        self.sel.unregister(client)
-        self.buffers.pop(client, None)
-        if reset:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
-
-    def poll(self, timeout: float) -> None:
-        for key, _ in self.sel.select(timeout):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            if sock is self.server:
-                client, _ = sock.accept()
-                client.setblocking(False)
-                self.sel.register(client, selectors.EVENT_READ)
-                self.buffers[client] = b""
-                continue
-            try:
-                chunk = sock.recv(1 << 20)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self._drop(sock)
-                continue
-            data = self.buffers[sock] + chunk
-            *lines, self.buffers[sock] = data.split(b"\n")
-            with self.lock:
-                for line in lines:
-                    if line.strip():
-                        self._line(line)
-
-    def _line(self, line: bytes) -> None:
-        self.lines += 1
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return
-        message = str(event.get("message", ""))
-        key = str(event.get("event.id") or message)
-        if key in self.seen:
-            return
-        self.seen.add(key)
-        if not message.startswith("bench "):
-            return
-        number = int(message.split()[1])
-        if number < self.last_first_seen:
-            self.in_order = False
-        self.last_first_seen = number
-        self.numbers.add(number)
-        while self.prefix in self.numbers:
-            self.prefix += 1
-
-    def stats(self) -> dict[str, Any]:
+    def add(self, body: bytes) -> None:
+        """Count the events of a body (NDJSON, a JSON array or JSON lines) by their number."""
+        found = _BENCH.findall(body)
         with self.lock:
-            return {
-                "lines": self.lines,
-                "unique": len(self.numbers),
-                "prefix": self.prefix,
-                "in_order": self.in_order,
-                "t": time.monotonic(),
-            }
+            self.lines += len(found)
+            self.numbers.update(int(n) for n in found)
 
 
-def run_receiver(port: int) -> None:
-    """Serve until stdin closes; commands on stdin: up, down, stats."""
-    receiver = Receiver(port)
-    receiver.up()
-    commands: list[str] = []
+def run_receiver(http_port: int, tcp_port: int) -> None:
+    """Serve until stdin closes; commands on stdin: stats, down, up."""
+    tally = Tally()
 
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            commands.append(line.strip())
-        commands.append("quit")
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
 
-    threading.Thread(target=read_stdin, daemon=True).start()
+        def do_POST(self) -> None:
+            tally.add(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            # One write: a status line and a body in two small writes meet delayed ACKs.
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    class Lines(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                tally.add(line)
+
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", http_port), Handler)
+    tcp = socketserver.ThreadingTCPServer(("127.0.0.1", tcp_port), Lines)
+    for server in (web, tcp):
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     print("ready", flush=True)
-    while True:
-        receiver.poll(0.01)
-        while commands:
-            command = commands.pop(0)
-            if command == "quit":
-                return
-            if command == "down":
-                receiver.down()
-            elif command == "up":
-                receiver.up()
-            elif command == "stats":
-                print(json.dumps(receiver.stats()), flush=True)
+    for command in sys.stdin:
+        if command.strip() == "stats":
+            with tally.lock:
+                print(json.dumps({"unique": len(tally.numbers), "lines": tally.lines,
+                                  "t": time.monotonic()}), flush=True)  # fmt: skip
 
 
 # --- producer process ---------------------------------------------------------------------
 
 
-def make_handler(shipper: str, port: int, spool: str) -> Any:
-    if shipper == "pyobs":
-        from pyobs._config import Config
-        from pyobs.logs import ECSFormatter
-        from pyobs.shipper import LogstashHandler
+def _old_module() -> types.ModuleType | None:
+    """pyobs/shipper.py as of e4d17de, loaded from git under another name."""
+    try:
+        source = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{OLD_COMMIT}:pyobs/shipper.py"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    module = types.ModuleType("pyobs_shipper_e4d17de")
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"{OLD_COMMIT}:pyobs/shipper.py", "exec"), module.__dict__)
+    return module
 
-        config = Config(
-            service_name="bench", logstash_host="127.0.0.1", logstash_port=port, log_spool_dir=spool
-        )
-        handler = LogstashHandler(config)
+
+def make_handler(args: argparse.Namespace) -> Any:
+    from pyobs._config import Config
+    from pyobs.logs import ECSFormatter
+
+    spool = args.spool
+    if args.shipper == "pyobs":
+        from pyobs.shipper import ShippingHandler
+
+        if args.es:
+            os.environ["PYOBS_LOG_NAMESPACE"] = args.namespace
+            config = Config(service_name="bench", elasticsearch_url=args.es, log_spool_dir=spool)
+        else:
+            url = f"http://127.0.0.1:{args.http_port}/"
+            config = Config(service_name="bench", logstash_url=url, log_spool_dir=spool)
+        handler: Any = ShippingHandler(config)
+        handler.setFormatter(ECSFormatter(config))
+        return handler
+    if args.shipper == "pyobs-e4d17de":
+        old = _old_module()
+        assert old is not None
+        config = Config(service_name="bench", logstash_host="127.0.0.1",
+                        logstash_port=args.tcp_port, log_spool_dir=spool)  # fmt: skip
+        handler = old.LogstashHandler(config)
         handler.setFormatter(ECSFormatter(config))
         return handler
     from logstash_async.handler import AsynchronousLogstashHandler
 
-    database = os.path.join(spool, "logstash.db") if shipper.endswith("sqlite") else None
-    return AsynchronousLogstashHandler("127.0.0.1", port, database_path=database)
+    return AsynchronousLogstashHandler(
+        "127.0.0.1",
+        args.http_port,
+        database_path=os.path.join(spool, "logstash.db"),
+        transport="logstash_async.transport.HttpTransport",
+        ssl_enable=False,
+    )
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _fail(i: int) -> None:
+    payload = bytearray(200_000)  # a large local in the failing frame
+    raise ValueError(f"failure {i} {len(payload)}")
 
 
 def run_producer(args: argparse.Namespace) -> None:
     """Emit events as the scenario says; report costs and RSS as JSON on stdout."""
-    handler = make_handler(args.shipper, args.port, args.spool)
+    handler = make_handler(args)
     log = logging.getLogger("bench")
     log.handlers = [handler]
     log.propagate = False
     log.setLevel(logging.INFO)
     pending = getattr(handler, "pending", None)
     limit = int(getattr(handler, "queue_size", 0) * 0.8)
+    backs_off = args.shipper == "pyobs-e4d17de"  # it drops when its queue is full
     costs: list[int] = []
+    for i in range(200):  # warm-up, not measured
+        try:
+            _fail(i)
+        except ValueError:
+            pass
+    rss_before = _rss()
     start = time.monotonic()
-    interval = 1.0 / args.rate if args.rate else 0.0
     for i in range(args.count):
-        if interval:
-            delay = start + i * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        elif pending is not None and pending() > limit:
+        if backs_off and pending is not None and pending() > limit:
             time.sleep(0.0005)
-        # The handler's cost on the logging thread, as a request would pay it (the record is
-        # built by the logger, the same for every shipper).
-        record = log.makeRecord("bench", logging.INFO, __file__, 0, "bench %d", (i,), None)
+        if args.exceptions:
+            try:
+                _fail(i)
+            except ValueError:
+                record = log.makeRecord("bench", logging.ERROR, __file__, 0, "bench %d", (i,),
+                                        sys.exc_info())  # fmt: skip
+        else:
+            record = log.makeRecord("bench", logging.INFO, __file__, 0, "bench %d", (i,), None)
         t0 = time.perf_counter_ns()
         handler.handle(record)
         costs.append(time.perf_counter_ns() - t0)
-        if i % 200 == 0:
-            print(f"progress {i + 1} {time.monotonic()}", flush=True)
+        del record
+    rss_after = _rss()
     costs.sort()
     result = {
         "emitted": args.count,
         "first_emit": start,
         "emit_p50_us": costs[len(costs) // 2] / 1000,
         "emit_p99_us": costs[int(len(costs) * 0.99)] / 1000,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "dropped": getattr(handler, "dropped", None),
+        "rss_growth_mb": (rss_after - rss_before) / 2**20,
+        "dropped": (getattr(handler, "stats", None) or {}).get("dropped"),
     }
     print("result " + json.dumps(result), flush=True)
     sys.stdin.readline()  # stay alive (like a server) until told to exit
@@ -233,15 +225,13 @@ def run_producer(args: argparse.Namespace) -> None:
 class Proc:
     """A child process with line-oriented stdout read in a thread."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
+        env["PYTHONPATH"] = str(REPO)
         self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env=env,
+        )  # fmt: skip
         self.lines: list[str] = []
         self.cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -271,11 +261,6 @@ class Proc:
                     raise TimeoutError(prefix)
                 self.cond.wait(left)
 
-    def last(self, prefix: str) -> str | None:
-        with self.cond:
-            found = [line for line in self.lines if line.startswith(prefix)]
-            return found[-1] if found else None
-
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -288,158 +273,209 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_receiver(port: int) -> Proc:
-    receiver = Proc([sys.executable, __file__, "--role", "receiver", "--port", str(port)])
-    receiver.wait_line("ready", 10)
-    return receiver
+def producer(shipper: str, ports: tuple[int, int], spool: str, count: int, **kw: Any) -> Proc:
+    argv = [sys.executable, __file__, "--role", "producer", "--shipper", shipper,
+            "--http-port", str(ports[0]), "--tcp-port", str(ports[1]), "--spool", spool,
+            "--count", str(count)]  # fmt: skip
+    if kw.get("exceptions"):
+        argv.append("--exceptions")
+    if kw.get("es"):
+        argv += ["--es", kw["es"], "--namespace", kw["namespace"]]
+    return Proc(argv)
 
 
-def stats(receiver: Proc) -> dict[str, Any]:
-    receiver.send("stats")
-    result: dict[str, Any] = json.loads(receiver.wait_line("{", 10))
-    return result
+def es_count(es: str, namespace: str) -> int:
+    name = f"logs-pyobs-{namespace}"
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{es}/{name}/_refresh", method="POST"))
+        with urllib.request.urlopen(f"{es}/{name}/_count") as answer:
+            return int(json.loads(answer.read())["count"])
+    except OSError:
+        return 0
 
 
-def start_producer(shipper: str, port: int, spool: str, count: int, rate: float) -> Proc:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, __file__, "--role", "producer", "--shipper", shipper, "--port",
-            str(port), "--spool", spool, "--count", str(count), "--rate", str(rate)]  # fmt: skip
-    return Proc(argv, env)
-
-
-def wait_delivered(receiver: Proc, target: int, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    current = stats(receiver)
-    while current["prefix"] < target and time.monotonic() < deadline:
-        time.sleep(0.05)
-        current = stats(receiver)
-    return current
-
-
-def scenario_throughput(shipper: str, count: int, cap_s: float) -> dict[str, Any]:
-    port = free_port()
-    receiver = start_receiver(port)
-    with tempfile.TemporaryDirectory() as spool:
-        producer = start_producer(shipper, port, spool, count, 0)
-        try:
-            result = json.loads(producer.wait_line("result ", cap_s + 60)[7:])
-            final = wait_delivered(receiver, count, cap_s)
-            elapsed = final["t"] - result["first_emit"]
-            producer.send("exit")
-            producer.proc.wait(timeout=60)
-        finally:
-            producer.stop()
-            receiver.stop()
+def scenario_throughput(shipper: str, count: int, es: str | None = None) -> dict[str, Any]:
+    ports = (free_port(), free_port())
+    receiver = Proc([sys.executable, __file__, "--role", "receiver", "--http-port",
+                     str(ports[0]), "--tcp-port", str(ports[1])])  # fmt: skip
+    namespace = f"bench{os.urandom(4).hex()}"
+    try:
+        receiver.wait_line("ready", 20)
+        with tempfile.TemporaryDirectory() as spool:
+            prod = producer(shipper, ports, spool, count, es=es, namespace=namespace)
+            try:
+                result = json.loads(prod.wait_line("result ", 600)[7:])
+                deadline = time.monotonic() + 120
+                while True:
+                    if es:
+                        delivered, now = es_count(es, namespace), time.monotonic()
+                    else:
+                        receiver.send("stats")
+                        stats = json.loads(receiver.wait_line("{", 10))
+                        delivered, now = stats["unique"], stats["t"]
+                    if delivered >= count or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+                prod.send("exit")
+                prod.proc.wait(timeout=60)
+            finally:
+                prod.stop()
+    finally:
+        receiver.stop()
+    elapsed = now - result["first_emit"]
     return {
         "events": count,
-        "delivered": final["unique"],
+        "delivered": delivered,
         "seconds": round(elapsed, 2),
-        "delivered_per_s": round(final["unique"] / elapsed),
+        "delivered_per_s": round(delivered / elapsed),
         "emit_p50_us": round(result["emit_p50_us"], 1),
         "emit_p99_us": round(result["emit_p99_us"], 1),
-        "peak_rss_mb": round(result["peak_rss_mb"], 1),
     }
 
 
-def scenario_restart(shipper: str, rate: float, seconds: float) -> dict[str, Any]:
-    """Steady load; the receiver is down from 30% to 60% of the run."""
-    port = free_port()
-    count = int(rate * seconds)
-    receiver = start_receiver(port)
+def _kept(spool: str) -> int:
+    kept = sum(len(p.read_bytes().splitlines()) for p in Path(spool).glob("pid-*/*.jsonl"))
+    database = Path(spool) / "logstash.db"
+    if database.exists():
+        import sqlite3
+
+        with sqlite3.connect(database) as db:
+            kept += db.execute("select count(*) from event").fetchone()[0]
+    return kept
+
+
+def scenario_down(shipper: str, count: int, exceptions: bool) -> dict[str, Any]:
+    """Receiver down: RSS growth while ``count`` records wait, exit time, what was kept."""
+    ports = (free_port(), free_port())  # nothing listens
     with tempfile.TemporaryDirectory() as spool:
-        producer = start_producer(shipper, port, spool, count, rate)
+        prod = producer(shipper, ports, spool, count, exceptions=exceptions)
         try:
-            producer.wait_line("progress", 30)
-            time.sleep(seconds * 0.3)
-            receiver.send("down")
-            time.sleep(seconds * 0.3)
-            receiver.send("up")
-            back = time.monotonic()
-            line = producer.last("progress") or "progress 0 0"
-            emitted_before_back = int(line.split()[1])
-            caught_up = wait_delivered(receiver, emitted_before_back, 30)
-            catch_up_s = (
-                caught_up["t"] - back if caught_up["prefix"] >= emitted_before_back else None
-            )
-            result = json.loads(producer.wait_line("result ", seconds + 60)[7:])
-            final = wait_delivered(receiver, count, 30)
-            producer.send("exit")
-            producer.proc.wait(timeout=60)
-            final = stats(receiver)
+            result = json.loads(prod.wait_line("result ", 600)[7:])
+            prod.send("exit")
+            said = float(prod.wait_line("exiting", 30).split()[1])
+            try:
+                prod.proc.wait(timeout=EXIT_WAIT_S)
+                exit_s: float | str = round(time.monotonic() - said, 2)
+            except subprocess.TimeoutExpired:
+                exit_s = f"> {EXIT_WAIT_S:.0f} (killed)"
         finally:
-            producer.stop()
-            receiver.stop()
+            prod.stop()
+        kept = _kept(spool)
     return {
-        "sent": count,
-        "received_lines": final["lines"],
-        "unique_delivered": final["unique"],
-        "duplicates_removed": final["lines"] - final["unique"],
-        "lost": count - final["unique"],
-        "in_order": final["in_order"],
-        "backlog_delivered_after_restart_s": None if catch_up_s is None else round(catch_up_s, 2),
-        "emit_p50_us": round(result["emit_p50_us"], 1),
-        "emit_p99_us": round(result["emit_p99_us"], 1),
-        "peak_rss_mb": round(result["peak_rss_mb"], 1),
+        "events": count,
+        "rss_growth_mb": round(result["rss_growth_mb"], 1),
+        "exit_s": exit_s,
+        "kept_for_next_start": kept,
     }
 
 
-def scenario_exit(shipper: str, count: int) -> dict[str, Any]:
-    """The receiver is down: how long does the process take to exit, what did it keep?"""
-    port = free_port()  # nothing listens
-    with tempfile.TemporaryDirectory() as spool:
-        producer = start_producer(shipper, port, spool, count, 0)
-        try:
-            producer.wait_line("result ", 60)
-            producer.send("exit")
-            said = float(producer.wait_line("exiting", 10).split()[1])
-            producer.proc.wait(timeout=60)
-            exited = time.monotonic()
-        finally:
-            producer.stop()
-        kept = sum(len(p.read_bytes().splitlines()) for p in Path(spool).glob("pid-*/*.jsonl"))
-        if shipper.endswith("sqlite"):
-            import sqlite3
-
-            with sqlite3.connect(os.path.join(spool, "logstash.db")) as db:
-                kept = db.execute("select count(*) from event").fetchone()[0]
-    return {"events": count, "exit_s": round(exited - said, 2), "kept_for_next_start": kept}
+def start_es() -> tuple[str | None, Any]:
+    """A throw-away Elasticsearch node from the test fixtures, if it has been fetched."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from tests.elk.esnodes import Es8Node
+        from tests.elk.helpers import install_templates
+    except ImportError:
+        return None, None
+    if Es8Node.missing_reason():
+        return None, None
+    node = Es8Node()
+    url = node.start()
+    install_templates(url)
+    return url, node
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--role", choices=["main", "receiver", "producer"], default="main")
     parser.add_argument("--shipper", choices=SHIPPERS, default="pyobs")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--http-port", type=int, default=0)
+    parser.add_argument("--tcp-port", type=int, default=0)
     parser.add_argument("--spool", default="")
     parser.add_argument("--count", type=int, default=0)
-    parser.add_argument("--rate", type=float, default=0)
-    parser.add_argument("--quick", action="store_true", help="pyobs only, small numbers")
+    parser.add_argument("--exceptions", action="store_true")
+    parser.add_argument("--es", default="", help="Elasticsearch URL for direct mode")
+    parser.add_argument("--namespace", default="bench")
+    parser.add_argument("--quick", action="store_true", help="small numbers")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.role == "receiver":
-        run_receiver(args.port)
+        run_receiver(args.http_port, args.tcp_port)
         return 0
     if args.role == "producer":
         run_producer(args)
         return 0
-    shippers = ("pyobs",) if args.quick else SHIPPERS
-    results: dict[str, Any] = {}
-    for shipper in shippers:
-        pyobs = shipper == "pyobs"
-        count = (20_000 if args.quick else 200_000) if pyobs else 3_000
-        results[shipper] = {
-            "throughput": scenario_throughput(shipper, count, cap_s=30 if pyobs else 20),
-            "restart": scenario_restart(
-                shipper,
-                rate=2000 if args.quick else (5000 if pyobs else 300),
-                seconds=3 if args.quick else 10,
-            ),
-            "exit": scenario_exit(shipper, 1000),
-        }
-        print(json.dumps({shipper: results[shipper]}), flush=True)
+    shippers = list(SHIPPERS)
+    notes: list[str] = []
+    if _old_module() is None:
+        shippers.remove("pyobs-e4d17de")
+        notes.append(f"pyobs-e4d17de skipped: no git checkout with commit {OLD_COMMIT}")
+    try:
+        import logstash_async  # noqa: F401
+    except ImportError:
+        shippers.remove("logstash-async")
+        notes.append("logstash-async skipped: python-logstash-async is not installed")
+    else:
+        if args.quick:  # it needs about 30 s per exit while the receiver is down
+            shippers.remove("logstash-async")
+            notes.append("logstash-async skipped in --quick mode (its exits take ~30 s)")
+    es, node = (args.es or None), None
+    if es is None and not args.quick:
+        es, node = start_es()
+    results: dict[str, Any] = {"notes": notes}
+    try:
+        for shipper in shippers:
+            slow = shipper == "logstash-async"
+            count = (2_000 if slow else 20_000) if args.quick else (3_000 if slow else 200_000)
+            down = 1_000 if args.quick else 10_000
+            row: dict[str, Any] = {"throughput": scenario_throughput(shipper, count)}
+            if shipper == "pyobs" and es:
+                row["throughput_es"] = scenario_throughput(shipper, count, es=es)
+            row["exceptions_down"] = scenario_down(shipper, down, exceptions=True)
+            row["exit_down"] = scenario_down(shipper, 1_000, exceptions=False)
+            results[shipper] = row
+            print(json.dumps({shipper: row}), flush=True)
+    finally:
+        if node is not None:
+            node.stop()
+    print_summary(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    """The side-by-side table, with pyobs / other ratios."""
+    rows = [
+        ("delivered events/s (acknowledging receiver)", "throughput", "delivered_per_s"),
+        ("emit p50 (µs)", "throughput", "emit_p50_us"),
+        ("emit p99 (µs)", "throughput", "emit_p99_us"),
+        ("RSS growth, 10,000 exceptions waiting (MB)", "exceptions_down", "rss_growth_mb"),
+        ("exit with the receiver down (s)", "exit_down", "exit_s"),
+        ("events kept at exit (of 1,000)", "exit_down", "kept_for_next_start"),
+        ("exit with the 10,000 exceptions waiting (s)", "exceptions_down", "exit_s"),
+        ("exceptions kept at exit (of 10,000)", "exceptions_down", "kept_for_next_start"),
+    ]
+    names = [n for n in SHIPPERS if n in results]
+    print("\n(in brackets: the pyobs figure divided by that column's)")
+    print("\n| | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for label, section, key in rows:
+        cells = []
+        mine = results["pyobs"][section][key]
+        for name in names:
+            value = results[name][section][key]
+            ratio = ""
+            numeric = isinstance(value, (int, float)) and isinstance(mine, (int, float))
+            if name != "pyobs" and numeric and value and not key.startswith("kept"):
+                ratio = f" ({mine / value:.2g})"
+            cells.append(f"{value}{ratio}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    es = results["pyobs"].get("throughput_es")
+    if es:
+        print(f"| delivered events/s, direct to Elasticsearch (pyobs) | {es['delivered_per_s']} |")
+    for note in results["notes"]:
+        print(f"note: {note}")
 
 
 if __name__ == "__main__":

@@ -476,7 +476,9 @@ def configure_logging(config: Config) -> None:
         handler.setFormatter(formatter)
         handler.pyobs_handler = True
         _own.append(handler)
-        if mode == "always":
+        # With shipping configured the shipper sits on the root, where it would keep a
+        # last-resort handler from ever firing: the stdout handler joins it there.
+        if mode == "always" or shipping_configured(config):
             root.addHandler(handler)
             _placement = "root"
         else:
@@ -489,16 +491,19 @@ def configure_logging(config: Config) -> None:
         _structlog_configure()
     else:
         _structlog_release()
-    if config.logstash_host:
-        try:
-            from pyobs.shipper import LogstashHandler
-        except ImportError:  # pragma: no cover - shipper module missing from a partial install
-            logging.getLogger("pyobs").warning("pyobs: the Logstash shipper is not available")
-        else:
-            shipper = LogstashHandler(config)
-            shipper.setFormatter(ECSFormatter(config))
-            shipper.pyobs_handler = True
-            root.addHandler(shipper)
+    if shipping_configured(config):
+        from pyobs import shipper  # only when shipping is configured; it never imports logs
+
+        shipping = shipper.handler_for(config)
+        if shipping is not None:
+            shipping.setFormatter(ECSFormatter(config))
+            shipping.pyobs_handler = True
+            root.addHandler(shipping)
+
+
+def shipping_configured(config: Config) -> bool:
+    """True when logs are shipped (Logstash http or TCP, or Elasticsearch directly)."""
+    return bool(config.logstash_url or config.elasticsearch_url or config.logstash_host)
 
 
 def handler_placement() -> str | None:

@@ -136,3 +136,185 @@ class IndexingSink:
     def refresh(self) -> None:
         """Make everything indexed so far searchable."""
         http_json("POST", f"{self.es_url}/{self.index}/_refresh")
+
+
+def wait_until(check: Any, timeout: float = 60.0, what: str = "the condition") -> None:
+    """Poll ``check()`` until true; fail after a generous ``timeout`` (never a speed bound)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class EsStream:
+    """One data stream ``logs-pyobs-<namespace>`` on the real node, of one test."""
+
+    def __init__(self, es_url: str, namespace: str) -> None:
+        self.es_url = es_url
+        self.namespace = namespace
+        self.name = f"logs-pyobs-{namespace}"
+
+    def write(self, lines: list[bytes]) -> int:
+        """Bulk-create lines with ``_id`` = ``event.id`` (what Logstash's output does); 200."""
+        parts = []
+        for line in lines:
+            event_id = json.loads(line)["event.id"]
+            parts.append(json.dumps({"create": {"_id": event_id}}))
+            parts.append(line.decode().rstrip("\n"))
+        answer = http_json(
+            "POST",
+            f"{self.es_url}/{self.name}/_bulk?filter_path=errors,items.*.status,items.*.error",
+            "\n".join(parts) + "\n",
+        )
+        if answer.get("errors"):
+            items = [next(iter(i.values())) for i in answer["items"]]
+            bad = [i for i in items if i["status"] not in (200, 201, 409)]
+            if bad:
+                raise RuntimeError(f"bulk item errors: {bad[:3]}")
+        return 200
+
+    def count(self) -> int:
+        """Documents in the stream (refreshed first); 0 before it exists."""
+        try:
+            http_json("POST", f"{self.es_url}/{self.name}/_refresh")
+            return int(http_json("GET", f"{self.es_url}/{self.name}/_count")["count"])
+        except RuntimeError as exc:
+            if "index_not_found" in str(exc):
+                return 0
+            raise
+
+    def messages(self) -> list[str]:
+        """Every document's message, oldest @timestamp first (up to 10,000)."""
+        http_json("POST", f"{self.es_url}/{self.name}/_refresh")
+        answer = http_json(
+            "POST",
+            f"{self.es_url}/{self.name}/_search",
+            {"size": 10000, "sort": [{"@timestamp": "asc"}], "_source": ["message"]},
+        )
+        return [hit["_source"]["message"] for hit in answer["hits"]["hits"]]
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of Elasticsearch that can be killed, restarted, and told
+    to lose answers (the request reaches Elasticsearch, the client sees a reset instead)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.lose_answers = 0
+        self._server: Any = None
+        self._socks: list[Any] = []
+        self._running = False
+        import threading
+
+        self._lock = threading.Lock()
+
+    def start(self) -> int:
+        """Listen (again, same port after a stop)."""
+        import socket
+        import threading
+        import time
+
+        for _ in range(50):
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                server.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                server.close()
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("proxy port stayed busy")
+        server.listen(32)
+        server.settimeout(0.1)
+        self.port = server.getsockname()[1]
+        self._server = server
+        self._running = True
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self.port
+
+    def stop(self) -> None:
+        """Die: stop listening, reset every connection."""
+        self._running = False
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            _hard_close(sock)
+
+    def _accept(self, server: Any) -> None:
+        import socket
+        import threading
+
+        while self._running:
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                _hard_close(client)
+                continue
+            with self._lock:
+                self._socks += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any, answers: bool) -> None:
+        src.settimeout(None)
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if answers:
+                    with self._lock:
+                        lose = self.lose_answers > 0
+                        if lose:
+                            self.lose_answers -= 1
+                    if lose:
+                        break
+                dst.sendall(data)
+        except OSError:
+            pass
+        _hard_close(src)
+        _hard_close(dst)
+
+
+def _hard_close(sock: Any) -> None:
+    import socket
+    import struct
+
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # shutdown wakes a thread blocked in recv on this socket; close alone would not.
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for localhost/127.0.0.1 (openssl), and its key."""
+    import subprocess
+
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
