@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from pyobs import _state, exposition
+from pyobs import _integration
 from pyobs._observer import RequestHandle, RequestObserver, report_internal_error
 from pyobs.asgi import ensure_loop_lag_monitor
 from pyobs.wsgi import facts_from_environ
@@ -24,6 +24,17 @@ def route_template(request: Any) -> str | None:
         return None if match is None else "/"
     route = str(route).removeprefix("^").removesuffix("$")
     return "/" + route.lstrip("/")
+
+
+def _serves(request: Any) -> bool:
+    """True when the URLconf has a pattern for this request's path."""
+    from django.urls import Resolver404, resolve
+
+    try:
+        resolve(request.path_info, getattr(request, "urlconf", None))
+    except Resolver404:
+        return False
+    return True
 
 
 def _view_name(view: Any, method: str) -> str:
@@ -52,8 +63,8 @@ class ObservabilityMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
-        config = _state.ensure_setup("django")
-        self.observer: RequestObserver | None = None if config.disabled else _state.get_observer()
+        self.observer: RequestObserver | None = _integration.begin("django", None, {})
+        self.metrics_page = _integration.metrics_page("django", _serves)
 
     def _start(self, request: Any) -> RequestHandle | None:
         details = self.observer is None or self.observer.details
@@ -74,10 +85,7 @@ class ObservabilityMiddleware:
         observer = self.observer
         if observer is None:
             return self.get_response(request)
-        if (
-            observer.config.metrics_port is None
-            and request.path_info == observer.config.metrics_path
-        ):
+        if self._wants_metrics(request):
             return self._metrics(request)
         handle = self._start(request)
         if handle is None:
@@ -95,10 +103,7 @@ class ObservabilityMiddleware:
         observer = self.observer
         if observer is None:
             return await self.get_response(request)
-        if (
-            observer.config.metrics_port is None
-            and request.path_info == observer.config.metrics_path
-        ):
+        if self._wants_metrics(request):
             return self._metrics(request)
         ensure_loop_lag_monitor()
         handle = self._start(request)
@@ -124,13 +129,16 @@ class ObservabilityMiddleware:
         if handle is not None:
             handle.exception = exception
 
-    @staticmethod
-    def _metrics(request: Any) -> Any:
+    def _wants_metrics(self, request: Any) -> bool:
+        page = self.metrics_page
+        return page is not None and page.wanted(request.path_info, request)
+
+    def _metrics(self, request: Any) -> Any:
         from django.http import HttpResponse
 
-        config = _state.ensure_setup()
-        status, headers, body = exposition.render(
-            config, request.headers.get("Accept"), request.headers.get("Authorization")
+        assert self.metrics_page is not None  # _wants_metrics() said so
+        status, headers, body = self.metrics_page.respond(
+            request.headers.get("Accept"), request.headers.get("Authorization")
         )
         response = HttpResponse(body, status=status)
         for name, value in headers:
@@ -179,9 +187,15 @@ class ObservabilityMiddleware:
         else:
             handle.response_bytes = len(response.content)
 
-        def closed() -> None:
-            handle.disconnected = not done[0] and handle.exception is None
-            observer.finish(handle)
+        close = response.close
 
-        response._resource_closers.append(closed)
+        # The server (or Django's test client) calls close() once the body is sent.
+        def closed() -> None:
+            try:
+                handle.disconnected = not done[0] and handle.exception is None
+                observer.finish(handle)
+            finally:
+                close()
+
+        response.close = closed
         return response
