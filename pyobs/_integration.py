@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -38,8 +37,6 @@ MINIMUM_VERSIONS: dict[str, tuple[str, str]] = {
 }
 
 _log = logging.getLogger("pyobs")
-_warned: set[tuple[str, str]] = set()
-_warned_lock = threading.Lock()
 
 
 class UnsupportedFrameworkVersion(ImportError):
@@ -103,22 +100,6 @@ def begin(framework: str, holder: Any, options: dict[str, Any]) -> RequestObserv
     return _state.get_observer()
 
 
-def warn_once(framework: str, path: str) -> None:
-    """Say once per framework and path that the app serves the metrics path itself."""
-    key = (framework, path)
-    with _warned_lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-    _log.warning(
-        "pyobs: the %s app serves %s itself, so pyobs leaves that route alone and serves no "
-        "metrics there; set PYOBS_METRICS_PATH to a free path, or PYOBS_METRICS_PORT to "
-        "serve metrics on their own port",
-        framework,
-        path,
-    )
-
-
 class MetricsPage:
     """The metrics page on the app's own port, never shadowing a route the app serves.
 
@@ -136,6 +117,7 @@ class MetricsPage:
         self.framework = framework
         self.app_serves = app_serves
         self.path: str | None = config.metrics_path if config.metrics_port is None else None
+        self.warned = False
 
     def wanted(self, path: str, request: Any = None) -> bool:
         """True when pyobs should answer this request with the metrics page."""
@@ -153,8 +135,21 @@ class MetricsPage:
             report_internal_error("adapter.metrics_route", exc)
             return False
         if served:
-            warn_once(self.framework, self.config.metrics_path)
+            self.warn()
         return served
+
+    def warn(self) -> None:
+        """Say once that the app serves the metrics path itself, and what to do about it."""
+        if self.warned:
+            return
+        self.warned = True
+        _log.warning(
+            "pyobs: the %s app serves %s itself, so pyobs leaves that route alone and serves "
+            "no metrics there; set PYOBS_METRICS_PATH to a free path, or PYOBS_METRICS_PORT "
+            "to serve metrics on their own port",
+            self.framework,
+            self.config.metrics_path,
+        )
 
     def respond(
         self, accept: str | None, authorization: str | None

@@ -19,15 +19,15 @@ def _handle(req: Any) -> Any:
 class _Routes:
     """Falcon middleware: labels the request with the matched URI template (/items/{item_id})."""
 
-    def __init__(self, metrics_path: str | None) -> None:
-        self.metrics_path = metrics_path
+    def __init__(self, page: _integration.MetricsPage | None) -> None:
+        self.page = page
 
     def route(self, req: Any, resource: Any) -> None:
         handle = _handle(req)
         if handle is not None:
             handle.route = req.uri_template
-        elif resource is not None and req.path == self.metrics_path:
-            _integration.warn_once("falcon", req.path)  # the app's route beat pyobs's sink
+        elif self.page is not None and resource is not None and req.path == self.page.path:
+            self.page.warn()  # the app's own route beat pyobs's sink
 
     def process_resource(self, req: Any, resp: Any, resource: Any, params: Any) -> None:
         self.route(req, resource)
@@ -101,9 +101,7 @@ def instrument(app: Any, **options: Any) -> Any:
         return app
     is_asgi = isinstance(app, falcon.asgi.App)
     page = _integration.metrics_page("falcon")
-    app.add_middleware(
-        (_AsyncRoutes if is_asgi else _Routes)(None if page is None else page.config.metrics_path)
-    )
+    app.add_middleware((_AsyncRoutes if is_asgi else _Routes)(page))
     _keep_exceptions(app, is_asgi)
     if page is not None:
         _add_metrics_sink(app, page, is_asgi)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyobs import _state, exposition
+from pyobs import _integration
 from pyobs._observer import RequestFacts, report_internal_error
 from pyobs._websocket import open_session
 from pyobs.asgi import ensure_loop_lag_monitor
@@ -33,19 +33,27 @@ def instrument(app: Any, **options: Any) -> Any:
     from sanic.exceptions import SanicException
     from sanic.request import Request
 
-    if getattr(app.ctx, "pyobs_instrumented", False):
+    observer = _integration.begin("sanic", app.ctx, options)
+    if observer is None:
         return app
-    config = _state.ensure_setup("sanic", **options)
-    observer = _state.get_observer()
-    if config.disabled or observer is None:
-        return app
-    app.ctx.pyobs_instrumented = True
+    page = _integration.metrics_page("sanic")
+
+    def websocket_route(request: Any) -> bool:
+        """True when the request is routed to one of the app's WebSocket handlers."""
+        host = request.headers.getone("host", None)
+        route = app.router.get(request.path, request.method, host)[0]
+        return bool(getattr(route.extra, "websocket", False))
 
     async def on_request(request: Any) -> None:
         ensure_loop_lag_monitor()
         if request.headers.get("upgrade", "").lower() == "websocket":
-            request.ctx.pyobs_ws = open_session(_facts(request))
-            return
+            try:
+                websocket = websocket_route(request)
+            except Exception:  # noqa: BLE001 - not routed: Sanic answers it over HTTP
+                websocket = False
+            if websocket:
+                request.ctx.pyobs_ws = open_session(_facts(request))
+                return
         request.ctx.pyobs_handle = observer.start(_facts(request))
 
     async def on_routed(request: Any, route: Any, kwargs: Any, handler: Any) -> None:
@@ -124,8 +132,9 @@ def instrument(app: Any, **options: Any) -> Any:
             session.on_close(exception=exception)
 
     async def metrics(request: Any) -> Any:
-        status, headers, body = exposition.render(
-            config, request.headers.get("accept"), request.headers.get("authorization")
+        assert page is not None  # only routed when there is a page
+        status, headers, body = page.respond(
+            request.headers.get("accept"), request.headers.get("authorization")
         )
         fields = dict(headers)
         content_type = fields.pop("Content-Type")
@@ -154,6 +163,21 @@ def instrument(app: Any, **options: Any) -> Any:
     ):
         app.signal(event)(failsafe(handler))
     app.on_response(add_request_id)
-    if config.metrics_port is None:
-        app.add_route(metrics, config.metrics_path, name="pyobs_metrics")
+    if page is not None:
+
+        async def add_metrics_route(*_: Any) -> None:
+            # Once the app's own routes are all known: a route of the app at the metrics
+            # path wins (no RouteExists, whatever the order), and pyobs warns once.
+            path = page.config.metrics_path
+            try:
+                route = app.router.get(path, "GET", None)[0]
+            except Exception:  # noqa: BLE001 - NotFound: the path is free
+                route = None
+            if route is not None and not str(route.name).endswith("pyobs_metrics"):
+                page.warn()
+            elif route is None:
+                with app.amend():
+                    app.add_route(metrics, path, name="pyobs_metrics")
+
+        app.register_listener(add_metrics_route, "before_server_start")
     return app
