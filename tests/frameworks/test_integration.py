@@ -247,3 +247,62 @@ def test_the_private_name_check_catches_a_private_name() -> None:
     assert "_cv_request" not in own
     assert "_resource_closers" not in own
     assert "_telemetry" not in own
+
+
+def test_the_framework_shortcuts_are_on_where_tested(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the tested versions the gated Falcon and FastAPI shortcuts pass their check."""
+    import_or_require("falcon")
+    import_or_require("fastapi")
+    from pyobs import _internals
+    from tests.frameworks import apps
+
+    _internals.recheck()
+    apps.falcon_app()
+    apps.fastapi_app()
+    for shortcut in (_internals.FALCON_ERROR_HANDLER, _internals.FASTAPI_TRACING):
+        assert shortcut.enabled is True, (shortcut.name, shortcut.reason)
+
+
+def test_falcon_without_its_shortcut_still_records_the_500(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the Falcon shortcut off, a handler's exception is still a 500 with X-Request-ID."""
+    from pyobs import _internals
+
+    monkeypatch.setattr(_internals.FALCON_ERROR_HANDLER, "enabled", False)
+    with serving(by_name("falcon"), monkeypatch) as s:
+        status, headers, body = s.get("/boom")
+        assert status == 500
+        assert headers.get("x-request-id")
+        assert s.wait_for(lambda: len(s.access_logs("/boom")) == 1)
+        assert s.access_logs("/boom")[0]["http.response.body.bytes"] == len(body)
+        assert s.sample(f"{DURATION}_count", http_route="/boom",
+                        http_response_status_code="500") == 1.0  # fmt: skip
+        (span,) = [x for x in s.spans.get_finished_spans() if x.attributes["url.path"] == "/boom"]
+        assert span.attributes["error.type"] == "500"
+
+
+def test_fastapi_without_its_shortcut_keeps_one_server_span(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the FastAPI shortcut off, pyobs warns and adopts FastAPI's span: one per request."""
+    from opentelemetry.trace import SpanKind
+
+    from pyobs import _internals
+
+    import_or_require("fastapi")
+    monkeypatch.setattr(_internals.FASTAPI_TRACING, "enabled", False)
+    with (
+        caplog.at_level(logging.WARNING, logger="pyobs"),
+        serving(by_name("fastapi"), monkeypatch) as s,
+    ):
+        assert s.get("/items/3")[0] == 200
+        assert s.wait_for(lambda: len(s.access_logs("/items/3")) == 1)
+        line = s.access_logs("/items/3")[0]
+        assert s.wait_for(
+            lambda: len([x for x in s.spans.get_finished_spans() if x.kind is SpanKind.SERVER]) == 1
+        )
+        (span,) = [x for x in s.spans.get_finished_spans() if x.kind is SpanKind.SERVER]
+    assert format(span.context.trace_id, "032x") == line["trace.id"]
+    assert span.attributes["http.route"] == "/items/{item_id}"
+    assert any("telemetry={'tracing': False}" in r.getMessage() for r in caplog.records)
