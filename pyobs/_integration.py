@@ -5,8 +5,8 @@
 - ``MetricsPage``: the one metrics responder. It answers the metrics path with
   (status, headers, body) for the framework to send, unless the app serves that path itself:
   then pyobs warns once, naming the path and the fix, and leaves the route alone;
-- ``RequestScope``: one request's observation for frameworks that are neither WSGI nor ASGI
-  (Tornado, aiohttp, Sanic): start, X-Request-ID, body bytes, finish, all failsafe.
+- ``start_request()``/``finish_request()``: one request's observation for frameworks that
+  are neither WSGI nor ASGI (Tornado, aiohttp, Sanic), failsafe.
 """
 
 from __future__ import annotations
@@ -173,58 +173,28 @@ def status_line(status: int) -> str:
     return f"{status} {'OK' if status == 200 else 'Unauthorized'}"
 
 
-class RequestScope:
-    """One request observed by an adapter that is neither WSGI nor ASGI.
+def start_request(
+    observer: RequestObserver,
+    facts: Callable[[], RequestFacts],
+    where: str,
+    kind: type[RequestHandle] = RequestHandle,
+) -> RequestHandle | None:
+    """Begin observing a request whose framework is neither WSGI nor ASGI (Tornado, aiohttp,
+    Sanic; Django and Pyramid too). None for excluded paths, or when the request's facts
+    cannot be read: then the error is reported and the request is served unobserved."""
+    try:
+        return observer.start(facts(), kind)
+    except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
+        report_internal_error(where, exc)
+        return None
 
-    The adapter creates it when the framework hands over a request, sets ``route`` when
-    routing is done, asks ``headers()`` for X-Request-ID, adds body bytes with ``sent()``
-    and calls ``finish()`` exactly when the last byte is out (or the client is gone). Every
-    step is failsafe: an error inside pyobs is reported and the request goes on.
-    """
 
-    __slots__ = ("handle", "observer")
-
-    def __init__(self, observer: RequestObserver, handle: RequestHandle) -> None:
-        self.observer = observer
-        self.handle = handle
-
-    @classmethod
-    def start(
-        cls, observer: RequestObserver, facts: Callable[[], RequestFacts], where: str
-    ) -> RequestScope | None:
-        """Begin observing; None for excluded paths or when the request's facts cannot be read."""
-        try:
-            handle = observer.start(facts())
-        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
-            report_internal_error(where, exc)
-            return None
-        return None if handle is None else cls(observer, handle)
-
-    @property
-    def finished(self) -> bool:
-        """True once the request was recorded."""
-        return self.handle.finished
-
-    def headers(self) -> list[tuple[str, str]]:
-        """The response headers pyobs adds (X-Request-ID)."""
-        return self.observer.response_headers(self.handle)
-
-    def sent(self, nbytes: int) -> None:
-        """Count body bytes written to the client."""
-        self.handle.response_bytes += nbytes
-
-    def finish(
-        self,
-        status: int | None = None,
-        exception: BaseException | None = None,
-        disconnected: bool = False,
-    ) -> None:
-        """Record the request (once) and leave its context."""
-        if disconnected:
-            self.handle.disconnected = True
-        self.observer.finish(self.handle, status, exception)
-        self.detach()
-
-    def detach(self) -> None:
-        """Leave the request's context where it was entered (the framework task copied it)."""
-        self.observer.detach(self.handle)
+def finish_request(
+    observer: RequestObserver,
+    handle: RequestHandle,
+    status: int | None = None,
+    exception: BaseException | None = None,
+) -> None:
+    """Record the request (once) and leave its context, where start_request() entered it."""
+    observer.finish(handle, status, exception)
+    observer.detach(handle)

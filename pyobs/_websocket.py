@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -130,6 +130,16 @@ class WebSocketSession:
         except Exception as exc:  # noqa: BLE001 - failsafe
             report_internal_error("websocket.hand_over", exc)
             return None
+
+    def sender(self, send: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """Wrap a framework's async send so that every message sent is counted."""
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            result = await send(*args, **kwargs)
+            self.on_message("sent")
+            return result
+
+        return counted
 
     def on_message(self, direction: str) -> None:
         """Count one message, ``received`` or ``sent``."""

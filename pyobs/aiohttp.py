@@ -57,18 +57,10 @@ def _count(session: WebSocketSession, ws: Any) -> None:
             session.on_message("received")
         return message
 
-    def counting(send: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            result = await send(*args, **kwargs)
-            session.on_message("sent")
-            return result
-
-        return counted
-
     ws.receive = counted_receive
-    ws.send_str = counting(ws.send_str)
-    ws.send_bytes = counting(ws.send_bytes)
-    ws.send_frame = counting(ws.send_frame)
+    ws.send_str = session.sender(ws.send_str)
+    ws.send_bytes = session.sender(ws.send_bytes)
+    ws.send_frame = session.sender(ws.send_frame)
 
 
 def _make_keys() -> None:

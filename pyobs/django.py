@@ -66,57 +66,57 @@ class ObservabilityMiddleware:
         self.observer: RequestObserver | None = _integration.begin("django", None, {})
         self.metrics_page = _integration.metrics_page("django", _serves)
 
-    def _start(self, request: Any) -> RequestHandle | None:
+    def _facts(self, request: Any) -> Any:
         details = self.observer is None or self.observer.details
-        try:
-            facts = facts_from_environ(request.META, details)
-            if details:
-                facts.scheme = request.scheme or facts.scheme
-        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
-            report_internal_error("django.request", exc)
-            return None
-        handle = self.observer.start(facts) if self.observer is not None else None
+        facts = facts_from_environ(request.META, details)
+        if details:
+            facts.scheme = request.scheme or facts.scheme
+        return facts
+
+    def _begin(self, request: Any) -> tuple[Any, RequestHandle | None]:
+        """(the metrics page, None) for the metrics path, else (None, the request's handle)."""
+        observer = self.observer
+        if observer is None:
+            return None, None
+        page = self.metrics_page
+        if page is not None and page.wanted(request.path_info, request):
+            return self._metrics(request), None
+        handle = _integration.start_request(observer, lambda: self._facts(request), "django")
         request._pyobs_handle = handle
-        return handle
+        return None, handle
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        observer = self.observer
-        if observer is None:
-            return self.get_response(request)
-        if self._wants_metrics(request):
-            return self._metrics(request)
-        handle = self._start(request)
+        page, handle = self._begin(request)
+        if page is not None:
+            return page
         if handle is None:
             return self.get_response(request)
         try:
             response = self.get_response(request)
         except BaseException as exc:
-            observer.finish(handle, exception=exc)
+            self.observer.finish(handle, exception=exc)  # type: ignore[union-attr]
             raise
         finally:
-            observer.detach(handle)
-        return self._watch(observer, request, response, handle)
+            self.observer.detach(handle)  # type: ignore[union-attr]
+        return self._watch(request, response, handle)
 
     async def __acall__(self, request: Any) -> Any:
-        observer = self.observer
-        if observer is None:
-            return await self.get_response(request)
-        if self._wants_metrics(request):
-            return self._metrics(request)
         ensure_loop_lag_monitor()
-        handle = self._start(request)
+        page, handle = self._begin(request)
+        if page is not None:
+            return page
         if handle is None:
             return await self.get_response(request)
         try:
             response = await self.get_response(request)
         except BaseException as exc:
-            observer.finish(handle, exception=exc)
+            self.observer.finish(handle, exception=exc)  # type: ignore[union-attr]
             raise
         finally:
-            observer.detach(handle)
-        return self._watch(observer, request, response, handle)
+            self.observer.detach(handle)  # type: ignore[union-attr]
+        return self._watch(request, response, handle)
 
     def process_view(self, request: Any, view: Any, args: Any, kwargs: Any) -> None:
         handle = getattr(request, "_pyobs_handle", None)
@@ -129,14 +129,10 @@ class ObservabilityMiddleware:
         if handle is not None:
             handle.exception = exception
 
-    def _wants_metrics(self, request: Any) -> bool:
-        page = self.metrics_page
-        return page is not None and page.wanted(request.path_info, request)
-
     def _metrics(self, request: Any) -> Any:
         from django.http import HttpResponse
 
-        assert self.metrics_page is not None  # _wants_metrics() said so
+        assert self.metrics_page is not None  # _begin() said so
         status, headers, body = self.metrics_page.respond(
             request.headers.get("Accept"), request.headers.get("Authorization")
         )
@@ -145,14 +141,14 @@ class ObservabilityMiddleware:
             response[name] = value
         return response
 
-    @classmethod
-    def _watch(cls, observer: RequestObserver, request: Any, response: Any, handle: Any) -> Any:
+    def _watch(self, request: Any, response: Any, handle: Any) -> Any:
         """Label, add X-Request-ID, count the body; the record is made when Django closes it."""
+        assert self.observer is not None  # a handle means an observer
         try:
-            return cls._observe(observer, request, response, handle)
+            return self._observe(self.observer, request, response, handle)
         except Exception as exc:  # noqa: BLE001 - failsafe: the response goes out unobserved
             report_internal_error("django.response", exc)
-            observer.finish(handle)
+            self.observer.finish(handle)
             return response
 
     @staticmethod

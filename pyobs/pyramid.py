@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from pyobs import _integration
-from pyobs._observer import report_internal_error
 from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware, _ObservedBody, facts_from_environ
 
 
@@ -49,12 +48,12 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
                 request.headers.get("Accept"), request.headers.get("Authorization")
             )
             return Response(body=body, status=status, headerlist=headers)
-        try:
-            facts = facts_from_environ(environ, observer.details)
-        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
-            report_internal_error("pyramid.request", exc)
-            return handler(request)
-        handle: Any = observer.start(facts, _ObservedBody)
+        handle: Any = _integration.start_request(
+            observer,
+            lambda: facts_from_environ(environ, observer.details),
+            "pyramid.request",
+            _ObservedBody,
+        )
         if handle is None:
             return handler(request)
         environ[HANDLE_KEY] = handle

@@ -54,7 +54,9 @@ def instrument(app: Any, **options: Any) -> Any:
             if websocket:
                 request.ctx.pyobs_ws = open_session(_facts(request))
                 return
-        request.ctx.pyobs_handle = observer.start(_facts(request))
+        request.ctx.pyobs_handle = _integration.start_request(
+            observer, lambda: _facts(request), "sanic.request"
+        )
 
     async def on_routed(request: Any, route: Any, kwargs: Any, handler: Any) -> None:
         target = getattr(request.ctx, "pyobs_handle", None) or getattr(
@@ -75,8 +77,7 @@ def instrument(app: Any, **options: Any) -> Any:
             return
         if handle.status is None and isinstance(response.body, bytes):  # not streamed
             handle.response_bytes = len(response.body)
-        observer.finish(handle, response.status)
-        observer.detach(handle)
+        _integration.finish_request(observer, handle, response.status)
 
     async def on_send(data: bytes) -> None:
         # Streamed bodies: count what the handler writes; the first write carries the head.
@@ -114,11 +115,7 @@ def instrument(app: Any, **options: Any) -> Any:
                 session.on_message("received")
             return message
 
-        async def counted_send(message: Any) -> None:
-            await send(message)
-            session.on_message("sent")
-
-        websocket.recv, websocket.send = counted_recv, counted_send
+        websocket.recv, websocket.send = counted_recv, session.sender(send)
         session.on_accept()
 
     async def ws_after(request: Any, websocket: Any) -> None:

@@ -81,8 +81,7 @@ class _Delegate:
 
     def on_connection_close(self) -> None:
         self._handle.disconnected = True
-        self._observer.finish(self._handle)
-        self._observer.detach(self._handle)
+        _integration.finish_request(self._observer, self._handle)
         self._inner.on_connection_close()
 
 
