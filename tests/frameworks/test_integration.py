@@ -306,3 +306,29 @@ def test_fastapi_without_its_shortcut_keeps_one_server_span(
     assert format(span.context.trace_id, "032x") == line["trace.id"]
     assert span.attributes["http.route"] == "/items/{item_id}"
     assert any("telemetry={'tracing': False}" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sanic_metrics_route_added_after_instrument_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Sanic app may add its own /metrics after instrument(): no RouteExists, its handler runs."""
+    import_or_require("sanic")
+    from sanic import response
+
+    from tests.frameworks import apps
+
+    def build() -> Any:
+        app = apps.sanic_app()  # instrumented
+
+        @app.get("/metrics")
+        async def own(request: Any) -> Any:
+            return response.text("the app's own metrics")
+
+        return app
+
+    sanic = by_name("sanic")
+    late = Framework("sanic-late", sanic.modules, build, sanic.serve, sanic.item_route, "sanic")
+    with serving(late, monkeypatch) as s:
+        status, _, body = s.get("/metrics")
+        assert (status, body) == (200, b"the app's own metrics")
+        assert s.get("/items/1")[0] == 200
