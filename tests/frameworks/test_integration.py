@@ -320,7 +320,7 @@ def test_a_sanic_metrics_route_added_after_instrument_starts(
     def build() -> Any:
         app = apps.sanic_app()  # instrumented
 
-        @app.get("/metrics")
+        @app.get("/metrics")  # type: ignore[untyped-decorator]
         async def own(request: Any) -> Any:
             return response.text("the app's own metrics")
 
