@@ -45,7 +45,7 @@ def serves(app: Any, environ: Environ) -> bool:
     """True when the app's URL map has a rule for this request's path (any method)."""
     from werkzeug.exceptions import NotFound
 
-    adapter = app.url_map.bind_to_environ(environ, server_name=app.config.get("SERVER_NAME"))
+    adapter = app.create_url_adapter(app.request_class(environ))  # as Flask routes it
     try:
         adapter.match()
     except NotFound:
