@@ -141,6 +141,28 @@ class WebSocketSession:
 
         return counted
 
+    def receiver(
+        self,
+        receive: Callable[..., Awaitable[Any]],
+        is_message: Callable[[Any], bool],
+        close_code: Callable[[], int | None] | None = None,
+    ) -> Callable[..., Awaitable[Any]]:
+        """Wrap a framework's async receive: count what ``is_message`` accepts; with
+        ``close_code``, a receive that raises (the connection closed) ends the session."""
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                message = await receive(*args, **kwargs)
+            except BaseException:
+                if close_code is not None:
+                    self.on_close(close_code())
+                raise
+            if is_message(message):
+                self.on_message("received")
+            return message
+
+        return counted
+
     def on_message(self, direction: str) -> None:
         """Count one message, ``received`` or ``sent``."""
         if direction == "received":

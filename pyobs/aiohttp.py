@@ -49,15 +49,8 @@ def _count(session: WebSocketSession, ws: Any) -> None:
     """Count messages on this one WebSocketResponse (its senders bypass each other)."""
     from aiohttp import WSMsgType
 
-    receive = ws.receive
-
-    async def counted_receive(*args: Any, **kwargs: Any) -> Any:
-        message = await receive(*args, **kwargs)
-        if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            session.on_message("received")
-        return message
-
-    ws.receive = counted_receive
+    data = (WSMsgType.TEXT, WSMsgType.BINARY)
+    ws.receive = session.receiver(ws.receive, lambda message: message.type in data)
     ws.send_str = session.sender(ws.send_str)
     ws.send_bytes = session.sender(ws.send_bytes)
     ws.send_frame = session.sender(ws.send_frame)

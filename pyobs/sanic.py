@@ -103,19 +103,13 @@ def instrument(app: Any, **options: Any) -> Any:
         session = getattr(request.ctx, "pyobs_ws", None)
         if session is None:
             return
-        recv, send = websocket.recv, websocket.send
-
-        async def counted_recv(*args: Any, **kwargs: Any) -> Any:
-            try:
-                message = await recv(*args, **kwargs)
-            except BaseException:  # closed, or cancelled by Sanic when the client went away
-                session.on_close(getattr(websocket.ws_proto, "close_code", None))
-                raise
-            if message is not None:
-                session.on_message("received")
-            return message
-
-        websocket.recv, websocket.send = counted_recv, session.sender(send)
+        # A receive that raises: closed, or cancelled by Sanic when the client went away.
+        websocket.recv = session.receiver(
+            websocket.recv,
+            lambda message: message is not None,
+            lambda: getattr(websocket.ws_proto, "close_code", None),
+        )
+        websocket.send = session.sender(websocket.send)
         session.on_accept()
 
     async def ws_after(request: Any, websocket: Any) -> None:
