@@ -332,3 +332,31 @@ def test_a_sanic_metrics_route_added_after_instrument_starts(
         status, _, body = s.get("/metrics")
         assert (status, body) == (200, b"the app's own metrics")
         assert s.get("/items/1")[0] == 200
+
+
+def test_tornado_refused_handshake_keeps_its_real_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tornado's refusal of a broken handshake is on the WebSocket span with the status sent."""
+    with serving(by_name("tornado"), monkeypatch) as s:
+        status, _ = _raw_get(s, "/ws", UPGRADE)  # no Sec-WebSocket-Key: Tornado refuses
+        assert status in (400, 426)
+        assert s.wait_for(lambda: any(x.name == "WEBSOCKET" for x in s.spans.get_finished_spans()))
+        (span,) = [x for x in s.spans.get_finished_spans() if x.attributes["url.path"] == "/ws"]
+        assert span.attributes["http.response.status_code"] == status
+        assert s.sample("pyobs_websocket_active_connections", http_route="/ws") in (None, 0.0)
+
+
+def test_pyramid_included_twice_records_once() -> None:
+    """``config.include("pyobs.pyramid")`` twice adds one tween: each request is recorded once."""
+    import_or_require("pyramid")
+    webtest: Any = import_or_require("webtest")
+    from pyramid.config import Configurator
+
+    with Configurator() as config:
+        config.include("pyobs.pyramid")
+        config.include("pyobs.pyramid")
+        config.add_route("item", "/items/{item_id}")
+        config.add_view(lambda request: {"id": 1}, route_name="item", renderer="json")
+        app = webtest.TestApp(config.make_wsgi_app())
+    assert app.get("/items/1").status_int == 200
+    labels = {"http_route": "/items/{item_id}", "http_response_status_code": "200"}
+    assert _scrape(f"{DURATION}_count", **labels) == 1.0
