@@ -39,12 +39,6 @@ def _route(request: Any) -> str | None:
     return str(info.route.resource.canonical)
 
 
-def _serves(request: Any) -> bool:
-    """True when the app's router has a route for this path (405 included)."""
-    error = request.match_info.http_exception
-    return error is None or error.status == 405
-
-
 def _count(session: WebSocketSession, ws: Any) -> None:
     """Count messages on this one WebSocketResponse (its senders bypass each other)."""
     from aiohttp import WSMsgType
@@ -76,7 +70,12 @@ def instrument(app: Any, **options: Any) -> Any:
     observer = _integration.begin("aiohttp", None, options)
     if observer is None:
         return app
-    page = _integration.metrics_page("aiohttp", _serves)
+
+    def serves(request: Any) -> bool:
+        """True when a resource is exactly this path (a catch-all does not count)."""
+        return any(r.canonical == request.path for r in app.router.resources())
+
+    page = _integration.metrics_page("aiohttp", serves)
 
     async def on_prepare(request: Any, response: Any) -> None:
         session = request.get(WEBSOCKET_KEY)

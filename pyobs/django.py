@@ -18,7 +18,10 @@ from pyobs.wsgi import facts_from_environ
 
 def route_template(request: Any) -> str | None:
     """The matched URL pattern with a leading '/', or None when no pattern matched."""
-    match = getattr(request, "resolver_match", None)
+    return _pattern(getattr(request, "resolver_match", None))
+
+
+def _pattern(match: Any) -> str | None:
     route = getattr(match, "route", None)
     if not route:
         return None if match is None else "/"
@@ -27,14 +30,14 @@ def route_template(request: Any) -> str | None:
 
 
 def _serves(request: Any) -> bool:
-    """True when the URLconf has a pattern for this request's path."""
+    """True when the URLconf has a pattern for exactly this path (not one that also matches)."""
     from django.urls import Resolver404, resolve
 
     try:
-        resolve(request.path_info, getattr(request, "urlconf", None))
+        match = resolve(request.path_info, getattr(request, "urlconf", None))
     except Resolver404:
         return False
-    return True
+    return bool(_pattern(match) == request.path_info)
 
 
 def _view_name(view: Any, method: str) -> str:

@@ -41,18 +41,9 @@ def _on_exception(sender: Any, exception: BaseException, **_: Any) -> None:
             handle.route = _matched_rule(environ)
 
 
-def serves(app: Any, environ: Environ) -> bool:
-    """True when the app's URL map has a rule for this request's path (any method)."""
-    from werkzeug.exceptions import NotFound
-
-    adapter = app.create_url_adapter(app.request_class(environ))  # as Flask routes it
-    try:
-        adapter.match()
-    except NotFound:
-        return False
-    except Exception:  # noqa: BLE001 - 405, a redirect to the slash form: the app's own route
-        return True
-    return True
+def serves(app: Any, path: str) -> bool:
+    """True when one of the app's rules is exactly this path (a catch-all does not count)."""
+    return any(rule.rule == path for rule in app.url_map.iter_rules())
 
 
 def instrument(app: Any, **options: Any) -> Any:
@@ -67,7 +58,7 @@ def instrument(app: Any, **options: Any) -> Any:
         app.wsgi_app,
         route_resolver=_matched_rule,
         framework="flask",
-        app_serves=lambda environ: serves(app, environ),
+        app_serves=lambda environ: serves(app, environ["PATH_INFO"]),
         **options,
     )
     got_request_exception.connect(_on_exception, app, weak=False)

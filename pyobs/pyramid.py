@@ -19,12 +19,12 @@ def _route(request: Any) -> str | None:
 
 
 def _serves(registry: Any, request: Any) -> bool:
-    """True when one of the app's routes matches this path."""
+    """True when one of the app's route patterns is exactly this path (not a catch-all)."""
     from pyramid.interfaces import IRoutesMapper
 
     mapper = registry.queryUtility(IRoutesMapper)
     routes = mapper.get_routes() if mapper is not None else ()
-    return any(route.match(request.path_info) is not None for route in routes)
+    return any("/" + str(r.pattern).lstrip("/") == request.path_info for r in routes)
 
 
 def _no_app(environ: Any, start_response: Any) -> list[bytes]:

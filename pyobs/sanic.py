@@ -160,15 +160,12 @@ def instrument(app: Any, **options: Any) -> Any:
             # Once the app's own routes are all known: a route of the app at the metrics
             # path wins (no RouteExists, whatever the order), and pyobs warns once.
             path = page.config.metrics_path
-            try:
-                route = app.router.get(path, "GET", None)[0]
-            except Exception:  # noqa: BLE001 - NotFound: the path is free
-                route = None
-            if route is not None and not str(route.name).endswith("pyobs_metrics"):
-                page.warn()
-            elif route is None:
+            paths = {"/" + r.path.lstrip("/"): r.name for r in app.router.routes}
+            if path not in paths:
                 with app.amend():
                     app.add_route(metrics, path, name="pyobs_metrics")
+            elif not str(paths[path]).endswith("pyobs_metrics"):
+                page.warn()  # the app's own route at exactly that path
 
         app.register_listener(add_metrics_route, "before_server_start")
     return app

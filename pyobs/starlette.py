@@ -57,23 +57,16 @@ def resolve_route(routes: Sequence[Any], scope: Scope) -> str | None:
     return route_template(routes, probe)
 
 
-def serves(routes: Sequence[Any], scope: Scope) -> bool:
-    """True when a route answers this scope's path (any method); mounted apps that are not
-    Starlette routers cannot be asked, so they do not count."""
-    probe = {
-        "type": "http",
-        "path": scope.get("path", "/"),
-        "root_path": scope.get("root_path", ""),
-        "method": scope.get("method", "GET"),
-    }
+def serves(routes: Sequence[Any], path: str, prefix: str = "") -> bool:
+    """True when a route's template is exactly this path (a catch-all does not count);
+    mounted apps that are not Starlette routers cannot be asked."""
     for route in routes:
-        match, child = route.matches(probe)
-        if match is Match.NONE:
-            continue
-        if not isinstance(route, (Mount, Host)):
-            return True
-        inner = getattr(route, "routes", None)
-        if inner and serves(inner, {**probe, **child}):
+        if isinstance(route, (Mount, Host)):
+            inner = getattr(route, "routes", None) or []
+            mount = prefix + (route.path if isinstance(route, Mount) else "")
+            if serves(inner, path, mount):
+                return True
+        elif prefix + str(getattr(route, "path", "")) == path:
             return True
     return False
 
@@ -115,7 +108,7 @@ def instrument_asgi(
             build(),
             route_resolver=resolve,
             framework=framework,
-            app_serves=lambda scope: serves(app.router.routes, scope),
+            app_serves=lambda scope: serves(app.router.routes, scope["path"]),
             **options,
         )
 

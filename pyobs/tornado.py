@@ -121,9 +121,14 @@ def instrument(application: Any, **options: Any) -> Any:
     observer = _integration.begin("tornado", application, options)
     if observer is None:
         return application
-    page = _integration.metrics_page(
-        "tornado", lambda request: application.default_router.find_handler(request) is not None
-    )
+    rules = application.default_router.rules
+
+    def serves(request: Any) -> bool:
+        """True when a rule's pattern is exactly the path (a catch-all does not count)."""
+        target = getattr(application.default_router.find_handler(request), "handler_class", None)
+        return target is not None and route_template(rules, request, target) == request.path
+
+    page = _integration.metrics_page("tornado", serves)
 
     class MetricsHandler(RequestHandler):
         def get(self) -> None:

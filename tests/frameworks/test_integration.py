@@ -360,3 +360,32 @@ def test_pyramid_included_twice_records_once() -> None:
     assert app.get("/items/1").status_int == 200
     labels = {"http_route": "/items/{item_id}", "http_response_status_code": "200"}
     assert _scrape(f"{DURATION}_count", **labels) == 1.0
+
+
+def test_a_catch_all_route_does_not_hide_the_metrics_page() -> None:
+    """Only a route at exactly the metrics path wins; a catch-all (an SPA fallback) does not."""
+    flask: Any = import_or_require("flask")
+    import_or_require("starlette")
+    import_or_require("httpx")
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    import pyobs.flask
+    import pyobs.starlette
+
+    app = flask.Flask("spa")
+    app.add_url_rule("/<path:anything>", "spa", lambda anything: "index.html")
+    pyobs.flask.instrument(app)
+    with app.test_client() as client:
+        assert client.get("/some/page").get_data() == b"index.html"
+        assert b"http_server_active_requests" in client.get("/metrics").get_data()
+
+    async def spa(request: Any) -> Any:
+        return PlainTextResponse("index.html")
+
+    star = pyobs.starlette.instrument(Starlette(routes=[Route("/{anything:path}", spa)]))
+    with TestClient(star) as client:
+        assert client.get("/some/page").text == "index.html"
+        assert "http_server_active_requests" in client.get("/metrics").text
