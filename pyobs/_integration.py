@@ -103,8 +103,8 @@ def begin(framework: str, holder: Any, options: dict[str, Any]) -> RequestObserv
 class MetricsPage:
     """The metrics page on the app's own port, never shadowing a route the app serves.
 
-    ``app_serves(request)`` tells whether the app has a route for the metrics path (the
-    request is whatever the framework hands over); it is asked only for that path.
+    ``app_serves(request)`` tells whether the app has its own route at exactly the metrics
+    path (the request is whatever the framework hands over); asked only for that path.
     """
 
     def __init__(
