@@ -17,7 +17,11 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 
 def _facts(request: Any) -> RequestFacts:
+    # From the Host header as sent: request.url needs a yarl the aiohttp release accepts.
     host = request.host or ""
+    name, _, port = host.rpartition(":")
+    if not port.isdigit():
+        name, port = host, ""
     return RequestFacts(
         method=request.method,
         path=request.path,
@@ -25,8 +29,8 @@ def _facts(request: Any) -> RequestFacts:
         scheme=request.scheme,
         query=request.query_string,
         client_addr=request.remote,
-        server_addr=host.split(":")[0] or None,
-        server_port=request.url.port,
+        server_addr=name or None,
+        server_port=int(port) if port else None,
         http_version=f"{request.version.major}.{request.version.minor}",
     )
 
@@ -45,9 +49,10 @@ def _count(session: WebSocketSession, ws: Any) -> None:
 
     data = (WSMsgType.TEXT, WSMsgType.BINARY)
     ws.receive = session.receiver(ws.receive, lambda message: message.type in data)
-    ws.send_str = session.sender(ws.send_str)
-    ws.send_bytes = session.sender(ws.send_bytes)
-    ws.send_frame = session.sender(ws.send_frame)
+    for name in ("send_str", "send_bytes", "send_frame"):  # send_frame: aiohttp >= 3.11
+        send = getattr(ws, name, None)
+        if send is not None:
+            setattr(ws, name, session.sender(send))
 
 
 def _make_keys() -> None:
@@ -78,6 +83,12 @@ def instrument(app: Any, **options: Any) -> Any:
     page = _integration.metrics_page("aiohttp", serves)
 
     async def on_prepare(request: Any, response: Any) -> None:
+        try:
+            prepare(request, response)
+        except Exception as exc:  # noqa: BLE001 - failsafe: the response goes out unobserved
+            report_internal_error("aiohttp.prepare", exc)
+
+    def prepare(request: Any, response: Any) -> None:
         session = request.get(WEBSOCKET_KEY)
         if session is not None and not session.closed:
             if isinstance(response, web.WebSocketResponse):
