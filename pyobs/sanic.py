@@ -160,12 +160,15 @@ def instrument(app: Any, **options: Any) -> Any:
             # Once the app's own routes are all known: a route of the app at the metrics
             # path wins (no RouteExists, whatever the order), and pyobs warns once.
             path = page.config.metrics_path
-            paths = {"/" + r.path.lstrip("/"): r.name for r in app.router.routes}
-            if path not in paths:
-                with app.amend():
-                    app.add_route(metrics, path, name="pyobs_metrics")
-            elif not str(paths[path]).endswith("pyobs_metrics"):
-                page.warn()  # the app's own route at exactly that path
+            try:
+                paths = {"/" + r.path.lstrip("/"): r.name for r in app.router.routes}
+                if path not in paths:
+                    with app.amend():
+                        app.add_route(metrics, path, name="pyobs_metrics")
+                elif not str(paths[path]).endswith("pyobs_metrics"):
+                    page.warn()  # the app's own route at exactly that path
+            except Exception as exc:  # noqa: BLE001 - failsafe: the server starts without it
+                report_internal_error("sanic.metrics_route", exc)
 
         app.register_listener(add_metrics_route, "before_server_start")
     return app
