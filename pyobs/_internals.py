@@ -239,3 +239,77 @@ def prom_observe(lock: Any, direct: tuple[Any, list[Any], list[float]], amount: 
     with lock:
         total._value += amount
         bucket._value += 1
+
+
+# -- web frameworks (the adapters) --------------------------------------------------------
+
+FALCON_ERROR_HANDLER = register(
+    "falcon-error-handler",
+    "falcon",
+    ("3.1.0", "4.4.0"),
+    "adapter",
+    "pyobs wraps the app's handler for Exception (App._error_handlers: Falcon has no public "
+    "getter) so an exception Falcon renders as a 500 is recorded with its type. Off: the "
+    "500 is still recorded, with error.type '500' instead of the exception's type.",
+)
+
+
+def falcon_exception_handler(app: Any) -> Any:
+    """The app's handler for ``Exception`` (``App._error_handlers``); None when it is off."""
+
+    def check() -> bool:
+        # The private read returns what the public add_error_handler() installed.
+        import falcon
+
+        def marker(req: Any, resp: Any, ex: Exception, params: Any) -> None:
+            """A probe handler."""
+
+        probe = falcon.App()
+        probe.add_error_handler(Exception, marker)
+        return probe._error_handlers.get(Exception) is marker
+
+    if not gate(FALCON_ERROR_HANDLER.name, check):
+        return None
+    try:
+        handler = app._error_handlers.get(Exception)
+    except Exception as exc:  # noqa: BLE001 - a changed Falcon: the public path
+        broken(FALCON_ERROR_HANDLER.name, exc)
+        return None
+    return handler if callable(handler) else None
+
+
+FASTAPI_TRACING = register(
+    "fastapi-native-tracing",
+    "fastapi",
+    ("0.165.0", "0.165.0"),
+    "adapter",
+    "FastAPI's native telemetry makes its own SERVER span; pyobs owns the request's span, so "
+    "it sets the app's telemetry option 'tracing' to False after the app was built "
+    "(FastAPI._telemetry; the public way is FastAPI(telemetry={'tracing': False})). Off: "
+    "pyobs adopts FastAPI's span, one span per request, and says how to turn it off.",
+)
+
+
+def fastapi_tracing_off(app: Any) -> bool:
+    """Turn FastAPI's native SERVER span off on a built app; False when the shortcut is off."""
+
+    def check() -> bool:
+        # Setting the option afterwards gives the app the public constructor's config.
+        from fastapi import FastAPI
+
+        public: Any = FastAPI(telemetry={"tracing": False})
+        probe: Any = FastAPI()
+        probe._telemetry["tracing"] = False
+        return bool(
+            probe._telemetry == public._telemetry
+            and probe._native_telemetry.config is probe._telemetry
+        )
+
+    if not gate(FASTAPI_TRACING.name, check):
+        return False
+    try:
+        app._telemetry["tracing"] = False
+    except Exception as exc:  # noqa: BLE001 - a changed FastAPI: the public path
+        broken(FASTAPI_TRACING.name, exc)
+        return False
+    return True

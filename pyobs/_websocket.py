@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -98,6 +98,71 @@ class WebSocketSession:
         except Exception as exc:  # noqa: BLE001 - failsafe
             report_internal_error("websocket.accept", exc)
 
+    def hand_over(self) -> Any:
+        """The upgrade request was answered with plain HTTP: observe it as a request instead.
+
+        Call inside ``activate()``. The request (a RequestHandle, or None when not observed)
+        keeps the session's start, request id and span (renamed and given the request's
+        scheme); the session itself records nothing.
+        """
+        if self.accepted or self.closed:
+            return None
+        self.closed = True
+        span = self.span
+        try:
+            if span is not None:
+                span.update_name(self.facts.method)
+                span.set_attribute("url.scheme", self.facts.scheme)
+                span.set_attribute("network.protocol.name", "http")
+            handle = self.observer.start(self.facts)
+            if handle is None:
+                if span is not None:
+                    span.end()
+                return None
+            handle.start = self.start
+            handle.request_id = self.request_id
+            handle.route = self.route
+            if span is not None and handle.span is span:
+                handle.owns_span = True  # adopted: the request ends it
+            elif span is not None:
+                span.end()
+            return handle
+        except Exception as exc:  # noqa: BLE001 - failsafe
+            report_internal_error("websocket.hand_over", exc)
+            return None
+
+    def sender(self, send: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """Wrap a framework's async send so that every message sent is counted."""
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            result = await send(*args, **kwargs)
+            self.on_message("sent")
+            return result
+
+        return counted
+
+    def receiver(
+        self,
+        receive: Callable[..., Awaitable[Any]],
+        is_message: Callable[[Any], bool],
+        close_code: Callable[[], int | None] | None = None,
+    ) -> Callable[..., Awaitable[Any]]:
+        """Wrap a framework's async receive: count what ``is_message`` accepts; with
+        ``close_code``, a receive that raises (the connection closed) ends the session."""
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                message = await receive(*args, **kwargs)
+            except BaseException:
+                if close_code is not None:
+                    self.on_close(close_code())
+                raise
+            if is_message(message):
+                self.on_message("received")
+            return message
+
+        return counted
+
     def on_message(self, direction: str) -> None:
         """Count one message, ``received`` or ``sent``."""
         if direction == "received":
@@ -110,17 +175,26 @@ class WebSocketSession:
         except Exception as exc:  # noqa: BLE001 - failsafe
             report_internal_error("websocket.message", exc)
 
-    def on_close(self, code: int | None = None, exception: BaseException | None = None) -> None:
-        """The connection ended (or the handshake was refused): record it once."""
+    def on_close(
+        self,
+        code: int | None = None,
+        exception: BaseException | None = None,
+        status: int | None = None,
+    ) -> None:
+        """The connection ended (or the handshake was refused): record it once.
+
+        ``status`` is the HTTP status of a refused handshake when the framework knows it;
+        without it a refused handshake is recorded as 403, what ASGI servers send.
+        """
         if self.closed:
             return
         self.closed = True
         try:
-            self._close(code, exception)
+            self._close(code, exception, status)
         except Exception as exc:  # noqa: BLE001 - failsafe
             report_internal_error("websocket.close", exc)
 
-    def _close(self, code: int | None, exception: BaseException | None) -> None:
+    def _close(self, code: int | None, exception: BaseException | None, status: int | None) -> None:
         duration = time.perf_counter() - self.start
         if self.accepted:
             m = self.observer.metrics
@@ -139,7 +213,9 @@ class WebSocketSession:
             return
         if self.route is not None:
             span.set_attribute("http.route", self.route)
-        span.set_attribute("http.response.status_code", 101 if self.accepted else 403)
+        if self.accepted:
+            status = 101
+        span.set_attribute("http.response.status_code", status or 403)
         if code is not None:
             span.set_attribute("websocket.close.code", code)
         if exception is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pyobs import _state, exposition
-from pyobs._observer import RequestFacts, report_internal_error
+from pyobs import _integration
+from pyobs._observer import RequestFacts, RequestHandle, RequestObserver, report_internal_error
 from pyobs._websocket import WebSocketSession, open_session
 from pyobs.asgi import ensure_loop_lag_monitor
 
@@ -16,7 +17,11 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 
 def _facts(request: Any) -> RequestFacts:
+    # From the Host header as sent: request.url needs a yarl the aiohttp release accepts.
     host = request.host or ""
+    name, _, port = host.rpartition(":")
+    if not port.isdigit():
+        name, port = host, ""
     return RequestFacts(
         method=request.method,
         path=request.path,
@@ -24,8 +29,8 @@ def _facts(request: Any) -> RequestFacts:
         scheme=request.scheme,
         query=request.query_string,
         client_addr=request.remote,
-        server_addr=host.split(":")[0] or None,
-        server_port=request.url.port,
+        server_addr=name or None,
+        server_port=int(port) if port else None,
         http_version=f"{request.version.major}.{request.version.minor}",
     )
 
@@ -42,92 +47,102 @@ def _count(session: WebSocketSession, ws: Any) -> None:
     """Count messages on this one WebSocketResponse (its senders bypass each other)."""
     from aiohttp import WSMsgType
 
-    receive = ws.receive
+    data = (WSMsgType.TEXT, WSMsgType.BINARY)
+    ws.receive = session.receiver(ws.receive, lambda message: message.type in data)
+    for name in ("send_str", "send_bytes", "send_frame"):  # send_frame: aiohttp >= 3.11
+        send = getattr(ws, name, None)
+        if send is not None:
+            setattr(ws, name, session.sender(send))
 
-    async def counted_receive(*args: Any, **kwargs: Any) -> Any:
-        message = await receive(*args, **kwargs)
-        if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            session.on_message("received")
-        return message
 
-    def counting(send: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            result = await send(*args, **kwargs)
-            session.on_message("sent")
-            return result
+def _make_keys() -> None:
+    """aiohttp >= 3.12 wants typed request keys."""
+    global HANDLE_KEY, WEBSOCKET_KEY
+    from aiohttp import web
 
-        return counted
-
-    ws.receive = counted_receive
-    ws.send_str = counting(ws.send_str)
-    ws.send_bytes = counting(ws.send_bytes)
-    ws.send_frame = counting(ws.send_frame)
+    if hasattr(web, "RequestKey") and isinstance(HANDLE_KEY, str):
+        HANDLE_KEY = web.RequestKey(HANDLE_KEY, object)
+        WEBSOCKET_KEY = web.RequestKey(WEBSOCKET_KEY, object)
 
 
 def instrument(app: Any, **options: Any) -> Any:
     """Instrument an aiohttp ``web.Application``; /metrics is served by the app."""
     from aiohttp import web
 
-    global HANDLE_KEY, WEBSOCKET_KEY
-    if any(getattr(m, "_pyobs", False) for m in app.middlewares):
+    if any(getattr(m, _integration.MARK, False) for m in app.middlewares):
         return app
-    if hasattr(web, "RequestKey") and isinstance(HANDLE_KEY, str):  # aiohttp >= 3.12
-        HANDLE_KEY = web.RequestKey(HANDLE_KEY, object)
-        WEBSOCKET_KEY = web.RequestKey(WEBSOCKET_KEY, object)
-    config = _state.ensure_setup("aiohttp", **options)
-    observer = _state.get_observer()
-    if config.disabled or observer is None:
+    _make_keys()
+    observer = _integration.begin("aiohttp", None, options)
+    if observer is None:
         return app
+
+    def serves(request: Any) -> bool:
+        """True when a resource is exactly this path (a catch-all does not count)."""
+        return any(r.canonical == request.path for r in app.router.resources())
+
+    page = _integration.metrics_page("aiohttp", serves)
 
     async def on_prepare(request: Any, response: Any) -> None:
-        handle = request.get(HANDLE_KEY)
-        if handle is not None:
-            for name, value in observer.response_headers(handle):
-                response.headers[name] = value
-            if not isinstance(response, web.Response):  # streamed: count what the handler writes
-                write = response.write
-
-                async def counted_write(data: Any) -> None:
-                    handle.response_bytes += len(data)
-                    await write(data)
-
-                response.write = counted_write
-        session = request.get(WEBSOCKET_KEY)
-        if session is not None and isinstance(response, web.WebSocketResponse):
-            _count(session, response)
-            session.on_accept()
-
-    @web.middleware
-    async def middleware(request: Any, handler: Handler) -> Any:
-        if config.metrics_port is None and request.path == config.metrics_path:
-            status, headers, body = exposition.render(
-                config, request.headers.get("Accept"), request.headers.get("Authorization")
-            )
-            return web.Response(body=body, status=status, headers=dict(headers))
         try:
-            ensure_loop_lag_monitor()
-            facts, route = _facts(request), _route(request)
-        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
-            report_internal_error("aiohttp.request", exc)
-            return await handler(request)
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            session = open_session(facts, route)
-            if session is None:
-                return await handler(request)
-            request[WEBSOCKET_KEY] = session
-            with session.activate():
-                try:
-                    response = await handler(request)
-                except BaseException as exc:
+            prepare(request, response)
+        except Exception as exc:  # noqa: BLE001 - failsafe: the response goes out unobserved
+            report_internal_error("aiohttp.prepare", exc)
+
+    def prepare(request: Any, response: Any) -> None:
+        session = request.get(WEBSOCKET_KEY)
+        if session is not None and not session.closed:
+            if isinstance(response, web.WebSocketResponse):
+                _count(session, response)
+                session.on_accept()
+                return
+            handle = session.hand_over()  # the app answered the upgrade with plain HTTP
+            if handle is not None:
+                request[HANDLE_KEY] = handle
+        handle = request.get(HANDLE_KEY)
+        if handle is None:
+            return
+        for name, value in observer.response_headers(handle):
+            response.headers[name] = value
+        if handle.finished:  # an HTTPException, recorded where it was raised
+            return
+        if handle.exception is not None:  # aiohttp's own error page for an exception
+            handle.status = response.status
+            body = getattr(response, "body", None)
+            handle.response_bytes = len(body) if isinstance(body, (bytes, bytearray)) else 0
+        elif not isinstance(response, web.Response):  # streamed: count what is written
+            write = response.write
+
+            async def counted_write(data: Any) -> None:
+                handle.response_bytes += len(data)
+                await write(data)
+
+            response.write = counted_write
+
+    async def upgrade(request: Any, handler: Handler, session: WebSocketSession) -> Any:
+        """An ``Upgrade: websocket`` request: a WebSocket only if the app accepts it."""
+        request[WEBSOCKET_KEY] = session
+        with session.activate():
+            try:
+                response = await handler(request)
+            except BaseException as exc:
+                if session.accepted or isinstance(exc, asyncio.CancelledError):
                     session.on_close(exception=exc)
                     raise
+                handle = session.hand_over()
+                if handle is None:
+                    raise
+                request[HANDLE_KEY] = handle
+                return await serve(request, _raise(exc), handle)
+            if session.accepted or (session.closed and request.get(HANDLE_KEY) is None):
                 session.on_close(getattr(response, "close_code", None))
                 return response
-        handle = observer.start(facts)
-        if handle is None:
-            return await handler(request)
-        handle.route = route
-        request[HANDLE_KEY] = handle
+            handle = request.get(HANDLE_KEY) or session.hand_over()
+            if handle is None:
+                return response
+            request[HANDLE_KEY] = handle
+            return await serve(request, _return(response), handle)
+
+    async def serve(request: Any, handler: Handler, handle: RequestHandle) -> Any:
         try:
             response = await handler(request)
             # Send it here, so the duration runs until the last body byte is out.
@@ -140,6 +155,12 @@ def instrument(app: Any, **options: Any) -> Any:
             handle.response_bytes = len(sent) if isinstance(sent, (bytes, bytearray)) else 0
             observer.finish(handle)
             raise
+        except Exception as exc:
+            # aiohttp renders it as a 500 outside every middleware: on_prepare adds the
+            # request id and counts that page; the request task's end records it.
+            handle.exception = exc
+            _finish_with_task(observer, handle, exc)
+            raise
         except BaseException as exc:
             observer.finish(handle, exception=exc)
             raise
@@ -151,7 +172,54 @@ def instrument(app: Any, **options: Any) -> Any:
         observer.finish(handle)
         return response
 
-    middleware._pyobs = True  # type: ignore[attr-defined]
+    @web.middleware
+    async def middleware(request: Any, handler: Handler) -> Any:
+        if page is not None and page.wanted(request.path, request):
+            status, headers, body = page.respond(
+                request.headers.get("Accept"), request.headers.get("Authorization")
+            )
+            return web.Response(body=body, status=status, headers=dict(headers))
+        try:
+            ensure_loop_lag_monitor()
+            facts, route = _facts(request), _route(request)
+        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
+            report_internal_error("aiohttp.request", exc)
+            return await handler(request)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            session = open_session(facts, route)
+            if session is not None:
+                return await upgrade(request, handler, session)
+        handle = observer.start(facts)
+        if handle is None:
+            return await handler(request)
+        handle.route = route
+        request[HANDLE_KEY] = handle
+        return await serve(request, handler, handle)
+
+    setattr(middleware, _integration.MARK, True)
     app.middlewares.insert(0, middleware)
     app.on_response_prepare.append(on_prepare)
     return app
+
+
+def _raise(exc: BaseException) -> Handler:
+    async def raising(request: Any) -> Any:
+        raise exc
+
+    return raising
+
+
+def _return(response: Any) -> Handler:
+    async def returning(request: Any) -> Any:
+        return response
+
+    return returning
+
+
+def _finish_with_task(observer: RequestObserver, handle: RequestHandle, exc: Exception) -> None:
+    """Record when the request's task ends, after aiohttp sent its error page."""
+    task = asyncio.current_task()
+    if task is None:
+        observer.finish(handle, exception=exc)
+        return
+    task.add_done_callback(lambda _: observer.finish(handle))

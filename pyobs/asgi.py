@@ -7,7 +7,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from pyobs import _state, exposition
+from pyobs import _state
+from pyobs._integration import MetricsPage
 from pyobs._observer import (
     REQUEST_ID_HEADER,
     RequestFacts,
@@ -165,6 +166,8 @@ class ObservabilityMiddleware:
     ``route_resolver(scope)`` returns the route template after the app ran; adapters may
     instead set ``scope["pyobs.handle"].route`` while routing (for a WebSocket, set
     ``scope["pyobs.websocket"].route`` before the app accepts the connection).
+    ``app_serves(scope)`` tells whether the app has its own route at the metrics path (then
+    pyobs leaves it to the app).
     """
 
     def __init__(
@@ -173,11 +176,14 @@ class ObservabilityMiddleware:
         *,
         route_resolver: RouteResolver | None = None,
         framework: str | None = None,
+        app_serves: Callable[[Scope], bool] | None = None,
         **options: Any,
     ) -> None:
         self.app = app
         self.route_resolver = route_resolver
         self.config = _state.ensure_setup(framework or "asgi", **options)
+        # Asked for the metrics path only: pyobs never shadows a route the app serves.
+        self.metrics_page = MetricsPage(self.config, framework or "asgi", app_serves)
         self.observer: RequestObserver | None = (
             None if self.config.disabled else _state.get_observer()
         )
@@ -190,9 +196,9 @@ class ObservabilityMiddleware:
         if observer is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        config = observer.config
-        if config.metrics_port is None and scope.get("path") == config.metrics_path:
-            await self._serve_metrics(observer, scope, send)
+        page = self.metrics_page
+        if scope.get("path") == page.path and not page.yields(scope):
+            await self._serve_metrics(page, scope, send)
             return
         try:
             ensure_loop_lag_monitor()
@@ -324,10 +330,10 @@ class ObservabilityMiddleware:
         observer.finish(handle, exception=exc)
 
     @staticmethod
-    async def _serve_metrics(observer: RequestObserver, scope: Scope, send: Send) -> None:
+    async def _serve_metrics(page: MetricsPage, scope: Scope, send: Send) -> None:
         headers = headers_from_pairs(scope.get("headers") or ())
-        status, out_headers, body = exposition.render(
-            observer.config, headers.get("accept"), headers.get("authorization")
+        status, out_headers, body = page.respond(
+            headers.get("accept"), headers.get("authorization")
         )
         await send(
             {

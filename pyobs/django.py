@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from pyobs import _state, exposition
+from pyobs import _integration
 from pyobs._observer import RequestHandle, RequestObserver, report_internal_error
 from pyobs.asgi import ensure_loop_lag_monitor
 from pyobs.wsgi import facts_from_environ
@@ -18,12 +18,26 @@ from pyobs.wsgi import facts_from_environ
 
 def route_template(request: Any) -> str | None:
     """The matched URL pattern with a leading '/', or None when no pattern matched."""
-    match = getattr(request, "resolver_match", None)
+    return _pattern(getattr(request, "resolver_match", None))
+
+
+def _pattern(match: Any) -> str | None:
     route = getattr(match, "route", None)
     if not route:
         return None if match is None else "/"
     route = str(route).removeprefix("^").removesuffix("$")
     return "/" + route.lstrip("/")
+
+
+def _serves(request: Any) -> bool:
+    """True when the URLconf has a pattern for exactly this path (not one that also matches)."""
+    from django.urls import Resolver404, resolve
+
+    try:
+        match = resolve(request.path_info, getattr(request, "urlconf", None))
+    except Resolver404:
+        return False
+    return bool(_pattern(match) == request.path_info)
 
 
 def _view_name(view: Any, method: str) -> str:
@@ -52,66 +66,60 @@ class ObservabilityMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
-        config = _state.ensure_setup("django")
-        self.observer: RequestObserver | None = None if config.disabled else _state.get_observer()
+        self.observer: RequestObserver | None = _integration.begin("django", None, {})
+        self.metrics_page = _integration.metrics_page("django", _serves)
 
-    def _start(self, request: Any) -> RequestHandle | None:
+    def _facts(self, request: Any) -> Any:
         details = self.observer is None or self.observer.details
-        try:
-            facts = facts_from_environ(request.META, details)
-            if details:
-                facts.scheme = request.scheme or facts.scheme
-        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
-            report_internal_error("django.request", exc)
-            return None
-        handle = self.observer.start(facts) if self.observer is not None else None
+        facts = facts_from_environ(request.META, details)
+        if details:
+            facts.scheme = request.scheme or facts.scheme
+        return facts
+
+    def _begin(self, request: Any) -> tuple[Any, RequestHandle | None]:
+        """(the metrics page, None) for the metrics path, else (None, the request's handle)."""
+        observer = self.observer
+        if observer is None:
+            return None, None
+        page = self.metrics_page
+        if page is not None and page.wanted(request.path_info, request):
+            return self._metrics(request), None
+        handle = _integration.start_request(observer, lambda: self._facts(request), "django")
         request._pyobs_handle = handle
-        return handle
+        return None, handle
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        observer = self.observer
-        if observer is None:
-            return self.get_response(request)
-        if (
-            observer.config.metrics_port is None
-            and request.path_info == observer.config.metrics_path
-        ):
-            return self._metrics(request)
-        handle = self._start(request)
+        page, handle = self._begin(request)
+        if page is not None:
+            return page
         if handle is None:
             return self.get_response(request)
         try:
             response = self.get_response(request)
         except BaseException as exc:
-            observer.finish(handle, exception=exc)
+            self.observer.finish(handle, exception=exc)  # type: ignore[union-attr]
             raise
         finally:
-            observer.detach(handle)
-        return self._watch(observer, request, response, handle)
+            self.observer.detach(handle)  # type: ignore[union-attr]
+        return self._watch(request, response, handle)
 
     async def __acall__(self, request: Any) -> Any:
-        observer = self.observer
-        if observer is None:
-            return await self.get_response(request)
-        if (
-            observer.config.metrics_port is None
-            and request.path_info == observer.config.metrics_path
-        ):
-            return self._metrics(request)
         ensure_loop_lag_monitor()
-        handle = self._start(request)
+        page, handle = self._begin(request)
+        if page is not None:
+            return page
         if handle is None:
             return await self.get_response(request)
         try:
             response = await self.get_response(request)
         except BaseException as exc:
-            observer.finish(handle, exception=exc)
+            self.observer.finish(handle, exception=exc)  # type: ignore[union-attr]
             raise
         finally:
-            observer.detach(handle)
-        return self._watch(observer, request, response, handle)
+            self.observer.detach(handle)  # type: ignore[union-attr]
+        return self._watch(request, response, handle)
 
     def process_view(self, request: Any, view: Any, args: Any, kwargs: Any) -> None:
         handle = getattr(request, "_pyobs_handle", None)
@@ -124,27 +132,26 @@ class ObservabilityMiddleware:
         if handle is not None:
             handle.exception = exception
 
-    @staticmethod
-    def _metrics(request: Any) -> Any:
+    def _metrics(self, request: Any) -> Any:
         from django.http import HttpResponse
 
-        config = _state.ensure_setup()
-        status, headers, body = exposition.render(
-            config, request.headers.get("Accept"), request.headers.get("Authorization")
+        assert self.metrics_page is not None  # _begin() said so
+        status, headers, body = self.metrics_page.respond(
+            request.headers.get("Accept"), request.headers.get("Authorization")
         )
         response = HttpResponse(body, status=status)
         for name, value in headers:
             response[name] = value
         return response
 
-    @classmethod
-    def _watch(cls, observer: RequestObserver, request: Any, response: Any, handle: Any) -> Any:
+    def _watch(self, request: Any, response: Any, handle: Any) -> Any:
         """Label, add X-Request-ID, count the body; the record is made when Django closes it."""
+        assert self.observer is not None  # a handle means an observer
         try:
-            return cls._observe(observer, request, response, handle)
+            return self._observe(self.observer, request, response, handle)
         except Exception as exc:  # noqa: BLE001 - failsafe: the response goes out unobserved
             report_internal_error("django.response", exc)
-            observer.finish(handle)
+            self.observer.finish(handle)
             return response
 
     @staticmethod
@@ -179,9 +186,15 @@ class ObservabilityMiddleware:
         else:
             handle.response_bytes = len(response.content)
 
-        def closed() -> None:
-            handle.disconnected = not done[0] and handle.exception is None
-            observer.finish(handle)
+        close = response.close
 
-        response._resource_closers.append(closed)
+        # The server (or Django's test client) calls close() once the body is sent.
+        def closed() -> None:
+            try:
+                handle.disconnected = not done[0] and handle.exception is None
+                observer.finish(handle)
+            finally:
+                close()
+
+        response.close = closed
         return response

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
-from pyobs import _state, asgi, wsgi
+from pyobs import _integration, _internals, asgi, wsgi
 
 
 def _handle(req: Any) -> Any:
@@ -18,19 +19,25 @@ def _handle(req: Any) -> Any:
 class _Routes:
     """Falcon middleware: labels the request with the matched URI template (/items/{item_id})."""
 
-    def process_resource(self, req: Any, resp: Any, resource: Any, params: Any) -> None:
+    def __init__(self, page: _integration.MetricsPage | None) -> None:
+        self.page = page
+
+    def route(self, req: Any, resource: Any) -> None:
         handle = _handle(req)
         if handle is not None:
             handle.route = req.uri_template
+        elif self.page is not None and resource is not None and req.path == self.page.path:
+            self.page.warn()  # the app's own route beat pyobs's sink
+
+    def process_resource(self, req: Any, resp: Any, resource: Any, params: Any) -> None:
+        self.route(req, resource)
 
 
-class _AsyncRoutes:
+class _AsyncRoutes(_Routes):
     """The same for ``falcon.asgi.App``, WebSocket routes included."""
 
-    async def process_resource(self, req: Any, resp: Any, resource: Any, params: Any) -> None:
-        handle = _handle(req)
-        if handle is not None:
-            handle.route = req.uri_template
+    async def process_resource(self, req: Any, resp: Any, resource: Any, params: Any) -> None:  # type: ignore[override]
+        self.route(req, resource)
 
     async def process_resource_ws(self, req: Any, ws: Any, resource: Any, params: Any) -> None:
         session = req.scope.get(asgi.WEBSOCKET_KEY)
@@ -38,20 +45,13 @@ class _AsyncRoutes:
             session.route = req.uri_template
 
 
-def instrument(app: Any, **options: Any) -> Any:
-    """Instrument a Falcon app in place (WSGI or ASGI); /metrics is served by the app."""
-    import falcon.asgi
+def _keep_exceptions(app: Any, is_asgi: bool) -> None:
+    """Wrap the app's handler for ``Exception`` so the exception Falcon renders as a 500 is
+    recorded with its type. Falcon has no public getter for that handler (gated shortcut)."""
+    previous = _internals.falcon_exception_handler(app)
+    if previous is None:
+        return
 
-    if getattr(type(app), "_pyobs_instrumented", False):
-        return app
-    config = _state.ensure_setup("falcon", **options)
-    if config.disabled:
-        return app
-    is_asgi = isinstance(app, falcon.asgi.App)
-    app.add_middleware(_AsyncRoutes() if is_asgi else _Routes())
-    previous = app._error_handlers.get(Exception)
-
-    # Falcon turns unhandled exceptions into a 500 itself; record what it swallowed.
     def on_error(req: Any, resp: Any, ex: Exception, params: Any) -> None:
         handle = _handle(req)
         if handle is not None:
@@ -68,8 +68,43 @@ def instrument(app: Any, **options: Any) -> Any:
         if inspect.isawaitable(result):
             await result
 
-    if previous is not None:
-        app.add_error_handler(Exception, on_error_async if is_asgi else on_error)
+    app.add_error_handler(Exception, on_error_async if is_asgi else on_error)
+
+
+def _add_metrics_sink(app: Any, page: _integration.MetricsPage, is_asgi: bool) -> None:
+    """Serve the metrics page as a Falcon sink: Falcon tries routes first, so an app route at
+    the metrics path wins (and pyobs warns once)."""
+
+    def sink(req: Any, resp: Any, **_: Any) -> None:
+        status, headers, body = page.respond(req.get_header("Accept"), req.auth)
+        resp.status = status
+        for name, value in headers:
+            if name.lower() != "content-length":
+                resp.set_header(name, value)
+        resp.data = body
+
+    async def sink_async(req: Any, resp: Any, **kwargs: Any) -> None:
+        sink(req, resp, **kwargs)
+
+    app.add_sink(
+        sink_async if is_asgi else sink, re.compile(re.escape(page.config.metrics_path) + r"\Z")
+    )
+
+
+def instrument(app: Any, **options: Any) -> Any:
+    """Instrument a Falcon app in place (WSGI or ASGI); /metrics is served by the app."""
+    import falcon.asgi
+
+    if getattr(type(app), _integration.MARK, False):
+        return app
+    if _integration.begin("falcon", None, options) is None:
+        return app
+    is_asgi = isinstance(app, falcon.asgi.App)
+    page = _integration.metrics_page("falcon")
+    app.add_middleware((_AsyncRoutes if is_asgi else _Routes)(page))
+    _keep_exceptions(app, is_asgi)
+    if page is not None:
+        _add_metrics_sink(app, page, is_asgi)
     cls = type(app)
     middleware: Any
     if is_asgi:
@@ -82,6 +117,7 @@ def instrument(app: Any, **options: Any) -> Any:
         middleware = wsgi.ObservabilityMiddleware(
             lambda environ, start: cls.__call__(app, environ, start), framework="falcon", **options
         )
+    middleware.metrics_page.path = None  # served by the sink, inside Falcon's routing
 
     # Falcon apps use __slots__ and are served as the object itself, so the wrapper goes in
     # through the class: a one-off subclass whose __call__ runs the pyobs middleware.
@@ -97,7 +133,7 @@ def instrument(app: Any, **options: Any) -> Any:
         {
             "__slots__": (),
             "__call__": call_asgi if is_asgi else call_wsgi,
-            "_pyobs_instrumented": True,
+            _integration.MARK: True,
         },
     )
     return app

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Any
 
+from pyobs import _internals
 from pyobs.starlette import instrument_asgi
 
 
 def instrument(app: Any, **options: Any) -> Any:
     """Instrument a FastAPI app; routes are labelled with their templates (/items/{item_id}).
 
-    Recent FastAPI releases create their own OTel SERVER span once a tracer provider exists.
-    pyobs owns the request's server span, so it switches FastAPI's native tracing off (one
-    span per request, as the contract promises); FastAPI's other telemetry is left alone.
+    Recent FastAPI releases make their own OTel SERVER span once a tracer provider exists
+    (native telemetry). pyobs owns the request's span (one per request, redacted the pyobs
+    way), so it turns FastAPI's request spans off; FastAPI's other telemetry is left alone.
     """
-    telemetry = getattr(app, "_telemetry", None)
-    if isinstance(telemetry, dict) and "tracing" in telemetry:
-        telemetry["tracing"] = False
-    return instrument_asgi(app, "fastapi", **options)
+
+    def tracing_off() -> None:
+        native = "telemetry" in inspect.signature(type(app).__init__).parameters
+        if native and not _internals.fastapi_tracing_off(app):
+            logging.getLogger("pyobs").warning(
+                "pyobs: FastAPI's native telemetry makes the request's SERVER span, and "
+                "pyobs adds to it; build the app with FastAPI(telemetry={'tracing': False}) "
+                "to have pyobs make it"
+            )
+
+    return instrument_asgi(app, "fastapi", tracing_off, **options)

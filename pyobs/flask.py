@@ -1,13 +1,19 @@
-"""Flask adapter: ``pyobs.flask.instrument(app)``."""
+"""Flask adapter: ``pyobs.flask.instrument(app)``.
+
+Only Flask's public API: ``has_request_context()``, ``request.url_rule``, the
+``got_request_exception`` signal and the app's URL map.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pyobs import _state
+from pyobs import _integration
 from pyobs.wsgi import HANDLE_KEY, Environ, ObservabilityMiddleware
 
-_cv_request: Any = None  # flask.globals._cv_request, imported by instrument()
+# flask.has_request_context and flask.request, imported by instrument().
+_has_context: Any = None
+_request: Any = None
 
 
 def _matched_rule(environ: Environ) -> str | None:
@@ -16,41 +22,44 @@ def _matched_rule(environ: Environ) -> str | None:
     The middleware asks when the app starts its response: Flask does that inside its request
     context, which it drops before the body is sent.
     """
-    ctx = _cv_request.get(None)
-    if ctx is None:
-        return None
-    request = ctx.request
-    if request.environ is not environ:
-        return None  # not this request's context (Flask's is gone, or an outer app's)
-    rule = request.url_rule
+    if not _has_context() or _request.environ is not environ:
+        return None  # no context, or another request's (an outer app's)
+    rule = _request.url_rule
     return None if rule is None else str(rule.rule)
 
 
 def _on_exception(sender: Any, exception: BaseException, **_: Any) -> None:
     # Flask turns the exception into a 500 itself; record what it swallowed. With
     # PROPAGATE_EXCEPTIONS no response is started, so the route is taken here too.
-    ctx = _cv_request.get(None)
-    handle = None if ctx is None else ctx.request.environ.get(HANDLE_KEY)
+    if not _has_context():
+        return
+    environ = _request.environ
+    handle = environ.get(HANDLE_KEY)
     if handle is not None:
         handle.exception = exception
         if handle.route is None:
-            handle.route = _matched_rule(ctx.request.environ)
+            handle.route = _matched_rule(environ)
+
+
+def serves(app: Any, path: str) -> bool:
+    """True when one of the app's rules is exactly this path (a catch-all does not count)."""
+    return any(rule.rule == path for rule in app.url_map.iter_rules())
 
 
 def instrument(app: Any, **options: Any) -> Any:
     """Instrument a Flask app; routes are labelled with their rules (/items/<int:item_id>)."""
-    global _cv_request
-    from flask import got_request_exception
-    from flask.globals import _cv_request
+    global _has_context, _request
+    from flask import got_request_exception, has_request_context, request
 
-    if getattr(app, "_pyobs_instrumented", False):
-        return app
-    config = _state.ensure_setup("flask", **options)
-    if config.disabled:
+    _has_context, _request = has_request_context, request
+    if _integration.begin("flask", app, options) is None:
         return app
     app.wsgi_app = ObservabilityMiddleware(
-        app.wsgi_app, route_resolver=_matched_rule, framework="flask", **options
+        app.wsgi_app,
+        route_resolver=_matched_rule,
+        framework="flask",
+        app_serves=lambda environ: serves(app, environ["PATH_INFO"]),
+        **options,
     )
     got_request_exception.connect(_on_exception, app, weak=False)
-    app._pyobs_instrumented = True
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyobs import _state
+from pyobs import _integration
 from pyobs import flask as pyobs_flask
 from pyobs.wsgi import HANDLE_KEY
 
@@ -32,15 +32,13 @@ def instrument(api: Any, **options: Any) -> Any:
     Resources are labelled with their Flask rules (``/items/<int:item_id>``). An ``Api``
     created without an app is instrumented when ``api.init_app(app)`` runs.
     """
-    config = _state.ensure_setup("flask-restful", **options)
-    if config.disabled or getattr(api, "_pyobs_instrumented", False):
+    if not hasattr(api, "handle_error"):  # a plain Flask app
+        return pyobs_flask.instrument(api, **options)
+    if _integration.begin("flask-restful", api, options) is None:
         return api
-    app = getattr(api, "app", api)
-    if hasattr(api, "handle_error"):
-        _keep_answers(api)
-        api._pyobs_instrumented = True
-    if app is not None and hasattr(app, "wsgi_app"):
-        pyobs_flask.instrument(app, **options)
+    _keep_answers(api)
+    if api.app is not None:
+        pyobs_flask.instrument(api.app, **options)
         return api
     init_app = api.init_app
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pyobs import _state, exposition
-from pyobs._observer import report_internal_error
+from pyobs import _integration
 from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware, _ObservedBody, facts_from_environ
 
 
@@ -19,6 +18,15 @@ def _route(request: Any) -> str | None:
     return pattern if pattern.startswith("/") else "/" + pattern
 
 
+def _serves(registry: Any, request: Any) -> bool:
+    """True when one of the app's route patterns is exactly this path (not a catch-all)."""
+    from pyramid.interfaces import IRoutesMapper
+
+    mapper = registry.queryUtility(IRoutesMapper)
+    routes = mapper.get_routes() if mapper is not None else ()
+    return any("/" + str(r.pattern).lstrip("/") == request.path_info for r in routes)
+
+
 def _no_app(environ: Any, start_response: Any) -> list[bytes]:
     return []  # pragma: no cover - the tween serves the app, this middleware only records
 
@@ -29,23 +37,23 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
     observer = recorder.observer
     if observer is None:
         return handler
-    config = observer.config
+    page = _integration.metrics_page("pyramid", lambda request: _serves(registry, request))
 
     def tween(request: Any) -> Any:
         environ = request.environ
-        if config.metrics_port is None and request.path_info == config.metrics_path:
+        if page is not None and page.wanted(request.path_info, request):
             from pyramid.response import Response
 
-            status, headers, body = exposition.render(
-                config, request.headers.get("Accept"), request.headers.get("Authorization")
+            status, headers, body = page.respond(
+                request.headers.get("Accept"), request.headers.get("Authorization")
             )
             return Response(body=body, status=status, headerlist=headers)
-        try:
-            facts = facts_from_environ(environ, observer.details)
-        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
-            report_internal_error("pyramid.request", exc)
-            return handler(request)
-        handle: Any = observer.start(facts, _ObservedBody)
+        handle: Any = _integration.start_request(
+            observer,
+            lambda: facts_from_environ(environ, observer.details),
+            "pyramid.request",
+            _ObservedBody,
+        )
         if handle is None:
             return handler(request)
         environ[HANDLE_KEY] = handle
@@ -84,6 +92,6 @@ def includeme(config: Any) -> None:
     options = {
         key[len("pyobs.") :]: value for key, value in settings.items() if key.startswith("pyobs.")
     }
-    if _state.ensure_setup("pyramid", **options).disabled:
+    if _integration.begin("pyramid", None, options) is None:
         return
     config.add_tween("pyobs.pyramid.tween_factory", under=INGRESS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from pyobs import _state, exposition
+from pyobs import _integration
 from pyobs._observer import RequestFacts, report_internal_error
 from pyobs._websocket import open_session
 from pyobs.asgi import ensure_loop_lag_monitor
@@ -34,20 +34,30 @@ def instrument(app: Any, **options: Any) -> Any:
     from sanic.exceptions import SanicException
     from sanic.request import Request
 
-    if getattr(app.ctx, "pyobs_instrumented", False):
+    observer = _integration.begin("sanic", app.ctx, options)
+    if observer is None:
         return app
-    config = _state.ensure_setup("sanic", **options)
-    observer = _state.get_observer()
-    if config.disabled or observer is None:
-        return app
-    app.ctx.pyobs_instrumented = True
+    page = _integration.metrics_page("sanic")
+
+    def websocket_route(request: Any) -> bool:
+        """True when the request is routed to one of the app's WebSocket handlers."""
+        host = request.headers.getone("host", None)
+        route = app.router.get(request.path, request.method, host)[0]
+        return bool(getattr(route.extra, "websocket", False))
 
     async def on_request(request: Any) -> None:
         ensure_loop_lag_monitor()
         if request.headers.get("upgrade", "").lower() == "websocket":
-            request.ctx.pyobs_ws = open_session(_facts(request))
-            return
-        request.ctx.pyobs_handle = observer.start(_facts(request))
+            try:
+                websocket = websocket_route(request)
+            except Exception:  # noqa: BLE001 - not routed: Sanic answers it over HTTP
+                websocket = False
+            if websocket:
+                request.ctx.pyobs_ws = open_session(_facts(request))
+                return
+        request.ctx.pyobs_handle = _integration.start_request(
+            observer, lambda: _facts(request), "sanic.request"
+        )
 
     async def on_routed(request: Any, route: Any, kwargs: Any, handler: Any) -> None:
         target = getattr(request.ctx, "pyobs_handle", None) or getattr(
@@ -68,8 +78,7 @@ def instrument(app: Any, **options: Any) -> Any:
             return
         if handle.status is None and isinstance(response.body, bytes):  # not streamed
             handle.response_bytes = len(response.body)
-        observer.finish(handle, response.status)
-        observer.detach(handle)
+        _integration.finish_request(observer, handle, response.status)
 
     async def on_send(data: bytes) -> None:
         # Streamed bodies: count what the handler writes; the first write carries the head.
@@ -95,23 +104,13 @@ def instrument(app: Any, **options: Any) -> Any:
         session = getattr(request.ctx, "pyobs_ws", None)
         if session is None:
             return
-        recv, send = websocket.recv, websocket.send
-
-        async def counted_recv(*args: Any, **kwargs: Any) -> Any:
-            try:
-                message = await recv(*args, **kwargs)
-            except BaseException:  # closed, or cancelled by Sanic when the client went away
-                session.on_close(getattr(websocket.ws_proto, "close_code", None))
-                raise
-            if message is not None:
-                session.on_message("received")
-            return message
-
-        async def counted_send(message: Any) -> None:
-            await send(message)
-            session.on_message("sent")
-
-        websocket.recv, websocket.send = counted_recv, counted_send
+        # A receive that raises: closed, or cancelled by Sanic when the client went away.
+        websocket.recv = session.receiver(
+            websocket.recv,
+            lambda message: message is not None,
+            lambda: getattr(websocket.ws_proto, "close_code", None),
+        )
+        websocket.send = session.sender(websocket.send)
         session.on_accept()
 
     async def ws_after(request: Any, websocket: Any) -> None:
@@ -125,8 +124,9 @@ def instrument(app: Any, **options: Any) -> Any:
             session.on_close(exception=exception)
 
     async def metrics(request: Any) -> Any:
-        status, headers, body = exposition.render(
-            config, request.headers.get("accept"), request.headers.get("authorization")
+        assert page is not None  # only routed when there is a page
+        status, headers, body = page.respond(
+            request.headers.get("accept"), request.headers.get("authorization")
         )
         fields = dict(headers)
         content_type = fields.pop("Content-Type")
@@ -155,6 +155,21 @@ def instrument(app: Any, **options: Any) -> Any:
     ):
         app.signal(event)(failsafe(handler))
     app.on_response(add_request_id)
-    if config.metrics_port is None:
-        app.add_route(metrics, config.metrics_path, name="pyobs_metrics")
+    if page is not None:
+
+        async def add_metrics_route(*_: Any) -> None:
+            # Once the app's own routes are all known: a route of the app at the metrics
+            # path wins (no RouteExists, whatever the order), and pyobs warns once.
+            path = page.config.metrics_path
+            try:
+                paths = {"/" + r.path.lstrip("/"): r.name for r in app.router.routes}
+                if path not in paths:
+                    with app.amend():
+                        app.add_route(metrics, path, name="pyobs_metrics")
+                elif not str(paths[path]).endswith("pyobs_metrics"):
+                    page.warn()  # the app's own route at exactly that path
+            except Exception as exc:  # noqa: BLE001 - failsafe: the server starts without it
+                report_internal_error("sanic.metrics_route", exc)
+
+        app.register_listener(add_metrics_route, "before_server_start")
     return app

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.routing import Host, Match, Mount
 
-from pyobs import _state
-from pyobs.asgi import ROOT_PATH_KEY, ObservabilityMiddleware, Scope
+from pyobs import _integration
+from pyobs.asgi import HANDLE_KEY, ROOT_PATH_KEY, ObservabilityMiddleware, Scope
 
 
 def route_template(routes: Sequence[Any], scope: Scope, prefix: str = "") -> str | None:
@@ -57,21 +57,66 @@ def resolve_route(routes: Sequence[Any], scope: Scope) -> str | None:
     return route_template(routes, probe)
 
 
-def instrument_asgi(app: Any, framework: str, **options: Any) -> Any:
-    """Add the ASGI middleware to a Starlette-based app (also used by FastAPI)."""
-    if getattr(app.state, "pyobs_instrumented", False):
+def serves(routes: Sequence[Any], path: str, prefix: str = "") -> bool:
+    """True when a route's template is exactly this path (a catch-all does not count);
+    mounted apps that are not Starlette routers cannot be asked."""
+    for route in routes:
+        if isinstance(route, (Mount, Host)):
+            inner = getattr(route, "routes", None) or []
+            mount = prefix + (route.path if isinstance(route, Mount) else "")
+            if serves(inner, path, mount):
+                return True
+        elif prefix + str(getattr(route, "path", "")) == path:
+            return True
+    return False
+
+
+class _KeepExceptions:
+    """Inside Starlette's error middleware: notes the exception it is about to render as a
+    500, so the record (made outside, when the 500 is sent) keeps its type."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            handle = scope.get(HANDLE_KEY)
+            if handle is not None and handle.exception is None:
+                handle.exception = exc
+            raise
+
+
+def instrument_asgi(
+    app: Any, framework: str, before: Callable[[], None] | None = None, **options: Any
+) -> Any:
+    """Wrap a Starlette-based app (also FastAPI) outermost: around Starlette's own error
+    middleware, so the 500s it renders carry X-Request-ID and are counted in full.
+    ``before`` runs once pyobs is sure to instrument the app."""
+    if _integration.begin(framework, app.state, options) is None:
         return app
-    config = _state.ensure_setup(framework, **options)
-    if config.disabled:
-        return app
+    if before is not None:
+        before()
+    build = app.build_middleware_stack
 
     def resolve(scope: Scope) -> str | None:
         return resolve_route(app.router.routes, scope)
 
-    app.add_middleware(
-        ObservabilityMiddleware, route_resolver=resolve, framework=framework, **options
-    )
-    app.state.pyobs_instrumented = True
+    def build_observed() -> Any:
+        return ObservabilityMiddleware(
+            build(),
+            route_resolver=resolve,
+            framework=framework,
+            app_serves=lambda scope: serves(app.router.routes, scope["path"]),
+            **options,
+        )
+
+    if app.middleware_stack is None:
+        app.add_middleware(_KeepExceptions)
+    else:  # already serving: rebuilt with pyobs outermost on the next request
+        app.middleware_stack = None
+    app.build_middleware_stack = build_observed
     return app
 
 

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 from urllib.parse import unquote
 
-from pyobs import _state, exposition
+from pyobs import _integration
 from pyobs._observer import RequestFacts, RequestHandle, RequestObserver, report_internal_error
 from pyobs._websocket import WebSocketSession, open_session
 from pyobs.asgi import ensure_loop_lag_monitor
@@ -82,8 +82,7 @@ class _Delegate:
 
     def on_connection_close(self) -> None:
         self._handle.disconnected = True
-        self._observer.finish(self._handle)
-        self._observer.detach(self._handle)
+        _integration.finish_request(self._observer, self._handle)
         self._inner.on_connection_close()
 
 
@@ -120,19 +119,23 @@ def instrument(application: Any, **options: Any) -> Any:
     from tornado.web import HTTPError, RequestHandler
     from tornado.websocket import WebSocketHandler
 
-    if getattr(application, "_pyobs_instrumented", False):
+    observer = _integration.begin("tornado", application, options)
+    if observer is None:
         return application
-    config = _state.ensure_setup("tornado", **options)
-    observer = _state.get_observer()
-    if config.disabled or observer is None:
-        return application
+    rules = application.default_router.rules
+
+    def serves(request: Any) -> bool:
+        """True when a rule's pattern is exactly the path (a catch-all does not count)."""
+        target = getattr(application.default_router.find_handler(request), "handler_class", None)
+        return target is not None and route_template(rules, request, target) == request.path
+
+    page = _integration.metrics_page("tornado", serves)
 
     class MetricsHandler(RequestHandler):
         def get(self) -> None:
+            assert page is not None  # only routed here when there is a page
             headers = self.request.headers
-            status, out, body = exposition.render(
-                config, headers.get("Accept"), headers.get("Authorization")
-            )
+            status, out, body = page.respond(headers.get("Accept"), headers.get("Authorization"))
             self.set_status(status)
             for name, value in out:
                 self.set_header(name, value)
@@ -141,7 +144,7 @@ def instrument(application: Any, **options: Any) -> Any:
     find_handler, user_log = application.find_handler, application.settings.get("log_function")
 
     def find(request: Any, **kwargs: Any) -> Any:
-        if config.metrics_port is None and request.path == config.metrics_path:
+        if page is not None and page.wanted(request.path, request):
             return application.get_handler_delegate(request, MetricsHandler)
         delegate = find_handler(request, **kwargs)
         try:
@@ -187,7 +190,7 @@ def instrument(application: Any, **options: Any) -> Any:
             _watch(session, handler)
             session.on_accept()
         elif session is not None:
-            session.on_close()  # the handshake was refused
+            session.on_close(status=status)  # the handshake was refused
 
     application.find_handler = find
     application.log_request = log_request

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from pyobs import _state, exposition
+from pyobs import _state
+from pyobs._integration import MetricsPage, status_line
 from pyobs._observer import (
     REQUEST_ID_HEADER,
     RequestFacts,
@@ -125,7 +126,8 @@ class ObservabilityMiddleware:
     ``route_resolver(environ)`` returns the route template; it is asked when the app starts
     its response (routing is done, the app's request context still active) and, if it
     returned None, again when the request ends. Adapters may instead set
-    ``environ["pyobs.handle"].route`` while routing.
+    ``environ["pyobs.handle"].route`` while routing. ``app_serves(environ)`` tells whether
+    the app has its own route at the metrics path (then pyobs leaves it to the app).
     """
 
     def __init__(
@@ -134,11 +136,14 @@ class ObservabilityMiddleware:
         *,
         route_resolver: RouteResolver | None = None,
         framework: str | None = None,
+        app_serves: Callable[[Environ], bool] | None = None,
         **options: Any,
     ) -> None:
         self.app = app
         self.route_resolver = route_resolver
         self.config = _state.ensure_setup(framework or "wsgi", **options)
+        # Asked for the metrics path only: pyobs never shadows a route the app serves.
+        self.metrics_page = MetricsPage(self.config, framework or "wsgi", app_serves)
         self.observer: RequestObserver | None = (
             None if self.config.disabled else _state.get_observer()
         )
@@ -147,12 +152,12 @@ class ObservabilityMiddleware:
         observer = self.observer
         if observer is None:
             return self.app(environ, start_response)
-        config = observer.config
-        if config.metrics_port is None and environ.get("PATH_INFO") == config.metrics_path:
-            status, headers, body = exposition.render(
-                config, environ.get("HTTP_ACCEPT"), environ.get("HTTP_AUTHORIZATION")
+        page = self.metrics_page
+        if environ.get("PATH_INFO") == page.path and not page.yields(environ):
+            status, headers, body = page.respond(
+                environ.get("HTTP_ACCEPT"), environ.get("HTTP_AUTHORIZATION")
             )
-            start_response(f"{status} {'OK' if status == 200 else 'Unauthorized'}", headers)
+            start_response(status_line(status), headers)
             return [body]
         try:
             facts = facts_from_environ(environ, observer.details)

@@ -93,29 +93,6 @@ def test_tornado_keeps_the_users_log_function(monkeypatch: pytest.MonkeyPatch) -
         assert len(served.access_logs("/items/1")) == 1
 
 
-@pytest.mark.parametrize("name", ["falcon", "falcon-asgi", "aiohttp", "tornado", "sanic"])
-def test_instrumenting_twice_records_once(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Calling instrument() a second time changes nothing: each request is recorded once."""
-    framework = by_name(name)
-    module = __import__(f"pyobs.{name.split('-')[0]}", fromlist=["instrument"])
-
-    def twice() -> Any:
-        return module.instrument(framework.build())
-
-    double = Framework(name, framework.modules, twice, framework.serve, framework.item_route,
-                       framework.info)  # fmt: skip
-    with serving(double, monkeypatch) as served:
-        assert served.get("/items/1")[0] == 200
-        assert served.wait_for(lambda: len(served.access_logs("/items/1")) >= 1)
-        assert len(served.access_logs("/items/1")) == 1
-        assert (
-            served.sample(
-                "http_server_request_duration_seconds_count", http_route=framework.item_route
-            )
-            == 1.0
-        )
-
-
 def test_disabled_pyobs_leaves_apps_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
     """With PYOBS_DISABLED=true the adapters install nothing."""
     import_or_require("falcon")

@@ -1,0 +1,200 @@
+"""What the ten framework adapters share, so they behave the same everywhere.
+
+- ``begin()``: the start of every ``instrument()``: setup, ``PYOBS_DISABLED``, the minimum
+  version check (a clear error instead of a strange one later) and the instrument-once marker;
+- ``MetricsPage``: the one metrics responder. It answers the metrics path with
+  (status, headers, body) for the framework to send, unless the app serves that path itself:
+  then pyobs warns once, naming the path and the fix, and leaves the route alone;
+- ``start_request()``/``finish_request()``: one request's observation for frameworks that
+  are neither WSGI nor ASGI (Tornado, aiohttp, Sanic), failsafe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from pyobs import _state, exposition
+from pyobs._config import Config
+from pyobs._observer import RequestFacts, RequestHandle, RequestObserver, report_internal_error
+
+MARK = "_pyobs_instrumented"
+
+# framework -> (distribution, lowest version tested); pyproject's extras say the same.
+MINIMUM_VERSIONS: dict[str, tuple[str, str]] = {
+    "flask": ("flask", "2.3"),
+    "flask-restful": ("flask-restful", "0.3.10"),
+    "django": ("django", "4.2"),
+    "fastapi": ("fastapi", "0.110"),
+    "starlette": ("starlette", "0.37"),
+    "tornado": ("tornado", "6.3"),
+    "falcon": ("falcon", "3.1"),
+    "sanic": ("sanic", "23.12"),
+    "pyramid": ("pyramid", "2.0"),
+    "aiohttp": ("aiohttp", "3.9"),
+}
+
+_log = logging.getLogger("pyobs")
+
+
+class UnsupportedFrameworkVersion(ImportError):
+    """The installed framework is older than the lowest version pyobs is tested on."""
+
+
+def release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: "3.2.0.dev" -> (3, 2, 0), "0.3.10" -> (0, 3, 10)."""
+    parts: list[int] = []
+    for part in version.split("."):
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) != len(part):
+            break  # "0rc1": the release ends here
+    return tuple(parts)
+
+
+def check_minimum_version(framework: str) -> None:
+    """Raise UnsupportedFrameworkVersion when the framework is older than pyobs supports.
+
+    A framework installed without package metadata (vendored, run from a source tree) is
+    not checked: its version is unknown, not too old.
+    """
+    known = MINIMUM_VERSIONS.get(framework)
+    if known is None:
+        return
+    distribution, minimum = known
+    try:
+        found = metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return
+    if release(found) < release(minimum):
+        raise UnsupportedFrameworkVersion(
+            f"pyobs.{framework.replace('-', '_')} needs {distribution} >= {minimum}, "
+            f'found {found}: upgrade it (pip install "pyobs-kit[{framework}]" '
+            "installs a supported version)"
+        )
+
+
+def begin(framework: str, holder: Any, options: dict[str, Any]) -> RequestObserver | None:
+    """The start of every instrument(): the observer to install, or None when there is
+    nothing to do (pyobs disabled, or ``holder`` was instrumented before).
+
+    ``holder`` keeps the instrument-once mark (an attribute); None when the adapter keeps
+    its own mark. Raises UnsupportedFrameworkVersion for a framework that is too old.
+    """
+    config = _state.ensure_setup(framework, **options)
+    if config.disabled:
+        return None
+    check_minimum_version(framework)
+    if holder is not None:
+        if getattr(holder, MARK, False):
+            return None
+        setattr(holder, MARK, True)
+    return _state.get_observer()
+
+
+class MetricsPage:
+    """The metrics page on the app's own port, never shadowing a route the app serves.
+
+    ``app_serves(request)`` tells whether the app has its own route at exactly the metrics
+    path (the request is whatever the framework hands over); asked only for that path.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        framework: str,
+        app_serves: Callable[[Any], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.framework = framework
+        self.app_serves = app_serves
+        self.path: str | None = config.metrics_path if config.metrics_port is None else None
+        self.warned = False
+
+    def wanted(self, path: str, request: Any = None) -> bool:
+        """True when pyobs should answer this request with the metrics page."""
+        if path != self.path:
+            return False
+        return not self.yields(request)
+
+    def yields(self, request: Any) -> bool:
+        """True (after one warning) when the app serves the metrics path itself."""
+        if self.app_serves is None:
+            return False
+        try:
+            served = bool(self.app_serves(request))
+        except Exception as exc:  # noqa: BLE001 - failsafe: serve the metrics page
+            report_internal_error("adapter.metrics_route", exc)
+            return False
+        if served:
+            self.warn()
+        return served
+
+    def warn(self) -> None:
+        """Say once that the app serves the metrics path itself, and what to do about it."""
+        if self.warned:
+            return
+        self.warned = True
+        _log.warning(
+            "pyobs: the %s app serves %s itself, so pyobs leaves that route alone and serves "
+            "no metrics there; set PYOBS_METRICS_PATH to a free path, or PYOBS_METRICS_PORT "
+            "to serve metrics on their own port",
+            self.framework,
+            self.config.metrics_path,
+        )
+
+    def respond(
+        self, accept: str | None, authorization: str | None
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """(status, headers, body) of the metrics page, for the framework to send."""
+        return exposition.render(self.config, accept, authorization)
+
+
+def metrics_page(
+    framework: str, app_serves: Callable[[Any], bool] | None = None
+) -> MetricsPage | None:
+    """The metrics page for an app, or None when metrics have their own port or pyobs is off."""
+    config = _state.ensure_setup()
+    if config.disabled or config.metrics_port is not None:
+        return None
+    return MetricsPage(config, framework, app_serves)
+
+
+def status_line(status: int) -> str:
+    """The WSGI status line for a metrics page status."""
+    return f"{status} {'OK' if status == 200 else 'Unauthorized'}"
+
+
+def start_request(
+    observer: RequestObserver,
+    facts: Callable[[], RequestFacts],
+    where: str,
+    kind: type[RequestHandle] = RequestHandle,
+) -> RequestHandle | None:
+    """Begin observing a request whose framework is neither WSGI nor ASGI (Tornado, aiohttp,
+    Sanic; Django and Pyramid too). None for excluded paths, or when the request's facts
+    cannot be read: then the error is reported and the request is served unobserved."""
+    try:
+        return observer.start(facts(), kind)
+    except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
+        report_internal_error(where, exc)
+        return None
+
+
+def finish_request(
+    observer: RequestObserver,
+    handle: RequestHandle,
+    status: int | None = None,
+    exception: BaseException | None = None,
+) -> None:
+    """Record the request (once) and leave its context, where start_request() entered it."""
+    observer.finish(handle, status, exception)
+    observer.detach(handle)
