@@ -31,9 +31,9 @@ MINIMUM_VERSIONS: dict[str, tuple[str, str]] = {
     "starlette": ("starlette", "0.37"),
     "tornado": ("tornado", "6.3"),
     "falcon": ("falcon", "3.1"),
-    "sanic": ("sanic", "23.12"),
-    "pyramid": ("pyramid", "2.0"),
-    "aiohttp": ("aiohttp", "3.9"),
+    "sanic": ("sanic", "25.3"),
+    "pyramid": ("pyramid", "2.1"),
+    "aiohttp": ("aiohttp", "3.11"),
 }
 
 _log = logging.getLogger("pyobs")

@@ -161,13 +161,13 @@ class PyobsMetrics:
         )
         self.log_shipper_events = Counter(
             p + "pyobs_log_shipper_events",
-            "Log events handled by the Logstash shipper, by outcome.",
+            "Log events handled by the log shipper (Logstash or Elasticsearch), by outcome.",
             ["outcome"],
             registry=r,
         )
         self.log_shipper_queue = Gauge(
             p + "pyobs_log_shipper_queue_events",
-            "Log events waiting in the shipper's memory queue.",
+            "Log events the shipper holds (memory queue, in flight and disk spool).",
             multiprocess_mode="livesum",
             registry=r,
         )

@@ -6,7 +6,9 @@
 - ``ElasticsearchBulk``: ``_bulk`` ``create`` into the data stream, ``_id`` = ``event.id``, with
   per-item outcomes: created (or 409, already there from an earlier attempt) is acknowledged,
   an item the failure store took is rejected but kept there, 429/5xx items are retried, any
-  other refusal is handed back for the shipper to keep on disk.
+  other refusal is written to the failure data stream ``pyobs-logs-failures`` (kept 30 days,
+  shown by Kibana's "rejected log events" search) and counted rejected; only when that write
+  fails too is it handed back for the shipper to keep on disk.
 - ``TcpLines``: JSON lines over TCP (optionally TLS). TCP has no acknowledgement: written
   events are "unconfirmed" and a receiver crash can lose what its socket buffer held.
 
@@ -28,6 +30,7 @@ from typing import Any
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 15.0
 CONFIG_STATUSES = frozenset({401, 403, 404, 405, 407})
+FAILURE_STREAM = "pyobs-logs-failures"  # where refused events are kept (elk/ templates)
 
 
 class RetryLater(Exception):
@@ -204,6 +207,7 @@ class ElasticsearchBulk(_HttpBase):
         ca_file: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = REQUEST_TIMEOUT_S,
+        failure_stream: str | None = FAILURE_STREAM,
     ) -> None:
         headers: dict[str, str] = {}
         if api_key:
@@ -216,6 +220,11 @@ class ElasticsearchBulk(_HttpBase):
         )
         self.data_stream = data_stream
         self.path = f"{self.base_path}/{urllib.parse.quote(data_stream)}/_bulk?{_BULK_FILTER}"
+        self.failure_path = (
+            f"{self.base_path}/{urllib.parse.quote(failure_stream)}/_bulk?{_BULK_FILTER}"
+            if failure_stream
+            else None
+        )
 
     def send(self, lines: list[bytes]) -> Result:
         parts: list[bytes] = []
@@ -237,6 +246,7 @@ class ElasticsearchBulk(_HttpBase):
         if not isinstance(items, list) or len(items) != len(lines):
             raise RetryLater("_bulk answer does not match the request")
         result = Result()
+        refused_types: list[str] = []
         for line, item in zip(lines, items, strict=True):
             outcome: dict[str, Any] = (
                 next(iter(item.values()), {}) if isinstance(item, dict) else {}
@@ -255,7 +265,43 @@ class ElasticsearchBulk(_HttpBase):
                 if store:
                     reason += f" (failure store: {store})"
                 result.refused.append((line, reason))
+                refused_types.append(str(error.get("type") or code))
+        if result.refused and self.failure_path is not None:
+            self._keep(result, refused_types)
         return result
+
+    def _keep(self, result: Result, types: list[str]) -> None:
+        """Write refused events to the failure data stream; what it takes counts as kept."""
+        import time
+
+        from pyobs._elk.assets import failure_document
+
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        parts: list[bytes] = []
+        for (line, reason), error_type in zip(result.refused, types, strict=True):
+            eid = event_id(line)
+            action = {"create": {"_id": eid}} if eid else {"create": {}}
+            doc = failure_document(line.decode("utf-8", "replace"), error_type, reason, now)
+            parts.append(json.dumps(action, separators=(",", ":")).encode() + b"\n")
+            parts.append(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+        try:
+            assert self.failure_path is not None
+            status, payload = self._post(self.failure_path, b"".join(parts), "application/x-ndjson")
+            items = json.loads(payload).get("items") if 200 <= status < 300 else None
+        except (RetryLater, BadBatch, TooLarge, OSError, ValueError):
+            return  # the shipper keeps them on disk instead
+        if not isinstance(items, list) or len(items) != len(result.refused):
+            return
+        still: list[tuple[bytes, str]] = []
+        for refused, item in zip(result.refused, items, strict=True):
+            outcome: dict[str, Any] = (
+                next(iter(item.values()), {}) if isinstance(item, dict) else {}
+            )
+            if int(outcome.get("status", 500)) in (200, 201, 409):
+                result.kept_rejected += 1
+            else:
+                still.append(refused)
+        result.refused = still
 
 
 def _any_failure_store(items: list[dict[str, dict[str, object]]]) -> bool:

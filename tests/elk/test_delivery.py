@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from pyobs._config import Config
-from pyobs._shipping.transports import ElasticsearchBulk, LogstashHttp
+from pyobs._shipping.transports import FAILURE_STREAM, ElasticsearchBulk, LogstashHttp
 from pyobs.logs import ECSFormatter
 from pyobs.shipper import ShippingHandler
 from tests.elk.esnodes import free_port, http_json
@@ -300,7 +300,7 @@ def test_direct_mode_outage_and_lost_answers(
 def test_direct_mode_refused_record_is_kept_and_counted(
     stream: EsStream, tmp_path: Path, handlers: list[Any]
 ) -> None:
-    """A record Elasticsearch refuses is counted rejected and kept (failure store or on disk)."""
+    """A record Elasticsearch refuses is counted rejected and kept in the failure data stream."""
 
     class BadTimestamp(ECSFormatter):
         def to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
@@ -318,14 +318,43 @@ def test_direct_mode_refused_record_is_kept_and_counted(
     wait_until(lambda: handler.stats["acknowledged"] + handler.stats["rejected"] >= 3)
     assert handler.stats["rejected"] == 1
     assert stream.count() == 2
+    assert not list((tmp_path / "rejected").glob("*.jsonl"))  # kept in Elasticsearch instead
+    http_json("POST", f"{stream.es_url}/{FAILURE_STREAM}/_refresh")
+    query = {"query": {"term": {"service.name": "delivery-test"}}, "size": 100}
+    found = http_json("POST", f"{stream.es_url}/{FAILURE_STREAM}/_search", query)
+    kept = [
+        hit["_source"]
+        for hit in found["hits"]["hits"]
+        if json.loads(hit["_source"]["event"]["original"]).get("message") == "bad"
+    ]
+    assert len(kept) == 1
+    assert kept[0]["error"]["message"].startswith("400")
+
+
+def test_direct_mode_keeps_refused_records_on_disk_when_elasticsearch_will_not_take_them(
+    stream: EsStream, tmp_path: Path, handlers: list[Any]
+) -> None:
+    """Without a failure stream to write to, a refused record is kept on disk and counted."""
+
+    class BadTimestamp(ECSFormatter):
+        def to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
+            fields = super().to_dict(record)
+            if record.getMessage() == "bad":
+                fields["@timestamp"] = "not a date"
+            return fields
+
+    transport = ElasticsearchBulk(stream.es_url, stream.name, failure_stream=None)
+    handler, log = _shipper(handlers, transport, tmp_path, "refused-disk")
+    handler.setFormatter(BadTimestamp(Config(service_name="delivery-test")))
+    log.info("good")
+    log.info("bad")
+    wait_until(lambda: handler.stats["acknowledged"] + handler.stats["rejected"] >= 2)
+    assert handler.stats["rejected"] == 1
+    assert stream.count() == 1
     kept_on_disk = list((tmp_path / "rejected").glob("*.jsonl"))
-    if kept_on_disk:
-        (entry,) = [json.loads(line) for p in kept_on_disk for line in p.read_text().splitlines()]
-        assert json.loads(entry["record"])["message"] == "bad"
-        assert entry["reason"].startswith("400")
-    else:
-        failures = http_json("POST", f"{stream.es_url}/{stream.name}::failures/_search", {})
-        assert failures["hits"]["total"]["value"] == 1
+    (entry,) = [json.loads(line) for p in kept_on_disk for line in p.read_text().splitlines()]
+    assert json.loads(entry["record"])["message"] == "bad"
+    assert entry["reason"].startswith("400")
 
 
 # --- processes: children, dead spools, memory --------------------------------------------------
