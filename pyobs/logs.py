@@ -345,11 +345,13 @@ _placement: str | None = None
 _levels_set: dict[str, tuple[int, int]] = {}
 
 
+# The config configure_logging() last applied (setup() calls it): no import of the state.
+_applied: Config | None = None
+
+
 def _effective_config() -> Config:
     """pyobs's config once set up; before that, the one the environment describes."""
-    from pyobs import _state
-
-    config = _state._config
+    config = _applied
     if config is not None:
         return config
     try:
@@ -462,7 +464,8 @@ def configure_logging(config: Config) -> None:
     ``basicConfig()`` or dictConfig the app runs later takes over without any record being
     written twice. ``always``: on the root, whatever else is there. ``never``: nothing.
     """
-    global _placement
+    global _placement, _applied
+    _applied = config
     _uninstall()
     for floating in list(_floating):
         floating._apply_config(config)
@@ -548,5 +551,7 @@ def dict_config(
 
 
 def _reset() -> None:
+    global _applied
+    _applied = None
     _uninstall()
     _structlog_release()
