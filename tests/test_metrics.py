@@ -124,6 +124,26 @@ def _recorded(metrics: PyobsMetrics) -> tuple[float | None, float | None, float 
     )
 
 
+def _assert_public_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    """With the patched prometheus_client: the check turns the shortcut off, warns, and the
+    public API still counts three requests exactly."""
+    from pyobs import _internals
+    from pyobs import metrics as metrics_module
+
+    _internals.recheck(_internals.PROM_VALUES.name)
+    try:
+        with caplog.at_level("WARNING", logger="pyobs.internal"):
+            metrics = PyobsMetrics(CollectorRegistry())
+            for _ in range(3):
+                metrics.request_started("GET")
+                metrics.request_finished("GET", "/x", 200, 0.1, 5)
+        assert not metrics_module.direct_values_ok()
+        assert "public API" in caplog.text
+        assert _recorded(metrics) == (3, 15, 0)
+    finally:
+        _internals.recheck(_internals.PROM_VALUES.name)
+
+
 def test_renamed_private_value_falls_back_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -131,9 +151,6 @@ def test_renamed_private_value_falls_back_with_a_warning(
     import threading as _threading
 
     from prometheus_client.values import MutexValue
-
-    from pyobs import _internals
-    from pyobs import metrics as metrics_module
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         self._v, self._exemplar, self._lock = 0.0, None, _threading.Lock()
@@ -149,16 +166,7 @@ def test_renamed_private_value_falls_back_with_a_warning(
     monkeypatch.setattr(MutexValue, "inc", inc)
     monkeypatch.setattr(MutexValue, "set", set_)
     monkeypatch.setattr(MutexValue, "get", lambda self: self._v)
-    _internals.recheck(_internals.PROM_VALUES.name)
-    with caplog.at_level("WARNING", logger="pyobs.internal"):
-        metrics = PyobsMetrics(CollectorRegistry())
-        for _ in range(3):
-            metrics.request_started("GET")
-            metrics.request_finished("GET", "/x", 200, 0.1, 5)
-    assert not metrics_module.direct_values_ok()
-    assert "public API" in caplog.text
-    assert _recorded(metrics) == (3, 15, 0)
-    _internals.recheck(_internals.PROM_VALUES.name)
+    _assert_public_fallback(caplog)
 
 
 def test_diverging_internals_fall_back_with_a_warning(
@@ -167,23 +175,11 @@ def test_diverging_internals_fall_back_with_a_warning(
     """Same private names, new meaning: the first-use check notices; public API used."""
     from prometheus_client.values import MutexValue
 
-    from pyobs import _internals
-    from pyobs import metrics as metrics_module
-
     original_inc: Any = MutexValue.inc
     # A release that stores half the amount and doubles it when read: the layout check passes.
     monkeypatch.setattr(MutexValue, "inc", lambda self, amount: original_inc(self, amount / 2))
     monkeypatch.setattr(MutexValue, "get", lambda self: self._value * 2)
-    _internals.recheck(_internals.PROM_VALUES.name)
-    with caplog.at_level("WARNING", logger="pyobs.internal"):
-        metrics = PyobsMetrics(CollectorRegistry())
-        for _ in range(3):
-            metrics.request_started("GET")
-            metrics.request_finished("GET", "/x", 200, 0.1, 5)
-    assert not metrics_module.direct_values_ok()
-    assert "public API" in caplog.text
-    assert _recorded(metrics) == (3, 15, 0)
-    _internals.recheck(_internals.PROM_VALUES.name)
+    _assert_public_fallback(caplog)
 
 
 def test_untested_version_uses_the_public_api(

@@ -64,3 +64,12 @@ def ingest_url(_nodes: dict[str, Any]) -> str:
 def fresh_es(_nodes: dict[str, Any]) -> str:
     """A second Elasticsearch 8.19 node without data: `elk setup` runs on a pristine cluster."""
     return _url(_nodes, "fresh")
+
+
+@pytest.fixture
+def handlers() -> Iterator[list[Any]]:
+    """Shipping handlers a test made; closed at the end even when it fails."""
+    made: list[Any] = []
+    yield made
+    for handler in made:
+        handler.close()

@@ -318,3 +318,22 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+def make_shipper(
+    handlers: list[Any], transport: Any, spool: Path, service: str, **options: Any
+) -> tuple[Any, logging.Logger]:
+    """A ShippingHandler on ``transport`` with its own logger; kept in ``handlers`` to close."""
+    from pyobs._config import Config
+    from pyobs.logs import ECSFormatter
+    from pyobs.shipper import ShippingHandler
+
+    config = Config(service_name=service, log_spool_dir=str(spool))
+    handler = ShippingHandler(config, transport=transport, install_sigterm=False, **options)
+    handler.setFormatter(ECSFormatter(config))
+    handlers.append(handler)
+    log = logging.getLogger(f"{service}.{len(handlers)}.{uuid.uuid4().hex[:6]}")
+    log.handlers = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    return handler, log

@@ -28,7 +28,14 @@ from pyobs._shipping.transports import FAILURE_STREAM, ElasticsearchBulk, Logsta
 from pyobs.logs import ECSFormatter
 from pyobs.shipper import ShippingHandler
 from tests.elk.esnodes import free_port, http_json
-from tests.elk.helpers import EsStream, TcpProxy, install_templates, self_signed_cert, wait_until
+from tests.elk.helpers import (
+    EsStream,
+    TcpProxy,
+    install_templates,
+    make_shipper,
+    self_signed_cert,
+    wait_until,
+)
 from tests.elk.receiver import HttpNdjsonReceiver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,27 +60,10 @@ def receiver(stream: EsStream) -> Iterator[HttpNdjsonReceiver]:
     rec.stop()
 
 
-@pytest.fixture
-def handlers() -> Iterator[list[ShippingHandler]]:
-    """Handlers a test made; closed at the end even when it fails."""
-    made: list[ShippingHandler] = []
-    yield made
-    for handler in made:
-        handler.close()
-
-
 def _shipper(
-    handlers: list[ShippingHandler], transport: Any, spool: Path, name: str, **options: Any
+    handlers: list[Any], transport: Any, spool: Path, name: str, **options: Any
 ) -> tuple[ShippingHandler, logging.Logger]:
-    config = Config(service_name="delivery-test", log_spool_dir=str(spool))
-    handler = ShippingHandler(config, transport=transport, install_sigterm=False, **options)
-    handler.setFormatter(ECSFormatter(config))
-    handlers.append(handler)
-    log = logging.getLogger(f"delivery.{name}.{uuid.uuid4().hex[:6]}")
-    log.handlers = [handler]
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    return handler, log
+    return make_shipper(handlers, transport, spool, "delivery-test", **options)
 
 
 def _accounted(stream: EsStream, handler: ShippingHandler, emitted: int) -> None:
