@@ -9,6 +9,7 @@ fault stays visible for the life of the process instead of going silent after th
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -19,6 +20,15 @@ INTERVAL = 60.0  # seconds between two log lines for the same (component, error 
 _log = logging.getLogger("pyobs.internal")
 _clock = time.monotonic
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 # (component, error type) -> [monotonic time of the last line, errors left out since]
 _last: dict[tuple[str, str], list[float]] = {}
 _counter: Any = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -23,6 +24,17 @@ from pyobs import _errors
 
 _log = logging.getLogger("pyobs.internal")
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    global _lock
+    # A parent thread may have been running a first-use check (under the lock) at the fork;
+    # the child runs that check again itself.
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 @dataclass

@@ -11,10 +11,21 @@ from pyobs._observer import RequestObserver
 from pyobs._version import __version__
 
 _lock = threading.RLock()
+
+
+def _new_lock_after_fork() -> None:
+    global _lock
+    _lock = threading.RLock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 _config: Config | None = None
 _explicit: dict[str, Any] = {}
 _observer: RequestObserver | None = None
 _frameworks: set[str] = set()
+# A framework built on another instruments that one too; pyobs_info names the outer one.
+_SUBSUMED = {"flask-restful": "flask"}
 _info_written: tuple[int, tuple[str, ...]] | None = None  # (pid, labels) of pyobs_info
 
 
@@ -106,7 +117,7 @@ def _info_labels(config: Config) -> tuple[str, ...]:
         config.service_name,
         config.service_version,
         config.environment,
-        ",".join(sorted(_frameworks)),
+        ",".join(sorted(_frameworks - {_SUBSUMED.get(f, "") for f in _frameworks})),
         __version__,
     )
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -196,6 +198,7 @@ class PyobsMetrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         # The request path's values, updated directly (see _Series) under this one lock.
         self._lock = threading.Lock()
+        _instances.add(self)
         self._series: dict[tuple[Any, ...], _Series] = {}
         self._active: dict[str, Any] = {}
         self._request_sizes: dict[tuple[Any, ...], tuple[Any, Any]] = {}
@@ -519,6 +522,22 @@ class _Series:
 
 _metrics: PyobsMetrics | None = None
 _metrics_lock = threading.Lock()
+_instances: weakref.WeakSet[PyobsMetrics] = weakref.WeakSet()
+
+
+def _locks_after_fork() -> None:
+    """In a forked child, new locks: another thread of the parent may have held one at the
+    fork (every log record takes ``_lock``), and it would never be released here."""
+    global _metrics_lock, _checking
+    _metrics_lock = threading.Lock()
+    _checking = False  # a check another parent thread was running does not go on here
+    for metrics in list(_instances):
+        metrics._lock = threading.Lock()
+        metrics._routes_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_locks_after_fork)
 
 
 def get_metrics() -> PyobsMetrics:

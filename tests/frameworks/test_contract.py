@@ -191,7 +191,8 @@ def test_slow_request_is_timed(served: Served) -> None:
     assert served.wait_for(lambda: served.sample(f"{DURATION}_count", http_route="/slow") == 1)
     assert served.sample(f"{DURATION}_bucket", http_route="/slow", le="0.1") == 0.0
     assert served.sample(f"{DURATION}_bucket", http_route="/slow", le="0.5") == 1.0
-    assert (served.sample(f"{DURATION}_sum", http_route="/slow") or 0.0) >= SLOW
+    # asyncio may wake a sleep up to its clock resolution early; a millisecond covers that.
+    assert (served.sample(f"{DURATION}_sum", http_route="/slow") or 0.0) >= SLOW - 0.001
 
 
 def test_websocket_connection_is_observed(served_ws: Served) -> None:
