@@ -344,13 +344,8 @@ class RequestObserver:
     @staticmethod
     def _extract(headers: Mapping[str, str]) -> Any:
         """The incoming trace context; a header that cannot be read starts a fresh trace."""
-        # The default propagators (W3C) without their headers: nothing to read, nothing to
-        # guard (tracing.extract checks the configured propagators' own headers otherwise).
-        if (
-            "traceparent" not in headers
-            and "baggage" not in headers
-            and getattr(tracing, "_triggers", None) is getattr(tracing, "_W3C_TRIGGERS", ())
-        ):
+        # None of the headers the configured propagators read: nothing to read or guard.
+        if not tracing.may_carry_context(headers):
             return None
         reading = getattr(_reading, "active", False)  # start() may have set it already
         _reading.active = True

@@ -37,11 +37,6 @@ try:
 except Exception as _exc:  # noqa: BLE001 - "Propagator b3multi not found. ...", or its ImportError
     _propagate = None
     _propagate_error = str(_exc)
-# get_global_textmap() returns the module's _HTTP_TEXT_FORMAT; extract() reads it directly.
-_direct = (
-    _propagate is not None
-    and getattr(_propagate, "_HTTP_TEXT_FORMAT", None) is _propagate.get_global_textmap()
-)
 _fallback_textmap: TextMapPropagator | None = None
 _installed: list[Any] = []  # the provider pyobs installed (kept: the global one stays set)
 _missing_propagators: list[str] = []
@@ -130,22 +125,26 @@ def extract(headers: Mapping[str, str]) -> Context | None:
     b3multi, jaeger with their packages; none). A malformed header yields a context without
     a valid span, so a fresh trace starts.
     """
-    # The API's global, read as get_global_textmap() returns it (checked at import): this
-    # runs on every request.
-    propagator: TextMapPropagator = _propagate._HTTP_TEXT_FORMAT if _direct else textmap()
-    if propagator is not _triggers_for:
+    propagator = textmap()
+    if not _may_carry_context(propagator, headers):
+        return None
+    return propagator.extract(headers, getter=_GETTER)
+
+
+def may_carry_context(headers: Mapping[str, str]) -> bool:
+    """False when none of the headers the current global propagator reads is present."""
+    return _may_carry_context(textmap(), headers)
+
+
+def _may_carry_context(propagator: TextMapPropagator, headers: Mapping[str, str]) -> bool:
+    if propagator is not _triggers_for:  # set_global_textmap() since: learn its headers
         _learn_triggers(propagator)
     triggers = _triggers
     if triggers is _W3C_TRIGGERS:  # the default: tracecontext,baggage
-        if "traceparent" not in headers and "baggage" not in headers:
-            return None
-    elif triggers is not None:
-        for name in triggers:
-            if name in headers:
-                break
-        else:
-            return None
-    return propagator.extract(headers, getter=_GETTER)
+        return "traceparent" in headers or "baggage" in headers
+    if triggers is not None:
+        return any(name in headers for name in triggers)
+    return True
 
 
 def _exporter_names() -> list[str]:
