@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from tests.conftest import import_or_require
 from tests.frameworks.conftest import FRAMEWORKS, Framework, Served, by_name, serving
