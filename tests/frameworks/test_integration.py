@@ -15,7 +15,7 @@ import pytest
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from tests.conftest import import_or_require
 from tests.frameworks.conftest import FRAMEWORKS, Framework, Served, by_name, serving
