@@ -293,7 +293,7 @@ def falcon_exception_handler(app: Any) -> Any:
 FASTAPI_TRACING = register(
     "fastapi-native-tracing",
     "fastapi",
-    ("0.165.0", "0.165.0"),
+    ("0.162.5", "0.165.0"),  # 0.162.5: the newest FastAPI on Python 3.10 (the 3.10 run)
     "adapter",
     "FastAPI's native telemetry makes its own SERVER span; pyobs owns the request's span, so "
     "it sets the app's telemetry option 'tracing' to False after the app was built "
