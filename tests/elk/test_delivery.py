@@ -66,6 +66,17 @@ def _shipper(
     return make_shipper(handlers, transport, spool, "delivery-test", **options)
 
 
+def _emit_from_threads(log: logging.Logger, threads: int, each: int) -> None:
+    """``threads`` threads log ``each`` numbered events at once; returns when all are done."""
+    running = [
+        threading.Thread(target=_emit, args=(log, t * each, (t + 1) * each)) for t in range(threads)
+    ]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+
+
 def _accounted(stream: EsStream, handler: ShippingHandler, emitted: int) -> None:
     """emitted == indexed + dropped, exactly, and nothing dropped (the spool had room)."""
     wait_until(
@@ -216,13 +227,7 @@ def test_sixteen_threads_healthy(
 ) -> None:
     """16 threads logging at once against a healthy receiver: every event stored, none dropped."""
     handler, log = _shipper(handlers, LogstashHttp(receiver.url), tmp_path, "threads")
-    threads = [
-        threading.Thread(target=_emit, args=(log, t * 1_000, (t + 1) * 1_000)) for t in range(16)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _emit_from_threads(log, 16, 1_000)
     _accounted(stream, handler, 16_000)
 
 
@@ -253,13 +258,7 @@ def test_direct_mode_sixteen_threads(stream: EsStream, tmp_path: Path, handlers:
     """Direct _bulk into the data stream from 16 threads: every event stored once."""
     transport = ElasticsearchBulk(stream.es_url, stream.name)
     handler, log = _shipper(handlers, transport, tmp_path, "direct")
-    threads = [
-        threading.Thread(target=_emit, args=(log, t * 500, (t + 1) * 500)) for t in range(16)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _emit_from_threads(log, 16, 500)
     _accounted(stream, handler, 8_000)
 
 
