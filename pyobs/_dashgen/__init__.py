@@ -91,17 +91,25 @@ def generate() -> dict[str, str]:
     prov_yaml = to_provisioning_yaml
     files[f"{prov}/datasources/pyobs.yml"] = prov_yaml(provisioning.datasources())
     files[f"{prov}/dashboards/pyobs.yml"] = prov_yaml(provisioning.dashboard_provider())
-    files[f"{prov}/alerting/pyobs-rules.yml"] = prov_yaml(provisioning.alert_rules_file())
-    files[f"{prov}/alerting/pyobs-contact-points.yml"] = prov_yaml(
-        provisioning.contact_points_file()
-    )
-    files[f"{prov}/alerting/pyobs-policies.yml"] = prov_yaml(provisioning.policies_file())
     return files
 
 
+#: Files earlier versions generated and this one must not leave behind: Grafana would still
+#: load the paused Grafana-managed alert rules from them.
+OBSOLETE = (
+    "dashboards/provisioning/alerting/pyobs-rules.yml",
+    "dashboards/provisioning/alerting/pyobs-contact-points.yml",
+    "dashboards/provisioning/alerting/pyobs-policies.yml",
+)
+
+
 def write(root: Path) -> list[str]:
-    """Write every generated file under ``root``; return the paths that changed."""
+    """Write every generated file under ``root``, remove obsolete ones; return what changed."""
     changed = []
+    for relative in OBSOLETE:
+        if (root / relative).is_file():
+            (root / relative).unlink()
+            changed.append(relative)
     for relative, text in generate().items():
         path = root / relative
         if path.is_file() and path.read_text(encoding="utf-8") == text:
@@ -113,9 +121,9 @@ def write(root: Path) -> list[str]:
 
 
 def stale(root: Path) -> list[str]:
-    """The generated files under ``root`` that are missing or differ from what the code makes."""
+    """The generated files under ``root`` that are missing, differ, or should be gone."""
     return [
         relative
         for relative, text in generate().items()
         if not (root / relative).is_file() or (root / relative).read_text(encoding="utf-8") != text
-    ]
+    ] + [relative for relative in OBSOLETE if (root / relative).is_file()]

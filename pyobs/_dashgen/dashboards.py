@@ -18,8 +18,12 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 from pyobs._dashgen import slo
 from pyobs._dashgen.slo import REQUESTS, SERVER_ERROR
 
-PROMETHEUS = model.DataSourceRef(type_val="prometheus", uid=slo.PROMETHEUS_UID)
-ELASTICSEARCH = model.DataSourceRef(type_val="elasticsearch", uid=slo.ELASTICSEARCH_UID)
+#: The dashboards' datasource selectors: every panel and query reads its datasource from one
+#: of these variables, so a Grafana whose datasources have other uids needs no edit.
+PROMETHEUS_VAR = "datasource"
+ELASTICSEARCH_VAR = "logs_datasource"
+PROMETHEUS = model.DataSourceRef(type_val="prometheus", uid=f"${{{PROMETHEUS_VAR}}}")
+ELASTICSEARCH = model.DataSourceRef(type_val="elasticsearch", uid=f"${{{ELASTICSEARCH_VAR}}}")
 
 SVC = 'service=~"$service"'
 SVC_ROUTE = 'service=~"$service", http_route=~"$route"'
@@ -69,6 +73,20 @@ def _stat(
         .with_target(_q(expr, legend).instant())
         .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]))
     )
+
+
+def _datasource_variable(name: str, label: str, kind: str) -> dash.DatasourceVariable:
+    # Defaults to the provisioned datasource of that type (the stack's fixed uid) when present.
+    return dash.DatasourceVariable(name).label(label).type(kind).regex("")
+
+
+def _with_datasources(board: dash.Dashboard, logs: bool = False) -> dash.Dashboard:
+    board = board.with_variable(_datasource_variable(PROMETHEUS_VAR, "Prometheus", "prometheus"))
+    if logs:
+        board = board.with_variable(
+            _datasource_variable(ELASTICSEARCH_VAR, "Logs", "elasticsearch")
+        )
+    return board
 
 
 def _service_variable() -> dash.QueryVariable:
@@ -124,7 +142,12 @@ def overview() -> dash.Dashboard:
     """RED per service and route, latency heatmap with exemplars, status codes, logs."""
     count = f"{REQUESTS}_count"
     return (
-        _base(slo.OVERVIEW_UID, "pyobs / Service overview", "Rate, errors and duration per route.")
+        _with_datasources(
+            _base(
+                slo.OVERVIEW_UID, "pyobs / Service overview", "Rate, errors and duration per route."
+            ),
+            logs=True,
+        )
         .with_variable(_service_variable())
         .with_variable(_route_variable())
         .with_row(dash.Row("Golden signals"))
@@ -310,7 +333,9 @@ def _logs_panel() -> logs.Panel:
 def runtime() -> dash.Dashboard:
     """Process, garbage collector, event loop, workers and the log pipeline."""
     return (
-        _base(slo.RUNTIME_UID, "pyobs / Runtime", "The Python processes behind each service.")
+        _with_datasources(
+            _base(slo.RUNTIME_UID, "pyobs / Runtime", "The Python processes behind each service.")
+        )
         .with_variable(_service_variable())
         .with_row(dash.Row("Processes"))
         .with_panel(
@@ -438,10 +463,12 @@ def runtime() -> dash.Dashboard:
 
 def slo_dashboard() -> dash.Dashboard:
     """Error budget left and burn rates of every SLO."""
-    board = _base(
-        slo.SLO_UID,
-        "pyobs / SLOs",
-        f"Error budgets over {slo.SLO_PERIOD} and the burn rates the alerts watch.",
+    board = _with_datasources(
+        _base(
+            slo.SLO_UID,
+            "pyobs / SLOs",
+            f"Error budgets over {slo.SLO_PERIOD} and the burn rates the alerts watch.",
+        )
     ).with_variable(_service_variable())
     for objective in slo.SLOS:
         period_ratio = objective.error_ratio_expr(slo.SLO_PERIOD, SVC)
@@ -520,10 +547,10 @@ def prometheus_queries(board: dict[str, Any]) -> list[tuple[str, str]]:
         uid = (panel.get("datasource") or {}).get("uid")
         for target in panel.get("targets", []):
             target_uid = (target.get("datasource") or {}).get("uid", uid)
-            if target_uid == slo.PROMETHEUS_UID and "expr" in target:
+            if target_uid == PROMETHEUS.uid and "expr" in target:
                 out.append((panel.get("title", ""), target["expr"]))
     for variable in board.get("templating", {}).get("list", []):
-        if (variable.get("datasource") or {}).get("uid") == slo.PROMETHEUS_UID:
+        if (variable.get("datasource") or {}).get("uid") == PROMETHEUS.uid:
             query = variable.get("query")
             text = query.get("query") if isinstance(query, dict) else query
             out.append((f"${variable['name']}", str(text)))

@@ -1,4 +1,4 @@
-"""`pyobs grafana push`: send the dashboards and alerting to a running Grafana over its HTTP API."""
+"""`pyobs grafana push`: send the dashboards to a running Grafana over its HTTP API."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="grafana_command", metavar="ACTION")
     push = actions.add_parser(
         "push",
-        help="push dashboards, alert rules, contact point and policies through Grafana's API",
+        help="push the dashboards into the pyobs folder through Grafana's API",
         description=(
-            "Create or update the pyobs folder, every dashboard, the Grafana-managed alert rule "
-            "groups, the contact point and the notification policy tree. Datasources are not "
-            "pushed: provision them (dashboards/provisioning/datasources) or create them with "
-            "the same uids. Needs the grafana extra: pip install 'pyobs-kit[grafana]'."
+            "Create or update the pyobs folder and every dashboard. The dashboards pick their "
+            "Prometheus and Elasticsearch datasources from variables, so any datasource of "
+            "those types works. Alerts stay in Prometheus and Alertmanager: add an Alertmanager "
+            "datasource to see and silence them in Grafana (docs/dashboards.md). Needs the "
+            "grafana extra: pip install 'pyobs-kit[grafana]'."
         ),
     )
     push.add_argument("--url", required=True, help="Grafana base URL, e.g. http://localhost:3000")
@@ -43,55 +44,13 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    from pyobs._dashgen import unescape_dollars
-
-    # The files are written for Grafana's provisioning ($$ for a literal $); the HTTP API
-    # takes the values as Grafana would see them after provisioning.
-    return unescape_dollars(yaml.safe_load(path.read_text(encoding="utf-8")))
-
-
-def _seconds(duration: str) -> int:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    return int(duration[:-1]) * units[duration[-1]]
-
-
 def payloads(root: Path) -> dict[str, Any]:
     """The API bodies, read from the committed files under ``root`` (no Grafana needed)."""
     dashboards = [
         json.loads(path.read_text(encoding="utf-8"))
         for path in sorted((root / "dashboards").glob("*.json"))
     ]
-    alerting = root / "dashboards" / "provisioning" / "alerting"
-    groups = []
-    for group in _load_yaml(alerting / "pyobs-rules.yml")["groups"]:
-        rules = [
-            {**rule, "folderUID": FOLDER_UID, "ruleGroup": group["name"], "orgID": 1}
-            for rule in group["rules"]
-        ]
-        groups.append(
-            {
-                "title": group["name"],
-                "folderUid": FOLDER_UID,
-                "interval": _seconds(group["interval"]),
-                "rules": rules,
-            }
-        )
-    contact_points = [
-        {"name": point["name"], **receiver}
-        for point in _load_yaml(alerting / "pyobs-contact-points.yml")["contactPoints"]
-        for receiver in point["receivers"]
-    ]
-    policy = dict(_load_yaml(alerting / "pyobs-policies.yml")["policies"][0])
-    policy.pop("orgId", None)
-    return {
-        "dashboards": dashboards,
-        "rule_groups": groups,
-        "contact_points": contact_points,
-        "policy": policy,
-    }
+    return {"dashboards": dashboards}
 
 
 def handle_push(args: argparse.Namespace) -> int:
@@ -119,17 +78,6 @@ def handle_push(args: argparse.Namespace) -> int:
                 {"dashboard": board, "folderUid": FOLDER_UID, "overwrite": True}
             )
             print(f"dashboard {board['uid']}")
-        for point in body["contact_points"]:
-            try:
-                api.alertingprovisioning.update_contactpoint(point["uid"], point)
-            except GrafanaClientError:
-                api.alertingprovisioning.create_contactpoint(point)
-            print(f"contact point {point['name']}")
-        api.alertingprovisioning.set_notification_policy_tree(body["policy"])
-        print("notification policies")
-        for group in body["rule_groups"]:
-            api.alertingprovisioning.update_rule_group(FOLDER_UID, group["title"], group)
-            print(f"alert rule group {group['title']} ({len(group['rules'])} rules)")
     except GrafanaClientError as exc:
         print(f"Grafana refused the request: {exc}", file=sys.stderr)
         return 1

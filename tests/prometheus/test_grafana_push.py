@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from pyobs._dashgen import slo
 from tests.conftest import import_or_require
 from tests.prometheus.conftest import REPO, free_port
 
@@ -73,12 +72,13 @@ def grafana_api() -> Iterator[tuple[str, list[tuple[str, str, Any, str]]]]:
         thread.join(timeout=5)
 
 
-def test_push_sends_dashboards_rules_contact_point_and_policy(
+def test_push_sends_the_folder_and_dashboards_and_no_alerting(
     grafana_api: tuple[str, list[tuple[str, str, Any, str]]],
 ) -> None:
-    """Push creates the folder, then uploads 3 dashboards, the contact point, policies, rules."""
+    """Push creates the folder, then uploads every dashboard; no Grafana alerting object."""
     import_or_require("grafana_client")
-    from pyobs.cli import main
+    from pyobs._dashgen import provisioning
+    from pyobs.cli import grafana, main
 
     url, calls = grafana_api
     assert main(["grafana", "push", "--url", url, "--token", "s3cret", "--root", str(REPO)]) == 0
@@ -86,27 +86,13 @@ def test_push_sends_dashboards_rules_contact_point_and_policy(
     paths = [(method, path) for method, path, *_ in calls]
     assert ("POST", "/api/folders") in paths
     boards = [body for method, path, body, _ in calls if path == "/api/dashboards/db"]
-    assert {b["dashboard"]["uid"] for b in boards} == {
-        "pyobs-overview",
-        "pyobs-runtime",
-        "pyobs-slo",
-    }
-    assert all(b["folderUid"] == "pyobs" and b["overwrite"] for b in boards)
-    created = [b for m, p, b, _ in calls if p == "/api/v1/provisioning/contact-points"]
-    assert created[0]["uid"] == "pyobs-alertmanager"
-    assert created[0]["type"] == "prometheus-alertmanager"
-    policy = next(b for m, p, b, _ in calls if p == "/api/v1/provisioning/policies")
-    assert policy["receiver"] == "pyobs-alertmanager"
-    groups = {
-        p.rsplit("/", 1)[1]: b
-        for m, p, b, _ in calls
-        if p.startswith("/api/v1/provisioning/folder/pyobs/rule-groups/")
-    }
-    assert set(groups) == {"pyobs-slo", "pyobs-service"}
-    rules = [r for g in groups.values() for r in g["rules"]]
-    assert len(rules) == sum(alert.grafana for alert in slo.ALERTS)  # one per Grafana alert
-    assert all(r["folderUID"] == "pyobs" and r["condition"] == "Z" for r in rules)
-    assert all(g["interval"] == 60 for g in groups.values())
+    committed = {json.loads(p.read_text())["uid"] for p in (REPO / "dashboards").glob("*.json")}
+    assert {b["dashboard"]["uid"] for b in boards} == committed
+    assert {"pyobs-overview", "pyobs-runtime", "pyobs-slo"} <= committed
+    # The same folder as the file provider's, so a pushed and a provisioned copy coincide.
+    assert grafana.FOLDER_UID == provisioning.FOLDER_UID
+    assert all(b["folderUid"] == provisioning.FOLDER_UID and b["overwrite"] for b in boards)
+    assert not [p for _, p in paths if "/provisioning/" in p or "alert" in p]
 
 
 def test_push_reports_an_unreachable_grafana(capsys: pytest.CaptureFixture[str]) -> None:
