@@ -78,12 +78,14 @@ def generate() -> dict[str, str]:
     """Every generated file, by path relative to the repository root."""
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-    from pyobs._dashgen import dashboards, promrules, provisioning
+    from pyobs._dashgen import dashboards, promrules, provisioning, stack
 
     files: dict[str, str] = {}
     for name, rules in promrules.rule_files().items():
         files[f"prometheus/rules/{name}"] = to_yaml(rules)
-    for name, board in dashboards.dashboards().items():
+    files[f"prometheus/rules/{stack.RULE_FILE}"] = to_yaml(stack.rule_file())
+    boards = {**dashboards.dashboards(), f"{stack.STACK_UID}.json": stack.dashboard()}
+    for name, board in boards.items():
         files[f"dashboards/{name}"] = to_json(
             json.loads(json.dumps(board.build(), cls=JSONEncoder))
         )

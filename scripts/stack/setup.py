@@ -8,7 +8,7 @@
 
 Credentials come from the environment (never from arguments, never printed):
 ELASTICSEARCH_USERNAME (default ``elastic``), ELASTICSEARCH_PASSWORD,
-KIBANA_SYSTEM_PASSWORD, LOGSTASH_WRITER_PASSWORD, GRAFANA_READER_PASSWORD.
+KIBANA_SYSTEM_PASSWORD, LOGSTASH_WRITER_PASSWORD, GRAFANA_READER_PASSWORD, MONITOR_PASSWORD.
 Every call is a PUT/POST of the full desired state, so running it again is harmless.
 """
 
@@ -30,6 +30,7 @@ from typing import Any
 
 LOGSTASH_WRITER_USER = "pyobs_logstash_writer"
 GRAFANA_READER_USER = "pyobs_grafana_reader"
+MONITOR_USER = "pyobs_monitor"
 LOG_INDICES = ["logs-pyobs-*"]
 # Where the ingest pipeline sends a document it cannot process (elk/ingest-pipeline.json).
 FAILURE_INDICES = ["pyobs-logs-failures*"]
@@ -55,6 +56,8 @@ ROLES: dict[str, dict[str, Any]] = {
         "indices": [{"names": LOG_INDICES, "privileges": ["read", "view_index_metadata"]}],
         "metadata": {"managed_by": "pyobs"},
     },
+    # elasticsearch_exporter: cluster health and node stats, no document access.
+    MONITOR_USER: {"cluster": ["monitor"], "metadata": {"managed_by": "pyobs"}},
 }
 
 # user -> (environment variable holding its password, its role, description)
@@ -69,6 +72,7 @@ USERS: dict[str, tuple[str, str, str]] = {
         GRAFANA_READER_USER,
         "Grafana: reads pyobs logs",
     ),
+    MONITOR_USER: ("MONITOR_PASSWORD", MONITOR_USER, "elasticsearch-exporter: cluster health"),
 }
 
 REQUIRED_ENV = (
@@ -76,6 +80,7 @@ REQUIRED_ENV = (
     "KIBANA_SYSTEM_PASSWORD",
     "LOGSTASH_WRITER_PASSWORD",
     "GRAFANA_READER_PASSWORD",
+    "MONITOR_PASSWORD",
 )
 _PASSWORD = re.compile(r"^[A-Za-z0-9_-]{12,}$")
 

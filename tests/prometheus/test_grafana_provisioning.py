@@ -1,4 +1,4 @@
-"""Grafana's provisioning files and dashboards, held against Grafana's documented provisioning rules.
+"""Grafana provisioning files and dashboards against Grafana's documented provisioning rules.
 
 Grafana cannot run here. These tests check what Grafana's provisioning readers check when they
 load the files (apiVersion 1 keys, `access`, one default datasource per organisation, uid
@@ -132,9 +132,7 @@ def test_links_between_datasources_name_existing_uids() -> None:
 
     prometheus = next(ds for ds in by_uid.values() if ds["type"] == "prometheus")
     destinations = prometheus["jsonData"]["exemplarTraceIdDestinations"]
-    assert [(d["name"], kind(d["datasourceUid"])) for d in destinations] == [
-        ("trace_id", "jaeger")
-    ]
+    assert [(d["name"], kind(d["datasourceUid"])) for d in destinations] == [("trace_id", "jaeger")]
     jaeger = next(ds for ds in by_uid.values() if ds["type"] == "jaeger")
     to_logs = jaeger["jsonData"]["tracesToLogsV2"]
     assert kind(to_logs["datasourceUid"]) == "elasticsearch"
