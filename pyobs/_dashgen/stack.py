@@ -65,12 +65,15 @@ ALERTS = (
     ),
     StackAlert(
         "PyobsElasticsearchClusterYellow",
-        'max by (cluster) (elasticsearch_cluster_health_status{color="yellow"}) == 1',
+        # A single node cannot hold replicas: yellow is its normal state, not an incident.
+        '(max by (cluster) (elasticsearch_cluster_health_status{color="yellow"}) == 1)'
+        " and on (cluster)"
+        " (max by (cluster) (elasticsearch_cluster_health_number_of_data_nodes) > 1)",
         "30m",
         "warning",
         "Elasticsearch cluster {{ $labels.cluster }} has been yellow for 30 minutes",
-        "Replica shards are unassigned: one more node loss loses data. A single-node "
-        "cluster is yellow whenever an index asks for replicas.",
+        "Replica shards are unassigned although the cluster has several data nodes: one "
+        "more node loss loses data. Check _cluster/allocation/explain.",
     ),
     StackAlert(
         "PyobsElasticsearchUnreachable",

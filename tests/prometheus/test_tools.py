@@ -15,13 +15,13 @@ PROMETHEUS = REPO / "prometheus"
 def test_prometheus_config_is_valid() -> None:
     """`promtool check config` accepts prometheus.yml and every rule file it loads."""
     output = run_tool(["promtool", "check", "config", str(PROMETHEUS / "prometheus.yml")])
-    assert "2 rule files found" in output
+    assert f"{len(list((PROMETHEUS / 'rules').glob('*.yml')))} rule files found" in output
 
 
 def test_rule_files_are_valid() -> None:
     """`promtool check rules` accepts every rule file (names, PromQL, templates)."""
     files = sorted(str(p) for p in (PROMETHEUS / "rules").glob("*.yml"))
-    assert len(files) == 2
+    assert len(files) >= 3
     run_tool(["promtool", "check", "rules", *files])
 
 

@@ -36,6 +36,7 @@ PASSWORDS = {
     "KIBANA_SYSTEM_PASSWORD": "kibana-pass-0123456789",
     "LOGSTASH_WRITER_PASSWORD": "writer-pass-0123456789",
     "GRAFANA_READER_PASSWORD": "reader-pass-0123456789",
+    "MONITOR_PASSWORD": "monitor-pass-0123456789",
 }
 
 
@@ -175,6 +176,13 @@ def test_setup_sets_passwords_roles_and_users(
     reader = by_path["/_security/user/pyobs_grafana_reader"]
     assert reader["password"] == PASSWORDS["GRAFANA_READER_PASSWORD"]
     assert reader["roles"] == ["pyobs_grafana_reader"]
+    # elasticsearch-exporter's user sees cluster health and stats, no document.
+    monitor_role = by_path["/_security/role/pyobs_monitor"]
+    assert monitor_role["cluster"] == ["monitor"]
+    assert "indices" not in monitor_role
+    monitor = by_path["/_security/user/pyobs_monitor"]
+    assert monitor["password"] == PASSWORDS["MONITOR_PASSWORD"]
+    assert monitor["roles"] == ["pyobs_monitor"]
 
 
 def test_writer_role_covers_every_index_the_ingest_pipeline_writes() -> None:
