@@ -94,7 +94,10 @@ def image_root(tmp_path: Path) -> Path:
         src = ROOT / source
         if src.is_dir():
             shutil.copytree(
-                src, app / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                src,
+                app / source,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                dirs_exist_ok=True,  # examples/requirements/ is copied before examples/
             )
         else:
             (app / source).parent.mkdir(parents=True, exist_ok=True)
