@@ -142,3 +142,15 @@ def test_settings_persist_the_queue_and_keep_dead_letters() -> None:
     assert drain["dead_letter_queue.enable"] is False
     (dlq,) = _plugins("input", DLQ_FILE).values()
     assert dlq["pipeline_id"] == main["pipeline.id"]
+
+
+def test_redelivered_events_make_no_409_warning() -> None:
+    """A redelivered event's `create` with the same `event.id` gets a 409 from Elasticsearch:
+    the output silences exactly that error type, so Logstash's log shows only real failures."""
+    output = _plugins("output")["elasticsearch"]
+    assert output["action"] == "create"
+    assert output["document_id"] == "%{[event][id]}"
+    silenced = output["silence_errors_in_log"]
+    assert (silenced if isinstance(silenced, list) else [silenced]) == [
+        "version_conflict_engine_exception"
+    ]
