@@ -11,7 +11,7 @@ from typing import Any
 def register(subparsers: Any) -> None:
     """Add the `dashboards` command and its `build` sub-command."""
     parser = subparsers.add_parser(
-        "dashboards", help="regenerate dashboards, Grafana alerting and Prometheus rules"
+        "dashboards", help="regenerate dashboards, Grafana provisioning and Prometheus rules"
     )
     actions = parser.add_subparsers(dest="dashboards_command", metavar="ACTION")
     build = actions.add_parser(
