@@ -232,6 +232,17 @@ def test_prometheus_scrapes_jaeger_and_a_stopped_jaeger_pages(
         assert accepted[0]["metric"]["service"] == "127.0.0.1"  # the host-name relabelling
         # Jaeger's own HTTP histograms carry the services' metric name: dropped at scrape.
         assert not series('{job="jaeger", __name__=~"http_server_.*"}')
+        # Every query of the stack dashboard is valid PromQL; the Jaeger panels have data.
+        from pyobs._dashgen.dashboards import prometheus_queries
+
+        board = json.loads((REPO / "dashboards" / "pyobs-stack.json").read_text())
+        queries = prometheus_queries(board)
+        assert len(queries) >= 15
+        for title, expr in queries:
+            promql = expr.replace("$__rate_interval", "1m")
+            series(promql)  # fails on anything but success
+            if "otelcol_receiver_accepted" in expr or "up{" in expr:
+                wait_until(lambda q=promql: series(q), 30, what=f"{title}: data from Jaeger")
         assert not _notified(webhook, "PyobsJaegerDown")
 
         jaeger.process.stop()
