@@ -74,7 +74,7 @@ def handle_build(args: argparse.Namespace) -> int:
         return 0
     changed = _dashgen.write(root)
     for path in changed:
-        print(f"wrote {path}")
+        print(f"{'wrote' if (root / path).exists() else 'removed'} {path}")
     if not changed:
         print("Nothing to do: every generated file is up to date.")
     return 0

@@ -42,6 +42,12 @@ PROVIDER_KEYS = {
 UID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 BUILT_IN_TYPES = {"prometheus", "elasticsearch", "alertmanager", "jaeger"}
 VARIABLE = re.compile(r"^\$\{(\w+)\}$|^\$(\w+)$")
+#: Grafana's ExemplarTraceIdDestination and TraceToLogsOptionsV2 (the keys its UI reads).
+EXEMPLAR_KEYS = {"name", "url", "urlDisplayLabel", "datasourceUid"}
+TRACES_TO_LOGS_KEYS = {
+    "name", "datasourceUid", "tags", "spanStartTimeShift", "spanEndTimeShift",
+    "filterByTraceID", "filterBySpanID", "query", "customQuery",
+}  # fmt: skip
 
 
 def _yaml(path: Path) -> Any:
@@ -132,9 +138,11 @@ def test_links_between_datasources_name_existing_uids() -> None:
 
     prometheus = next(ds for ds in by_uid.values() if ds["type"] == "prometheus")
     destinations = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    assert all(set(d) <= EXEMPLAR_KEYS for d in destinations), destinations
     assert [(d["name"], kind(d["datasourceUid"])) for d in destinations] == [("trace_id", "jaeger")]
     jaeger = next(ds for ds in by_uid.values() if ds["type"] == "jaeger")
     to_logs = jaeger["jsonData"]["tracesToLogsV2"]
+    assert set(to_logs) <= TRACES_TO_LOGS_KEYS, set(to_logs) - TRACES_TO_LOGS_KEYS
     assert kind(to_logs["datasourceUid"]) == "elasticsearch"
     assert to_logs["customQuery"] is True
     # Grafana sees $$ as one literal $: the query it runs is trace.id:"${__trace.traceId}".
