@@ -25,7 +25,8 @@ from tests.conftest import import_or_require
 from tests.prometheus.conftest import REPO
 
 PROVISIONING = REPO / "dashboards" / "provisioning"
-DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
+#: Every dashboard the file provider loads (it reads subfolders too, e.g. dashboards/slo/).
+DASHBOARDS = sorted((REPO / "dashboards").rglob("*.json"))
 
 #: The keys of a datasource in an apiVersion 1 file (Grafana's provisioning reader).
 DATASOURCE_KEYS = {

@@ -86,7 +86,10 @@ def test_push_sends_the_folder_and_dashboards_and_no_alerting(
     paths = [(method, path) for method, path, *_ in calls]
     assert ("POST", "/api/folders") in paths
     boards = [body for method, path, body, _ in calls if path == "/api/dashboards/db"]
-    committed = {json.loads(p.read_text())["uid"] for p in (REPO / "dashboards").glob("*.json")}
+    committed = {
+        json.loads(p.read_text())["uid"]
+        for p in [*(REPO / "dashboards").glob("*.json"), *(REPO / "dashboards/slo").glob("*.json")]
+    }
     assert {b["dashboard"]["uid"] for b in boards} == committed
     assert {"pyobs-overview", "pyobs-runtime", "pyobs-slo"} <= committed
     # The same folder as the file provider's, so a pushed and a provisioned copy coincide.
