@@ -228,7 +228,9 @@ def _alerts() -> tuple[Alert, ...]:
         ),
         Alert(
             name="PyobsInstanceDown",
-            any_of=((Condition("up", "<", 1),),),
+            # The services only: each stack component has its own alert (pyobs-stack.yml),
+            # so a stopped Jaeger or exporter pages once.
+            any_of=((Condition('up{job="pyobs-services"}', "<", 1),),),
             for_="1m",
             severity="critical",
             summary="{{ $labels.instance }} ({{ $labels.service }}) cannot be scraped",

@@ -153,8 +153,13 @@ def _prometheus_config(workdir: Path, jaeger: Jaeger, am_port: int) -> Path:
 
     config = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    from pyobs._dashgen import promrules
+
     rules = workdir / "rules"
     rules.mkdir(exist_ok=True)
+    # Every rule the stack loads: the services' alerts too, so a double page would show.
+    for name, body in promrules.rule_files(scale=SCALE).items():
+        (rules / name).write_text(yaml.safe_dump(body, sort_keys=False))
     (rules / stack.RULE_FILE).write_text(yaml.safe_dump(stack.rule_file(scale=SCALE)))
     config["rule_files"] = [str(rules / "*.yml")]
     config["alerting"]["alertmanagers"][0]["static_configs"] = [
@@ -208,7 +213,7 @@ def test_prometheus_scrapes_jaeger_and_a_stopped_jaeger_pages(
     alertmanager: tuple[Process, Webhook], tmp_path: Path
 ) -> None:
     """Jaeger's own series arrive (its HTTP histograms do not); stopping Jaeger raises
-    PyobsJaegerDown, which reaches the page receiver through Alertmanager."""
+    PyobsJaegerDown, which reaches the page receiver through Alertmanager, and no other page."""
     import_or_require("opentelemetry.exporter.otlp.proto.http.trace_exporter")
     am, webhook = alertmanager
     jaeger = start_jaeger(tmp_path)
@@ -255,6 +260,24 @@ def test_prometheus_scrapes_jaeger_and_a_stopped_jaeger_pages(
         )
         assert alert["labels"]["job"] == "jaeger"
         assert alert["annotations"]["runbook_url"].endswith("#pyobsjaegerdown")
+        # One outage, one page: once PyobsJaegerDown has been firing for five evaluations
+        # (PyobsInstanceDown's `for` is one), no other alert is about the Jaeger target, in
+        # Prometheus or in Alertmanager.
+        wait_until(
+            lambda: series(
+                'count_over_time(ALERTS{alertname="PyobsJaegerDown",alertstate="firing"}[1m]) >= 5'
+            ),
+            30,
+            what="five firing evaluations",
+        )
+        in_prometheus = {r["metric"]["alertname"] for r in series('ALERTS{job="jaeger"}')}
+        assert in_prometheus == {"PyobsJaegerDown"}
+        in_alertmanager = {
+            a["labels"]["alertname"]
+            for a in http_json(f"http://127.0.0.1:{am.port}/api/v2/alerts")
+            if a["labels"].get("job") == "jaeger"
+        }
+        assert in_alertmanager == {"PyobsJaegerDown"}
     finally:
         if prometheus is not None:
             prometheus.stop()
