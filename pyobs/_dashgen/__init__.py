@@ -78,7 +78,7 @@ def generate() -> dict[str, str]:
     """Every generated file, by path relative to the repository root."""
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-    from pyobs._dashgen import dashboards, promrules, provisioning
+    from pyobs._dashgen import dashboards, promrules, provisioning, slogen
 
     files: dict[str, str] = {}
     for name, rules in promrules.rule_files().items():
@@ -96,7 +96,14 @@ def generate() -> dict[str, str]:
         provisioning.contact_points_file()
     )
     files[f"{prov}/alerting/pyobs-policies.yml"] = prov_yaml(provisioning.policies_file())
+    files.update(slogen.shipped(_repo_root()))  # the SLO specs of prometheus/slo/
     return files
+
+
+def _repo_root() -> Path:
+    from pyobs._resources import repo_file
+
+    return repo_file("prometheus").parent
 
 
 def write(root: Path) -> list[str]:
