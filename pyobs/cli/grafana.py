@@ -63,6 +63,7 @@ def payloads(root: Path) -> dict[str, Any]:
     dashboards = [
         json.loads(path.read_text(encoding="utf-8"))
         for path in sorted((root / "dashboards").glob("*.json"))
+        + sorted((root / "dashboards" / "slo").glob("*.json"))  # one per SLO spec'd service
     ]
     alerting = root / "dashboards" / "provisioning" / "alerting"
     groups = []

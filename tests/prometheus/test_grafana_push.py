@@ -76,7 +76,7 @@ def grafana_api() -> Iterator[tuple[str, list[tuple[str, str, Any, str]]]]:
 def test_push_sends_dashboards_rules_contact_point_and_policy(
     grafana_api: tuple[str, list[tuple[str, str, Any, str]]],
 ) -> None:
-    """Push creates the folder, then uploads 3 dashboards, the contact point, policies, rules."""
+    """Push creates the folder, uploads every dashboard (SLO ones too), contact point, rules."""
     import_or_require("grafana_client")
     from pyobs.cli import main
 
@@ -86,10 +86,12 @@ def test_push_sends_dashboards_rules_contact_point_and_policy(
     paths = [(method, path) for method, path, *_ in calls]
     assert ("POST", "/api/folders") in paths
     boards = [body for method, path, body, _ in calls if path == "/api/dashboards/db"]
+    slo_boards = {f"pyobs-slo-{spec.service}" for spec in _shipped_specs()}
+    assert len(slo_boards) == 10
     assert {b["dashboard"]["uid"] for b in boards} == {
         "pyobs-overview",
         "pyobs-runtime",
-        "pyobs-slo",
+        *slo_boards,
     }
     assert all(b["folderUid"] == "pyobs" and b["overwrite"] for b in boards)
     created = [b for m, p, b, _ in calls if p == "/api/v1/provisioning/contact-points"]
@@ -107,6 +109,12 @@ def test_push_sends_dashboards_rules_contact_point_and_policy(
     assert len(rules) == sum(alert.grafana for alert in slo.ALERTS)  # one per Grafana alert
     assert all(r["folderUID"] == "pyobs" and r["condition"] == "Z" for r in rules)
     assert all(g["interval"] == 60 for g in groups.values())
+
+
+def _shipped_specs() -> list[Any]:
+    from pyobs._dashgen import slospec
+
+    return slospec.load(REPO / "prometheus" / "slo" / "examples.yaml")
 
 
 def test_push_reports_an_unreachable_grafana(capsys: pytest.CaptureFixture[str]) -> None:
