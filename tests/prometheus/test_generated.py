@@ -215,7 +215,8 @@ def test_spec_objectives_set_the_thresholds() -> None:
                     continue
                 for window in windows:
                     threshold = f"{window.factor * (1 - objective.objective):.10g}"
-                    series = f'ratio_rate{window.long}{{service="{spec.service}", slo="{objective.name}"}}'
+                    labels = f'service="{spec.service}", slo="{objective.name}"'
+                    series = f"ratio_rate{window.long}{{{labels}}}"
                     assert f"{series} > {threshold}" in rules[key]["expr"]
                     checked += 1
     assert checked == 39 * 2
