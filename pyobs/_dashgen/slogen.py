@@ -196,6 +196,12 @@ def rule_file(
 
 # --- promtool unit tests ----------------------------------------------------------------------
 
+TEST_HEADER = (
+    "# promtool unit tests, one input per SLO and case, 10000 requests a minute:\n"
+    "#   burning fast  bad ratio above every threshold -> the page and the ticket fire\n"
+    "#   burning slow  between the ticket's and the page's thresholds -> only the ticket\n"
+    "#   within budget half the lowest threshold, and every left-out route failing -> quiet\n"
+)
 #: Requests per minute in the generated tests: bad counts are whole numbers of these.
 _PER_MINUTE = 10_000
 _SAMPLES = 20
@@ -487,7 +493,8 @@ def files(spec_path: Path, grafana: bool = False) -> dict[str, str]:
         name = file_name(spec.service)
         rules = f"pyobs-slo-{name}.yml"
         out[f"{RULES_DIR}/{rules}"] = text(rule_file([spec]))
-        out[f"{TESTS_DIR}/{name}_test.yml"] = text(test_file([spec], f"../../rules/{rules}"))
+        tests = text(test_file([spec], f"../../rules/{rules}"))
+        out[f"{TESTS_DIR}/{name}_test.yml"] = header + TEST_HEADER + tests.split("\n", 1)[1]
         board = json.loads(json.dumps(dashboard(spec).build(), cls=JSONEncoder))
         out[f"{DASHBOARDS_DIR}/{dashboard_uid(spec.service)}.json"] = _dashgen.to_json(board)
     if grafana:

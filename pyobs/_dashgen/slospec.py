@@ -106,9 +106,10 @@ class ServiceSpec:
         return tuple(sorted(names, key=slo.seconds))
 
 
-#: The SRE workbook's windows as shares of the budget (table 5-8, for a 30-day period).
-DEFAULT_PAGE = (("1h", "5m", 2.0), ("6h", "30m", 5.0))
-DEFAULT_TICKET = (("1d", "2h", 10.0), ("3d", "6h", 10.0))
+#: The SRE workbook's windows and burn rates (table 5-8). They stay burn rates whatever the SLO
+#: window: with 30d they spend 2% and 5% (page), 10% and 10% (ticket) of the budget.
+DEFAULT_PAGE = (("1h", "5m", 14.4), ("6h", "30m", 6.0))
+DEFAULT_TICKET = (("1d", "2h", 3.0), ("3d", "6h", 1.0))
 
 
 def default_slos() -> list[dict[str, Any]]:
@@ -317,45 +318,53 @@ def _windows(top: _Fields, period: str) -> tuple[tuple[BurnWindow, ...], tuple[B
     for severity, default in (("page", DEFAULT_PAGE), ("ticket", DEFAULT_TICKET)):
         raw = fields.data.get(severity)
         if raw is None:
-            raw = [{"long": lo, "short": sh, "budget_percent": pct} for lo, sh, pct in default]
+            raw = [{"long": lo, "short": sh, "factor": factor} for lo, sh, factor in default]
         if not isinstance(raw, list) or not raw:
             raise fields.error(
-                severity, "expected a non-empty list of {long, short, budget_percent}"
+                severity, "expected a non-empty list of {long, short, budget_percent or factor}"
             )
-        windows = []
-        for i, item in enumerate(raw):
-            entry = _Fields(
-                item,
-                top.where,
-                fields.name(f"{severity}[{i}]"),
-                ("long", "short", "budget_percent"),
-            )
-            for key in ("long", "short", "budget_percent"):
-                if key not in entry.data:
-                    raise entry.error(key, "missing")
-            long = entry.get("long", str, "", _duration)
-            short = entry.get("short", str, "", _duration)
-            percent = entry.get(
-                "budget_percent",
-                float,
-                0.0,
-                lambda p: "" if 0 < p <= 100 else "must be in (0, 100]",
-            )
-            if slo.seconds(short) >= slo.seconds(long):
-                raise entry.error("short", f"{short} must be shorter than long ({long})")
-            if slo.seconds(long) > slo.seconds(period):
-                raise entry.error("long", f"{long} is longer than the SLO window ({period})")
-            factor = round(percent / 100 * slo.seconds(period) / slo.seconds(long), 6)
-            if factor < 1:
-                raise entry.error(
-                    "budget_percent",
-                    f"{percent:g}% of a {period} budget within {long} is a burn rate of "
-                    f"{factor:.3g}x, below 1x: the alert would fire while the budget lasts the "
-                    "whole window. Raise budget_percent or shorten long.",
-                )
-            windows.append(BurnWindow(long, short, percent, factor))
+        windows = [
+            _window(_Fields(item, top.where, fields.name(f"{severity}[{i}]"), _WINDOW), period)
+            for i, item in enumerate(raw)
+        ]
         out.append(tuple(windows))
     return out[0], out[1]
+
+
+_WINDOW = ("long", "short", "budget_percent", "factor")
+
+
+def _window(entry: _Fields, period: str) -> BurnWindow:
+    for key in ("long", "short"):
+        if key not in entry.data:
+            raise entry.error(key, "missing")
+    if ("budget_percent" in entry.data) == ("factor" in entry.data):
+        raise entry.error("", "give exactly one of budget_percent and factor")
+    long = entry.get("long", str, "", _duration)
+    short = entry.get("short", str, "", _duration)
+    if slo.seconds(short) >= slo.seconds(long):
+        raise entry.error("short", f"{short} must be shorter than long ({long})")
+    if slo.seconds(long) > slo.seconds(period):
+        raise entry.error("long", f"{long} is longer than the SLO window ({period})")
+    share = slo.seconds(long) / slo.seconds(period)
+    if "factor" in entry.data:
+        key = "factor"
+        factor = entry.get(key, float, 0.0)
+        percent = round(factor * share * 100, 6)
+    else:
+        key = "budget_percent"
+        percent = entry.get(
+            key, float, 0.0, lambda p: "" if 0 < p <= 100 else "must be in (0, 100]"
+        )
+        factor = round(percent / 100 / share, 6)
+    if factor < 1:
+        raise entry.error(
+            key,
+            f"a burn rate of {factor:.3g}x ({percent:.3g}% of a {period} budget within {long}) "
+            "is below 1x: the alert would fire while the budget lasts the whole window. Raise "
+            "it or shorten long.",
+        )
+    return BurnWindow(long, short, percent, factor)
 
 
 def _slo(fields: _Fields, exclude: tuple[str, ...], page: tuple[BurnWindow, ...]) -> SLOSpec:

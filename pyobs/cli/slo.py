@@ -61,20 +61,23 @@ def handle_generate(args: argparse.Namespace) -> int:
         )
         return 2
     generated: dict[str, str] = {}
+    owner: dict[str, Path] = {}  # service -> the spec file that has it
     for path in args.spec:
         try:
+            services = [spec.service for spec in slospec.load(path)]
             files = slogen.files(path, grafana=args.grafana_rules)
         except slospec.SpecError as exc:
             print(f"pyobs slo generate: {exc}", file=sys.stderr)
             return 1
-        clash = sorted(set(files) & set(generated))
-        if clash:
-            print(
-                f"pyobs slo generate: {path} would overwrite {clash[0]} of another spec "
-                "(give each spec file its own name and each service one spec)",
-                file=sys.stderr,
-            )
-            return 1
+        for service in services:
+            if service in owner:
+                print(
+                    f"pyobs slo generate: {path}: service {service!r} has a spec in "
+                    f"{owner[service]} already (one spec per service)",
+                    file=sys.stderr,
+                )
+                return 1
+            owner[service] = path
         generated.update(files)
     out: Path = args.out
     if args.check:

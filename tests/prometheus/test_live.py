@@ -282,9 +282,8 @@ def _all_queries() -> list[tuple[str, str]]:
 
     out: list[tuple[str, str]] = []
     # The committed dashboards; of the SLO ones, those of the services running here.
-    boards = sorted((REPO / "dashboards").glob("*.json")) + [
-        REPO / "dashboards" / "slo" / "pyobs-slo-example-flask.json"
-    ]
+    slo_board = REPO / "dashboards" / "slo" / "pyobs-slo-example-flask.json"
+    boards = [*sorted((REPO / "dashboards").glob("*.json")), slo_board]
     for path in boards:
         board = json.loads(path.read_text())
         out += [(f"{path.name}: {title}", expr) for title, expr in prometheus_queries(board)]

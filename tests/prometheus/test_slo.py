@@ -218,9 +218,18 @@ def test_grafana_rules_only_on_request(tmp_path: Path) -> None:
         ("service: shop\nexclude_routes: [admin]\n", "exclude_routes[0]: expected a route"),
         ("service: shop\nlabels: {severity: low}\n", "labels.severity: set by pyobs"),
         (
-            "service: shop\nwindow: 7d\n",
-            "windows.ticket[0].budget_percent: 10% of a 7d budget within 1d is a burn rate of "
-            "0.7x, below 1x",
+            "service: shop\nwindow: 7d\nwindows: {ticket: [{long: 1d, short: 2h, "
+            "budget_percent: 10}]}\n",
+            "windows.ticket[0].budget_percent: a burn rate of 0.7x (10% of a 7d budget within "
+            "1d) is below 1x",
+        ),
+        (
+            "service: shop\nwindows: {page: [{long: 1h, short: 5m}]}\n",
+            "windows.page[0]: give exactly one of budget_percent and factor",
+        ),
+        (
+            "service: shop\nwindow: 1d\n",
+            "windows.ticket[1].long: 3d is longer than the SLO window (1d)",
         ),
         (
             "service: shop\nwindows: {page: [{long: 5m, short: 1h, budget_percent: 2}]}\n",
@@ -244,7 +253,7 @@ def test_bad_specs_name_the_field(
 
 
 def test_a_short_window_with_its_own_windows(tmp_path: Path) -> None:
-    """A 7d window works once its alert windows burn above 1x; the dashboard names the window."""
+    """A 7d window with windows given as budget shares; the alerts and dashboard name it."""
     spec = """\
 service: shop
 window: 7d
@@ -262,6 +271,15 @@ windows:
     assert "over 7d" in alerts["PyobsAvailabilityBudgetBurnFast"]["annotations"]["description"]
     board = (out / "dashboards/slo/pyobs-slo-shop.json").read_text()
     assert "error budget left (7d)" in board and "(30d)" not in board
+
+
+def test_default_windows_keep_the_workbook_burn_rates() -> None:
+    """Any SLO window gets the workbook's burn rates; the share of budget they spend follows."""
+    from pyobs._dashgen import slospec
+
+    (week,) = slospec.parse("service: shop\nwindow: 7d\n")
+    assert [w.factor for w in (*week.page_windows, *week.ticket_windows)] == [14.4, 6, 3, 1]
+    assert round(week.page_windows[0].budget_percent, 2) == 8.57  # 14.4 x 1h / 168h
 
 
 def _retention(text: str) -> str:
@@ -284,3 +302,50 @@ def test_prometheus_keeps_every_slo_window() -> None:
     assert "--storage.tsdb.retention.time=${PROMETHEUS_RETENTION:-" in compose
     for text in (compose, (REPO / ".env.example").read_text()):
         assert slo.seconds(_retention(text)) >= longest
+
+
+def test_no_orphaned_slo_files() -> None:
+    """Every committed SLO rule, test and dashboard comes from a spec in prometheus/slo/."""
+    import_or_require("grafana_foundation_sdk")
+    from pyobs._dashgen import slogen
+
+    generated = set(slogen.shipped(REPO))
+    committed = {
+        str(path.relative_to(REPO))
+        for pattern in (
+            "prometheus/rules/pyobs-slo-*.yml",
+            "prometheus/slo/tests/*_test.yml",
+            "dashboards/slo/*.json",
+        )
+        for path in REPO.glob(pattern)
+    }
+    assert committed == generated
+
+
+def test_two_specs_for_one_service_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two spec files for the same service would overwrite each other: exit 1, write nothing."""
+    import_or_require("grafana_foundation_sdk")
+    from pyobs.cli import main
+
+    (tmp_path / "a.yaml").write_text("service: shop\n")
+    (tmp_path / "b.yaml").write_text("service: shop\nwindow: 28d\n")  # valid on its own
+    out = tmp_path / "out"
+    args = ["slo", "generate", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")]
+    assert main([*args, "--out", str(out)]) == 1
+    assert "b.yaml: service 'shop' has a spec in " in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_dashboard_uids_fit_grafana() -> None:
+    """A dashboard uid is at most 40 characters and distinct even for long or odd names."""
+    from pyobs._dashgen import slogen
+
+    assert slogen.dashboard_uid("shop") == "pyobs-slo-shop"
+    long_a = slogen.dashboard_uid("payments-gateway-europe-west-primary-a")
+    long_b = slogen.dashboard_uid("payments-gateway-europe-west-primary-b")
+    odd = slogen.dashboard_uid("shop/eu")
+    assert max(len(long_a), len(long_b), len(odd)) <= 40
+    assert len({long_a, long_b, odd, slogen.dashboard_uid("shop-eu")}) == 4
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", uid) for uid in (long_a, odd))
