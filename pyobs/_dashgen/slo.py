@@ -38,92 +38,9 @@ JAEGER_UID = "jaeger"
 
 OVERVIEW_UID = "pyobs-overview"
 RUNTIME_UID = "pyobs-runtime"
-SLO_UID = "pyobs-slo"
 
 REQUESTS = "http_server_request_duration_seconds"
 SERVER_ERROR = 'http_response_status_code=~"5.."'
-
-
-@dataclass(frozen=True)
-class BurnWindow:
-    """A window pair of the SRE workbook: alert when both windows burn faster than factor."""
-
-    long: str
-    short: str
-    factor: float
-
-
-@dataclass(frozen=True)
-class Severity:
-    """How urgently a human must react: a page wakes someone, a ticket waits for office hours."""
-
-    label: str
-    kind: str
-    windows: tuple[BurnWindow, ...]
-    for_: str
-
-
-#: The SRE workbook's recommended windows (chapter "Alerting on SLOs", table 5-8).
-PAGE = Severity(
-    "critical", "page", (BurnWindow("1h", "5m", 14.4), BurnWindow("6h", "30m", 6.0)), "2m"
-)
-TICKET = Severity(
-    "warning", "ticket", (BurnWindow("1d", "2h", 3.0), BurnWindow("3d", "6h", 1.0)), "15m"
-)
-
-
-@dataclass(frozen=True)
-class SLO:
-    """A service level objective over every instrumented service, measured per ``service``."""
-
-    name: str
-    title: str
-    objective: float
-    what: str
-
-    @property
-    def budget(self) -> float:
-        """The tolerated share of bad requests (1 - objective)."""
-        return round(1.0 - self.objective, 10)
-
-    def error_ratio_expr(self, window: str, match: str = "") -> str:
-        """PromQL for the share of bad requests per service over ``window``.
-
-        ``match`` adds label matchers (``service=~"$service"``) to every selector.
-        """
-        extra = f", {match}" if match else ""
-        sel = f"{{{match}}}" if match else ""
-        total = f"sum by (service) (rate({REQUESTS}_count{sel}[{window}]))"
-        if self.name == "availability":
-            bad = f"sum by (service) (rate({REQUESTS}_count{{{SERVER_ERROR}{extra}}}[{window}]))"
-            # No 5xx at all is a ratio of 0, not a missing series.
-            return f"({bad} or {total} * 0) / {total}"
-        good = (
-            f"sum by (service) (rate({REQUESTS}_bucket"
-            f'{{le="{_le(LATENCY_THRESHOLD_SECONDS)}"{extra}}}[{window}]))'
-        )
-        return f"({total} - {good}) / {total}"
-
-    def ratio_series(self, window: str) -> str:
-        """The recorded error-ratio series for ``window`` (see :func:`recording_rules`)."""
-        return f'service:pyobs_slo_errors:ratio_rate{window}{{slo="{self.name}"}}'
-
-
-AVAILABILITY = SLO(
-    "availability",
-    "Availability",
-    AVAILABILITY_OBJECTIVE,
-    "requests answered without a 5xx",
-)
-LATENCY = SLO(
-    "latency",
-    "Latency",
-    LATENCY_OBJECTIVE,
-    f"requests answered within {LATENCY_THRESHOLD_SECONDS:g} s",
-)
-SLOS = (AVAILABILITY, LATENCY)
-#: Every window a burn-rate alert or the SLO dashboard reads, in increasing order.
-SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 
 
 @dataclass(frozen=True)
