@@ -55,7 +55,8 @@ def error_ratio(spec: ServiceSpec, objective: SLOSpec, window: str) -> str:
     """PromQL for the share of bad requests of ``objective`` over ``window``."""
     total = f"sum by (service) (rate({REQUESTS}_count{selector(spec, objective)}[{window}]))"
     if objective.kind == "availability":
-        bad_sel = selector(spec, objective, f'http_response_status_code=~"{objective.errors}"')
+        errors = objective.errors.replace("\\", "\\\\")  # a PromQL string holds the regex
+        bad_sel = selector(spec, objective, f'http_response_status_code=~"{errors}"')
         bad = f"sum by (service) (rate({REQUESTS}_count{bad_sel}[{window}]))"
         # No bad request at all is a ratio of 0, not a missing series.
         return f"({bad} or {total} * 0) / {total}"
@@ -327,15 +328,18 @@ def dashboard(spec: ServiceSpec) -> Any:
     board = d._base(
         dashboard_uid(spec.service),
         f"pyobs / SLO / {spec.service}",
-        f"Error budgets of {spec.service} over a {spec.window} window (from prometheus/slo/), "
+        f"Error budgets of {spec.service} over a {spec.window} window (from its SLO spec), "
         "and the burn rates its alerts watch.",
-    ).tags(["pyobs", "slo"])
+    )
+    # A day of burn rates; the budget and SLI panels are instant queries over the window.
+    board = board.tags(["pyobs", "slo"]).time("now-24h", "now")
     board = board.with_row(dash.Row(f"{spec.service}: SLO window {spec.window}")).with_panel(
         d._stat(
             "Prometheus history",
             f"How far back Prometheus holds data. Every budget panel covers the last "
             f"{spec.window}, or this much while it is shorter (keep Prometheus's retention at "
-            f"least {spec.window}: docs/slo.md).",
+            f"least {spec.window}: docs/slo.md). Needs Prometheus to scrape itself, as the "
+            "stack's does.",
             "dtdurations",
             "min(time() - prometheus_tsdb_lowest_timestamp_seconds)",
             width=24,

@@ -235,7 +235,7 @@ class _Fields:
         if not isinstance(raw, list):
             raise self.error(key, f"expected a list of route templates, got {_kind(raw)}")
         for i, route in enumerate(raw):
-            if not isinstance(route, str) or not route.startswith("/"):
+            if not isinstance(route, str) or not route.startswith("/") or _unsafe(route):
                 raise self.error(
                     f"{key}[{i}]", f"expected a route template like /items/{{id}}, got {route!r}"
                 )
@@ -285,7 +285,7 @@ def _service(document: Any, where: str) -> ServiceSpec:
         raise top.error("version", f"unsupported version {version!r}; this pyobs reads {VERSION!r}")
     if "service" not in top.data:
         raise top.error("service", "missing: the value of the `service` label this spec is for")
-    service = top.get("service", str, "", lambda s: "" if s.strip() else "must not be empty")
+    service = top.get("service", str, "", _service_name)
     where = f"{where} (service {service})"
     top.where = where
     window = top.get("window", str, slo.SLO_PERIOD, _duration)
@@ -465,7 +465,20 @@ def _alert_options(fields: _Fields) -> AlertOptions:
     )
 
 
+def _unsafe(value: str) -> bool:
+    # Label values and regexes go into double-quoted PromQL strings.
+    return any(char in value for char in '"\\\n')
+
+
+def _service_name(value: str) -> str:
+    if not value.strip():
+        return "must not be empty"
+    return "must not contain quotes, backslashes or line breaks" if _unsafe(value) else ""
+
+
 def _regex(value: str) -> str:
+    if '"' in value or "\n" in value:
+        return "must not contain double quotes or line breaks"
     try:
         re.compile(value)
     except re.error as exc:

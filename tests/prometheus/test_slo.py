@@ -12,8 +12,7 @@ import yaml
 from tests.conftest import import_or_require
 from tests.prometheus.conftest import REPO, run_tool, tool
 
-SHOP = """\
-version: pyobs/v1
+SHOP = r"""version: pyobs/v1
 service: shop
 labels: {team: checkout}
 exclude_routes: ["/admin/export/{job_id}"]
@@ -21,7 +20,7 @@ slos:
   - name: availability
     objective: 99.5
     sli:
-      availability: {errors: "5..|429"}
+      availability: {errors: '5\d\d|429'}
   - name: checkout-latency
     objective: 95
     description: checkouts answered within 250 ms
@@ -89,7 +88,7 @@ def test_generate_writes_rules_tests_and_dashboards(tmp_path: Path) -> None:
         for r in g["rules"]
         if r.get("record") == "service:pyobs_slo_errors:ratio_rate5m"
     }
-    assert 'http_response_status_code=~"5..|429"' in recorded["availability"]
+    assert r'http_response_status_code=~"5\\d\\d|429"' in recorded["availability"]
     assert r'http_route!~"/admin/export/\\{job_id\\}"' in recorded["availability"]
     assert r'http_route!~"/admin/export/\\{job_id\\}|/slow"' in recorded["checkout-latency"]
     board = (out / "dashboards/slo/pyobs-slo-shop.json").read_text()
@@ -180,6 +179,7 @@ def test_grafana_rules_only_on_request(tmp_path: Path) -> None:
     [
         ("slos: []\n", "service: missing"),
         ("service: ''\n", "service: must not be empty"),
+        ("service: 'sh\"op'\n", "service: must not contain quotes"),
         ("service: shop\nwindow: a month\n", "window: not a duration: 'a month'"),
         ("service: shop\nsurvice: x\n", "survice: unknown field; expected one of: "),
         ("service: shop\nslos: [{name: a, objective: 99.9}]\n", "slos[0].sli: missing"),
