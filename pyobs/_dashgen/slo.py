@@ -95,9 +95,9 @@ class Alert:
 def _alerts() -> tuple[Alert, ...]:
     req = f"{REQUESTS}_count"
     total_5m = f"sum by (service) (rate({req}[5m]))"
-    # A service with an availability SLO pages through its burn-rate alert; this one is the
-    # fallback for services without a spec, so that one outage never pages twice.
-    with_slo = 'service:pyobs_slo_objective:ratio{sli="availability"}'
+    # A service with a paging availability SLO pages through its burn-rate alert; this one is
+    # the fallback for the others, so that one outage never pages twice.
+    with_slo = 'service:pyobs_slo_objective:ratio{sli="availability", pages="true"}'
     return (
         Alert(
             name="PyobsHighErrorRate",

@@ -166,6 +166,8 @@ def rule_file(
                         "service": spec.service,
                         "slo": objective.name,
                         "sli": objective.kind,
+                        # Whether a burn-rate page watches it (PyobsHighErrorRate steps back).
+                        "pages": "false" if objective.page.disable else "true",
                     },
                 }
             )

@@ -349,3 +349,78 @@ def test_dashboard_uids_fit_grafana() -> None:
     assert max(len(long_a), len(long_b), len(odd)) <= 40
     assert len({long_a, long_b, odd, slogen.dashboard_uid("shop-eu")}) == 4
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", uid) for uid in (long_a, odd))
+
+
+def test_error_rate_pages_only_where_no_slo_page_does(tmp_path: Path) -> None:
+    """PyobsHighErrorRate stays quiet for a service whose availability SLO pages, not otherwise."""
+    tool("promtool")
+    spec = """\
+service: paged
+---
+service: unpaged
+slos:
+  - {name: availability, objective: 99.9, sli: {availability: {}},
+     alerting: {page_alert: {disable: true}}}
+"""
+    code, out = _generate(tmp_path, spec)
+    assert code == 0
+    series = []
+    for service in ("paged", "unpaged", "no-spec"):
+        for status, per_minute in (("200", 54), ("500", 6)):  # 10% 5xx
+            labels = f'service="{service}",http_route="/x",http_response_status_code="{status}"'
+            series.append(
+                {
+                    "series": f"http_server_request_duration_seconds_count{{{labels}}}",
+                    "values": f"0+{per_minute}x20",
+                }
+            )
+    test = {
+        "rule_files": [
+            str(out / "prometheus/rules/pyobs-slo-paged.yml"),
+            str(out / "prometheus/rules/pyobs-slo-unpaged.yml"),
+            str(REPO / "prometheus/rules/pyobs-alerts.yml"),
+        ],
+        "evaluation_interval": "1m",
+        "group_eval_order": [
+            "pyobs-slo-paged",
+            "pyobs-slo-unpaged",
+            "pyobs-slo-paged-alerts",
+            "pyobs-slo-unpaged-alerts",
+            "pyobs-alerts",
+        ],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": "count by (service) (ALERTS"
+                        '{alertstate="firing",severity="critical"})',
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            {"labels": '{service="paged"}', "value": 1},  # its fast burn
+                            {"labels": '{service="unpaged"}', "value": 1},  # the error rate
+                            {"labels": '{service="no-spec"}', "value": 1},  # the error rate
+                        ],
+                    },
+                    {
+                        "expr": 'ALERTS{alertname="PyobsHighErrorRate",alertstate="firing"}',
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            {
+                                "labels": 'ALERTS{alertname="PyobsHighErrorRate",'
+                                'alertstate="firing",notify="page",service="'
+                                + service
+                                + '",severity="critical"}',
+                                "value": 1,
+                            }
+                            for service in ("unpaged", "no-spec")
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "fallback_test.yml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False))
+    assert "SUCCESS" in run_tool(["promtool", "test", "rules", str(path)], cwd=tmp_path)
