@@ -159,7 +159,7 @@ def parse(text: str, source: str = "<spec>") -> list[ServiceSpec]:
 
 
 class _Fields:
-    """A mapping being read: remembers where it is, and rejects what nobody read."""
+    """A mapping being read: knows its place in the spec for messages; refuses unknown fields."""
 
     def __init__(self, data: Any, where: str, path: str, allowed: Iterable[str]) -> None:
         self.where = where
