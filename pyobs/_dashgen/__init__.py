@@ -78,7 +78,7 @@ def generate() -> dict[str, str]:
     """Every generated file, by path relative to the repository root."""
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-    from pyobs._dashgen import dashboards, promrules, provisioning, stack
+    from pyobs._dashgen import dashboards, promrules, provisioning, slogen, stack
 
     files: dict[str, str] = {}
     for name, rules in promrules.rule_files().items():
@@ -93,7 +93,14 @@ def generate() -> dict[str, str]:
     prov_yaml = to_provisioning_yaml
     files[f"{prov}/datasources/pyobs.yml"] = prov_yaml(provisioning.datasources())
     files[f"{prov}/dashboards/pyobs.yml"] = prov_yaml(provisioning.dashboard_provider())
+    files.update(slogen.shipped(_repo_root()))  # the SLO specs of prometheus/slo/
     return files
+
+
+def _repo_root() -> Path:
+    from pyobs._resources import repo_file
+
+    return repo_file("prometheus").parent
 
 
 #: Files earlier versions generated and this one must not leave behind: Grafana would still

@@ -461,82 +461,12 @@ def runtime() -> dash.Dashboard:
     )
 
 
-def slo_dashboard() -> dash.Dashboard:
-    """Error budget left and burn rates of every SLO."""
-    board = _with_datasources(
-        _base(
-            slo.SLO_UID,
-            "pyobs / SLOs",
-            f"Error budgets over {slo.SLO_PERIOD} and the burn rates the alerts watch.",
-        )
-    ).with_variable(_service_variable())
-    for objective in slo.SLOS:
-        period_ratio = objective.error_ratio_expr(slo.SLO_PERIOD, SVC)
-        board = (
-            board.with_row(
-                dash.Row(f"{objective.title}: {objective.objective * 100:g}% of {objective.what}")
-            )
-            .with_panel(
-                _stat(
-                    f"{objective.title}: error budget left",
-                    f"Share of the {slo.SLO_PERIOD} error budget not yet spent "
-                    f"(objective {objective.objective * 100:g}%).",
-                    "percentunit",
-                    f"1 - ({period_ratio}) / {objective.budget:g}",
-                    width=8,
-                    legend="{{service}}",
-                )
-            )
-            .with_panel(
-                _stat(
-                    f"{objective.title}: SLI over {slo.SLO_PERIOD}",
-                    f"Share of {objective.what}.",
-                    "percentunit",
-                    f"1 - ({period_ratio})",
-                    width=8,
-                    legend="{{service}}",
-                )
-            )
-            .with_panel(
-                _stat(
-                    f"{objective.title}: burn rate (1h)",
-                    "1 means the budget lasts exactly the period; the page fires above 14.4.",
-                    "x",
-                    f"{_series(objective, '1h')} / {objective.budget:g}",
-                    width=8,
-                    legend="{{service}}",
-                )
-            )
-            .with_panel(
-                _ts(
-                    f"{objective.title}: burn rate by window",
-                    "Budget burn rate (bad ratio / budget) over each alert window.",
-                    "x",
-                    *(
-                        _q(
-                            f"{_series(objective, window)} / {objective.budget:g}",
-                            f"{{{{service}}}} {window}",
-                            chr(ord("A") + i),
-                        )
-                        for i, window in enumerate(slo.SLO_WINDOWS)
-                    ),
-                    width=24,
-                )
-            )
-        )
-    return board
-
-
-def _series(objective: slo.SLO, window: str) -> str:
-    return objective.ratio_series(window).replace("}", f", {SVC}}}")
-
-
 def dashboards() -> dict[str, cogbuilder.Builder[model.Dashboard]]:
     """Every dashboard by file name."""
     return {
         "pyobs-overview.json": overview(),
         "pyobs-runtime.json": runtime(),
-        "pyobs-slo.json": slo_dashboard(),
+        # One SLO dashboard per service comes from the specs (slogen.py, dashboards/slo/).
     }
 
 

@@ -41,19 +41,6 @@ def red_rules() -> list[dict[str, str]]:
     return rules
 
 
-def slo_rules() -> list[dict[str, Any]]:
-    """The bad-request ratio of every SLO over every burn-rate window, per service."""
-    return [
-        {
-            "record": f"service:pyobs_slo_errors:ratio_rate{window}",
-            "expr": objective.error_ratio_expr(window),
-            "labels": {"slo": objective.name},
-        }
-        for objective in slo.SLOS
-        for window in slo.SLO_WINDOWS
-    ]
-
-
 def alert_rules() -> list[dict[str, Any]]:
     """Every alert of :data:`pyobs._dashgen.slo.ALERTS` as a Prometheus alerting rule."""
     out: list[dict[str, Any]] = []
@@ -78,9 +65,8 @@ def rule_files(scale: float = 1.0, interval: str | None = None) -> dict[str, dic
         return body
 
     return {
-        "pyobs-recording.yml": {
-            "groups": [group("pyobs-red", red_rules()), group("pyobs-slo", slo_rules())]
-        },
+        # The SLO rules come from the per-service specs (slogen.py, prometheus/slo/).
+        "pyobs-recording.yml": {"groups": [group("pyobs-red", red_rules())]},
         "pyobs-alerts.yml": {"groups": [group("pyobs-alerts", alert_rules())]},
     }
 

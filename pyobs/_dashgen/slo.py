@@ -1,6 +1,8 @@
-"""The one source of SLOs and alerts: Prometheus rules and Grafana alert rules both come from here.
+"""Alert definitions for both engines, and the defaults of the per-service SLO specs.
 
-Change an objective below, run ``pyobs dashboards build``, commit the regenerated files.
+The SLOs themselves are specs, one per service (``prometheus/slo/*.yaml``, read by
+:mod:`pyobs._dashgen.slospec`); the constants below are what a spec gets for a field it
+leaves out. Change an alert below, run ``pyobs dashboards build``, commit the regenerated files.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-# --- The objectives (the one place to change them) -------------------------------------------
+# --- The defaults of an SLO spec (docs/slo.md) ----------------------------------------------
 
 #: Share of requests that must not fail with a 5xx, over ``SLO_PERIOD``.
 AVAILABILITY_OBJECTIVE = 0.999
@@ -16,7 +18,8 @@ AVAILABILITY_OBJECTIVE = 0.999
 LATENCY_OBJECTIVE = 0.99
 #: Must be a bucket boundary of ``http_server_request_duration_seconds`` (it is: 0.5 s).
 LATENCY_THRESHOLD_SECONDS = 0.5
-#: The error-budget period shown on the SLO dashboard.
+#: The SLO window (error-budget period). Prometheus must keep at least this much history:
+#: the stack's retention (PROMETHEUS_RETENTION) is set to match, and a test holds them together.
 SLO_PERIOD = "30d"
 
 # --- Where alerts point people ------------------------------------------------------------------
@@ -35,92 +38,9 @@ JAEGER_UID = "jaeger"
 
 OVERVIEW_UID = "pyobs-overview"
 RUNTIME_UID = "pyobs-runtime"
-SLO_UID = "pyobs-slo"
 
 REQUESTS = "http_server_request_duration_seconds"
 SERVER_ERROR = 'http_response_status_code=~"5.."'
-
-
-@dataclass(frozen=True)
-class BurnWindow:
-    """A window pair of the SRE workbook: alert when both windows burn faster than factor."""
-
-    long: str
-    short: str
-    factor: float
-
-
-@dataclass(frozen=True)
-class Severity:
-    """How urgently a human must react: a page wakes someone, a ticket waits for office hours."""
-
-    label: str
-    kind: str
-    windows: tuple[BurnWindow, ...]
-    for_: str
-
-
-#: The SRE workbook's recommended windows (chapter "Alerting on SLOs", table 5-8).
-PAGE = Severity(
-    "critical", "page", (BurnWindow("1h", "5m", 14.4), BurnWindow("6h", "30m", 6.0)), "2m"
-)
-TICKET = Severity(
-    "warning", "ticket", (BurnWindow("1d", "2h", 3.0), BurnWindow("3d", "6h", 1.0)), "15m"
-)
-
-
-@dataclass(frozen=True)
-class SLO:
-    """A service level objective over every instrumented service, measured per ``service``."""
-
-    name: str
-    title: str
-    objective: float
-    what: str
-
-    @property
-    def budget(self) -> float:
-        """The tolerated share of bad requests (1 - objective)."""
-        return round(1.0 - self.objective, 10)
-
-    def error_ratio_expr(self, window: str, match: str = "") -> str:
-        """PromQL for the share of bad requests per service over ``window``.
-
-        ``match`` adds label matchers (``service=~"$service"``) to every selector.
-        """
-        extra = f", {match}" if match else ""
-        sel = f"{{{match}}}" if match else ""
-        total = f"sum by (service) (rate({REQUESTS}_count{sel}[{window}]))"
-        if self.name == "availability":
-            bad = f"sum by (service) (rate({REQUESTS}_count{{{SERVER_ERROR}{extra}}}[{window}]))"
-            # No 5xx at all is a ratio of 0, not a missing series.
-            return f"({bad} or {total} * 0) / {total}"
-        good = (
-            f"sum by (service) (rate({REQUESTS}_bucket"
-            f'{{le="{_le(LATENCY_THRESHOLD_SECONDS)}"{extra}}}[{window}]))'
-        )
-        return f"({total} - {good}) / {total}"
-
-    def ratio_series(self, window: str) -> str:
-        """The recorded error-ratio series for ``window`` (see :func:`recording_rules`)."""
-        return f'service:pyobs_slo_errors:ratio_rate{window}{{slo="{self.name}"}}'
-
-
-AVAILABILITY = SLO(
-    "availability",
-    "Availability",
-    AVAILABILITY_OBJECTIVE,
-    "requests answered without a 5xx",
-)
-LATENCY = SLO(
-    "latency",
-    "Latency",
-    LATENCY_OBJECTIVE,
-    f"requests answered within {LATENCY_THRESHOLD_SECONDS:g} s",
-)
-SLOS = (AVAILABILITY, LATENCY)
-#: Every window a burn-rate alert or the SLO dashboard reads, in increasing order.
-SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 
 
 @dataclass(frozen=True)
@@ -172,45 +92,20 @@ class Alert:
         }
 
 
-def burn_rate_alert(slo: SLO, severity: Severity) -> Alert:
-    """The multi-window multi-burn-rate alert of ``slo`` at ``severity``."""
-    speed = "Fast" if severity is PAGE else "Slow"
-    groups = tuple(
-        (
-            Condition(slo.ratio_series(w.long), ">", w.factor * slo.budget),
-            Condition(slo.ratio_series(w.short), ">", w.factor * slo.budget),
-        )
-        for w in severity.windows
-    )
-    pairs = " or ".join(f"{w.factor:g}x over {w.long}/{w.short}" for w in severity.windows)
-    return Alert(
-        name=f"Pyobs{slo.title}BudgetBurn{speed}",
-        any_of=groups,
-        for_=severity.for_,
-        severity=severity.label,
-        summary=f"{{{{ $labels.service }}}} burns its {slo.name} error budget {speed.lower()}",
-        description=(
-            f"{{{{ $labels.service }}}} spends its {slo.name} error budget "
-            f"({_pct(slo.objective)} of {slo.what} over {SLO_PERIOD}) at {pairs}; "
-            f"bad ratio in the long window: {{{{ $value | humanizePercentage }}}}."
-        ),
-        dashboard=SLO_UID,
-        labels={"slo": slo.name, "notify": severity.kind},
-    )
-
-
 def _alerts() -> tuple[Alert, ...]:
     req = f"{REQUESTS}_count"
     total_5m = f"sum by (service) (rate({req}[5m]))"
+    # A service with a paging availability SLO pages through its burn-rate alert; this one is
+    # the fallback for the others, so that one outage never pages twice.
+    with_slo = 'service:pyobs_slo_objective:ratio{sli="availability", pages="true"}'
     return (
-        *(burn_rate_alert(slo, sev) for slo in SLOS for sev in (PAGE, TICKET)),
         Alert(
             name="PyobsHighErrorRate",
             any_of=(
                 (
                     Condition(
-                        f"(sum by (service) (rate({req}{{{SERVER_ERROR}}}[5m])) or {total_5m} * 0)"
-                        f" / {total_5m}",
+                        f"((sum by (service) (rate({req}{{{SERVER_ERROR}}}[5m])) or {total_5m} * 0)"
+                        f" / {total_5m} unless on (service) {with_slo})",
                         ">",
                         0.05,
                     ),
@@ -221,7 +116,8 @@ def _alerts() -> tuple[Alert, ...]:
             summary="{{ $labels.service }} answers more than 5% of requests with a 5xx",
             description=(
                 "{{ $value | humanizePercentage }} of the requests to {{ $labels.service }} "
-                "failed with a 5xx over the last 5 minutes."
+                "failed with a 5xx over the last 5 minutes (the service has no availability "
+                "SLO; with one, its burn-rate alert pages instead)."
             ),
             dashboard=OVERVIEW_UID,
             labels={"notify": "page"},

@@ -11,7 +11,7 @@ from pyobs._version import __version__
 
 # Sub-command modules, in the order `pyobs --help` lists them. A module that is
 # missing (or whose optional dependency is absent) is skipped so the rest work.
-COMMANDS = ("demo", "stack", "elk", "logs", "dashboards", "grafana", "doctor", "logconfig")
+COMMANDS = ("demo", "stack", "elk", "logs", "dashboards", "slo", "grafana", "doctor", "logconfig")
 
 
 def build_parser() -> argparse.ArgumentParser:

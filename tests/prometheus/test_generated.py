@@ -13,7 +13,9 @@ import yaml
 from tests.conftest import import_or_require
 from tests.prometheus.conftest import REPO
 
-DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
+DASHBOARDS = sorted((REPO / "dashboards").glob("*.json")) + sorted(
+    (REPO / "dashboards" / "slo").glob("*.json")
+)
 PROVISIONING = REPO / "dashboards" / "provisioning"
 
 
@@ -30,6 +32,13 @@ def _datasources() -> dict[str, dict[str, Any]]:
 def _prom_alerts() -> dict[str, dict[str, Any]]:
     rules = _yaml(REPO / "prometheus" / "rules" / "pyobs-alerts.yml")
     return {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+
+
+def _slo_alerts() -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((REPO / "prometheus" / "rules").glob("pyobs-slo-*.yml")):
+        out += [r for g in _yaml(path)["groups"] for r in g["rules"] if "alert" in r]
+    return out
 
 
 def test_committed_files_are_what_the_generator_writes() -> None:
@@ -70,9 +79,15 @@ def test_generated_files_match_committed_tree(tmp_path: Path) -> None:
 
 
 def test_dashboards_with_fixed_uids() -> None:
-    """Overview, runtime, SLO and stack dashboards exist with the uids the alerts link to."""
+    """Overview, runtime, stack and one SLO dashboard per service, with the uids alerts use."""
+    from pyobs._dashgen import slospec
+
+    specs = slospec.load(REPO / "prometheus" / "slo" / "examples.yaml")
     uids = {json.loads(p.read_text())["uid"] for p in DASHBOARDS}
-    assert uids >= {"pyobs-overview", "pyobs-runtime", "pyobs-slo", "pyobs-stack"}
+    slo_uids = {f"pyobs-slo-{spec.service}" for spec in specs}
+    assert len(slo_uids) == 10
+    assert uids == {"pyobs-overview", "pyobs-runtime", "pyobs-stack", *slo_uids}
+
 
 
 def test_overview_has_the_promised_panels() -> None:
@@ -130,7 +145,8 @@ def test_every_alert_carries_the_required_fields() -> None:
         for line in runbook.splitlines()
         if line.startswith("#")
     }
-    for name, rule in _prom_alerts().items():
+    for rule in [*_prom_alerts().values(), *_slo_alerts()]:
+        name = rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning", "none"}, name
         ann = rule["annotations"]
         assert set(ann) >= {"summary", "description", "runbook_url", "dashboard_url"}, name
@@ -138,31 +154,48 @@ def test_every_alert_carries_the_required_fields() -> None:
         assert re.search(r"/d/([\w-]+)", ann["dashboard_url"])[1] in boards, name  # type: ignore[index]
 
 
-def test_one_objective_feeds_the_burn_rate_alerts() -> None:
-    """The burn thresholds in the Prometheus alerts are factor x (1 - objective) of slo.py."""
-    from pyobs._dashgen import slo
+def test_spec_objectives_set_the_thresholds() -> None:
+    """Each burn threshold in the generated rules is factor x (1 - objective) of its spec."""
+    from pyobs._dashgen import slospec
 
-    prom = _prom_alerts()
-    for objective in slo.SLOS:
-        for severity, speed in ((slo.PAGE, "Fast"), (slo.TICKET, "Slow")):
-            name = f"Pyobs{objective.title}BudgetBurn{speed}"
-            for window in severity.windows:
-                threshold = f"{window.factor * (1 - objective.objective):.10g}"
-                assert (
-                    f'ratio_rate{window.long}{{slo="{objective.name}"}} > {threshold}'
-                    in (prom[name]["expr"])
-                )
+    specs = slospec.load(REPO / "prometheus" / "slo" / "examples.yaml")
+    rules = {
+        (path.stem, r["alert"]): r
+        for path in sorted((REPO / "prometheus" / "rules").glob("pyobs-slo-*.yml"))
+        for g in _yaml(path)["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    checked = 0
+    for spec in specs:
+        for objective in spec.slos:
+            for windows, speed in ((spec.page_windows, "Fast"), (spec.ticket_windows, "Slow")):
+                key = (f"pyobs-slo-{spec.service}", f"{objective.alert_name}BudgetBurn{speed}")
+                if key not in rules:
+                    assert spec.service == "example-fastapi" and speed == "Slow"  # disabled
+                    continue
+                for window in windows:
+                    threshold = f"{window.factor * (1 - objective.objective):.10g}"
+                    labels = f'service="{spec.service}", slo="{objective.name}"'
+                    series = f"ratio_rate{window.long}{{{labels}}}"
+                    assert f"{series} > {threshold}" in rules[key]["expr"]
+                    checked += 1
+    assert checked == 39 * 2
+    fastapi = next(s for s in specs if s.service == "example-fastapi")
+    assert fastapi.slos[0].objective == 0.9995  # its own objective, not the default
 
 
 def test_slo_windows_follow_the_sre_workbook() -> None:
     """Page at 14.4x over 1h/5m and 6x over 6h/30m; ticket at 3x over 1d/2h and 1x over 3d/6h."""
-    from pyobs._dashgen import slo
+    from pyobs._dashgen import slospec
 
-    assert [(w.factor, w.long, w.short) for w in slo.PAGE.windows] == [
+    (spec,) = slospec.parse("service: shop\n")
+    assert spec.window == "30d"
+    assert [(w.factor, w.long, w.short) for w in spec.page_windows] == [
         (14.4, "1h", "5m"),
         (6.0, "6h", "30m"),
     ]
-    assert [(w.factor, w.long, w.short) for w in slo.TICKET.windows] == [
+    assert [(w.factor, w.long, w.short) for w in spec.ticket_windows] == [
         (3.0, "1d", "2h"),
         (1.0, "3d", "6h"),
     ]
@@ -170,7 +203,7 @@ def test_slo_windows_follow_the_sre_workbook() -> None:
 
 def test_scaled_rules_shrink_windows_and_for() -> None:
     """The live test's rules: the same rules with every window and `for` divided by 60."""
-    from pyobs._dashgen import promrules, slo
+    from pyobs._dashgen import promrules, slo, slogen, slospec
 
     assert slo.scaled("1h", 1 / 60) == "1m"
     assert slo.scaled("3d", 1 / 60) == "1h12m"
@@ -180,9 +213,11 @@ def test_scaled_rules_shrink_windows_and_for() -> None:
     alerts = {r["alert"]: r for r in files["pyobs-alerts.yml"]["groups"][0]["rules"]}
     assert alerts["PyobsHighErrorRate"]["for"] == "2s"
     assert "[5s]" in alerts["PyobsHighErrorRate"]["expr"]
-    slo_rules = files["pyobs-recording.yml"]["groups"][1]["rules"]
-    rate1h = next(r for r in slo_rules if r["record"] == "service:pyobs_slo_errors:ratio_rate1h")
+    rules = slogen.rule_file(slospec.parse("service: shop\n"), scale=1 / 60)
+    recording, alerting = rules["groups"]
+    rate1h = next(r for r in recording["rules"] if r["record"] == f"{slogen.RATIO}1h")
     assert "[1m]" in rate1h["expr"]
+    assert {r["for"] for r in alerting["rules"]} == {"2s", "15s"}
     with pytest.raises(ValueError, match="not a duration"):
         slo.seconds("5 minutes")
 

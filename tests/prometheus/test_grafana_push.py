@@ -75,7 +75,8 @@ def grafana_api() -> Iterator[tuple[str, list[tuple[str, str, Any, str]]]]:
 def test_push_sends_the_folder_and_dashboards_and_no_alerting(
     grafana_api: tuple[str, list[tuple[str, str, Any, str]]],
 ) -> None:
-    """Push creates the folder, then uploads every dashboard; no Grafana alerting object."""
+    """Push creates the folder, then uploads every dashboard (the SLO ones too); no Grafana
+    alerting object."""
     import_or_require("grafana_client")
     from pyobs._dashgen import provisioning
     from pyobs.cli import grafana, main
@@ -91,11 +92,19 @@ def test_push_sends_the_folder_and_dashboards_and_no_alerting(
         for p in [*(REPO / "dashboards").glob("*.json"), *(REPO / "dashboards/slo").glob("*.json")]
     }
     assert {b["dashboard"]["uid"] for b in boards} == committed
-    assert {"pyobs-overview", "pyobs-runtime", "pyobs-slo"} <= committed
+    slo_boards = {f"pyobs-slo-{spec.service}" for spec in _shipped_specs()}
+    assert len(slo_boards) == 10
+    assert {"pyobs-overview", "pyobs-runtime", "pyobs-stack", *slo_boards} <= committed
     # The same folder as the file provider's, so a pushed and a provisioned copy coincide.
     assert grafana.FOLDER_UID == provisioning.FOLDER_UID
     assert all(b["folderUid"] == provisioning.FOLDER_UID and b["overwrite"] for b in boards)
     assert not [p for _, p in paths if "/provisioning/" in p or "alert" in p]
+
+
+def _shipped_specs() -> list[Any]:
+    from pyobs._dashgen import slospec
+
+    return slospec.load(REPO / "prometheus" / "slo" / "examples.yaml")
 
 
 def test_push_reports_an_unreachable_grafana(capsys: pytest.CaptureFixture[str]) -> None:

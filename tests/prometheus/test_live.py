@@ -48,6 +48,10 @@ from tests.prometheus.conftest import (
 )
 
 SCALE = 1 / 60
+EXAMPLE_FRAMEWORKS = (
+    "flask", "flask-restful", "django", "fastapi", "starlette",
+    "tornado", "falcon", "sanic", "pyramid", "aiohttp",
+)  # fmt: skip
 RATE_INTERVAL = "10s"
 BURST_SECONDS = 10.0
 #: The shipper (pyobs/shipper.py) makes the dropped-events series; without it they cannot exist.
@@ -102,10 +106,22 @@ class Stack:
     started: float
 
 
+#: The live services with an SLO spec: example-flask with the stack's own spec, the driven
+#: one with every default. example-fastapi has none: PyobsHighErrorRate is for such services.
+SLO_SERVICES = ("example-flask", "localhost")
+
+
+def _live_specs() -> list[Any]:
+    from pyobs._dashgen import slospec
+
+    shipped = slospec.load(REPO / "prometheus" / "slo" / "examples.yaml")
+    return [s for s in shipped if s.service in SLO_SERVICES] + slospec.parse("service: localhost\n")
+
+
 def _prometheus_config(
     workdir: Path, targets: dict[str, int], driven_port: int, prom_port: int, am_port: int
 ) -> Path:
-    from pyobs._dashgen import promrules
+    from pyobs._dashgen import promrules, slogen
 
     config = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
@@ -113,6 +129,8 @@ def _prometheus_config(
     rules_dir.mkdir()
     for name, rules in promrules.rule_files(scale=SCALE).items():
         (rules_dir / name).write_text(yaml.safe_dump(rules, sort_keys=False))
+    slo_rules = slogen.rule_file(_live_specs(), scale=SCALE)
+    (rules_dir / "pyobs-slo-live.yml").write_text(yaml.safe_dump(slo_rules, sort_keys=False))
     config["rule_files"] = [str(rules_dir / "*.yml")]
     config["alerting"]["alertmanagers"][0]["static_configs"] = [
         {"targets": [f"127.0.0.1:{am_port}"]}
@@ -263,9 +281,13 @@ def _all_queries() -> list[tuple[str, str]]:
     from pyobs._dashgen.dashboards import prometheus_queries
 
     out: list[tuple[str, str]] = []
-    for path in sorted((REPO / "dashboards").glob("*.json")):
+    # The committed dashboards; of the SLO ones, those of the services running here. The
+    # stack dashboard's exporter series (Elasticsearch, Logstash, Jaeger): test_stack_live.py.
+    slo_board = REPO / "dashboards" / "slo" / "pyobs-slo-example-flask.json"
+    boards = [*sorted((REPO / "dashboards").glob("*.json")), slo_board]
+    for path in boards:
         if path.name == "pyobs-stack.json":
-            continue  # exporter series (Elasticsearch, Logstash, Jaeger): test_stack_live.py
+            continue
         board = json.loads(path.read_text())
         out += [(f"{path.name}: {title}", expr) for title, expr in prometheus_queries(board)]
     return out
@@ -278,12 +300,10 @@ def test_the_shipped_config_loads_in_real_prometheus(tmp_path: Path) -> None:
     port = process.port
     try:
         groups = http_json(f"http://127.0.0.1:{port}/api/v1/rules")["data"]["groups"]
-        assert {g["name"] for g in groups} >= {
-            "pyobs-red",
-            "pyobs-slo",
-            "pyobs-alerts",
-            "pyobs-stack",
-        }
+        services = [f"example-{f}" for f in EXAMPLE_FRAMEWORKS]
+        slo_groups = {f"pyobs-slo-{s}{suffix}" for s in services for suffix in ("", "-alerts")}
+        expected = {"pyobs-red", "pyobs-alerts", "pyobs-stack", *slo_groups}
+        assert {g["name"] for g in groups} == expected
         flags = http_json(f"http://127.0.0.1:{port}/api/v1/status/flags")["data"]
         assert flags["enable-feature"] == "exemplar-storage"
     finally:
@@ -298,9 +318,9 @@ def test_every_dashboard_and_alert_query_returns_data(stack: Stack) -> None:
         what="three example services scraped",
     )
     wait_until(
-        lambda: _series_count(stack, "service:pyobs_slo_errors:ratio_rate5m")[0] >= 6,
+        lambda: _series_count(stack, "service:pyobs_slo_errors:ratio_rate5m")[0] >= 4,
         timeout=30,
-        what="SLO recording rules for three services",
+        what="SLO recording rules for two services",
     )
     queries = _all_queries()
     assert len(queries) > 30
@@ -367,9 +387,21 @@ def _inhibited(stack: Stack, name: str) -> bool:
     return any(a["status"]["inhibitedBy"] for a in http_json(url))
 
 
-def test_burst_of_500s_pages_then_resolves(stack: Stack) -> None:
-    """A burst of 500s pages through Alertmanager (warnings inhibited); calm resolves the page."""
-    page = ("PyobsAvailabilityBudgetBurnFast", "PyobsHighErrorRate")
+def _page_notifications(stack: Stack, service: str, status: str) -> list[dict[str, Any]]:
+    """Webhook calls to the page receiver for ``service``'s group (one call = one page)."""
+    with stack.webhook.lock:
+        return [
+            body
+            for path, body in stack.webhook.received
+            if path == "/alerts/page"
+            and body["groupLabels"].get("service") == service
+            and body["status"] == status
+        ]
+
+
+def test_burst_of_500s_pages_once_then_resolves(stack: Stack) -> None:
+    """A burst of 500s pages once (the SLO's fast burn, nothing else); calm resolves it."""
+    page = "PyobsAvailabilityBudgetBurnFast"
     wait_until(
         lambda: (
             _series_count(
@@ -380,26 +412,25 @@ def test_burst_of_500s_pages_then_resolves(stack: Stack) -> None:
         timeout=30,
         what="the driven service's SLO series",
     )
-    for name in page:
-        assert not _webhook_alerts(stack, name, "firing"), f"{name} fired before the burst"
+    assert not _webhook_alerts(stack, page, "firing"), f"{page} fired before the burst"
+    assert not _page_notifications(stack, stack.driven_service, "firing")
 
     stack.driver.burst.set()
     burst_started = time.monotonic()
     try:
-        for name in page:
-            fired = wait_until(
-                lambda name=name: _webhook_alerts(stack, name, "firing"),
-                timeout=40,
-                what=f"{name} at the webhook",
-            )
-            path, alert = fired[0]
-            assert path == "/alerts/page", f"{name} routed to {path}"
-            assert alert["labels"]["severity"] == "critical"
-            assert alert["labels"]["notify"] == "page"
-            annotations = alert["annotations"]
-            assert annotations["runbook_url"].endswith("#" + name.lower())
-            assert "/d/pyobs-" in annotations["dashboard_url"]
-            assert stack.driven_service in annotations["summary"]
+        fired = wait_until(
+            lambda: _webhook_alerts(stack, page, "firing"),
+            timeout=40,
+            what=f"{page} at the webhook",
+        )
+        path, alert = fired[0]
+        assert path == "/alerts/page", f"{page} routed to {path}"
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["labels"]["notify"] == "page"
+        annotations = alert["annotations"]
+        assert annotations["runbook_url"].endswith("#" + page.lower())
+        assert annotations["dashboard_url"].endswith(f"/d/pyobs-slo-{stack.driven_service}")
+        assert stack.driven_service in annotations["summary"]
         # The slow burn fires too, but Alertmanager holds it back while the page is active.
         assert wait_until(
             lambda: _inhibited(stack, "PyobsAvailabilityBudgetBurnSlow"),
@@ -413,12 +444,90 @@ def test_burst_of_500s_pages_then_resolves(stack: Stack) -> None:
             time.sleep(remaining)
         stack.driver.burst.clear()
 
-    for name in page:
-        resolved = wait_until(
-            lambda name=name: _webhook_alerts(stack, name, "resolved"),
-            timeout=90,
-            what=f"{name} resolved at the webhook",
-        )
-        assert resolved[0][0] == "/alerts/page"
+    resolved = wait_until(
+        lambda: _webhook_alerts(stack, page, "resolved"),
+        timeout=90,
+        what=f"{page} resolved at the webhook",
+    )
+    assert resolved[0][0] == "/alerts/page"
+    # One outage, one page: the plain error-rate alert stayed quiet for a service with an SLO,
+    # and the page group got exactly one firing notification.
+    assert not _webhook_alerts(stack, "PyobsHighErrorRate", "firing")
+    firing = _page_notifications(stack, stack.driven_service, "firing")
+    assert len(firing) == 1, [[a["labels"]["alertname"] for a in b["alerts"]] for b in firing]
     assert stack.driver.sent.get(500, 0) > 20
     assert stack.driver.sent.get(200, 0) > 100
+
+
+def _post_alerts(stack: Stack, alerts: list[dict[str, str]]) -> None:
+    body = json.dumps(
+        [{"labels": labels, "annotations": {"summary": labels["alertname"]}} for labels in alerts]
+    ).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.am_port}/api/v2/alerts",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def test_every_alert_of_one_outage_makes_one_page(stack: Stack) -> None:
+    """All alerts of one outage make one page: grouped per service, the rest inhibited."""
+    service = "checkout-outage"
+    _post_alerts(
+        stack,
+        [
+            {**labels, "service": service}
+            for labels in (
+                {"alertname": "PyobsHighErrorRate", "severity": "critical", "notify": "page"},
+                {
+                    "alertname": "PyobsAvailabilityBudgetBurnFast",
+                    "severity": "critical",
+                    "notify": "page",
+                    "slo": "availability",
+                    "sli": "availability",
+                },
+                {
+                    "alertname": "PyobsLatencyBudgetBurnFast",
+                    "severity": "critical",
+                    "notify": "page",
+                    "slo": "latency",
+                    "sli": "latency",
+                },
+                {
+                    "alertname": "PyobsAvailabilityBudgetBurnSlow",
+                    "severity": "warning",
+                    "notify": "ticket",
+                    "slo": "availability",
+                    "sli": "availability",
+                },
+            )
+        ],
+    )
+    pages = wait_until(
+        lambda: _page_notifications(stack, service, "firing"), timeout=30, what="the page"
+    )
+    # Several group_intervals (1 s here) for a second page to show up, if one were coming.
+    time.sleep(5)
+    pages = _page_notifications(stack, service, "firing")
+    assert len(pages) == 1
+    names = sorted(a["labels"]["alertname"] for a in pages[0]["alerts"])
+    assert names == ["PyobsAvailabilityBudgetBurnFast", "PyobsLatencyBudgetBurnFast"]
+    with stack.webhook.lock:
+        others = [
+            (path, body)
+            for path, body in stack.webhook.received
+            if path != "/alerts/page" and body["commonLabels"].get("service") == service
+        ]
+    assert others == []  # the ticket was inhibited
+    assert _inhibited_service(stack, service, "PyobsHighErrorRate")
+    assert _inhibited_service(stack, service, "PyobsAvailabilityBudgetBurnSlow")
+
+
+def _inhibited_service(stack: Stack, service: str, name: str) -> bool:
+    url = f"http://127.0.0.1:{stack.am_port}/api/v2/alerts?" + urllib.parse.urlencode(
+        {"filter": [f'alertname="{name}"', f'service="{service}"']}, doseq=True
+    )
+    return any(a["status"]["inhibitedBy"] for a in http_json(url))

@@ -10,25 +10,29 @@ import pytest
 from tests.prometheus.conftest import REPO, run_tool
 
 PROMETHEUS = REPO / "prometheus"
+RULE_TESTS = sorted((Path(__file__).parent / "rules").glob("*_test.yml")) + sorted(
+    (PROMETHEUS / "slo" / "tests").glob("*_test.yml")
+)
 
 
 def test_prometheus_config_is_valid() -> None:
     """`promtool check config` accepts prometheus.yml and every rule file it loads."""
     output = run_tool(["promtool", "check", "config", str(PROMETHEUS / "prometheus.yml")])
-    assert f"{len(list((PROMETHEUS / 'rules').glob('*.yml')))} rule files found" in output
+    assert "13 rule files found" in output  # three, and one per SLO spec'd example service
 
 
 def test_rule_files_are_valid() -> None:
     """`promtool check rules` accepts every rule file (names, PromQL, templates)."""
     files = sorted(str(p) for p in (PROMETHEUS / "rules").glob("*.yml"))
-    assert len(files) >= 3
+    assert len(files) == 13
     run_tool(["promtool", "check", "rules", *files])
 
 
-@pytest.mark.parametrize("name", ["alerts_test.yml", "recording_test.yml"])
-def test_rule_unit_tests(name: str) -> None:
-    """`promtool test rules`: each alert fires when it should and stays quiet otherwise."""
-    output = run_tool(["promtool", "test", "rules", str(Path(__file__).parent / "rules" / name)])
+@pytest.mark.parametrize("path", RULE_TESTS, ids=lambda p: p.name)
+def test_rule_unit_tests(path: Path) -> None:
+    """`promtool test rules` (hand-written and SLO-generated): alerts fire when they should."""
+    assert len(RULE_TESTS) == 13  # recording, alerts, stack and one per SLO spec'd service
+    output = run_tool(["promtool", "test", "rules", str(path)])
     assert "SUCCESS" in output
 
 
@@ -51,8 +55,45 @@ def test_every_alert_has_a_unit_test() -> None:
         for case in test["alert_rule_test"]
         if not case.get("exp_alerts")
     }
-    assert alerts == firing
+    assert alerts <= firing
+    assert firing - alerts == {"PyobsAvailabilityBudgetBurnFast"}  # it meets PyobsHighErrorRate
     assert len(quiet) >= 5
+
+
+def test_every_slo_alert_has_a_generated_unit_test() -> None:
+    """Each SLO alert of each service fires in its generated promtool test, and is quiet too."""
+    import yaml
+
+    alerts = set()
+    tests = []
+    for path in sorted((PROMETHEUS / "rules").glob("pyobs-slo-*.yml")):
+        rules = yaml.safe_load(path.read_text())
+        alerts |= {
+            (r["alert"], r["labels"]["slo"], path.stem.removeprefix("pyobs-slo-"))
+            for g in rules["groups"]
+            for r in g["rules"]
+            if "alert" in r
+        }
+        test_file = (
+            PROMETHEUS / "slo" / "tests" / f"{path.stem.removeprefix('pyobs-slo-')}_test.yml"
+        )
+        tests += yaml.safe_load(test_file.read_text())["tests"]
+    assert len(alerts) == 39  # 10 services x 2 SLOs x page + ticket, less one disabled ticket
+    firing = set()
+    quiet = set()
+    for test in tests:
+        service = next(
+            s["series"].split('service="')[1].split('"')[0] for s in test["input_series"]
+        )
+        for case in test["alert_rule_test"]:
+            for alert in case["exp_alerts"]:
+                labels = alert["exp_labels"]
+                assert labels["service"] == service
+                firing.add((case["alertname"], labels["slo"], service))
+            if not case["exp_alerts"]:
+                quiet.add((case["alertname"], service))
+    assert firing == alerts
+    assert {(name, service) for name, _slo, service in alerts} <= quiet
 
 
 def test_alertmanager_config_is_valid() -> None:
@@ -67,6 +108,8 @@ def test_alertmanager_config_is_valid() -> None:
     [
         (["alertname=PyobsAvailabilityBudgetBurnFast", "severity=critical", "service=x"], "page"),
         (["alertname=PyobsHighErrorRate", "severity=critical", "service=x"], "page"),
+        (["alertname=PyobsLatencyBudgetBurnFast", "severity=critical", "sli=latency"], "page"),
+        (["alertname=PyobsLatencyBudgetBurnSlow", "severity=warning", "sli=latency"], "ticket"),
         (["alertname=PyobsNoTraffic", "severity=warning", "service=x"], "ticket"),
         (["alertname=PyobsWatchdog", "severity=none"], "watchdog"),
         (["alertname=SomethingElse"], "default"),
@@ -85,6 +128,38 @@ def test_alertmanager_routes(labels: list[str], receiver: str) -> None:
             *labels,
         ]
     )
+
+
+def test_pages_are_grouped_per_service() -> None:
+    """Every critical alert of one service lands in one page group (one page per incident)."""
+    import yaml
+
+    config = yaml.safe_load((PROMETHEUS / "alertmanager.yml").read_text())
+    page = next(r for r in config["route"]["routes"] if r["receiver"] == "page")
+    assert page["group_by"] == ["service"]
+    inhibit = config["inhibit_rules"]
+    assert {
+        "source_matchers": ['sli = "availability"', 'severity = "critical"'],
+        "target_matchers": ['alertname = "PyobsHighErrorRate"'],
+        "equal": ["service"],
+    } in inhibit
+    # Both pages of an outage reach the same receiver, hence the same per-service group.
+    for name in ("PyobsHighErrorRate", "PyobsAvailabilityBudgetBurnFast", "PyobsInstanceDown"):
+        output = run_tool(
+            [
+                "amtool",
+                "config",
+                "routes",
+                "test",
+                f"--config.file={PROMETHEUS / 'alertmanager.yml'}",
+                "--verify.receivers=page",
+                f"alertname={name}",
+                "severity=critical",
+                "sli=availability",
+                "service=shop",
+            ]
+        )
+        assert output.splitlines()[0] == "page"
 
 
 def test_alert_template_renders(tmp_path: Path) -> None:
