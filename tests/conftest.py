@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import tracing_backends
+
 REQUIRE_SERVICES = os.environ.get("PYOBS_REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
 
 
@@ -68,3 +70,15 @@ def _fresh_pyobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     testing.reset()
     yield
     testing.reset()
+
+
+@pytest.fixture(scope="session")
+def jaeger() -> Iterator[tracing_backends.Jaeger]:
+    """A real Jaeger v2 (tests/tracing_backends.py) for the session; skips when not built."""
+    reason = tracing_backends.missing_reason()
+    require_service(reason is None, reason or "")
+    backend = tracing_backends.start_jaeger()
+    try:
+        yield backend
+    finally:
+        backend.stop()

@@ -1,0 +1,202 @@
+"""A real trace backend for the tests: Jaeger v2 on free loopback ports.
+
+The binary is built by scripts/setup.d/40-jaeger.sh into ``.cache/jaeger``. One Jaeger runs
+for the whole session (``jaeger`` fixture in tests/conftest.py), in-memory storage, with
+OTLP over HTTP and gRPC and its query API. Tests keep apart by service name and trace id.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import PortTaken, kill_tree, port_taken_in, start_with_retry
+
+ROOT = Path(__file__).resolve().parents[1]
+BINARY = ROOT / ".cache" / "jaeger" / "bin" / "jaeger"
+
+CONFIG = """
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+extensions:
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:{query}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:{otlp_http}
+      grpc:
+        endpoint: 127.0.0.1:{otlp_grpc}
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"""
+
+
+def missing_reason() -> str | None:
+    """Why Jaeger cannot run here, or None."""
+    if not BINARY.is_file():
+        return "Jaeger is not built (scripts/setup.d/40-jaeger.sh)"
+    return None
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    """GET a URL and decode its JSON body."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@dataclass
+class Jaeger:
+    """A running Jaeger: where to send spans and where to read them back."""
+
+    otlp_http: int
+    otlp_grpc: int
+    query: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def http_endpoint(self) -> str:
+        """OTEL_EXPORTER_OTLP_ENDPOINT for http/protobuf."""
+        return f"http://127.0.0.1:{self.otlp_http}"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """OTEL_EXPORTER_OTLP_ENDPOINT for grpc."""
+        return f"http://127.0.0.1:{self.otlp_grpc}"
+
+    def env(self, service: str, protocol: str = "http/protobuf") -> dict[str, str]:
+        """The OTEL_* variables that send a service's spans here."""
+        endpoint = self.grpc_endpoint if protocol == "grpc" else self.http_endpoint
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_SERVICE_NAME": service,
+        }
+
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
+        """The trace (Jaeger's JSON) with that id, or None while it is not stored."""
+        try:
+            data = get_json(f"http://127.0.0.1:{self.query}/api/traces/{trace_id}")["data"]
+        except urllib.error.HTTPError:  # 404 until stored
+            return None
+        return dict(data[0]) if data else None
+
+    def wait_trace(self, trace_id: str, spans: int = 1, timeout: float = 30.0) -> dict[str, Any]:
+        """The trace once it holds at least ``spans`` spans; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            found = self.trace(trace_id)
+            if found is not None and len(found["spans"]) >= spans:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"trace {trace_id} not in Jaeger with {spans} span(s): {found}")
+
+    def traces(self, service: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every stored trace that has a span of ``service``."""
+        params = urllib.parse.urlencode({"service": service, "limit": limit, "lookback": "1h"})
+        data = get_json(f"http://127.0.0.1:{self.query}/api/traces?{params}")["data"]
+        return list(data or [])
+
+    def services(self) -> list[str]:
+        """Service names Jaeger has seen."""
+        return list(get_json(f"http://127.0.0.1:{self.query}/api/services")["data"] or [])
+
+    def stop(self) -> None:
+        """End the process (and anything it started)."""
+        kill_tree(self.proc)
+
+
+def start_jaeger(workdir: Path | None = None) -> Jaeger:
+    """Start Jaeger on four free loopback ports, again on others when a bind loses a race."""
+    directory = workdir or Path(tempfile.mkdtemp(prefix="pyobs-jaeger-"))
+
+    def attempt(otlp_http: int, otlp_grpc: int, query: int, query_grpc: int) -> Jaeger:
+        config = directory / f"jaeger-{query}.yaml"
+        config.write_text(
+            CONFIG.format(
+                otlp_http=otlp_http, otlp_grpc=otlp_grpc, query=query, query_grpc=query_grpc
+            )
+        )
+        log = directory / f"jaeger-{query}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(BINARY), "--config", f"file:{config}"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        jaeger = Jaeger(otlp_http, otlp_grpc, query, proc, log)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    text = log.read_text(errors="replace")
+                    if port_taken_in(text):
+                        raise PortTaken(text[-300:])
+                    raise RuntimeError(f"Jaeger exited {proc.returncode}: {text[-2000:]}")
+                try:
+                    jaeger.services()
+                    if _listening(otlp_grpc) and _listening(otlp_http):
+                        return jaeger
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    pass
+                time.sleep(0.1)
+            raise RuntimeError(f"Jaeger not ready: {log.read_text(errors='replace')[-2000:]}")
+        except BaseException:
+            jaeger.stop()
+            raise
+
+    return start_with_retry(attempt, ports=4)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def tags(item: dict[str, Any]) -> dict[str, Any]:
+    """A Jaeger span's (or process's) tags as a dict."""
+    return {tag["key"]: tag["value"] for tag in item.get("tags", [])}
+
+
+def span_service(trace: dict[str, Any], span: dict[str, Any]) -> str:
+    """The service name of a span in a Jaeger trace."""
+    return str(trace["processes"][span["processID"]]["serviceName"])
+
+
+def parent_id(span: dict[str, Any]) -> str | None:
+    """The span id a Jaeger span is CHILD_OF, or None for a root span."""
+    refs = [r["spanID"] for r in span.get("references", []) if r["refType"] == "CHILD_OF"]
+    return refs[0] if refs else None
