@@ -1,4 +1,4 @@
-"""A real trace backend for the tests: Jaeger v2 on free loopback ports.
+"""A real trace backend for the tests (Jaeger v2 on free loopback ports) and the traced service.
 
 The binary is built by scripts/setup.d/40-jaeger.sh into ``.cache/jaeger``. One Jaeger runs
 for the whole session (``jaeger`` fixture in tests/conftest.py), in-memory storage, with
@@ -7,18 +7,31 @@ OTLP over HTTP and gRPC and its query API. Tests keep apart by service name and 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import PortTaken, kill_tree, port_taken_in, start_with_retry
+from tests.conftest import import_or_require
+from tests.helpers import (
+    PortTaken,
+    http_status,
+    kill_tree,
+    listening_socket,
+    port_taken_in,
+    start_with_retry,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BINARY = ROOT / ".cache" / "jaeger" / "bin" / "jaeger"
@@ -200,3 +213,108 @@ def parent_id(span: dict[str, Any]) -> str | None:
     """The span id a Jaeger span is CHILD_OF, or None for a root span."""
     refs = [r["spanID"] for r in span.get("references", []) if r["refType"] == "CHILD_OF"]
     return refs[0] if refs else None
+
+
+# --- the instrumented service (tests/trace_app.py) ---------------------------------------
+
+
+@dataclass
+class Service:
+    """A running instrumented service."""
+
+    proc: subprocess.Popen[bytes]
+    base: str
+    output: Path
+
+    def get_plain(self, path: str) -> int:
+        """GET ``path`` with no trace context: the service starts the trace."""
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=15) as response:
+                response.read()
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            return int(exc.code)
+
+    def get(self, path: str, trace_id: str, parent: str) -> int:
+        """GET ``path`` as part of trace ``trace_id`` (sampled), child of span ``parent``."""
+        request = urllib.request.Request(self.base + path)
+        request.add_header("traceparent", f"00-{trace_id}-{parent}-01")
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                response.read()
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            return int(exc.code)
+
+
+def app_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a service: the test's, minus PYOBS_/OTEL_, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PYTHONPATH"] = str(ROOT)
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # spans reach Jaeger within the test's patience
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def serve(
+    tmp_path: Path, env: dict[str, str], workers: int = 0, name: str = "app"
+) -> Iterator[Service]:
+    """tests/trace_app.py on a loopback socket the kernel chose: Werkzeug (``workers=0``) or
+    gunicorn with that many workers (multiprocess metrics). Ended on exit, also on failure."""
+    import_or_require("flask")
+    import_or_require("opentelemetry.instrumentation.requests")
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    full_env = app_env(env)
+    if workers:
+        import_or_require("gunicorn")
+        metrics = tmp_path / f"{name}-metrics"
+        metrics.mkdir()
+        full_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+        conf = tmp_path / f"{name}-gunicorn.conf.py"
+        conf.write_text("from pyobs.gunicorn import child_exit, on_starting, post_fork  # noqa\n")
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(conf),
+            "-w",
+            str(workers),
+            "-b",
+            f"fd://{fd}",
+            "--graceful-timeout",
+            "5",
+            "tests.trace_app:app",
+        ]
+    else:
+        command = [sys.executable, "-m", "tests.trace_app", str(fd)]
+    output = tmp_path / f"{name}.out"
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=(fd,),
+            start_new_session=True,
+        )
+    listener.close()
+    service = Service(proc, f"http://127.0.0.1:{port}", output)
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited: {output.read_text()[-3000:]}")
+            return http_status(service.base + "/health") == 200
+
+        wait_until(up, 60, f"{name} to serve")
+        yield service
+    finally:
+        kill_tree(proc, grace=10)
