@@ -8,12 +8,25 @@ Jaeger stored is read back through its query API.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.tracing_backends import Jaeger, parent_id, serve, span_service, tags
+from tests.conftest import import_or_require, require_service
+from tests.helpers import http_status
+from tests.tracing_backends import (
+    ROOT,
+    Jaeger,
+    missing_reason,
+    parent_id,
+    serve,
+    span_service,
+    start_jaeger,
+    tags,
+)
 
 pytestmark = pytest.mark.service
 
@@ -108,3 +121,74 @@ def test_one_trace_across_two_services_through_a_client_span(
     assert parent_id(b_server) == a_client["spanID"]
     assert b_server["operationName"] == "GET /items/<int:item_id>"
     assert {s["traceID"] for s in trace["spans"]} == {trace_id}
+
+
+def _stack_jaeger(tmp_path: Path) -> Callable[[dict[str, int]], str]:
+    """The stack's jaeger/config.yaml with loopback ports and the volume moved to tmp_path."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["jaeger"]
+    mounts = dict(reversed(volume.split(":")[:2]) for volume in compose["volumes"])
+    volume = next(target for target, source in mounts.items() if not source.startswith("."))
+    assert mounts[compose["command"][1]] == "./jaeger/config.yaml"
+
+    def render(ports: dict[str, int]) -> str:
+        config = yaml.safe_load((ROOT / "jaeger" / "config.yaml").read_text())
+        extensions = config["extensions"]
+        extensions["healthcheckv2"]["http"]["endpoint"] = f"127.0.0.1:{ports['health']}"
+        extensions["jaeger_query"]["http"]["endpoint"] = f"127.0.0.1:{ports['query']}"
+        extensions["jaeger_query"]["grpc"]["endpoint"] = f"127.0.0.1:{ports['query_grpc']}"
+        protocols = config["receivers"]["otlp"]["protocols"]
+        protocols["http"]["endpoint"] = f"127.0.0.1:{ports['otlp_http']}"
+        protocols["grpc"]["endpoint"] = f"127.0.0.1:{ports['otlp_grpc']}"
+        (reader,) = config["service"]["telemetry"]["metrics"]["readers"]
+        reader["pull"]["exporter"]["prometheus"].update(host="127.0.0.1", port=ports["metrics"])
+        backend = extensions["jaeger_storage"]["backends"]["traces"]["badger"]
+        for kind, path in backend["directories"].items():
+            assert path.startswith(volume + "/"), f"Badger's {kind} are not on the volume"
+            backend["directories"][kind] = str(tmp_path / "volume") + path[len(volume) :]
+        return str(yaml.safe_dump(config))
+
+    return render
+
+
+def _send_one_span(endpoint: str, service: str) -> str:
+    """Export one span over OTLP/HTTP; its trace id."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(f"{endpoint}/v1/traces")))
+    span = provider.get_tracer("stack").start_span("kept")
+    span.end()
+    provider.shutdown()
+    return format(span.get_span_context().trace_id, "032x")
+
+
+def test_the_stacks_jaeger_keeps_traces_across_a_restart(tmp_path: Path) -> None:
+    """The compose stack's jaeger/config.yaml runs on the real Jaeger (ports moved to loopback,
+    the volume to a scratch directory): health and metrics answer where compose and Prometheus
+    look, and a trace stored before a restart is found after it, because Badger keeps it on
+    the volume the compose file mounts."""
+    reason = missing_reason()
+    require_service(reason is None, reason or "")
+    import_or_require("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    render = _stack_jaeger(tmp_path)
+    first = start_jaeger(tmp_path, render)
+    try:
+        trace_id = _send_one_span(first.http_endpoint, "stack-restart")
+        before = first.wait_trace(trace_id)
+        # What the compose health check and Prometheus's jaeger job ask for.
+        assert http_status(f"http://127.0.0.1:{first.ports['health']}/status") == 200
+        assert http_status(f"http://127.0.0.1:{first.ports['metrics']}/metrics") == 200
+    finally:
+        first.stop()
+    assert first.proc.returncode is not None
+    second = start_jaeger(tmp_path, render)
+    try:
+        after = second.trace(trace_id)
+    finally:
+        second.stop()
+    assert after is not None, "the trace did not survive the restart"
+    assert [s["spanID"] for s in after["spans"]] == [s["spanID"] for s in before["spans"]]
+    assert span_service(after, after["spans"][0]) == "stack-restart"

@@ -8,6 +8,7 @@ OTLP over HTTP and gRPC and its query API. Tests keep apart by service name and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class Jaeger:
     query: int
     proc: subprocess.Popen[bytes]
     log: Path
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def http_endpoint(self) -> str:
@@ -148,18 +150,24 @@ class Jaeger:
         kill_tree(self.proc)
 
 
-def start_jaeger(workdir: Path | None = None) -> Jaeger:
-    """Start Jaeger on four free loopback ports, again on others when a bind loses a race."""
-    directory = workdir or Path(tempfile.mkdtemp(prefix="pyobs-jaeger-"))
+def start_jaeger(
+    workdir: Path | None = None, render: Callable[[dict[str, int]], str] | None = None
+) -> Jaeger:
+    """Start Jaeger on free loopback ports, again on others when a bind loses a race.
 
-    def attempt(otlp_http: int, otlp_grpc: int, query: int, query_grpc: int) -> Jaeger:
-        config = directory / f"jaeger-{query}.yaml"
-        config.write_text(
-            CONFIG.format(
-                otlp_http=otlp_http, otlp_grpc=otlp_grpc, query=query, query_grpc=query_grpc
-            )
-        )
-        log = directory / f"jaeger-{query}.log"
+    ``render(ports)`` makes the configuration from the ports (keys ``otlp_http``,
+    ``otlp_grpc``, ``query``, ``query_grpc``, ``health``, ``metrics``); the default is the
+    in-memory CONFIG above.
+    """
+    directory = workdir or Path(tempfile.mkdtemp(prefix="pyobs-jaeger-"))
+    names = ("otlp_http", "otlp_grpc", "query", "query_grpc", "health", "metrics")
+
+    def attempt(*picked: int) -> Jaeger:
+        ports = dict(zip(names, picked, strict=True))
+        text = render(ports) if render else CONFIG.format(**ports)
+        config = directory / f"jaeger-{ports['query']}.yaml"
+        config.write_text(text)
+        log = directory / f"jaeger-{ports['query']}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [str(BINARY), "--config", f"file:{config}"],
@@ -167,7 +175,7 @@ def start_jaeger(workdir: Path | None = None) -> Jaeger:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        jaeger = Jaeger(otlp_http, otlp_grpc, query, proc, log)
+        jaeger = Jaeger(ports["otlp_http"], ports["otlp_grpc"], ports["query"], proc, log, ports)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -178,7 +186,7 @@ def start_jaeger(workdir: Path | None = None) -> Jaeger:
                     raise RuntimeError(f"Jaeger exited {proc.returncode}: {text[-2000:]}")
                 try:
                     jaeger.services()
-                    if _listening(otlp_grpc) and _listening(otlp_http):
+                    if _listening(ports["otlp_grpc"]) and _listening(ports["otlp_http"]):
                         return jaeger
                 except (urllib.error.URLError, ConnectionError, OSError):
                     pass
@@ -188,7 +196,7 @@ def start_jaeger(workdir: Path | None = None) -> Jaeger:
             jaeger.stop()
             raise
 
-    return start_with_retry(attempt, ports=4)
+    return start_with_retry(attempt, ports=len(names))
 
 
 def _listening(port: int) -> bool:

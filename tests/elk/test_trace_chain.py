@@ -10,6 +10,7 @@ and with gunicorn running 4 workers in multiprocess mode.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -18,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.elk.esnodes import http_json
 from tests.elk.helpers import install_templates
-from tests.helpers import wait_until
-from tests.prometheus.conftest import start_prometheus, tool
+from tests.helpers import http_status, wait_until
+from tests.prometheus.conftest import query, start_prometheus, tool
+from tests.stack.validate import parse_env_file
 from tests.tracing_backends import Jaeger, get_json, serve, span_service
 
 pytestmark = pytest.mark.service
+REPO = Path(__file__).resolve().parents[2]
 
 REQUESTS = 60
 
@@ -43,6 +47,13 @@ def _exemplars(prom_port: int, job: str, since: float) -> list[dict[str, Any]]:
     return [exemplar for series in data for exemplar in series["exemplars"]]
 
 
+def _scraped_all(prom_port: int, job: str) -> bool:
+    """True once Prometheus scraped a page counting every request the test sent."""
+    promql = f'sum(http_server_request_duration_seconds_count{{job="{job}"}})'
+    result = query(prom_port, promql)["data"]["result"]
+    return bool(result) and float(result[0]["value"][1]) == REQUESTS
+
+
 def _logs(es_url: str, stream: str, trace_id: str) -> list[dict[str, Any]]:
     """The documents of one trace in the data stream, oldest first."""
     http_json("POST", f"{es_url}/{stream}/_refresh")
@@ -53,6 +64,12 @@ def _logs(es_url: str, stream: str, trace_id: str) -> list[dict[str, Any]]:
     }
     hits = http_json("POST", f"{es_url}/{stream}/_search", body)["hits"]["hits"]
     return [hit["_source"] for hit in hits]
+
+
+def _two_or_more(es_url: str, stream: str, trace_id: str) -> list[dict[str, Any]]:
+    """The trace's log lines once there are at least two (the app's and the access line)."""
+    found = _logs(es_url, stream, trace_id)
+    return found if len(found) >= 2 else []
 
 
 def _sample(es_url: str, stream: str) -> str:
@@ -116,14 +133,13 @@ def test_exemplar_to_trace_to_logs(
             for n in range(REQUESTS):  # spread over several scrapes
                 assert app.get_plain(f"/items/{n % 7 + 1}") == 200
                 time.sleep(0.05)
-            exemplars = wait_until(
-                lambda: (
-                    len(_exemplars(prometheus.port, service, since)) >= 2
-                    and _exemplars(prometheus.port, service, since)
-                ),
+            wait_until(
+                functools.partial(_scraped_all, prometheus.port, service),
                 60,
-                "exemplars in Prometheus",
+                f"a scrape that counts all {REQUESTS} requests",
             )
+            exemplars = _exemplars(prometheus.port, service, since)
+            assert len(exemplars) >= 2, exemplars
             timings["exemplars in Prometheus"] = time.monotonic() - started
         finally:
             prometheus.stop()
@@ -136,9 +152,7 @@ def test_exemplar_to_trace_to_logs(
             assert span["operationName"] == "GET /items/<int:item_id>"
             try:
                 lines = wait_until(
-                    lambda trace_id=trace_id: (
-                        len(found := _logs(es_url, stream, trace_id)) >= 2 and found
-                    ),
+                    functools.partial(_two_or_more, es_url, stream, trace_id),
                     60,
                     f"the log lines of trace {trace_id} in Elasticsearch",
                 )
@@ -162,3 +176,28 @@ def test_exemplar_to_trace_to_logs(
         print(f"\nchain ({len(trace_ids)} exemplar traces, {service}): " + ", ".join(
             f"{what} after {seconds:.1f} s" for what, seconds in timings.items()
         ))  # fmt: skip
+
+
+def test_kibana_trace_id_links_to_the_trace_in_jaeger(jaeger: Jaeger, tmp_path: Path) -> None:
+    """The logs data view formats trace.id as a link to the Jaeger UI where the compose file
+    publishes it; the link's path is Jaeger's trace page, served by a real Jaeger for a
+    stored trace (whose query API, behind that page, finds it)."""
+    from pyobs._elk import kibana
+
+    (view,) = [o for o in kibana.saved_objects() if o["id"] == kibana.DATA_VIEW_ID]
+    formats = json.loads(view["attributes"]["fieldFormatMap"])
+    assert formats["trace.id"]["id"] == "url"
+    template = formats["trace.id"]["params"]["urlTemplate"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["jaeger"]
+    ui_port = parse_env_file(REPO / ".env.example")["JAEGER_UI_PORT"]
+    published = f":${{JAEGER_UI_PORT:-{ui_port}}}:16686"
+    assert any(port.endswith(published) for port in compose["ports"]), compose["ports"]
+    trace_id = secrets.token_hex(16)
+    link = template.replace("{{value}}", trace_id)
+    assert link == f"http://localhost:{ui_port}/trace/{trace_id}"
+    # The same page on the test's Jaeger, for a trace it holds.
+    with serve(tmp_path, jaeger.env(f"kibana-link-{secrets.token_hex(3)}")) as app:
+        assert app.get("/items/1", trace_id, secrets.token_hex(8)) == 200
+        jaeger.wait_trace(trace_id)
+    page = urllib.parse.urlsplit(link).path
+    assert http_status(f"http://127.0.0.1:{jaeger.query}{page}") == 200
