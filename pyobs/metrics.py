@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.samples import Exemplar
 from prometheus_client.values import MutexValue
 
-from pyobs import _errors, _internals
+from pyobs import _errors, _internals, _multiproc
 from pyobs._config import Config
 
 _log = logging.getLogger("pyobs.internal")
@@ -328,12 +328,32 @@ class PyobsMetrics:
         response = self.response_size
         series = _Series(
             self._value_for(self._active, self.active_requests, method),
-            self.request_duration.labels(*labels),
+            self._duration_child(labels),
             response.labels(*labels) if response is not None else None,
         )
         if len(self._series) < 10_000:
             self._series[key] = series
         return series
+
+    def _duration_child(self, labels: tuple[str, ...]) -> Any:
+        """The duration histogram's child; in multiprocess mode one that keeps exemplars."""
+        child = self.request_duration.labels(*labels)
+        if not _multiproc.file_backed():
+            return child
+        options = self.options
+        names = (
+            *HTTP,
+            "http_response_status_code",
+            *(name for name, _ in options.static_labels),
+            *options.request_label_names,
+        )
+        return _multiproc.ExemplarHistogram(
+            child,
+            options.prefix + "http_server_request_duration_seconds",
+            names,
+            labels,
+            options.duration_buckets,
+        )
 
     def request_body(
         self, method: str, route: str, nbytes: int, extra: tuple[str, ...] = ()
