@@ -518,3 +518,45 @@ def _check_prometheus_stores(server: Gunicorn, tmp_path: Path, trace_ids: set[st
         wait_until(stored, timeout=30, what="Prometheus to store the exemplars")
     finally:
         prometheus.stop()
+
+
+# --- worker churn ------------------------------------------------------------------------------
+
+
+def _dead_workers_files(server: Gunicorn) -> list[str]:
+    """Metric files in the directory that are named after a process that no longer runs."""
+    import re
+
+    found = []
+    for path in server.metrics_dir.iterdir():
+        match = re.search(r"_(\d+)\.(db|bin)$", path.name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            found.append(path.name)
+        elif "-dead" in path.name:
+            found.append(path.name)  # a compaction that did not finish
+    return found
+
+
+def test_worker_restarts_keep_exact_counts_and_no_dead_files(gunicorn_run: Any) -> None:
+    """--max-requests 5 with 2 workers: after dozens of restarts every request is counted
+    exactly once and no dead worker's file stays in the directory."""
+    import_or_require("flask")
+    server = gunicorn_run("flask", "--max-requests", "5", workers=2)
+    total = 0
+    files = []
+    for _ in range(4):
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(server.get, ["/items/3"] * 50))
+        assert statuses == [200] * 50
+        total += 50
+        _wait(
+            lambda: _value(server.scrape(), f"{DURATION}_count") >= total,  # noqa: B023
+            10,
+            "the requests to be recorded",
+        )
+        assert _value(server.scrape(), f"{DURATION}_count") == total
+        _wait(lambda: not _dead_workers_files(server), 10, "dead workers' files to be compacted")
+        files.append(len(list(server.metrics_dir.iterdir())))
+    _wait(lambda: len(_access(server)) >= total, 15, "every access log")
+    assert len({e["process.pid"] for e in _access(server)}) >= 30  # workers did restart
+    assert max(files) <= min(files) + 8  # a worker mid-start may add its few files
