@@ -68,10 +68,11 @@ _INITIAL_SIZE = 1 << 16
 
 # --- prometheus_client's file names --------------------------------------------------------
 # <type>_<pid>.db for counter/histogram/summary, gauge_<mode>_<pid>.db for gauges; pyobs adds
-# <prefix>_<pid>-dead<token>.db (renamed, being compacted) and <prefix>_archive.db.
+# <prefix>_<pid>-pyobs.db (its own request series), <prefix>_<pid>-dead<token>.db (renamed,
+# being compacted) and <prefix>_archive.db.
 _DB_FILE = re.compile(
     r"^(?P<prefix>counter|histogram|summary|gauge_[a-z]+)_"
-    r"(?:(?P<pid>\d+)|(?P<dead>\d+-dead[0-9a-f]+)|(?P<archive>archive))\.db$"
+    r"(?:(?P<pid>\d+)(?:-pyobs)?|(?P<dead>\d+-dead[0-9a-f]+)|(?P<archive>archive))\.db$"
 )
 _EXEMPLAR_FILE = re.compile(rf"^{re.escape(EXEMPLAR_PREFIX)}(\d+){re.escape(EXEMPLAR_SUFFIX)}$")
 # Merge rule per file prefix for a dead process's values; absent: dropped with the process.
@@ -242,6 +243,204 @@ class ExemplarHistogram:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._child, name)
+
+
+# === pyobs's own request series: the multiprocess fast path ================================
+# prometheus_client's file-backed values take a lock and ask the kernel for the pid (a system
+# call) on every inc(), and Histogram.observe() builds an exemplar only to drop it. pyobs's
+# request series (in-flight gauge, duration and body-size histograms, log events) write the
+# same file format themselves: one file per type and process, ``<type>_<pid>-pyobs.db``
+# (``gauge_livesum_<pid>-pyobs.db``), a value written as 8 bytes into the shared map under
+# one process-wide lock; a fork is noticed through a generation object, not a system call.
+# prometheus_client's collector (and pyobs's) read these files like its own.
+
+_gen = object()  # replaced in a forked child: every value then starts again in its own file
+_values_lock = threading.Lock()
+_values_files: dict[str, _ValuesFile] = {}
+_PACK_DOUBLE = struct.Struct("<d").pack
+
+
+class _ValuesFile:
+    """One process's file of one type (prometheus_client's format), appended to by pyobs."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, _INITIAL_SIZE)
+            self.mm = mmap.mmap(fd, _INITIAL_SIZE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._size = _INITIAL_SIZE
+        self._used = _DB_HEAD.size
+        self._retired: list[mmap.mmap] = []
+        self.mm[:4] = _USED.pack(self._used)
+
+    def position(self, key: str) -> int:
+        """Append a zero entry for ``key``; the offset of its 8-byte value. Under _values_lock."""
+        entry = _db_entry(key, 0.0, 0.0)
+        if self._used + len(entry) > self._size:
+            size = self._size
+            while self._used + len(entry) > size:
+                size *= 2
+            os.ftruncate(self._fd, size)
+            self._retired.append(self.mm)  # a value write may still hold the old map
+            self.mm = mmap.mmap(self._fd, size)
+            self._size = size
+        at = self._used
+        self.mm[at : at + len(entry)] = entry
+        self._used = at + len(entry)
+        self.mm[:4] = _USED.pack(self._used)  # readers see the entry once it is complete
+        return self._used - _DB_VALUE.size
+
+
+def _values_file(prefix: str) -> _ValuesFile:
+    """This process's file for ``prefix`` (``histogram``, ``counter``, ``gauge_livesum``)."""
+    found = _values_files.get(prefix)
+    if found is None:
+        path = directory()
+        if path is None:
+            raise RuntimeError("PROMETHEUS_MULTIPROC_DIR is not set")
+        name = f"{prefix}_{os.getpid()}-pyobs.db"
+        found = _values_files[prefix] = _ValuesFile(os.path.join(path, name))
+    return found
+
+
+def _values_after_fork() -> None:
+    global _gen, _values_lock
+    _gen = object()
+    _values_lock = threading.Lock()
+    _values_files.clear()
+
+
+os.register_at_fork(after_in_child=_values_after_fork)
+
+
+def _mmap_key(metric: str, sample: str, labels: dict[str, str], help_text: str) -> str:
+    """The key prometheus_client gives a value (the collector groups by what it decodes)."""
+    return json.dumps([metric, sample, labels, help_text], sort_keys=True)
+
+
+class FastValue:
+    """A counter's or gauge's value of this process: ``inc(amount)`` (``dec`` for gauges)."""
+
+    __slots__ = ("_file", "_gen", "_key", "_pos", "_prefix", "_value")
+
+    def __init__(self, prefix: str, key: str) -> None:
+        self._prefix = prefix
+        self._key = key
+        self._gen: object = None
+        self._value = 0.0
+        self._file: _ValuesFile | None = None
+        self._pos = 0
+
+    def _start(self) -> None:
+        """(Re)start in this process's file at 0 (first use, or first use after a fork)."""
+        self._file = _values_file(self._prefix)
+        self._pos = self._file.position(self._key)
+        self._value = 0.0
+        self._gen = _gen
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` and write the new value."""
+        with _values_lock:
+            if self._gen is not _gen:
+                self._start()
+            self._value += amount
+            pos = self._pos
+            self._file.mm[pos : pos + 8] = _PACK_DOUBLE(self._value)  # type: ignore[union-attr]
+
+    def dec(self, amount: float = 1.0) -> None:
+        """Subtract ``amount``."""
+        self.inc(-amount)
+
+
+class FastHistogram:
+    """A histogram child of this process: ``observe(amount, exemplar)``, the exemplar stored in
+    this process's exemplar file (prometheus_client's multiprocess values drop exemplars)."""
+
+    __slots__ = (
+        "_bounds", "_counts", "_exemplars", "_file", "_gen", "_keys", "_positions", "_sum",
+        "_sum_key", "_sum_pos",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        metric: str,
+        help_text: str,
+        labels: dict[str, str],
+        buckets: Sequence[float],
+        exemplars: bool,
+    ) -> None:
+        bounds = [float(b) for b in buckets]
+        if not bounds or bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self._bounds = bounds
+        self._sum_key = _mmap_key(metric, metric + "_sum", labels, help_text)
+        self._keys = [
+            _mmap_key(metric, metric + "_bucket", {**labels, "le": _le(b)}, help_text)
+            for b in bounds
+        ]
+        self._exemplars = (
+            ExemplarHistogram(None, metric, list(labels), list(labels.values()), bounds)
+            if exemplars
+            else None
+        )
+        self._gen: object = None
+        self._file: _ValuesFile | None = None
+        self._sum = 0.0
+        self._sum_pos = 0
+        self._counts = [0.0] * len(bounds)
+        self._positions = [0] * len(bounds)
+
+    def _start(self) -> None:
+        self._file = file = _values_file("histogram")
+        self._sum_pos = file.position(self._sum_key)
+        self._positions = [file.position(key) for key in self._keys]
+        self._sum = 0.0
+        self._counts = [0.0] * len(self._bounds)
+        self._gen = _gen
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        """Count ``amount`` in its bucket and the sum; store the exemplar, if any."""
+        i = bisect_left(self._bounds, amount)
+        with _values_lock:
+            if self._gen is not _gen:
+                self._start()
+            mm = self._file.mm  # type: ignore[union-attr]
+            self._sum = total = self._sum + amount
+            pos = self._sum_pos
+            mm[pos : pos + 8] = _PACK_DOUBLE(total)
+            self._counts[i] = count = self._counts[i] + 1.0
+            pos = self._positions[i]
+            mm[pos : pos + 8] = _PACK_DOUBLE(count)
+        if exemplar and self._exemplars is not None:
+            trace_id = exemplar.get("trace_id")
+            if trace_id:
+                self._exemplars.record(amount, trace_id)
+
+
+def gauge_value(metric: str, labels: dict[str, str], help_text: str) -> FastValue:
+    """A ``livesum`` gauge's value of this process (the in-flight requests)."""
+    return FastValue("gauge_livesum", _mmap_key(metric, metric, labels, help_text))
+
+
+def counter_value(metric: str, labels: dict[str, str], help_text: str) -> FastValue:
+    """A counter's value of this process; ``metric`` without ``_total``."""
+    return FastValue("counter", _mmap_key(metric, metric + "_total", labels, help_text))
+
+
+_fast: bool | None = None
+
+
+def fast_path() -> bool:
+    """True when pyobs writes its own request series in multiprocess mode (checked once)."""
+    global _fast
+    if _fast is None:
+        path = directory()
+        _fast = path is not None and file_backed() and _format_checked(path)
+    return _fast
 
 
 # === exemplars: the scrape ================================================================
@@ -461,14 +660,16 @@ def _absorbed(path: str, names: Iterable[str]) -> set[str]:
     return found
 
 
+def _db_entry(key: str, value: float, stamp: float) -> bytes:
+    """One entry of a prometheus_client values file (its value is the last 16 bytes)."""
+    raw = key.encode()
+    pad = 8 - (len(raw) + 4) % 8  # the padding prometheus_client writes and reads
+    return _USED.pack(len(raw)) + raw + b" " * pad + _DB_VALUE.pack(value, stamp)
+
+
 def _db_bytes(entries: dict[str, tuple[float, float]], absorbed: Sequence[str]) -> bytes:
     """A prometheus_client values file holding ``entries``, then pyobs's absorbed-names trailer."""
-    parts = []
-    for key, (value, stamp) in entries.items():
-        raw = key.encode()
-        pad = 8 - (len(raw) + 4) % 8  # the padding prometheus_client writes and reads
-        parts.append(_USED.pack(len(raw)) + raw + b" " * pad + _DB_VALUE.pack(value, stamp))
-    body = b"".join(parts)
+    body = b"".join(_db_entry(key, value, stamp) for key, (value, stamp) in entries.items())
     used = _DB_HEAD.size + len(body)
     names = json.dumps(list(absorbed)).encode()
     trailer = _TRAILER + struct.pack("<I", len(names)) + names
@@ -530,14 +731,18 @@ def _alive(pid: int) -> bool:
 _format_ok: bool | None = None
 
 
-def _format_checked() -> bool:
-    """Once per process: prometheus_client reads an archive pyobs writes exactly as meant."""
+def _format_checked(path: str) -> bool:
+    """Once per process: prometheus_client reads a file pyobs writes exactly as meant.
+
+    The probe is written in a temporary folder inside ``path`` (the multiprocess directory,
+    which must be writable anyway).
+    """
     global _format_ok
     if _format_ok is None:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         try:
-            with tempfile.TemporaryDirectory() as scratch:
+            with tempfile.TemporaryDirectory(prefix=TMP_PREFIX, dir=path) as scratch:
                 path = os.path.join(scratch, "counter_archive.db")
                 key = json.dumps(["probe", "probe_total", {"a": "b"}, "probe"], sort_keys=True)
                 with open(path, "wb") as handle:
@@ -565,7 +770,7 @@ def compact(path: str, dead: Iterable[int] | None = None, wait: float | None = L
     whose files are there and that no longer exists. ``wait``: seconds to wait for the lock
     (``None`` blocks).
     """
-    if not _format_checked():
+    if not _format_checked(path):
         return False
     known_dead = None if dead is None else set(dead)
     with _flock(path, exclusive=True, wait=wait) as locked:
@@ -579,7 +784,7 @@ def _compact_locked(path: str, known_dead: set[int] | None) -> None:
     names = os.listdir(path)
     for name in names:  # a temporary file is never committed once its writer is gone
         if name.startswith(TMP_PREFIX):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a probe directory in use is left alone
                 os.unlink(os.path.join(path, name))
     absorbed = _absorbed(path, names)
     for name in absorbed & set(names):  # committed earlier; the delete did not happen

@@ -529,7 +529,7 @@ def _dead_workers_files(server: Gunicorn) -> list[str]:
 
     found = []
     for path in server.metrics_dir.iterdir():
-        match = re.search(r"_(\d+)\.(db|bin)$", path.name)
+        match = re.search(r"_(\d+)(-pyobs)?\.(db|bin)$", path.name)
         if match and not Path(f"/proc/{match.group(1)}").exists():
             found.append(path.name)
         elif "-dead" in path.name:

@@ -167,7 +167,7 @@ def test_text_format_pages_carry_no_exemplars(mpdir: Path) -> None:
 
 def _per_process(path: Path) -> list[str]:
     """Files that belong to one process (named by its pid) or to a compaction in progress."""
-    return [n for n in _files(path) if re.search(r"_\d+(-dead[0-9a-f]+)?\.(db|bin)$", n)]
+    return [n for n in _files(path) if re.search(r"_\d+(-dead[0-9a-f]+|-pyobs)?\.(db|bin)$", n)]
 
 
 def test_dead_workers_are_compacted_exactly(mpdir: Path) -> None:
@@ -209,15 +209,81 @@ def test_compaction_killed_midway_loses_and_doubles_nothing(mpdir: Path, step: s
 def test_new_process_with_a_dead_ones_pid_starts_fresh(mpdir: Path) -> None:
     """A compacted worker's pid used again (pid reuse): the new process's files count once
     beside the archive, never mistaken for the absorbed ones."""
+    own = re.compile(r"_(\d+)((?:-pyobs)?\.db)$")
     _worker(4, "a")
-    before = {n for n in _files(mpdir) if n.endswith(".db")}
+    [old_pid] = {m.group(1) for n in _files(mpdir) if (m := own.search(n))}
     _page()
+    assert _per_process(mpdir) == []
     _worker(6, "b")
-    new = {n for n in _files(mpdir) if n.endswith(".db") and re.search(r"_\d+\.db$", n)}
-    old_pid = next(re.search(r"_(\d+)\.db$", n) for n in before if n.startswith("histogram"))
-    assert old_pid is not None
-    for name in new:  # the second worker's files under the first one's pid
-        renamed = re.sub(r"_\d+\.db$", f"_{old_pid.group(1)}.db", name)
-        (mpdir / name).rename(mpdir / renamed)
+    for name in _files(mpdir):  # the second worker's files under the first one's pid
+        if own.search(name):
+            (mpdir / name).rename(mpdir / own.sub(rf"_{old_pid}\2", name))
+    pids = {m.group(1) for n in _files(mpdir) if (m := own.search(n))}
+    assert pids == {old_pid}
     assert _page(compact=False)[f"{DURATION}_count"] == 10
     assert _page()[f"{DURATION}_count"] == 10
+
+
+# Records a varied mix through pyobs's instruments; argv[1] "public" turns the fast path off.
+MIX = textwrap.dedent(
+    """
+    import sys
+    from pyobs import _multiproc
+    if sys.argv[1] == "public":
+        _multiproc._fast = False
+    import pyobs
+    from pyobs.metrics import get_metrics
+
+    pyobs.setup(service_name="mp", metrics_labels={"region": "eu"})
+    m = get_metrics()
+    for i, seconds in enumerate([0.0, 0.004, 0.005, 0.3, 7.5, 11.0, 1e9, 0.02]):
+        for status in (200, 404, 500):
+            m.request_started("POST")
+            m.request_body("POST", f"/r/{i % 3}", i * 1000)
+            m.request_finished("POST", f"/r/{i % 3}", status, seconds, i * 10**i, f"{i:032x}")
+    m.request_started("GET")  # one still in flight
+    for level in ("info", "info", "error"):
+        m.log_event(level)
+    print(_multiproc.fast_path())
+    """
+)
+
+
+def _family_samples(path: Path) -> list[Any]:
+    """pyobs's request families in a directory: (name, labels, value, exemplar labels/value)."""
+    collector = _multiproc.MultiprocessCollector(str(path), compact_dead=False)
+    return sorted(
+        (
+            s.name,
+            sorted(s.labels.items()),
+            s.value,
+            s.exemplar and (s.exemplar.labels, s.exemplar.value),
+        )
+        for family in collector.collect()
+        if family.name.startswith(("http_server_", "pyobs_log_events"))
+        for s in family.samples
+    )
+
+
+def test_fast_path_records_what_the_public_api_records(tmp_path: Path) -> None:
+    """pyobs's own multiprocess writes give the very samples (and exemplars) prometheus_client's
+    public API gives for the same requests."""
+    results = {}
+    for mode in ("fast", "public"):
+        directory = tmp_path / mode
+        directory.mkdir()
+        proc = subprocess.run(
+            [sys.executable, "-c", MIX, mode],
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split() == [str(mode == "fast")]
+        names = [p.name for p in directory.iterdir()]
+        assert any(n.endswith("-pyobs.db") for n in names) == (mode == "fast")
+        results[mode] = _family_samples(directory)
+    assert results["fast"] == results["public"]
+    assert len(results["fast"]) > 100
