@@ -80,21 +80,7 @@ def _sample(es_url: str, stream: str) -> str:
         return f"cannot search: {exc}"
 
 
-@pytest.mark.parametrize(
-    "workers",
-    [
-        0,
-        pytest.param(
-            4,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="prometheus_client's multiprocess mode stores no exemplars (issue 16, "
-                "item 3: worker exemplars in one scrape)",
-            ),
-        ),
-    ],
-    ids=["single-process", "gunicorn-4-workers"],
-)
+@pytest.mark.parametrize("workers", [0, 4], ids=["single-process", "gunicorn-4-workers"])
 def test_exemplar_to_trace_to_logs(
     es_url: str, jaeger: Jaeger, tmp_path: Path, workers: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
