@@ -49,6 +49,7 @@ class _Dropped:
         self.children: dict[str, Any] = {}
         self.last_line: float | None = None
         self.since: dict[str, int] = {}
+        self.last_error = ""  # the exporter's last exception, for the next line
 
     def ensure(self) -> None:
         """Make the counter and its series (at 0) so that rates and alerts see them at once."""
@@ -95,18 +96,21 @@ class _Dropped:
         if since:
             self._line(since, False)
 
-    @staticmethod
-    def _line(since: dict[str, int], first: bool) -> None:
+    def _line(self, since: dict[str, int], first: bool) -> None:
+        from pyobs.redact import scrub
+
         total = sum(since.values())
         parts = ", ".join(f"{reason}: {since[reason]}" for reason in REASONS if since.get(reason))
+        error, self.last_error = self.last_error, ""
         _log.warning(
-            "pyobs: %d span(s) dropped %s(%s); the trace backend is slower than the span "
+            "pyobs: %d span(s) dropped %s(%s)%s; the trace backend is slower than the span "
             "rate or unreachable. They are counted in pyobs_spans_dropped_total; see "
             "OTEL_BSP_MAX_QUEUE_SIZE in pyobs's configuration docs. This line is written at "
             "most once a minute.",
             total,
             "" if first else f"in the last {INTERVAL:.0f} s or so ",
             parts,
+            f"; last export error: {scrub(error)[:300]}" if error else "",
         )
 
 
@@ -125,7 +129,8 @@ class _CountingExporter(SpanExporter):
         self._taken(len(spans))
         try:
             result = self.inner.export(spans)
-        except Exception:  # noqa: BLE001 - counted and logged at a limited rate instead
+        except Exception as exc:  # noqa: BLE001 - counted and logged at a limited rate instead
+            DROPPED.last_error = f"{type(exc).__name__}: {exc}"
             result = SpanExportResult.FAILURE
         if result is not SpanExportResult.SUCCESS:
             DROPPED.add("export_failed", len(spans))

@@ -154,6 +154,9 @@ def test_failing_exporter_refused_and_raising_batches_are_counted(
     assert lost["shutdown"] == 0
     assert _sdk_lines(caplog) == []
     assert sum(_pyobs_counts(caplog)) == lost["export_failed"] + lost["queue_full"]
+    lines = [r.getMessage() for r in caplog.records if "span(s) dropped" in r.getMessage()]
+    assert any("last export error: ConnectionError: the collector went away" in line
+               for line in lines), lines  # fmt: skip
 
 
 def test_spans_ending_after_shutdown_are_counted(frozen_clock: None) -> None:
