@@ -172,6 +172,56 @@ def test_spans_ending_after_shutdown_are_counted(frozen_clock: None) -> None:
     assert exporter.exported == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_accounts_for_its_own_spans(frozen_clock: None) -> None:
+    """After a fork (gunicorn --preload builds the pipeline in the master) with the parent's
+    queue full, the child's pipeline starts empty (its spans are exported, not refused for
+    the parent's) and accounts for every span it ends: exported + counted == ended."""
+    provider = TracerProvider()
+    exporter = TestExporter(delay=0.2)
+    processor = _spans.CountingBatchSpanProcessor(exporter, SMALL)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("fork")
+    for _ in range(200):  # the parent's queue is full when it forks
+        tracer.start_span("parent").end()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: end spans fast enough to overflow, report, leave at once
+        code = 1
+        try:
+            exporter.lock = threading.Lock()  # a parent thread may have held it at the fork
+            exporter.delay = 0.02
+            before, exported_before = dropped(), exporter.exported
+            workers = [
+                threading.Thread(target=lambda: [tracer.start_span("c").end() for _ in range(500)])
+                for _ in range(4)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            provider.shutdown()
+            after = dropped()
+            report = {
+                "exported": exporter.exported - exported_before,
+                "dropped": {r: after[r] - before[r] for r in after},
+            }
+            os.write(write_end, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        report = json.loads(pipe.read() or "{}")
+    _, status = os.waitpid(pid, 0)
+    provider.shutdown()
+    assert os.WEXITSTATUS(status) == 0 and report, report
+    lost = report["dropped"]
+    assert lost["queue_full"] > 0
+    assert report["exported"] > 0, "the parent's queued spans took the child's queue"
+    assert report["exported"] + sum(lost.values()) == 2000
+
+
 def test_defaults_and_otel_bsp_variables() -> None:
     """pyobs's defaults (8192 queue, 2048 batch, 1 s delay, 10 s timeout); OTEL_BSP_* win,
     a batch set alone raises the queue, a queue set alone lowers the batch; a malformed or
