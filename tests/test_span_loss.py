@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -368,3 +369,40 @@ def test_setup_pipeline_counts_its_losses_on_the_metrics_page(
     output = result.stdout + result.stderr
     assert "Queue full" not in output
     assert output.count("span(s) dropped") <= 2
+
+
+@pytest.mark.service
+def test_gunicorn_workers_count_their_losses_in_one_scrape(
+    slow_receiver: SlowOtlpReceiver, tmp_path: Path
+) -> None:
+    """gunicorn, 2 workers, multiprocess mode, a small queue and a receiver taking 0.1 s per
+    export: one scrape's pyobs_spans_dropped_total (every worker's) plus the spans received
+    once gunicorn has stopped (each worker flushes at exit) == requests served."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.tracing_backends import serve
+
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{slow_receiver.port}",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "20",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "10",
+        "PYOBS_ACCESS_LOG": "false",
+    }
+    with serve(tmp_path, env, workers=2) as app:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda n: app.get_plain(f"/items/{n}"), range(800)))
+        assert statuses == [200] * 800
+        with urllib.request.urlopen(f"{app.base}/metrics", timeout=10) as response:
+            page = response.read().decode()
+    served = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith("http_server_request_duration_seconds_count{")
+    )
+    dropped = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^pyobs_spans_dropped_total\{reason="(\w+)"\} (\S+)$', page, re.M)
+    }
+    assert served == 800
+    assert dropped["queue_full"] > 0, page
+    assert slow_receiver.spans + sum(dropped.values()) == served
