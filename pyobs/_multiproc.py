@@ -582,8 +582,6 @@ class MultiprocessCollector:
 
     def collect(self) -> Iterable[Any]:
         """The merged metric families, exemplars attached to their buckets."""
-        from prometheus_client.multiprocess import MultiProcessCollector
-
         if self.compact_dead:
             try:
                 compact(self.path, wait=0.0)
@@ -600,7 +598,7 @@ class MultiprocessCollector:
                 if name.endswith(".db") and _DB_FILE.match(name) is not None
                 and name not in absorbed
             ]  # fmt: skip
-            metrics = list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+            metrics = merge(files)
             exemplars = merge_exemplars(
                 os.path.join(self.path, n)
                 for n in names
@@ -620,6 +618,154 @@ def _as_counter(metric: Any) -> Any:
     counter = Metric(metric.name[: -len("_total")], metric.documentation, "counter")
     counter.samples = metric.samples
     return counter
+
+
+# === merging the files ====================================================================
+# prometheus_client's MultiProcessCollector.merge, with the same result (tests compare the
+# two), made cheaper for a scrape that repeats: a value's key is JSON that the stock merge
+# decodes again in every scrape; here each key is decoded once per process and kept with
+# what the merge needs from it (labels sorted, without ``le``, the bucket bound).
+
+_GAUGE_NO_PID = frozenset(
+    {"min", "livemin", "max", "livemax", "sum", "livesum", "mostrecent", "livemostrecent"}
+)
+_MAX_KEYS = 200_000  # decoded keys kept; beyond it the cache starts again
+_Parsed = tuple[str, str, tuple[tuple[str, str], ...], str, tuple[tuple[str, str], ...], float]
+_parsed: dict[bytes, _Parsed] = {}
+
+
+def _read_values(path: str) -> list[tuple[bytes, float, float]]:
+    """(raw key, value, timestamp) of every entry of a prometheus_client values file."""
+    with open(path, "rb") as handle:
+        head = handle.read(mmap.PAGESIZE)
+        if len(head) < _DB_HEAD.size:
+            return []
+        (used,) = _DB_HEAD.unpack_from(head)
+        data = head + handle.read(used - len(head)) if used > len(head) else head
+    found = []
+    pos = _DB_HEAD.size
+    unpack_length, unpack_value = _USED.unpack_from, _DB_VALUE.unpack_from
+    while pos < used:
+        (length,) = unpack_length(data, pos)
+        if pos + length > used:
+            raise RuntimeError(f"{path}: read beyond the used size, the file is corrupted")
+        key = data[pos + 4 : pos + 4 + length]
+        pos += 4 + length + 8 - (length + 4) % 8
+        value, stamp = unpack_value(data, pos)
+        found.append((key, value, stamp))
+        pos += _DB_VALUE.size
+    return found
+
+
+_archives: dict[str, tuple[tuple[int, int, int], list[tuple[bytes, float, float]]]] = {}
+
+
+def _archive_values(path: str) -> list[tuple[bytes, float, float]]:
+    """An archive's entries, read again only when compaction replaced the file."""
+    info = os.stat(path)
+    stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+    cached = _archives.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    values = _read_values(path)
+    _archives[path] = (stamp, values)
+    return values
+
+
+def _parse_key(key: bytes) -> _Parsed:
+    """(metric, sample, sorted labels, help, labels without le, bucket bound or nan)."""
+    found = _parsed.get(key)
+    if found is None:
+        metric, sample, labels, help_text = json.loads(key)
+        items = tuple(sorted(labels.items()))
+        le = labels.get("le")
+        without = tuple(item for item in items if item[0] != "le") if le is not None else items
+        found = (metric, sample, items, help_text, without, math.nan if le is None else float(le))
+        if len(_parsed) >= _MAX_KEYS:
+            _parsed.clear()
+        _parsed[key] = found
+    return found
+
+
+def merge(files: Iterable[str]) -> list[Any]:
+    """Every process's values summed into metric families, as prometheus_client merges them.
+
+    A live gauge's file that vanished meanwhile (its process died) is skipped; any other
+    missing file raises, as in prometheus_client.
+    """
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.samples import Sample
+    from prometheus_client.utils import floatToGoString
+
+    metrics: dict[str, Any] = {}
+    modes: dict[str, str] = {}
+    # metric -> labels -> {(sample, labels): value}, in first-seen order
+    plain: dict[str, dict[Any, dict[Any, float]]] = {}
+    buckets: dict[str, dict[Any, dict[float, float]]] = {}
+    gauges: dict[str, list[tuple[str, Any, float, float]]] = {}
+    for path in files:
+        parts = os.path.basename(path).split("_")
+        kind = parts[0]
+        try:
+            values = _archive_values(path) if parts[-1] == "archive.db" else _read_values(path)
+        except FileNotFoundError:
+            if kind == "gauge" and parts[1].startswith("live"):
+                continue
+            raise
+        pid = parts[2][:-3] if kind == "gauge" else ""
+        for key, value, stamp in values:
+            name, sample, items, help_text, without, bound = _parse_key(key)
+            metric = metrics.get(name)
+            if metric is None:
+                metric = metrics[name] = Metric(name, help_text, kind)
+                plain[name] = {}
+            if kind == "gauge":
+                modes[name] = parts[1]
+            if metric.type == "gauge":
+                gauges.setdefault(name, []).append((sample, (*items, ("pid", pid)), value, stamp))
+            elif metric.type == "histogram" and bound == bound:  # a bucket (nan != nan)
+                per = buckets.setdefault(name, {}).setdefault(without, {})
+                per[bound] = per.get(bound, 0.0) + value
+            else:
+                group = plain[name].setdefault(items, {})
+                group[(sample, items)] = group.get((sample, items), 0.0) + value
+    for name, found in gauges.items():
+        mode = modes.get(name, "all")
+        groups = plain[name]
+        stamps: dict[Any, float] = {}
+        for sample, items, value, stamp in found:
+            labels = tuple(i for i in items if i[0] != "pid") if mode in _GAUGE_NO_PID else items
+            group = groups.setdefault(labels, {})
+            slot = (sample, labels)
+            if mode in ("min", "livemin"):
+                group[slot] = min(group.get(slot, value), value)
+            elif mode in ("max", "livemax"):
+                group[slot] = max(group.get(slot, value), value)
+            elif mode in ("sum", "livesum"):
+                group[slot] = group.get(slot, 0.0) + value
+            elif mode in ("mostrecent", "livemostrecent"):
+                if stamps.get(slot, 0.0) < float(stamp or 0):
+                    group[slot] = value
+                    stamps[slot] = float(stamp or 0)
+            else:  # all, liveall: one series per process
+                group[slot] = value
+    for name, per_series in buckets.items():
+        groups = plain[name]
+        for labels, counts in per_series.items():
+            group = groups.setdefault(labels, {})
+            total = 0.0
+            for bound in sorted(counts):
+                total += counts[bound]
+                le = (*labels, ("le", floatToGoString(bound)))  # type: ignore[no-untyped-call]
+                group[(name + "_bucket", le)] = total
+            group[(name + "_count", labels)] = total
+    for name, metric in metrics.items():
+        metric.samples = [
+            Sample(sample, dict(labels), value)
+            for group in plain[name].values()
+            for (sample, labels), value in group.items()
+        ]
+    return list(metrics.values())
 
 
 # === compaction ===========================================================================
