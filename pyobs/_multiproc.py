@@ -598,7 +598,12 @@ class MultiprocessCollector:
                 if name.endswith(".db") and _DB_FILE.match(name) is not None
                 and name not in absorbed
             ]  # fmt: skip
-            metrics = merge(files)
+            if _format_checked(self.path):
+                metrics = merge(files)
+            else:  # a file format pyobs does not know: prometheus_client's own merge
+                from prometheus_client.multiprocess import MultiProcessCollector
+
+                metrics = list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
             exemplars = merge_exemplars(
                 os.path.join(self.path, n)
                 for n in names
@@ -771,12 +776,9 @@ def merge(files: Iterable[str]) -> list[Any]:
 # === compaction ===========================================================================
 
 
-def _read_db(path: str) -> tuple[list[tuple[str, float, float]], list[str]]:
+def _read_db(path: str) -> tuple[list[tuple[bytes, float, float]], list[str]]:
     """(entries, absorbed names) of a prometheus_client file (an archive may list absorbed)."""
-    from prometheus_client.mmap_dict import MmapedDict
-
-    entries = [(k, v, t) for k, v, t, _ in MmapedDict.read_all_values_from_file(path)]  # type: ignore[no-untyped-call]
-    return entries, _trailer(path)
+    return _read_values(path), _trailer(path)
 
 
 def _trailer(path: str) -> list[str]:
@@ -806,14 +808,14 @@ def _absorbed(path: str, names: Iterable[str]) -> set[str]:
     return found
 
 
-def _db_entry(key: str, value: float, stamp: float) -> bytes:
+def _db_entry(key: str | bytes, value: float, stamp: float) -> bytes:
     """One entry of a prometheus_client values file (its value is the last 16 bytes)."""
-    raw = key.encode()
+    raw = key.encode() if isinstance(key, str) else key
     pad = 8 - (len(raw) + 4) % 8  # the padding prometheus_client writes and reads
     return _USED.pack(len(raw)) + raw + b" " * pad + _DB_VALUE.pack(value, stamp)
 
 
-def _db_bytes(entries: dict[str, tuple[float, float]], absorbed: Sequence[str]) -> bytes:
+def _db_bytes(entries: dict[Any, tuple[float, float]], absorbed: Sequence[str]) -> bytes:
     """A prometheus_client values file holding ``entries``, then pyobs's absorbed-names trailer."""
     body = b"".join(_db_entry(key, value, stamp) for key, (value, stamp) in entries.items())
     used = _DB_HEAD.size + len(body)
@@ -895,9 +897,18 @@ def _format_checked(path: str) -> bool:
                     handle.write(_db_bytes({key: (41.5, 0.0)}, ["counter_1-dead0.db"]))
                 merged = list(MultiProcessCollector.merge([path], accumulate=True))  # type: ignore[no-untyped-call]
                 samples = [(s.name, s.labels, s.value) for m in merged for s in m.samples]
-                _format_ok = samples == [("probe_total", {"a": "b"}, 41.5)] and _trailer(path) == [
-                    "counter_1-dead0.db"
-                ]
+                # ... and pyobs reads a file prometheus_client writes.
+                from prometheus_client.mmap_dict import MmapedDict
+
+                theirs = os.path.join(scratch, "counter_1.db")
+                written = MmapedDict(theirs)  # type: ignore[no-untyped-call]
+                written.write_value(key, 2.5, 0.0)  # type: ignore[no-untyped-call]
+                written.close()  # type: ignore[no-untyped-call]
+                _format_ok = (
+                    samples == [("probe_total", {"a": "b"}, 41.5)]
+                    and _trailer(path) == ["counter_1-dead0.db"]
+                    and _read_values(theirs) == [(key.encode(), 2.5, 0.0)]
+                )
         except Exception as exc:  # noqa: BLE001 - compaction stays off, nothing is lost
             _log.warning("pyobs: multiprocess compaction is off: %s", exc)
             _format_ok = False
@@ -982,7 +993,7 @@ def _merge_into_archive(path: str, prefix: str, sources: list[str]) -> None:
     """archive + sources -> new archive (committed by rename), then the sources are deleted."""
     rule = _RULES[prefix]
     archive = os.path.join(path, f"{prefix}_archive.db")
-    merged: dict[str, tuple[float, float]] = {}
+    merged: dict[bytes, tuple[float, float]] = {}
     still_listed: list[str] = []
     if os.path.exists(archive):
         entries, listed = _read_db(archive)

@@ -323,3 +323,17 @@ def test_merge_equals_prometheus_clients(mpdir: Path) -> None:
             (m.name, m.type, m.documentation, m.samples) for m in theirs
         ]
     assert {m.type for m in ours} == {"counter", "summary", "histogram", "gauge"}
+
+
+def test_unknown_file_format_falls_back_to_prometheus_client(
+    mpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the start-up check finds a file format pyobs does not know, pyobs writes nothing
+    itself, compacts nothing and lets prometheus_client merge: the counts stay exact."""
+    monkeypatch.setattr(_multiproc, "_format_ok", False)
+    _run(MIX.replace("_multiproc._fast = False", "_multiproc._format_ok = False"), "public")
+    _worker(3, "a")  # with the fast path
+    page = _page()
+    assert page[f"{DURATION}_count"] == 3 * 8 + 3
+    assert not [n for n in _files(mpdir) if "archive" in n]
+    assert _multiproc.compact(str(mpdir)) is False
