@@ -323,6 +323,19 @@ def test_merge_equals_prometheus_clients(mpdir: Path) -> None:
             (m.name, m.type, m.documentation, m.samples) for m in theirs
         ]
     assert {m.type for m in ours} == {"counter", "summary", "histogram", "gauge"}
+    # Once the (dead) workers are compacted: the archives, read first, merge the same way.
+    assert _multiproc.compact(str(mpdir), wait=None)
+    files = sorted(
+        (str(p) for p in mpdir.iterdir() if p.suffix == ".db"),
+        key=lambda f: (not f.endswith("_archive.db"), f),
+    )
+    assert any(f.endswith("histogram_archive.db") for f in files)
+    theirs = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+    for _ in range(2):  # the second time from the archives' kept state
+        ours = _multiproc.merge(files)
+        assert [(m.name, m.type, m.documentation, m.samples) for m in ours] == [
+            (m.name, m.type, m.documentation, m.samples) for m in theirs
+        ]
 
 
 def test_unknown_file_format_falls_back_to_prometheus_client(
