@@ -582,8 +582,6 @@ class MultiprocessCollector:
 
     def collect(self) -> Iterable[Any]:
         """The merged metric families, exemplars attached to their buckets."""
-        from prometheus_client.multiprocess import MultiProcessCollector
-
         if self.compact_dead:
             try:
                 compact(self.path, wait=0.0)
@@ -600,7 +598,12 @@ class MultiprocessCollector:
                 if name.endswith(".db") and _DB_FILE.match(name) is not None
                 and name not in absorbed
             ]  # fmt: skip
-            metrics = list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+            if _format_checked(self.path):
+                metrics = merge(files)
+            else:  # a file format pyobs does not know: prometheus_client's own merge
+                from prometheus_client.multiprocess import MultiProcessCollector
+
+                metrics = list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
             exemplars = merge_exemplars(
                 os.path.join(self.path, n)
                 for n in names
@@ -622,15 +625,222 @@ def _as_counter(metric: Any) -> Any:
     return counter
 
 
+# === merging the files ====================================================================
+# prometheus_client's MultiProcessCollector.merge, with the same result (tests compare the
+# two), made cheaper for a scrape that repeats: a value's key is JSON that the stock merge
+# decodes again in every scrape; here each key is decoded once per process and kept with
+# what the merge needs from it (labels sorted, without ``le``, the bucket bound).
+
+_GAUGE_NO_PID = frozenset(
+    {"min", "livemin", "max", "livemax", "sum", "livesum", "mostrecent", "livemostrecent"}
+)
+_MAX_KEYS = 200_000  # decoded keys kept; beyond it the cache starts again
+_Parsed = tuple[str, str, tuple[tuple[str, str], ...], str, tuple[tuple[str, str], ...], float]
+_parsed: dict[bytes, _Parsed] = {}
+
+
+def _read_values(path: str) -> list[tuple[bytes, float, float]]:
+    """(raw key, value, timestamp) of every entry of a prometheus_client values file."""
+    with open(path, "rb") as handle:
+        head = handle.read(mmap.PAGESIZE)
+        if len(head) < _DB_HEAD.size:
+            return []
+        (used,) = _DB_HEAD.unpack_from(head)
+        data = head + handle.read(used - len(head)) if used > len(head) else head
+    found = []
+    pos = _DB_HEAD.size
+    unpack_length, unpack_value = _USED.unpack_from, _DB_VALUE.unpack_from
+    while pos < used:
+        (length,) = unpack_length(data, pos)
+        if pos + length > used:
+            raise RuntimeError(f"{path}: read beyond the used size, the file is corrupted")
+        key = data[pos + 4 : pos + 4 + length]
+        pos += 4 + length + 8 - (length + 4) % 8
+        value, stamp = unpack_value(data, pos)
+        found.append((key, value, stamp))
+        pos += _DB_VALUE.size
+    return found
+
+
+_archives: dict[str, tuple[tuple[int, int, int], list[tuple[bytes, float, float]]]] = {}
+
+
+def _archive_values(path: str) -> list[tuple[bytes, float, float]]:
+    """An archive's entries, read again only when compaction replaced the file."""
+    info = os.stat(path)
+    stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+    cached = _archives.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    values = _read_values(path)
+    _archives[path] = (stamp, values)
+    return values
+
+
+def _parse_key(key: bytes) -> _Parsed:
+    """(metric, sample, sorted labels, help, labels without le, bucket bound or nan)."""
+    found = _parsed.get(key)
+    if found is None:
+        metric, sample, labels, help_text = json.loads(key)
+        items = tuple(sorted(labels.items()))
+        le = labels.get("le")
+        without = tuple(item for item in items if item[0] != "le") if le is not None else items
+        found = (metric, sample, items, help_text, without, math.nan if le is None else float(le))
+        if len(_parsed) >= _MAX_KEYS:
+            _parsed.clear()
+        _parsed[key] = found
+    return found
+
+
+class _MergeState:
+    """What the merge has gathered so far: per metric its type, values by label set, buckets."""
+
+    __slots__ = ("buckets", "gauges", "meta", "modes", "plain")
+
+    def __init__(self) -> None:
+        self.meta: dict[str, tuple[str, str]] = {}  # metric -> (help, type)
+        self.modes: dict[str, str] = {}
+        # metric -> labels -> {(sample, labels): value}, in first-seen order
+        self.plain: dict[str, dict[Any, dict[Any, float]]] = {}
+        self.buckets: dict[str, dict[Any, dict[float, float]]] = {}
+        self.gauges: dict[str, list[tuple[str, Any, float, float]]] = {}
+
+    def copy(self) -> _MergeState:
+        """A copy the next files can be added to (the archives' state is kept for reuse)."""
+        other = _MergeState()
+        other.meta = dict(self.meta)
+        other.modes = dict(self.modes)
+        other.plain = {
+            n: {k: dict(g) for k, g in groups.items()} for n, groups in self.plain.items()
+        }
+        other.buckets = {n: {k: dict(c) for k, c in per.items()} for n, per in self.buckets.items()}
+        other.gauges = {n: list(found) for n, found in self.gauges.items()}
+        return other
+
+    def add(self, path: str) -> None:
+        """Add one values file (a live gauge's file that vanished meanwhile is skipped)."""
+        parts = os.path.basename(path).split("_")
+        kind = parts[0]
+        try:
+            values = _archive_values(path) if parts[-1] == "archive.db" else _read_values(path)
+        except FileNotFoundError:
+            if kind == "gauge" and parts[1].startswith("live"):
+                return
+            raise
+        pid = parts[2][:-3] if kind == "gauge" else ""
+        meta, plain = self.meta, self.plain
+        for key, value, stamp in values:
+            name, sample, items, help_text, without, bound = _parse_key(key)
+            found = meta.get(name)
+            if found is None:
+                found = meta[name] = (help_text, kind)
+                plain[name] = {}
+            if kind == "gauge":
+                self.modes[name] = parts[1]
+            if found[1] == "gauge":
+                self.gauges.setdefault(name, []).append(
+                    (sample, (*items, ("pid", pid)), value, stamp)
+                )
+            elif found[1] == "histogram" and bound == bound:  # a bucket (nan != nan)
+                per = self.buckets.setdefault(name, {}).setdefault(without, {})
+                per[bound] = per.get(bound, 0.0) + value
+            else:
+                group = plain[name].setdefault(items, {})
+                group[(sample, items)] = group.get((sample, items), 0.0) + value
+
+    def metrics(self) -> list[Any]:
+        """The metric families: gauges by their mode, buckets made cumulative, with counts."""
+        from prometheus_client.metrics_core import Metric
+        from prometheus_client.samples import Sample
+        from prometheus_client.utils import floatToGoString
+
+        plain = self.plain
+        for name, found in self.gauges.items():
+            mode = self.modes.get(name, "all")
+            groups = plain[name]
+            stamps: dict[Any, float] = {}
+            for sample, items, value, stamp in found:
+                labels = (
+                    tuple(i for i in items if i[0] != "pid") if mode in _GAUGE_NO_PID else items
+                )
+                group = groups.setdefault(labels, {})
+                slot = (sample, labels)
+                if mode in ("min", "livemin"):
+                    group[slot] = min(group.get(slot, value), value)
+                elif mode in ("max", "livemax"):
+                    group[slot] = max(group.get(slot, value), value)
+                elif mode in ("sum", "livesum"):
+                    group[slot] = group.get(slot, 0.0) + value
+                elif mode in ("mostrecent", "livemostrecent"):
+                    if stamps.get(slot, 0.0) < float(stamp or 0):
+                        group[slot] = value
+                        stamps[slot] = float(stamp or 0)
+                else:  # all, liveall: one series per process
+                    group[slot] = value
+        for name, per_series in self.buckets.items():
+            groups = plain[name]
+            for labels, counts in per_series.items():
+                group = groups.setdefault(labels, {})
+                total = 0.0
+                for bound in sorted(counts):
+                    total += counts[bound]
+                    le = (*labels, ("le", floatToGoString(bound)))  # type: ignore[no-untyped-call]
+                    group[(name + "_bucket", le)] = total
+                group[(name + "_count", labels)] = total
+        families = []
+        for name, (help_text, kind) in self.meta.items():
+            metric = Metric(name, help_text, kind)
+            metric.samples = [
+                Sample(sample, dict(labels), value)
+                for group in plain[name].values()
+                for (sample, labels), value in group.items()
+            ]
+            families.append(metric)
+        return families
+
+
+_archive_state: tuple[tuple[Any, ...], _MergeState] | None = None
+
+
+def merge(files: Iterable[str]) -> list[Any]:
+    """Every process's values summed into metric families, as prometheus_client merges them.
+
+    The archives are added first and what they add up to is kept until compaction replaces
+    one, so a scrape after a thousand restarts costs about what one after none costs. A live
+    gauge's file that vanished meanwhile is skipped; any other missing file raises, as in
+    prometheus_client.
+    """
+    global _archive_state
+    files = list(files)
+    archives = sorted(f for f in files if f.endswith("_archive.db"))
+    others = [f for f in files if not f.endswith("_archive.db")]
+    if archives:
+        stamp = tuple((f, *_stat(f)) for f in archives)
+        cached = _archive_state
+        if cached is None or cached[0] != stamp:
+            base = _MergeState()
+            for path in archives:
+                base.add(path)
+            cached = _archive_state = (stamp, base)
+        state = cached[1].copy()
+    else:
+        state = _MergeState()
+    for path in others:
+        state.add(path)
+    return state.metrics()
+
+
+def _stat(path: str) -> tuple[int, int, int]:
+    info = os.stat(path)
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
 # === compaction ===========================================================================
 
 
-def _read_db(path: str) -> tuple[list[tuple[str, float, float]], list[str]]:
+def _read_db(path: str) -> tuple[list[tuple[bytes, float, float]], list[str]]:
     """(entries, absorbed names) of a prometheus_client file (an archive may list absorbed)."""
-    from prometheus_client.mmap_dict import MmapedDict
-
-    entries = [(k, v, t) for k, v, t, _ in MmapedDict.read_all_values_from_file(path)]  # type: ignore[no-untyped-call]
-    return entries, _trailer(path)
+    return _read_values(path), _trailer(path)
 
 
 def _trailer(path: str) -> list[str]:
@@ -660,14 +870,14 @@ def _absorbed(path: str, names: Iterable[str]) -> set[str]:
     return found
 
 
-def _db_entry(key: str, value: float, stamp: float) -> bytes:
+def _db_entry(key: str | bytes, value: float, stamp: float) -> bytes:
     """One entry of a prometheus_client values file (its value is the last 16 bytes)."""
-    raw = key.encode()
+    raw = key.encode() if isinstance(key, str) else key
     pad = 8 - (len(raw) + 4) % 8  # the padding prometheus_client writes and reads
     return _USED.pack(len(raw)) + raw + b" " * pad + _DB_VALUE.pack(value, stamp)
 
 
-def _db_bytes(entries: dict[str, tuple[float, float]], absorbed: Sequence[str]) -> bytes:
+def _db_bytes(entries: dict[Any, tuple[float, float]], absorbed: Sequence[str]) -> bytes:
     """A prometheus_client values file holding ``entries``, then pyobs's absorbed-names trailer."""
     body = b"".join(_db_entry(key, value, stamp) for key, (value, stamp) in entries.items())
     used = _DB_HEAD.size + len(body)
@@ -749,9 +959,18 @@ def _format_checked(path: str) -> bool:
                     handle.write(_db_bytes({key: (41.5, 0.0)}, ["counter_1-dead0.db"]))
                 merged = list(MultiProcessCollector.merge([path], accumulate=True))  # type: ignore[no-untyped-call]
                 samples = [(s.name, s.labels, s.value) for m in merged for s in m.samples]
-                _format_ok = samples == [("probe_total", {"a": "b"}, 41.5)] and _trailer(path) == [
-                    "counter_1-dead0.db"
-                ]
+                # ... and pyobs reads a file prometheus_client writes.
+                from prometheus_client.mmap_dict import MmapedDict
+
+                theirs = os.path.join(scratch, "counter_1.db")
+                written = MmapedDict(theirs)  # type: ignore[no-untyped-call]
+                written.write_value(key, 2.5, 0.0)  # type: ignore[no-untyped-call]
+                written.close()  # type: ignore[no-untyped-call]
+                _format_ok = (
+                    samples == [("probe_total", {"a": "b"}, 41.5)]
+                    and _trailer(path) == ["counter_1-dead0.db"]
+                    and _read_values(theirs) == [(key.encode(), 2.5, 0.0)]
+                )
         except Exception as exc:  # noqa: BLE001 - compaction stays off, nothing is lost
             _log.warning("pyobs: multiprocess compaction is off: %s", exc)
             _format_ok = False
@@ -836,7 +1055,7 @@ def _merge_into_archive(path: str, prefix: str, sources: list[str]) -> None:
     """archive + sources -> new archive (committed by rename), then the sources are deleted."""
     rule = _RULES[prefix]
     archive = os.path.join(path, f"{prefix}_archive.db")
-    merged: dict[str, tuple[float, float]] = {}
+    merged: dict[bytes, tuple[float, float]] = {}
     still_listed: list[str] = []
     if os.path.exists(archive):
         entries, listed = _read_db(archive)

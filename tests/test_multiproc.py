@@ -287,3 +287,66 @@ def test_fast_path_records_what_the_public_api_records(tmp_path: Path) -> None:
         results[mode] = _family_samples(directory)
     assert results["fast"] == results["public"]
     assert len(results["fast"]) > 100
+
+
+# Every kind of value prometheus_client keeps in multiprocess mode, from the public API.
+KINDS = textwrap.dedent(
+    """
+    import sys, time
+    from prometheus_client import Counter, Gauge, Histogram, Summary
+
+    n = int(sys.argv[1])
+    Counter("c", "a counter", ["k"]).labels("x").inc(n)
+    Summary("s", "a summary").observe(n / 10)
+    Histogram("h", "a histogram", ["k"], buckets=(1, 5)).labels(str(n % 2)).observe(n)
+    for mode in ("all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum",
+                 "mostrecent", "livemostrecent"):
+        Gauge(f"g_{mode}", "a gauge", ["k"], multiprocess_mode=mode).labels("y").set(n * 1.5)
+        time.sleep(0.001)
+    """
+)
+
+
+def test_merge_equals_prometheus_clients(mpdir: Path) -> None:
+    """pyobs's merge gives prometheus_client's MultiProcessCollector.merge result, in order."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    for n in (3, 8, 5):
+        _run(KINDS, str(n))
+    _run(MIX, "fast")
+    _run(MIX, "public")
+    files = [str(p) for p in mpdir.iterdir() if p.suffix == ".db"]
+    theirs = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+    for _ in range(2):  # the second time from the cache of decoded keys
+        ours = _multiproc.merge(files)
+        assert [(m.name, m.type, m.documentation, m.samples) for m in ours] == [
+            (m.name, m.type, m.documentation, m.samples) for m in theirs
+        ]
+    assert {m.type for m in ours} == {"counter", "summary", "histogram", "gauge"}
+    # Once the (dead) workers are compacted: the archives, read first, merge the same way.
+    assert _multiproc.compact(str(mpdir), wait=None)
+    files = sorted(
+        (str(p) for p in mpdir.iterdir() if p.suffix == ".db"),
+        key=lambda f: (not f.endswith("_archive.db"), f),
+    )
+    assert any(f.endswith("histogram_archive.db") for f in files)
+    theirs = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+    for _ in range(2):  # the second time from the archives' kept state
+        ours = _multiproc.merge(files)
+        assert [(m.name, m.type, m.documentation, m.samples) for m in ours] == [
+            (m.name, m.type, m.documentation, m.samples) for m in theirs
+        ]
+
+
+def test_unknown_file_format_falls_back_to_prometheus_client(
+    mpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the start-up check finds a file format pyobs does not know, pyobs writes nothing
+    itself, compacts nothing and lets prometheus_client merge: the counts stay exact."""
+    monkeypatch.setattr(_multiproc, "_format_ok", False)
+    _run(MIX.replace("_multiproc._fast = False", "_multiproc._format_ok = False"), "public")
+    _worker(3, "a")  # with the fast path
+    page = _page()
+    assert page[f"{DURATION}_count"] == 3 * 8 + 3
+    assert not [n for n in _files(mpdir) if "archive" in n]
+    assert _multiproc.compact(str(mpdir)) is False
