@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -138,6 +139,63 @@ def otlp_protocol(env: Mapping[str, str]) -> str:
     ).lower()
 
 
+@dataclass(frozen=True)
+class BatchSettings:
+    """The batch span processor's settings (the SDK's constructor arguments).
+
+    pyobs's defaults, for a service doing thousands of requests per second, are argued in
+    docs/configuration.md (span export); the OTEL_BSP_* variables win when set.
+    """
+
+    max_queue_size: int = 8192
+    max_export_batch_size: int = 2048
+    schedule_delay_millis: int = 1000
+    export_timeout_millis: int = 10000
+
+
+DEFAULTS = BatchSettings()
+_VARIABLES = {
+    "max_queue_size": "OTEL_BSP_MAX_QUEUE_SIZE",
+    "max_export_batch_size": "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "schedule_delay_millis": "OTEL_BSP_SCHEDULE_DELAY",
+    "export_timeout_millis": "OTEL_BSP_EXPORT_TIMEOUT",
+}
+
+
+def batch_settings(env: Mapping[str, str]) -> BatchSettings:
+    """pyobs's defaults with the OTEL_BSP_* variables that are set; ValueError names a bad one.
+
+    A batch size set alone raises the queue to hold at least one batch, a queue size set
+    alone lowers the batch to fit in it; both set with the batch larger is an error.
+    """
+    given: dict[str, int] = {}
+    for field, var in _VARIABLES.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ValueError(f"{var}={raw!r} is invalid: it accepts a positive integer")
+        given[field] = value
+    queue = given.get("max_queue_size")
+    batch = given.get("max_export_batch_size")
+    if queue is not None and batch is not None and batch > queue:
+        raise ValueError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={batch} is invalid: it must not exceed "
+            f"OTEL_BSP_MAX_QUEUE_SIZE={queue}"
+        )
+    if queue is None:
+        given["max_queue_size"] = max(DEFAULTS.max_queue_size, batch or 0)
+    if batch is None:
+        given["max_export_batch_size"] = min(
+            DEFAULTS.max_export_batch_size, given["max_queue_size"]
+        )
+    return BatchSettings(**{**DEFAULTS.__dict__, **given})
+
+
 def _regex_list(var: str, raw: str) -> list[str]:
     parts = [p.strip() for p in raw.split(",") if p.strip()]
     for part in parts:
@@ -255,3 +313,4 @@ def check(env: Mapping[str, str]) -> None:
                 + " or ".join(OTLP_PROTOCOLS)
             )
     excluded_urls(FRAMEWORKS, env)
+    batch_settings(env)

@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from pyobs import _multiproc
 from pyobs._config import Config, MetricsAuth
 from pyobs._interop import UniqueFamilies
 
@@ -50,9 +51,7 @@ _AUTH_REQUIRED = b"metrics: authentication required\n"
 
 def file_backed() -> bool:
     """True when this process's metric values are written to PROMETHEUS_MULTIPROC_DIR."""
-    from prometheus_client import values
-
-    return getattr(values.ValueClass, "__name__", "") == "MmapedValue"
+    return _multiproc.file_backed()
 
 
 def sample_process_metrics() -> None:
@@ -114,12 +113,12 @@ def _registry_for_scrape() -> CollectorRegistry:
 
     for hook in _scrape_hooks:
         hook()
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    path = _multiproc.directory()
+    if path is None:
         return get_metrics().registry  # the default registry unless setup() was given one
-    from prometheus_client import multiprocess
-
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    # Every process's files summed (dead ones compacted first), with their exemplars.
+    registry.register(_multiproc.MultiprocessCollector(path))
     if file_backed():
         # Every worker's process_* come from the files (pid label); this one's are fresh now.
         start_process_sampler()

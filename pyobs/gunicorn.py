@@ -3,8 +3,9 @@
     from pyobs.gunicorn import child_exit, on_starting, post_fork  # noqa: F401
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set, every worker's counts then add up in one scrape, each
-worker's ``process_*`` values are kept fresh, and a dead worker's live gauges (in-flight
-requests, open WebSockets, its process metrics) are removed instead of lingering. With
+worker's ``process_*`` values are kept fresh, a dead worker's live gauges (in-flight
+requests, open WebSockets, its process metrics) are removed instead of lingering, and its
+counters, histograms and exemplars are compacted into archive files. With
 ``--preload`` and ``PYOBS_METRICS_PORT`` but no multiprocess directory, ``on_starting`` stops
 gunicorn with the fix: the master would serve a page without any worker's requests.
 """
@@ -32,13 +33,10 @@ def on_starting(server: Any) -> None:
     directory = _multiproc_dir()
     if directory is None:
         return
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        try:
-            stale.unlink()
-        except OSError as exc:
-            _log.warning("pyobs: cannot remove stale metrics file %s: %s", stale, exc)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    from pyobs import _multiproc
+
+    _multiproc.clear(directory)
 
 
 def _check_preloaded_metrics_port() -> None:
@@ -79,9 +77,22 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A worker ended (exit, crash or kill): drop its live gauges from the aggregate."""
-    if _multiproc_dir() is None:
+    """A worker ended (exit, crash or kill): drop its live gauges, compact the rest.
+
+    Its counters and histograms are merged exactly into the directory's archive files and
+    its exemplars into the exemplar archive, so the directory does not grow with restarts
+    (``--max-requests``). When a scrape holds the directory for longer than
+    ``_multiproc.LOCK_WAIT`` seconds, the next scrape compacts instead.
+    """
+    directory = _multiproc_dir()
+    if directory is None:
         return
     from prometheus_client import multiprocess
 
+    from pyobs import _multiproc
+
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    try:
+        _multiproc.compact(directory, dead=[worker.pid])
+    except Exception as exc:  # noqa: BLE001 - the master goes on; the next scrape retries
+        _log.warning("pyobs: compacting the metrics files of worker %s failed: %s", worker.pid, exc)

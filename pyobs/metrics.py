@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.samples import Exemplar
 from prometheus_client.values import MutexValue
 
-from pyobs import _errors, _internals
+from pyobs import _errors, _internals, _multiproc
 from pyobs._config import Config
 
 _log = logging.getLogger("pyobs.internal")
@@ -210,7 +210,7 @@ class PyobsMetrics:
         value = cache.get(label)
         if value is None:
             labels = (label, *self._static) if metric is self.active_requests else (label,)
-            child = metric.labels(*labels)
+            child = self._mp_child(metric, labels)
             value = _internals.prom_value(child) if direct_values_ok() else None
             if value is None:
                 value = _PublicInc(child)
@@ -328,12 +328,55 @@ class PyobsMetrics:
         response = self.response_size
         series = _Series(
             self._value_for(self._active, self.active_requests, method),
-            self.request_duration.labels(*labels),
-            response.labels(*labels) if response is not None else None,
+            self._mp_child(self.request_duration, labels),
+            self._mp_child(response, labels) if response is not None else None,
         )
         if len(self._series) < 10_000:
             self._series[key] = series
         return series
+
+    def _mp_child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, or in multiprocess mode pyobs's own file-backed child
+        (pyobs._multiproc: cheaper writes, and the duration histogram keeps its exemplars)."""
+        if not _multiproc.file_backed():
+            return metric.labels(*labels)
+        options = self.options
+        static = tuple(name for name, _ in options.static_labels)
+        per_request = options.request_label_names
+        if metric is self.active_requests or metric is self.log_events:
+            names: tuple[str, ...] = (
+                ("http_request_method", *static) if metric is self.active_requests else ("level",)
+            )
+        elif metric is self.request_duration or metric is self.response_size:
+            names = (*HTTP, "http_response_status_code", *static, *per_request)
+            buckets = (
+                options.duration_buckets
+                if metric is self.request_duration
+                else options.response_size_buckets
+            )
+        elif metric is self.request_size:
+            names, buckets = (*HTTP, *static, *per_request), options.request_size_buckets
+        else:
+            return metric.labels(*labels)
+        family = metric.describe()[0]
+        if not _multiproc.fast_path():
+            if metric is not self.request_duration:
+                return metric.labels(*labels)
+            return _multiproc.ExemplarHistogram(
+                metric.labels(*labels), family.name, names, labels, buckets
+            )
+        values = dict(zip(names, labels, strict=True))
+        if metric is self.active_requests:
+            return _multiproc.gauge_value(family.name, values, family.documentation)
+        if metric is self.log_events:
+            return _multiproc.counter_value(family.name, values, family.documentation)
+        return _multiproc.FastHistogram(
+            family.name,
+            family.documentation,
+            values,
+            buckets,
+            exemplars=metric is self.request_duration,
+        )
 
     def request_body(
         self, method: str, route: str, nbytes: int, extra: tuple[str, ...] = ()
@@ -345,7 +388,7 @@ class PyobsMetrics:
         key = (method, route, extra)
         found = self._request_sizes.get(key)
         if found is None:
-            child = histogram.labels(method, route, *self._static, *extra)
+            child = self._mp_child(histogram, (method, route, *self._static, *extra))
             found = (child, _direct_values(child))
             if len(self._request_sizes) < 10_000:
                 self._request_sizes[key] = found

@@ -237,7 +237,9 @@ def configure_tracing(config: Config) -> trace.Tracer:
     if isinstance(provider, trace.ProxyTracerProvider) and config.tracing:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+        from pyobs._spans import batch_processor
 
         attributes: dict[str, str] = {"service.name": config.service_name}
         if config.service_version:
@@ -251,7 +253,8 @@ def configure_tracing(config: Config) -> trace.Tracer:
         for name in _exporter_names():
             exporter = _make_exporter(name)
             if exporter is not None:
-                processor = SimpleSpanProcessor if name == "console" else BatchSpanProcessor
+                # Batched export counts every span it loses (pyobs/_spans.py, issue 16).
+                processor = SimpleSpanProcessor if name == "console" else batch_processor
                 sdk.add_span_processor(processor(exporter))
         trace.set_tracer_provider(sdk)
         provider = trace.get_tracer_provider()

@@ -6,8 +6,12 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.tracing_backends import Jaeger
 
 REQUIRE_SERVICES = os.environ.get("PYOBS_REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
 
@@ -68,3 +72,17 @@ def _fresh_pyobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     testing.reset()
     yield
     testing.reset()
+
+
+@pytest.fixture(scope="session")
+def jaeger() -> Iterator[Jaeger]:
+    """A real Jaeger v2 (tests/tracing_backends.py) for the session; skips when not built."""
+    from tests import tracing_backends
+
+    reason = tracing_backends.missing_reason()
+    require_service(reason is None, reason or "")
+    backend = tracing_backends.start_jaeger()
+    try:
+        yield backend
+    finally:
+        backend.stop()

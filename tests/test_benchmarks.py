@@ -153,3 +153,36 @@ def test_profile_names_pyobs_modules() -> None:
     owners = out.split("# time by owner", 1)[1]
     assert "pyobs/_observer.py" in owners, owners
     assert "flask" in owners, owners
+
+
+def test_spans_benchmark_quick_run_counts_every_lost_span() -> None:
+    """benchmarks/spans.py --quick: every (mode, exporter, tracing) row is measured with
+    requests served, and for pyobs exported + counted losses == served (its exit status)."""
+    import shutil
+
+    for module in ("flask", "gunicorn", "opentelemetry.instrumentation.flask"):
+        require_service(importlib.util.find_spec(module) is not None, f"{module} missing")
+    require_service(shutil.which("wrk") is not None, "wrk is not installed")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "spans.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(REPO),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines()]
+    measured = {
+        (row[0], row[1], row[2]): int(row[4])
+        for row in rows
+        if len(row) == 9 and row[0] in ("in-process", "paced", "gunicorn")
+    }
+    assert set(measured) == {
+        (mode, exporter, tracing)
+        for mode in ("in-process", "paced", "gunicorn")
+        for exporter in ("fast", "slow")
+        for tracing in ("pyobs", "contrib")
+    }
+    assert all(served > 0 for served in measured.values()), measured
+    assert result.stdout.count("ok   ") == 6 and "FAIL" not in result.stdout

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -87,14 +88,24 @@ class Gunicorn:
     metrics_dir: Path
     stdout: Path
 
-    def get(self, path: str) -> int:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> int:
         host, port = self.url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
         try:
-            conn.request("GET", path, headers={"Connection": "close"})
+            conn.request("GET", path, headers={"Connection": "close", **(headers or {})})
             response = conn.getresponse()
             response.read()
             return response.status
+        finally:
+            conn.close()
+
+    def page(self, accept: str = "text/plain", port: int | None = None) -> str:
+        """The metrics page as served for ``accept``."""
+        host, app_port = self.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, port or int(app_port), timeout=10)
+        try:
+            conn.request("GET", "/metrics", headers={"Accept": accept})
+            return conn.getresponse().read().decode()
         finally:
             conn.close()
 
@@ -103,13 +114,7 @@ class Gunicorn:
     ) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         from prometheus_client.parser import text_string_to_metric_families
 
-        host, app_port = self.url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, port or int(app_port), timeout=10)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        text = self.page(port=port)
         return {
             (s.name, frozenset(s.labels.items())): float(s.value)
             for family in text_string_to_metric_families(text)
@@ -152,6 +157,7 @@ def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
         env: dict[str, str] | None = None,
         multiproc: bool = True,
         hooks: bool = True,
+        workers: int = WORKERS,
     ) -> Gunicorn:
         logs = JsonLinesReceiver()
         logs.start()
@@ -183,7 +189,7 @@ def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
         port = listener.getsockname()[1]
         with errors.open("wb") as stderr, output.open("wb") as stdout:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(WORKERS),
+                [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(workers),
                  "-k", worker_class, "-b", f"fd://{listener.fileno()}", "--graceful-timeout",
                  "5", *extra, "app:app"],
                 cwd=ROOT / "examples" / example,
@@ -203,11 +209,11 @@ def gunicorn_run(tmp_path: Path) -> Iterator[Any]:
             if proc.poll() is not None:
                 raise BootFailed(errors.read_text()[-3000:])
             try:
-                return server.get("/health") == 200 and len(server.workers()) == WORKERS
+                return server.get("/health") == 200 and len(server.workers()) == workers
             except OSError:
                 return False
 
-        _wait(up, BOOT_TIMEOUT, "gunicorn to boot 4 workers")
+        _wait(up, BOOT_TIMEOUT, f"gunicorn to boot {workers} workers")
         return server
 
     yield run
@@ -374,3 +380,183 @@ def test_preload_with_metrics_port_without_hooks_logs_the_fix_in_every_worker(
 
     found = _wait(lambda: len(errors()) >= WORKERS and errors(), 10, "every worker's error")
     assert {e["process.pid"] for e in found} == set(server.workers())
+
+
+# --- exemplars in multiprocess mode ----------------------------------------------------------
+
+DURATION = "http_server_request_duration_seconds"
+# path -> (route label, status) for the Flask example
+SERIES = {
+    "/items/3": ("/items/<int:item_id>", "200"),
+    "/no/such/page": ("<unmatched>", "404"),
+    "/boom": ("/boom", "500"),
+}
+Bucket = tuple[str, str, str]  # route, status, le
+
+
+def _bucket_of(seconds: float) -> str:
+    """The ``le`` of the duration bucket ``seconds`` falls in (pyobs's default buckets)."""
+    from bisect import bisect_left
+
+    from prometheus_client.utils import floatToGoString
+
+    from pyobs.metrics import DURATION_BUCKETS
+
+    bounds = [*DURATION_BUCKETS, float("inf")]
+    return str(floatToGoString(bounds[bisect_left(bounds, seconds)]))  # type: ignore[no-untyped-call]
+
+
+def _page_exemplars(text: str) -> dict[Bucket, str]:
+    """(route, status, le) -> trace id of every duration bucket exemplar on an OpenMetrics page."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(text):  # type: ignore[no-untyped-call]
+        for s in family.samples:
+            if s.name == f"{DURATION}_bucket" and s.exemplar is not None:
+                key = (
+                    s.labels["http_route"],
+                    s.labels["http_response_status_code"],
+                    s.labels["le"],
+                )
+                found[key] = s.exemplar.labels["trace_id"]
+    return found
+
+
+def _send_traced(server: Gunicorn, paths: list[str], sent: list[tuple[str, str]]) -> None:
+    """One request per path with a sampled traceparent; each is recorded before the next goes.
+
+    Waiting for the count makes the send order the order of the exemplars' timestamps.
+    """
+    for path in paths:
+        trace_id = os.urandom(16).hex()
+        server.get(path, {"traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"})
+        sent.append((trace_id, path))
+        _wait(
+            lambda: _value(server.scrape(), f"{DURATION}_count") >= len(sent),
+            10,
+            "the request to be recorded",
+        )
+
+
+def _newest_per_bucket(
+    server: Gunicorn, sent: list[tuple[str, str]]
+) -> dict[Bucket, tuple[str, int]]:
+    """From the access logs: (route, status, le) -> (trace id, worker pid) of the last request."""
+    _wait(lambda: len(_access(server)) >= len(sent), 15, "every access log")
+    by_trace = {e["trace.id"]: e for e in _access(server)}
+    newest: dict[Bucket, tuple[str, int]] = {}
+    for trace_id, path in sent:  # in send order: a later request replaces an earlier one
+        event = by_trace[trace_id]
+        route, status = SERIES[path]
+        le = _bucket_of(event["event.duration"] / 1e9)
+        newest[(route, status, le)] = (trace_id, event["process.pid"])
+    return newest
+
+
+def test_exemplars_of_every_worker_in_one_scrape(gunicorn_run: Any, tmp_path: Path) -> None:
+    """4 sync workers: one OpenMetrics scrape has, per bucket, the newest request's trace id,
+    from several workers; promtool accepts the page and a real Prometheus stores them."""
+    import_or_require("flask")
+    server = gunicorn_run("flask")
+    sent: list[tuple[str, str]] = []
+    for _ in range(8):  # until the newest exemplars come from at least two workers
+        _send_traced(server, [p for _ in range(4) for p in SERIES], sent)
+        expected = _newest_per_bucket(server, sent)
+        if len({pid for _, pid in expected.values()}) >= 2:
+            break
+    assert len({pid for _, pid in expected.values()}) >= 2, expected
+    page = server.page("application/openmetrics-text; version=1.0.0")
+    assert _page_exemplars(page) == {key: trace_id for key, (trace_id, _) in expected.items()}
+    # promtool (2.x) lints the classic text format: the same target's text page passes.
+    from tests.prometheus.conftest import tool
+
+    lint = subprocess.run(
+        [tool("promtool"), "check", "metrics"],
+        input=server.page(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    _check_prometheus_stores(server, tmp_path, {t for t, _ in expected.values()})
+
+
+def _check_prometheus_stores(server: Gunicorn, tmp_path: Path, trace_ids: set[str]) -> None:
+    """A real Prometheus with exemplar storage scrapes the target and returns ``trace_ids``."""
+    import urllib.parse
+
+    import yaml
+
+    from tests.prometheus.conftest import http_json, start_prometheus, wait_until
+
+    config = tmp_path / "prometheus.yml"
+    target = server.url.removeprefix("http://")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                "scrape_configs": [
+                    {"job_name": "gunicorn", "static_configs": [{"targets": [target]}]}
+                ],
+            }
+        )
+    )
+    prometheus = start_prometheus(config, tmp_path)
+    try:
+
+        def stored() -> set[str]:
+            now = time.time()
+            query = urllib.parse.urlencode(
+                {"query": f"{DURATION}_bucket", "start": str(now - 600), "end": str(now + 60)}
+            )
+            data = http_json(f"http://127.0.0.1:{prometheus.port}/api/v1/query_exemplars?{query}")
+            found = {e["labels"]["trace_id"] for s in data["data"] for e in s["exemplars"]}
+            return found if trace_ids <= found else set()
+
+        wait_until(stored, timeout=30, what="Prometheus to store the exemplars")
+    finally:
+        prometheus.stop()
+
+
+# --- worker churn ------------------------------------------------------------------------------
+
+
+def _dead_workers_files(server: Gunicorn) -> list[str]:
+    """Metric files in the directory that are named after a process that no longer runs."""
+    import re
+
+    found = []
+    for path in server.metrics_dir.iterdir():
+        match = re.search(r"_(\d+)(-pyobs)?\.(db|bin)$", path.name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            found.append(path.name)
+        elif "-dead" in path.name:
+            found.append(path.name)  # a compaction that did not finish
+    return found
+
+
+def test_worker_restarts_keep_exact_counts_and_no_dead_files(gunicorn_run: Any) -> None:
+    """--max-requests 5 with 2 workers: after dozens of restarts every request is counted
+    exactly once and no dead worker's file stays in the directory."""
+    import_or_require("flask")
+    server = gunicorn_run("flask", "--max-requests", "5", workers=2)
+    total = 0
+    files = []
+    for _ in range(4):
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(server.get, ["/items/3"] * 50))
+        assert statuses == [200] * 50
+        total += 50
+        _wait(
+            lambda: _value(server.scrape(), f"{DURATION}_count") >= total,  # noqa: B023
+            10,
+            "the requests to be recorded",
+        )
+        assert _value(server.scrape(), f"{DURATION}_count") == total
+        _wait(lambda: not _dead_workers_files(server), 10, "dead workers' files to be compacted")
+        files.append(len(list(server.metrics_dir.iterdir())))
+    _wait(lambda: len(_access(server)) >= total, 15, "every access log")
+    assert len({e["process.pid"] for e in _access(server)}) >= 30  # workers did restart
+    assert max(files) <= min(files) + 8  # a worker mid-start may add its few files

@@ -24,7 +24,8 @@ import pytest
 import pyobs
 from pyobs import ConfigError
 from pyobs._config import load_config
-from tests.conftest import import_or_require, require_service
+from tests.conftest import import_or_require
+from tests.tracing_backends import Jaeger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -669,9 +670,9 @@ def test_otel_exporter_otlp_protocol_grpc_sends_over_grpc() -> None:
 def test_otel_bsp_variables_apply_because_otlp_uses_the_batch_processor(
     otlp_http: OtlpHttpReceiver,
 ) -> None:
-    """OTLP export goes through the SDK's BatchSpanProcessor, so OTEL_BSP_* apply: with
-    OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2, five spans arrive in batches of at most two; the
-    console exporter stays synchronous."""
+    """OTLP export goes through pyobs's counting subclass of the SDK's BatchSpanProcessor, so
+    OTEL_BSP_* apply: with OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2, five spans arrive in batches of
+    at most two; the console exporter stays synchronous."""
     data = run_app(
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_http.port}",
@@ -684,7 +685,8 @@ def test_otel_bsp_variables_apply_because_otlp_uses_the_batch_processor(
             import atexit, sys
             def _report():
                 from opentelemetry import trace
-                names = [type(p).__name__ for p in
+                from opentelemetry.sdk.trace.export import BatchSpanProcessor
+                names = [type(p).__name__ + str(isinstance(p, BatchSpanProcessor)) for p in
                          trace.get_tracer_provider()._active_span_processor._span_processors]
                 print("processors=" + ",".join(names), file=sys.stderr)
             atexit.register(_report)
@@ -694,7 +696,7 @@ def test_otel_bsp_variables_apply_because_otlp_uses_the_batch_processor(
     assert len(otlp_http.spans) == 5
     assert all(len(post["spans"]) <= 2 for post in otlp_http.posts), otlp_http.posts
     assert len(otlp_http.posts) >= 3
-    assert "processors=BatchSpanProcessor,SimpleSpanProcessor" in data["stderr"]
+    assert "processors=CountingBatchSpanProcessorTrue,SimpleSpanProcessorFalse" in data["stderr"]
 
 
 def test_setup_keeps_working_in_process_with_otel_variables(
@@ -708,130 +710,18 @@ def test_setup_keeps_working_in_process_with_otel_variables(
 
 # --- end to end: a real OTLP receiver (Jaeger v2) -------------------------------------------
 
-JAEGER_CONFIG = """
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-extensions:
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 1000
-  jaeger_query:
-    storage:
-      traces: memstore
-    http:
-      endpoint: 127.0.0.1:{query}
-    grpc:
-      endpoint: 127.0.0.1:{query_grpc}
-receivers:
-  otlp:
-    protocols:
-      http:
-        endpoint: 127.0.0.1:{otlp}
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-"""
-
-
-def _free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _get_json(url: str) -> Any:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
-@pytest.fixture
-def jaeger(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    """Jaeger v2 (built by scripts/setup.d/40-jaeger.sh) on free loopback ports:
-    (OTLP/HTTP port, query port). Stopped after the test, also on failure."""
-    import time
-    import urllib.error
-
-    binary = ROOT / ".cache" / "jaeger" / "bin" / "jaeger"
-    require_service(binary.exists(), "Jaeger is not built (scripts/setup.d/40-jaeger.sh)")
-    for attempt in range(5):  # a port taken between choosing and binding: try others
-        otlp, query, query_grpc = _free_ports(3)
-        config = tmp_path / f"jaeger-{attempt}.yaml"
-        config.write_text(JAEGER_CONFIG.format(otlp=otlp, query=query, query_grpc=query_grpc))
-        log = tmp_path / f"jaeger-{attempt}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [str(binary), "--config", f"file:{config}"], stdout=out, stderr=subprocess.STDOUT
-            )
-        try:
-            for _ in range(300):
-                if proc.poll() is not None:
-                    break
-                try:
-                    _get_json(f"http://127.0.0.1:{query}/api/services")
-                    break
-                except (urllib.error.URLError, ConnectionError):
-                    time.sleep(0.1)
-            if proc.poll() is None:
-                yield otlp, query
-                return
-            if "address already in use" not in log.read_text(errors="replace"):
-                pytest.fail(f"Jaeger exited: {log.read_text(errors='replace')[-2000:]}")
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-    pytest.fail("Jaeger could not bind free ports in 5 attempts")
-
 
 @pytest.mark.service
-def test_spans_reach_jaeger_over_otlp_http(jaeger: tuple[int, int]) -> None:
+def test_spans_reach_jaeger_over_otlp_http(jaeger: Jaeger) -> None:
     """End to end: with only OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME set, the
     request's SERVER span arrives in Jaeger over OTLP/HTTP and is found through Jaeger's
     query API under the caller's trace id, service name, route and parent."""
-    import time
-    import urllib.error
-
-    otlp, query = jaeger
     run_app(
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp}",
-            "OTEL_SERVICE_NAME": "jaeger-e2e",
-        },
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.http_endpoint, "OTEL_SERVICE_NAME": "jaeger-e2e"},
         [("/items/5", W3C)],
     )
-    found: list[Any] = []
-    for _ in range(100):  # the exporter flushed at exit; Jaeger stores asynchronously
-        try:
-            found = _get_json(f"http://127.0.0.1:{query}/api/traces/{TRACE_ID}")["data"]
-        except urllib.error.HTTPError:  # 404 until the trace is stored
-            found = []
-        if found:
-            break
-        time.sleep(0.1)
-    assert found, "the trace never reached Jaeger"
-    (trace_data,) = found
+    # The exporter flushed at exit; Jaeger stores asynchronously.
+    trace_data = jaeger.wait_trace(TRACE_ID)
     (span,) = trace_data["spans"]
     assert span["operationName"] == "GET /items/<int:i>"
     assert trace_data["processes"][span["processID"]]["serviceName"] == "jaeger-e2e"
@@ -839,4 +729,4 @@ def test_spans_reach_jaeger_over_otlp_http(jaeger: tuple[int, int]) -> None:
     assert tags["http.route"] == "/items/<int:i>"
     assert tags["span.kind"] == "server"
     assert [(r["refType"], r["spanID"]) for r in span["references"]] == [("CHILD_OF", PARENT_ID)]
-    assert "jaeger-e2e" in _get_json(f"http://127.0.0.1:{query}/api/services")["data"]
+    assert "jaeger-e2e" in jaeger.services()

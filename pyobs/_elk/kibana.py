@@ -27,6 +27,10 @@ _CORE_MIGRATION = "8.8.0"
 _TYPE_MIGRATION = {"index-pattern": "8.0.0", "search": "8.0.0", "dashboard": "8.7.0"}
 # 500 ms in nanoseconds: event.duration is ECS nanoseconds.
 SLOW_NS = 500_000_000
+# Where a trace id links to: the stack's Jaeger UI as a browser on the stack's host reaches it
+# (docker-compose.yml publishes it on 127.0.0.1:${JAEGER_UI_PORT:-16686}). Another address:
+# change the trace.id field's format in the data view (docs/stack.md).
+JAEGER_TRACE_URL = "http://localhost:16686/trace/{{value}}"
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,27 @@ SEARCHES = (
 )
 
 
-def _data_view(view_id: str, title: str, name: str) -> dict[str, Any]:
+def _data_view(
+    view_id: str, title: str, name: str, formats: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = {"title": title, "name": name, "timeFieldName": "@timestamp"}
+    if formats:
+        attributes["fieldFormatMap"] = json.dumps(formats, sort_keys=True)
+    return {"type": "index-pattern", "id": view_id, "attributes": attributes, "references": []}
+
+
+def trace_link_formats() -> dict[str, Any]:
+    """Kibana's field formats of the logs data view: trace.id as a link to the trace in Jaeger."""
     return {
-        "type": "index-pattern",
-        "id": view_id,
-        "attributes": {"title": title, "name": name, "timeFieldName": "@timestamp"},
-        "references": [],
+        "trace.id": {
+            "id": "url",
+            "params": {
+                "type": "a",
+                "urlTemplate": JAEGER_TRACE_URL,
+                "labelTemplate": "{{value}}",
+                "openLinkInNewTab": True,
+            },
+        }
     }
 
 
@@ -162,7 +181,7 @@ def _dashboard() -> dict[str, Any]:
 def saved_objects() -> list[dict[str, Any]]:
     """Every object, referenced ones first."""
     objects = [
-        _data_view(DATA_VIEW_ID, DATA_STREAM_PATTERN, "pyobs logs"),
+        _data_view(DATA_VIEW_ID, DATA_STREAM_PATTERN, "pyobs logs", trace_link_formats()),
         _data_view(FAILURES_VIEW_ID, FAILURES_PATTERN, "pyobs rejected log events"),
         *(_search(s) for s in SEARCHES),
         _dashboard(),

@@ -31,6 +31,7 @@ STACK_PATHS = (
     "dashboards",
     "logstash",
     "elk",
+    "jaeger",
     "examples",
     "scripts/stack",
     "pyobs",

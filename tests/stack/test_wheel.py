@@ -41,6 +41,7 @@ NEEDED = (
     "dashboards",
     "logstash",
     "elk",
+    "jaeger",
     "examples",
     "scripts/stack",
 )

@@ -1,0 +1,216 @@
+"""The span pipeline pyobs sets up for OTLP: the SDK's BatchSpanProcessor, with every loss counted.
+
+The SDK's processor drops a span when its queue is full and logs "Queue full, dropping Span."
+for each one (issue 16: a log flood and no metric), and a batch the exporter refuses or
+raises on is gone with one log line. ``CountingBatchSpanProcessor`` is the SDK's class (its
+public constructor and methods) with two additions:
+
+- admission in ``on_end``: pyobs counts the spans handed to the SDK that the exporter has not
+  taken yet, and refuses a span when that count reaches the queue size. The SDK's queue
+  never holds more than that count, so it never overflows and never logs per span; the
+  refused span is counted as ``queue_full``;
+- the exporter is wrapped: a batch it refuses, raises on or times out on is counted as
+  ``export_failed``; spans that end after shutdown, or that shutdown leaves unexported, as
+  ``shutdown``.
+
+So spans sampled = spans exported + ``pyobs_spans_dropped_total`` (over every reason),
+exactly. Drops are logged on ``pyobs`` at most once per minute, with the count since the last
+line. The defaults suit a service doing thousands of requests per second (docs/configuration.md);
+the standard ``OTEL_BSP_*`` variables win when set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from pyobs._otel_env import BatchSettings, batch_settings
+
+REASONS = ("queue_full", "export_failed", "shutdown")
+INTERVAL = 60.0  # seconds between two log lines about dropped spans
+
+_log = logging.getLogger("pyobs")
+_clock = time.monotonic
+
+
+class _Dropped:
+    """pyobs_spans_dropped_total{reason} (default registry, multiprocess-aware) and its log."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.children: dict[str, Any] = {}
+        self.last_line: float | None = None
+        self.since: dict[str, int] = {}
+        self.last_error = ""  # the exporter's last exception, for the next line
+
+    def ensure(self) -> None:
+        """Make the counter and its series (at 0) so that rates and alerts see them at once."""
+        if self.children:
+            return
+        from prometheus_client import REGISTRY, Counter
+
+        with self.lock:
+            if self.children:
+                return
+            counter = Counter(
+                "pyobs_spans_dropped",
+                "Spans the trace pipeline lost, by reason (queue_full, export_failed, "
+                "shutdown); see docs/configuration.md, span export.",
+                ["reason"],
+                registry=REGISTRY,
+            )
+            self.children = {reason: counter.labels(reason) for reason in REASONS}
+
+    def add(self, reason: str, count: int) -> None:
+        """Count ``count`` dropped spans; log at most once per INTERVAL. Never raises."""
+        try:
+            self.ensure()
+            self.children[reason].inc(count)
+        except Exception:  # noqa: BLE001 - counting must not reach the request
+            pass
+        try:
+            now = _clock()
+            with self.lock:
+                self.since[reason] = self.since.get(reason, 0) + count
+                if self.last_line is not None and now - self.last_line < INTERVAL:
+                    return
+                first = self.last_line is None
+                self.last_line = now
+                since, self.since = self.since, {}
+            self._line(since, first)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def flush_line(self) -> None:
+        """Log what was dropped since the last line (at shutdown)."""
+        with self.lock:
+            since, self.since = self.since, {}
+        if since:
+            self._line(since, False)
+
+    def _line(self, since: dict[str, int], first: bool) -> None:
+        from pyobs.redact import scrub
+
+        total = sum(since.values())
+        parts = ", ".join(f"{reason}: {since[reason]}" for reason in REASONS if since.get(reason))
+        error, self.last_error = self.last_error, ""
+        _log.warning(
+            "pyobs: %d span(s) dropped %s(%s)%s; the trace backend is slower than the span "
+            "rate or unreachable. They are counted in pyobs_spans_dropped_total; see "
+            "OTEL_BSP_MAX_QUEUE_SIZE in pyobs's configuration docs. This line is written at "
+            "most once a minute.",
+            total,
+            "" if first else f"in the last {INTERVAL:.0f} s or so ",
+            parts,
+            f"; last export error: {scrub(error)[:300]}" if error else "",
+        )
+
+
+DROPPED = _Dropped()
+
+
+class _CountingExporter(SpanExporter):
+    """The real exporter, with the spans of a failed batch counted as dropped."""
+
+    def __init__(self, inner: SpanExporter, taken: Any) -> None:
+        self.inner = inner
+        self._taken = taken
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export through the real exporter; a refused or raising batch is counted."""
+        self._taken(len(spans))
+        try:
+            result = self.inner.export(spans)
+        except Exception as exc:  # noqa: BLE001 - counted and logged at a limited rate instead
+            DROPPED.last_error = f"{type(exc).__name__}: {exc}"
+            result = SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            DROPPED.add("export_failed", len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        """Shut the real exporter down."""
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the real exporter."""
+        return bool(self.inner.force_flush(timeout_millis))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's BatchSpanProcessor, bounded by admission so that every lost span is counted."""
+
+    def __init__(self, exporter: SpanExporter, settings: BatchSettings | None = None) -> None:
+        self.settings = settings or batch_settings(os.environ)
+        self._pending = 0  # spans handed to the SDK that the exporter has not taken yet
+        self._pending_lock = threading.Lock()
+        self._closed = False
+        self.exporter = exporter
+        DROPPED.ensure()
+        super().__init__(
+            _CountingExporter(exporter, self._taken),
+            max_queue_size=self.settings.max_queue_size,
+            schedule_delay_millis=self.settings.schedule_delay_millis,
+            max_export_batch_size=self.settings.max_export_batch_size,
+            export_timeout_millis=self.settings.export_timeout_millis,
+        )
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+
+            def _after_in_child() -> None:
+                processor = ref()
+                if processor is not None:
+                    processor._after_fork()
+
+            os.register_at_fork(after_in_child=_after_in_child)
+
+    def _after_fork(self) -> None:
+        # The SDK empties its queue in a forked child; the parent still exports its copy.
+        self._pending_lock = threading.Lock()
+        self._pending = 0
+
+    def _taken(self, count: int) -> None:
+        with self._pending_lock:
+            self._pending = max(0, self._pending - count)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Queue a sampled span, or count it as dropped when the queue is full."""
+        if not (span.context and span.context.trace_flags.sampled):
+            return
+        if self._closed:
+            DROPPED.add("shutdown", 1)
+            return
+        with self._pending_lock:
+            admitted = self._pending < self.settings.max_queue_size
+            if admitted:
+                self._pending += 1
+        if not admitted:
+            DROPPED.add("queue_full", 1)
+            return
+        super().on_end(span)
+
+    def shutdown(self) -> None:
+        """Export what is queued (within the SDK's shutdown time); count what is left."""
+        self._closed = True
+        super().shutdown()  # type: ignore[no-untyped-call]
+        with self._pending_lock:
+            left, self._pending = self._pending, 0
+        if left:
+            DROPPED.add("shutdown", left)
+        DROPPED.flush_line()
+
+
+def batch_processor(exporter: SpanExporter) -> CountingBatchSpanProcessor:
+    """The processor pyobs puts in front of an OTLP (or plug-in) exporter."""
+    return CountingBatchSpanProcessor(exporter)

@@ -1,0 +1,328 @@
+"""A real trace backend for the tests (Jaeger v2 on free loopback ports) and the traced service.
+
+The binary is built by scripts/setup.d/40-jaeger.sh into ``.cache/jaeger``. One Jaeger runs
+for the whole session (``jaeger`` fixture in tests/conftest.py), in-memory storage, with
+OTLP over HTTP and gRPC and its query API. Tests keep apart by service name and trace id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import import_or_require
+from tests.helpers import (
+    PortTaken,
+    http_status,
+    kill_tree,
+    listening_socket,
+    port_taken_in,
+    start_with_retry,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BINARY = ROOT / ".cache" / "jaeger" / "bin" / "jaeger"
+
+CONFIG = """
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+extensions:
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:{query}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:{otlp_http}
+      grpc:
+        endpoint: 127.0.0.1:{otlp_grpc}
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"""
+
+
+def missing_reason() -> str | None:
+    """Why Jaeger cannot run here, or None."""
+    if not BINARY.is_file():
+        return "Jaeger is not built (scripts/setup.d/40-jaeger.sh)"
+    return None
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    """GET a URL and decode its JSON body."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@dataclass
+class Jaeger:
+    """A running Jaeger: where to send spans and where to read them back."""
+
+    otlp_http: int
+    otlp_grpc: int
+    query: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def http_endpoint(self) -> str:
+        """OTEL_EXPORTER_OTLP_ENDPOINT for http/protobuf."""
+        return f"http://127.0.0.1:{self.otlp_http}"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """OTEL_EXPORTER_OTLP_ENDPOINT for grpc."""
+        return f"http://127.0.0.1:{self.otlp_grpc}"
+
+    def env(self, service: str, protocol: str = "http/protobuf") -> dict[str, str]:
+        """The OTEL_* variables that send a service's spans here."""
+        endpoint = self.grpc_endpoint if protocol == "grpc" else self.http_endpoint
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_SERVICE_NAME": service,
+        }
+
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
+        """The trace (Jaeger's JSON) with that id, or None while it is not stored."""
+        try:
+            data = get_json(f"http://127.0.0.1:{self.query}/api/traces/{trace_id}")["data"]
+        except urllib.error.HTTPError:  # 404 until stored
+            return None
+        return dict(data[0]) if data else None
+
+    def wait_trace(self, trace_id: str, spans: int = 1, timeout: float = 30.0) -> dict[str, Any]:
+        """The trace once it holds at least ``spans`` spans; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            found = self.trace(trace_id)
+            if found is not None and len(found["spans"]) >= spans:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"trace {trace_id} not in Jaeger with {spans} span(s): {found}")
+
+    def traces(self, service: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every stored trace that has a span of ``service``."""
+        params = urllib.parse.urlencode({"service": service, "limit": limit, "lookback": "1h"})
+        data = get_json(f"http://127.0.0.1:{self.query}/api/traces?{params}")["data"]
+        return list(data or [])
+
+    def services(self) -> list[str]:
+        """Service names Jaeger has seen."""
+        return list(get_json(f"http://127.0.0.1:{self.query}/api/services")["data"] or [])
+
+    def stop(self) -> None:
+        """End the process (and anything it started)."""
+        kill_tree(self.proc)
+
+
+def start_jaeger(
+    workdir: Path | None = None, render: Callable[[dict[str, int]], str] | None = None
+) -> Jaeger:
+    """Start Jaeger on free loopback ports, again on others when a bind loses a race.
+
+    ``render(ports)`` makes the configuration from the ports (keys ``otlp_http``,
+    ``otlp_grpc``, ``query``, ``query_grpc``, ``health``, ``metrics``); the default is the
+    in-memory CONFIG above.
+    """
+    directory = workdir or Path(tempfile.mkdtemp(prefix="pyobs-jaeger-"))
+    names = ("otlp_http", "otlp_grpc", "query", "query_grpc", "health", "metrics")
+
+    def attempt(*picked: int) -> Jaeger:
+        ports = dict(zip(names, picked, strict=True))
+        text = render(ports) if render else CONFIG.format(**ports)
+        config = directory / f"jaeger-{ports['query']}.yaml"
+        config.write_text(text)
+        log = directory / f"jaeger-{ports['query']}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(BINARY), "--config", f"file:{config}"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        jaeger = Jaeger(ports["otlp_http"], ports["otlp_grpc"], ports["query"], proc, log, ports)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    text = log.read_text(errors="replace")
+                    if port_taken_in(text):
+                        raise PortTaken(text[-300:])
+                    raise RuntimeError(f"Jaeger exited {proc.returncode}: {text[-2000:]}")
+                try:
+                    jaeger.services()
+                    if _listening(ports["otlp_grpc"]) and _listening(ports["otlp_http"]):
+                        return jaeger
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    pass
+                time.sleep(0.1)
+            raise RuntimeError(f"Jaeger not ready: {log.read_text(errors='replace')[-2000:]}")
+        except BaseException:
+            jaeger.stop()
+            raise
+
+    return start_with_retry(attempt, ports=len(names))
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def tags(item: dict[str, Any]) -> dict[str, Any]:
+    """A Jaeger span's (or process's) tags as a dict."""
+    return {tag["key"]: tag["value"] for tag in item.get("tags", [])}
+
+
+def span_service(trace: dict[str, Any], span: dict[str, Any]) -> str:
+    """The service name of a span in a Jaeger trace."""
+    return str(trace["processes"][span["processID"]]["serviceName"])
+
+
+def parent_id(span: dict[str, Any]) -> str | None:
+    """The span id a Jaeger span is CHILD_OF, or None for a root span."""
+    refs = [r["spanID"] for r in span.get("references", []) if r["refType"] == "CHILD_OF"]
+    return refs[0] if refs else None
+
+
+# --- the instrumented service (tests/trace_app.py) ---------------------------------------
+
+
+@dataclass
+class Service:
+    """A running instrumented service."""
+
+    proc: subprocess.Popen[bytes]
+    base: str
+    output: Path
+
+    def get_plain(self, path: str) -> int:
+        """GET ``path`` with no trace context: the service starts the trace."""
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=15) as response:
+                response.read()
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            return int(exc.code)
+
+    def get(self, path: str, trace_id: str, parent: str) -> int:
+        """GET ``path`` as part of trace ``trace_id`` (sampled), child of span ``parent``."""
+        request = urllib.request.Request(self.base + path)
+        request.add_header("traceparent", f"00-{trace_id}-{parent}-01")
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                response.read()
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            return int(exc.code)
+
+
+def app_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a service: the test's, minus PYOBS_/OTEL_, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PYTHONPATH"] = str(ROOT)
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # spans reach Jaeger within the test's patience
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def serve(
+    tmp_path: Path, env: dict[str, str], workers: int = 0, name: str = "app"
+) -> Iterator[Service]:
+    """tests/trace_app.py on a loopback socket the kernel chose: Werkzeug (``workers=0``) or
+    gunicorn with that many workers (multiprocess metrics). Ended on exit, also on failure."""
+    import_or_require("flask")
+    import_or_require("opentelemetry.instrumentation.requests")
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    full_env = app_env(env)
+    if workers:
+        import_or_require("gunicorn")
+        metrics = tmp_path / f"{name}-metrics"
+        metrics.mkdir()
+        full_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+        conf = tmp_path / f"{name}-gunicorn.conf.py"
+        conf.write_text("from pyobs.gunicorn import child_exit, on_starting, post_fork  # noqa\n")
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(conf),
+            "-w",
+            str(workers),
+            "-b",
+            f"fd://{fd}",
+            "--graceful-timeout",
+            "5",
+            "tests.trace_app:app",
+        ]
+    else:
+        command = [sys.executable, "-m", "tests.trace_app", str(fd)]
+    output = tmp_path / f"{name}.out"
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=(fd,),
+            start_new_session=True,
+        )
+    listener.close()
+    service = Service(proc, f"http://127.0.0.1:{port}", output)
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited: {output.read_text()[-3000:]}")
+            return http_status(service.base + "/health") == 200
+
+        wait_until(up, 60, f"{name} to serve")
+        yield service
+    finally:
+        kill_tree(proc, grace=10)
