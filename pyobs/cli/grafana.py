@@ -1,4 +1,5 @@
-"""`pyobs grafana push`: send the dashboards to a running Grafana over its HTTP API."""
+"""`pyobs grafana push`: send the dashboards (and, on request, Grafana-managed alert rules) to a
+running Grafana over its HTTP API."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def register(subparsers: Any) -> None:
             "Create or update the pyobs folder and every dashboard. The dashboards pick their "
             "Prometheus and Elasticsearch datasources from variables, so any datasource of "
             "those types works. Alerts stay in Prometheus and Alertmanager: add an Alertmanager "
-            "datasource to see and silence them in Grafana (docs/dashboards.md). Needs the "
-            "grafana extra: pip install 'pyobs-kit[grafana]'."
+            "datasource to see and silence them in Grafana (docs/dashboards.md). For a Grafana "
+            "that evaluates alerts itself, --alert-rules pushes the Grafana-managed rule files "
+            "written by `pyobs slo generate --grafana-rules`. Needs the grafana extra: "
+            "pip install 'pyobs-kit[grafana]'."
         ),
     )
     push.add_argument("--url", required=True, help="Grafana base URL, e.g. http://localhost:3000")
@@ -35,6 +38,15 @@ def register(subparsers: Any) -> None:
         default=None,
         help="directory holding dashboards/ (default: the files shipped with pyobs)",
     )
+    push.add_argument(
+        "--alert-rules",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also push the rule groups of this Grafana alerting file (from `pyobs slo generate "
+        "--grafana-rules`); repeatable",
+    )
     push.set_defaults(func=handle_push)
     parser.set_defaults(func=lambda _args: _usage(parser))
 
@@ -42,6 +54,34 @@ def register(subparsers: Any) -> None:
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
+
+
+def _seconds(duration: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return int(duration[:-1]) * units[duration[-1]]
+
+
+def rule_groups(path: Path) -> list[dict[str, Any]]:
+    """The alert-rule-group API bodies of one Grafana alerting provisioning file."""
+    import yaml
+
+    from pyobs._dashgen import unescape_dollars
+
+    # The files are written for Grafana's provisioning ($$ for a literal $); the HTTP API
+    # takes the values as Grafana would see them after provisioning.
+    document = unescape_dollars(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return [
+        {
+            "title": group["name"],
+            "folderUid": FOLDER_UID,
+            "interval": _seconds(group["interval"]),
+            "rules": [
+                {**rule, "folderUID": FOLDER_UID, "ruleGroup": group["name"], "orgID": 1}
+                for rule in group["rules"]
+            ],
+        }
+        for group in document.get("groups", [])
+    ]
 
 
 def payloads(root: Path) -> dict[str, Any]:
@@ -66,6 +106,11 @@ def handle_push(args: argparse.Namespace) -> int:
 
     root: Path = args.root or repo_file("dashboards").parent
     body = payloads(root)
+    try:
+        groups = [group for path in args.alert_rules for group in rule_groups(path)]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"cannot read the alert rules: {exc}", file=sys.stderr)
+        return 2
     api = GrafanaApi.from_url(args.url, credential=args.token)
     try:
         try:
@@ -79,6 +124,9 @@ def handle_push(args: argparse.Namespace) -> int:
                 {"dashboard": board, "folderUid": FOLDER_UID, "overwrite": True}
             )
             print(f"dashboard {board['uid']}")
+        for group in groups:
+            api.alertingprovisioning.update_rule_group(FOLDER_UID, group["title"], group)
+            print(f"alert rule group {group['title']} ({len(group['rules'])} rules)")
     except GrafanaClientError as exc:
         print(f"Grafana refused the request: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,3 +116,46 @@ def test_push_reports_an_unreachable_grafana(capsys: pytest.CaptureFixture[str])
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["grafana", "push", "--url", url, "--token", "t", "--root", str(REPO)]) == 1
     assert "Grafana" in capsys.readouterr().err
+
+
+def test_push_sends_grafana_managed_slo_rules_on_request(
+    grafana_api: tuple[str, list[tuple[str, str, Any, str]]], tmp_path: Path
+) -> None:
+    """`--alert-rules` pushes each rule group `pyobs slo generate --grafana-rules` wrote, into
+    the pyobs folder, with every rule of the file and its Prometheus query intact."""
+    import_or_require("grafana_client")
+    import yaml
+
+    from pyobs.cli import main
+
+    spec = REPO / "prometheus" / "slo" / "examples.yaml"
+    assert main(["slo", "generate", str(spec), "--out", str(tmp_path), "--grafana-rules"]) == 0
+    (rules_file,) = (tmp_path / "grafana").glob("*.yml")
+    written = yaml.safe_load(rules_file.read_text())["groups"]
+    url, calls = grafana_api
+    argv = ["grafana", "push", "--url", url, "--token", "t", "--root", str(REPO)]
+    assert main([*argv, "--alert-rules", str(rules_file)]) == 0
+    pushed = {
+        path.rsplit("/", 1)[1]: body
+        for method, path, body, _ in calls
+        if method == "PUT" and path.startswith("/api/v1/provisioning/folder/pyobs/rule-groups/")
+    }
+    assert set(pushed) == {group["name"] for group in written}
+    for group in written:
+        body = pushed[group["name"]]
+        assert body["folderUid"] == "pyobs" and body["interval"] == 60
+        assert [r["uid"] for r in body["rules"]] == [r["uid"] for r in group["rules"]]
+        assert all(r["ruleGroup"] == group["name"] for r in body["rules"])
+
+
+def test_push_names_an_unreadable_rules_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing --alert-rules file is reported before anything is sent (exit 2)."""
+    import_or_require("grafana_client")
+    from pyobs.cli import main
+
+    missing = tmp_path / "nope.yml"
+    argv = ["grafana", "push", "--url", "http://127.0.0.1:9", "--token", "t"]
+    assert main([*argv, "--alert-rules", str(missing)]) == 2
+    assert "nope.yml" in capsys.readouterr().err
