@@ -220,6 +220,10 @@ def _private_names_pyobs_defines() -> set[str]:
                 names.add(node.target.id)
             elif isinstance(node, ast.alias) and node.name.startswith("_"):
                 names.add(node.asname or node.name)
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                # A module constant naming a pyobs attribute (MARK = "_pyobs_instrumented").
+                if isinstance(node.value.value, str) and node.value.value.startswith("_pyobs"):
+                    names.add(node.value.value)
     return {n for n in names if n.startswith("_") and not n.startswith("__")}
 
 
