@@ -25,8 +25,15 @@ from typing import Any, TypeVar
 
 from pyobs import _state, exposition
 from pyobs._config import Config
-from pyobs._observer import RequestFacts, RequestHandle, RequestObserver, report_internal_error
+from pyobs._observer import (
+    RequestFacts,
+    RequestHandle,
+    RequestObserver,
+    capped,
+    report_internal_error,
+)
 from pyobs._websocket import WebSocketSession
+from pyobs.redact import redact_header, redact_query
 
 MARK = "_pyobs_instrumented"
 
@@ -321,6 +328,48 @@ def watch_websocket(
         if send is not None:  # e.g. aiohttp's send_frame, new in 3.11
             setattr(ws, name, session.sender(send))
     session.on_accept()
+
+
+def request_attributes(observer: RequestObserver, handle: RequestHandle) -> dict[str, Any]:
+    """The request attributes pyobs gives its own SERVER span, bounded and redacted the pyobs
+    way (RequestObserver._start_span builds the same; tests compare the two spans)."""
+    facts = handle.facts
+    attrs: dict[str, Any] = {
+        "http.request.method": handle.method,
+        "url.path": handle.path,
+        "url.scheme": facts.scheme,
+        "network.protocol.version": facts.http_version,
+    }
+    optional = {
+        "http.request.method_original": capped(facts.method, 256)
+        if handle.method == "_OTHER"
+        else None,
+        "url.query": redact_query(capped(facts.query) or "") if facts.query else None,
+        "server.address": capped(facts.server_addr, 256) if facts.server_addr else None,
+        "server.port": facts.server_port or None,
+        "client.address": handle.client or None,
+        "user_agent.original": handle.user_agent or None,
+    }
+    attrs.update((k, v) for k, v in optional.items() if v is not None)
+    capture = observer._capture_headers
+    if capture is not None:
+        for name, value in facts.headers.items():
+            if capture.fullmatch(name):
+                attrs[f"http.request.header.{name}"] = (capped(redact_header(name, value)),)
+    return attrs
+
+
+def redact_adopted_span(handle: RequestHandle | None) -> None:
+    """A SERVER span pyobs adopted from the framework (FastAPI's native one) gets pyobs's
+    request attributes over the framework's own: the same redaction and bounds as pyobs's
+    span. Failsafe: the request goes on."""
+    observer = _state.get_observer()
+    if handle is None or handle.span is None or handle.owns_span or observer is None:
+        return
+    try:
+        handle.span.set_attributes(request_attributes(observer, handle))
+    except Exception as exc:  # noqa: BLE001 - failsafe
+        report_internal_error("adapter.adopted_span", exc)
 
 
 def template(pattern: Any) -> str | None:
