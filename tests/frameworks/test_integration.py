@@ -220,10 +220,12 @@ def _private_names_pyobs_defines() -> set[str]:
                 names.add(node.target.id)
             elif isinstance(node, ast.alias) and node.name.startswith("_"):
                 names.add(node.asname or node.name)
-            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-                # A module constant naming a pyobs attribute (MARK = "_pyobs_instrumented").
-                if isinstance(node.value.value, str) and node.value.value.startswith("_pyobs"):
-                    names.add(node.value.value)
+            elif (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Constant)
+                and str(node.value.value).startswith("_pyobs")
+            ):
+                names.add(str(node.value.value))  # MARK = "_pyobs_instrumented"
     return {n for n in names if n.startswith("_") and not n.startswith("__")}
 
 
@@ -340,8 +342,8 @@ def test_fastapi_without_its_shortcut_keeps_one_server_span(
     assert span.attributes["url.query"] == "token=[REDACTED]&page=2"
     assert "s3cr3t" not in repr(dict(span.attributes))
     request_keys = ("http.request.method", "url.path", "url.query", "url.scheme",
-                    "client.address", "user_agent.original", "network.protocol.version")  # fmt: skip
-    for key in request_keys:
+                    "client.address", "user_agent.original")  # fmt: skip
+    for key in (*request_keys, "network.protocol.version"):
         assert span.attributes.get(key) == own.attributes.get(key), key
     assert span.attributes["user_agent.original"] == "probe/1"
     assert any("telemetry={'tracing': False}" in r.getMessage() for r in caplog.records)
