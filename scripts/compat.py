@@ -74,7 +74,8 @@ FRAMEWORK_SELECTION = {
     "aiohttp": "aiohttp",
 }
 # Optional extras: the test files that use each one, and whether it moves with OpenTelemetry
-# (its releases pin an OpenTelemetry API/SDK, so those float within pyobs's range).
+# (its releases pin an OpenTelemetry API/SDK, so those float within pyobs's range, with the
+# propagators the OTel tests ask for). Each also takes the Flask/FastAPI apps that fit.
 OPTIONAL_EXTRAS: dict[str, tuple[list[str], bool]] = {
     "otlp": (["tests/test_otel_env.py"], True),
     "elk": (
@@ -84,6 +85,7 @@ OPTIONAL_EXTRAS: dict[str, tuple[list[str], bool]] = {
     "grafana": (["tests/prometheus/test_grafana_push.py"], False),
     "instrumentations": (["tests/test_interop.py"], True),
 }
+OTEL_PEERS = ("opentelemetry-propagator-b3", "opentelemetry-propagator-jaeger")
 OTEL_CORE = ("opentelemetry-api", "opentelemetry-sdk")
 # Core dependencies tested as one range when they are released together.
 CORE_GROUPS = {"opentelemetry-sdk": "opentelemetry-api"}
@@ -188,7 +190,9 @@ def targets() -> list[Target]:
         found.append(Target(label, "core", members, CORE_TESTS, moving=app_requirements()))
     otel = [r for r in core if canonicalize_name(r.name) in OTEL_CORE]
     for extra, (tests, with_otel) in OPTIONAL_EXTRAS.items():
-        moving = app_requirements() + otel if with_otel else []
+        moving = app_requirements()
+        if with_otel:
+            moving += otel + [Requirement(r) for r in OTEL_PEERS]
         requirements = [Requirement(r) for r in extras[extra]]
         found.append(Target(extra, "optional", requirements, tests, moving=moving))
     return found
@@ -504,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="lowest,newest,pre")
     parser.add_argument("--pythons", default=",".join(PYTHONS), help="oldest,newest")
     parser.add_argument("--resume", action="store_true", help="skip what results.json has")
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="with --resume: run failed cells again"
+    )
     parser.add_argument("--write", type=Path, help="write the Markdown table here")
     args = parser.parse_args(argv)
 
@@ -546,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     saved = load_results() if args.resume else []
+    if args.retry_failed:
+        saved = [r for r in saved if r.ok or r.variant == "pre"]
     done = {(r.target, r.variant, r.which) for r in saved}
     results: list[Result] = list(saved)
     # Column by column (every range's lowest on the oldest Python first), so a run stopped
