@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from pyobs import _state, exposition
 from pyobs._config import Config
 from pyobs._observer import (
+    STANDARD_METHODS,
     RequestFacts,
     RequestHandle,
     RequestObserver,
@@ -342,7 +343,7 @@ def request_attributes(observer: RequestObserver, handle: RequestHandle) -> dict
     }
     optional = {
         "http.request.method_original": capped(facts.method, 256)
-        if handle.method == "_OTHER"
+        if handle.method not in STANDARD_METHODS  # _OTHER
         else None,
         "url.query": redact_query(capped(facts.query) or "") if facts.query else None,
         "server.address": capped(facts.server_addr, 256) if facts.server_addr else None,

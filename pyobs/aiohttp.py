@@ -109,7 +109,8 @@ def instrument(app: Any, **options: Any) -> Any:
                 if handle is None:
                     raise
                 request[HANDLE_KEY] = handle
-                return await serve(request, _raise(exc), handle)
+                error = exc  # the except clause unbinds exc
+                return await serve(request, lambda: _settled(None, error), handle)
             if session.accepted or (session.closed and request.get(HANDLE_KEY) is None):
                 session.on_close(getattr(response, "close_code", None))
                 return response
@@ -117,11 +118,11 @@ def instrument(app: Any, **options: Any) -> Any:
             if handle is None:
                 return response
             request[HANDLE_KEY] = handle
-            return await serve(request, _return(response), handle)
+            return await serve(request, lambda: _settled(response), handle)
 
-    async def serve(request: Any, handler: Handler, handle: RequestHandle) -> Any:
+    async def serve(request: Any, run: Callable[[], Any], handle: RequestHandle) -> Any:
         try:
-            response = await handler(request)
+            response = await run()
             # Send it here, so the duration runs until the last body byte is out.
             if not response.prepared:
                 await response.prepare(request)
@@ -169,7 +170,7 @@ def instrument(app: Any, **options: Any) -> Any:
             return await handler(request)
         handle.route = route
         request[HANDLE_KEY] = handle
-        return await serve(request, handler, handle)
+        return await serve(request, lambda: handler(request), handle)
 
     _integration.mark(middleware)
     app.middlewares.insert(0, middleware)
@@ -177,18 +178,11 @@ def instrument(app: Any, **options: Any) -> Any:
     return app
 
 
-def _raise(exc: BaseException) -> Handler:
-    async def raising(request: Any) -> Any:
+async def _settled(response: Any, exc: BaseException | None = None) -> Any:
+    """What the app's handler already gave (an upgrade it answered with plain HTTP)."""
+    if exc is not None:
         raise exc
-
-    return raising
-
-
-def _return(response: Any) -> Handler:
-    async def returning(request: Any) -> Any:
-        return response
-
-    return returning
+    return response
 
 
 def _counted_write(handle: RequestHandle, write: Any) -> Any:
