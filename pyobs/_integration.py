@@ -386,7 +386,7 @@ def serves_path(patterns: Iterable[Any], path: str) -> bool:
 
 def host_port(host: str | None) -> tuple[str | None, int | None]:
     """(name, port) from a Host header value ("shop:8000"); None for what it does not say."""
-    name, _, port = (host or "").rpartition(":")
-    if not port.isdigit():
-        name, port = host or "", ""
-    return name or None, int(port) if port else None
+    name, colon, port = (host or "").rpartition(":")
+    if not colon or not port.isdigit():
+        return host or None, None
+    return name or None, int(port)
