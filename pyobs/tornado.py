@@ -43,14 +43,18 @@ def route_template(rules: Any, request: Any, target: Any) -> str | None:
     return None
 
 
-class _Connection:
-    """The request's connection, counting body bytes and adding X-Request-ID to the headers."""
+class _Wrapper:
+    """Tornado's object for this request, with the request's observer and handle at hand."""
 
     def __init__(self, inner: Any, observer: RequestObserver, handle: RequestHandle) -> None:
         self._inner, self._observer, self._handle = inner, observer, handle
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+class _Connection(_Wrapper):
+    """The request's connection, counting body bytes and adding X-Request-ID to the headers."""
 
     def write_headers(self, start_line: Any, headers: Any, chunk: bytes | None = None) -> Any:
         _integration.add_request_id(self._observer, self._handle, headers)
@@ -62,14 +66,8 @@ class _Connection:
         return self._inner.write(chunk)
 
 
-class _Delegate:
+class _Delegate(_Wrapper):
     """Wraps the handler delegate so the request's context is left where it was entered."""
-
-    def __init__(self, inner: Any, observer: RequestObserver, handle: RequestHandle) -> None:
-        self._inner, self._observer, self._handle = inner, observer, handle
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     def finish(self) -> None:
         try:
