@@ -126,6 +126,8 @@ FINDINGS = [
     "- **Falcon 4.0 on Python 3.13** (3.1 below it): Falcon before 4.0 has no wheel for",
     "  Python 3.13 and its source does not build there (the lowest run on 3.13 failed to",
     "  install 3.1.0); the `falcon` extra says so with a `python_version` marker.",
+    "- **PyYAML 6.0.2 on Python 3.13** (6.0 below it, `grafana` extra): the same (6.0 and",
+    "  6.0.1 have no wheel for 3.13 and do not build there).",
     "",
     "## Found at the OpenTelemetry floor (1.25)",
     "",
