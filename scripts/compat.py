@@ -21,7 +21,7 @@ that use them (OPTIONAL_EXTRAS). Each result is saved as it comes (``.cache/comp
 results.json``), so ``--resume`` goes on where a stopped run ended and ``--write`` renders
 the table from every saved result (after each run, so a long run leaves a table behind).
 
-    python scripts/compat.py --write docs/compatibility.md   # everything (about 2 hours)
+    python scripts/compat.py --write docs/compatibility.md   # everything (40 min, warm uv cache)
     python scripts/compat.py --resume --write docs/compatibility.md
     python scripts/compat.py --smoke             # oldest and newest Flask (scripts/test.sh)
     python scripts/compat.py --only flask,django --variants lowest --pythons oldest
