@@ -18,10 +18,7 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 def _facts(request: Any) -> RequestFacts:
     # From the Host header as sent: request.url needs a yarl the aiohttp release accepts.
-    host = request.host or ""
-    name, _, port = host.rpartition(":")
-    if not port.isdigit():
-        name, port = host, ""
+    name, port = _integration.host_port(request.host)
     return RequestFacts(
         method=request.method,
         path=request.path,
@@ -29,8 +26,8 @@ def _facts(request: Any) -> RequestFacts:
         scheme=request.scheme,
         query=request.query_string,
         client_addr=request.remote,
-        server_addr=name or None,
-        server_port=int(port) if port else None,
+        server_addr=name,
+        server_port=port,
         http_version=f"{request.version.major}.{request.version.minor}",
     )
 
@@ -41,18 +38,6 @@ def _route(request: Any) -> str | None:
     if info.http_exception is not None or info.route.resource is None:
         return None
     return str(info.route.resource.canonical)
-
-
-def _count(session: WebSocketSession, ws: Any) -> None:
-    """Count messages on this one WebSocketResponse (its senders bypass each other)."""
-    from aiohttp import WSMsgType
-
-    data = (WSMsgType.TEXT, WSMsgType.BINARY)
-    ws.receive = session.receiver(ws.receive, lambda message: message.type in data)
-    for name in ("send_str", "send_bytes", "send_frame"):  # send_frame: aiohttp >= 3.11
-        send = getattr(ws, name, None)
-        if send is not None:
-            setattr(ws, name, session.sender(send))
 
 
 def _make_keys() -> None:
@@ -67,33 +52,32 @@ def _make_keys() -> None:
 
 def instrument(app: Any, **options: Any) -> Any:
     """Instrument an aiohttp ``web.Application``; /metrics is served by the app."""
-    from aiohttp import web
+    from aiohttp import WSMsgType, web
 
-    if any(getattr(m, _integration.MARK, False) for m in app.middlewares):
+    if any(_integration.instrumented(m) for m in app.middlewares):
         return app
     _make_keys()
     observer = _integration.begin("aiohttp", None, options)
     if observer is None:
         return app
 
-    def serves(request: Any) -> bool:
-        """True when a resource is exactly this path (a catch-all does not count)."""
-        return any(r.canonical == request.path for r in app.router.resources())
+    page = _integration.metrics_page(
+        "aiohttp",
+        lambda request: _integration.serves_path(
+            (r.canonical for r in app.router.resources()), request.path
+        ),
+    )
 
-    page = _integration.metrics_page("aiohttp", serves)
-
+    @_integration.failsafe("aiohttp.prepare")  # the response goes out unobserved
     async def on_prepare(request: Any, response: Any) -> None:
-        try:
-            prepare(request, response)
-        except Exception as exc:  # noqa: BLE001 - failsafe: the response goes out unobserved
-            report_internal_error("aiohttp.prepare", exc)
-
-    def prepare(request: Any, response: Any) -> None:
         session = request.get(WEBSOCKET_KEY)
         if session is not None and not session.closed:
             if isinstance(response, web.WebSocketResponse):
-                _count(session, response)
-                session.on_accept()
+                data = (WSMsgType.TEXT, WSMsgType.BINARY)
+                sends = ("send_str", "send_bytes", "send_frame")
+                _integration.watch_websocket(
+                    session, response, "receive", sends, lambda message: message.type in data
+                )
                 return
             handle = session.hand_over()  # the app answered the upgrade with plain HTTP
             if handle is not None:
@@ -101,8 +85,7 @@ def instrument(app: Any, **options: Any) -> Any:
         handle = request.get(HANDLE_KEY)
         if handle is None:
             return
-        for name, value in observer.response_headers(handle):
-            response.headers[name] = value
+        _integration.add_request_id(observer, handle, response.headers)
         if handle.finished:  # an HTTPException, recorded where it was raised
             return
         if handle.exception is not None:  # aiohttp's own error page for an exception
@@ -110,13 +93,7 @@ def instrument(app: Any, **options: Any) -> Any:
             body = getattr(response, "body", None)
             handle.response_bytes = len(body) if isinstance(body, (bytes, bytearray)) else 0
         elif not isinstance(response, web.Response):  # streamed: count what is written
-            write = response.write
-
-            async def counted_write(data: Any) -> None:
-                handle.response_bytes += len(data)
-                await write(data)
-
-            response.write = counted_write
+            response.write = _counted_write(handle, response.write)
 
     async def upgrade(request: Any, handler: Handler, session: WebSocketSession) -> Any:
         """An ``Upgrade: websocket`` request: a WebSocket only if the app accepts it."""
@@ -132,7 +109,8 @@ def instrument(app: Any, **options: Any) -> Any:
                 if handle is None:
                     raise
                 request[HANDLE_KEY] = handle
-                return await serve(request, _raise(exc), handle)
+                error = exc  # the except clause unbinds exc
+                return await serve(request, lambda: _settled(None, error), handle)
             if session.accepted or (session.closed and request.get(HANDLE_KEY) is None):
                 session.on_close(getattr(response, "close_code", None))
                 return response
@@ -140,11 +118,11 @@ def instrument(app: Any, **options: Any) -> Any:
             if handle is None:
                 return response
             request[HANDLE_KEY] = handle
-            return await serve(request, _return(response), handle)
+            return await serve(request, lambda: _settled(response), handle)
 
-    async def serve(request: Any, handler: Handler, handle: RequestHandle) -> Any:
+    async def serve(request: Any, run: Callable[[], Any], handle: RequestHandle) -> Any:
         try:
-            response = await handler(request)
+            response = await run()
             # Send it here, so the duration runs until the last body byte is out.
             if not response.prepared:
                 await response.prepare(request)
@@ -175,10 +153,8 @@ def instrument(app: Any, **options: Any) -> Any:
     @web.middleware
     async def middleware(request: Any, handler: Handler) -> Any:
         if page is not None and page.wanted(request.path, request):
-            status, headers, body = page.respond(
-                request.headers.get("Accept"), request.headers.get("Authorization")
-            )
-            return web.Response(body=body, status=status, headers=dict(headers))
+            return page.answer(request.headers, lambda status, headers, body: web.Response(
+                body=body, status=status, headers=dict(headers)))  # fmt: skip
         try:
             ensure_loop_lag_monitor()
             facts, route = _facts(request), _route(request)
@@ -194,26 +170,27 @@ def instrument(app: Any, **options: Any) -> Any:
             return await handler(request)
         handle.route = route
         request[HANDLE_KEY] = handle
-        return await serve(request, handler, handle)
+        return await serve(request, lambda: handler(request), handle)
 
-    setattr(middleware, _integration.MARK, True)
+    _integration.mark(middleware)
     app.middlewares.insert(0, middleware)
     app.on_response_prepare.append(on_prepare)
     return app
 
 
-def _raise(exc: BaseException) -> Handler:
-    async def raising(request: Any) -> Any:
+async def _settled(response: Any, exc: BaseException | None = None) -> Any:
+    """What the app's handler already gave (an upgrade it answered with plain HTTP)."""
+    if exc is not None:
         raise exc
+    return response
 
-    return raising
 
+def _counted_write(handle: RequestHandle, write: Any) -> Any:
+    async def counted_write(data: Any) -> None:
+        handle.response_bytes += len(data)
+        await write(data)
 
-def _return(response: Any) -> Handler:
-    async def returning(request: Any) -> Any:
-        return response
-
-    return returning
+    return counted_write
 
 
 def _finish_with_task(observer: RequestObserver, handle: RequestHandle, exc: Exception) -> None:

@@ -7,7 +7,6 @@ and puts the view (DRF viewset action included) on the span as ``code.function.n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from pyobs import _integration
@@ -22,11 +21,10 @@ def route_template(request: Any) -> str | None:
 
 
 def _pattern(match: Any) -> str | None:
-    route = getattr(match, "route", None)
-    if not route:
-        return None if match is None else "/"
-    route = str(route).removeprefix("^").removesuffix("$")
-    return "/" + route.lstrip("/")
+    if match is None:
+        return None
+    route = str(getattr(match, "route", None) or "").removeprefix("^").removesuffix("$")
+    return _integration.template(route)
 
 
 def _serves(request: Any) -> bool:
@@ -83,7 +81,7 @@ class ObservabilityMiddleware:
             return None, None
         page = self.metrics_page
         if page is not None and page.wanted(request.path_info, request):
-            return self._metrics(request), None
+            return page.answer(request.headers, _http_response), None
         handle = _integration.start_request(observer, lambda: self._facts(request), "django")
         request._pyobs_handle = handle
         return None, handle
@@ -96,13 +94,8 @@ class ObservabilityMiddleware:
             return page
         if handle is None:
             return self.get_response(request)
-        try:
+        with _integration.request_scope(self.observer, handle):  # type: ignore[arg-type]
             response = self.get_response(request)
-        except BaseException as exc:
-            self.observer.finish(handle, exception=exc)  # type: ignore[union-attr]
-            raise
-        finally:
-            self.observer.detach(handle)  # type: ignore[union-attr]
         return self._watch(request, response, handle)
 
     async def __acall__(self, request: Any) -> Any:
@@ -112,13 +105,8 @@ class ObservabilityMiddleware:
             return page
         if handle is None:
             return await self.get_response(request)
-        try:
+        with _integration.request_scope(self.observer, handle):  # type: ignore[arg-type]
             response = await self.get_response(request)
-        except BaseException as exc:
-            self.observer.finish(handle, exception=exc)  # type: ignore[union-attr]
-            raise
-        finally:
-            self.observer.detach(handle)  # type: ignore[union-attr]
         return self._watch(request, response, handle)
 
     def process_view(self, request: Any, view: Any, args: Any, kwargs: Any) -> None:
@@ -131,18 +119,6 @@ class ObservabilityMiddleware:
         handle = getattr(request, "_pyobs_handle", None)
         if handle is not None:
             handle.exception = exception
-
-    def _metrics(self, request: Any) -> Any:
-        from django.http import HttpResponse
-
-        assert self.metrics_page is not None  # _begin() said so
-        status, headers, body = self.metrics_page.respond(
-            request.headers.get("Accept"), request.headers.get("Authorization")
-        )
-        response = HttpResponse(body, status=status)
-        for name, value in headers:
-            response[name] = value
-        return response
 
     def _watch(self, request: Any, response: Any, handle: Any) -> Any:
         """Label, add X-Request-ID, count the body; the record is made when Django closes it."""
@@ -158,31 +134,15 @@ class ObservabilityMiddleware:
     def _observe(observer: RequestObserver, request: Any, response: Any, handle: Any) -> Any:
         handle.route = route_template(request)
         handle.status = response.status_code
-        if handle.exception is not None and response.status_code < 500:
-            handle.exception = None  # Http404, PermissionDenied...: an answer, not a failure
-        for name, value in observer.response_headers(handle):
-            response[name] = value
+        # Http404, PermissionDenied...: an answer, not a failure.
+        _integration.keep_exception(handle, handle.exception, response.status_code)
+        _integration.add_request_id(observer, handle, response)
         done = [not response.streaming]
         if response.streaming:
-            content = response.streaming_content
-            if response.is_async:
-
-                async def acount() -> AsyncIterator[bytes]:
-                    async for chunk in content:
-                        handle.response_bytes += len(chunk)
-                        yield chunk
-                    done[0] = True
-
-                response.streaming_content = acount()
-            else:
-
-                def count() -> Iterator[bytes]:
-                    for chunk in content:
-                        handle.response_bytes += len(chunk)
-                        yield chunk
-                    done[0] = True
-
-                response.streaming_content = count()
+            count = _integration.acounted if response.is_async else _integration.counted
+            response.streaming_content = count(
+                handle, response.streaming_content, lambda: done.__setitem__(0, True)
+            )
         else:
             handle.response_bytes = len(response.content)
 
@@ -198,3 +158,12 @@ class ObservabilityMiddleware:
 
         response.close = closed
         return response
+
+
+def _http_response(status: int, headers: list[tuple[str, str]], body: bytes) -> Any:
+    from django.http import HttpResponse
+
+    response = HttpResponse(body, status=status)
+    for name, value in headers:
+        response[name] = value
+    return response

@@ -95,7 +95,7 @@ def instrument(app: Any, **options: Any) -> Any:
     """Instrument a Falcon app in place (WSGI or ASGI); /metrics is served by the app."""
     import falcon.asgi
 
-    if getattr(type(app), _integration.MARK, False):
+    if _integration.instrumented(type(app)):  # the one-off class below carries the mark
         return app
     if _integration.begin("falcon", None, options) is None:
         return app

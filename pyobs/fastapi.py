@@ -16,9 +16,12 @@ def instrument(app: Any, **options: Any) -> Any:
     Recent FastAPI releases make their own OTel SERVER span once a tracer provider exists
     (native telemetry). pyobs owns the request's span (one per request, redacted the pyobs
     way), so it turns FastAPI's request spans off; FastAPI's other telemetry is left alone.
+    When it cannot (the shortcut is off), pyobs adopts FastAPI's span and puts its own
+    request attributes, redacted and bounded, over FastAPI's.
     """
 
-    def tracing_off() -> None:
+    def native_span_stays() -> bool:
+        """True when FastAPI keeps its native span (pyobs adopts and redacts it)."""
         native = "telemetry" in inspect.signature(type(app).__init__).parameters
         if native and not _internals.fastapi_tracing_off(app):
             logging.getLogger("pyobs").warning(
@@ -26,5 +29,7 @@ def instrument(app: Any, **options: Any) -> Any:
                 "pyobs adds to it; build the app with FastAPI(telemetry={'tracing': False}) "
                 "to have pyobs make it"
             )
+            return True
+        return False
 
-    return instrument_asgi(app, "fastapi", tracing_off, **options)
+    return instrument_asgi(app, "fastapi", native_span_stays, **options)

@@ -11,11 +11,8 @@ from pyobs.wsgi import HANDLE_KEY, ObservabilityMiddleware, _ObservedBody, facts
 
 def _route(request: Any) -> str | None:
     """The matched route's pattern with a leading '/'; None when no route matched."""
-    matched = getattr(request, "matched_route", None)
-    pattern = str(getattr(matched, "pattern", "") or "")
-    if matched is None or not pattern:
-        return None
-    return pattern if pattern.startswith("/") else "/" + pattern
+    pattern = getattr(getattr(request, "matched_route", None), "pattern", None)
+    return _integration.template(pattern) if pattern else None
 
 
 def _serves(registry: Any, request: Any) -> bool:
@@ -24,7 +21,7 @@ def _serves(registry: Any, request: Any) -> bool:
 
     mapper = registry.queryUtility(IRoutesMapper)
     routes = mapper.get_routes() if mapper is not None else ()
-    return any("/" + str(r.pattern).lstrip("/") == request.path_info for r in routes)
+    return _integration.serves_path((r.pattern for r in routes), request.path_info)
 
 
 def _no_app(environ: Any, start_response: Any) -> list[bytes]:
@@ -44,10 +41,8 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
         if page is not None and page.wanted(request.path_info, request):
             from pyramid.response import Response
 
-            status, headers, body = page.respond(
-                request.headers.get("Accept"), request.headers.get("Authorization")
-            )
-            return Response(body=body, status=status, headerlist=headers)
+            return page.answer(request.headers, lambda status, headers, body: Response(
+                body=body, status=status, headerlist=headers))  # fmt: skip
         handle: Any = _integration.start_request(
             observer,
             lambda: facts_from_environ(environ, observer.details),
@@ -57,22 +52,15 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
         if handle is None:
             return handler(request)
         environ[HANDLE_KEY] = handle
-        try:
+        with _integration.request_scope(observer, handle, lambda: _route(request)):
             response = handler(request)
-        except BaseException as exc:
-            handle.route = _route(request)
-            observer.finish(handle, exception=exc)
-            raise
-        finally:
-            observer.detach(handle)
         handle.route = _route(request)
         handle.status = response.status_int
         # An exception view already turned the error into a response; count it as raised.
         swallowed = getattr(request, "exception", None)
-        if isinstance(swallowed, Exception) and response.status_int >= 500:
-            handle.exception = swallowed
-        for name, value in observer.response_headers(handle):
-            response.headers[name] = value
+        if isinstance(swallowed, Exception):
+            _integration.keep_exception(handle, swallowed, response.status_int)
+        _integration.add_request_id(observer, handle, response.headers)
         length = response.content_length
         handle._middleware = recorder
         handle._environ = environ

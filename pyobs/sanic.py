@@ -64,7 +64,7 @@ def instrument(app: Any, **options: Any) -> Any:
             request.ctx, "pyobs_ws", None
         )
         if target is not None:
-            target.route = "/" + route.path.lstrip("/")
+            target.route = _integration.template(route.path)
 
     async def on_exception(request: Any, exception: BaseException) -> None:
         handle = getattr(request.ctx, "pyobs_handle", None)
@@ -97,21 +97,16 @@ def instrument(app: Any, **options: Any) -> Any:
     async def add_request_id(request: Any, response: Any) -> None:
         handle = getattr(request.ctx, "pyobs_handle", None)
         if handle is not None:
-            for name, value in observer.response_headers(handle):
-                response.headers[name] = value
+            _integration.add_request_id(observer, handle, response.headers)
 
     async def ws_before(request: Any, websocket: Any) -> None:
         session = getattr(request.ctx, "pyobs_ws", None)
         if session is None:
             return
         # A receive that raises: closed, or cancelled by Sanic when the client went away.
-        websocket.recv = session.receiver(
-            websocket.recv,
+        _integration.watch_websocket(session, websocket, "recv", ("send",),
             lambda message: message is not None,
-            lambda: getattr(websocket.ws_proto, "close_code", None),
-        )
-        websocket.send = session.sender(websocket.send)
-        session.on_accept()
+            lambda: getattr(websocket.ws_proto, "close_code", None))  # fmt: skip
 
     async def ws_after(request: Any, websocket: Any) -> None:
         session = getattr(request.ctx, "pyobs_ws", None)
@@ -123,25 +118,14 @@ def instrument(app: Any, **options: Any) -> Any:
         if session is not None:
             session.on_close(exception=exception)
 
-    async def metrics(request: Any) -> Any:
-        assert page is not None  # only routed when there is a page
-        status, headers, body = page.respond(
-            request.headers.get("accept"), request.headers.get("authorization")
-        )
-        fields = dict(headers)
+    def raw(status: int, headers: list[tuple[str, str]], body: bytes) -> Any:
+        fields = {k: v for k, v in headers if k != "Content-Length"}
         content_type = fields.pop("Content-Type")
-        fields.pop("Content-Length", None)
         return responses.raw(body, status=status, headers=fields, content_type=content_type)
 
-    def failsafe(handler: Any) -> Any:
-        # Signal handlers run inline in Sanic's request path: an error in pyobs stays here.
-        async def run(**context: Any) -> None:
-            try:
-                await handler(**context)
-            except Exception as exc:  # noqa: BLE001 - failsafe
-                report_internal_error(f"sanic.{handler.__name__}", exc)
-
-        return run
+    async def metrics(request: Any) -> Any:
+        assert page is not None  # only routed when there is a page
+        return page.answer(request.headers, raw)
 
     for event, handler in (
         ("http.lifecycle.request", on_request),
@@ -153,7 +137,8 @@ def instrument(app: Any, **options: Any) -> Any:
         ("websocket.handler.after", ws_after),
         ("websocket.handler.exception", ws_error),
     ):
-        app.signal(event)(failsafe(handler))
+        # Signal handlers run inline in Sanic's request path: an error in pyobs stays here.
+        app.signal(event)(_integration.failsafe(f"sanic.{handler.__name__}")(handler))
     app.on_response(add_request_id)
     if page is not None:
 
@@ -162,7 +147,7 @@ def instrument(app: Any, **options: Any) -> Any:
             # path wins (no RouteExists, whatever the order), and pyobs warns once.
             path = page.config.metrics_path
             try:
-                paths = {"/" + r.path.lstrip("/"): r.name for r in app.router.routes}
+                paths = {_integration.template(r.path): r.name for r in app.router.routes}
                 if path not in paths:
                     with app.amend():
                         app.add_route(metrics, path, name="pyobs_metrics")

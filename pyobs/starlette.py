@@ -88,24 +88,37 @@ class _KeepExceptions:
             raise
 
 
+class _Adopted:
+    """Just inside pyobs's middleware: the framework's own SERVER span, adopted by pyobs,
+    gets pyobs's request attributes before the app runs."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        _integration.redact_adopted_span(scope.get(HANDLE_KEY))
+        await self.app(scope, receive, send)
+
+
 def instrument_asgi(
-    app: Any, framework: str, before: Callable[[], None] | None = None, **options: Any
+    app: Any, framework: str, before: Callable[[], bool] | None = None, **options: Any
 ) -> Any:
     """Wrap a Starlette-based app (also FastAPI) outermost: around Starlette's own error
     middleware, so the 500s it renders carry X-Request-ID and are counted in full.
-    ``before`` runs once pyobs is sure to instrument the app."""
+    ``before`` runs once pyobs is sure to instrument the app; when it returns True, a span
+    pyobs adopts from the framework gets pyobs's request attributes (redaction included)."""
     if _integration.begin(framework, app.state, options) is None:
         return app
-    if before is not None:
-        before()
+    adopting = before is not None and before()
     build = app.build_middleware_stack
 
     def resolve(scope: Scope) -> str | None:
         return resolve_route(app.router.routes, scope)
 
     def build_observed() -> Any:
+        inner = build()
         return ObservabilityMiddleware(
-            build(),
+            _Adopted(inner) if adopting else inner,
             route_resolver=resolve,
             framework=framework,
             app_serves=lambda scope: serves(app.router.routes, scope["path"]),

@@ -7,14 +7,12 @@ from typing import Any
 from urllib.parse import unquote
 
 from pyobs import _integration
-from pyobs._observer import RequestFacts, RequestHandle, RequestObserver, report_internal_error
+from pyobs._observer import RequestFacts, RequestHandle, RequestObserver
 from pyobs._websocket import WebSocketSession, open_session
 from pyobs.asgi import ensure_loop_lag_monitor
 
 
 def _facts(request: Any) -> RequestFacts:
-    host = request.host or ""
-    port = host.rpartition(":")[2] if ":" in host else ""
     return RequestFacts(
         method=request.method,
         path=unquote(request.path, errors="replace"),  # decoded, as under ASGI
@@ -23,7 +21,7 @@ def _facts(request: Any) -> RequestFacts:
         query=request.query,
         client_addr=request.remote_ip,
         server_addr=request.host_name or None,
-        server_port=int(port) if port.isdigit() else None,
+        server_port=_integration.host_port(request.host)[1],
         http_version=request.version.partition("/")[2] or "1.1",
     )
 
@@ -45,8 +43,8 @@ def route_template(rules: Any, request: Any, target: Any) -> str | None:
     return None
 
 
-class _Connection:
-    """The request's connection, counting body bytes and adding X-Request-ID to the headers."""
+class _Wrapper:
+    """Tornado's object for this request, with the request's observer and handle at hand."""
 
     def __init__(self, inner: Any, observer: RequestObserver, handle: RequestHandle) -> None:
         self._inner, self._observer, self._handle = inner, observer, handle
@@ -54,9 +52,12 @@ class _Connection:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+
+class _Connection(_Wrapper):
+    """The request's connection, counting body bytes and adding X-Request-ID to the headers."""
+
     def write_headers(self, start_line: Any, headers: Any, chunk: bytes | None = None) -> Any:
-        for name, value in self._observer.response_headers(self._handle):
-            headers[name] = value
+        _integration.add_request_id(self._observer, self._handle, headers)
         self._handle.response_bytes += len(chunk or b"")
         return self._inner.write_headers(start_line, headers, chunk)
 
@@ -65,14 +66,8 @@ class _Connection:
         return self._inner.write(chunk)
 
 
-class _Delegate:
+class _Delegate(_Wrapper):
     """Wraps the handler delegate so the request's context is left where it was entered."""
-
-    def __init__(self, inner: Any, observer: RequestObserver, handle: RequestHandle) -> None:
-        self._inner, self._observer, self._handle = inner, observer, handle
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     def finish(self) -> None:
         try:
@@ -134,10 +129,11 @@ def instrument(application: Any, **options: Any) -> Any:
     class MetricsHandler(RequestHandler):
         def get(self) -> None:
             assert page is not None  # only routed here when there is a page
-            headers = self.request.headers
-            status, out, body = page.respond(headers.get("Accept"), headers.get("Authorization"))
+            page.answer(self.request.headers, self.send)
+
+        def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
             self.set_status(status)
-            for name, value in out:
+            for name, value in headers:
                 self.set_header(name, value)
             self.finish(body)
 
@@ -147,12 +143,9 @@ def instrument(application: Any, **options: Any) -> Any:
         if page is not None and page.wanted(request.path, request):
             return application.get_handler_delegate(request, MetricsHandler)
         delegate = find_handler(request, **kwargs)
-        try:
-            return observe(request, delegate)
-        except Exception as exc:  # noqa: BLE001 - failsafe: the request goes on unobserved
-            report_internal_error("tornado.find_handler", exc)
-            return delegate
+        return observe(request, delegate) or delegate  # unobserved when pyobs failed
 
+    @_integration.failsafe("tornado.find_handler")
     def observe(request: Any, delegate: Any) -> Any:
         ensure_loop_lag_monitor()
         target = getattr(delegate, "handler_class", None)
@@ -169,21 +162,19 @@ def instrument(application: Any, **options: Any) -> Any:
         return _Delegate(delegate, observer, handle)
 
     def log_request(handler: Any) -> None:
-        try:
-            record(handler)
-        except Exception as exc:  # noqa: BLE001 - failsafe
-            report_internal_error("tornado.log_request", exc)
+        record(handler)
         if user_log is not None:
             user_log(handler)
 
+    @_integration.failsafe("tornado.log_request")
     def record(handler: Any) -> None:
         request, status = handler.request, handler.get_status()
         handle = getattr(request, "_pyobs_handle", None)
         if handle is not None:
             # Called from finish(); inside Tornado's exception handler when the handler raised.
             exc = sys.exc_info()[1]
-            if status >= 500 and isinstance(exc, Exception) and not isinstance(exc, HTTPError):
-                handle.exception = exc
+            if isinstance(exc, Exception) and not isinstance(exc, HTTPError):
+                _integration.keep_exception(handle, exc, status)
             observer.finish(handle, status)
         session = getattr(request, "_pyobs_ws", None)
         if session is not None and status == 101:
@@ -194,5 +185,4 @@ def instrument(application: Any, **options: Any) -> Any:
 
     application.find_handler = find
     application.log_request = log_request
-    application._pyobs_instrumented = True
     return application

@@ -5,21 +5,26 @@ tested on (``flask>=2.3,<3.2``). For each range this script makes a fresh virtua
 environment with uv and runs the tests that exercise it:
 
 - ``lowest``: the lowest versions the range allows (resolved alone with
-  ``--resolution lowest-direct``, then pinned), on the oldest supported Python found here;
-- ``newest``: the newest versions the range allows, on the newest supported Python found;
+  ``--resolution lowest-direct``, then pinned), on the oldest and on the newest supported
+  Python found here;
+- ``newest``: the newest versions the range allows, on the oldest and the newest Python;
 - ``pre``: the newest version on the package index, pre-releases and releases past the
   upper bound included, on the newest Python: reported, allowed to fail.
 
 Everything else in the environment is held at uv.lock's versions (pyobs's other
-dependencies and the test tools), so each run changes one thing; the Flask and FastAPI apps
-of the core tests take the newest versions that fit. Framework ranges run
-their part of tests/frameworks/test_contract.py; core dependency ranges run the core
-tests (CORE_TESTS). With ``--write`` the results become docs/compatibility.md.
+dependencies and the test tools), so each run changes one thing; the packages a range
+moves with (``Target.moving``: the core tests' Flask and FastAPI apps, OpenTelemetry for
+the OTel-based extras) take the newest versions that fit. Framework ranges run their part
+of tests/frameworks/test_contract.py; core dependency ranges run the core tests
+(CORE_TESTS); the optional extras (otlp, elk, grafana, instrumentations) run the test files
+that use them (OPTIONAL_EXTRAS). Each result is saved as it comes (``.cache/compat/
+results.json``), so ``--resume`` goes on where a stopped run ended and ``--write`` renders
+the table from every saved result (after each run, so a long run leaves a table behind).
 
-    python scripts/compat.py                     # everything (5 min with a warm uv cache)
-    python scripts/compat.py --write docs/compatibility.md
+    python scripts/compat.py --write docs/compatibility.md   # everything (40 min, warm uv cache)
+    python scripts/compat.py --resume --write docs/compatibility.md
     python scripts/compat.py --smoke             # oldest and newest Flask (scripts/test.sh)
-    python scripts/compat.py --only flask,django --variants lowest
+    python scripts/compat.py --only flask,django --variants lowest --pythons oldest
 
 Exit status 1 when a lowest or newest run fails (pre-release runs never fail it).
 """
@@ -36,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tomllib
@@ -68,6 +73,20 @@ FRAMEWORK_SELECTION = {
     "pyramid": "pyramid",
     "aiohttp": "aiohttp",
 }
+# Optional extras: the test files that use each one, and whether it moves with OpenTelemetry
+# (its releases pin an OpenTelemetry API/SDK, so those float within pyobs's range, with the
+# propagators the OTel tests ask for). Each also takes the Flask/FastAPI apps that fit.
+OPTIONAL_EXTRAS: dict[str, tuple[list[str], bool]] = {
+    "otlp": (["tests/test_otel_env.py"], True),
+    "elk": (
+        ["tests/elk/test_cli.py", "tests/elk/test_assets.py", "tests/elk/test_doctor.py"],
+        False,
+    ),
+    "grafana": (["tests/prometheus/test_grafana_push.py"], False),
+    "instrumentations": (["tests/test_interop.py"], True),
+}
+OTEL_PEERS = ("opentelemetry-propagator-b3", "opentelemetry-propagator-jaeger")
+OTEL_CORE = ("opentelemetry-api", "opentelemetry-sdk")
 # Core dependencies tested as one range when they are released together.
 CORE_GROUPS = {"opentelemetry-sdk": "opentelemetry-api"}
 # Test tools, held at the lock's versions. uvicorn serves the ASGI variants of the contract
@@ -84,6 +103,10 @@ CORE_APP_PEERS = (
     "setuptools<81",
 )
 VARIANTS = ("lowest", "newest", "pre")
+PYTHONS = ("oldest", "newest")
+# The table's columns, in order: (variant, which Python). Pre-releases run on the newest only.
+COLUMNS = [("lowest", "oldest"), ("lowest", "newest"), ("newest", "oldest"),
+           ("newest", "newest"), ("pre", "newest")]  # fmt: skip
 # What earlier runs found at the old floors, and why the floors in pyproject.toml are where
 # they are (kept under the table so a reader of the table sees it).
 FINDINGS = [
@@ -100,9 +123,17 @@ FINDINGS = [
     "  and pyobs records no metrics for the request (an internal error, counted, the",
     "  request served); before 3.11, `WebSocketResponse` has no `send_frame`, which pyobs's",
     "  WebSocket counting wraps, and the WebSocket handshake fails with a 500.",
+    "- **Falcon 4.0 on Python 3.13** (3.1 below it): Falcon before 4.0 has no wheel for",
+    "  Python 3.13 and its source does not build there (the lowest run on 3.13 failed to",
+    "  install 3.1.0); the `falcon` extra says so with a `python_version` marker.",
+    "- **PyYAML 6.0.2 on Python 3.13** (6.0 below it, `grafana` extra): the same (6.0 and",
+    "  6.0.1 have no wheel for 3.13 and do not build there).",
     "",
-    "Not covered by the run: the `otlp`, `elk`, `grafana` and `instrumentations` extras",
-    "(their own test files run on the `uv.lock` versions in `bash scripts/test.sh`).",
+    "## Found at the OpenTelemetry floor (1.25)",
+    "",
+    "- The SDK calls a span processor's `_on_ending` only from 1.40, and has the `os`",
+    "  resource detector only from 1.27; pyobs does what the installed SDK does, and the",
+    "  tests now expect exactly that (they assumed the newest SDK before).",
 ]
 INSTALL_TIMEOUT = 600
 TEST_TIMEOUT = 900
@@ -113,10 +144,11 @@ class Target:
     """One tested range: the requirements it varies and the tests that exercise it."""
 
     name: str
-    kind: str  # "extra" or "core"
+    kind: str  # "extra", "optional" or "core"
     requirements: list[Requirement]
     tests: list[str]
     selection: str | None = None
+    moving: list[Requirement] = field(default_factory=list)  # float, not held at the lock
 
     @property
     def packages(self) -> set[str]:
@@ -130,6 +162,7 @@ class Result:
     target: str
     variant: str
     python: str
+    which: str = "newest"  # the oldest or the newest Python found
     versions: dict[str, str] = field(default_factory=dict)
     outcome: str = "not run"  # "passed", "failed", "install failed", "no newer version"
     summary: str = ""
@@ -165,7 +198,14 @@ def targets() -> list[Target]:
             r for r in core if grouped.get(canonicalize_name(r.name)) == name
         ]
         label = "opentelemetry" if name == "opentelemetry-api" else name
-        found.append(Target(label, "core", members, CORE_TESTS))
+        found.append(Target(label, "core", members, CORE_TESTS, moving=app_requirements()))
+    otel = [r for r in core if canonicalize_name(r.name) in OTEL_CORE]
+    for extra, (tests, with_otel) in OPTIONAL_EXTRAS.items():
+        moving = app_requirements()
+        if with_otel:
+            moving += otel + [Requirement(r) for r in OTEL_PEERS]
+        requirements = [Requirement(r) for r in extras[extra]]
+        found.append(Target(extra, "optional", requirements, tests, moving=moving))
     return found
 
 
@@ -261,17 +301,19 @@ def requirement_lines(target: Target, variant: str) -> list[str]:
 def run_one(
     target: Target,
     variant: str,
-    python_version: str,
-    interpreter: str,
+    python: tuple[str, str, str],
     uv: list[str],
     pins: dict[str, list[str]],
     core_requirements: list[Requirement],
     newest: dict[str, str] | None = None,
 ) -> Result:
-    """Make the environment for one target and variant, run its tests, return the outcome."""
-    result = Result(target.name, variant, python_version)
+    """Make the environment for one target and variant, run its tests, return the outcome.
+
+    ``python`` is (which: oldest or newest, its version, its interpreter)."""
+    which, python_version, interpreter = python
+    result = Result(target.name, variant, python_version, which)
     started = time.monotonic()
-    venv = WORK / f"{target.name}-{variant}"
+    venv = WORK / f"{target.name}-{variant}-{which}"
     shutil.rmtree(venv, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_", "UV_"))}
     env.pop("VIRTUAL_ENV", None)
@@ -281,21 +323,21 @@ def run_one(
         [*uv, "venv", "--quiet", "--python", interpreter, str(venv)],
         env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
-    python = venv / "bin" / "python"
-    # Everything but the target's own packages stays at the lock's versions, except the core
-    # tests' apps in core runs, which take the newest versions that fit (newer FastAPI
-    # releases need a newer OpenTelemetry API than pyobs's lowest).
-    apps = app_requirements() if target.kind == "core" else []
+    venv_python = venv / "bin" / "python"
+    # Everything but the target's own packages stays at the lock's versions, except what the
+    # target moves with, which takes the newest versions that fit (newer FastAPI releases
+    # need a newer OpenTelemetry API than pyobs's lowest).
+    apps = target.moving
     floating = target.packages | {canonicalize_name(r.name) for r in apps}
     held = [r for r in core_requirements if canonicalize_name(r.name) not in floating]
     held_names = {canonicalize_name(r.name) for r in held}
     held_names |= {canonicalize_name(t) for t in TOOLS} - floating
-    constraints = WORK / f"{target.name}-{variant}.constraints.txt"
+    constraints = WORK / f"{target.name}-{variant}-{which}.constraints.txt"
     constraints.write_text(
         "\n".join(line for name in sorted(held_names) for line in pins.get(name, [])) + "\n"
     )
     direct = [str(r) for r in held] + [t for t in TOOLS if canonicalize_name(t) in held_names]
-    direct += [str(r) for r in apps]
+    direct += [str(r) for r in apps if canonicalize_name(r.name) not in target.packages]
     wanted = requirement_lines(target, variant)
     if variant == "lowest":
         # The lowest versions the range allows, resolved alone, then pinned: the rest of
@@ -307,7 +349,7 @@ def run_one(
             result.summary = " ".join(str(exc.stderr).split())[:300]
             result.seconds = time.monotonic() - started
             return result
-    command = [*uv, "pip", "install", "--quiet", "--python", str(python),
+    command = [*uv, "pip", "install", "--quiet", "--python", str(venv_python),
                "--constraint", str(constraints), *direct, *wanted]  # fmt: skip
     if variant == "pre":
         command += ["--prerelease", "allow"]
@@ -321,7 +363,7 @@ def run_one(
         result.seconds = time.monotonic() - started
         return result
     listed = subprocess.run(
-        [*uv, "pip", "list", "--python", str(python), "--format", "json"],
+        [*uv, "pip", "list", "--python", str(venv_python), "--format", "json"],
         env=env, capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     installed = {canonicalize_name(p["name"]): p["version"] for p in json.loads(listed)}
@@ -333,7 +375,8 @@ def run_one(
         result.seconds = time.monotonic() - started
         shutil.rmtree(venv, ignore_errors=True)
         return result
-    pytest_command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *target.tests]
+    pytest_command = [str(venv_python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                      *target.tests]  # fmt: skip
     if target.selection:
         pytest_command += ["-k", target.selection]
     test_env = dict(env, PYTHONPATH=str(ROOT))
@@ -399,38 +442,72 @@ def cell(result: Result | None) -> str:
     return "<br>".join(parts).replace("|", "\\|")
 
 
-def write_table(path: Path, results: list[Result], all_targets: list[Target], header: str) -> None:
-    """docs/compatibility.md: one row per range, one column per variant."""
-    by_key = {(r.target, r.variant): r for r in results}
-    pythons = {v: next((r.python for r in results if r.variant == v), "?") for v in VARIANTS}
+RESULTS = WORK / "results.json"
+
+
+def load_results() -> list[Result]:
+    """The results saved by earlier runs (``--resume``)."""
+    if not RESULTS.exists():
+        return []
+    return [Result(**item) for item in json.loads(RESULTS.read_text())]
+
+
+def save_results(results: list[Result]) -> None:
+    """Save every result so far (written after each run: a stopped run loses none)."""
+    RESULTS.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
+
+
+def write_table(
+    path: Path,
+    results: list[Result],
+    all_targets: list[Target],
+    header: str,
+    pythons: dict[str, str],
+) -> None:
+    """docs/compatibility.md: one row per range, one column per variant and Python."""
+    by_key = {(r.target, r.variant, r.which): r for r in results}
+    titles = {"lowest": "lowest", "newest": "newest", "pre": "newest on the index, may fail"}
     lines = [
         "# Compatibility",
         "",
-        "Each framework extra and each core dependency of pyobs declares the range of versions",
-        "it is tested on (`pyproject.toml`). This table is the output of the compatibility run,",
-        "`python scripts/compat.py --write docs/compatibility.md`, which installs each range's",
-        "lowest and newest versions (and the newest version on the package index, pre-releases",
-        "and releases past the range included) into a fresh virtual environment, holds every",
-        "other package at the `uv.lock` version, and runs the framework's part of the contract",
-        "suite (`tests/frameworks/test_contract.py`) or, for a core dependency, the core tests.",
-        "A failing lowest or newest run fails the script; the last column is informational.",
-        "`bash scripts/test.sh` runs a smoke subset of it (the oldest and the newest Flask).",
+        "Each framework extra, each optional extra and each core dependency of pyobs declares",
+        "the range of versions it is tested on (`pyproject.toml`). This table is the output of",
+        "the compatibility run, `python scripts/compat.py --write docs/compatibility.md`, which",
+        "installs each range's lowest and newest versions on the oldest and the newest",
+        "supported Python (and the newest version on the package index, pre-releases and",
+        "releases past the range included, on the newest Python) into a fresh virtual",
+        "environment, holds every other package at the `uv.lock` version, and runs the tests",
+        "that exercise the range: the framework's part of the contract suite",
+        "(`tests/frameworks/test_contract.py`), the core tests for a core dependency, the test",
+        "files that use an optional extra. A failing lowest or newest run fails the script; the",
+        "last column is informational. `bash scripts/test.sh` runs a smoke subset of it (the",
+        "oldest and the newest Flask).",
         "",
         header,
         "",
-        f"| range | kind | lowest (Python {pythons['lowest']}) "
-        f"| newest (Python {pythons['newest']}) "
-        f"| newest on the index, allowed to fail (Python {pythons['pre']}) |",
-        "|---|---|---|---|---|",
+        "| range | kind | "
+        + " | ".join(f"{titles[v]} (Python {pythons[w]})" for v, w in COLUMNS)
+        + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
     ]
     for target in all_targets:
         if not any(r.target == target.name for r in results):
             continue
         spec = "<br>".join(f"`{r}`" for r in target.requirements)
         row = [f"**{target.name}**<br>{spec}", target.kind]
-        row += [cell(by_key.get((target.name, v))) for v in VARIANTS]
+        row += [cell(by_key.get((target.name, v, w))) for v, w in COLUMNS]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", *FINDINGS, ""]
+    hard = [r for r in results if r.variant != "pre"]
+    failed = sum(not r.ok for r in hard)
+    missing = sum((t.name, v, w) not in by_key for t in all_targets for v, w in COLUMNS)
+    lines += [
+        "",
+        f"Lowest and newest runs: {len(hard) - failed} passed, {failed} failed; "
+        f"{missing} cells not run.",
+        "",
+        *FINDINGS,
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
@@ -440,14 +517,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="oldest and newest Flask only")
     parser.add_argument("--only", default="", help="comma-separated range names")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="lowest,newest,pre")
+    parser.add_argument("--pythons", default=",".join(PYTHONS), help="oldest,newest")
+    parser.add_argument("--resume", action="store_true", help="skip what results.json has")
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="with --resume: run failed cells again"
+    )
     parser.add_argument("--write", type=Path, help="write the Markdown table here")
     args = parser.parse_args(argv)
 
     all_targets = targets()
     chosen = all_targets
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    which_pythons = [p.strip() for p in args.pythons.split(",") if p.strip()]
+    columns = [(v, w) for v, w in COLUMNS if v in variants and w in which_pythons]
     if args.smoke:
-        chosen, variants = [t for t in all_targets if t.name == "flask"], ["lowest", "newest"]
+        chosen = [t for t in all_targets if t.name == "flask"]
+        columns = [("lowest", "oldest"), ("newest", "newest")]
     elif args.only:
         names = {n.strip() for n in args.only.split(",")}
         unknown = names - {t.name for t in all_targets}
@@ -461,42 +546,55 @@ def main(argv: list[str] | None = None) -> int:
     present = [(v, p) for v in supported_pythons() if (p := find_python(v))]
     if not present:
         raise SystemExit("no supported Python found on PATH")
-    oldest, newest = present[0], present[-1]
-    python_of = {"lowest": oldest, "newest": newest, "pre": newest}
+    found = {"oldest": present[0], "newest": present[-1]}
+    pythons = {w: found[w][0] for w in PYTHONS}
     uv = uv_command()
     pins = lock_pins(uv)
     project = pyproject()["project"]
     assert isinstance(project, dict)
     core_requirements = [Requirement(r) for r in project["dependencies"]]
     WORK.mkdir(parents=True, exist_ok=True)
+    uv_version = subprocess.run(
+        [*uv, "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    header = (
+        f"Run on {when} with uv {uv_version}; oldest Python {pythons['oldest']}, "
+        f"newest Python {pythons['newest']}."
+    )
 
-    results: list[Result] = []
-    for target in chosen:
-        newest_result: Result | None = None
-        for variant in variants:
-            version, interpreter = python_of[variant]
-            newest_versions = newest_result.versions if newest_result else None
-            result = run_one(
-                target, variant, version, interpreter, uv, pins, core_requirements,
-                newest_versions,
+    saved = load_results() if args.resume else []
+    if args.retry_failed:
+        saved = [r for r in saved if r.ok or r.variant == "pre"]
+    done = {(r.target, r.variant, r.which) for r in saved}
+    results: list[Result] = list(saved)
+    # Column by column (every range's lowest on the oldest Python first), so a run stopped
+    # early has tested every range somewhere.
+    for variant, which in columns:
+        for target in chosen:
+            if (target.name, variant, which) in done:
+                continue
+            version, interpreter = found[which]
+            newest = next(
+                (r.versions for r in results
+                 if r.target == target.name and r.variant == "newest" and r.which == which),
+                None,
             )  # fmt: skip
-            if variant == "newest":
-                newest_result = result
+            result = run_one(
+                target, variant, (which, version, interpreter), uv, pins, core_requirements,
+                newest,
+            )  # fmt: skip
             results.append(result)
+            if not args.smoke:
+                save_results(results)
+            if args.write:
+                write_table(args.write, results, all_targets, header, pythons)
             versions = ", ".join(f"{k} {v}" for k, v in result.versions.items())
             print(f"{target.name:18} {variant:7} py{version:5} {result.outcome:15} "
                   f"{result.seconds:6.1f}s  {versions}  {result.summary}", flush=True)  # fmt: skip
 
     if args.write:
-        uv_version = subprocess.run(
-            [*uv, "--version"], capture_output=True, text=True, check=True
-        ).stdout.split()[1]
-        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-        header = (
-            f"Run on {when} with uv {uv_version}, lowest on Python {oldest[0]}, newest and "
-            f"the index's newest on Python {newest[0]}."
-        )
-        write_table(args.write, results, all_targets, header)
+        write_table(args.write, results, all_targets, header, pythons)
         print(f"wrote {args.write}")
     hard = [r for r in results if r.variant != "pre"]
     pre = [r for r in results if r.variant == "pre"]

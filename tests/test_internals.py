@@ -252,3 +252,35 @@ def test_gate_checks_once_and_a_failing_check_turns_off(fresh_gates: None) -> No
     assert _internals.gate(name, raises) is False
     assert "AttributeError" in _internals._SHORTCUTS[name].reason
     del _internals._SHORTCUTS[name]
+
+
+def test_an_adopted_span_gets_the_attributes_of_pyobs_own_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What pyobs writes over FastAPI's native span (the FastAPI shortcut off) is exactly what
+    its own span carries: an odd method, a secret query, captured headers and all."""
+    from pyobs import _integration
+    from pyobs._config import load_config
+    from pyobs._observer import RequestFacts, RequestObserver
+
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "x-probe|authorization"
+    )
+    _client()  # pyobs set up, with its tracer provider
+    observer = RequestObserver(load_config({}))
+    headers = {"x-probe": "one", "authorization": "Bearer s3cr3t", "user-agent": "probe/1"}
+    facts = RequestFacts("BREW", "/orders/1", headers, "https", "token=s3cr3t&page=2",
+                         "10.1.2.3", "shop.example", 8443, "2")  # fmt: skip
+    handle = observer.start(facts)
+    assert handle is not None and handle.owns_span
+    try:
+        own = dict(handle.span.attributes)
+        written = _integration.request_attributes(observer, handle)
+    finally:
+        observer.finish(handle, 200)
+        observer.detach(handle)
+    assert written == own
+    assert written["http.request.method"] == "_OTHER"
+    assert written["url.query"] == "token=[REDACTED]&page=2"
+    assert "s3cr3t" not in repr(written)
+    assert "http.request.header.x-probe" in written

@@ -127,7 +127,10 @@ def test_span_processors_see_start_and_end() -> None:
     try:
         client.get("/orders/1")
         (span,) = exporter.get_finished_spans()
-        assert recording.started == recording.ending == recording.ended == [span.context.span_id]
+        assert recording.started == recording.ended == [span.context.span_id]
+        # The SDK calls _on_ending since 1.40 (older SDKs have no such hook): pyobs does the same.
+        hooked = hasattr(SpanProcessor, "_on_ending")
+        assert recording.ending == (recording.ended if hooked else [])
         assert span.attributes["tenant"] == "blue"
     finally:  # the SDK has no remove_span_processor; keep other tests' spans untouched
         multi = provider._active_span_processor

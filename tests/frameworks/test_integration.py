@@ -191,8 +191,9 @@ def test_development_versions_count_as_their_release() -> None:
 
 
 def test_minimum_versions_match_the_extras() -> None:
-    """The version check uses the same lower bounds as pyproject.toml's framework extras."""
-    from pyobs._integration import MINIMUM_VERSIONS
+    """The version check uses the same lower bounds as pyproject.toml's framework extras (the
+    lowest one where a newer Python needs a newer release: ``falcon>=4.0; python_version...``)."""
+    from pyobs._integration import MINIMUM_VERSIONS, release
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
@@ -203,7 +204,8 @@ def test_minimum_versions_match_the_extras() -> None:
             for spec in extras[framework]
             if spec.lower().startswith(distribution + ">=")
         ]
-        assert bounds == [minimum], (framework, extras[framework])
+        assert bounds, (framework, extras[framework])
+        assert min(bounds, key=release) == minimum, (framework, extras[framework])
 
 
 def _private_names_pyobs_defines() -> set[str]:
@@ -220,6 +222,12 @@ def _private_names_pyobs_defines() -> set[str]:
                 names.add(node.target.id)
             elif isinstance(node, ast.alias) and node.name.startswith("_"):
                 names.add(node.asname or node.name)
+            elif (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Constant)
+                and str(node.value.value).startswith("_pyobs")
+            ):
+                names.add(str(node.value.value))  # MARK = "_pyobs_instrumented"
     return {n for n in names if n.startswith("_") and not n.startswith("__")}
 
 
@@ -295,31 +303,77 @@ def test_falcon_without_its_shortcut_still_records_the_500(
         assert span.attributes["error.type"] == "500"
 
 
+def _fastapi_server_span(monkeypatch: pytest.MonkeyPatch, path: str) -> tuple[Any, Any]:
+    """(the one SERVER span, the access log line) of one request to the FastAPI app."""
+    from opentelemetry.trace import SpanKind
+
+    def server_spans(s: Served) -> list[Any]:
+        return [x for x in s.spans.get_finished_spans() if x.kind is SpanKind.SERVER]
+
+    with serving(by_name("fastapi"), monkeypatch) as s:
+        status, _, _ = s.get(path, {"User-Agent": "probe/1", "Authorization": "Bearer s3cr3t"})
+        assert status == 200
+        url_path = path.partition("?")[0]
+        assert s.wait_for(lambda: len(s.access_logs(url_path)) == 1)
+        assert s.wait_for(lambda: len(server_spans(s)) == 1)
+        (span,) = server_spans(s)
+        return span, s.access_logs(url_path)[0]
+
+
 def test_fastapi_without_its_shortcut_keeps_one_server_span(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With the FastAPI shortcut off, pyobs warns and adopts FastAPI's span: one per request."""
-    from opentelemetry.trace import SpanKind
-
+    """With the FastAPI shortcut off, pyobs warns and adopts FastAPI's span: one per request,
+    redacted and bounded the pyobs way (FastAPI's own query redaction would keep the token),
+    with the same request attributes as the span pyobs makes when the shortcut is on."""
     from pyobs import _internals
 
     if not _native_fastapi_telemetry():
         pytest.skip("this FastAPI has no native telemetry")
+    path = "/items/3?token=s3cr3t-value&page=2"
+    _internals.recheck()
+    own, _ = _fastapi_server_span(monkeypatch, path)
+    assert _internals.FASTAPI_TRACING.enabled is True
+    assert own.instrumentation_scope.name != "fastapi"  # pyobs's own span
     monkeypatch.setattr(_internals.FASTAPI_TRACING, "enabled", False)
-    with (
-        caplog.at_level(logging.WARNING, logger="pyobs"),
-        serving(by_name("fastapi"), monkeypatch) as s,
-    ):
-        assert s.get("/items/3")[0] == 200
-        assert s.wait_for(lambda: len(s.access_logs("/items/3")) == 1)
-        line = s.access_logs("/items/3")[0]
-        assert s.wait_for(
-            lambda: len([x for x in s.spans.get_finished_spans() if x.kind is SpanKind.SERVER]) == 1
-        )
-        (span,) = [x for x in s.spans.get_finished_spans() if x.kind is SpanKind.SERVER]
+    with caplog.at_level(logging.WARNING, logger="pyobs"):
+        span, line = _fastapi_server_span(monkeypatch, path)
+    assert span.instrumentation_scope.name == "fastapi"  # FastAPI's native span, adopted
     assert format(span.context.trace_id, "032x") == line["trace.id"]
     assert span.attributes["http.route"] == "/items/{item_id}"
+    assert span.attributes["url.query"] == "token=[REDACTED]&page=2"
+    assert "s3cr3t" not in repr(dict(span.attributes))
+    request_keys = ("http.request.method", "url.path", "url.query", "url.scheme",
+                    "client.address", "user_agent.original")  # fmt: skip
+    for key in (*request_keys, "network.protocol.version"):
+        assert span.attributes.get(key) == own.attributes.get(key), key
+    assert span.attributes["user_agent.original"] == "probe/1"
     assert any("telemetry={'tracing': False}" in r.getMessage() for r in caplog.records)
+
+
+def test_an_adopted_span_keeps_the_request_going_when_redaction_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error while pyobs rewrites FastAPI's adopted span is counted; the request is served."""
+    from prometheus_client import REGISTRY
+
+    from pyobs import _integration, _internals
+
+    if not _native_fastapi_telemetry():
+        pytest.skip("this FastAPI has no native telemetry")
+
+    def broken(observer: Any, handle: Any) -> Any:
+        raise RuntimeError("attribute builder broke")
+
+    monkeypatch.setattr(_internals.FASTAPI_TRACING, "enabled", False)
+    monkeypatch.setattr(_integration, "request_attributes", broken)
+    labels = {"component": "adapter"}
+    before = REGISTRY.get_sample_value("pyobs_internal_errors_total", labels) or 0.0
+    span, line = _fastapi_server_span(monkeypatch, "/items/4")
+    assert line["http.response.status_code"] == 200
+    assert span.attributes["http.route"] == "/items/{item_id}"
+    after = REGISTRY.get_sample_value("pyobs_internal_errors_total", labels) or 0.0
+    assert after == before + 1
 
 
 def test_a_sanic_metrics_route_added_after_instrument_starts(
