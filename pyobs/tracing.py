@@ -38,6 +38,8 @@ except Exception as _exc:  # noqa: BLE001 - "Propagator b3multi not found. ...",
     _propagate = None
     _propagate_error = str(_exc)
 _fallback_textmap: TextMapPropagator | None = None
+# The API's public getter of the global propagator (None when the API failed to import).
+_global_textmap: Any = None if _propagate is None else _propagate.get_global_textmap
 _installed: list[Any] = []  # the provider pyobs installed (kept: the global one stays set)
 _missing_propagators: list[str] = []
 _warned: list[bool] = []  # the missing-propagator warning was given (once per process)
@@ -132,8 +134,20 @@ def extract(headers: Mapping[str, str]) -> Context | None:
 
 
 def may_carry_context(headers: Mapping[str, str]) -> bool:
-    """False when none of the headers the current global propagator reads is present."""
-    return _may_carry_context(textmap(), headers)
+    """False when none of the headers the current global propagator reads is present.
+
+    It runs on every request: one call, the propagator asked for with the API's
+    ``get_global_textmap()``, and its headers learned again only when the app set another.
+    """
+    propagator = _global_textmap() if _global_textmap is not None else _fallback()
+    if propagator is not _triggers_for:  # set_global_textmap() since: learn its headers
+        _learn_triggers(propagator)
+    triggers = _triggers
+    if triggers is _W3C_TRIGGERS:  # the default: tracecontext,baggage
+        return "traceparent" in headers or "baggage" in headers
+    if triggers is not None:
+        return any(name in headers for name in triggers)
+    return True
 
 
 def _may_carry_context(propagator: TextMapPropagator, headers: Mapping[str, str]) -> bool:
