@@ -341,7 +341,10 @@ class RequestObserver:
             handle.span = span
             handle.owns_span = True
             handle.context_token = _context.attach_span(span, context if parent is None else parent)
-        trace_id, span_id, sampled = tracing.span_ids(handle.span)
+        span = handle.span
+        trace_id, span_id, sampled = (
+            span.ids if type(span) is tracing.RequestSpan else tracing.span_ids(span)
+        )
         handle.trace_ids = (trace_id, span_id)
         if sampled:
             handle.trace_id = trace_id

@@ -340,6 +340,7 @@ class RequestSpan(trace.Span, ReadableSpan):
     _events: Any
     _links: Any
     _context: trace.SpanContext
+    ids: tuple[str, str, bool]  # (trace id, span id) in hex, sampled: set by its maker
 
     def __init__(
         self,
@@ -583,6 +584,8 @@ def _flags(
 
 def span_ids(span: trace.Span) -> tuple[str, str, bool]:
     """(trace id, span id) in hex and whether the span is sampled."""
+    if type(span) is RequestSpan:
+        return span.ids  # formatted once, from the ints it was made with
     context = span.get_span_context()
     return (
         "%032x" % context.trace_id,  # noqa: UP031 - faster than format()
@@ -630,19 +633,19 @@ def _start_recorded(
         trace_id = recorder.ids.generate_trace_id()
     else:
         trace_id = parent_context.trace_id
+    sampled = True
     if recorder.parent_based_always_on:
         # The SDK's default sampler, decided here without building a SamplingResult: a span
         # is sampled unless its parent is valid and not sampled; the trace state is the
         # parent's. Attributes pass through unchanged.
+        span_id = recorder.ids.generate_span_id()
         if parent_context is None:
-            context = trace.SpanContext(
-                trace_id, recorder.ids.generate_span_id(), False, recorder.root_flags
-            )
+            context = trace.SpanContext(trace_id, span_id, False, recorder.root_flags)
         else:
             sampled = parent_context.trace_flags.sampled
             context = trace.SpanContext(
                 trace_id,
-                recorder.ids.generate_span_id(),
+                span_id,
                 False,
                 _flags(sampled, parent_context, recorder),
                 parent_context.trace_state,
@@ -653,17 +656,20 @@ def _start_recorded(
         result = recorder.sampler.should_sample(
             parent, trace_id, name, trace.SpanKind.SERVER, attributes
         )
+        sampled = result.decision.is_sampled()
+        span_id = recorder.ids.generate_span_id()
         context = trace.SpanContext(
             trace_id,
-            recorder.ids.generate_span_id(),
+            span_id,
             False,
-            _flags(result.decision.is_sampled(), parent_context, recorder),
+            _flags(sampled, parent_context, recorder),
             result.trace_state,
         )
         if not result.decision.is_recording():
             return trace.NonRecordingSpan(context)
         attributes = dict(result.attributes) if result.attributes is not None else {}
     span = RequestSpan(recorder, name, context, parent_context, attributes)
+    span.ids = ("%032x" % trace_id, "%016x" % span_id, sampled)  # noqa: UP031 - faster
     try:
         recorder.processor.on_start(span, parent_context=parent)
     except Exception as exc:  # noqa: BLE001 - the span is still recorded and exported
