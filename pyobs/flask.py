@@ -22,14 +22,14 @@ def _matched_rule(environ: Environ) -> str | None:
 
     Flask's request object is in the environ (Werkzeug's documented
     ``environ["werkzeug.request"]``), so the rule is one attribute read away: no request
-    context or proxy lookup, and it is still there after Flask dropped its context. A
-    request class that does not put itself there is read through Flask's request context.
+    context or proxy lookup, and it is still there after Flask dropped its context. Without
+    a rule there (a request class that does not put itself there, another library's request
+    object, no match) Flask's request context is asked.
     """
-    request = environ.get("werkzeug.request")
-    if request is None:
+    rule = getattr(environ.get("werkzeug.request"), "url_rule", None)
+    if rule is None:  # not Flask's request (a test client's), or no rule matched
         return _context_rule(environ)
-    rule = getattr(request, "url_rule", None)
-    return None if rule is None else str(rule.rule)
+    return str(rule.rule)
 
 
 def _context_rule(environ: Environ) -> str | None:
