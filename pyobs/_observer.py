@@ -343,7 +343,7 @@ class RequestObserver:
             handle.context_token = _context.attach_span(span, context if parent is None else parent)
         span = handle.span
         trace_id, span_id, sampled = (
-            span.ids if type(span) is tracing.RequestSpan else tracing.span_ids(span)
+            span.ids if type(span) is tracing.request_span_type else tracing.span_ids(span)
         )
         handle.trace_ids = (trace_id, span_id)
         if sampled:
@@ -505,7 +505,7 @@ class RequestObserver:
         self, handle: RequestHandle, span: Any, code: int, exc: BaseException | None
     ) -> None:
         # pyobs's own span ignores changes once ended, so only other spans are asked.
-        own = handle.owns_span and type(span) is tracing.RequestSpan
+        own = handle.owns_span and type(span) is tracing.request_span_type
         if not own and not span.is_recording():
             return  # an adopted span that its owner already ended
         method = handle.method
