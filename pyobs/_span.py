@@ -34,6 +34,10 @@ _INVALID_SPAN = trace.INVALID_SPAN
 _NO_LINKS: tuple[trace.Link, ...] = ()
 
 
+# Attribute value types the SDK's validation passes through unchanged (without a length limit).
+_PLAIN_VALUES = frozenset({str, bool, int, float})
+
+
 class RequestSpan(trace.Span, ReadableSpan):
     """The request's SERVER span, recorded by pyobs and handed to the SDK's span processors.
 
@@ -94,7 +98,12 @@ class RequestSpan(trace.Span, ReadableSpan):
         attributes = self._attributes
         if type(attributes) is dict:
             if len(attributes) < self._recorder.max_count or key in attributes:
-                # Values from application code are validated like the SDK does.
+                if type(value) in _PLAIN_VALUES and type(key) is str and key:
+                    # A str, bool, int or float under a non-empty str key is what the SDK's
+                    # validation keeps as it is (no length limit applies to a plain dict).
+                    attributes[key] = value
+                    return
+                # Any other value from application code is validated like the SDK does.
                 cleaned = BoundedAttributes(attributes={key: value})
                 if key in cleaned:
                     attributes[key] = cleaned[key]
