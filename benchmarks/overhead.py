@@ -57,6 +57,9 @@ HEADERS = {
 # Targets from the issue, as ratios of added per-request overhead.
 METRICS_TARGET = 0.5  # pyobs-metrics vs the lightest Prometheus peer
 FULL_TARGET = 0.25  # pyobs-full vs the OTel contrib instrumentation
+# An extra row (--log-file): pyobs-full with its access log written to a file, as in
+# production, instead of /dev/null.
+LOG_FILE_CONFIG = "pyobs-full+log-file"
 
 
 # ======================================================================================
@@ -383,6 +386,8 @@ class Bench:
             if name.startswith(("PYOBS_", "OTEL_")):
                 del os.environ[name]
         self.config = config
+        if config == LOG_FILE_CONFIG:
+            config = "pyobs-full"  # the same app and setup; only stdout differs
         self.exporter: _CountingDropExporter | None = None
         if config in ("pyobs-full", "otel-contrib"):
             from opentelemetry import trace
@@ -409,8 +414,19 @@ class Bench:
         if framework == "sanic":
             self.loop.run_until_complete(_sanic_lifespan(self.target.app))
         make = getattr(_Drivers, self.target.kind)
+        self.served = 0  # requests sent so far (first request and warm-up included)
         self.one = make(self.target.app)
         self.is_async = asyncio.iscoroutinefunction(self.one)
+        # Start-up in CPU time (the workers start side by side, so wall time would mostly
+        # measure each other): the interpreter, imports, setup and app (the bare row is the
+        # framework's own), then the first request, which pays every first-use cost.
+        self.startup_ms = time.process_time() * 1000
+        first = time.process_time()
+        status = self.loop.run_until_complete(self.one()) if self.is_async else self.one()
+        if status != 200:
+            raise RuntimeError(f"the first request answered {status}")
+        self.served += 1
+        self.first_request_ms = (time.process_time() - first) * 1000
 
     def run(self, seconds: float, limit: int) -> Burst:
         """Send requests in groups of 16 until ``seconds`` pass or ``limit`` requests are sent.
@@ -433,6 +449,7 @@ class Bench:
             if time.perf_counter_ns() >= deadline:
                 break
         wall = time.perf_counter_ns() - start
+        self.served += count
         return Burst(count, wall, time.process_time_ns() - cpu, bad)
 
     async def _run_async(self, seconds: float, limit: int) -> Burst:
@@ -449,9 +466,10 @@ class Bench:
             if time.perf_counter_ns() >= deadline:
                 break
         wall = time.perf_counter_ns() - start
+        self.served += count
         return Burst(count, wall, time.process_time_ns() - cpu, bad)
 
-    def facts(self, requests: int) -> dict[str, Any]:
+    def facts(self) -> dict[str, Any]:
         """What the warm-up proved: spans per request, recorded routes, access log lines."""
         if self.exporter is not None:
             from opentelemetry import trace
@@ -459,22 +477,29 @@ class Bench:
             flush = getattr(trace.get_tracer_provider(), "force_flush", None)
             if flush is not None:
                 flush()  # the batch processor exports on its own thread: count every span
-        facts = _facts(self.config, requests, self.exporter, self.target)
+        facts = _facts(self.config, self.served, self.exporter, self.target)
+        facts["warmup_requests"] = self.served
         facts["access_log_lines"] = self.access_lines.value()
+        facts["startup_ms"] = round(self.startup_ms, 1)
+        facts["first_request_ms"] = round(self.first_request_ms, 2)
         return facts
 
 
-def _quiet_stdout() -> Any:
-    """Send fd 1 (the app's and pyobs's JSON logs) to /dev/null; return a stream to the old one."""
+def _quiet_stdout(to_file: bool = False) -> Any:
+    """Send fd 1 (the app's and pyobs's JSON logs) to /dev/null, or to a temporary file as a
+    production log file would take them; return a stream to the old fd 1."""
     out = os.fdopen(os.dup(1), "w", buffering=1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
+    if to_file:
+        sink = tempfile.TemporaryFile("wb")  # noqa: SIM115 - open for the worker's life
+        os.dup2(sink.fileno(), 1)
+    else:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     return out
 
 
 def worker(framework: str, config: str) -> int:
     """Build one configuration, then serve 'run SECONDS LIMIT' commands from stdin."""
-    proto = _quiet_stdout()
+    proto = _quiet_stdout(to_file=config == LOG_FILE_CONFIG)
     bench = Bench(framework, config)
     for line in sys.stdin:
         words = line.split()
@@ -491,7 +516,7 @@ def worker(framework: str, config: str) -> int:
                 "bad": b.bad,
             }
             if words[0] == "warmup":
-                reply["facts"] = bench.facts(b.count)
+                reply["facts"] = bench.facts()
             proto.write(json.dumps(reply) + "\n")
     return 0
 
@@ -682,6 +707,7 @@ def _facts(config: str, requests: int, exporter: Any, target: Target) -> dict[st
     """What the warm-up proved: spans per request, recorded routes, access log lines."""
     facts: dict[str, Any] = {"note": target.note}
     if exporter is not None:
+        facts["spans_exported"] = exporter.spans
         facts["spans_per_request"] = round(exporter.spans / max(requests, 1), 2)
         facts["span_scopes"] = {
             name: round(n / max(requests, 1), 2) for name, n in sorted(exporter.scopes.items())
@@ -750,9 +776,10 @@ class Worker:
             self.stderr.close()
 
 
-def configs_for(framework: str) -> list[str]:
-    """Every configuration measured for a framework."""
-    return [*BASE_CONFIGS, *FRAMEWORKS[framework][2]]
+def configs_for(framework: str, log_file: bool = False) -> list[str]:
+    """Every configuration measured for a framework (with --log-file, one row more)."""
+    extra = [LOG_FILE_CONFIG] if log_file else []
+    return [*BASE_CONFIGS, *extra, *FRAMEWORKS[framework][2]]
 
 
 def _start(framework: str, config: str) -> Worker:
@@ -783,10 +810,16 @@ def _start(framework: str, config: str) -> Worker:
 
 
 def measure_framework(
-    framework: str, rounds: int, burst: float, warmup: float, limit: int, seed: int
+    framework: str,
+    rounds: int,
+    burst: float,
+    warmup: float,
+    limit: int,
+    seed: int,
+    log_file: bool = False,
 ) -> list[Worker]:
     """Start every configuration of ``framework``, warm up, then interleave bursts."""
-    workers = [_start(framework, c) for c in configs_for(framework)]
+    workers = [_start(framework, c) for c in configs_for(framework, log_file)]
     live = [w for w in workers if w.proc is not None]
     try:
         for w in live:
@@ -839,7 +872,7 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
     kind = FRAMEWORKS[framework][0]
     by_config = {w.config: w for w in workers}
     bare = median(by_config["bare"])
-    peers = [w for w in workers if w.config not in BASE_CONFIGS]
+    peers = [w for w in workers if w.config not in (*BASE_CONFIGS, LOG_FILE_CONFIG)]
     out.write(f"\n## {framework}  (driven as: {DRIVEN_AS[kind]})\n")
     notes = sorted({w.facts.get("note", "") for w in workers if w.facts.get("note")})
     for note in notes:
@@ -871,14 +904,24 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
         if "spans_per_request" in w.facts:
             scopes = ", ".join(f"{k} {v:g}" for k, v in w.facts.get("span_scopes", {}).items())
             extra.append(f"{w.facts['spans_per_request']:g} spans/req ({scopes})")
+            served = w.facts.get("warmup_requests", 0)
+            exported = w.facts.get("spans_exported", 0)
+            # Every request makes at least one SERVER span: fewer exported ones were lost.
+            if exported < served:
+                extra.append(f"LOSES SPANS: {exported} exported for {served} requests")
         if w.config.startswith("pyobs"):
             routes = [r for r in w.facts.get("pyobs_routes", []) if r != "<unmatched>"]
             extra.append(f"route {routes[0]}" if routes else "NO route recorded")
-            if w.config == "pyobs-full":
+            if w.config in ("pyobs-full", LOG_FILE_CONFIG):
                 per_request = w.facts.get("access_log_lines", 0) / max(
                     w.facts.get("pyobs_requests", 1), 1
                 )
                 extra.append(f"{per_request:g} access-log lines/req")
+        if "startup_ms" in w.facts:
+            extra.append(
+                f"start {w.facts['startup_ms']:g} ms, first request "
+                f"{w.facts['first_request_ms']:g} ms"
+            )
         out.write("".join(cells) + "  " + "; ".join(extra) + "\n")
     return _verdicts(framework, by_config, bare)
 
@@ -893,7 +936,9 @@ def _verdicts(framework: str, by_config: dict[str, Worker], bare: float | None) 
         m = median(w) if w is not None else None
         return None if m is None else m - bare
 
-    prom_peers = [c for c in by_config if c not in BASE_CONFIGS and c != "otel-contrib"]
+    prom_peers = [
+        c for c in by_config if c not in (*BASE_CONFIGS, LOG_FILE_CONFIG) and c != "otel-contrib"
+    ]
     pm = added("pyobs-metrics")
     peer_added = [(a, c) for c in prom_peers if (a := added(c)) is not None]
     if pm is not None and peer_added:
@@ -925,6 +970,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: a few requests each")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--log-file",
+        action="store_true",
+        help=f"one row more, {LOG_FILE_CONFIG}: pyobs-full with the access log in a file",
+    )
     parser.add_argument(
         "--profile",
         metavar="FRAMEWORK:CONFIG",
@@ -971,13 +1021,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "# pyobs-metrics: tracing=False, access_log=False.  pyobs-full: metrics + SDK span "
         "(BatchSpanProcessor, exporter drops) + ECS access log to /dev/null.\n"
         "# otel-contrib: the same SDK provider/exporter, contrib instrumentation only.\n"
+        f"# {LOG_FILE_CONFIG} (--log-file): pyobs-full, access log to a file on disk.\n"
+        "# spans/req: spans exported per request served (fewer than one: spans were lost);\n"
+        "#   start: CPU ms of a fresh worker until ready (interpreter, imports, setup, app;\n"
+        "#   bare: the framework's own); first request: its CPU ms (first-use work included).\n"
         "# +us: added per request vs bare;  'N of PEER': pyobs's added us / the peer's.\n"
     )
     out.flush()
     verdicts: list[str] = []
     results: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
-        workers = measure_framework(name, rounds, burst, warmup, limit, args.seed + i)
+        workers = measure_framework(
+            name, rounds, burst, warmup, limit, args.seed + i, args.log_file
+        )
         verdicts += report_framework(name, workers, out)
         results[name] = {
             w.config: {

@@ -13,31 +13,19 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 INVALID_SPAN = trace.INVALID_SPAN
-_get_current = api.get_current
-_get_span = trace.get_current_span
 _set_span = trace.set_span_in_context
+_attach = api.attach
 
-
-def current() -> Context:
-    """The current context (``opentelemetry.context.get_current()``)."""
-    return _get_current()
-
-
-def span_in(context: Context) -> trace.Span:
-    """The span in ``context``, INVALID_SPAN when there is none (``get_current_span``)."""
-    return _get_span(context)
-
-
-def current_span() -> trace.Span:
-    """The current span (``trace.get_current_span()``)."""
-    return _get_span()
+# The API's own functions, not wrappers around them (a wrapper is one more call per use):
+#: The current context (``opentelemetry.context.get_current()``).
+current = api.get_current
+#: ``span_in(context)``: the span in ``context``, INVALID_SPAN when there is none
+#: (``trace.get_current_span``); ``current_span()``: the current span.
+span_in = current_span = trace.get_current_span
+#: Restore the context from before ``attach_span`` (the API logs a foreign token).
+detach = api.detach
 
 
 def attach_span(span: trace.Span, context: Context) -> Any:
     """Make ``context`` plus ``span`` current; returns the token for ``detach``."""
-    return api.attach(_set_span(span, context))
-
-
-def detach(token: Any) -> None:
-    """Restore the context from before ``attach_span`` (the API logs a foreign token)."""
-    api.detach(token)
+    return _attach(_set_span(span, context))

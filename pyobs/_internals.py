@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -223,8 +224,6 @@ def prom_request(
     Raises AfterGauge (from the cause) when a write after the gauge's failed, so the caller
     knows the gauge is already down and completes the rest through the public API.
     """
-    from bisect import bisect_left
-
     active, d_sum, d_buckets, d_bounds, r_sum, r_buckets, r_bounds = direct
     d_bucket = d_buckets[bisect_left(d_bounds, duration)]
     r_bucket = r_buckets[bisect_left(r_bounds, response_bytes)] if r_sum is not None else None
@@ -244,8 +243,6 @@ def prom_request(
 
 def prom_observe(lock: Any, direct: tuple[Any, list[Any], list[float]], amount: float) -> None:
     """``histogram_child.observe(amount)`` (no exemplar), under pyobs's lock."""
-    from bisect import bisect_left
-
     total, buckets, bounds = direct
     bucket = buckets[bisect_left(bounds, amount)]
     with lock:

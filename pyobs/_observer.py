@@ -229,6 +229,7 @@ class RequestObserver:
         self._capture_headers = _capture_header_names()
         # Spans and access logs need every request fact; metrics need method, path, headers.
         self.details = config.tracing or config.access_log
+        self._proxies = bool(config.trusted_proxies)  # client_ip() has work to do
         self._quiet, self._excluded = config.exclusions  # Config.is_excluded, inlined
         redact.configure(config.redact_headers, config.redact_query_params)
         # The SDK warns for each attribute value its limits cut (and each one dropped):
@@ -276,7 +277,10 @@ class RequestObserver:
             _errors.report("metrics", exc, "start")
         if self.details:
             try:
-                handle.client = capped(self.client_ip(facts), 256)
+                client = self.client_ip(facts) if self._proxies else facts.client_addr
+                if client is not None and len(client) > 256:
+                    client = client[:256]
+                handle.client = client
                 user_agent = facts.headers.get("user-agent")
                 if user_agent is not None and len(user_agent) > MAX_FIELD_LENGTH:
                     user_agent = user_agent[:MAX_FIELD_LENGTH]
@@ -320,8 +324,9 @@ class RequestObserver:
                 attrs["http.request.method_original"] = capped(facts.method, 256)
             if facts.query:
                 attrs["url.query"] = redact_query(capped(facts.query) or "")
-            if facts.server_addr:
-                attrs["server.address"] = capped(facts.server_addr, 256)
+            server = facts.server_addr
+            if server:
+                attrs["server.address"] = server if len(server) <= 256 else server[:256]
             if facts.server_port:
                 attrs["server.port"] = facts.server_port
             if handle.client:
@@ -336,7 +341,10 @@ class RequestObserver:
             handle.span = span
             handle.owns_span = True
             handle.context_token = _context.attach_span(span, context if parent is None else parent)
-        trace_id, span_id, sampled = tracing.span_ids(handle.span)
+        span = handle.span
+        trace_id, span_id, sampled = (
+            span.ids if type(span) is tracing.request_span_type else tracing.span_ids(span)
+        )
         handle.trace_ids = (trace_id, span_id)
         if sampled:
             handle.trace_id = trace_id
@@ -449,16 +457,21 @@ class RequestObserver:
     ) -> None:
         m = self.metrics
         method = handle.method
-        try:
-            route = m.route_label(handle.route)
-        except Exception as error:  # noqa: BLE001
-            _errors.report("metrics", error, "route label")
+        route = handle.route
+        if route is None:
             route = UNMATCHED
-        try:
-            extra = m.request_labels(handle.facts) if m.labelled else ()
-        except Exception as error:  # noqa: BLE001 - the application's label hook failed
-            _errors.report("metrics", error, "request labels")
-            extra = ()
+        elif route not in m.known_routes:  # a route seen before needs no check
+            try:
+                route = m.route_label(route)
+            except Exception as error:  # noqa: BLE001
+                _errors.report("metrics", error, "route label")
+                route = UNMATCHED
+        extra: tuple[str, ...] = ()
+        if m.labelled:
+            try:
+                extra = m.request_labels(handle.facts)
+            except Exception as error:  # noqa: BLE001 - the application's label hook failed
+                _errors.report("metrics", error, "request labels")
         if handle.counted:
             handle.counted = False
             try:
@@ -478,9 +491,11 @@ class RequestObserver:
             except Exception as error:  # noqa: BLE001
                 _errors.report("metrics", error, "finish")
         try:
-            length = content_length(handle.facts.headers.get("content-length"))
-            if length is not None:
-                m.request_body(method, route, length, extra)
+            raw_length = handle.facts.headers.get("content-length")
+            if raw_length is not None:  # most requests have no body
+                length = content_length(raw_length)
+                if length is not None:
+                    m.request_body(method, route, length, extra)
             if exc is not None:
                 m.exception(method, route, _error_type(exc), extra)
         except Exception as error:  # noqa: BLE001
@@ -490,7 +505,7 @@ class RequestObserver:
         self, handle: RequestHandle, span: Any, code: int, exc: BaseException | None
     ) -> None:
         # pyobs's own span ignores changes once ended, so only other spans are asked.
-        own = handle.owns_span and type(span) is tracing.RequestSpan
+        own = handle.owns_span and type(span) is tracing.request_span_type
         if not own and not span.is_recording():
             return  # an adopted span that its owner already ended
         method = handle.method
@@ -533,7 +548,11 @@ class RequestObserver:
         query = redact_query(capped(facts.query) or "") if facts.query else None
         optional = (query, handle.route, handle.client or None, handle.user_agent or None)
         # The message repeats the path for people; url.path has it in full (up to the cap).
-        message = f"{capped(facts.method, 64)} {capped(path, 1024)} {code}"
+        raw_method = facts.method
+        message = (
+            f"{raw_method if len(raw_method) <= 64 else raw_method[:64]} "
+            f"{path if len(path) <= 1024 else path[:1024]} {code}"
+        )
         direct = direct_handler(_access, level)
         if direct is not None and exc is None:
             # Fast path: pyobs's own stdout handler is the only destination.

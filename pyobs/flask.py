@@ -1,7 +1,8 @@
 """Flask adapter: ``pyobs.flask.instrument(app)``.
 
-Only Flask's public API: ``has_request_context()``, ``request.url_rule``, the
-``got_request_exception`` signal and the app's URL map.
+Only public APIs: the request object Werkzeug puts in the environ
+(``environ["werkzeug.request"]``, Flask's ``request``), its ``url_rule``,
+``has_request_context()``, the ``got_request_exception`` signal and the app's URL map.
 """
 
 from __future__ import annotations
@@ -19,9 +20,20 @@ _request: Any = None
 def _matched_rule(environ: Environ) -> str | None:
     """The rule Flask matched for this request (/items/<int:item_id>), None when none did.
 
-    The middleware asks when the app starts its response: Flask does that inside its request
-    context, which it drops before the body is sent.
+    Flask's request object is in the environ (Werkzeug's documented
+    ``environ["werkzeug.request"]``), so the rule is one attribute read away: no request
+    context or proxy lookup, and it is still there after Flask dropped its context. Without
+    a rule there (a request class that does not put itself there, another library's request
+    object, no match) Flask's request context is asked.
     """
+    rule = getattr(environ.get("werkzeug.request"), "url_rule", None)
+    if rule is None:  # not Flask's request (a test client's), or no rule matched
+        return _context_rule(environ)
+    return str(rule.rule)
+
+
+def _context_rule(environ: Environ) -> str | None:
+    """The rule read through Flask's request context (asked while it is active)."""
     if not _has_context() or _request.environ is not environ:
         return None  # no context, or another request's (an outer app's)
     rule = _request.url_rule

@@ -194,6 +194,8 @@ class PyobsMetrics:
             registry=r,
         )
         self._routes: set[str] = {UNMATCHED}
+        # The routes already accepted (read by the request path; added to under the lock).
+        self.known_routes = self._routes
         self._routes_lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
         # The request path's values, updated directly (see _Series) under this one lock.

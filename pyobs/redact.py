@@ -11,7 +11,9 @@ messages are scrubbed of URL credentials, bearer/basic tokens and ``secret=value
 from __future__ import annotations
 
 import re
+import traceback
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import unquote_plus
 
 REDACTED = "[REDACTED]"
@@ -108,3 +110,24 @@ def scrub(text: str) -> str:
     text = _URL_USERINFO.sub(rf"\g<1>{REDACTED}@", text)
     text = _AUTH_SCHEME.sub(rf"\g<1>\g<2>{REDACTED}", text)
     return _PAIR.sub(_pair, text)
+
+
+def exception_attributes(
+    exception: BaseException, attributes: Any = None, escaped: bool = False
+) -> dict[str, Any]:
+    """The SDK's ``exception`` event attributes, with secrets scrubbed from message and trace."""
+    cls = type(exception)
+    module = cls.__module__
+    fields: dict[str, Any] = {
+        "exception.type": (
+            f"{module}.{cls.__qualname__}" if module and module != "builtins" else cls.__qualname__
+        ),
+        "exception.message": scrub(str(exception)),
+        "exception.stacktrace": scrub(
+            "".join(traceback.format_exception(cls, exception, exception.__traceback__))
+        ),
+        "exception.escaped": str(escaped),
+    }
+    if attributes:
+        fields.update(attributes)
+    return fields

@@ -5,22 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
-from opentelemetry.sdk.util import BoundedList
 
-from pyobs import _context, _errors, _internals, _otel_env
+from pyobs import _internals, _otel_env
 from pyobs._config import Config
 from pyobs._version import __version__
-from pyobs.redact import scrub
+from pyobs.redact import exception_attributes as exception_attributes  # its home until now
 
 _log = logging.getLogger("pyobs")
 
@@ -38,6 +33,8 @@ except Exception as _exc:  # noqa: BLE001 - "Propagator b3multi not found. ...",
     _propagate = None
     _propagate_error = str(_exc)
 _fallback_textmap: TextMapPropagator | None = None
+# The API's public getter of the global propagator (None when the API failed to import).
+_global_textmap: Any = None if _propagate is None else _propagate.get_global_textmap
 _installed: list[Any] = []  # the provider pyobs installed (kept: the global one stays set)
 _missing_propagators: list[str] = []
 _warned: list[bool] = []  # the missing-propagator warning was given (once per process)
@@ -132,8 +129,20 @@ def extract(headers: Mapping[str, str]) -> Context | None:
 
 
 def may_carry_context(headers: Mapping[str, str]) -> bool:
-    """False when none of the headers the current global propagator reads is present."""
-    return _may_carry_context(textmap(), headers)
+    """False when none of the headers the current global propagator reads is present.
+
+    It runs on every request: one call, the propagator asked for with the API's
+    ``get_global_textmap()``, and its headers learned again only when the app set another.
+    """
+    propagator = _global_textmap() if _global_textmap is not None else _fallback()
+    if propagator is not _triggers_for:  # set_global_textmap() since: learn its headers
+        _learn_triggers(propagator)
+    triggers = _triggers
+    if triggers is _W3C_TRIGGERS:  # the default: tracecontext,baggage
+        return "traceparent" in headers or "baggage" in headers
+    if triggers is not None:
+        return any(name in headers for name in triggers)
+    return True
 
 
 def _may_carry_context(propagator: TextMapPropagator, headers: Mapping[str, str]) -> bool:
@@ -300,237 +309,28 @@ def _check_adopted_resource(provider: Any, config: Config) -> None:
         )
 
 
-_UNSET = trace.Status(trace.StatusCode.UNSET)
-_ERROR = trace.Status(trace.StatusCode.ERROR)
-_SAMPLED = int(trace.TraceFlags.SAMPLED)
-# W3C Trace Context Level 2 random-trace-id flag, as the SDK sets it (API >= 1.40).
-_RANDOM = int(getattr(trace.TraceFlags, "RANDOM_TRACE_ID", 0))
-_FLAGS = {n: trace.TraceFlags(n) for n in (0, _SAMPLED, _RANDOM, _SAMPLED | _RANDOM)}
-_NO_EVENTS: tuple[Event, ...] = ()
-_INVALID_SPAN = trace.INVALID_SPAN
-_NO_LINKS: tuple[trace.Link, ...] = ()
-
-
-class RequestSpan(trace.Span, ReadableSpan):
-    """The request's SERVER span, recorded by pyobs and handed to the SDK's span processors.
-
-    The SDK's own span takes a lock and validates on every change; pyobs sets a dozen
-    known-good attributes per request, so it records them itself (about 18 us less per
-    request). It behaves like an SDK span: the provider's sampler, id generator, resource,
-    span limits and processors are used, and application code can enrich it through
-    ``get_current_span()``. This is a shortcut into SDK internals, gated in
-    ``pyobs._internals`` (checked against ``Tracer.start_span`` at first use).
-    """
-
-    _kind = trace.SpanKind.SERVER
-    _instrumentation_info = None
-    # ReadableSpan's fields, as this class fills them (narrower than the base declares).
-    _attributes: Any
-    _events: Any
-    _links: Any
-    _context: trace.SpanContext
-
-    def __init__(
-        self,
-        recorder: _Recorder,
-        name: str,
-        context: trace.SpanContext,
-        parent: trace.SpanContext | None,
-        attributes: dict[str, Any],
-    ) -> None:
-        # ReadableSpan's fields, set directly: this object is also what the processors get.
-        self._recorder = recorder
-        self._name = name
-        self._context = context
-        self._parent = parent
-        if recorder.max_length is not None or len(attributes) > recorder.max_count:
-            attributes = recorder.bounded(attributes)
-        self._attributes = attributes
-        self._events = _NO_EVENTS
-        self._links = _NO_LINKS
-        self._status = _UNSET
-        self._resource = recorder.resource
-        self._instrumentation_scope = recorder.scope
-        self._start_time = time.time_ns()
-        self._end_time = None
-
-    def get_span_context(self) -> trace.SpanContext:
-        return self._context
-
-    def is_recording(self) -> bool:
-        return self._end_time is None
-
-    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        if self._end_time is not None:
-            return
-        attributes = self._attributes
-        if type(attributes) is dict:
-            if len(attributes) < self._recorder.max_count or key in attributes:
-                # Values from application code are validated like the SDK does.
-                cleaned = BoundedAttributes(attributes={key: value})
-                if key in cleaned:
-                    attributes[key] = cleaned[key]
-                return
-            attributes = self._attributes = self._recorder.bounded(attributes)
-        attributes[key] = value  # BoundedAttributes: validates, truncates, drops the oldest
-
-    def request_done(
-        self,
-        status_code: int,
-        method: str,
-        route: str | None,
-        error_type: str | None,
-        exception: BaseException | None,
-    ) -> None:
-        """The outcome pyobs records on its own span: status, route and name, error."""
-        if self._end_time is not None:
-            return
-        attributes = self._attributes
-        attributes["http.response.status_code"] = status_code
-        if route is not None:
-            attributes["http.route"] = route
-            self._name = f"{method} {route}"
-        if error_type is not None:
-            attributes["error.type"] = error_type
-            self._status = _ERROR
-        if exception is not None:
-            self.record_exception(exception)
-
-    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
-        if self._end_time is not None:
-            return
-        recorder = self._recorder
-        if type(self._events) is tuple:
-            self._events = BoundedList(recorder.limits.max_events)
-        self._events.append(Event(name, recorder.bounded(attributes, events=True), timestamp))
-
-    def add_link(self, context: trace.SpanContext, attributes: Any = None) -> None:
-        if self._end_time is not None or (
-            (context is None or not context.is_valid) and not attributes
-        ):
-            return
-        recorder = self._recorder
-        if type(self._links) is tuple:
-            self._links = BoundedList(recorder.limits.max_links)
-        self._links.append(trace.Link(context, recorder.bounded(attributes, links=True)))
-
-    def update_name(self, name: str) -> None:
-        if self._end_time is None:
-            self._name = name
-
-    def set_status(self, status: Any, description: str | None = None) -> None:
-        if self._end_time is not None:
-            return
-        if not isinstance(status, trace.Status):
-            status = trace.Status(status, description)
-        # As the SDK: OK is final, and UNSET never overwrites.
-        if self._status.status_code is trace.StatusCode.OK:
-            return
-        if status.status_code is trace.StatusCode.UNSET:
-            return
-        self._status = status
-
-    def record_exception(
-        self,
-        exception: BaseException,
-        attributes: Any = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        self.add_event("exception", exception_attributes(exception, attributes, escaped), timestamp)
-
-    def end(self, end_time: int | None = None) -> None:
-        if self._end_time is not None:
-            return
-        self._end_time = end_time or time.time_ns()
-        processor = self._recorder.processor
-        on_ending = self._recorder.on_ending
-        # Each hook in its own guard: a failing processor costs neither the other signals
-        # nor the export (CONTRACT §3).
-        if on_ending is not None:
-            try:
-                on_ending(self)
-            except Exception as exc:  # noqa: BLE001
-                _errors.report("tracing", exc, "span processor _on_ending")
-        try:
-            # Like the SDK's span, a ReadableSpan is handed over: this object, no copy.
-            processor.on_end(self)
-        except Exception as exc:  # noqa: BLE001
-            _errors.report("tracing", exc, "span processor on_end")
-
-
-def exception_attributes(
-    exception: BaseException, attributes: Any = None, escaped: bool = False
-) -> dict[str, Any]:
-    """The SDK's ``exception`` event attributes, with secrets scrubbed from message and trace."""
-    cls = type(exception)
-    module = cls.__module__
-    fields: dict[str, Any] = {
-        "exception.type": (
-            f"{module}.{cls.__qualname__}" if module and module != "builtins" else cls.__qualname__
-        ),
-        "exception.message": scrub(str(exception)),
-        "exception.stacktrace": scrub(
-            "".join(traceback.format_exception(cls, exception, exception.__traceback__))
-        ),
-        "exception.escaped": str(escaped),
-    }
-    if attributes:
-        fields.update(attributes)
-    return fields
-
-
-class _Recorder:
-    """What a RequestSpan needs from an SDK TracerProvider (read once per provider)."""
-
-    def __init__(self, provider: Any, tracer: Any) -> None:
-        from opentelemetry.sdk.trace import sampling
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-        self.provider = provider
-        self.tracer = tracer
-        self.sampler = provider.sampler
-        self.ids = provider.id_generator
-        self.resource = provider.resource
-        self.processor = _internals.sdk_span_processor(provider)
-        self.on_ending = _internals.sdk_on_ending(self.processor)
-        self.limits = _internals.sdk_span_limits(provider)
-        self.max_length: int | None = self.limits.max_span_attribute_length
-        self.max_count: int = self.limits.max_span_attributes
-        if self.max_count is None:
-            self.max_count = sys.maxsize
-        self.scope = InstrumentationScope("pyobs", __version__)
-        is_random = getattr(self.ids, "is_trace_id_random", None)
-        self.random_ids = _RANDOM if callable(is_random) and is_random() else 0
-        self.root_flags = _FLAGS[_SAMPLED | self.random_ids]  # a sampled new trace's flags
-        # The default sampler (OTEL_TRACES_SAMPLER unset or parentbased_always_on) is one
-        # shared instance with fixed delegates, so its decision can be taken inline.
-        self.parent_based_always_on = self.sampler is sampling.DEFAULT_ON
-
-    def bounded(self, attributes: Any, events: bool = False, links: bool = False) -> Any:
-        """``attributes`` under the provider's limits, as the SDK's span applies them."""
-        limits = self.limits
-        if events or links:
-            return BoundedAttributes(
-                limits.max_event_attributes if events else limits.max_link_attributes,
-                attributes,
-                max_value_len=limits.max_attribute_length,
-                immutable=True,
-            )
-        return BoundedAttributes(
-            limits.max_span_attributes,
-            attributes,
-            immutable=False,
-            max_value_len=limits.max_span_attribute_length,
-        )
-
-
-_recorder: _Recorder | None = None
+# pyobs._span (the SDK-backed RequestSpan), imported when a span is first recorded: a
+# metrics-only service never loads the OpenTelemetry SDK.
+_recorder: Any = None  # a pyobs._span._Recorder for _recorder_for, or None
 _recorder_for: Any = None
+_start_recorded: Any = None  # pyobs._span._start_recorded, once loaded
+request_span_type: Any = None  # pyobs._span.RequestSpan, once loaded (None: no span is one)
+
+
+def _span_module() -> Any:
+    """pyobs._span, imported on first use (it imports the OpenTelemetry SDK)."""
+    global _start_recorded, request_span_type
+    from pyobs import _span
+
+    _start_recorded, request_span_type = _span._start_recorded, _span.RequestSpan
+    return _span
+
+
+def __getattr__(name: str) -> Any:
+    """``tracing.RequestSpan`` and the shortcut's check, loaded on first use (PEP 562)."""
+    if name in ("RequestSpan", "_Recorder", "_same_as_sdk", "_probe"):
+        return getattr(_span_module(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _internal_metrics_on() -> bool:
@@ -538,7 +338,7 @@ def _internal_metrics_on() -> bool:
     return raw.strip().lower() == "true"
 
 
-def _get_recorder() -> _Recorder | None:
+def _get_recorder() -> Any:
     """A recorder for the global provider when the shortcut may serve it; None otherwise."""
     global _recorder, _recorder_for
     provider = trace.get_tracer_provider()
@@ -555,23 +355,20 @@ def _get_recorder() -> _Recorder | None:
         # A disabled SDK (OTEL_SDK_DISABLED) hands out a no-op tracer: the public path.
         if not isinstance(tracer, Tracer) or not _internals.sdk_tracer_enabled(tracer):
             return None
-        if _internals.gate(_internals.OTEL_SPAN.name, _same_as_sdk):
-            _recorder = _Recorder(provider, tracer)
+        span = _span_module()
+        if _internals.gate(_internals.OTEL_SPAN.name, span._same_as_sdk):
+            _recorder = span._Recorder(provider, tracer)
     except Exception as exc:  # noqa: BLE001 - another SDK layout: the tracer API instead
         _internals.broken(_internals.OTEL_SPAN.name, exc)
         _recorder = None
     return _recorder
 
 
-def _flags(
-    sampled: bool, parent: trace.SpanContext | None, recorder: _Recorder
-) -> trace.TraceFlags:
-    random_bit = recorder.random_ids if parent is None else parent.trace_flags & _RANDOM
-    return _FLAGS[(_SAMPLED if sampled else 0) | random_bit]
-
-
 def span_ids(span: trace.Span) -> tuple[str, str, bool]:
     """(trace id, span id) in hex and whether the span is sampled."""
+    if type(span) is request_span_type:
+        ids: tuple[str, str, bool] = span.ids  # type: ignore[attr-defined]
+        return ids  # formatted once, from the ints the span was made with
     context = span.get_span_context()
     return (
         "%032x" % context.trace_id,  # noqa: UP031 - faster than format()
@@ -599,178 +396,6 @@ def start_server_span(
             name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
         )
     return _start_recorded(recorder, name, parent, attributes, current)
-
-
-def _start_recorded(
-    recorder: _Recorder,
-    name: str,
-    parent: Context | None,
-    attributes: dict[str, Any],
-    current: trace.Span | None,
-) -> Any:
-    if parent is not None:
-        current = _context.span_in(parent)
-    elif current is None:
-        current = _context.current_span()
-    # No current span (the common case): no parent, without asking INVALID_SPAN for its context.
-    parent_context = None if current is _INVALID_SPAN else current.get_span_context()
-    if parent_context is None or not parent_context.is_valid:
-        parent_context = None
-        trace_id = recorder.ids.generate_trace_id()
-    else:
-        trace_id = parent_context.trace_id
-    if recorder.parent_based_always_on:
-        # The SDK's default sampler, decided here without building a SamplingResult: a span
-        # is sampled unless its parent is valid and not sampled; the trace state is the
-        # parent's. Attributes pass through unchanged.
-        if parent_context is None:
-            context = trace.SpanContext(
-                trace_id, recorder.ids.generate_span_id(), False, recorder.root_flags
-            )
-        else:
-            sampled = parent_context.trace_flags.sampled
-            context = trace.SpanContext(
-                trace_id,
-                recorder.ids.generate_span_id(),
-                False,
-                _flags(sampled, parent_context, recorder),
-                parent_context.trace_state,
-            )
-            if not sampled:
-                return trace.NonRecordingSpan(context)
-    else:
-        result = recorder.sampler.should_sample(
-            parent, trace_id, name, trace.SpanKind.SERVER, attributes
-        )
-        context = trace.SpanContext(
-            trace_id,
-            recorder.ids.generate_span_id(),
-            False,
-            _flags(result.decision.is_sampled(), parent_context, recorder),
-            result.trace_state,
-        )
-        if not result.decision.is_recording():
-            return trace.NonRecordingSpan(context)
-        attributes = dict(result.attributes) if result.attributes is not None else {}
-    span = RequestSpan(recorder, name, context, parent_context, attributes)
-    try:
-        recorder.processor.on_start(span, parent_context=parent)
-    except Exception as exc:  # noqa: BLE001 - the span is still recorded and exported
-        _errors.report("tracing", exc, "span processor on_start")
-    return span
-
-
-def _same_as_sdk() -> bool:
-    """The shortcut's check: one probe span through it and through ``Tracer.start_span``, with
-    limits that bite, a remote parent, an exception and a status; equal when exported."""
-    quiet = logging.getLogger("opentelemetry.attributes")  # the probe's limits bite on purpose
-    quiet.addFilter(_silence)
-    try:
-        return _probe()
-    finally:
-        quiet.removeFilter(_silence)
-
-
-def _silence(record: logging.LogRecord) -> bool:
-    return False
-
-
-class _HookLog(SpanProcessor):
-    """A span processor that notes every hook the SDK asks it for (a new hook shows up)."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith("__") or name == "calls":
-            return object.__getattribute__(self, name)
-        object.__getattribute__(self, "calls").append(name)
-        try:
-            return object.__getattribute__(self, name)
-        except AttributeError:
-            return _ignore
-
-
-def _ignore(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-def _probe() -> bool:
-    import json
-
-    from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
-    limits = SpanLimits(
-        max_span_attributes=5, max_span_attribute_length=12, max_events=3, max_attribute_length=40
-    )
-    provider = TracerProvider(
-        sampler=sampling.DEFAULT_ON, span_limits=limits, shutdown_on_exit=False
-    )
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    hooks = _HookLog()  # which processor hooks each path calls, whatever their names
-    provider.add_span_processor(hooks)
-    remote = trace.SpanContext(
-        0x4BF92F3577B34DA6A3CE929D0E0E4736,
-        0x00F067AA0BA902B7,
-        True,
-        _FLAGS[_SAMPLED | _RANDOM],
-        trace.TraceState([("vendor", "probe")]),
-    )
-    parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
-    attributes: dict[str, Any] = {
-        "http.request.method": "GET",
-        "url.path": "/probe/a-path-longer-than-the-limit",
-        "url.scheme": "http",
-        "server.port": 8080,
-        "network.protocol.version": "1.1",
-        "user_agent.original": "probe/1",
-    }
-    try:
-        raise ValueError("probe failure")
-    except ValueError as exc:
-        error = exc
-    tracer = provider.get_tracer("pyobs", __version__)
-    public = tracer.start_span(
-        "GET", context=parent, kind=trace.SpanKind.SERVER, attributes=dict(attributes)
-    )
-    public.update_name("GET /probe/{id}")
-    public.set_status(trace.Status(trace.StatusCode.ERROR))
-    public.record_exception(error)
-    public.set_attributes(
-        {"http.response.status_code": 500, "http.route": "/probe/{id}", "error.type": "ValueError"}
-    )
-    public.set_attribute("app.extra", "added by the application")
-    public.end()
-    public_hooks, hooks.calls = hooks.calls, []
-    mine = _start_recorded(_Recorder(provider, tracer), "GET", parent, dict(attributes), None)
-    mine.request_done(500, "GET", "/probe/{id}", "ValueError", error)
-    mine.set_attribute("app.extra", "added by the application")
-    mine.end()
-    spans = exporter.get_finished_spans()
-    if len(spans) != 2 or hooks.calls != public_hooks:
-        return False
-
-    def comparable(span: Any) -> Any:
-        out = json.loads(span.to_json())
-        out["context"].pop("span_id")
-        for key in ("start_time", "end_time"):
-            out.pop(key)
-        for event in out["events"]:
-            event.pop("timestamp")
-        return (
-            out,
-            int(span.context.trace_flags),
-            span.dropped_attributes,
-            span.dropped_events,
-            span.parent,
-            span.instrumentation_scope,
-        )
-
-    first, second = (comparable(s) for s in spans)
-    return bool(first == second)
 
 
 def get_tracer() -> trace.Tracer:

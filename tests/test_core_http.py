@@ -215,6 +215,44 @@ def test_flask_keeps_the_request_class_and_labels_propagated_exceptions() -> Non
     )
 
 
+def test_flask_rule_without_the_request_in_the_environ() -> None:
+    """A request class that does not put itself in the environ (``populate_request=False``)
+    still gets its matched rule as the route label, read through Flask's request context."""
+    import_or_require("flask")
+    from flask import Flask, Request, request
+
+    from pyobs import flask as pyobs_flask
+
+    class Unlisted(Request):
+        def __init__(self, environ: dict[str, object], **kwargs: object) -> None:
+            super().__init__(environ, populate_request=False)
+
+    app = Flask("unlisted")
+    app.request_class = Unlisted
+
+    listed: list[object] = []
+
+    @app.get("/carts/<int:cart_id>")
+    def cart(cart_id: int) -> str:
+        listed.append(request.environ.get("werkzeug.request"))
+        return str(cart_id)
+
+    pyobs_flask.instrument(app)
+    response = app.test_client().get("/carts/9")
+    assert response.get_data() == b"9"
+    response.close()  # the request is recorded when the server closes its body
+    assert listed and not isinstance(listed[0], Unlisted)  # not this app's request object
+    assert (
+        sample(
+            f"{DURATION}_count",
+            http_request_method="GET",
+            http_route="/carts/<int:cart_id>",
+            http_response_status_code="200",
+        )
+        == 1
+    )
+
+
 def test_secrets_never_recorded(
     framework: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -154,9 +154,9 @@ def test_a_diverging_shortcut_is_turned_off_with_a_warning(
     fresh_gates: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """When the first-use check finds a difference, pyobs warns and uses the public API."""
-    from pyobs import _internals, tracing
+    from pyobs import _internals, _span, tracing
 
-    monkeypatch.setattr(tracing, "_probe", lambda: False)
+    monkeypatch.setattr(_span, "_probe", lambda: False)
     with caplog.at_level(logging.WARNING, logger="pyobs.internal"):
         span = _served_span()
     assert type(span) is not tracing.RequestSpan

@@ -153,3 +153,82 @@ def test_server_span_equals_the_sdks_own_span(path: str, tmp_path: Path) -> None
             continue
         assert mine[key] == sdk[key], key
     assert mine["name"] == "GET"  # no route: a bare WSGI app has none
+
+
+APP_ATTRIBUTES_SCRIPT = textwrap.dedent(
+    r"""
+    import json
+    import sys
+
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    import pyobs
+    from pyobs import _internals
+    from pyobs.testing import span_exporter
+    from pyobs.wsgi import ObservabilityMiddleware
+
+    if sys.argv[1] == "public":
+        _internals.OTEL_SPAN.enabled = False
+    pyobs.setup(service_name="parity", access_log=False)
+    exporter = span_exporter()
+
+    def enrich(span):
+        for key, value in [
+            ("app.text", "plain"), ("app.count", 3), ("app.ok", True), ("app.ratio", 0.5),
+            ("app.names", ["a", "b"]), ("app.ids", (1, 2)), ("app.raw", b"bytes"),
+            ("app.none", None), ("", "empty key"), ("app.object", object()),
+            ("app.text", "replaced"),
+        ]:
+            span.set_attribute(key, value)
+
+    def app(environ, start_response):
+        enrich(trace.get_current_span())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    body = ObservabilityMiddleware(app)(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "wsgi.url_scheme": "http"},
+        lambda *a: None,
+    )
+    b"".join(body)
+    body.close()
+    (mine,) = exporter.get_finished_spans()
+    exporter.clear()
+    tracer = trace.get_tracer_provider().get_tracer("pyobs", pyobs.__version__)
+    reference = tracer.start_span("GET", kind=SpanKind.SERVER)
+    enrich(reference)
+    reference.end()
+    (sdk,) = exporter.get_finished_spans()
+
+    def app_attributes(span):
+        return {k: repr(v) for k, v in span.attributes.items() if k.startswith("app.") or not k}
+
+    print(json.dumps({"pyobs": app_attributes(mine), "sdk": app_attributes(sdk),
+                      "type": type(mine).__name__}))
+    """
+)
+
+
+@pytest.mark.parametrize("path", ["shortcut", "public"])
+def test_attributes_the_app_sets_equal_the_sdks(path: str, tmp_path: Path) -> None:
+    """Attributes application code sets on pyobs's span (str, numbers, sequences, bytes, None,
+    an empty key, an object) end up exactly as on an SDK span."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
+    env.update(PYTHONPATH=str(ROOT), PYOBS_LOG_HANDLER="never")
+    script = tmp_path / "app_attributes.py"
+    script.write_text(APP_ATTRIBUTES_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), path],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["type"] == "RequestSpan") == (path == "shortcut")
+    assert result["pyobs"] == result["sdk"]
+    assert result["pyobs"]["app.text"] == "'replaced'"

@@ -268,3 +268,42 @@ def test_span_ids_are_the_span_contexts_ids_in_hex() -> None:
                 "00f067aa0ba902b7",
                 flags & 1 == 1,
             )
+
+
+@pytest.mark.parametrize("tracing", [False, True])
+def test_metrics_only_never_loads_the_tracing_sdk(tracing: bool) -> None:
+    """With tracing off, setup and a served request import no OpenTelemetry SDK module;
+    with tracing on, the same request loads it (the SERVER span is an SDK span)."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import pyobs
+        from pyobs.wsgi import ObservabilityMiddleware
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+
+        pyobs.setup(service_name="lazy", tracing={tracing}, access_log=False)
+        wrapped = ObservabilityMiddleware(app)
+        environ = {{"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "wsgi.url_scheme": "http"}}
+        body = wrapped(environ, lambda status, headers, exc_info=None: None)
+        assert b"".join(body) == b"ok"
+        body.close()
+        print(sorted(m for m in sys.modules if m.startswith("opentelemetry.sdk")))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=_clean_env(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = result.stdout.strip().splitlines()[-1]
+    if tracing:
+        assert "opentelemetry.sdk.trace" in loaded
+    else:
+        assert loaded == "[]"
