@@ -1,0 +1,870 @@
+"""Per-request cost of pyobs on real servers, driven by wrk, next to its peers.
+
+    python benchmarks/realserver.py                         # every setup, 3 rounds x 5 s
+    python benchmarks/realserver.py --rounds 6 --seconds 10
+    python benchmarks/realserver.py --setups fastapi-uvicorn-1 --configs bare,pyobs-full \\
+        --export otlp-http,otlp-grpc                        # OTLP export to a real Jaeger
+    python benchmarks/realserver.py --quick --json out.json # smoke run
+
+Every configuration (bare app, pyobs metrics-only, pyobs full, the lightest Prometheus peer,
+OTel contrib, and pyobs full exporting OTLP to Jaeger when asked) runs in its own real server
+(gunicorn sync workers, or uvicorn), pinned to one CPU core with ``taskset``; ``wrk`` (one
+thread) is pinned to another. All servers of a setup start together, then take turns: every
+round runs wrk against each of them once, in a shuffled order, so machine noise hits them
+alike. Per configuration the report gives the median over rounds of requests/s, p50 and p99
+latency and the server's CPU time per request (utime + stime of the server's whole process
+tree from /proc, over the requests wrk completed). See docs/benchmarks.md, "Real servers".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+REQUEST_PATH = "/items/7"
+JAEGER = ROOT / ".cache" / "jaeger" / "bin" / "jaeger"
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+# Targets of issue 18, as ratios of server CPU added per request over the bare app.
+FULL_TARGET = 1.0  # pyobs full vs the lightest Prometheus peer (metrics only)
+METRICS_TARGET = 0.33  # pyobs metrics-only vs the lightest Prometheus peer
+EXPORT_TARGET = 1.2  # pyobs full exporting OTLP vs pyobs full with a dropping exporter
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A framework on a server: how to start it."""
+
+    name: str
+    framework: str
+    server: str  # gunicorn | uvicorn
+    workers: int
+    peer: str  # the lightest Prometheus peer for this framework
+    connections: int
+
+    @property
+    def multiprocess(self) -> bool:
+        return self.server == "gunicorn" and self.workers > 1
+
+    def describe(self) -> str:
+        if self.server == "gunicorn":
+            mode = ", multiprocess mode (PROMETHEUS_MULTIPROC_DIR)" if self.multiprocess else ""
+            return f"{self.framework}, gunicorn {self.workers} sync worker(s){mode}"
+        return f"{self.framework}, uvicorn {self.workers} worker"
+
+
+SETUPS = {
+    s.name: s
+    for s in (
+        Setup("flask-gunicorn-1", "flask", "gunicorn", 1, "prometheus-flask-exporter", 4),
+        Setup("flask-gunicorn-2", "flask", "gunicorn", 2, "prometheus-flask-exporter", 8),
+        Setup("fastapi-uvicorn-1", "fastapi", "uvicorn", 1, "prometheus-fastapi-instrumentator", 8),
+        Setup("django-gunicorn-1", "django", "gunicorn", 1, "django-prometheus", 4),
+    )
+}
+BASE = ("bare", "pyobs-metrics", "pyobs-full")
+
+# Named OTLP export variants (``--export``); any of them takes extra ``+NAME=VALUE`` settings,
+# e.g. ``otlp-http+OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128``.
+EXPORTS: dict[str, dict[str, str]] = {
+    "otlp-http": {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+    "otlp-http-gzip": {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+    },
+    "otlp-grpc": {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+    "otlp-grpc-gzip": {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+    },
+}
+
+WRK_SCRIPT = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) ok = 0; bad = 0 end
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1 else bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local o, b = 0, 0
+  for _, t in ipairs(threads) do o = o + t:get("ok"); b = b + t:get("bad") end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK {"requests": %d, "duration_us": %d, "ok": %d, "bad": %d, "p50_us": %d, '
+    .. '"p99_us": %d, "connect": %d, "read": %d, "write": %d, "timeout": %d}\\n',
+    summary.requests, summary.duration, o, b, latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+JAEGER_CONFIG = """
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+extensions:
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 1000
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:{query}
+    grpc:
+      endpoint: 127.0.0.1:{query_grpc}
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:{otlp_http}
+      grpc:
+        endpoint: 127.0.0.1:{otlp_grpc}
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"""
+
+
+class BenchError(RuntimeError):
+    """A server or the load generator did not do what the benchmark needs."""
+
+
+# ======================================================================================
+# processes
+# ======================================================================================
+
+
+def free_port() -> int:
+    """A loopback port free right now (the caller retries if it is taken before binding)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cores() -> tuple[list[str], list[str], str]:
+    """taskset prefixes for the server and the load generator, and a note on the pinning."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2 or shutil.which("taskset") is None:
+        return [], [], "not pinned (fewer than 2 cores or no taskset)"
+    server, load = available[-1], available[0]
+    note = f"server on core {server}, wrk and Jaeger on core {load}"
+    return ["taskset", "-c", str(server)], ["taskset", "-c", str(load)], note
+
+
+def cpu_ticks(root: int) -> dict[int, int]:
+    """utime + stime (clock ticks) of ``root`` and every descendant, by pid."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return {pid: ticks[pid] for pid in tree if pid in ticks}
+
+
+def cpu_delta(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds the tree used between two readings (a new process counts from zero)."""
+    total = sum(value - before.get(pid, 0) for pid, value in after.items())
+    return total / CLOCK_TICK
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_", "RB_"))}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE)])
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """SIGTERM (graceful: exit hooks flush the span batch), then SIGKILL after ``grace``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class Server:
+    """One configuration served by a real server."""
+
+    setup: Setup
+    config: str  # bare | pyobs-metrics | pyobs-full | peer | otel-contrib | pyobs-full <export>
+    extra_env: dict[str, str]
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    sent: int = 0  # requests sent outside wrk's measured runs (readiness probes)
+    warm_requests: int = 0
+    facts: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def app_config(self) -> str:
+        return self.config.split(" ", 1)[0]
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.workdir / "stdout.log"
+
+    @property
+    def facts_dir(self) -> Path:
+        return self.workdir / "facts"
+
+    def command(self, port: int) -> list[str]:
+        s = self.setup
+        if s.server == "gunicorn":
+            cmd = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(s.workers),
+                "--worker-class",
+                "sync",
+                "--chdir",
+                str(HERE),
+                "--log-level",
+                "warning",
+                "--graceful-timeout",
+                "10",
+            ]
+            if s.multiprocess and self.app_config.startswith("pyobs"):
+                cmd += ["--config", str(self.workdir / "gunicorn.conf.py")]
+            return [*cmd, "_realserver_apps:app"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(s.workers),
+            "--app-dir",
+            str(HERE),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "_realserver_apps:app",
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = _clean_env()
+        env.update(
+            RB_FRAMEWORK=self.setup.framework,
+            RB_CONFIG=self.app_config,
+            RB_SERVER=self.setup.server,
+            RB_FACTS=str(self.facts_dir),
+        )
+        if self.setup.multiprocess:
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.workdir / "multiproc")
+        env.update(self.extra_env)
+        return env
+
+    def start(self, pin: list[str], boot_timeout: float) -> None:
+        """Start on a free port (another one if it was taken) and wait for a 200."""
+        self.facts_dir.mkdir(parents=True, exist_ok=True)
+        if self.setup.multiprocess:
+            (self.workdir / "multiproc").mkdir(exist_ok=True)
+            (self.workdir / "gunicorn.conf.py").write_text(
+                "from pyobs.gunicorn import child_exit, on_starting, post_fork  # noqa: F401\n"
+            )
+        for _attempt in range(3):
+            port = free_port()
+            with self.stdout_path.open("ab") as out, (self.workdir / "stderr.log").open(
+                "ab"
+            ) as err:
+                self.proc = subprocess.Popen(
+                    [*pin, *self.command(port)],
+                    stdout=out,
+                    stderr=err,
+                    env=self.env(),
+                    cwd=str(HERE),
+                    start_new_session=True,
+                )
+            self.port = port
+            deadline = time.monotonic() + boot_timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    status, _ = _get(self.url)
+                    self.sent += 1
+                    if status == 200:
+                        return
+                    raise BenchError(f"{self.label}: GET {REQUEST_PATH} answered {status}")
+                except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                    time.sleep(0.1)
+            stderr = (self.workdir / "stderr.log").read_text(errors="replace")
+            if self.proc.poll() is None:
+                self.stop()
+                raise BenchError(f"{self.label}: no answer in {boot_timeout} s\n{stderr[-2000:]}")
+            if "already in use" not in stderr:
+                raise BenchError(f"{self.label}: the server exited\n{stderr[-2000:]}")
+        raise BenchError(f"{self.label}: no free port in 3 attempts")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{REQUEST_PATH}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.setup.name} {self.config}"
+
+    def stop(self) -> None:
+        """Stop the server and its whole process group, whatever state it is in."""
+        if self.proc is None:
+            return
+        _stop(self.proc)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of its own session only
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def metrics_count(self) -> float | None:
+        """Requests pyobs counted (its duration histogram), from the app's own /metrics."""
+        if not self.app_config.startswith("pyobs"):
+            return None
+        status, body = _get(f"http://127.0.0.1:{self.port}/metrics", timeout=10)
+        if status != 200:
+            return None
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith("http_server_request_duration_seconds_count{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def run_wrk(
+    server: Server, seconds: float, pin: list[str], script: Path, connections: int
+) -> dict[str, Any]:
+    """One wrk run against ``server``; returns wrk's figures and the server's CPU seconds."""
+    assert server.proc is not None
+    if server.proc.poll() is not None:
+        raise BenchError(f"{server.label}: the server died")
+    before = cpu_ticks(server.proc.pid)
+    result = subprocess.run(
+        [
+            *pin,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "5s",
+            "--latency",
+            "-s",
+            str(script),
+            server.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+    )
+    after = cpu_ticks(server.proc.pid)
+    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("WRK ")), None)
+    if result.returncode != 0 or line is None:
+        raise BenchError(f"{server.label}: wrk failed\n{result.stdout}\n{result.stderr}")
+    figures: dict[str, Any] = json.loads(line[4:])
+    figures["cpu_s"] = cpu_delta(before, after)
+    return figures
+
+
+# ======================================================================================
+# Jaeger
+# ======================================================================================
+
+
+@contextmanager
+def jaeger(workdir: Path, pin: list[str]) -> Iterator[dict[str, int]]:
+    """Jaeger v2 on free loopback ports (OTLP over HTTP and gRPC); stopped on the way out."""
+    if not JAEGER.exists():
+        raise BenchError("Jaeger is not built (scripts/setup.d/40-jaeger.sh)")
+    for attempt in range(5):
+        ports = {
+            "otlp_http": free_port(),
+            "otlp_grpc": free_port(),
+            "query": free_port(),
+            "query_grpc": free_port(),
+        }
+        if len(set(ports.values())) < 4:
+            continue
+        config = workdir / f"jaeger-{attempt}.yaml"
+        config.write_text(JAEGER_CONFIG.format(**ports))
+        log = workdir / f"jaeger-{attempt}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [*pin, str(JAEGER), "--config", f"file:{config}"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    break
+                try:
+                    _get(f"http://127.0.0.1:{ports['query']}/api/services")
+                    break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    time.sleep(0.1)
+            if proc.poll() is None:
+                yield ports
+                return
+            if "address already in use" not in log.read_text(errors="replace"):
+                raise BenchError("Jaeger exited:\n" + log.read_text(errors="replace")[-2000:])
+        finally:
+            _stop(proc)
+    raise BenchError("Jaeger could not bind free ports in 5 attempts")
+
+
+def export_env(variant: str, ports: dict[str, int]) -> dict[str, str]:
+    """The OTEL_ variables of an export variant: ``NAME[+VAR=VALUE...]``."""
+    name, *settings = variant.split("+")
+    if name not in EXPORTS:
+        raise SystemExit(f"unknown export variant {name!r}; known: {', '.join(EXPORTS)}")
+    env = {"RB_EXPORT": "otlp", **EXPORTS[name]}
+    grpc = env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    port = ports["otlp_grpc"] if grpc else ports["otlp_http"]
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if not key.startswith("OTEL_") or not value:
+            raise SystemExit(f"export setting {setting!r}: expected OTEL_NAME=VALUE")
+        env[key] = value
+    return env
+
+
+# ======================================================================================
+# the run
+# ======================================================================================
+
+
+def missing_modules(setup: Setup, config: str) -> str | None:
+    """A module the (setup, config) needs that is not installed, else None."""
+    import importlib.util
+
+    sys.path.insert(0, str(HERE))
+    from _overhead_apps import missing_module
+
+    need = [setup.server]
+    if config.startswith("pyobs-full "):
+        need.append("opentelemetry.exporter.otlp.proto.http")
+        if "grpc" in config:
+            need.append("opentelemetry.exporter.otlp.proto.grpc")
+    for name in need:
+        if importlib.util.find_spec(name) is None:
+            return name
+    return missing_module(setup.framework, config.split(" ", 1)[0])
+
+
+def _collect_facts(server: Server) -> None:
+    """After the server stopped: spans exported, access-log lines, what pyobs counted."""
+    spans = failed = 0
+    scopes: dict[str, int] = {}
+    for path in server.facts_dir.glob("spans.*"):
+        if path.suffix == ".tmp":
+            continue
+        data = json.loads(path.read_text())
+        spans += data["exported"]
+        failed += data["failed"]
+        for name, count in data["scopes"].items():
+            scopes[name] = scopes.get(name, 0) + count
+    access = 0
+    with server.stdout_path.open("rb") as out:
+        for line in out:
+            if b'"pyobs.access"' in line:
+                access += 1
+    server.facts.update(spans=spans, spans_failed=failed, span_scopes=scopes, access_lines=access)
+
+
+def measure_setup(
+    setup: Setup,
+    configs: list[str],
+    exports: list[str],
+    rounds: int,
+    seconds: float,
+    warmup: float,
+    workdir: Path,
+    pins: tuple[list[str], list[str]],
+    log: Any,
+) -> dict[str, Server]:
+    """Start every configuration of ``setup``, run the interleaved rounds, stop them all."""
+    server_pin, load_pin = pins
+    script = workdir / "status.lua"
+    script.write_text(WRK_SCRIPT)
+    wanted = [c.replace("peer", setup.peer) for c in configs]
+    servers: dict[str, Server] = {}
+    with ExitStack() as stack:
+        ports: dict[str, int] = {}
+        if exports:
+            ports = stack.enter_context(jaeger(workdir, load_pin))
+        specs: list[tuple[str, dict[str, str]]] = [(c, {}) for c in wanted]
+        specs += [(f"pyobs-full {v}", export_env(v, ports)) for v in exports]
+        for config, env in specs:
+            folder = workdir / f"{setup.name}-{len(servers)}"
+            folder.mkdir()
+            servers[config] = Server(setup, config, env, folder)
+        stack.callback(lambda: [s.stop() for s in servers.values()])
+        live: list[Server] = []
+        for server in servers.values():
+            missing = missing_modules(setup, server.config)
+            if missing is not None:
+                server.error = f"not installed: {missing}"
+                continue
+            server.start(server_pin, boot_timeout=60)
+            live.append(server)
+        for server in live:  # warm up: imports done, caches filled, batch thread running
+            figures = run_wrk(server, warmup, load_pin, script, setup.connections)
+            server.warm_requests = figures["requests"]
+            server.facts["warm_bad"] = figures["bad"]
+        for number in range(rounds):
+            order = live[:]
+            random.shuffle(order)
+            for server in order:
+                figures = run_wrk(server, seconds, load_pin, script, setup.connections)
+                server.rounds.append(figures)
+            log(f"  {setup.name}: round {number + 1}/{rounds} done")
+        for server in live:
+            server.facts["pyobs_counted"] = server.metrics_count()
+            server.stop()
+            _collect_facts(server)
+    return servers
+
+
+def summarize(server: Server) -> dict[str, Any]:
+    """Median figures over rounds, plus what was verified."""
+    row: dict[str, Any] = {"config": server.config, "error": server.error}
+    if server.error or not server.rounds:
+        return row
+    per_round = [
+        {
+            "rps": r["requests"] / (r["duration_us"] / 1e6),
+            "p50_ms": r["p50_us"] / 1000,
+            "p99_ms": r["p99_us"] / 1000,
+            "cpu_us": r["cpu_s"] * 1e6 / max(r["requests"], 1),
+        }
+        for r in server.rounds
+    ]
+    for key in ("rps", "p50_ms", "p99_ms", "cpu_us"):
+        row[key] = statistics.median(r[key] for r in per_round)
+    row["cpu_us_rounds"] = [round(r["cpu_us"], 1) for r in per_round]
+    measured = sum(r["requests"] for r in server.rounds)
+    total = measured + server.warm_requests + server.sent
+    bad = sum(r["bad"] for r in server.rounds) + server.facts.get("warm_bad", 0)
+    errors = sum(r["connect"] + r["read"] + r["write"] + r["timeout"] for r in server.rounds)
+    facts = server.facts
+    row.update(
+        requests=measured,
+        requests_total=total,
+        non_200=bad,
+        socket_errors=errors,
+        spans=facts["spans"],
+        spans_failed=facts["spans_failed"],
+        span_scopes=facts["span_scopes"],
+        access_lines=facts["access_lines"],
+        pyobs_counted=facts["pyobs_counted"],
+    )
+    # Server-side count of requests: pyobs's own histogram when it has one, else wrk's total
+    # (wrk does not count a request still in flight when it stops: up to one per connection).
+    served = facts["pyobs_counted"] or total
+    row["spans_per_request"] = facts["spans"] / served if served else 0.0
+    row["access_per_request"] = facts["access_lines"] / served if served else 0.0
+    return row
+
+
+def verify(setup: Setup, row: dict[str, Any], runs: int) -> list[str]:
+    """What a row must show to be a valid measurement; empty when it holds."""
+    problems = []
+    if row.get("error"):
+        return problems
+    if row["non_200"]:
+        problems.append(f"{row['non_200']} responses were not 200")
+    config = row["config"]
+    counted = row["pyobs_counted"]
+    total = row["requests_total"]
+    slack = setup.connections * runs  # requests in flight when a wrk run stopped
+    if counted is not None and not total <= counted <= total + slack:
+        problems.append(f"pyobs counted {counted:.0f} requests, wrk completed {total}")
+    if config.startswith("pyobs-full") or config == "otel-contrib":
+        if row["spans_failed"]:
+            problems.append(f"{row['spans_failed']} spans failed to export")
+    if config.startswith("pyobs-full"):
+        if row["spans"] != counted:
+            problems.append(f"{row['spans']} spans exported for {counted:.0f} requests")
+        if row["access_lines"] != counted:
+            problems.append(f"{row['access_lines']} access lines for {counted:.0f} requests")
+        if set(row["span_scopes"]) != {"pyobs"}:
+            problems.append(f"span scopes {row['span_scopes']}")
+    elif config == "pyobs-metrics":
+        if row["spans"] or row["access_lines"]:
+            problems.append("metrics-only wrote spans or access lines")
+    elif config == "otel-contrib":
+        if row["spans"] < total:
+            problems.append(f"{row['spans']} spans for {total} requests")
+    return problems
+
+
+# ======================================================================================
+# report
+# ======================================================================================
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def verdict(value: float | None, target: float) -> str:
+    if value is None:
+        return "n/a"
+    return "met" if value <= target else "MISSED"
+
+
+def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -> dict[str, Any]:
+    """Print one setup's table and its ratios against the targets; return the ratios."""
+    out.write(f"\n## {setup.name}: {setup.describe()}, wrk -t1 -c{setup.connections}\n\n")
+    bare = rows.get("bare", {}).get("cpu_us")
+    bare_p99 = rows.get("bare", {}).get("p99_ms")
+    head = (
+        f"{'config':<44} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+        f"{'+us':>7} {'spans/req':>9} {'access/req':>10}  checks"
+    )
+    out.write(head + "\n" + "-" * len(head) + "\n")
+    added: dict[str, float | None] = {}
+    for config, row in rows.items():
+        if row.get("error"):
+            out.write(f"{config:<44} {row['error']}\n")
+            added[config] = None
+            continue
+        plus = row["cpu_us"] - bare if bare is not None else None
+        added[config] = plus
+        row["added_cpu_us"] = plus
+        row["problems"] = verify(setup, row, runs)
+        checks = "ok" if not row["problems"] else "; ".join(row["problems"])
+        out.write(
+            f"{config:<44} {row['rps']:>7.0f} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} "
+            f"{row['cpu_us']:>10.1f} {_fmt(plus, '+.1f'):>7} {row['spans_per_request']:>9.2f} "
+            f"{row['access_per_request']:>10.2f}  {checks}\n"
+        )
+    peer = added.get(setup.peer)
+    ratios: dict[str, Any] = {
+        "metrics_vs_peer": _ratio(added.get("pyobs-metrics"), peer),
+        "full_vs_peer": _ratio(added.get("pyobs-full"), peer),
+        "full_vs_otel": _ratio(added.get("pyobs-full"), added.get("otel-contrib")),
+    }
+    out.write("\n")
+    if peer is not None:
+        out.write(
+            f"pyobs metrics-only / {setup.peer}: {_fmt(ratios['metrics_vs_peer'])} "
+            f"(target <= {METRICS_TARGET}: {verdict(ratios['metrics_vs_peer'], METRICS_TARGET)})\n"
+            f"pyobs full / {setup.peer}: {_fmt(ratios['full_vs_peer'])} "
+            f"(target <= {FULL_TARGET}: {verdict(ratios['full_vs_peer'], FULL_TARGET)})\n"
+        )
+    if ratios["full_vs_otel"] is not None:
+        out.write(f"pyobs full / OTel contrib: {_fmt(ratios['full_vs_otel'])}\n")
+    full = added.get("pyobs-full")
+    full_p99 = rows.get("pyobs-full", {}).get("p99_ms")
+    exports: dict[str, Any] = {}
+    for config, row in rows.items():
+        if not config.startswith("pyobs-full ") or row.get("error"):
+            continue
+        cpu = _ratio(added[config], full)
+        p99 = _ratio(row["p99_ms"], full_p99)
+        exports[config] = {"cpu": cpu, "p99": p99}
+        out.write(
+            f"{config} / pyobs-full (dropping exporter): added CPU {_fmt(cpu)} "
+            f"({verdict(cpu, EXPORT_TARGET)}), p99 {_fmt(p99)} ({verdict(p99, EXPORT_TARGET)}); "
+            f"target <= {EXPORT_TARGET}\n"
+        )
+    if bare_p99 is not None:
+        ratios["bare_p99_ms"] = bare_p99
+    ratios["exports"] = exports
+    return ratios
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for name in (
+        "gunicorn",
+        "uvicorn",
+        "flask",
+        "fastapi",
+        "django",
+        "prometheus-client",
+        "opentelemetry-sdk",
+        "opentelemetry-exporter-otlp-proto-http",
+        "opentelemetry-exporter-otlp-proto-grpc",
+        "prometheus-flask-exporter",
+        "prometheus-fastapi-instrumentator",
+        "django-prometheus",
+    ):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} -")
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    parts.append(wrk.stdout.split(" [")[0].strip() or "wrk ?")
+    return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--setups", default=",".join(SETUPS), help="comma list of " + ", ".join(SETUPS))
+    parser.add_argument(
+        "--configs",
+        default="bare,pyobs-metrics,pyobs-full,peer,otel-contrib",
+        help="comma list; 'peer' is the setup's lightest Prometheus peer",
+    )
+    parser.add_argument(
+        "--export",
+        default="",
+        help="OTLP export variants of pyobs-full to add, sent to a real Jaeger: "
+        + ", ".join(EXPORTS)
+        + "; each may add +OTEL_VAR=VALUE settings",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds, args.warmup = 1, 1.0, 1.0
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian package wrk)", file=sys.stderr)
+        return 2
+    setups = [SETUPS[name] for name in args.setups.split(",") if name]
+    configs = [c for c in args.configs.split(",") if c]
+    exports = [e for e in args.export.split(",") if e]
+    server_pin, load_pin, pin_note = cores()
+    out = sys.stdout
+    out.write(
+        f"# real servers: {args.rounds} rounds x {args.seconds:g} s per configuration, "
+        f"interleaved; {pin_note}\n"
+        f"# {platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs; {_versions()}\n"
+        "# figures: medians over rounds; CPU us/req = server process tree utime+stime / "
+        "requests wrk completed; +us = over bare\n"
+    )
+    data: dict[str, Any] = {
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "pinning": pin_note,
+        "setups": {},
+    }
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="pyobs-realserver-") as tmp:
+        for setup in setups:
+            workdir = Path(tmp) / setup.name
+            workdir.mkdir()
+            try:
+                servers = measure_setup(
+                    setup,
+                    configs,
+                    exports,
+                    args.rounds,
+                    args.seconds,
+                    args.warmup,
+                    workdir,
+                    (server_pin, load_pin),
+                    lambda msg: print(msg, file=sys.stderr, flush=True),
+                )
+            except BenchError as exc:
+                out.write(f"\n## {setup.name}: FAILED\n{textwrap.indent(str(exc), '  ')}\n")
+                data["setups"][setup.name] = {"error": str(exc)}
+                failed = True
+                continue
+            rows = {name: summarize(server) for name, server in servers.items()}
+            ratios = report(setup, rows, args.rounds + 1, out)
+            failed = failed or any(row.get("problems") for row in rows.values())
+            data["setups"][setup.name] = {
+                "describe": setup.describe(),
+                "peer": setup.peer,
+                "rows": rows,
+                "ratios": ratios,
+            }
+            out.flush()
+    out.write(
+        "\nVerified per row (checks): every response was a 200 (wrk's Lua hook counts statuses); "
+        "pyobs rows: pyobs's request counter matches the requests wrk completed (give or take "
+        "one in flight per connection when a run stopped); pyobs full: one span exported per "
+        "request, from pyobs's scope, none failed, and one access-log line per request in the "
+        "server's stdout file; metrics-only: no span, no access line; OTel contrib: at least "
+        "one span per request.\n"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2, default=str))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
