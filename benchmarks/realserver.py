@@ -19,6 +19,7 @@ tree from /proc, over the requests wrk completed). See docs/benchmarks.md, "Real
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -96,6 +97,13 @@ EXPORTS: dict[str, dict[str, str]] = {
     "otlp-grpc": {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
     "otlp-grpc-gzip": {
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+    },
+    # Not an SDK exporter: the sketch of a lean OTLP/HTTP encoder in _realserver_apps.py.
+    "lean-http": {"RB_EXPORT": "lean-http", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+    "lean-http-gzip": {
+        "RB_EXPORT": "lean-http",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
     },
 }
@@ -333,9 +341,10 @@ class Server:
             )
         for _attempt in range(3):
             port = free_port()
-            with self.stdout_path.open("ab") as out, (self.workdir / "stderr.log").open(
-                "ab"
-            ) as err:
+            with (
+                self.stdout_path.open("ab") as out,
+                (self.workdir / "stderr.log").open("ab") as err,
+            ):
                 self.proc = subprocess.Popen(
                     [*pin, *self.command(port)],
                     stdout=out,
@@ -509,7 +518,7 @@ def missing_modules(setup: Setup, config: str) -> str | None:
     from _overhead_apps import missing_module
 
     need = [setup.server]
-    if config.startswith("pyobs-full "):
+    if config.startswith("pyobs-full otlp"):
         need.append("opentelemetry.exporter.otlp.proto.http")
         if "grpc" in config:
             need.append("opentelemetry.exporter.otlp.proto.grpc")
@@ -566,7 +575,12 @@ def measure_setup(
             folder = workdir / f"{setup.name}-{len(servers)}"
             folder.mkdir()
             servers[config] = Server(setup, config, env, folder)
-        stack.callback(lambda: [s.stop() for s in servers.values()])
+
+        def stop_all() -> None:
+            for server in servers.values():
+                server.stop()
+
+        stack.callback(stop_all)
         live: list[Server] = []
         for server in servers.values():
             missing = missing_modules(setup, server.config)
@@ -579,6 +593,7 @@ def measure_setup(
             figures = run_wrk(server, warmup, load_pin, script, setup.connections)
             server.warm_requests = figures["requests"]
             server.facts["warm_bad"] = figures["bad"]
+            server.facts["warm_errors"] = _socket_errors(figures)
         for number in range(rounds):
             order = live[:]
             random.shuffle(order)
@@ -591,6 +606,10 @@ def measure_setup(
             server.stop()
             _collect_facts(server)
     return servers
+
+
+def _socket_errors(figures: dict[str, Any]) -> int:
+    return int(figures["connect"] + figures["read"] + figures["write"] + figures["timeout"])
 
 
 def summarize(server: Server) -> dict[str, Any]:
@@ -610,10 +629,12 @@ def summarize(server: Server) -> dict[str, Any]:
     for key in ("rps", "p50_ms", "p99_ms", "cpu_us"):
         row[key] = statistics.median(r[key] for r in per_round)
     row["cpu_us_rounds"] = [round(r["cpu_us"], 1) for r in per_round]
+    cpus = [r["cpu_us"] for r in per_round]
+    row["cpu_spread"] = (max(cpus) - min(cpus)) / row["cpu_us"] if row["cpu_us"] else 0.0
     measured = sum(r["requests"] for r in server.rounds)
     total = measured + server.warm_requests + server.sent
     bad = sum(r["bad"] for r in server.rounds) + server.facts.get("warm_bad", 0)
-    errors = sum(r["connect"] + r["read"] + r["write"] + r["timeout"] for r in server.rounds)
+    errors = sum(_socket_errors(r) for r in server.rounds) + server.facts.get("warm_errors", 0)
     facts = server.facts
     row.update(
         requests=measured,
@@ -636,7 +657,7 @@ def summarize(server: Server) -> dict[str, Any]:
 
 def verify(setup: Setup, row: dict[str, Any], runs: int) -> list[str]:
     """What a row must show to be a valid measurement; empty when it holds."""
-    problems = []
+    problems: list[str] = []
     if row.get("error"):
         return problems
     if row["non_200"]:
@@ -644,12 +665,13 @@ def verify(setup: Setup, row: dict[str, Any], runs: int) -> list[str]:
     config = row["config"]
     counted = row["pyobs_counted"]
     total = row["requests_total"]
-    slack = setup.connections * runs  # requests in flight when a wrk run stopped
+    # Requests the server handled but wrk did not count as completed: those in flight when a
+    # run stopped (one per connection) and those that ended in a socket error or timeout.
+    slack = setup.connections * runs + row["socket_errors"]
     if counted is not None and not total <= counted <= total + slack:
         problems.append(f"pyobs counted {counted:.0f} requests, wrk completed {total}")
-    if config.startswith("pyobs-full") or config == "otel-contrib":
-        if row["spans_failed"]:
-            problems.append(f"{row['spans_failed']} spans failed to export")
+    if (config.startswith("pyobs-full") or config == "otel-contrib") and row["spans_failed"]:
+        problems.append(f"{row['spans_failed']} spans failed to export")
     if config.startswith("pyobs-full"):
         if row["spans"] != counted:
             problems.append(f"{row['spans']} spans exported for {counted:.0f} requests")
@@ -660,9 +682,8 @@ def verify(setup: Setup, row: dict[str, Any], runs: int) -> list[str]:
     elif config == "pyobs-metrics":
         if row["spans"] or row["access_lines"]:
             problems.append("metrics-only wrote spans or access lines")
-    elif config == "otel-contrib":
-        if row["spans"] < total:
-            problems.append(f"{row['spans']} spans for {total} requests")
+    elif config == "otel-contrib" and row["spans"] < total:
+        problems.append(f"{row['spans']} spans for {total} requests")
     return problems
 
 
@@ -678,7 +699,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "–" if value is None else format(value, spec)
+    return "-" if value is None else format(value, spec)
 
 
 def verdict(value: float | None, target: float) -> str:
@@ -694,7 +715,7 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
     bare_p99 = rows.get("bare", {}).get("p99_ms")
     head = (
         f"{'config':<44} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
-        f"{'+us':>7} {'spans/req':>9} {'access/req':>10}  checks"
+        f"{'spread':>6} {'+us':>7} {'spans/req':>9} {'access/req':>10}  checks"
     )
     out.write(head + "\n" + "-" * len(head) + "\n")
     added: dict[str, float | None] = {}
@@ -710,7 +731,8 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
         checks = "ok" if not row["problems"] else "; ".join(row["problems"])
         out.write(
             f"{config:<44} {row['rps']:>7.0f} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} "
-            f"{row['cpu_us']:>10.1f} {_fmt(plus, '+.1f'):>7} {row['spans_per_request']:>9.2f} "
+            f"{row['cpu_us']:>10.1f} {row['cpu_spread']:>5.0%} {_fmt(plus, '+.1f'):>7} "
+            f"{row['spans_per_request']:>9.2f} "
             f"{row['access_per_request']:>10.2f}  {checks}\n"
         )
     peer = added.get(setup.peer)
@@ -776,9 +798,15 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--setups", default=",".join(SETUPS), help="comma list of " + ", ".join(SETUPS))
+    parser.add_argument(
+        "--setups", default=",".join(SETUPS), help="comma list of " + ", ".join(SETUPS)
+    )
     parser.add_argument(
         "--configs",
         default="bare,pyobs-metrics,pyobs-full,peer,otel-contrib",
@@ -791,18 +819,28 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(EXPORTS)
         + "; each may add +OTEL_VAR=VALUE settings",
     )
+    parser.add_argument(
+        "--connections", type=int, default=0, help="wrk connections (default: per setup)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: every server and Jaeger started so far is stopped on the way.
+    signal.signal(signal.SIGTERM, _terminate)
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 1.0, 1.0
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian package wrk)", file=sys.stderr)
         return 2
+    unknown = [name for name in args.setups.split(",") if name and name not in SETUPS]
+    if unknown:
+        parser.error(f"unknown setup(s) {', '.join(unknown)}; known: {', '.join(SETUPS)}")
     setups = [SETUPS[name] for name in args.setups.split(",") if name]
+    if args.connections:
+        setups = [dataclasses.replace(s, connections=args.connections) for s in setups]
     configs = [c for c in args.configs.split(",") if c]
     exports = [e for e in args.export.split(",") if e]
     server_pin, load_pin, pin_note = cores()
@@ -813,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs; {_versions()}\n"
         "# figures: medians over rounds; CPU us/req = server process tree utime+stime / "
-        "requests wrk completed; +us = over bare\n"
+        "requests wrk completed; spread = (max - min) / median of CPU us/req over rounds; "
+        "+us = over bare\n"
     )
     data: dict[str, Any] = {
         "rounds": args.rounds,
