@@ -321,3 +321,21 @@ def test_lean_encoder_writes_what_the_sdk_encoder_builds() -> None:
     assert len(spans) == 6
     lean = ExportTraceServiceRequest.FromString(apps.encode_lean(spans))
     assert lean == encoder.encode_spans(spans)
+
+
+def test_realserver_encode_cost_prints_each_serializer() -> None:
+    """--encode-cost prices the SDK's OTLP encoder, the lean sketch and compression per span."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.common.trace_encoder")
+    result = subprocess.run(
+        [sys.executable, str(REALSERVER), "--encode-cost"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("SDK OTLP encoder", "lean encoder", "gzip level 9", "gzip level 1"):
+        row = next((ln for ln in result.stdout.splitlines() if ln.startswith(name)), None)
+        assert row is not None, result.stdout
+        assert float(row.split()[-1]) > 0, row
