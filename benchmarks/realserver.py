@@ -720,13 +720,14 @@ def verify(setup: Setup, row: dict[str, Any], runs: int) -> list[str]:
 # ======================================================================================
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    """a / b for added costs; None when either is missing or not above zero.
+def _ratio(a: float | None, b: float | None, b_noise: float = 0.0) -> float | None:
+    """a / b for added costs; None when either is missing or not above zero, or b is not
+    above its noise (the spread of its per-round differences to bare).
 
-    A configuration that measured no cheaper than bare, or cheaper, is lost in the machine's
-    noise: no ratio (and no verdict) can be drawn from it.
+    A configuration that measured no dearer than bare, or a denominator the machine's noise
+    could produce, gives no ratio and so no verdict.
     """
-    if a is None or b is None or b <= 0 or a <= 0:
+    if a is None or b is None or b <= max(b_noise, 0.0) or a <= 0:
         return None
     return a / b
 
@@ -737,7 +738,7 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 
 def verdict(value: float | None, target: float) -> str:
     if value is None:
-        return "undecided: an added cost <= 0 is noise"
+        return "undecided: an added cost within the noise"
     return "met" if value <= target else "MISSED"
 
 
@@ -752,17 +753,31 @@ def _paired(row: dict[str, Any], bare: dict[str, Any], key: str) -> float | None
     return float(statistics.median(a - b for a, b in zip(row[key], bare[key], strict=True)))
 
 
+def _noise(row: dict[str, Any], bare: dict[str, Any], key: str) -> float:
+    """How far the per-round differences to bare spread: interquartile range (4+ rounds)."""
+    if not bare.get(key) or not row.get(key):
+        return 0.0
+    diffs = [a - b for a, b in zip(row[key], bare[key], strict=True)]
+    if len(diffs) < 4:
+        return max(diffs) - min(diffs)
+    q1, _, q3 = statistics.quantiles(diffs, n=4)
+    return q3 - q1
+
+
 def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -> dict[str, Any]:
     """Print one setup's table and its ratios against the targets; return the ratios."""
     out.write(f"\n## {setup.name}: {setup.describe()}, wrk -t1 -c{setup.connections}\n\n")
     bare_p99 = rows.get("bare", {}).get("p99_ms")
     head = (
         f"{'config':<44} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
-        f"{'spread':>6} {'+us':>7} {'user +us':>8} {'spans/req':>9} {'access/req':>10}  checks"
+        f"{'spread':>6} {'+us':>7} {'+-':>5} {'user +us':>8} {'spans/req':>9} {'access/req':>10}"
+        "  checks"
     )
     out.write(head + "\n" + "-" * len(head) + "\n")
     added: dict[str, float | None] = {}
     added_user: dict[str, float | None] = {}
+    noise: dict[str, float] = {}
+    noise_user: dict[str, float] = {}
     for config, row in rows.items():
         if row.get("error"):
             out.write(f"{config:<44} {row['error']}\n")
@@ -771,6 +786,8 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
         plus = _paired(row, rows.get("bare", {}), "cpu_us_rounds")
         added[config] = plus
         row["added_cpu_us"] = plus
+        noise[config] = row["added_cpu_noise"] = _noise(row, rows.get("bare", {}), "cpu_us_rounds")
+        noise_user[config] = _noise(row, rows.get("bare", {}), "user_us_rounds")
         plus_user = _paired(row, rows.get("bare", {}), "user_us_rounds")
         added_user[config] = plus_user
         row["added_user_us"] = plus_user
@@ -779,18 +796,27 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
         out.write(
             f"{config:<44} {row['rps']:>7.0f} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} "
             f"{row['cpu_us']:>10.1f} {row['cpu_spread']:>5.0%} {_fmt(plus, '+.1f'):>7} "
+            f"{noise[config]:>5.0f} "
             f"{_fmt(plus_user, '+.1f'):>8} {row['spans_per_request']:>9.2f} "
             f"{row['access_per_request']:>10.2f}  {checks}\n"
         )
     peer = added.get(setup.peer)
     ratios: dict[str, Any] = {
-        "metrics_vs_peer": _ratio(added.get("pyobs-metrics"), peer),
-        "full_vs_peer": _ratio(added.get("pyobs-full"), peer),
-        "full_vs_otel": _ratio(added.get("pyobs-full"), added.get("otel-contrib")),
+        "metrics_vs_peer": _ratio(added.get("pyobs-metrics"), peer, noise.get(setup.peer, 0)),
+        "full_vs_peer": _ratio(added.get("pyobs-full"), peer, noise.get(setup.peer, 0)),
+        "full_vs_otel": _ratio(
+            added.get("pyobs-full"), added.get("otel-contrib"), noise.get("otel-contrib", 0)
+        ),
         # The same on user CPU only: the kernel's share (sockets, a new connection per request
         # on sync workers) is the same for every configuration but adds most of the noise.
-        "user_metrics_vs_peer": _ratio(added_user.get("pyobs-metrics"), added_user.get(setup.peer)),
-        "user_full_vs_peer": _ratio(added_user.get("pyobs-full"), added_user.get(setup.peer)),
+        "user_metrics_vs_peer": _ratio(
+            added_user.get("pyobs-metrics"),
+            added_user.get(setup.peer),
+            noise_user.get(setup.peer, 0),
+        ),
+        "user_full_vs_peer": _ratio(
+            added_user.get("pyobs-full"), added_user.get(setup.peer), noise_user.get(setup.peer, 0)
+        ),
     }
     out.write("\n")
     if peer is not None:
@@ -800,7 +826,7 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
             f"pyobs full / {setup.peer}: {_fmt(ratios['full_vs_peer'])} "
             f"(target <= {FULL_TARGET}: {verdict(ratios['full_vs_peer'], FULL_TARGET)})\n"
         )
-    if ratios["user_metrics_vs_peer"] is not None:
+    if added_user.get(setup.peer) is not None:
         out.write(
             f"on user CPU only: metrics-only {_fmt(ratios['user_metrics_vs_peer'])} "
             f"({verdict(ratios['user_metrics_vs_peer'], METRICS_TARGET)}), "
@@ -815,8 +841,10 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
     for config, row in rows.items():
         if not config.startswith("pyobs-full ") or row.get("error"):
             continue
-        cpu = _ratio(added[config], full)
-        user = _ratio(added_user[config], added_user.get("pyobs-full"))
+        cpu = _ratio(added[config], full, noise.get("pyobs-full", 0))
+        user = _ratio(
+            added_user[config], added_user.get("pyobs-full"), noise_user.get("pyobs-full", 0)
+        )
         p99 = _ratio(row["p99_ms"], full_p99)
         exports[config] = {"cpu": cpu, "user_cpu": user, "p99": p99}
         out.write(
@@ -984,7 +1012,8 @@ def main(argv: list[str] | None = None) -> int:
         "# figures: medians over rounds; CPU us/req = server process tree utime+stime / "
         "requests wrk completed; spread = (max - min) / median of CPU us/req over rounds; "
         "+us = median over rounds of (CPU us/req - bare's in the same round); "
-        "user +us: the same on user CPU only\n"
+        "+- = interquartile range of those per-round differences (no ratio is drawn over a "
+        "denominator within it); user +us: the same on user CPU only\n"
     )
     data: dict[str, Any] = {
         "rounds": args.rounds,
