@@ -757,11 +757,11 @@ def _noise(row: dict[str, Any], bare: dict[str, Any], key: str) -> float:
     """How far the per-round differences to bare spread: interquartile range (4+ rounds)."""
     if not bare.get(key) or not row.get(key):
         return 0.0
-    diffs = [a - b for a, b in zip(row[key], bare[key], strict=True)]
+    diffs = [float(a - b) for a, b in zip(row[key], bare[key], strict=True)]
     if len(diffs) < 4:
         return max(diffs) - min(diffs)
     q1, _, q3 = statistics.quantiles(diffs, n=4)
-    return q3 - q1
+    return float(q3 - q1)
 
 
 def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -> dict[str, Any]:

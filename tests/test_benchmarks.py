@@ -304,7 +304,13 @@ def test_lean_encoder_writes_what_the_sdk_encoder_builds() -> None:
         0x1234, 0x5678, True, trace.TraceFlags(1), trace.TraceState([("k", "v"), ("a", "b")])
     )
     parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
-    attributes = {"http.route": "/items/{id}", "port": 80, "neg": -5, "f": 2.5, "ok": False}
+    attributes: dict[str, Any] = {
+        "http.route": "/items/{id}",
+        "port": 80,
+        "neg": -5,
+        "f": 2.5,
+        "ok": False,
+    }
     for index in range(3):
         with tracer.start_as_current_span(
             "GET /items/{id}",
