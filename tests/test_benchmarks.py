@@ -186,3 +186,195 @@ def test_spans_benchmark_quick_run_counts_every_lost_span() -> None:
     }
     assert all(served > 0 for served in measured.values()), measured
     assert result.stdout.count("ok   ") == 6 and "FAIL" not in result.stdout
+
+
+# --- benchmarks/realserver.py: real servers driven by wrk ---------------------------------
+
+REALSERVER = REPO / "benchmarks" / "realserver.py"
+
+
+def _realserver(tmp_path: Path, *args: str, timeout: float = 600) -> tuple[str, dict[str, Any]]:
+    """Run realserver.py; on a timeout SIGTERM it (it stops its servers), then kill it."""
+    import shutil
+    import signal
+
+    require_service(shutil.which("wrk") is not None, "wrk is not installed (Debian package wrk)")
+    for module in ("gunicorn", "uvicorn"):
+        if importlib.util.find_spec(module) is None:
+            require_service(False, f"{module} is not installed")
+    out = tmp_path / "realserver.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(REALSERVER), "--quick", "--json", str(out), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"realserver.py did not finish in {timeout} s\n{stdout[-3000:]}")
+    assert proc.returncode == 0, stdout[-4000:] + stderr[-3000:]
+    return stdout, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def realserver_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """One --quick run of every real-server setup and configuration."""
+    return _realserver(tmp_path_factory.mktemp("realserver"))
+
+
+def _realserver_module() -> ModuleType:
+    name = "pyobs_bench_realserver"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REALSERVER)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_realserver_quick_run_measures_every_setup_and_configuration(
+    realserver_quick: tuple[str, dict[str, Any]],
+) -> None:
+    """Each setup's table has a measured row per configuration, every response a 200."""
+    stdout, data = realserver_quick
+    bench = _realserver_module()
+    assert set(data["setups"]) == set(bench.SETUPS), stdout[-3000:]
+    for name, setup in bench.SETUPS.items():
+        result = data["setups"][name]
+        assert "error" not in result, result
+        rows = result["rows"]
+        assert set(rows) == {"bare", "pyobs-metrics", "pyobs-full", setup.peer, "otel-contrib"}
+        for config, row in rows.items():
+            assert row["error"] == "", (name, config, row["error"])
+            assert row["requests"] > 0 and row["cpu_us"] > 0 and row["rps"] > 0, row
+            assert row["p99_ms"] >= row["p50_ms"] > 0, row
+            assert row["non_200"] == 0 and row["problems"] == [], (name, config, row)
+        assert f"## {name}:" in stdout
+
+
+def test_realserver_pyobs_rows_really_observe(
+    realserver_quick: tuple[str, dict[str, Any]],
+) -> None:
+    """pyobs counted every request; full exported one span and wrote one access line each."""
+    _, data = realserver_quick
+    for name, result in data["setups"].items():
+        rows = result["rows"]
+        metrics, full = rows["pyobs-metrics"], rows["pyobs-full"]
+        for row in (metrics, full):
+            assert row["pyobs_counted"] >= row["requests_total"], (name, row)
+        assert metrics["spans"] == 0 and metrics["access_lines"] == 0, (name, metrics)
+        assert full["spans"] == full["pyobs_counted"] == full["access_lines"], (name, full)
+        assert full["span_scopes"] == {"pyobs": full["spans"]}, (name, full)
+        assert rows["otel-contrib"]["spans"] >= rows["otel-contrib"]["requests_total"], name
+
+
+def test_realserver_prints_ratios_against_the_targets(
+    realserver_quick: tuple[str, dict[str, Any]],
+) -> None:
+    """The report states each target with a met/missed verdict, and what it verified."""
+    stdout, _ = realserver_quick
+    assert "(target <= 0.33: " in stdout and "(target <= 1.0: " in stdout, stdout[-3000:]
+    assert "Verified per row" in stdout
+
+
+@pytest.mark.service
+def test_realserver_exports_every_span_to_jaeger(tmp_path: Path) -> None:
+    """The export variants deliver one span per request to a real Jaeger, none failed."""
+    bench = _realserver_module()
+    require_service(bench.JAEGER.exists(), "Jaeger is not built (scripts/setup.d/40-jaeger.sh)")
+    variants = ["otlp-http", "otlp-grpc", "lean-http-gzip"]
+    stdout, data = _realserver(
+        tmp_path,
+        "--setups",
+        "fastapi-uvicorn-1",
+        "--configs",
+        "bare,pyobs-full",
+        "--export",
+        ",".join(variants),
+    )
+    rows = data["setups"]["fastapi-uvicorn-1"]["rows"]
+    for variant in variants:
+        row = rows[f"pyobs-full {variant}"]
+        assert row["problems"] == [], (variant, row)
+        assert row["spans_failed"] == 0 and row["spans"] == row["pyobs_counted"] > 0, row
+    assert "/ pyobs-full (dropping exporter)" in stdout
+
+
+def test_lean_encoder_writes_what_the_sdk_encoder_builds() -> None:
+    """The benchmark's lean OTLP encoder: the SDK's protobuf classes parse its bytes into
+    exactly the message the SDK's own encoder builds (events, links, state, status)."""
+    encoder = pytest.importorskip("opentelemetry.exporter.otlp.proto.common.trace_encoder")
+    from opentelemetry import trace
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    name = "pyobs_bench_realserver_apps"
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "_realserver_apps.py")
+    assert spec is not None and spec.loader is not None
+    apps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(apps)
+
+    memory = InMemorySpanExporter()
+    resource = Resource.create({"service.name": "lean", "n": 3, "ratio": 1.5, "tags": ["a", "b"]})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer, other = provider.get_tracer("pyobs", "1.0"), provider.get_tracer("other")
+    remote = trace.SpanContext(
+        0x1234, 0x5678, True, trace.TraceFlags(1), trace.TraceState([("k", "v"), ("a", "b")])
+    )
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+    attributes: dict[str, Any] = {
+        "http.route": "/items/{id}",
+        "port": 80,
+        "neg": -5,
+        "f": 2.5,
+        "ok": False,
+    }
+    for index in range(3):
+        with tracer.start_as_current_span(
+            "GET /items/{id}",
+            kind=trace.SpanKind.SERVER,
+            attributes={**attributes, "url.path": f"/items/{index}", "seq": [1, index]},
+            context=parent,
+            links=[trace.Link(remote, {"x": index})],
+        ) as span:
+            span.add_event("event", {"e": "v"})
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "bad"))
+            with other.start_as_current_span("child") as child:
+                child.set_status(trace.Status(trace.StatusCode.OK))
+    spans = memory.get_finished_spans()
+    assert len(spans) == 6
+    lean = ExportTraceServiceRequest.FromString(apps.encode_lean(spans))
+    assert lean == encoder.encode_spans(spans)
+
+
+def test_realserver_encode_cost_prints_each_serializer() -> None:
+    """--encode-cost prices the SDK's OTLP encoder, the lean sketch and compression per span."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.common.trace_encoder")
+    result = subprocess.run(
+        [sys.executable, str(REALSERVER), "--encode-cost"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("SDK OTLP encoder", "lean encoder", "gzip level 9", "gzip level 1"):
+        row = next((ln for ln in result.stdout.splitlines() if ln.startswith(name)), None)
+        assert row is not None, result.stdout
+        assert float(row.split()[-1]) > 0, row
