@@ -248,7 +248,7 @@ def restarts_curve(
             # The same scrape of a directory without restarts, taken in turns with this one,
             # so that the ratio does not depend on how busy the machine was at each point.
             row["ratio_to_none"] = _interleaved_ratio(
-                _pyobs_scrape(ours), _pyobs_scrape(baseline), repeat * 3
+                _pyobs_scrape(ours), _pyobs_scrape(baseline), repeat * 5
             )
             rows.append(row)
     return rows

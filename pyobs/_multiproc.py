@@ -483,7 +483,12 @@ def merge_exemplars(paths: Iterable[str | os.PathLike[str]]) -> dict[ExemplarKey
     newest: dict[ExemplarKey, Found] = {}
     for path in paths:
         try:
-            for key, found in read_exemplar_file(path):
+            entries = (
+                _archived_exemplars(path)
+                if os.path.basename(path) == EXEMPLAR_ARCHIVE
+                else read_exemplar_file(path)
+            )
+            for key, found in entries:
                 known = newest.get(key)
                 if known is None or found[0] > known[0]:
                     newest[key] = found
@@ -492,6 +497,20 @@ def merge_exemplars(paths: Iterable[str | os.PathLike[str]]) -> dict[ExemplarKey
         except (ValueError, KeyError, TypeError, struct.error) as exc:
             _log.warning("pyobs: unreadable exemplar file %s skipped: %s", path, exc)
     return newest
+
+
+_exemplar_archive: tuple[tuple[Any, ...], list[tuple[ExemplarKey, Found]]] | None = None
+
+
+def _archived_exemplars(path: str | os.PathLike[str]) -> list[tuple[ExemplarKey, Found]]:
+    """The exemplar archive's entries, read again only when compaction replaced the file."""
+    global _exemplar_archive
+    info = os.stat(path)
+    stamp = (os.fspath(path), info.st_ino, info.st_mtime_ns, info.st_size)
+    cached = _exemplar_archive
+    if cached is None or cached[0] != stamp:
+        cached = _exemplar_archive = (stamp, list(read_exemplar_file(path)))
+    return cached[1]
 
 
 def _exemplar_bytes(exemplars: dict[ExemplarKey, Found]) -> bytes:
