@@ -33,6 +33,7 @@ import math
 import mmap
 import os
 import re
+import shutil
 import struct
 import tempfile
 import threading
@@ -1111,7 +1112,10 @@ def clear(path: str) -> None:
         *folder.glob(f"{TMP_PREFIX}*"),
     ]:
         try:
-            stale.unlink()
+            if stale.is_dir():  # a start-up check's folder left by a killed process
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
         except FileNotFoundError:
             continue
         except OSError as exc:
