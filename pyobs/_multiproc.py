@@ -362,8 +362,8 @@ class FastHistogram:
     this process's exemplar file (prometheus_client's multiprocess values drop exemplars)."""
 
     __slots__ = (
-        "_bounds", "_counts", "_exemplars", "_file", "_gen", "_keys", "_positions", "_sum",
-        "_sum_key", "_sum_pos",
+        "_bounds", "_counts", "_exemplars", "_file", "_gen", "_help", "_labels", "_metric",
+        "_positions", "_sum", "_sum_pos",
     )  # fmt: skip
 
     def __init__(
@@ -378,11 +378,9 @@ class FastHistogram:
         if not bounds or bounds[-1] != math.inf:
             bounds.append(math.inf)
         self._bounds = bounds
-        self._sum_key = _mmap_key(metric, metric + "_sum", labels, help_text)
-        self._keys = [
-            _mmap_key(metric, metric + "_bucket", {**labels, "le": _le(b)}, help_text)
-            for b in bounds
-        ]
+        # The file keys are built when the series starts in a process, not kept: they would
+        # cost about 3 KB of memory per series.
+        self._metric, self._help, self._labels = metric, help_text, labels
         self._exemplars = (
             ExemplarHistogram(None, metric, list(labels), list(labels.values()), bounds)
             if exemplars
@@ -397,8 +395,14 @@ class FastHistogram:
 
     def _start(self) -> None:
         self._file = file = _values_file("histogram")
-        self._sum_pos = file.position(self._sum_key)
-        self._positions = [file.position(key) for key in self._keys]
+        metric, help_text, labels = self._metric, self._help, self._labels
+        self._sum_pos = file.position(_mmap_key(metric, metric + "_sum", labels, help_text))
+        self._positions = [
+            file.position(
+                _mmap_key(metric, metric + "_bucket", {**labels, "le": _le(b)}, help_text)
+            )
+            for b in self._bounds
+        ]
         self._sum = 0.0
         self._counts = [0.0] * len(self._bounds)
         self._gen = _gen
