@@ -262,25 +262,48 @@ _PACK_DOUBLE = struct.Struct("<d").pack
 
 
 class _ValuesFile:
-    """One process's file of one type (prometheus_client's format), appended to by pyobs."""
+    """One process's file of one type (prometheus_client's format), appended to by pyobs.
+
+    A file that exists already (a process that had this pid before, not compacted yet) is
+    continued, as prometheus_client continues it: its values count on from where they are.
+    """
 
     def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.ftruncate(fd, _INITIAL_SIZE)
-            self.mm = mmap.mmap(fd, _INITIAL_SIZE)
+            size = os.fstat(fd).st_size
+            if size < _INITIAL_SIZE:
+                os.ftruncate(fd, _INITIAL_SIZE)
+                size = _INITIAL_SIZE
+            self.mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
-        self._size = _INITIAL_SIZE
-        self._used = _DB_HEAD.size
+        self._size = size
         self._retired: list[mmap.mmap] = []
-        self.mm[:4] = _USED.pack(self._used)
+        self._positions: dict[bytes, int] = {}
+        used: int = _USED.unpack_from(self.mm)[0]
+        if used == 0:
+            used = _DB_HEAD.size
+            self.mm[:4] = _USED.pack(used)
+        else:
+            pos = _DB_HEAD.size
+            while pos < used:
+                (length,) = _USED.unpack_from(self.mm, pos)
+                key = self.mm[pos + 4 : pos + 4 + length]
+                pos += 4 + length + 8 - (length + 4) % 8
+                self._positions[key] = pos
+                pos += _DB_VALUE.size
+        self._used = used
 
     def position(self, key: str) -> int:
-        """Append a zero entry for ``key``; the offset of its 8-byte value. Under _values_lock."""
-        entry = _db_entry(key, 0.0, 0.0)
+        """The offset of ``key``'s 8-byte value, appended (as 0) when new. Under _values_lock."""
+        raw = key.encode()
+        found = self._positions.get(raw)
+        if found is not None:
+            return found
+        entry = _db_entry(raw, 0.0, 0.0)
         if self._used + len(entry) > self._size:
             size = self._size
             while self._used + len(entry) > size:
@@ -293,7 +316,12 @@ class _ValuesFile:
         self.mm[at : at + len(entry)] = entry
         self._used = at + len(entry)
         self.mm[:4] = _USED.pack(self._used)  # readers see the entry once it is complete
-        return self._used - _DB_VALUE.size
+        self._positions[raw] = found = self._used - _DB_VALUE.size
+        return found
+
+    def value(self, pos: int) -> float:
+        """The value stored at ``pos``."""
+        return float(_DB_VALUE.unpack_from(self.mm, pos)[0])
 
 
 def _values_file(prefix: str) -> _ValuesFile:
@@ -337,10 +365,10 @@ class FastValue:
         self._pos = 0
 
     def _start(self) -> None:
-        """(Re)start in this process's file at 0 (first use, or first use after a fork)."""
-        self._file = _values_file(self._prefix)
-        self._pos = self._file.position(self._key)
-        self._value = 0.0
+        """(Re)start in this process's file (first use, or first use after a fork)."""
+        self._file = file = _values_file(self._prefix)
+        self._pos = file.position(self._key)
+        self._value = file.value(self._pos)
         self._gen = _gen
 
     def inc(self, amount: float = 1.0) -> None:
@@ -403,8 +431,8 @@ class FastHistogram:
             )
             for b in self._bounds
         ]
-        self._sum = 0.0
-        self._counts = [0.0] * len(self._bounds)
+        self._sum = file.value(self._sum_pos)
+        self._counts = [file.value(pos) for pos in self._positions]
         self._gen = _gen
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:

@@ -350,3 +350,15 @@ def test_unknown_file_format_falls_back_to_prometheus_client(
     assert page[f"{DURATION}_count"] == 3 * 8 + 3
     assert not [n for n in _files(mpdir) if "archive" in n]
     assert _multiproc.compact(str(mpdir)) is False
+
+
+def test_process_reusing_a_dead_ones_pid_continues_its_files(mpdir: Path) -> None:
+    """A new process that gets a dead worker's pid before its files were compacted counts on
+    from that worker's values (as prometheus_client does), losing none of them."""
+    _worker(4, "a")
+    [old_pid] = {m.group(1) for n in _files(mpdir) if (m := re.search(r"_(\d+)-pyobs\.db$", n))}
+    # The next process writes its own series under the dead worker's pid.
+    reuse = f"import os\nos.getpid = lambda: {old_pid}\n" + WORKER
+    _run(reuse, "6", "b", "0.003", "/x")
+    assert _page(compact=False)[f"{DURATION}_count"] == 10
+    assert _page()[f"{DURATION}_count"] == 10
