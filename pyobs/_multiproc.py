@@ -1051,6 +1051,34 @@ def compact(path: str, dead: Iterable[int] | None = None, wait: float | None = L
     return True
 
 
+MASTER_SHARE = 0.1  # at most this share of gunicorn's master's time goes to compaction
+_exited: set[int] = set()  # workers that ended and are not compacted yet
+_next_compaction = 0.0
+
+
+def compact_exited(path: str, pid: int) -> bool:
+    """gunicorn's ``child_exit``: compact the worker that ended, with any left waiting.
+
+    After a compaction that took ``t`` seconds the next one waits ``t * (1 / MASTER_SHARE -
+    1)`` seconds, so that under fast worker churn (``--max-requests``) and many series the
+    master spends at most a tenth of its time compacting; the workers that end meanwhile are
+    compacted together by the next one (or by a scrape). True when it compacted now.
+    """
+    global _next_compaction
+    _exited.add(pid)
+    start = time.monotonic()
+    if start < _next_compaction:
+        return False
+    # A pid that is alive again belongs to a new process now: its files are not the old ones.
+    dead = {p for p in _exited if not _alive(p)}
+    done = compact(path, dead=dead)
+    if done:
+        _exited.clear()
+    end = time.monotonic()
+    _next_compaction = end + (end - start) * (1 / MASTER_SHARE - 1)
+    return done
+
+
 def _compact_locked(path: str, known_dead: set[int] | None) -> None:
     names = os.listdir(path)
     for name in names:  # a temporary file is never committed once its writer is gone

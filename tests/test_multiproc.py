@@ -362,3 +362,26 @@ def test_process_reusing_a_dead_ones_pid_continues_its_files(mpdir: Path) -> Non
     _run(reuse, "6", "b", "0.003", "/x")
     assert _page(compact=False)[f"{DURATION}_count"] == 10
     assert _page()[f"{DURATION}_count"] == 10
+
+
+def test_child_exit_batches_compaction_under_fast_churn(
+    mpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after a compaction, the next worker exit waits (the master's time is bounded);
+    the following exit, or a scrape, compacts every worker that ended meanwhile, exactly."""
+    pids: list[int] = []
+    for n in (2, 3, 4):
+        _worker(n, "a")
+        found = {int(m.group(1)) for f in _files(mpdir) if (m := re.search(r"_(\d+)-pyobs", f))}
+        pids += sorted(found - set(pids))
+    assert len(pids) == 3
+    monkeypatch.setattr(_multiproc, "_next_compaction", 0.0)
+    assert _multiproc.compact_exited(str(mpdir), pids[0]) is True
+    monkeypatch.setattr(_multiproc, "_next_compaction", float("inf"))  # as if it took long
+    assert _multiproc.compact_exited(str(mpdir), pids[1]) is False
+    assert len(_per_process(mpdir)) > 0  # the second and third workers wait
+    assert _page(compact=False)[f"{DURATION}_count"] == 9
+    monkeypatch.setattr(_multiproc, "_next_compaction", 0.0)
+    assert _multiproc.compact_exited(str(mpdir), pids[2]) is True
+    assert _per_process(mpdir) == []
+    assert _page()[f"{DURATION}_count"] == 9
