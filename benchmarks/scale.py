@@ -86,12 +86,8 @@ def _write_worker(directory: Path, files: dict[str, bytes], pid: int, live_gauge
 
 
 def _dead_pids() -> Iterator[int]:
-    """Pids above the kernel's maximum: no process has them."""
-    try:
-        top = int(Path("/proc/sys/kernel/pid_max").read_text())
-    except OSError:
-        top = 4_194_304
-    pid = top + 1
+    """Pids above the largest pid Linux can hand out (4,194,304): no process has them."""
+    pid = 2**22 + 1
     while True:
         yield pid
         pid += 1
