@@ -33,6 +33,7 @@ import math
 import mmap
 import os
 import re
+import shutil
 import struct
 import tempfile
 import threading
@@ -261,25 +262,48 @@ _PACK_DOUBLE = struct.Struct("<d").pack
 
 
 class _ValuesFile:
-    """One process's file of one type (prometheus_client's format), appended to by pyobs."""
+    """One process's file of one type (prometheus_client's format), appended to by pyobs.
+
+    A file that exists already (a process that had this pid before, not compacted yet) is
+    continued, as prometheus_client continues it: its values count on from where they are.
+    """
 
     def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.ftruncate(fd, _INITIAL_SIZE)
-            self.mm = mmap.mmap(fd, _INITIAL_SIZE)
+            size = os.fstat(fd).st_size
+            if size < _INITIAL_SIZE:
+                os.ftruncate(fd, _INITIAL_SIZE)
+                size = _INITIAL_SIZE
+            self.mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
-        self._size = _INITIAL_SIZE
-        self._used = _DB_HEAD.size
+        self._size = size
         self._retired: list[mmap.mmap] = []
-        self.mm[:4] = _USED.pack(self._used)
+        self._positions: dict[bytes, int] = {}
+        used: int = _USED.unpack_from(self.mm)[0]
+        if used == 0:
+            used = _DB_HEAD.size
+            self.mm[:4] = _USED.pack(used)
+        else:
+            pos = _DB_HEAD.size
+            while pos < used:
+                (length,) = _USED.unpack_from(self.mm, pos)
+                key = self.mm[pos + 4 : pos + 4 + length]
+                pos += 4 + length + 8 - (length + 4) % 8
+                self._positions[key] = pos
+                pos += _DB_VALUE.size
+        self._used = used
 
     def position(self, key: str) -> int:
-        """Append a zero entry for ``key``; the offset of its 8-byte value. Under _values_lock."""
-        entry = _db_entry(key, 0.0, 0.0)
+        """The offset of ``key``'s 8-byte value, appended (as 0) when new. Under _values_lock."""
+        raw = key.encode()
+        found = self._positions.get(raw)
+        if found is not None:
+            return found
+        entry = _db_entry(raw, 0.0, 0.0)
         if self._used + len(entry) > self._size:
             size = self._size
             while self._used + len(entry) > size:
@@ -292,7 +316,12 @@ class _ValuesFile:
         self.mm[at : at + len(entry)] = entry
         self._used = at + len(entry)
         self.mm[:4] = _USED.pack(self._used)  # readers see the entry once it is complete
-        return self._used - _DB_VALUE.size
+        self._positions[raw] = found = self._used - _DB_VALUE.size
+        return found
+
+    def value(self, pos: int) -> float:
+        """The value stored at ``pos``."""
+        return float(_DB_VALUE.unpack_from(self.mm, pos)[0])
 
 
 def _values_file(prefix: str) -> _ValuesFile:
@@ -336,10 +365,10 @@ class FastValue:
         self._pos = 0
 
     def _start(self) -> None:
-        """(Re)start in this process's file at 0 (first use, or first use after a fork)."""
-        self._file = _values_file(self._prefix)
-        self._pos = self._file.position(self._key)
-        self._value = 0.0
+        """(Re)start in this process's file (first use, or first use after a fork)."""
+        self._file = file = _values_file(self._prefix)
+        self._pos = file.position(self._key)
+        self._value = file.value(self._pos)
         self._gen = _gen
 
     def inc(self, amount: float = 1.0) -> None:
@@ -361,8 +390,8 @@ class FastHistogram:
     this process's exemplar file (prometheus_client's multiprocess values drop exemplars)."""
 
     __slots__ = (
-        "_bounds", "_counts", "_exemplars", "_file", "_gen", "_keys", "_positions", "_sum",
-        "_sum_key", "_sum_pos",
+        "_bounds", "_counts", "_exemplars", "_file", "_gen", "_help", "_labels", "_metric",
+        "_positions", "_sum", "_sum_pos",
     )  # fmt: skip
 
     def __init__(
@@ -377,11 +406,9 @@ class FastHistogram:
         if not bounds or bounds[-1] != math.inf:
             bounds.append(math.inf)
         self._bounds = bounds
-        self._sum_key = _mmap_key(metric, metric + "_sum", labels, help_text)
-        self._keys = [
-            _mmap_key(metric, metric + "_bucket", {**labels, "le": _le(b)}, help_text)
-            for b in bounds
-        ]
+        # The file keys are built when the series starts in a process, not kept: they would
+        # cost about 3 KB of memory per series.
+        self._metric, self._help, self._labels = metric, help_text, labels
         self._exemplars = (
             ExemplarHistogram(None, metric, list(labels), list(labels.values()), bounds)
             if exemplars
@@ -396,10 +423,16 @@ class FastHistogram:
 
     def _start(self) -> None:
         self._file = file = _values_file("histogram")
-        self._sum_pos = file.position(self._sum_key)
-        self._positions = [file.position(key) for key in self._keys]
-        self._sum = 0.0
-        self._counts = [0.0] * len(self._bounds)
+        metric, help_text, labels = self._metric, self._help, self._labels
+        self._sum_pos = file.position(_mmap_key(metric, metric + "_sum", labels, help_text))
+        self._positions = [
+            file.position(
+                _mmap_key(metric, metric + "_bucket", {**labels, "le": _le(b)}, help_text)
+            )
+            for b in self._bounds
+        ]
+        self._sum = file.value(self._sum_pos)
+        self._counts = [file.value(pos) for pos in self._positions]
         self._gen = _gen
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
@@ -483,7 +516,12 @@ def merge_exemplars(paths: Iterable[str | os.PathLike[str]]) -> dict[ExemplarKey
     newest: dict[ExemplarKey, Found] = {}
     for path in paths:
         try:
-            for key, found in read_exemplar_file(path):
+            entries = (
+                _archived_exemplars(path)
+                if os.path.basename(path) == EXEMPLAR_ARCHIVE
+                else read_exemplar_file(path)
+            )
+            for key, found in entries:
                 known = newest.get(key)
                 if known is None or found[0] > known[0]:
                     newest[key] = found
@@ -492,6 +530,20 @@ def merge_exemplars(paths: Iterable[str | os.PathLike[str]]) -> dict[ExemplarKey
         except (ValueError, KeyError, TypeError, struct.error) as exc:
             _log.warning("pyobs: unreadable exemplar file %s skipped: %s", path, exc)
     return newest
+
+
+_exemplar_archive: tuple[tuple[Any, ...], list[tuple[ExemplarKey, Found]]] | None = None
+
+
+def _archived_exemplars(path: str | os.PathLike[str]) -> list[tuple[ExemplarKey, Found]]:
+    """The exemplar archive's entries, read again only when compaction replaced the file."""
+    global _exemplar_archive
+    info = os.stat(path)
+    stamp = (os.fspath(path), info.st_ino, info.st_mtime_ns, info.st_size)
+    cached = _exemplar_archive
+    if cached is None or cached[0] != stamp:
+        cached = _exemplar_archive = (stamp, list(read_exemplar_file(path)))
+    return cached[1]
 
 
 def _exemplar_bytes(exemplars: dict[ExemplarKey, Found]) -> bytes:
@@ -999,6 +1051,34 @@ def compact(path: str, dead: Iterable[int] | None = None, wait: float | None = L
     return True
 
 
+MASTER_SHARE = 0.1  # at most this share of gunicorn's master's time goes to compaction
+_exited: set[int] = set()  # workers that ended and are not compacted yet
+_next_compaction = 0.0
+
+
+def compact_exited(path: str, pid: int) -> bool:
+    """gunicorn's ``child_exit``: compact the worker that ended, with any left waiting.
+
+    After a compaction that took ``t`` seconds the next one waits ``t * (1 / MASTER_SHARE -
+    1)`` seconds, so that under fast worker churn (``--max-requests``) and many series the
+    master spends at most a tenth of its time compacting; the workers that end meanwhile are
+    compacted together by the next one (or by a scrape). True when it compacted now.
+    """
+    global _next_compaction
+    _exited.add(pid)
+    start = time.monotonic()
+    if start < _next_compaction:
+        return False
+    # A pid that is alive again belongs to a new process now: its files are not the old ones.
+    dead = {p for p in _exited if not _alive(p)}
+    done = compact(path, dead=dead)
+    if done:
+        _exited.clear()
+    end = time.monotonic()
+    _next_compaction = end + (end - start) * (1 / MASTER_SHARE - 1)
+    return done
+
+
 def _compact_locked(path: str, known_dead: set[int] | None) -> None:
     names = os.listdir(path)
     for name in names:  # a temporary file is never committed once its writer is gone
@@ -1092,7 +1172,10 @@ def clear(path: str) -> None:
         *folder.glob(f"{TMP_PREFIX}*"),
     ]:
         try:
-            stale.unlink()
+            if stale.is_dir():  # a start-up check's folder left by a killed process
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
         except FileNotFoundError:
             continue
         except OSError as exc:

@@ -82,7 +82,8 @@ def child_exit(server: Any, worker: Any) -> None:
     Its counters and histograms are merged exactly into the directory's archive files and
     its exemplars into the exemplar archive, so the directory does not grow with restarts
     (``--max-requests``). When a scrape holds the directory for longer than
-    ``_multiproc.LOCK_WAIT`` seconds, the next scrape compacts instead.
+    ``_multiproc.LOCK_WAIT`` seconds, or compaction would take more than a tenth of the
+    master's time, a later exit or the next scrape compacts instead.
     """
     directory = _multiproc_dir()
     if directory is None:
@@ -93,6 +94,6 @@ def child_exit(server: Any, worker: Any) -> None:
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
     try:
-        _multiproc.compact(directory, dead=[worker.pid])
+        _multiproc.compact_exited(directory, worker.pid)
     except Exception as exc:  # noqa: BLE001 - the master goes on; the next scrape retries
         _log.warning("pyobs: compacting the metrics files of worker %s failed: %s", worker.pid, exc)

@@ -350,3 +350,38 @@ def test_unknown_file_format_falls_back_to_prometheus_client(
     assert page[f"{DURATION}_count"] == 3 * 8 + 3
     assert not [n for n in _files(mpdir) if "archive" in n]
     assert _multiproc.compact(str(mpdir)) is False
+
+
+def test_process_reusing_a_dead_ones_pid_continues_its_files(mpdir: Path) -> None:
+    """A new process that gets a dead worker's pid before its files were compacted counts on
+    from that worker's values (as prometheus_client does), losing none of them."""
+    _worker(4, "a")
+    [old_pid] = {m.group(1) for n in _files(mpdir) if (m := re.search(r"_(\d+)-pyobs\.db$", n))}
+    # The next process writes its own series under the dead worker's pid.
+    reuse = f"import os\nos.getpid = lambda: {old_pid}\n" + WORKER
+    _run(reuse, "6", "b", "0.003", "/x")
+    assert _page(compact=False)[f"{DURATION}_count"] == 10
+    assert _page()[f"{DURATION}_count"] == 10
+
+
+def test_child_exit_batches_compaction_under_fast_churn(
+    mpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after a compaction, the next worker exit waits (the master's time is bounded);
+    the following exit, or a scrape, compacts every worker that ended meanwhile, exactly."""
+    pids: list[int] = []
+    for n in (2, 3, 4):
+        _worker(n, "a")
+        found = {int(m.group(1)) for f in _files(mpdir) if (m := re.search(r"_(\d+)-pyobs", f))}
+        pids += sorted(found - set(pids))
+    assert len(pids) == 3
+    monkeypatch.setattr(_multiproc, "_next_compaction", 0.0)
+    assert _multiproc.compact_exited(str(mpdir), pids[0]) is True
+    monkeypatch.setattr(_multiproc, "_next_compaction", float("inf"))  # as if it took long
+    assert _multiproc.compact_exited(str(mpdir), pids[1]) is False
+    assert len(_per_process(mpdir)) > 0  # the second and third workers wait
+    assert _page(compact=False)[f"{DURATION}_count"] == 9
+    monkeypatch.setattr(_multiproc, "_next_compaction", 0.0)
+    assert _multiproc.compact_exited(str(mpdir), pids[2]) is True
+    assert _per_process(mpdir) == []
+    assert _page()[f"{DURATION}_count"] == 9
