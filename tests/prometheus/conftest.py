@@ -199,6 +199,30 @@ def start_prometheus(config: Path | Callable[[int], Path], workdir: Path) -> Pro
     return spawn_server("prometheus", args, "/-/ready", workdir, cwd=cwd)
 
 
+def alertmanager_config(workdir: Path, webhook: Webhook, **timings: str) -> Path:
+    """The stack's alertmanager.yml and its templates in ``workdir``, each receiver posting to
+    ``webhook`` (same path) and ``timings`` (group_wait="1s", ...) set on every route."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "prometheus" / "alertmanager.yml").read_text())
+
+    def fast(route: dict[str, Any]) -> None:
+        route.update(timings)
+        for child in route.get("routes", []):
+            fast(child)
+
+    fast(config["route"])
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = webhook.url(urllib.parse.urlparse(hook["url"]).path)
+    (workdir / "templates").mkdir(exist_ok=True)
+    for template in (REPO / "prometheus" / "templates").glob("*.tmpl"):
+        (workdir / "templates" / template.name).write_text(template.read_text())
+    path = workdir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def start_alertmanager(config: Path, workdir: Path) -> Process:
     """A real Alertmanager without clustering, on a free port (``.port``)."""
 

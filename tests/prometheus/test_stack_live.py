@@ -28,6 +28,7 @@ from tests.prometheus.conftest import (
     REPO,
     Process,
     Webhook,
+    alertmanager_config,
     http_json,
     query,
     running_webhook,
@@ -37,27 +38,6 @@ from tests.prometheus.conftest import (
 )
 
 SCALE = 1 / 60
-
-
-def _alertmanager_config(workdir: Path, webhook: Webhook) -> Path:
-    """The stack's alertmanager.yml with one-second timings and the receivers on the webhook."""
-    config = yaml.safe_load((REPO / "prometheus" / "alertmanager.yml").read_text())
-
-    def fast(route: dict[str, Any]) -> None:
-        route.update(group_wait="1s", group_interval="1s", repeat_interval="2s")
-        for child in route.get("routes", []):
-            fast(child)
-
-    fast(config["route"])
-    for receiver in config["receivers"]:
-        for hook in receiver.get("webhook_configs", []):
-            hook["url"] = webhook.url(urllib.parse.urlparse(hook["url"]).path)
-    (workdir / "templates").mkdir(exist_ok=True)
-    for template in (REPO / "prometheus" / "templates").glob("*.tmpl"):
-        (workdir / "templates" / template.name).write_text(template.read_text())
-    path = workdir / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def _prometheus_config(workdir: Path, jaeger: tracing_backends.Jaeger, am_port: int) -> Path:
@@ -93,7 +73,12 @@ def alertmanager(
     """The stack's Alertmanager (fast timings) posting to a recording webhook."""
     workdir = tmp_path_factory.mktemp("stack-am")
     with running_webhook() as webhook:
-        process = start_alertmanager(_alertmanager_config(workdir, webhook), workdir)
+        process = start_alertmanager(
+            alertmanager_config(
+                workdir, webhook, group_wait="1s", group_interval="1s", repeat_interval="2s"
+            ),
+            workdir,
+        )
         try:
             yield process, webhook
         finally:
