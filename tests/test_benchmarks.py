@@ -36,20 +36,27 @@ def _apps() -> ModuleType:
     return module
 
 
+def _run(*args: str, script: Path = SCRIPT, timeout: float = 120) -> str:
+    """Run a benchmark script (overhead.py unless told) from the repository root; its stdout,
+    once it exited 0."""
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """Run the benchmark once in --quick mode over every framework; return stdout and JSON."""
     out = tmp_path_factory.mktemp("bench") / "overhead.json"
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=str(REPO),
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result.stdout, json.loads(out.read_text())
+    stdout = _run("--quick", "--json", str(out), timeout=240)
+    return stdout, json.loads(out.read_text())
 
 
 def _section(stdout: str, framework: str) -> list[str]:
@@ -122,19 +129,6 @@ def test_pyobs_configurations_really_observe(
         assert results["otel-contrib"]["facts"]["spans_per_request"] >= 1
 
 
-def _run(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(REPO),
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result.stdout
-
-
 def test_floors_prints_each_building_block() -> None:
     """--floors times a histogram observe, a gauge, an SDK span and an access-log line."""
     out = _run("--floors", "--quick")
@@ -163,16 +157,8 @@ def test_spans_benchmark_quick_run_counts_every_lost_span() -> None:
     for module in ("flask", "gunicorn", "opentelemetry.instrumentation.flask"):
         require_service(importlib.util.find_spec(module) is not None, f"{module} missing")
     require_service(shutil.which("wrk") is not None, "wrk is not installed")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "spans.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=str(REPO),
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = [line.split() for line in result.stdout.splitlines()]
+    stdout = _run("--quick", script=REPO / "benchmarks" / "spans.py", timeout=300)
+    rows = [line.split() for line in stdout.splitlines()]
     measured = {
         (row[0], row[1], row[2]): int(row[4])
         for row in rows
@@ -185,7 +171,7 @@ def test_spans_benchmark_quick_run_counts_every_lost_span() -> None:
         for tracing in ("pyobs", "contrib")
     }
     assert all(served > 0 for served in measured.values()), measured
-    assert result.stdout.count("ok   ") == 6 and "FAIL" not in result.stdout
+    assert stdout.count("ok   ") == 6 and "FAIL" not in stdout
 
 
 # --- benchmarks/realserver.py: real servers driven by wrk ---------------------------------

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,31 +116,37 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("path", ["shortcut", "public"])
-def test_server_span_equals_the_sdks_own_span(path: str, tmp_path: Path) -> None:
-    """Same request, same span: pyobs's SERVER span and Tracer.start_span's, field by field."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        OTEL_RESOURCE_ATTRIBUTES="team=core",
-        OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT="24",
-        OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT="9",
-        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST="x-probe",
-        PYOBS_LOG_HANDLER="never",
-    )
-    script = tmp_path / "parity.py"
-    script.write_text(SCRIPT)
+def _run_script(script: Path, text: str, path: str, **env: str) -> dict[str, Any]:
+    """Run ``text`` as ``script`` with argument ``path`` (shortcut or public) in a fresh
+    interpreter (no PYOBS_/OTEL_ variables but ``env``); the JSON of its last output line."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
+    full_env.update(PYTHONPATH=str(ROOT), PYOBS_LOG_HANDLER="never", **env)
+    script.write_text(text)
     done = subprocess.run(
         [sys.executable, str(script), path],
         capture_output=True,
         text=True,
-        env=env,
-        cwd=tmp_path,
+        env=full_env,
+        cwd=script.parent,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("path", ["shortcut", "public"])
+def test_server_span_equals_the_sdks_own_span(path: str, tmp_path: Path) -> None:
+    """Same request, same span: pyobs's SERVER span and Tracer.start_span's, field by field."""
+    result = _run_script(
+        tmp_path / "parity.py",
+        SCRIPT,
+        path,
+        OTEL_RESOURCE_ATTRIBUTES="team=core",
+        OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT="24",
+        OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT="9",
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST="x-probe",
+    )
     mine, sdk = result["pyobs"], result["sdk"]
     # The shortcut really served the request (it did not silently turn itself off).
     assert (result["type"] == "RequestSpan") is (path == "shortcut")
@@ -214,21 +221,7 @@ APP_ATTRIBUTES_SCRIPT = textwrap.dedent(
 def test_attributes_the_app_sets_equal_the_sdks(path: str, tmp_path: Path) -> None:
     """Attributes application code sets on pyobs's span (str, numbers, sequences, bytes, None,
     an empty key, an object) end up exactly as on an SDK span."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
-    env.update(PYTHONPATH=str(ROOT), PYOBS_LOG_HANDLER="never")
-    script = tmp_path / "app_attributes.py"
-    script.write_text(APP_ATTRIBUTES_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script), path],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _run_script(tmp_path / "app_attributes.py", APP_ATTRIBUTES_SCRIPT, path)
     assert (result["type"] == "RequestSpan") == (path == "shortcut")
     assert result["pyobs"] == result["sdk"]
     assert result["pyobs"]["app.text"] == "'replaced'"

@@ -162,15 +162,7 @@ def test_sampler_off_records_nothing_but_keeps_trace_ids_in_logs() -> None:
         """
     )
     import_or_require("flask")
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**_clean_env(), "OTEL_TRACES_SAMPLER": "always_off"},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _python(script, OTEL_TRACES_SAMPLER="always_off")
     assert result.stdout.strip().endswith("ok")
 
 
@@ -178,6 +170,21 @@ def _clean_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
+
+
+def _python(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter with no PYOBS_/OTEL_ variables but ``env``;
+    fails the test unless it exits 0."""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**_clean_env(), **env},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
 
 
 @pytest.mark.parametrize("exporter", ["console"])
@@ -194,15 +201,7 @@ def test_console_exporter_writes_one_json_span_per_line(exporter: str) -> None:
         app.test_client().get("/items/3", buffered=True)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**_clean_env(), "OTEL_TRACES_EXPORTER": exporter},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _python(script, OTEL_TRACES_EXPORTER=exporter)
     import json
 
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("{")]
@@ -293,15 +292,7 @@ def test_metrics_only_never_loads_the_tracing_sdk(tracing: bool) -> None:
         print(sorted(m for m in sys.modules if m.startswith("opentelemetry.sdk")))
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=_clean_env(),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _python(script)
     loaded = result.stdout.strip().splitlines()[-1]
     if tracing:
         assert "opentelemetry.sdk.trace" in loaded

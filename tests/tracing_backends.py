@@ -46,7 +46,7 @@ service:
       exporters: [jaeger_storage_exporter]
   telemetry:
     metrics:
-      level: none
+{telemetry}
 extensions:
   jaeger_storage:
     backends:
@@ -71,6 +71,17 @@ exporters:
   jaeger_storage_exporter:
     trace_storage: memstore
 """
+
+#: Jaeger's own metrics off (the default) or served for scraping on the ``metrics`` port,
+#: as the stack's Prometheus scrapes them on the telemetry port.
+NO_OWN_METRICS = "      level: none"
+OWN_METRICS = """      level: detailed
+      readers:
+        - pull:
+            exporter:
+              prometheus:
+                host: 127.0.0.1
+                port: {metrics}"""
 
 
 def missing_reason() -> str | None:
@@ -151,20 +162,24 @@ class Jaeger:
 
 
 def start_jaeger(
-    workdir: Path | None = None, render: Callable[[dict[str, int]], str] | None = None
+    workdir: Path | None = None,
+    render: Callable[[dict[str, int]], str] | None = None,
+    own_metrics: bool = False,
 ) -> Jaeger:
     """Start Jaeger on free loopback ports, again on others when a bind loses a race.
 
     ``render(ports)`` makes the configuration from the ports (keys ``otlp_http``,
     ``otlp_grpc``, ``query``, ``query_grpc``, ``health``, ``metrics``); the default is the
-    in-memory CONFIG above.
+    in-memory CONFIG above, which serves Jaeger's own metrics on ``ports["metrics"]`` when
+    ``own_metrics`` is set. ``stop()`` ends it at any time (a test may stop it midway).
     """
     directory = workdir or Path(tempfile.mkdtemp(prefix="pyobs-jaeger-"))
     names = ("otlp_http", "otlp_grpc", "query", "query_grpc", "health", "metrics")
 
     def attempt(*picked: int) -> Jaeger:
         ports = dict(zip(names, picked, strict=True))
-        text = render(ports) if render else CONFIG.format(**ports)
+        telemetry = (OWN_METRICS if own_metrics else NO_OWN_METRICS).format(**ports)
+        text = render(ports) if render else CONFIG.format(telemetry=telemetry, **ports)
         config = directory / f"jaeger-{ports['query']}.yaml"
         config.write_text(text)
         log = directory / f"jaeger-{ports['query']}.log"

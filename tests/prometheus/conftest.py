@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tests.helpers import (
     http_status,
     kill_tree,
     port_taken_in,
+    serving,
     start_with_retry,
 )
 
@@ -198,6 +199,30 @@ def start_prometheus(config: Path | Callable[[int], Path], workdir: Path) -> Pro
     return spawn_server("prometheus", args, "/-/ready", workdir, cwd=cwd)
 
 
+def alertmanager_config(workdir: Path, webhook: Webhook, **timings: str) -> Path:
+    """The stack's alertmanager.yml and its templates in ``workdir``, each receiver posting to
+    ``webhook`` (same path) and ``timings`` (group_wait="1s", ...) set on every route."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "prometheus" / "alertmanager.yml").read_text())
+
+    def fast(route: dict[str, Any]) -> None:
+        route.update(timings)
+        for child in route.get("routes", []):
+            fast(child)
+
+    fast(config["route"])
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = webhook.url(urllib.parse.urlparse(hook["url"]).path)
+    (workdir / "templates").mkdir(exist_ok=True)
+    for template in (REPO / "prometheus" / "templates").glob("*.tmpl"):
+        (workdir / "templates" / template.name).write_text(template.read_text())
+    path = workdir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def start_alertmanager(config: Path, workdir: Path) -> Process:
     """A real Alertmanager without clustering, on a free port (``.port``)."""
 
@@ -256,16 +281,9 @@ def running_webhook() -> Iterator[Webhook]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hook.port = int(server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as url:
+        hook.port = int(url.rsplit(":", 1)[1])
         yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def query(prom_port: int, promql: str) -> dict[str, Any]:

@@ -7,15 +7,15 @@ from the committed files), not that a real Grafana accepts them.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import import_or_require
+from tests.helpers import serving
 from tests.prometheus.conftest import REPO, free_port
 
 
@@ -62,15 +62,8 @@ def grafana_api() -> Iterator[tuple[str, list[tuple[str, str, Any, str]]]]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", calls
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(Handler) as url:
+        yield url, calls
 
 
 def test_push_sends_the_folder_and_dashboards_and_no_alerting(

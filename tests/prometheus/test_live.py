@@ -37,6 +37,7 @@ from tests.prometheus.conftest import (
     REPO,
     Process,
     Webhook,
+    alertmanager_config,
     http_json,
     query,
     running_webhook,
@@ -156,28 +157,6 @@ def _prometheus_config(
     return path
 
 
-def _alertmanager_config(workdir: Path, webhook: Webhook) -> Path:
-    config = yaml.safe_load((REPO / "prometheus" / "alertmanager.yml").read_text())
-
-    def fast(route: dict[str, Any]) -> None:
-        for key in ("group_wait", "group_interval"):
-            if key in route or route is config["route"]:
-                route[key] = "1s"
-        for child in route.get("routes", []):
-            fast(child)
-
-    fast(config["route"])
-    for receiver in config["receivers"]:
-        for hook in receiver.get("webhook_configs", []):
-            hook["url"] = webhook.url(urllib.parse.urlparse(hook["url"]).path)
-    (workdir / "templates").mkdir()
-    for template in (REPO / "prometheus" / "templates").glob("*.tmpl"):
-        (workdir / "templates" / template.name).write_text(template.read_text())
-    path = workdir / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Example services under traffic, Prometheus and Alertmanager, wired to a webhook."""
@@ -227,7 +206,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ports = {name: services[name].port for name in ("example-flask", "example-fastapi")}
         driven_port = services["localhost"].port
 
-        alertmanager = start_alertmanager(_alertmanager_config(workdir, webhook), workdir)
+        alertmanager = start_alertmanager(
+            alertmanager_config(workdir, webhook, group_wait="1s", group_interval="1s"), workdir
+        )
         processes.append(alertmanager)
         am_port = alertmanager.port
         prometheus = start_prometheus(

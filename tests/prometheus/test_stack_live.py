@@ -11,143 +11,36 @@ prove: Grafana's own UI calling that API (Grafana cannot run here).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests import tracing_backends
 from tests.conftest import import_or_require, require_service
-from tests.helpers import PortTaken, port_taken_in, start_with_retry
 from tests.prometheus.conftest import (
     REPO,
     Process,
     Webhook,
+    alertmanager_config,
     http_json,
     query,
     running_webhook,
-    spawn,
     start_alertmanager,
     start_prometheus,
     wait_until,
 )
 
 SCALE = 1 / 60
-JAEGER_BIN = REPO / ".cache" / "jaeger" / "bin" / "jaeger"
-
-#: Jaeger v2 with in-memory storage, its OTLP/HTTP receiver, its query API and its own
-#: metrics on the telemetry port (8888 in the stack), all on loopback.
-JAEGER_CONFIG = """
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: detailed
-      readers:
-        - pull:
-            exporter:
-              prometheus:
-                host: 127.0.0.1
-                port: {metrics}
-extensions:
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 1000
-  jaeger_query:
-    storage:
-      traces: memstore
-    http:
-      endpoint: 127.0.0.1:{query}
-    grpc:
-      endpoint: 127.0.0.1:{query_grpc}
-receivers:
-  otlp:
-    protocols:
-      http:
-        endpoint: 127.0.0.1:{otlp}
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-"""
 
 
-@dataclass
-class Jaeger:
-    """A running Jaeger and its ports."""
-
-    process: Process
-    otlp: int
-    query: int
-    metrics: int
-
-
-def start_jaeger(workdir: Path) -> Jaeger:
-    """Jaeger v2 on free loopback ports; started again on other ports if one is taken."""
-    require_service(JAEGER_BIN.exists(), "Jaeger is not built (scripts/setup.d/40-jaeger.sh)")
-
-    def attempt(otlp: int, query_port: int, query_grpc: int, metrics: int) -> Jaeger:
-        config = workdir / f"jaeger-{otlp}.yaml"
-        config.write_text(
-            JAEGER_CONFIG.format(
-                otlp=otlp, query=query_port, query_grpc=query_grpc, metrics=metrics
-            )
-        )
-        process = spawn(f"jaeger-{otlp}", [str(JAEGER_BIN), "--config", f"file:{config}"], workdir)
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if process.popen.poll() is not None:
-                    if port_taken_in(process.tail()):
-                        raise PortTaken(process.tail(5))
-                    pytest.fail(f"Jaeger exited:\n{process.tail()}")
-                with contextlib.suppress(OSError, ValueError):
-                    http_json(f"http://127.0.0.1:{query_port}/api/services")
-                    return Jaeger(process, otlp, query_port, metrics)
-                time.sleep(0.2)
-            pytest.fail(f"Jaeger not ready after 30s:\n{process.tail()}")
-        except BaseException:
-            process.stop()
-            raise
-
-    return start_with_retry(attempt, ports=4)
-
-
-def _alertmanager_config(workdir: Path, webhook: Webhook) -> Path:
-    """The stack's alertmanager.yml with one-second timings and the receivers on the webhook."""
-    config = yaml.safe_load((REPO / "prometheus" / "alertmanager.yml").read_text())
-
-    def fast(route: dict[str, Any]) -> None:
-        route.update(group_wait="1s", group_interval="1s", repeat_interval="2s")
-        for child in route.get("routes", []):
-            fast(child)
-
-    fast(config["route"])
-    for receiver in config["receivers"]:
-        for hook in receiver.get("webhook_configs", []):
-            hook["url"] = webhook.url(urllib.parse.urlparse(hook["url"]).path)
-    (workdir / "templates").mkdir(exist_ok=True)
-    for template in (REPO / "prometheus" / "templates").glob("*.tmpl"):
-        (workdir / "templates" / template.name).write_text(template.read_text())
-    path = workdir / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def _prometheus_config(workdir: Path, jaeger: Jaeger, am_port: int) -> Path:
+def _prometheus_config(workdir: Path, jaeger: tracing_backends.Jaeger, am_port: int) -> Path:
     """The stack's prometheus.yml with only its `jaeger` job, pointed at the test's Jaeger."""
     from pyobs._dashgen import stack
 
@@ -166,7 +59,7 @@ def _prometheus_config(workdir: Path, jaeger: Jaeger, am_port: int) -> Path:
         {"targets": [f"127.0.0.1:{am_port}"]}
     ]
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "jaeger")
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{jaeger.metrics}"]}]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{jaeger.ports['metrics']}"]}]
     config["scrape_configs"] = [job]
     path = workdir / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -180,7 +73,12 @@ def alertmanager(
     """The stack's Alertmanager (fast timings) posting to a recording webhook."""
     workdir = tmp_path_factory.mktemp("stack-am")
     with running_webhook() as webhook:
-        process = start_alertmanager(_alertmanager_config(workdir, webhook), workdir)
+        process = start_alertmanager(
+            alertmanager_config(
+                workdir, webhook, group_wait="1s", group_interval="1s", repeat_interval="2s"
+            ),
+            workdir,
+        )
         try:
             yield process, webhook
         finally:
@@ -216,7 +114,10 @@ def test_prometheus_scrapes_jaeger_and_a_stopped_jaeger_pages(
     PyobsJaegerDown, which reaches the page receiver through Alertmanager, and no other page."""
     import_or_require("opentelemetry.exporter.otlp.proto.http.trace_exporter")
     am, webhook = alertmanager
-    jaeger = start_jaeger(tmp_path)
+    reason = tracing_backends.missing_reason()
+    require_service(reason is None, reason or "")
+    # Jaeger serves its own metrics on the telemetry port, as in the stack.
+    jaeger = tracing_backends.start_jaeger(tmp_path, own_metrics=True)
     prometheus: Process | None = None
     try:
         prometheus = start_prometheus(_prometheus_config(tmp_path, jaeger, am.port), tmp_path)
@@ -228,7 +129,7 @@ def test_prometheus_scrapes_jaeger_and_a_stopped_jaeger_pages(
             return list(answer["data"]["result"])
 
         wait_until(lambda: series('up{job="jaeger"} == 1'), 30, what="Jaeger scraped")
-        _send_span(jaeger.otlp)
+        _send_span(jaeger.otlp_http)
         accepted = wait_until(
             lambda: series('otelcol_receiver_accepted_spans_total{job="jaeger"} > 0'),
             30,
@@ -250,7 +151,7 @@ def test_prometheus_scrapes_jaeger_and_a_stopped_jaeger_pages(
                 wait_until(lambda q=promql: series(q), 30, what=f"{title}: data from Jaeger")
         assert not _notified(webhook, "PyobsJaegerDown")
 
-        jaeger.process.stop()
+        jaeger.stop()
         paths = wait_until(
             lambda: _notified(webhook, "PyobsJaegerDown"), 60, what="PyobsJaegerDown paged"
         )
@@ -281,7 +182,7 @@ def test_prometheus_scrapes_jaeger_and_a_stopped_jaeger_pages(
     finally:
         if prometheus is not None:
             prometheus.stop()
-        jaeger.process.stop()
+        jaeger.stop()
 
 
 def _am(am_port: int, path: str, body: Any = None, method: str = "GET") -> Any:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import serving
 from tests.prometheus.conftest import PYTHON, REPO, run_tool, spawn_server
 
 RULES = REPO / "prometheus" / "rules" / "pyobs-stack.yml"
@@ -177,15 +177,8 @@ def logstash_api() -> Iterator[tuple[str, dict[str, Any]]]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(Handler) as url:
+        yield url, state
 
 
 def test_bridge_process_serves_metrics_and_reports_logstash_down(

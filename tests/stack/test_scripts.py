@@ -8,12 +8,11 @@ import json
 import shutil
 import socket
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import tomllib
 import yaml
 
 from tests.conftest import require_service
-from tests.helpers import kill_tree, start_server
+from tests.helpers import kill_tree, serving, start_server
 from tests.stack import validate
 from tests.stack.helpers import ROOT, load_script, require_files
 
@@ -129,14 +128,8 @@ def fake_es() -> Iterator[tuple[str, list[tuple[str, str, Any, str]]]]:
     """A fake Elasticsearch + Kibana on a free 127.0.0.1 port: (url, recorded calls)."""
     calls: list[tuple[str, str, Any, str]] = []
     handler = type("Handler", (FakeElastic,), {"calls": calls})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", calls
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler) as url:
+        yield url, calls
 
 
 def test_setup_sets_passwords_roles_and_users(
@@ -311,14 +304,8 @@ def test_compose_runs_the_setup_job_against_the_stack_services() -> None:
 @pytest.fixture
 def webhook(capsys: pytest.CaptureFixture[str]) -> Iterator[str]:
     """The alert webhook on a free 127.0.0.1 port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), alert_webhook.Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(alert_webhook.Handler) as url:
+        yield url
 
 
 def test_alert_webhook_logs_each_alert_as_a_json_line(
