@@ -202,15 +202,14 @@ SERVERS = {
 
 
 @pytest.mark.parametrize("server", list(SERVERS))
-def test_sigterm_exports_every_span(
-    tmp_path: Path, receivers: list[Receiver], server: str
-) -> None:
+def test_sigterm_exports_every_span(tmp_path: Path, receivers: list[Receiver], server: str) -> None:
     """N requests then SIGTERM: the collector holds N spans; the exit status is unchanged."""
     import_or_require("gunicorn" if server.startswith("gunicorn") else "uvicorn")
     import_or_require("fastapi" if SERVERS[server][1] is ASGI_APP else "flask")
     args, app, expected = SERVERS[server]
     if server.startswith("gunicorn"):
-        args = [*args, "--graceful-timeout", "20", "app:app"]
+        (tmp_path / "hooks.py").write_text("from pyobs.gunicorn import worker_exit  # noqa: F401\n")
+        args = [*args, "-c", "hooks.py", "--graceful-timeout", "20", "app:app"]
     (tmp_path / "app.py").write_text(textwrap.dedent(app))
     receiver = Receiver()
     receivers.append(receiver)
@@ -245,27 +244,31 @@ def test_sigterm_counts_what_a_hung_collector_did_not_take(
 
 
 APP_HANDLER = """
-import signal, sys
+import os, signal
 from pathlib import Path
 
 def on_term(signum, frame):
     Path("handler-ran").write_text("yes")
-    sys.exit(3)
+    os._exit(3)  # no atexit: only pyobs's flush before this handler exports the spans
 
 signal.signal(signal.SIGTERM, on_term)
-""" + textwrap.dedent(WSGI_APP) + """
-client = app.test_client()
+
+import pyobs
+from opentelemetry import trace
+
+pyobs.setup()
+tracer = trace.get_tracer("app")
 for i in range({n}):
-    client.get(f"/items/{{i}}")
+    with tracer.start_as_current_span(f"work {{i}}"):
+        pass
 Path("ready").write_text("yes")
-signal.pause()
+while True:
+    signal.pause()
 """
 
 
-def test_the_apps_own_sigterm_handler_still_runs(
-    tmp_path: Path, receivers: list[Receiver]
-) -> None:
-    """The app's handler (set before pyobs) runs after pyobs's flush; its exit code stands."""
+def test_the_apps_own_sigterm_handler_still_runs(tmp_path: Path, receivers: list[Receiver]) -> None:
+    """The app's handler (set before pyobs) runs after pyobs has flushed; its exit code stands."""
     import_or_require("flask")
     receiver = Receiver()
     receivers.append(receiver)
