@@ -23,9 +23,11 @@ like the log shipper's) flushes the processors of this process within
 ``OTEL_BSP_EXPORT_TIMEOUT`` before the signal goes on: with the default disposition it then
 shuts them down (what is still unexported is counted as ``shutdown``) and re-raises the signal
 with SIG_DFL, so the process dies by SIGTERM as it would have; with an app or server handler
-it flushes and calls that handler. The shipper's handler and this one chain in either order:
-each runs its own flush and calls the one it found. A fork child flushes only its own spans
-(the SDK empties the parent's queue in the child).
+it flushes, calls that handler, and keeps flushing every DRAIN_INTERVAL from a daemon thread
+so that spans ending during the app's graceful shutdown are out before a server that
+restores SIG_DFL and re-raises ends the process. The shipper's handler and this one chain
+in either order: each runs its own flush and calls the one it found. A fork child flushes
+only its own spans (the SDK empties the parent's queue in the child).
 """
 
 from __future__ import annotations
@@ -269,8 +271,35 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         return
     for processor in list(_processors):
         processor.flush_on_signal()
+    _start_drain()
     if callable(previous):
         previous(signum, frame)
+
+
+_drain_pid: int | None = None
+DRAIN_INTERVAL = 0.02  # seconds between two flushes while an app handler winds down
+
+
+def _start_drain() -> None:
+    """Keep exporting spans that end during the app's graceful shutdown (once per process).
+
+    A server such as uvicorn restores the default action when it is done and re-raises
+    SIGTERM, which pyobs cannot see: spans ending meanwhile are exported within
+    DRAIN_INTERVAL plus one export instead of waiting for the batch delay.
+    """
+    global _drain_pid
+    if _drain_pid == os.getpid():
+        return
+    _drain_pid = os.getpid()
+
+    def drain() -> None:
+        while True:
+            time.sleep(DRAIN_INTERVAL)
+            for processor in list(_processors):
+                processor.flush_on_signal()
+
+    with contextlib.suppress(Exception):
+        threading.Thread(target=drain, name="pyobs-span-drain", daemon=True).start()
 
 
 def install_sigterm() -> None:

@@ -4,7 +4,9 @@ uvicorn, and gunicorn with uvicorn and sync workers, serve an app instrumented b
 exports over OTLP/HTTP to a loopback receiver, with a batch delay long enough that nothing is
 exported before the signal. After N requests and SIGTERM, the receiver holds all N spans and
 the process ends as it would have without pyobs. With a receiver that never answers and a
-tiny export timeout, every span is counted as dropped instead.
+tiny export timeout, every span is counted as dropped instead. An app's own SIGTERM handler
+still runs with its exit code, and spans ending after the signal while a server handler winds
+down (before it restores the default action and re-raises) are exported too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ BOOT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 60.0
 
 ASGI_APP = """
+import asyncio
 from fastapi import FastAPI
 import pyobs.fastapi
 
@@ -41,6 +44,12 @@ app = FastAPI()
 @app.get("/items/{i}")
 def item(i: int) -> dict[str, int]:
     return {"i": i}
+
+@app.get("/slow")
+async def slow() -> dict[str, int]:
+    open("slow-started", "w").close()
+    await asyncio.sleep(1.0)
+    return {"slow": 1}
 
 pyobs.fastapi.instrument(app)
 """
@@ -221,6 +230,36 @@ def test_sigterm_exports_every_span(tmp_path: Path, receivers: list[Receiver], s
     assert receiver.spans == REQUESTS, log.read_text()[-3000:]
 
 
+def test_a_span_ending_during_uvicorns_graceful_shutdown_is_exported(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    """A request in flight at SIGTERM completes during uvicorn's shutdown; its span arrives."""
+    import_or_require("uvicorn")
+    import_or_require("fastapi")
+    (tmp_path / "app.py").write_text(textwrap.dedent(ASGI_APP))
+    receiver = Receiver()
+    receivers.append(receiver)
+    args = ["-m", "uvicorn", "--fd", "{fd}", "--no-access-log", "app:app"]
+    proc, url, log = _serve(tmp_path, [sys.executable, *args], _env(tmp_path, receiver))
+    _drive(proc, url, log, REQUESTS)
+    answers: list[int] = []
+
+    def slow() -> None:
+        with urllib.request.urlopen(f"{url}/slow", timeout=30) as response:
+            answers.append(response.status)
+
+    client = threading.Thread(target=slow)
+    client.start()
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while not (tmp_path / "slow-started").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    code = _terminate(proc, log)
+    client.join(30)
+    assert answers == [200], log.read_text()[-3000:]
+    assert code == -signal.SIGTERM
+    assert receiver.spans == REQUESTS + 1, log.read_text()[-3000:]
+
+
 def test_sigterm_counts_what_a_hung_collector_did_not_take(
     tmp_path: Path, receivers: list[Receiver]
 ) -> None:
@@ -296,3 +335,60 @@ def test_the_apps_own_sigterm_handler_still_runs(tmp_path: Path, receivers: list
     assert code == 3, log.read_text()[-3000:]
     assert (tmp_path / "handler-ran").read_text() == "yes"
     assert receiver.spans == REQUESTS
+
+
+SERVER_LIKE = """
+import signal, time
+from pathlib import Path
+
+stop = []
+signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))  # like uvicorn
+
+import pyobs
+from opentelemetry import trace
+
+pyobs.setup()  # loaded after the server took SIGTERM: pyobs chains in front of it
+tracer = trace.get_tracer("app")
+for i in range({n}):
+    with tracer.start_as_current_span(f"work {{i}}"):
+        pass
+Path("ready").write_text("yes")
+while not stop:
+    time.sleep(0.01)
+with tracer.start_as_current_span("graceful shutdown"):
+    pass  # a request that ends while the server winds down
+time.sleep(2)  # its other shutdown work
+signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server restores what it found
+signal.raise_signal(signal.SIGTERM)
+"""
+
+
+def test_spans_ending_after_sigterm_behind_a_server_handler_are_exported(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    """A server that restores SIG_DFL and re-raises: spans ending in its shutdown still arrive."""
+    receiver = Receiver()
+    receivers.append(receiver)
+    (tmp_path / "main.py").write_text(SERVER_LIKE.format(n=REQUESTS))
+    log = tmp_path / "main.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "main.py"],
+            cwd=tmp_path,
+            env=_env(tmp_path, receiver),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not (tmp_path / "ready").exists():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the app did not get ready"
+            time.sleep(0.05)
+        code = _terminate(proc, log)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    assert code == -signal.SIGTERM, log.read_text()[-3000:]
+    assert receiver.spans == REQUESTS + 1
