@@ -240,8 +240,14 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         self._closed = True  # spans that end from now on are counted as shutdown
         with contextlib.suppress(Exception):
             self.force_flush(self.settings.export_timeout_millis)
-        with self._pending_lock:
+        # The signal may have interrupted on_end on this very thread while it held the lock:
+        # wait for it only briefly (the process is ending; a plain read is then close enough).
+        locked = self._pending_lock.acquire(timeout=0.5)
+        try:
             left, self._pending = self._pending, 0
+        finally:
+            if locked:
+                self._pending_lock.release()
         left += self._counting.in_flight  # a batch still on the wire is not known as exported
         self._counting.in_flight = 0
         if left:
