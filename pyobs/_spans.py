@@ -17,16 +17,30 @@ So spans sampled = spans exported + ``pyobs_spans_dropped_total`` (over every re
 exactly. Drops are logged on ``pyobs`` at most once per minute, with the count since the last
 line. The defaults suit a service doing thousands of requests per second (docs/configuration.md);
 the standard ``OTEL_BSP_*`` variables win when set.
+
+At SIGTERM, pyobs's handler (``install_sigterm``, chained in front of the handler it finds,
+like the log shipper's) flushes the processors of this process within
+``OTEL_BSP_EXPORT_TIMEOUT`` before the signal goes on: with the default disposition it then
+shuts them down (what is still unexported is counted as ``shutdown``) and re-raises the signal
+with SIG_DFL, so the process dies by SIGTERM as it would have; with an app or server handler
+it flushes, calls that handler, and keeps flushing every DRAIN_INTERVAL from a daemon thread
+so that spans ending during the app's graceful shutdown are out before a server that
+restores SIG_DFL and re-raises ends the process. The shipper's handler and this one chain
+in either order: each runs its own flush and calls the one it found. A fork child flushes
+only its own spans (the SDK empties the parent's queue in the child).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -123,15 +137,19 @@ class _CountingExporter(SpanExporter):
     def __init__(self, inner: SpanExporter, taken: Any) -> None:
         self.inner = inner
         self._taken = taken
+        self.in_flight = 0  # spans of the batch being exported (counted if the process dies)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Export through the real exporter; a refused or raising batch is counted."""
         self._taken(len(spans))
+        self.in_flight = len(spans)
         try:
             result = self.inner.export(spans)
         except Exception as exc:  # noqa: BLE001 - counted and logged at a limited rate instead
             DROPPED.last_error = f"{type(exc).__name__}: {exc}"
             result = SpanExportResult.FAILURE
+        finally:
+            self.in_flight = 0
         if result is not SpanExportResult.SUCCESS:
             DROPPED.add("export_failed", len(spans))
         return result
@@ -157,9 +175,11 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         self._pending_lock = threading.Lock()
         self._closed = False
         self.exporter = exporter
+        self._pid = os.getpid()
+        self._counting = _CountingExporter(exporter, self._taken)
         DROPPED.ensure()
         super().__init__(
-            _CountingExporter(exporter, self._taken),
+            self._counting,
             max_queue_size=self.settings.max_queue_size,
             schedule_delay_millis=self.settings.schedule_delay_millis,
             max_export_batch_size=self.settings.max_export_batch_size,
@@ -174,11 +194,14 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
                     processor._after_fork()
 
             os.register_at_fork(after_in_child=_after_in_child)
+        _processors.add(self)
 
     def _after_fork(self) -> None:
         # The SDK empties its queue in a forked child; the parent still exports its copy.
         self._pending_lock = threading.Lock()
         self._pending = 0
+        self._counting.in_flight = 0
+        self._pid = os.getpid()
 
     def _taken(self, count: int) -> None:
         with self._pending_lock:
@@ -209,6 +232,106 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         if left:
             DROPPED.add("shutdown", left)
         DROPPED.flush_line()
+
+    def shutdown_on_signal(self) -> None:
+        """Flush within the export timeout, then count every span not exported (process ends)."""
+        if self._closed or self._pid != os.getpid():
+            return
+        self._closed = True  # spans that end from now on are counted as shutdown
+        with contextlib.suppress(Exception):
+            self.force_flush(self.settings.export_timeout_millis)
+        # The signal may have interrupted on_end on this very thread while it held the lock:
+        # wait for it only briefly (the process is ending; a plain read is then close enough).
+        locked = self._pending_lock.acquire(timeout=0.5)
+        try:
+            left, self._pending = self._pending, 0
+        finally:
+            if locked:
+                self._pending_lock.release()
+        left += self._counting.in_flight  # a batch still on the wire is not known as exported
+        self._counting.in_flight = 0
+        if left:
+            DROPPED.add("shutdown", left)
+        DROPPED.flush_line()
+
+    def flush_on_signal(self) -> None:
+        """Flush within the export timeout (the app's own SIGTERM handler runs next)."""
+        if not self._closed and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self.force_flush(self.settings.export_timeout_millis)
+
+
+_processors: weakref.WeakSet[CountingBatchSpanProcessor] = weakref.WeakSet()
+_previous_sigterm: Any = None
+_sigterm_pid: int | None = None  # the process whose SIGTERM pyobs's span handler chains
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Flush the spans of this process, then let the previous SIGTERM disposition run."""
+    previous = _previous_sigterm
+    if previous in (None, signal.SIG_DFL):
+        for processor in list(_processors):
+            processor.shutdown_on_signal()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    for processor in list(_processors):
+        processor.flush_on_signal()
+    _start_drain()
+    if callable(previous):
+        previous(signum, frame)
+
+
+_drain_pid: int | None = None
+DRAIN_INTERVAL = 0.02  # seconds between two flushes while an app handler winds down
+
+
+def _start_drain() -> None:
+    """Keep exporting spans that end during the app's graceful shutdown (once per process).
+
+    A server such as uvicorn restores the default action when it is done and re-raises
+    SIGTERM, which pyobs cannot see: spans ending meanwhile are exported within
+    DRAIN_INTERVAL plus one export instead of waiting for the batch delay.
+    """
+    global _drain_pid
+    if _drain_pid == os.getpid():
+        return
+    _drain_pid = os.getpid()
+
+    def drain() -> None:
+        while True:
+            time.sleep(DRAIN_INTERVAL)
+            for processor in list(_processors):
+                processor.flush_on_signal()
+
+    with contextlib.suppress(Exception):
+        threading.Thread(target=drain, name="pyobs-span-drain", daemon=True).start()
+
+
+def install_sigterm() -> None:
+    """Chain in front of the current SIGTERM handler (main thread only; once per process).
+
+    A fork child inherits the handler; when the child's server replaced it (gunicorn's
+    worker), a later call in the child chains in front of the new one.
+    """
+    global _previous_sigterm, _sigterm_pid
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(ValueError, OSError):
+        current = signal.getsignal(signal.SIGTERM)
+        if current is _on_sigterm or _sigterm_pid == os.getpid():
+            return
+        if current is signal.SIG_IGN:
+            return  # the app ignores SIGTERM: the process does not end by it
+        _previous_sigterm = current
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        _sigterm_pid = os.getpid()
+
+
+def flush_all() -> None:
+    """Shut down this process's processors within the export timeout (a worker ends)."""
+    for processor in list(_processors):
+        processor.shutdown_on_signal()
 
 
 def batch_processor(exporter: SpanExporter) -> CountingBatchSpanProcessor:

@@ -8,6 +8,8 @@ requests, open WebSockets, its process metrics) are removed instead of lingering
 counters, histograms and exemplars are compacted into archive files. With
 ``--preload`` and ``PYOBS_METRICS_PORT`` but no multiprocess directory, ``on_starting`` stops
 gunicorn with the fix: the master would serve a page without any worker's requests.
+``worker_exit`` (optional: add it to the import) exports a worker's queued spans, within
+``OTEL_BSP_EXPORT_TIMEOUT``, when it ends however it ends (what is left is counted).
 """
 
 from __future__ import annotations
@@ -74,6 +76,16 @@ def post_fork(server: Any, worker: Any) -> None:
     from pyobs import exposition
 
     exposition.start_process_sampler()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In a worker that ends: export its queued spans within the export timeout, count the rest."""
+    from pyobs import _spans
+
+    try:
+        _spans.flush_all()
+    except Exception as exc:  # noqa: BLE001 - the worker goes on ending
+        _log.warning("pyobs: flushing the spans of worker %s failed: %s", os.getpid(), exc)
 
 
 def child_exit(server: Any, worker: Any) -> None:

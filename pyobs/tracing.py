@@ -265,6 +265,11 @@ def configure_tracing(config: Config) -> trace.Tracer:
                 # Batched export counts every span it loses (pyobs/_spans.py, issue 16).
                 processor = SimpleSpanProcessor if name == "console" else batch_processor
                 sdk.add_span_processor(processor(exporter))
+                if processor is batch_processor:
+                    # SIGTERM flushes the queued spans before the process ends (_spans.py).
+                    from pyobs._spans import install_sigterm
+
+                    install_sigterm()
         trace.set_tracer_provider(sdk)
         provider = trace.get_tracer_provider()
         _installed.append(provider)
