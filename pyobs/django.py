@@ -191,8 +191,9 @@ class ObservabilityMiddleware:
     def _observe(observer: RequestObserver, request: Any, response: Any, handle: Any) -> Any:
         handle.route = _pattern(getattr(request, "resolver_match", None))  # route_template()
         handle.status = response.status_code
-        # Http404, PermissionDenied...: an answer, not a failure.
-        _integration.keep_exception(handle, handle.exception, response.status_code)
+        # Http404, PermissionDenied...: an answer, not a failure (_integration.keep_exception).
+        if handle.exception is not None and response.status_code < 500:
+            handle.exception = None
         # RequestObserver.response_headers(), inlined.
         response[REQUEST_ID_HEADER] = handle.request_id
         done = [not response.streaming]
