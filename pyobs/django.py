@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from pyobs import _integration
-from pyobs._observer import RequestHandle, RequestObserver, report_internal_error
+from pyobs._observer import (
+    REQUEST_ID_HEADER,
+    RequestHandle,
+    RequestObserver,
+    report_internal_error,
+)
 from pyobs.asgi import ensure_loop_lag_monitor
 from pyobs.wsgi import facts_from_environ
 
@@ -20,11 +25,25 @@ def route_template(request: Any) -> str | None:
     return _pattern(getattr(request, "resolver_match", None))
 
 
+# A URLconf pattern -> its route template (a URLconf has a fixed, small set of patterns).
+_TEMPLATES: dict[str, str] = {}
+
+
 def _pattern(match: Any) -> str | None:
     if match is None:
         return None
-    route = str(getattr(match, "route", None) or "").removeprefix("^").removesuffix("$")
-    return _integration.template(route)
+    raw = getattr(match, "route", None) or ""
+    if type(raw) is str:
+        found = _TEMPLATES.get(raw)
+        if found is not None:
+            return found
+    route = str(raw).removeprefix("^").removesuffix("$")
+    template = _integration.template(route) or "/"
+    if type(raw) is str:
+        if len(_TEMPLATES) >= 1024:
+            _TEMPLATES.clear()
+        _TEMPLATES[raw] = template
+    return template
 
 
 def _serves(request: Any) -> bool:
@@ -36,6 +55,25 @@ def _serves(request: Any) -> bool:
     except Resolver404:
         return False
     return bool(_pattern(match) == request.path_info)
+
+
+# (view, method) -> code.function.name: views live as long as the URLconf, and the name is
+# the same on every request. Bounded: a URLconf that makes views per request stays small.
+_VIEW_NAMES: dict[tuple[Any, str], str] = {}
+
+
+def _cached_view_name(view: Any, method: str) -> str:
+    """_view_name(), computed once per view and method."""
+    try:
+        return _VIEW_NAMES[view, method]
+    except KeyError:
+        name = _view_name(view, method)
+        if len(_VIEW_NAMES) >= 1024:
+            _VIEW_NAMES.clear()
+        _VIEW_NAMES[view, method] = name
+        return name
+    except TypeError:  # an unhashable view object
+        return _view_name(view, method)
 
 
 def _view_name(view: Any, method: str) -> str:
@@ -82,7 +120,12 @@ class ObservabilityMiddleware:
         page = self.metrics_page
         if page is not None and page.wanted(request.path_info, request):
             return page.answer(request.headers, _http_response), None
-        handle = _integration.start_request(observer, lambda: self._facts(request), "django")
+        # _integration.start_request(), inlined: no closure per request.
+        try:
+            handle = observer.start(self._facts(request))
+        except Exception as exc:  # noqa: BLE001 - failsafe: serve it unobserved
+            report_internal_error("django", exc)
+            handle = None
         request._pyobs_handle = handle
         return None, handle
 
@@ -94,8 +137,16 @@ class ObservabilityMiddleware:
             return page
         if handle is None:
             return self.get_response(request)
-        with _integration.request_scope(self.observer, handle):  # type: ignore[arg-type]
+        observer: RequestObserver = self.observer  # type: ignore[assignment]
+        # _integration.request_scope(), inlined: a generator context manager per request
+        # costs more than the rest of this method.
+        try:
             response = self.get_response(request)
+        except BaseException as exc:
+            observer.finish(handle, exception=exc)
+            raise
+        finally:
+            observer.detach(handle)
         return self._watch(request, response, handle)
 
     async def __acall__(self, request: Any) -> Any:
@@ -105,14 +156,20 @@ class ObservabilityMiddleware:
             return page
         if handle is None:
             return await self.get_response(request)
-        with _integration.request_scope(self.observer, handle):  # type: ignore[arg-type]
+        observer: RequestObserver = self.observer  # type: ignore[assignment]
+        try:
             response = await self.get_response(request)
+        except BaseException as exc:
+            observer.finish(handle, exception=exc)
+            raise
+        finally:
+            observer.detach(handle)
         return self._watch(request, response, handle)
 
     def process_view(self, request: Any, view: Any, args: Any, kwargs: Any) -> None:
         handle = getattr(request, "_pyobs_handle", None)
         if handle is not None and handle.span is not None and handle.owns_span:
-            handle.span.set_attribute("code.function.name", _view_name(view, request.method))
+            handle.span.set_attribute("code.function.name", _cached_view_name(view, request.method))
 
     def process_exception(self, request: Any, exception: Exception) -> None:
         # Django turns the exception into a response itself; keep it for the record.
@@ -132,11 +189,13 @@ class ObservabilityMiddleware:
 
     @staticmethod
     def _observe(observer: RequestObserver, request: Any, response: Any, handle: Any) -> Any:
-        handle.route = route_template(request)
+        handle.route = _pattern(getattr(request, "resolver_match", None))  # route_template()
         handle.status = response.status_code
-        # Http404, PermissionDenied...: an answer, not a failure.
-        _integration.keep_exception(handle, handle.exception, response.status_code)
-        _integration.add_request_id(observer, handle, response)
+        # Http404, PermissionDenied...: an answer, not a failure (_integration.keep_exception).
+        if handle.exception is not None and response.status_code < 500:
+            handle.exception = None
+        # RequestObserver.response_headers(), inlined.
+        response[REQUEST_ID_HEADER] = handle.request_id
         done = [not response.streaming]
         if response.streaming:
             count = _integration.acounted if response.is_async else _integration.counted

@@ -67,6 +67,21 @@ def error_fields(exc: BaseException) -> dict[str, str]:
     }
 
 
+# Encoded access-line fragments by raw value (route, peer address). Both are bounded:
+# routes by the app, addresses by the cap (they come from the network).
+_ROUTE_FIELDS: dict[str, str] = {}
+_CLIENT_FIELDS: dict[str, str] = {}
+_FRAGMENTS_MAX = 4096
+
+
+def _remember(cache: dict[str, str], key: str, encoded: str) -> str:
+    """Keep ``encoded`` for ``key`` in a bounded cache and return it."""
+    if len(cache) >= _FRAGMENTS_MAX:
+        cache.clear()
+    cache[key] = encoded
+    return encoded
+
+
 class _Timestamps:
     """UTC ISO-8601 with milliseconds; the seconds part is cached since it repeats."""
 
@@ -211,13 +226,21 @@ class ECSFormatter(logging.Formatter):
             ids = f',"trace.id":"{trace_ids[0]}","span.id":"{trace_ids[1]}"'
         more = "" if query is None else ',"url.query":' + _quote(query)
         if route is not None:
-            more += ',"http.route":' + _quote(route)
+            encoded = _ROUTE_FIELDS.get(route)
+            if encoded is None:
+                encoded = _remember(_ROUTE_FIELDS, route, ',"http.route":' + _quote(route))
+            more += encoded
         if client is not None:
-            ip = _ecs.parse_ip(client)  # a dict lookup once seen; X-Forwarded-For may hold anything
-            if ip is not None:
-                more += ',"client.ip":' + _quote(ip)
-            if ip != client:
-                more += ',"client.address":' + _quote(client)
+            # The peer's fields, encoded once per address: the parse (X-Forwarded-For may
+            # hold anything) and the escaping give the same text every time.
+            encoded = _CLIENT_FIELDS.get(client)
+            if encoded is None:
+                ip = _ecs.parse_ip(client)
+                encoded = "" if ip is None else ',"client.ip":' + _quote(ip)
+                if ip != client:
+                    encoded += ',"client.address":' + _quote(client)
+                encoded = _remember(_CLIENT_FIELDS, client, encoded)
+            more += encoded
         if user_agent is not None:
             more += ',"user_agent.original":' + _quote(user_agent)
         # One f-string: cheaper than %-formatting a template with a value tuple.
@@ -287,7 +310,10 @@ class StdoutHandler(logging.Handler):
             stream = sys.stdout
             stream.write(line + "\n")
             stream.flush()
-        _count(level)
+        try:  # _count(), inlined: this runs once per access line
+            get_metrics().log_event(level)
+        except Exception:  # noqa: BLE001 - a metric failure must not stop logging
+            pass
 
 
 def _count(level: str) -> None:

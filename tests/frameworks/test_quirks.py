@@ -160,3 +160,36 @@ def test_pyramid_settings_carry_pyobs_options() -> None:
     page = app.get("/internal/metrics").text
     assert 'http_route="/items/{item_id}"' in page
     assert app.get("/metrics", expect_errors=True).status_int == 404
+
+
+def test_django_view_names_follow_the_method_after_caching() -> None:
+    """One DRF view object serving two methods names each action, also once the name is cached."""
+    from types import SimpleNamespace
+
+    from pyobs import django as adapter
+
+    class ItemViewSet:
+        pass
+
+    def view() -> None:
+        """A view function as DRF's router makes it: the class and its method-to-action map."""
+
+    view.cls = ItemViewSet  # type: ignore[attr-defined]
+    view.actions = {"get": "retrieve", "delete": "destroy"}  # type: ignore[attr-defined]
+    names = [adapter._cached_view_name(view, m) for m in ("GET", "DELETE", "GET", "DELETE")]
+    assert [n.rsplit(".", 1)[-1] for n in names] == ["retrieve", "destroy"] * 2
+    # SimpleNamespace defines __eq__ only: its instances cannot be dict keys.
+    unhashable = SimpleNamespace(cls=ItemViewSet, actions={"get": "list"})
+    assert adapter._cached_view_name(unhashable, "GET").endswith("ItemViewSet.list")
+
+
+def test_django_route_templates_are_the_same_from_the_cache() -> None:
+    """A URL pattern's route template is the same on the first request and the later ones."""
+    from types import SimpleNamespace
+
+    from pyobs import django as adapter
+
+    match = SimpleNamespace(route="^items/(?P<pk>[^/.]+)$")
+    assert [adapter._pattern(match) for _ in range(2)] == ["/items/(?P<pk>[^/.]+)"] * 2
+    assert adapter._pattern(SimpleNamespace(route="")) == "/"
+    assert adapter._pattern(None) is None
