@@ -364,3 +364,15 @@ def test_realserver_encode_cost_prints_each_serializer() -> None:
         row = next((ln for ln in result.stdout.splitlines() if ln.startswith(name)), None)
         assert row is not None, result.stdout
         assert float(row.split()[-1]) > 0, row
+
+
+def test_shortcuts_benchmark_times_every_removed_shortcut() -> None:
+    """benchmarks/shortcuts.py --quick: each removed shortcut and its public path agree and
+    are both timed (the per-call cost of each is what the issue-15 note reports)."""
+    out = _run("--quick", script=REPO / "benchmarks" / "shortcuts.py")
+    rows = [line for line in out.splitlines() if " -> " in line]
+    assert len(rows) == 5, out
+    for row in rows:
+        direct, public, cost = (float(v) for v in row.split()[-3:])
+        assert direct > 0 and public > 0 and abs(public - direct - cost) < 0.002, row
+    assert "all removed shortcuts" in out
