@@ -306,12 +306,8 @@ while True:
 """
 
 
-def test_the_apps_own_sigterm_handler_still_runs(tmp_path: Path, receivers: list[Receiver]) -> None:
-    """The app's handler (set before pyobs) runs after pyobs has flushed; its exit code stands."""
-    import_or_require("flask")
-    receiver = Receiver()
-    receivers.append(receiver)
-    (tmp_path / "main.py").write_text(APP_HANDLER.format(n=REQUESTS))
+def _run_until_ready_then_terminate(tmp_path: Path, receiver: Receiver) -> tuple[int, Path]:
+    """Run tmp_path/main.py until it writes ``ready``, send SIGTERM; (exit code, its log)."""
     log = tmp_path / "main.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -328,10 +324,19 @@ def test_the_apps_own_sigterm_handler_still_runs(tmp_path: Path, receivers: list
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the app did not get ready"
             time.sleep(0.05)
-        code = _terminate(proc, log)
+        return _terminate(proc, log), log
     finally:
         if proc.poll() is None:
             kill_tree(proc)
+
+
+def test_the_apps_own_sigterm_handler_still_runs(tmp_path: Path, receivers: list[Receiver]) -> None:
+    """The app's handler (set before pyobs) runs after pyobs has flushed; its exit code stands."""
+    import_or_require("flask")
+    receiver = Receiver()
+    receivers.append(receiver)
+    (tmp_path / "main.py").write_text(APP_HANDLER.format(n=REQUESTS))
+    code, log = _run_until_ready_then_terminate(tmp_path, receiver)
     assert code == 3, log.read_text()[-3000:]
     assert (tmp_path / "handler-ran").read_text() == "yes"
     assert receiver.spans == REQUESTS
@@ -370,25 +375,6 @@ def test_spans_ending_after_sigterm_behind_a_server_handler_are_exported(
     receiver = Receiver()
     receivers.append(receiver)
     (tmp_path / "main.py").write_text(SERVER_LIKE.format(n=REQUESTS))
-    log = tmp_path / "main.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "main.py"],
-            cwd=tmp_path,
-            env=_env(tmp_path, receiver),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while not (tmp_path / "ready").exists():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the app did not get ready"
-            time.sleep(0.05)
-        code = _terminate(proc, log)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
+    code, log = _run_until_ready_then_terminate(tmp_path, receiver)
     assert code == -signal.SIGTERM, log.read_text()[-3000:]
     assert receiver.spans == REQUESTS + 1
