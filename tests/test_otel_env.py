@@ -13,9 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import pyobs
 from pyobs import ConfigError
 from pyobs._config import load_config
 from tests.conftest import import_or_require
-from tests.tracing_backends import Jaeger
+from tests.tracing_backends import Jaeger, OtlpReceiver, decode_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -501,82 +499,18 @@ def test_otel_python_framework_excluded_urls_replace_the_generic_list(
 # --- exporters ------------------------------------------------------------------------------
 
 
-class OtlpHttpReceiver:
-    """A small OTLP/HTTP trace receiver on a free loopback port, decoding the protobuf."""
-
-    def __init__(self) -> None:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-        self.posts: list[dict[str, Any]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                request = trace_service_pb2.ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver.posts.append(
-                    {
-                        "path": self.path,
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "spans": _decode(request),
-                    }
-                )
-                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Quiet."""
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def spans(self) -> list[dict[str, Any]]:
-        return [span for post in self.posts for span in post["spans"]]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _decode(request: Any) -> list[dict[str, Any]]:
-    """Flatten an ExportTraceServiceRequest into spans with their resource attributes."""
-    out = []
-    for resource_spans in request.resource_spans:
-        resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                out.append(
-                    {
-                        "name": span.name,
-                        "trace_id": span.trace_id.hex(),
-                        "kind": span.kind,
-                        "resource": resource,
-                        "scope": scope_spans.scope.name,
-                    }
-                )
-    return out
-
-
 @pytest.fixture
-def otlp_http() -> Iterator[OtlpHttpReceiver]:
+def otlp_http() -> Iterator[OtlpReceiver]:
     """A running OTLP/HTTP receiver, stopped after the test."""
     import_or_require("opentelemetry.exporter.otlp.proto.http.trace_exporter")
-    receiver = OtlpHttpReceiver()
+    receiver = OtlpReceiver()
     try:
         yield receiver
     finally:
         receiver.close()
 
 
-def test_otel_traces_exporter_names_where_spans_go(otlp_http: OtlpHttpReceiver) -> None:
+def test_otel_traces_exporter_names_where_spans_go(otlp_http: OtlpReceiver) -> None:
     """OTEL_TRACES_EXPORTER: console (stderr JSON), otlp, both, or none (not even with an
     OTLP endpoint set); unset with an endpoint means otlp; an unknown name fails setup()."""
     endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_http.port}"}
@@ -601,7 +535,7 @@ def test_otel_traces_exporter_names_where_spans_go(otlp_http: OtlpHttpReceiver) 
 
 
 def test_otel_exporter_otlp_variables_are_read_by_the_exporter(
-    otlp_http: OtlpHttpReceiver,
+    otlp_http: OtlpReceiver,
 ) -> None:
     """OTEL_EXPORTER_OTLP_ENDPOINT gets /v1/traces appended, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
     is used as it is, OTEL_EXPORTER_OTLP_HEADERS arrive (percent-decoded); the spans carry
@@ -650,7 +584,7 @@ def test_otel_exporter_otlp_protocol_grpc_sends_over_grpc() -> None:
 
     class Service(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request: Any, context: Any) -> Any:
-            received.append((dict(context.invocation_metadata()), _decode(request)))
+            received.append((dict(context.invocation_metadata()), decode_spans(request)))
             return trace_service_pb2.ExportTraceServiceResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -674,7 +608,7 @@ def test_otel_exporter_otlp_protocol_grpc_sends_over_grpc() -> None:
 
 
 def test_otel_bsp_variables_apply_because_otlp_uses_the_batch_processor(
-    otlp_http: OtlpHttpReceiver,
+    otlp_http: OtlpReceiver,
 ) -> None:
     """OTLP export goes through pyobs's counting subclass of the SDK's BatchSpanProcessor, so
     OTEL_BSP_* apply: with OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2, five spans arrive in batches of

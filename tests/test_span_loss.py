@@ -20,9 +20,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -33,6 +31,7 @@ from pyobs import ConfigError, _spans
 from pyobs._config import load_config
 from pyobs._otel_env import BatchSettings, batch_settings
 from tests.conftest import import_or_require
+from tests.tracing_backends import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = BatchSettings(
@@ -247,52 +246,11 @@ def test_defaults_and_otel_bsp_variables() -> None:
 # --- through pyobs.setup(), exporting over OTLP ----------------------------------------------
 
 
-class SlowOtlpReceiver:
-    """An OTLP/HTTP receiver on a free loopback port that takes ``delay`` s per export."""
-
-    def __init__(self, delay: float) -> None:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-        self.spans = 0
-        lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                request = trace_service_pb2.ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                count = sum(
-                    len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
-                )
-                time.sleep(delay)
-                with lock:
-                    receiver.spans += count
-                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Quiet."""
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def slow_receiver() -> Iterator[SlowOtlpReceiver]:
+def slow_receiver() -> Iterator[OtlpReceiver]:
     """A slow OTLP receiver (0.1 s per export), stopped after the test."""
     import_or_require("opentelemetry.exporter.otlp.proto.http.trace_exporter")
-    receiver = SlowOtlpReceiver(0.1)
+    receiver = OtlpReceiver(delay=0.1)
     try:
         yield receiver
     finally:
@@ -328,7 +286,7 @@ APP = textwrap.dedent(
 
 @pytest.mark.parametrize("multiproc", [False, True], ids=["in-process", "multiprocess"])
 def test_setup_pipeline_counts_its_losses_on_the_metrics_page(
-    slow_receiver: SlowOtlpReceiver, tmp_path: Path, multiproc: bool
+    slow_receiver: OtlpReceiver, tmp_path: Path, multiproc: bool
 ) -> None:
     """pyobs.setup() with an OTLP endpoint and a small OTEL_BSP_MAX_QUEUE_SIZE, 1,000 requests
     against a receiver taking 0.1 s per export: spans received + pyobs_spans_dropped_total on
@@ -364,8 +322,8 @@ def test_setup_pipeline_counts_its_losses_on_the_metrics_page(
         if m
     }
     assert set(by_reason) == set(_spans.REASONS), lines
-    assert by_reason["queue_full"] > 0, (by_reason, slow_receiver.spans, result.stderr[-2000:])
-    assert slow_receiver.spans + sum(by_reason.values()) == 1000
+    assert by_reason["queue_full"] > 0, (by_reason, len(slow_receiver.spans), result.stderr[-2000:])
+    assert len(slow_receiver.spans) + sum(by_reason.values()) == 1000
     output = result.stdout + result.stderr
     assert "Queue full" not in output
     assert output.count("span(s) dropped") <= 2
@@ -373,7 +331,7 @@ def test_setup_pipeline_counts_its_losses_on_the_metrics_page(
 
 @pytest.mark.service
 def test_gunicorn_workers_count_their_losses_in_one_scrape(
-    slow_receiver: SlowOtlpReceiver, tmp_path: Path
+    slow_receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
     """gunicorn, 2 workers, multiprocess mode, a small queue and a receiver taking 0.1 s per
     export: one scrape's pyobs_spans_dropped_total (every worker's) plus the spans received
@@ -405,4 +363,4 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
     }
     assert served == 800
     assert dropped["queue_full"] > 0, page
-    assert slow_receiver.spans + sum(dropped.values()) == served
+    assert len(slow_receiver.spans) + sum(dropped.values()) == served

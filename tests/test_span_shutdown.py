@@ -11,7 +11,6 @@ down (before it restores the default action and re-raises) are exported too.
 
 from __future__ import annotations
 
-import http.server
 import re
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 
 from tests.conftest import import_or_require
 from tests.helpers import kill_tree, listening_socket
+from tests.tracing_backends import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = 30
@@ -64,69 +64,17 @@ pyobs.flask.instrument(app)
 """
 
 
-class Receiver:
-    """OTLP/HTTP on a free loopback port; counts the spans of the exports it answers.
-
-    With ``answer=False`` it reads each export and never answers (a collector that hangs).
-    """
-
-    def __init__(self, answer: bool = True) -> None:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-        self.spans = 0
-        self.posts = 0
-        self.release = threading.Event()
-        lock = threading.Lock()
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with lock:
-                    receiver.posts += 1
-                if not answer:
-                    receiver.release.wait(EXIT_TIMEOUT)
-                    return
-                request = trace_service_pb2.ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                count = sum(
-                    len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
-                )
-                with lock:
-                    receiver.spans += count
-                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Quiet."""
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        """Release held exports and stop serving."""
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def receivers() -> Iterator[list[Receiver]]:
+def receivers() -> Iterator[list[OtlpReceiver]]:
     """Receivers made by a test, closed after it."""
     import_or_require("opentelemetry.exporter.otlp.proto.http.trace_exporter")
-    made: list[Receiver] = []
+    made: list[OtlpReceiver] = []
     yield made
     for receiver in made:
         receiver.close()
 
 
-def _env(tmp_path: Path, receiver: Receiver, **extra: str) -> dict[str, str]:
+def _env(tmp_path: Path, receiver: OtlpReceiver, **extra: str) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
@@ -211,7 +159,9 @@ SERVERS = {
 
 
 @pytest.mark.parametrize("server", list(SERVERS))
-def test_sigterm_exports_every_span(tmp_path: Path, receivers: list[Receiver], server: str) -> None:
+def test_sigterm_exports_every_span(
+    tmp_path: Path, receivers: list[OtlpReceiver], server: str
+) -> None:
     """N requests then SIGTERM: the collector holds N spans; the exit status is unchanged."""
     import_or_require("gunicorn" if server.startswith("gunicorn") else "uvicorn")
     import_or_require("fastapi" if SERVERS[server][1] is ASGI_APP else "flask")
@@ -220,24 +170,24 @@ def test_sigterm_exports_every_span(tmp_path: Path, receivers: list[Receiver], s
         (tmp_path / "hooks.py").write_text("from pyobs.gunicorn import worker_exit  # noqa: F401\n")
         args = [*args, "-c", "hooks.py", "--graceful-timeout", "20", "app:app"]
     (tmp_path / "app.py").write_text(textwrap.dedent(app))
-    receiver = Receiver()
+    receiver = OtlpReceiver()
     receivers.append(receiver)
     proc, url, log = _serve(tmp_path, [sys.executable, *args], _env(tmp_path, receiver))
     _drive(proc, url, log, REQUESTS)
-    assert receiver.spans == 0, "the batch delay should hold every span until the signal"
+    assert len(receiver.spans) == 0, "the batch delay should hold every span until the signal"
     code = _terminate(proc, log)
     assert code == expected, log.read_text()[-3000:]
-    assert receiver.spans == REQUESTS, log.read_text()[-3000:]
+    assert len(receiver.spans) == REQUESTS, log.read_text()[-3000:]
 
 
 def test_a_span_ending_during_uvicorns_graceful_shutdown_is_exported(
-    tmp_path: Path, receivers: list[Receiver]
+    tmp_path: Path, receivers: list[OtlpReceiver]
 ) -> None:
     """A request in flight at SIGTERM completes during uvicorn's shutdown; its span arrives."""
     import_or_require("uvicorn")
     import_or_require("fastapi")
     (tmp_path / "app.py").write_text(textwrap.dedent(ASGI_APP))
-    receiver = Receiver()
+    receiver = OtlpReceiver()
     receivers.append(receiver)
     args = ["-m", "uvicorn", "--fd", "{fd}", "--no-access-log", "app:app"]
     proc, url, log = _serve(tmp_path, [sys.executable, *args], _env(tmp_path, receiver))
@@ -257,17 +207,17 @@ def test_a_span_ending_during_uvicorns_graceful_shutdown_is_exported(
     client.join(30)
     assert answers == [200], log.read_text()[-3000:]
     assert code == -signal.SIGTERM
-    assert receiver.spans == REQUESTS + 1, log.read_text()[-3000:]
+    assert len(receiver.spans) == REQUESTS + 1, log.read_text()[-3000:]
 
 
 def test_sigterm_counts_what_a_hung_collector_did_not_take(
-    tmp_path: Path, receivers: list[Receiver]
+    tmp_path: Path, receivers: list[OtlpReceiver]
 ) -> None:
     """A collector that never answers: SIGTERM waits only the export timeout, counts every span."""
     import_or_require("uvicorn")
     import_or_require("fastapi")
     (tmp_path / "app.py").write_text(textwrap.dedent(ASGI_APP))
-    receiver = Receiver(answer=False)
+    receiver = OtlpReceiver(answer=False, hold=EXIT_TIMEOUT)
     receivers.append(receiver)
     env = _env(tmp_path, receiver, OTEL_BSP_EXPORT_TIMEOUT="300")
     args = ["-m", "uvicorn", "--fd", "{fd}", "--no-access-log", "app:app"]
@@ -276,7 +226,7 @@ def test_sigterm_counts_what_a_hung_collector_did_not_take(
     code = _terminate(proc, log)
     text = log.read_text()
     assert code == -signal.SIGTERM, text[-3000:]
-    assert receiver.spans == 0
+    assert len(receiver.spans) == 0
     counted = [int(n) for n in re.findall(r"(\d+) span\(s\) dropped", text)]
     # shutdown, or export_failed when the exporter's own timeout ends the export first
     assert sum(counted) == REQUESTS, text[-3000:]
@@ -306,7 +256,7 @@ while True:
 """
 
 
-def _run_until_ready_then_terminate(tmp_path: Path, receiver: Receiver) -> tuple[int, Path]:
+def _run_until_ready_then_terminate(tmp_path: Path, receiver: OtlpReceiver) -> tuple[int, Path]:
     """Run tmp_path/main.py until it writes ``ready``, send SIGTERM; (exit code, its log)."""
     log = tmp_path / "main.log"
     with log.open("wb") as out:
@@ -330,16 +280,18 @@ def _run_until_ready_then_terminate(tmp_path: Path, receiver: Receiver) -> tuple
             kill_tree(proc)
 
 
-def test_the_apps_own_sigterm_handler_still_runs(tmp_path: Path, receivers: list[Receiver]) -> None:
+def test_the_apps_own_sigterm_handler_still_runs(
+    tmp_path: Path, receivers: list[OtlpReceiver]
+) -> None:
     """The app's handler (set before pyobs) runs after pyobs has flushed; its exit code stands."""
     import_or_require("flask")
-    receiver = Receiver()
+    receiver = OtlpReceiver()
     receivers.append(receiver)
     (tmp_path / "main.py").write_text(APP_HANDLER.format(n=REQUESTS))
     code, log = _run_until_ready_then_terminate(tmp_path, receiver)
     assert code == 3, log.read_text()[-3000:]
     assert (tmp_path / "handler-ran").read_text() == "yes"
-    assert receiver.spans == REQUESTS
+    assert len(receiver.spans) == REQUESTS
 
 
 SERVER_LIKE = """
@@ -369,12 +321,12 @@ signal.raise_signal(signal.SIGTERM)
 
 
 def test_spans_ending_after_sigterm_behind_a_server_handler_are_exported(
-    tmp_path: Path, receivers: list[Receiver]
+    tmp_path: Path, receivers: list[OtlpReceiver]
 ) -> None:
     """A server that restores SIG_DFL and re-raises: spans ending in its shutdown still arrive."""
-    receiver = Receiver()
+    receiver = OtlpReceiver()
     receivers.append(receiver)
     (tmp_path / "main.py").write_text(SERVER_LIKE.format(n=REQUESTS))
     code, log = _run_until_ready_then_terminate(tmp_path, receiver)
     assert code == -signal.SIGTERM, log.read_text()[-3000:]
-    assert receiver.spans == REQUESTS + 1
+    assert len(receiver.spans) == REQUESTS + 1

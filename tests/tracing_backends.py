@@ -14,12 +14,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +343,83 @@ def serve(
         yield service
     finally:
         kill_tree(proc, grace=10)
+
+
+# --- a bare OTLP/HTTP receiver ---------------------------------------------------------------
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on a free loopback port that decodes every export it answers.
+
+    ``delay``: seconds spent on each export before answering (a slow collector).
+    ``answer=False``: read each export and never answer until ``close()`` (a hung collector).
+    """
+
+    def __init__(self, delay: float = 0.0, answer: bool = True, hold: float = 60.0) -> None:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.posts: list[dict[str, Any]] = []  # answered exports: path, headers, spans
+        self.release = threading.Event()
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if not answer:
+                    receiver.release.wait(hold)
+                    return
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                time.sleep(delay)
+                post = {
+                    "path": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "spans": decode_spans(request),
+                }
+                with lock:
+                    receiver.posts.append(post)
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def spans(self) -> list[dict[str, Any]]:
+        """Every span received so far, in arrival order."""
+        return [span for post in list(self.posts) for span in post["spans"]]
+
+    def close(self) -> None:
+        """Release held exports and stop serving."""
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def decode_spans(request: Any) -> list[dict[str, Any]]:
+    """Flatten an ExportTraceServiceRequest into spans with their resource attributes."""
+    out = []
+    for resource_spans in request.resource_spans:
+        resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                out.append(
+                    {
+                        "name": span.name,
+                        "trace_id": span.trace_id.hex(),
+                        "kind": span.kind,
+                        "resource": resource,
+                        "scope": scope_spans.scope.name,
+                    }
+                )
+    return out
