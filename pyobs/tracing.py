@@ -135,17 +135,11 @@ def may_carry_context(headers: Mapping[str, str]) -> bool:
     ``get_global_textmap()``, and its headers learned again only when the app set another.
     """
     propagator = _global_textmap() if _global_textmap is not None else _fallback()
-    if propagator is not _triggers_for:  # set_global_textmap() since: learn its headers
-        _learn_triggers(propagator)
-    triggers = _triggers
-    if triggers is _W3C_TRIGGERS:  # the default: tracecontext,baggage
-        return "traceparent" in headers or "baggage" in headers
-    if triggers is not None:
-        return any(name in headers for name in triggers)
-    return True
+    return _may_carry_context(propagator, headers)
 
 
 def _may_carry_context(propagator: TextMapPropagator, headers: Mapping[str, str]) -> bool:
+    """False when none of the headers ``propagator`` reads is present."""
     if propagator is not _triggers_for:  # set_global_textmap() since: learn its headers
         _learn_triggers(propagator)
     triggers = _triggers
