@@ -127,41 +127,6 @@ function done(summary, latency, requests)
 end
 """
 
-JAEGER_CONFIG = """
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-extensions:
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 1000
-  jaeger_query:
-    storage:
-      traces: memstore
-    http:
-      endpoint: 127.0.0.1:{query}
-    grpc:
-      endpoint: 127.0.0.1:{query_grpc}
-receivers:
-  otlp:
-    protocols:
-      http:
-        endpoint: 127.0.0.1:{otlp_http}
-      grpc:
-        endpoint: 127.0.0.1:{otlp_grpc}
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-"""
-
 
 class BenchError(RuntimeError):
     """A server or the load generator did not do what the benchmark needs."""
@@ -459,42 +424,18 @@ def jaeger(workdir: Path, pin: list[str]) -> Iterator[dict[str, int]]:
     """Jaeger v2 on free loopback ports (OTLP over HTTP and gRPC); stopped on the way out."""
     if not JAEGER.exists():
         raise BenchError("Jaeger is not built (scripts/setup.d/40-jaeger.sh)")
-    for attempt in range(5):
-        ports = {
-            "otlp_http": free_port(),
-            "otlp_grpc": free_port(),
-            "query": free_port(),
-            "query_grpc": free_port(),
-        }
-        if len(set(ports.values())) < 4:
-            continue
-        config = workdir / f"jaeger-{attempt}.yaml"
-        config.write_text(JAEGER_CONFIG.format(**ports))
-        log = workdir / f"jaeger-{attempt}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [*pin, str(JAEGER), "--config", f"file:{config}"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            for _ in range(300):
-                if proc.poll() is not None:
-                    break
-                try:
-                    _get(f"http://127.0.0.1:{ports['query']}/api/services")
-                    break
-                except (urllib.error.URLError, ConnectionError, OSError):
-                    time.sleep(0.1)
-            if proc.poll() is None:
-                yield ports
-                return
-            if "address already in use" not in log.read_text(errors="replace"):
-                raise BenchError("Jaeger exited:\n" + log.read_text(errors="replace")[-2000:])
-        finally:
-            _stop(proc)
-    raise BenchError("Jaeger could not bind free ports in 5 attempts")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.tracing_backends import start_jaeger  # the suite's launcher, pinned here
+
+    try:
+        running = start_jaeger(workdir, prefix=tuple(pin))
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from exc
+    try:
+        yield running.ports
+    finally:
+        running.stop()
 
 
 def export_env(variant: str, ports: dict[str, int]) -> dict[str, str]:

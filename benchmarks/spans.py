@@ -34,16 +34,19 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.tracing_backends import OtlpReceiver as Sink  # noqa: E402 - the suite's receiver
+
 APP = HERE / "_spans_app.py"
 SDK_SIZES = {
     "OTEL_BSP_MAX_QUEUE_SIZE": "2048",
@@ -56,48 +59,6 @@ MODES = ("in-process", "paced", "gunicorn")
 # The paced in-process mode: every tracing at the same request rate (below what contrib
 # reaches unpaced on a small machine), so losses compare at equal load.
 PACED_RATE = 800.0
-
-
-class Sink:
-    """An OTLP/HTTP trace receiver on a free loopback port that counts spans."""
-
-    def __init__(self, delay: float) -> None:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-        self.spans = 0
-        lock = threading.Lock()
-        sink = self
-        reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                request = trace_service_pb2.ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                count = sum(
-                    len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
-                )
-                if delay:
-                    time.sleep(delay)
-                with lock:
-                    sink.spans += count
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Quiet."""
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
@@ -230,7 +191,7 @@ def measure(quick: bool, modes: list[str]) -> list[Run]:
             for exporter, delay in EXPORTERS.items():
                 for variant in VARIANTS if not quick else ("pyobs", "contrib"):
                     run = Run(mode, exporter, variant)
-                    sink = Sink(delay)
+                    sink = Sink(delay=delay, decode=False)
                     try:
                         if mode == "in-process":
                             run_in_process(run, sink, requests)
@@ -238,7 +199,7 @@ def measure(quick: bool, modes: list[str]) -> list[Run]:
                             run_in_process(run, sink, requests, PACED_RATE)
                         else:
                             run_gunicorn(run, sink, seconds, Path(tmp))
-                        run.exported = sink.spans
+                        run.exported = sink.span_count
                     finally:
                         sink.close()
                     runs.append(run)

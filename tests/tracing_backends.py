@@ -167,13 +167,15 @@ def start_jaeger(
     workdir: Path | None = None,
     render: Callable[[dict[str, int]], str] | None = None,
     own_metrics: bool = False,
+    prefix: tuple[str, ...] = (),
 ) -> Jaeger:
     """Start Jaeger on free loopback ports, again on others when a bind loses a race.
 
     ``render(ports)`` makes the configuration from the ports (keys ``otlp_http``,
     ``otlp_grpc``, ``query``, ``query_grpc``, ``health``, ``metrics``); the default is the
     in-memory CONFIG above, which serves Jaeger's own metrics on ``ports["metrics"]`` when
-    ``own_metrics`` is set. ``stop()`` ends it at any time (a test may stop it midway).
+    ``own_metrics`` is set. ``prefix`` goes before the command (a benchmark pins it to a core
+    with ``taskset``). ``stop()`` ends it at any time (a test may stop it midway).
     """
     directory = workdir or Path(tempfile.mkdtemp(prefix="pyobs-jaeger-"))
     names = ("otlp_http", "otlp_grpc", "query", "query_grpc", "health", "metrics")
@@ -187,7 +189,7 @@ def start_jaeger(
         log = directory / f"jaeger-{ports['query']}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [str(BINARY), "--config", f"file:{config}"],
+                [*prefix, str(BINARY), "--config", f"file:{config}"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -353,15 +355,19 @@ class OtlpReceiver:
 
     ``delay``: seconds spent on each export before answering (a slow collector).
     ``answer=False``: read each export and never answer until ``close()`` (a hung collector).
+    ``decode=False``: only count the spans (a benchmark's receiver, kept cheap).
     """
 
-    def __init__(self, delay: float = 0.0, answer: bool = True, hold: float = 60.0) -> None:
+    def __init__(
+        self, delay: float = 0.0, answer: bool = True, hold: float = 60.0, decode: bool = True
+    ) -> None:
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
         self.posts: list[dict[str, Any]] = []  # answered exports: path, headers, spans
         self.release = threading.Event()
         lock = threading.Lock()
         receiver = self
+        reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
@@ -371,15 +377,17 @@ class OtlpReceiver:
                     return
                 request = trace_service_pb2.ExportTraceServiceRequest()
                 request.ParseFromString(body)
-                time.sleep(delay)
+                scopes = [scope for rs in request.resource_spans for scope in rs.scope_spans]
+                if delay:
+                    time.sleep(delay)
                 post = {
                     "path": self.path,
                     "headers": {k.lower(): v for k, v in self.headers.items()},
-                    "spans": decode_spans(request),
+                    "count": sum(len(scope.spans) for scope in scopes),
+                    "spans": decode_spans(request) if decode else [],
                 }
                 with lock:
                     receiver.posts.append(post)
-                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))
@@ -398,6 +406,11 @@ class OtlpReceiver:
     def spans(self) -> list[dict[str, Any]]:
         """Every span received so far, in arrival order."""
         return [span for post in list(self.posts) for span in post["spans"]]
+
+    @property
+    def span_count(self) -> int:
+        """How many spans the answered exports carried."""
+        return sum(post["count"] for post in list(self.posts))
 
     def close(self) -> None:
         """Release held exports and stop serving."""
