@@ -300,6 +300,44 @@ def validate(
         )
 
 
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def resolve_env(
+    container: Mapping[str, Any],
+    fields: Mapping[str, str] | None = None,
+    secrets: Mapping[tuple[str, str], str] | None = None,
+) -> dict[str, str]:
+    """A container's environment as the kubelet gives it to the process.
+
+    ``fields`` are the Downward API's values by fieldPath, ``secrets`` the Secret values by
+    (secret name, key). ``$(NAME)`` expands to a variable defined earlier in the list and
+    ``$$`` to ``$``; a reference to anything else stays as written, as in Kubernetes.
+    A source missing from ``fields``/``secrets`` fails the test: nothing is guessed.
+    """
+    env: dict[str, str] = {}
+    for item in container.get("env") or []:
+        name = item["name"]
+        if "value" in item:
+            raw = str(item["value"])
+            env[name] = _REFERENCE.sub(
+                lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), raw
+            )
+            continue
+        source = item["valueFrom"]
+        if "fieldRef" in source:
+            path = source["fieldRef"]["fieldPath"]
+            assert fields is not None and path in fields, f"{name}: no value for field {path}"
+            env[name] = fields[path]
+        elif "secretKeyRef" in source:
+            ref = (source["secretKeyRef"]["name"], source["secretKeyRef"]["key"])
+            assert secrets is not None and ref in secrets, f"{name}: no value for Secret {ref}"
+            env[name] = secrets[ref]
+        else:
+            raise AssertionError(f"{name}: unsupported valueFrom {sorted(source)}")
+    return env
+
+
 def by_kind(objects: Iterable[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:
     """The objects of one kind."""
     return [dict(obj) for obj in objects if obj.get("kind") == kind]
