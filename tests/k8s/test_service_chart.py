@@ -369,3 +369,32 @@ def test_autoscaler_and_disruption_budget(rendered: dict[str, list[dict[str, Any
     assert_selected(pdb["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
     assert pdb["spec"]["maxUnavailable"] == 1
     assert kube.by_kind(rendered["defaults"], "HorizontalPodAutoscaler") == []
+
+
+# Values passed through as Kubernetes objects: documented as a whole.
+KUBERNETES_OBJECTS = {"resources", "podSecurityContext", "securityContext"}
+
+
+def leaf_paths(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf of a values tree (maps and lists left empty are leaves)."""
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value and key not in KUBERNETES_OBJECTS:
+            out += leaf_paths(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def test_every_value_is_documented() -> None:
+    """docs/helm-chart.md names every value of values.yaml (its section and its own name)."""
+    import yaml
+
+    docs = (kube.REPO / "docs" / "helm-chart.md").read_text(encoding="utf-8")
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    missing = [
+        path
+        for path in leaf_paths(values)
+        if f"`{path.split('.')[0]}" not in docs or path.split(".")[-1] not in docs
+    ]
+    assert missing == []
