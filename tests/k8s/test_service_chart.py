@@ -336,6 +336,16 @@ def test_writable_places_are_volumes_on_a_read_only_root(
     assert volume_of(rendered["hpa-pdb"], memory)["emptyDir"]["medium"] == "Memory"
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_pods_meet_the_restricted_pod_security_standard(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    """The pods are admitted in a namespace that enforces the "restricted" standard."""
+    specs = kube.pod_specs(rendered[variant])
+    assert len(specs) == 1
+    assert kube.restricted_problems(specs[0][1]) == []
+
+
 def test_spool_on_a_shared_claim(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """logs.spool.volume=persistentVolumeClaim: one ReadWriteMany claim, kept on uninstall."""
     objects = rendered["spool-pvc"]
