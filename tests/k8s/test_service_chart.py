@@ -408,3 +408,27 @@ def test_every_value_is_documented() -> None:
         if f"`{path.split('.')[0]}" not in docs or path.split(".")[-1] not in docs
     ]
     assert missing == []
+
+
+def test_templates_read_only_values_that_exist() -> None:
+    """Every `.Values.x.y` a template reads is in values.yaml: a typo would render nothing."""
+    import re
+
+    import yaml
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    read = {
+        match
+        for template in (CHART / "templates").iterdir()
+        for match in re.findall(r"\.Values((?:\.\w+)+)", template.read_text(encoding="utf-8"))
+    }
+    assert len(read) > 40
+    missing = []
+    for path in sorted(read):
+        node: Any = values
+        for key in path.strip(".").split("."):
+            if not isinstance(node, dict) or key not in node:
+                missing.append(path)
+                break
+            node = node[key]
+    assert missing == []
