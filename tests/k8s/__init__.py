@@ -1,0 +1,1 @@
+"""Kubernetes tests: charts rendered by helm and validated against Kubernetes and CRD schemas."""
