@@ -40,7 +40,7 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 
 def _objects() -> list[dict[str, Any]]:
-    """Every Kubernetes object under deploy/stack (values and the agent's prometheus.yml are not)."""
+    """Every Kubernetes object under deploy/stack (not the values, not the agent's config)."""
     out = []
     for path in sorted(STACK.rglob("*.yaml")):
         if VALUES in path.parents:
@@ -77,9 +77,7 @@ def test_committed_objects_are_what_the_generator_writes() -> None:
     assert not [p for p in _dashgen.stale(REPO) if p.startswith("deploy/")]
 
 
-def test_a_stale_object_fails_the_check(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_stale_object_fails_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A hand-edited PrometheusRule or Logstash object makes `--check` exit 1 and name it."""
     import_or_require("grafana_foundation_sdk")
     from pyobs import _dashgen
@@ -186,7 +184,10 @@ def test_references_resolve_to_generated_or_documented_objects() -> None:
     for key in ours | {"GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD"}:
         assert f"--from-literal={key}=" in command.group(0), key
     # The only other Secret is the one ECK makes for the elastic user.
-    assert {name for name, _ in secret_keys} == {kube.CREDENTIALS, f"{kube.ECK_NAME}-es-elastic-user"}
+    assert {name for name, _ in secret_keys} == {
+        kube.CREDENTIALS,
+        f"{kube.ECK_NAME}-es-elastic-user",
+    }
 
 
 # --- the same as the compose files ------------------------------------------------------------
@@ -195,7 +196,11 @@ def test_references_resolve_to_generated_or_documented_objects() -> None:
 def test_prometheus_rules_equal_the_rule_files_and_pass_promtool(tmp_path: Path) -> None:
     """Each PrometheusRule holds its rule file's groups exactly; promtool accepts them."""
     rules = _kind("PrometheusRule")
-    assert {r["metadata"]["name"] for r in rules} == {"pyobs-recording", "pyobs-alerts", "pyobs-stack"}
+    assert {r["metadata"]["name"] for r in rules} == {
+        "pyobs-recording",
+        "pyobs-alerts",
+        "pyobs-stack",
+    }
     files = []
     for rule in rules:
         name = rule["metadata"]["name"]
@@ -227,9 +232,9 @@ def test_datasources_mirror_provisioning_with_in_cluster_services() -> None:
         m for m in _kind("ConfigMap") if m["metadata"]["labels"].get("grafana_datasource") == "1"
     ]
     ours = yaml.safe_load(configmap["data"]["pyobs.yml"])["datasources"]
-    compose = yaml.safe_load(
-        (REPO / "dashboards/provisioning/datasources/pyobs.yml").read_text()
-    )["datasources"]
+    compose = yaml.safe_load((REPO / "dashboards/provisioning/datasources/pyobs.yml").read_text())[
+        "datasources"
+    ]
     assert [d["uid"] for d in ours] == [d["uid"] for d in compose]
     for mine, theirs in zip(ours, compose, strict=True):
         assert {k: v for k, v in mine.items() if k != "url"} == {
@@ -338,7 +343,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = _answer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
 
 
@@ -473,7 +478,7 @@ class _RemoteWrite(BaseHTTPRequestHandler):
         self.send_response(204)
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
 
 
@@ -491,13 +496,16 @@ def test_agent_config_runs_in_a_real_prometheus_agent(tmp_path: Path) -> None:
         def at(port: int) -> Path:
             # The generated config, pointed at 127.0.0.1: the store above, the agent itself.
             local = dict(config)
-            local["remote_write"] = [
-                {**config["remote_write"][0], "url": f"{store}/api/v1/push"}
-            ]
+            local["remote_write"] = [{**config["remote_write"][0], "url": f"{store}/api/v1/push"}]
             local["remote_write"][0]["basic_auth"]["password_file"] = str(password)
             local["scrape_configs"] = [
-                {"job_name": "agent", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+                {
+                    "job_name": "agent",
+                    "scrape_interval": "1s",  # a first push within seconds, not 15 s
+                    "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                }
             ]
+            local["remote_write"][0]["queue_config"]["batch_send_deadline"] = "1s"
             path = tmp_path / f"agent-{port}.yml"
             path.write_text(yaml.safe_dump(local))
             return path
@@ -506,7 +514,9 @@ def test_agent_config_runs_in_a_real_prometheus_agent(tmp_path: Path) -> None:
         binary = tool("prometheus")
         run = subprocess.run([binary, "--help"], capture_output=True, text=True, check=False)
         help_text = run.stdout + run.stderr
-        mode = "--agent" if re.search(r"^\s+--agent\b", help_text, re.M) else "--enable-feature=agent"
+        mode = (
+            "--agent" if re.search(r"^\s+--agent\b", help_text, re.M) else "--enable-feature=agent"
+        )
         agent = spawn_server(
             "prometheus-agent",
             lambda port: [
