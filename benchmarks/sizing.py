@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import secrets
 import statistics
 import subprocess
 import sys
@@ -211,7 +212,7 @@ def es_bytes_per_doc(url: str, lines: list[str]) -> float:
     pipeline = steps[0].ok
     if [f for f in failed if not f.startswith("ingest pipeline") and "retention" not in f]:
         raise SystemExit(f"elk setup failed: {failed}")
-    stream = f"logs-pyobs-sizing{random.getrandbits(32):08x}"
+    stream = f"logs-pyobs-sizing{secrets.token_hex(4)}"
     helpers.bulk(
         es,
         (
@@ -261,7 +262,8 @@ def sizing(args: argparse.Namespace, base: dict[str, Any], more: dict[str, Any])
         )
     )
     span_batch = base["otlp_batch_bytes"] / max(base["spans"], 1)
-    spans_day = args.rps * 86_400 * args.sampling
+    # Health checks make no span either: spans per request served, as measured.
+    spans_day = args.rps * 86_400 * args.sampling * base["spans"] / base["requests"]
     out: dict[str, Any] = {
         "measured": {
             "requests": base["requests"],
