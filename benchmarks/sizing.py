@@ -171,7 +171,8 @@ def measure(requests: int, extra_routes: int) -> dict[str, Any]:
         if done.returncode != 0:
             raise SystemExit(f"the measuring app failed:\n{done.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(out.read_text())
-    access, other = [], []
+    access: list[int] = []
+    other: list[int] = []
     for line in done.stdout.splitlines():
         try:
             record = json.loads(line)

@@ -14,6 +14,8 @@ charts cannot be downloaded here, so their values are checked only for what they
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 import shutil
@@ -39,14 +41,19 @@ def _docs(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
 
 
-def _objects() -> list[dict[str, Any]]:
-    """Every Kubernetes object under deploy/stack (not the values, not the agent's config)."""
+@functools.cache
+def _loaded() -> list[dict[str, Any]]:
     out = []
     for path in sorted(STACK.rglob("*.yaml")):
         if VALUES in path.parents:
             continue
         out += _docs(path)
     return out
+
+
+def _objects() -> list[dict[str, Any]]:
+    """Every Kubernetes object under deploy/stack (not the values, not the agent's config)."""
+    return copy.deepcopy(_loaded())
 
 
 def _kind(kind: str) -> list[dict[str, Any]]:
@@ -177,7 +184,7 @@ def test_references_resolve_to_generated_or_documented_objects() -> None:
     from pyobs._dashgen import kube
 
     docs = (REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8")
-    command = re.search(rf"kubectl create secret generic {kube.CREDENTIALS}.*?\n\n", docs, re.S)
+    command = re.search(rf"kubectl create secret generic {kube.CREDENTIALS}.*?```", docs, re.S)
     assert command, "docs/kubernetes.md shows how to create the credentials Secret"
     ours = {key for name, key in secret_keys if name == kube.CREDENTIALS}
     assert ours >= {"LOGSTASH_WRITER_PASSWORD", "GRAFANA_READER_PASSWORD", "MONITOR_PASSWORD"}
