@@ -212,7 +212,9 @@ def kube_prometheus_stack_values(root: Path) -> dict[str, Any]:
     template = (root / "prometheus" / "templates" / "pyobs.tmpl").read_text(encoding="utf-8")
     return {
         "fullnameOverride": KPS,
-        "grafana": {"enabled": False},
+        # Grafana comes from its own chart; the chart's Kubernetes dashboards still go to it
+        # through the same sidecar label (its datasources do not: pyobs's carry the uids).
+        "grafana": {"enabled": False, "forceDeployDashboards": True},
         "prometheus": {
             "prometheusSpec": {
                 "scrapeInterval": glob["scrape_interval"],
