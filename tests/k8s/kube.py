@@ -300,6 +300,147 @@ def validate(
         )
 
 
+# Pod Security Standards, "restricted" profile (Kubernetes 1.31): what admission refuses in a
+# namespace labelled pod-security.kubernetes.io/enforce=restricted.
+_RESTRICTED_VOLUMES = frozenset(
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
+)
+_SAFE_SYSCTLS = frozenset(
+    {
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_keepalive_intvl",
+        "net.ipv4.tcp_keepalive_probes",
+    }
+)
+_POD_TEMPLATE_PATHS = {
+    "Pod": ("spec",),
+    "Deployment": ("spec", "template", "spec"),
+    "StatefulSet": ("spec", "template", "spec"),
+    "DaemonSet": ("spec", "template", "spec"),
+    "ReplicaSet": ("spec", "template", "spec"),
+    "Job": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+}
+
+
+def pod_specs(objects: Iterable[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(description, pod spec) of every object that makes pods."""
+    out = []
+    for obj in objects:
+        path = _POD_TEMPLATE_PATHS.get(str(obj.get("kind")))
+        if path is None:
+            continue
+        node: Any = obj
+        for key in path:
+            node = node[key]
+        out.append((_describe(obj), dict(node)))
+    return out
+
+
+def restricted_problems(pod: Mapping[str, Any]) -> list[str]:
+    """What the "restricted" Pod Security Standard refuses in this pod spec."""
+    found = []
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            found.append(f"{flag} is set")
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {sorted(kinds)} is not allowed")
+    pod_context = pod.get("securityContext") or {}
+    for sysctl in pod_context.get("sysctls") or []:
+        if sysctl.get("name") not in _SAFE_SYSCTLS:
+            found.append(f"sysctl {sysctl.get('name')} is not in the safe set")
+    containers = [
+        *(pod.get("initContainers") or []),
+        *(pod.get("containers") or []),
+        *(pod.get("ephemeralContainers") or []),
+    ]
+    for container in containers:
+        where = f"container {container.get('name')}"
+        context = container.get("securityContext") or {}
+        if context.get("privileged"):
+            found.append(f"{where}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}: allowPrivilegeEscalation is not false")
+        non_root = context.get("runAsNonRoot", pod_context.get("runAsNonRoot"))
+        if non_root is not True:
+            found.append(f"{where}: runAsNonRoot is not true")
+        if context.get("runAsUser", pod_context.get("runAsUser")) == 0:
+            found.append(f"{where}: runAsUser is 0")
+        seccomp = (context.get("seccompProfile") or pod_context.get("seccompProfile") or {}).get(
+            "type"
+        )
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{where}: seccompProfile is not RuntimeDefault or Localhost")
+        capabilities = context.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []):
+            found.append(f"{where}: capabilities.drop does not hold ALL")
+        added = set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}
+        if added:
+            found.append(f"{where}: capabilities.add {sorted(added)}")
+        if context.get("procMount", "Default") != "Default":
+            found.append(f"{where}: procMount is not Default")
+        for port in container.get("ports") or []:
+            if port.get("hostPort"):
+                found.append(f"{where}: hostPort {port['hostPort']}")
+    return found
+
+
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def resolve_env(
+    container: Mapping[str, Any],
+    fields: Mapping[str, str] | None = None,
+    secrets: Mapping[tuple[str, str], str] | None = None,
+) -> dict[str, str]:
+    """A container's environment as the kubelet gives it to the process.
+
+    ``fields`` are the Downward API's values by fieldPath, ``secrets`` the Secret values by
+    (secret name, key). ``$(NAME)`` expands to a variable defined earlier in the list and
+    ``$$`` to ``$``; a reference to anything else stays as written, as in Kubernetes.
+    A source missing from ``fields``/``secrets`` fails the test: nothing is guessed.
+    """
+    env: dict[str, str] = {}
+    for item in container.get("env") or []:
+        name = item["name"]
+        if "value" in item:
+            raw = str(item["value"])
+            env[name] = _REFERENCE.sub(
+                lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), raw
+            )
+            continue
+        source = item["valueFrom"]
+        if "fieldRef" in source:
+            path = source["fieldRef"]["fieldPath"]
+            assert fields is not None and path in fields, f"{name}: no value for field {path}"
+            env[name] = fields[path]
+        elif "secretKeyRef" in source:
+            ref = (source["secretKeyRef"]["name"], source["secretKeyRef"]["key"])
+            assert secrets is not None and ref in secrets, f"{name}: no value for Secret {ref}"
+            env[name] = secrets[ref]
+        else:
+            raise AssertionError(f"{name}: unsupported valueFrom {sorted(source)}")
+    return env
+
+
 def by_kind(objects: Iterable[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:
     """The objects of one kind."""
     return [dict(obj) for obj in objects if obj.get("kind") == kind]

@@ -142,3 +142,35 @@ def test_crd_files_match_their_recorded_source() -> None:
     assert files == recorded
     kinds = {kind for _, kind in kube.crds()}
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Elasticsearch", "Kibana"} <= kinds
+
+
+def test_restricted_pod_security_is_checked() -> None:
+    """A pod that meets "restricted" passes; each usual slip is named."""
+    good = {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "app",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    assert kube.restricted_problems(good) == []
+    slips = {
+        "volumes.0": ({"name": "logs", "hostPath": {"path": "/var/log"}}, "['hostPath'] is not"),
+        "securityContext.runAsNonRoot": (False, "runAsNonRoot is not true"),
+        "securityContext.seccompProfile": ({"type": "Unconfined"}, "seccompProfile is not"),
+        "containers.0.securityContext.capabilities": ({"drop": ["NET_RAW"]}, "drop does not"),
+        "containers.0.securityContext.allowPrivilegeEscalation": (True, "allowPrivilegeEscal"),
+        "hostNetwork": (True, "hostNetwork is set"),
+    }
+    for path, (value, expected) in slips.items():
+        found = kube.restricted_problems(changed(good, path, value))
+        assert any(expected in problem for problem in found), (path, found)
+    specs = kube.pod_specs([DEPLOYMENT, SERVICE_MONITOR])
+    assert [where for where, _ in specs] == ["apps/v1 Deployment 'web'"]
+    assert "container web: runAsNonRoot is not true" in kube.restricted_problems(specs[0][1])
