@@ -106,24 +106,45 @@ def _claim(name: str, size: str) -> dict[str, Any]:
     }
 
 
+def _pod_security(user: int, fs_group: int | None = None) -> dict[str, Any]:
+    """A pod the "restricted" Pod Security Standard admits: non-root, default seccomp."""
+    context: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if fs_group is not None:
+        context["fsGroup"] = fs_group
+    return context
+
+
+def _restricted_container() -> dict[str, Any]:
+    """A container's part of the "restricted" Pod Security Standard."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def _resources(cpu: str, memory: str) -> dict[str, Any]:
     return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
 
 
-def _dump_all(objects: list[dict[str, Any]]) -> str:
+def _dumper() -> Any:
+    """The generator's YAML style, with every repeated value written out (no &id aliases)."""
     from pyobs._dashgen import _Dumper
 
+    return type("_KubeDumper", (_Dumper,), {"ignore_aliases": lambda _self, _data: True})
+
+
+def _dump_all(objects: list[dict[str, Any]]) -> str:
+    dumper = _dumper()
     docs = [
-        yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=10_000, allow_unicode=True)
+        yaml.dump(obj, Dumper=dumper, sort_keys=False, width=10_000, allow_unicode=True)
         for obj in objects
     ]
     return HEADER + "---\n".join(docs)
 
 
 def _dump(data: Any) -> str:
-    from pyobs._dashgen import _Dumper
-
-    body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=10_000, allow_unicode=True)
+    body = yaml.dump(data, Dumper=_dumper(), sort_keys=False, width=10_000, allow_unicode=True)
     return HEADER + str(body)
 
 
@@ -677,12 +698,13 @@ def setup_job(root: Path) -> list[dict[str, Any]]:
                 "metadata": {"labels": {"app.kubernetes.io/name": "elk-setup", **PART_OF}},
                 "spec": {
                     "restartPolicy": "OnFailure",
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 100},
+                    "securityContext": _pod_security(100),
                     "containers": [
                         {
                             "name": "setup",
                             "image": "curlimages/curl:8.11.1",
                             "command": ["sh", "/assets/setup.sh"],
+                            "securityContext": _restricted_container(),
                             "env": [
                                 {"name": "ES_URL", "value": f"http://{ECK_NAME}-es-http:9200"},
                                 {"name": "KIBANA_URL", "value": f"http://{ECK_NAME}-kb-http:5601"},
@@ -746,16 +768,13 @@ def jaeger(root: Path) -> list[dict[str, Any]]:
                     "annotations": {"pyobs/config-checksum": checksum},
                 },
                 "spec": {
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": JAEGER_UID,
-                        "fsGroup": JAEGER_UID,
-                    },
+                    "securityContext": _pod_security(JAEGER_UID, JAEGER_UID),
                     "containers": [
                         {
                             "name": "jaeger",
                             "image": f"jaegertracing/jaeger:{_versions(root)['JAEGER_VERSION']}",
                             "args": ["--config", "/etc/jaeger/config.yaml"],
+                            "securityContext": _restricted_container(),
                             "env": [{"name": "JAEGER_RETENTION", "value": "168h"}],
                             "ports": [
                                 {"name": name, "containerPort": port, "protocol": "TCP"}

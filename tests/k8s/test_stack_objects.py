@@ -543,3 +543,56 @@ def test_agent_config_runs_in_a_real_prometheus_agent(tmp_path: Path) -> None:
     push = _RemoteWrite.pushes[0]
     assert push.get("Content-Encoding") == "snappy"
     assert push.get("Authorization", "").startswith("Basic ")
+
+
+def test_pyobs_own_pods_meet_the_restricted_pod_security_standard() -> None:
+    """Jaeger's and the setup Job's pods run in a namespace enforcing "restricted"."""
+    from tests.k8s.kube import restricted_problems
+
+    assert restricted_problems(_named("StatefulSet", "jaeger")["spec"]["template"]["spec"]) == []
+    (job,) = _kind("Job")
+    assert restricted_problems(job["spec"]["template"]["spec"]) == []
+    broken = _named("StatefulSet", "jaeger")["spec"]["template"]["spec"]
+    broken["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    assert restricted_problems(broken)  # the check is not a rubber stamp
+
+
+def test_the_service_chart_points_at_this_stack(helm_bin: str) -> None:
+    """The service chart's defaults reach the Logstash and Jaeger Services these objects make,
+    and its monitor's job is the one the PyobsInstanceDown rule selects."""
+    from pyobs._dashgen import kube
+    from tests.k8s.kube import by_kind, helm_template, one
+
+    chart = helm_template(REPO / "deploy" / "helm" / "pyobs-service", namespace="shop")
+    env = {
+        e["name"]: e.get("value")
+        for e in one(chart, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    namespace = yaml.safe_load((REPO / "deploy/helm/pyobs-service/values.yaml").read_text())[
+        "stackNamespace"
+    ]
+
+    def service_ports(name: str) -> set[int]:
+        """Ports of a Service this stack creates (ECK's Logstash: <name>-ls-<service>)."""
+        for logstash in _kind("Logstash"):
+            for service in logstash["spec"]["services"]:
+                if f"{logstash['metadata']['name']}-ls-{service['name']}" == name:
+                    return {p["port"] for p in service["service"]["spec"]["ports"]}
+        found = [s for s in _kind("Service") if s["metadata"]["name"] == name]
+        return {p["port"] for s in found for p in s["spec"]["ports"]}
+
+    for variable in ("PYOBS_LOGSTASH_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        match = re.fullmatch(r"http://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", env[variable])
+        assert match, env[variable]
+        assert match.group(2) == namespace
+        assert int(match.group(3)) in service_ports(match.group(1)), env[variable]
+    assert env["PYOBS_LOGSTASH_URL"] == f"http://{kube.ECK_NAME}-ls-http.{namespace}.svc:8080"
+    (monitor,) = by_kind(chart, "ServiceMonitor")
+    jobs = [
+        r["replacement"]
+        for r in monitor["spec"]["endpoints"][0]["relabelings"]
+        if r.get("targetLabel") == "job"
+    ]
+    alerts = _named("PrometheusRule", "pyobs-alerts")["spec"]["groups"]
+    exprs = [r["expr"] for g in alerts for r in g["rules"] if r.get("alert") == "PyobsInstanceDown"]
+    assert jobs and f'job="{jobs[0]}"' in exprs[0]
