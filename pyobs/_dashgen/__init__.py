@@ -94,6 +94,9 @@ def generate() -> dict[str, str]:
     files[f"{prov}/datasources/pyobs.yml"] = prov_yaml(provisioning.datasources())
     files[f"{prov}/dashboards/pyobs.yml"] = prov_yaml(provisioning.dashboard_provider())
     files.update(slogen.shipped(_repo_root()))  # the SLO specs of prometheus/slo/
+    from pyobs._dashgen import kube
+
+    files.update(kube.files(files, _repo_root()))  # the stack on Kubernetes: deploy/stack/
     return files
 
 

@@ -16,10 +16,13 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="dashboards_command", metavar="ACTION")
     build = actions.add_parser(
         "build",
-        help="write dashboards/, dashboards/provisioning/ and prometheus/rules/ from code",
+        help="write dashboards/, dashboards/provisioning/, prometheus/rules/ and the Kubernetes "
+        "objects of deploy/stack/ from code",
         description=(
             "Regenerate every dashboard, the Grafana provisioning files and the Prometheus "
-            "rule files from pyobs's SLO and alert definitions (needs grafana-foundation-sdk)."
+            "rule files from pyobs's SLO and alert definitions, and the stack's Kubernetes "
+            "objects under deploy/stack/ (docs/kubernetes.md) from the same sources "
+            "(needs grafana-foundation-sdk)."
         ),
     )
     build.add_argument(
