@@ -170,31 +170,20 @@ class InstrumentedProducer:
         call.pop("callback", None)
         if user_callback is None:
             user_callback = self._default_delivery
-        headers = call.get("headers")
+        destination = _messaging.get_metrics().destination(topic)
+        # Each part on its own: a fault in one (reported) leaves the message as the app made
+        # it and the others working.
         span = None
-        metrics = _messaging.get_metrics()
-        destination = metrics.destination(topic)
-        size = _size(call.get("value"))
-        adopt = self._otel or _foreign_span(trace.SpanKind.PRODUCER)
-        if not adopt:
-            attributes: dict[str, Any] = {"messaging.message.body.size": size}
-            partition = call.get("partition")
-            if isinstance(partition, int) and partition >= 0:
-                attributes["messaging.destination.partition.id"] = str(partition)
-            span = _messaging.start_span(
-                trace.SpanKind.PRODUCER, SYSTEM, str(topic), "send", attributes=attributes
-            )
-        try:
-            if not self._otel:
-                call["headers"] = _with_context(headers)
-            trace_id = span.trace_id if span is not None else _current_trace_id()
-            call["on_delivery"] = _DeliveryReport(
-                destination, user_callback, trace_id, self._only_errors
-            )
-        except BaseException:
-            if span is not None:
-                _messaging.end_span(span)
-            raise
+        if not (self._otel or _foreign_span(trace.SpanKind.PRODUCER)):
+            with _messaging.guard("kafka.produce"):
+                span = _producer_span(topic, call)
+        if not self._otel:
+            with _messaging.guard("kafka.produce"):
+                call["headers"] = _with_context(call.get("headers"))
+        trace_id = span.trace_id if span is not None else _current_trace_id()
+        call["on_delivery"] = _DeliveryReport(
+            destination, user_callback, trace_id, self._only_errors
+        )
         return call, span
 
     def _failed(self, topic: str, span: _messaging.MessageSpan | None, exc: BaseException) -> None:
@@ -207,6 +196,17 @@ class InstrumentedProducer:
         if span is not None:
             with _messaging.guard("kafka.produce"):
                 _messaging.end_span(span, exc)
+
+
+def _producer_span(topic: str, call: Mapping[str, Any]) -> _messaging.MessageSpan:
+    """Start the PRODUCER span ``send <topic>`` under the current span."""
+    attributes: dict[str, Any] = {"messaging.message.body.size": _size(call.get("value"))}
+    partition = call.get("partition")
+    if isinstance(partition, int) and partition >= 0:
+        attributes["messaging.destination.partition.id"] = str(partition)
+    return _messaging.start_span(
+        trace.SpanKind.PRODUCER, SYSTEM, str(topic), "send", attributes=attributes
+    )
 
 
 def _current_trace_id() -> str | None:
