@@ -164,7 +164,26 @@ def test_request_produce_consume_is_one_trace_with_exact_metrics(
         )
         == 3
     )
+    # The durations carry trace_id exemplars of these traces (OpenMetrics exposition).
+    trace_ids = {f"{s.context.trace_id:032x}" for s in servers}
+    for family in (PROCESS, SEND_DURATION):
+        exemplars = {
+            line.split('trace_id="')[1].split('"')[0]
+            for line in openmetrics_page().splitlines()
+            if line.startswith(family + "_bucket") and f'="{topic}"' in line and "# {" in line
+        }
+        assert exemplars and exemplars <= trace_ids, (family, exemplars)
     assert internal_errors() == spans.errors_before
+
+
+def openmetrics_page() -> str:
+    """pyobs's metrics page in OpenMetrics text (the format that carries exemplars)."""
+    from pyobs import exposition
+
+    accept = "application/openmetrics-text; version=1.0.0"
+    status, _, body = exposition.render(pyobs.setup(), accept, None)
+    assert status == 200
+    return body.decode()
 
 
 def test_consumer_outside_process_block_is_counted_but_not_traced(
@@ -290,40 +309,51 @@ def test_failed_deliveries_are_counted_with_their_error(kafka: Broker, spans: Re
 def test_fault_in_pyobs_never_changes_or_loses_a_message(
     kafka: Broker, spans: Recorded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With pyobs's header injection, counting and span start broken, messages pass unchanged."""
+    """Each broken part of pyobs is counted once; messages, callbacks and the rest go on."""
     from pyobs import _messaging
 
     topic = kafka.new_topic("faults")
     producer = pyobs.kafka.producer(kafka.config())
+    metrics = _messaging.get_metrics()
     before = spans.errors_before
 
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("pyobs bug")
 
-    monkeypatch.setattr(_messaging, "inject", broken)
     app_headers = [("app-id", b"shop")]
     delivered: list[Any] = []
-    producer.produce(
-        topic, b"one", headers=app_headers, on_delivery=lambda e, m: delivered.append(e)
-    )
-    assert producer.flush(30) == 0
-    assert delivered == [None]
+    with monkeypatch.context() as patch:  # header injection broken: delivery still counted
+        patch.setattr(_messaging, "inject", broken)
+        producer.produce(topic, b"one", headers=app_headers, on_delivery=lambda e, m: None)
+        assert producer.flush(30) == 0
     assert app_headers == [("app-id", b"shop")]  # the app's list is never changed
     assert internal_errors() == before + 1
-    monkeypatch.undo()
-
-    metrics = _messaging.get_metrics()
-    monkeypatch.setattr(metrics, "record_consumed", broken)
-    monkeypatch.setattr(_messaging, "start_span", broken)
-    consumer, (message,) = read(kafka, topic, 1)
-    consumer.close()
-    assert (message.value(), message.headers()) == (b"one", [("app-id", b"shop")])
-    ran = []
-    with pyobs.kafka.process(message):
-        ran.append(message.value())
-    assert ran == [b"one"]
-    assert internal_errors() == before + 3  # one each: inject, count at poll, span start
     assert kafka_sample(SENT, topic, error_type="") == 1
+    with monkeypatch.context() as patch:  # counting broken: the app's callback still runs
+        patch.setattr(metrics, "record_sent", broken)
+        producer.produce(topic, b"two", on_delivery=lambda e, m: delivered.append(m.value()))
+        assert producer.flush(30) == 0
+    assert delivered == [b"two"]
+    assert internal_errors() == before + 2
+
+    with monkeypatch.context() as patch:  # counting at poll broken: messages still arrive
+        patch.setattr(metrics, "record_consumed", broken)
+        consumer, (first, second) = read(kafka, topic, 2)
+        consumer.close()
+    assert internal_errors() == before + 4
+    assert (first.value(), first.headers()) == (b"one", [("app-id", b"shop")])
+    assert second.value() == b"two"
+    with pyobs.kafka.process(first):  # the span does not depend on the broken counter
+        pass
+    ran = []
+    with monkeypatch.context() as patch:  # span start broken: the block runs, no span
+        patch.setattr(_messaging, "start_span", broken)
+        with pyobs.kafka.process(second):
+            ran.append(second.value())
+    assert ran == [b"two"]
+    assert internal_errors() == before + 5
+    processed = [s for s in spans.get_finished_spans() if s.name == f"process {topic}"]
+    assert [s.attributes["messaging.kafka.offset"] for s in processed] == [first.offset()]
 
 
 def test_otel_confluent_kafka_instrumentation_leads_no_duplicates(
