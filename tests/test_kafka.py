@@ -150,6 +150,7 @@ def test_request_produce_consume_is_one_trace_with_exact_metrics(
         assert line["span.id"] == f"{processed.context.span_id:016x}"
         assert line["labels.messaging_destination_name"] == topic
         assert line["labels.messaging_kafka_offset"] == str(message.offset())
+        assert line["labels.messaging_destination_partition_id"] == "0"
 
     sizes = sum(len(m.value()) for m in messages)
     assert kafka_sample(SENT, topic, error_type="") == 3
@@ -207,6 +208,43 @@ def test_consumer_outside_process_block_is_counted_but_not_traced(
     assert f"process {topic}" not in names
     # Produced outside any request: each PRODUCER span is the root of its own trace.
     assert all(s.parent is None for s in spans.get_finished_spans())
+
+
+def test_consumer_failures_are_counted_and_end_of_partition_is_not(
+    kafka: Broker, spans: Recorded
+) -> None:
+    """A failure event from poll() counts with its error; the end-of-partition event does not."""
+    missing = f"missing-{kafka.new_topic('x')}"
+    config = kafka.config(**{"group.id": missing, "enable.partition.eof": True})
+    consumer = pyobs.kafka.instrument_consumer(confluent_kafka.Consumer(config))
+    consumer.subscribe([missing])
+    failure = None
+    for _ in range(30):
+        failure = consumer.poll(1.0)
+        if failure is not None:
+            break
+    assert failure is not None and failure.error() is not None
+    name = failure.error().name()
+    assert kafka_sample(CONSUMED, missing, error_type=name) == 1
+    ran = []
+    with pyobs.kafka.process(failure):  # not a message: the block runs, nothing is traced
+        ran.append(name)
+    assert ran == [name]
+
+    empty = kafka.new_topic("empty")
+    consumer.unsubscribe()
+    consumer.assign([confluent_kafka.TopicPartition(empty, 0, confluent_kafka.OFFSET_BEGINNING)])
+    eof = None
+    for _ in range(30):
+        eof = consumer.poll(1.0)
+        if eof is not None:
+            break
+    consumer.close()
+    assert eof is not None and eof.error() is not None
+    assert eof.error().code() == confluent_kafka.KafkaError._PARTITION_EOF
+    assert kafka_sample(CONSUMED, empty, error_type=eof.error().name()) == 0
+    assert kafka_sample(CONSUMED, empty, error_type="") == 0
+    assert not [s for s in spans.get_finished_spans() if s.kind.name == "CONSUMER"]
 
 
 def test_malformed_traceparent_starts_a_new_trace(kafka: Broker, spans: Recorded) -> None:
