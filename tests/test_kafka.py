@@ -330,7 +330,7 @@ def test_failed_deliveries_are_counted_with_their_error(kafka: Broker, spans: Re
     topic = f"missing-{kafka.new_topic('x')}"  # never created; auto-creation is off
     reports: list[Any] = []
     producer = pyobs.kafka.producer(
-        kafka.config(**{"message.timeout.ms": 1500, "queue.buffering.max.messages": 1})
+        kafka.config(**{"message.timeout.ms": 500, "queue.buffering.max.messages": 1})
     )
     producer.produce(topic, b"lost", on_delivery=lambda err, msg: reports.append(err))
     with pytest.raises(BufferError):
