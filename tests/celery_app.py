@@ -28,6 +28,7 @@ app.conf.update(
     result_expires=600,
 )
 log = logging.getLogger("tests.celery_app")
+task: Any = app.task  # Celery's decorator is untyped
 
 
 class BrokenProcessor:
@@ -53,7 +54,7 @@ if os.environ.get("CELERY_TEST_OTEL") == "1":
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
     pyobs.setup()
-    CeleryInstrumentor().instrument()
+    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
 if os.environ.get("CELERY_TEST_BROKEN") == "1":
     from opentelemetry import trace
 
@@ -62,7 +63,7 @@ if os.environ.get("CELERY_TEST_BROKEN") == "1":
 pyobs.celery.instrument(app)
 
 
-@app.task
+@task
 def add(x: int, y: int) -> int:
     """Adds; logs one line inside the task; takes a moment so that the pool spreads work."""
     log.info("adding %s and %s", x, y)
@@ -70,14 +71,14 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
-@app.task
+@task
 def fail() -> None:
     """Always fails."""
     log.info("about to fail")
     raise ValueError("the task failed on purpose")
 
 
-@app.task(bind=True, max_retries=5)
+@task(bind=True, max_retries=5)
 def flaky(self: Any, times: int) -> str:
     """Fails ``times`` times (retried at once each time), then succeeds."""
     if self.request.retries < times:
@@ -85,7 +86,7 @@ def flaky(self: Any, times: int) -> str:
     return f"done after {self.request.retries}"
 
 
-@app.task
+@task
 def pid() -> int:
     """The pool process that ran it."""
     time.sleep(0.05)
