@@ -112,6 +112,7 @@ class Worker:
     queue: str
     stdout: Path
     stderr: Path
+    multiproc: Path
 
     def page(self) -> str:
         """The worker's metrics page (every pool process, merged)."""
@@ -151,7 +152,11 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def celery_worker(
-    broker: str, directory: Path, extra_env: dict[str, str] | None = None, concurrency: int = 4
+    broker: str,
+    directory: Path,
+    extra_env: dict[str, str] | None = None,
+    concurrency: int = 4,
+    max_tasks_per_child: int | None = None,
 ) -> Iterator[Worker]:
     """``celery -A tests.celery_app worker --pool=prefork`` on a queue of its own.
 
@@ -183,6 +188,7 @@ def celery_worker(
             sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
             "--pool=prefork", f"--concurrency={concurrency}", "-l", "INFO", "-Q", queue,
             "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            *([f"--max-tasks-per-child={max_tasks_per_child}"] if max_tasks_per_child else []),
         ]  # fmt: skip
 
     def ready(port: int) -> bool:
@@ -196,6 +202,6 @@ def celery_worker(
         command, ready, stdout, stderr, timeout=WORKER_WAIT, cwd=str(REPO), env=env
     )
     try:
-        yield Worker(proc, port, queue, stdout, stderr)
+        yield Worker(proc, port, queue, stdout, stderr, multiproc)
     finally:
         kill_tree(proc, grace=15.0)

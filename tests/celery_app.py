@@ -28,7 +28,7 @@ app.conf.update(
     result_expires=600,
 )
 log = logging.getLogger("tests.celery_app")
-task: Any = app.task  # Celery's decorator is untyped
+task: Any = app.task
 
 
 class BrokenProcessor:
@@ -63,7 +63,7 @@ if os.environ.get("CELERY_TEST_BROKEN") == "1":
 pyobs.celery.instrument(app)
 
 
-@task
+@task  # type: ignore[untyped-decorator]
 def add(x: int, y: int) -> int:
     """Adds; logs one line inside the task; takes a moment so that the pool spreads work."""
     log.info("adding %s and %s", x, y)
@@ -71,14 +71,14 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
-@task
+@task  # type: ignore[untyped-decorator]
 def fail() -> None:
     """Always fails."""
     log.info("about to fail")
     raise ValueError("the task failed on purpose")
 
 
-@task(bind=True, max_retries=5)
+@task(bind=True, max_retries=5)  # type: ignore[untyped-decorator]
 def flaky(self: Any, times: int) -> str:
     """Fails ``times`` times (retried at once each time), then succeeds."""
     if self.request.retries < times:
@@ -86,8 +86,8 @@ def flaky(self: Any, times: int) -> str:
     return f"done after {self.request.retries}"
 
 
-@task
-def pid() -> int:
-    """The pool process that ran it."""
-    time.sleep(0.05)
-    return os.getpid()
+@task  # type: ignore[untyped-decorator]
+def hang(seconds: float) -> None:
+    """Sleeps (a task whose pool process the test kills)."""
+    log.info("hanging")
+    time.sleep(seconds)

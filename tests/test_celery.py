@@ -8,6 +8,8 @@ metrics from the main process (``PYOBS_METRICS_PORT``, ``PROMETHEUS_MULTIPROC_DI
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from tests.brokers import Worker, celery_worker, redis_url  # noqa: F401 - a fixture
 from tests.conftest import import_or_require
-from tests.helpers import wait_until
+from tests.helpers import alive, wait_until
 
 import_or_require("celery")
 import_or_require("flask")
@@ -26,6 +28,7 @@ WAIT = 60.0  # a deadline for the worker, never a speed bound
 ADD = "tests.celery_app.add"
 FAIL = "tests.celery_app.fail"
 FLAKY = "tests.celery_app.flaky"
+HANG = "tests.celery_app.hang"
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,10 @@ def broker(redis_url: str) -> str:  # noqa: F811 - the imported fixture
 
 @pytest.fixture(scope="module")
 def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """One prefork worker with four pool processes for the module."""
-    with celery_worker(broker, tmp_path_factory.mktemp("worker")) as running:
+    """One prefork worker with four pool processes (replaced as they go) for the module."""
+    # Each pool process is replaced after 5 tasks: counts must survive the churn.
+    directory = tmp_path_factory.mktemp("worker")
+    with celery_worker(broker, directory, max_tasks_per_child=5) as running:
         yield running
 
 
@@ -136,6 +141,13 @@ def test_tasks_from_a_request_are_one_trace_with_exact_counts(worker: Worker) ->
     assert worker.sample("pyobs_celery_active_tasks") == 0
     assert "pyobs_celery_active_tasks" in worker.page()
     assert worker.sample("pyobs_internal_errors_total") == 0
+    # Pool processes that ended were compacted: no file of a dead process is left.
+    left = [
+        f.name
+        for f in worker.multiproc.glob("*.db")
+        if (pid := f.stem.rsplit("_", 1)[-1].split("-")[0]).isdigit() and not alive(int(pid))
+    ]
+    assert left == []
     # The enqueuing process counted its own sends.
     assert _sent(worker.queue) - sent_before == N + 2
 
@@ -248,3 +260,27 @@ def test_celerys_own_worker_lines_are_ecs_json(worker: Worker) -> None:
     assert ready
     assert ready[0]["log.logger"] == "celery.apps.worker"
     assert ready[0]["service.name"] == "celery-worker"
+
+
+def test_a_killed_pool_process_leaves_no_task_active(worker: Worker) -> None:
+    """A pool process killed in the middle of a task: the active-tasks gauge is back to 0 at
+    the next scrape, and the counts of the tasks that ended are kept."""
+    from tests import celery_app
+
+    wait_until(lambda: worker.sample("pyobs_celery_active_tasks") == 0, WAIT, "an idle worker")
+    before = worker.sample("pyobs_celery_tasks_total")
+    task_id = celery_app.hang.apply_async((120,), queue=worker.queue).id
+
+    def running_in() -> int | None:
+        for line in worker.logs():
+            if line.get("labels.celery_task_id") == task_id and line["message"] == "hanging":
+                return int(line["process.pid"])
+        return None
+
+    pid = wait_until(running_in, WAIT, "the task to start")
+    assert worker.sample("pyobs_celery_active_tasks", celery_task_name=HANG) == 1
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), WAIT, "the pool process to end")
+    wait_until(lambda: worker.sample("pyobs_celery_active_tasks") == 0, WAIT, "the gauge back to 0")
+    # The killed run reported no outcome; nothing else was lost or counted twice.
+    assert worker.sample("pyobs_celery_tasks_total") == before
