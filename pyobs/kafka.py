@@ -179,7 +179,7 @@ class InstrumentedProducer:
                 span = _producer_span(topic, call)
         if not self._otel:
             with _messaging.guard("kafka.produce"):
-                call["headers"] = _with_context(call.get("headers"))
+                call["headers"] = _with_context(call.get("headers"), span)
         trace_id = span.trace_id if span is not None else _current_trace_id()
         call["on_delivery"] = _DeliveryReport(
             destination, user_callback, trace_id, self._only_errors
@@ -204,8 +204,14 @@ def _producer_span(topic: str, call: Mapping[str, Any]) -> _messaging.MessageSpa
     partition = call.get("partition")
     if isinstance(partition, int) and partition >= 0:
         attributes["messaging.destination.partition.id"] = str(partition)
+    # Not made current: its context only travels in the headers.
     return _messaging.start_span(
-        trace.SpanKind.PRODUCER, SYSTEM, str(topic), "send", attributes=attributes
+        trace.SpanKind.PRODUCER,
+        SYSTEM,
+        str(topic),
+        "send",
+        attributes=attributes,
+        make_current=False,
     )
 
 
@@ -216,14 +222,17 @@ def _current_trace_id() -> str | None:
     return None
 
 
-def _with_context(headers: Any) -> Any:
-    """The app's headers plus the current trace context, as a new object of the same shape.
+def _with_context(headers: Any, span: _messaging.MessageSpan | None) -> Any:
+    """The app's headers plus the trace context (``span``'s, else the current one), as a new
+    object of the same shape.
 
     The app's own object is never changed; a propagation header the app (or another
     instrumentation) already set is kept as it is, and nothing is added then.
     """
     carrier: dict[str, str] = {}
-    _messaging.inject(carrier)
+    # On top of the current context, so that its baggage travels too.
+    context = trace.set_span_in_context(span.span, _context.current()) if span else None
+    _messaging.inject(carrier, context)
     if not carrier:
         return headers
     if headers is None:

@@ -247,6 +247,27 @@ def test_consumer_failures_are_counted_and_end_of_partition_is_not(
     assert not [s for s in spans.get_finished_spans() if s.kind.name == "CONSUMER"]
 
 
+def test_baggage_travels_with_the_message(kafka: Broker, spans: Recorded) -> None:
+    """Baggage set by the producing code is current again while the message is processed."""
+    from opentelemetry import baggage, context
+
+    topic = kafka.new_topic("baggage")
+    producer = pyobs.kafka.producer(kafka.config())
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        producer.produce(topic, b"with baggage")
+    finally:
+        context.detach(token)
+    assert producer.flush(30) == 0
+    consumer, (message,) = read(kafka, topic, 1)
+    consumer.close()
+    assert baggage.get_baggage("tenant") is None
+    with pyobs.kafka.process(message):
+        seen = baggage.get_baggage("tenant")
+    assert seen == "acme"
+    assert dict(message.headers())["baggage"] == b"tenant=acme"
+
+
 def test_malformed_traceparent_starts_a_new_trace(kafka: Broker, spans: Recorded) -> None:
     """A message whose traceparent is garbage is processed in a fresh trace, silently."""
     topic = kafka.new_topic("malformed")
