@@ -151,8 +151,10 @@ class InstrumentedProducer:
             self._failed(topic, span, exc)
             raise
         if span is not None:
-            with _messaging.guard("kafka.produce"):
+            try:
                 _messaging.end_span(span)
+            except Exception as exc:  # noqa: BLE001 - the message is on its way
+                _messaging.report(exc, "kafka.produce")
         return result
 
     def _prepare(
@@ -172,14 +174,18 @@ class InstrumentedProducer:
             user_callback = self._default_delivery
         destination = _messaging.get_metrics().destination(topic)
         # Each part on its own: a fault in one (reported) leaves the message as the app made
-        # it and the others working.
+        # it and the others working. (try/except rather than guard(): this is per message.)
         span = None
         if not (self._otel or _foreign_span(trace.SpanKind.PRODUCER)):
-            with _messaging.guard("kafka.produce"):
+            try:
                 span = _producer_span(topic, call)
+            except Exception as exc:  # noqa: BLE001
+                _messaging.report(exc, "kafka.produce")
         if not self._otel:
-            with _messaging.guard("kafka.produce"):
+            try:
                 call["headers"] = _with_context(call.get("headers"), span)
+            except Exception as exc:  # noqa: BLE001
+                _messaging.report(exc, "kafka.produce")
         trace_id = span.trace_id if span is not None else _current_trace_id()
         call["on_delivery"] = _DeliveryReport(
             destination, user_callback, trace_id, self._only_errors
