@@ -94,7 +94,8 @@ def _size(value: Any) -> int:
 
 
 def _foreign_span(kind: trace.SpanKind) -> bool:
-    """True when the current span is another instrumentation's span of this kind."""
+    """True when a recording span of this kind is current: another instrumentation's (pyobs
+    never makes its PRODUCER span current) or, for CONSUMER, an enclosing ``process()``."""
     current = _context.current_span()
     return bool(
         current is not _context.INVALID_SPAN
@@ -143,6 +144,11 @@ class InstrumentedProducer:
             _messaging.report(exc, "kafka.produce")
             prepared = None
         if prepared is None:
+            own = len(args) > 3 or "on_delivery" in kwargs or "callback" in kwargs
+            if self._only_errors and not own:
+                # librdkafka reports successes now (producer() turned that on): keep them
+                # from the app's configured callback, as before.
+                kwargs = {**kwargs, "on_delivery": _OnlyErrors(self._default_delivery)}
             return self.wrapped.produce(topic, *args, **kwargs)
         call, span = prepared
         try:
@@ -289,6 +295,19 @@ class _DeliveryReport:
             self.callback(err, msg)
 
 
+class _OnlyErrors:
+    """The app's configured callback, for failed deliveries only."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[..., Any] | None) -> None:
+        self.callback = callback
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None and self.callback is not None:
+            self.callback(err, msg)
+
+
 def _kafka_error(err: Any) -> str:
     """The error_type label of a KafkaError: its name (``_MSG_TIMED_OUT``, ``UNKNOWN...``)."""
     try:
@@ -326,7 +345,8 @@ def producer(config: Mapping[str, Any], **options: Any) -> Any:
     if _state.ensure_setup(**options).disabled:
         return confluent_kafka.Producer(dict(config))
     conf = dict(config)
-    callback = conf.pop("on_delivery", None)
+    # Left in the config too: librdkafka calls it for a message pyobs could not prepare.
+    callback = conf.get("on_delivery")
     only_errors = str(conf.get("delivery.report.only.error", "false")).lower() in {"true", "1"}
     if only_errors:
         conf["delivery.report.only.error"] = False

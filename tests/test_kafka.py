@@ -346,6 +346,39 @@ def test_app_delivery_callbacks_are_kept(kafka: Broker, spans: Recorded) -> None
     assert kafka_sample(SENT, topic, error_type="") == 4  # pyobs counted every acknowledgement
 
 
+def test_configured_callbacks_survive_a_fault_in_pyobs(
+    kafka: Broker, spans: Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When pyobs cannot prepare a message, the config's callback is called as without pyobs."""
+    from pyobs import _messaging
+
+    topic = kafka.new_topic("fallback")
+    every: list[Any] = []
+    failures: list[Any] = []
+    plain = pyobs.kafka.producer(kafka.config(on_delivery=lambda e, m: every.append(m.value())))
+    quiet = pyobs.kafka.producer(
+        kafka.config(
+            **{"delivery.report.only.error": True},
+            on_delivery=lambda e, m: failures.append(e),
+        )
+    )
+
+    def broken() -> None:
+        raise RuntimeError("pyobs bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_messaging, "get_metrics", broken)
+        plain.produce(topic, b"plain")
+        quiet.produce(topic, b"quiet")
+    assert plain.flush(30) == 0 and quiet.flush(30) == 0
+    assert every == [b"plain"]
+    assert failures == []  # only-error reporting kept although pyobs turned successes on
+    assert internal_errors() == spans.errors_before + 2
+    consumer, messages = read(kafka, topic, 2)
+    consumer.close()
+    assert sorted(m.value() for m in messages) == [b"plain", b"quiet"]
+
+
 def test_failed_deliveries_are_counted_with_their_error(kafka: Broker, spans: Recorded) -> None:
     """A message the broker never acknowledges, and one produce() refuses, count as errors."""
     topic = f"missing-{kafka.new_topic('x')}"  # never created; auto-creation is off
