@@ -495,6 +495,24 @@ def test_otel_confluent_kafka_instrumentation_leads_no_duplicates(
     assert internal_errors() == spans.errors_before
 
 
+def test_otel_global_instrumentation_keeps_its_spans(kafka: Broker, spans: Recorded) -> None:
+    """With ConfluentKafkaInstrumentor().instrument(), pyobs's producer counts but adds no span."""
+    import_or_require("opentelemetry.instrumentation.confluent_kafka")
+    otel = importlib.import_module("opentelemetry.instrumentation.confluent_kafka")
+    topic = kafka.new_topic("global")
+    instrumentor = otel.ConfluentKafkaInstrumentor()
+    instrumentor.instrument()
+    try:
+        producer = pyobs.kafka.producer(kafka.config())  # made from the patched class
+        producer.produce(topic, b"one")
+        assert producer.flush(30) == 0
+    finally:
+        instrumentor.uninstrument()
+    producing = [s for s in spans.get_finished_spans() if s.kind.name == "PRODUCER"]
+    assert [s.instrumentation_scope.name for s in producing] == [otel.__name__]
+    assert kafka_sample(SENT, topic, error_type="") == 1
+
+
 def test_instrument_once_and_disabled(kafka: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     """Instrumenting twice returns the same wrapper; PYOBS_DISABLED returns the client itself."""
     raw = confluent_kafka.Producer(kafka.config())
