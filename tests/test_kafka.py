@@ -277,6 +277,24 @@ def test_baggage_travels_with_the_message(kafka: Broker, spans: Recorded) -> Non
     assert dict(message.headers())["baggage"] == b"tenant=acme"
 
 
+def test_dict_headers_and_the_apps_own_traceparent_are_kept(kafka: Broker, spans: Recorded) -> None:
+    """Dict headers stay the app's (unchanged object); a traceparent the app set is not replaced."""
+    topic = kafka.new_topic("shapes")
+    producer = pyobs.kafka.producer(kafka.config())
+    as_dict = {"app-id": b"shop", "empty": None}
+    own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    producer.produce(topic, b"dict", headers=as_dict)
+    producer.produce(topic, b"own", headers=[("traceparent", own.encode())])
+    assert producer.flush(30) == 0
+    consumer, (first, second) = read(kafka, topic, 2)
+    consumer.close()
+    assert as_dict == {"app-id": b"shop", "empty": None}
+    names = [name for name, _ in first.headers()]
+    assert names[:2] == ["app-id", "empty"] and "traceparent" in names
+    assert dict(first.headers())["empty"] is None
+    assert second.headers() == [("traceparent", own.encode())]
+
+
 def test_malformed_traceparent_starts_a_new_trace(kafka: Broker, spans: Recorded) -> None:
     """A message whose traceparent is garbage is processed in a fresh trace, silently."""
     topic = kafka.new_topic("malformed")
