@@ -121,6 +121,8 @@ class InstrumentedProducer:
         setattr(self, MARK, True)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "wrapped":  # not set yet (copy, pickle): no endless lookup
+            raise AttributeError(name)
         return getattr(self.wrapped, name)
 
     def __len__(self) -> int:
@@ -369,6 +371,8 @@ class InstrumentedConsumer:
         setattr(self, MARK, True)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "wrapped":  # not set yet (copy, pickle): no endless lookup
+            raise AttributeError(name)
         return getattr(self.wrapped, name)
 
     def __enter__(self) -> InstrumentedConsumer:
