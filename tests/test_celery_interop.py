@@ -42,7 +42,7 @@ def otel_here() -> Iterator[None]:
     """OTel's Celery instrumentation on in this (the enqueuing) process for one test."""
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
-    instrumentor: Any = CeleryInstrumentor()
+    instrumentor: Any = CeleryInstrumentor()  # type: ignore[no-untyped-call]
     instrumentor.instrument()
     try:
         yield
