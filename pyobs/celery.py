@@ -142,10 +142,9 @@ def _sampled_trace_id(span: Any) -> str | None:
 
 # --- publish -----------------------------------------------------------------------------
 class _Publish:
-    __slots__ = ("destination", "message", "span", "start", "task")
+    __slots__ = ("destination", "span", "start")
 
-    def __init__(self, task: str, destination: str, span: Any) -> None:
-        self.task = task
+    def __init__(self, destination: str, span: _messaging.MessageSpan | None) -> None:
         self.destination = destination
         self.span = span
         self.start = time.perf_counter()
@@ -175,24 +174,9 @@ def _before_publish(
         task_id = _task_id(headers, body)
         if not isinstance(headers, dict) or task_id is None:
             return
-        metrics = _messaging.get_metrics()
-        destination = metrics.destination(routing_key or exchange or "")
+        destination = _messaging.get_metrics().destination(routing_key or exchange or "")
         _messaging.stamp_sent_at(headers)
-        span = None
-        if not otel_active():
-            span = _messaging.start_span(
-                trace.SpanKind.PRODUCER,
-                SYSTEM,
-                destination,
-                "send",
-                message_id=task_id,
-                attributes={"celery.task_name": str(sender)[:256]},
-                make_current=False,
-            )
-            # Not made current: a publish that fails never reaches after_task_publish, and
-            # the request's own span must stay current. Its context travels in the headers.
-            _messaging.inject(headers, trace.set_span_in_context(span.span))
-        entry = _Publish(task_label(str(sender)), destination, span)
+        entry = _Publish(destination, None)
         lost: list[_Publish] = []
         with _lock:
             _publishing[task_id] = entry
@@ -202,6 +186,22 @@ def _before_publish(
             _finish_publish(gone, UNCONFIRMED)
     except Exception as exc:  # noqa: BLE001 - the task is sent whatever happens here
         _messaging.report(exc, "celery.before_task_publish")
+        return
+    if otel_active():
+        return  # OTel's PRODUCER span is current and OTel injects its context
+    with _messaging.guard("celery.before_task_publish span"):
+        # Not made current: a publish that fails never reaches after_task_publish, and the
+        # request's own span must stay current. Its context travels in the headers.
+        entry.span = _messaging.start_span(
+            trace.SpanKind.PRODUCER,
+            SYSTEM,
+            destination,
+            "send",
+            message_id=task_id,
+            attributes={"celery.task_name": str(sender)[:256]},
+            make_current=False,
+        )
+        _messaging.inject(headers, trace.set_span_in_context(entry.span.span))
 
 
 def _after_publish(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
