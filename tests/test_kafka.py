@@ -554,3 +554,19 @@ def test_instrument_once_and_disabled(kafka: Broker, monkeypatch: pytest.MonkeyP
         assert pyobs.kafka.instrument_consumer(consumer) is consumer
     finally:
         consumer.close()
+
+
+def test_too_old_confluent_kafka_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed confluent-kafka older than supported fails instrument() with what to do."""
+    from importlib import metadata
+
+    from pyobs._integration import UnsupportedFrameworkVersion
+
+    real = metadata.version
+
+    def version(name: str) -> str:
+        return "1.9.2" if name == "confluent-kafka" else real(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    with pytest.raises(UnsupportedFrameworkVersion, match=r"confluent-kafka >= 2\.0, found 1\.9"):
+        pyobs.kafka.instrument_producer(object())
