@@ -62,7 +62,7 @@ CELERY = 'messaging_system="celery"'
 KAFKA = 'messaging_system="kafka"'
 
 #: Every series name the dashboard and the rules read (a test checks each one is emitted).
-SERIES = (SENT, CONSUMED, PROCESS, OPERATION, SENT_BYTES, CONSUMED_BYTES, TASKS, RETRIES)
+SERIES: tuple[str, ...] = (SENT, CONSUMED, PROCESS, SENT_BYTES, CONSUMED_BYTES, TASKS, RETRIES)
 SERIES += (QUEUE_WAIT, ACTIVE)
 
 # --- Thresholds ------------------------------------------------------------------------------
@@ -304,7 +304,8 @@ def _percentiles(metric: str, selector: str, by: str, legend: str) -> list[Any]:
 
     return [
         d._q(
-            f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RATE}])))",
+            f"histogram_quantile({q}, sum by ({by}, le) "
+            f"(rate({metric}_bucket{{{selector}}}[{RATE}])))",
             f"p{round(q * 100)} {legend}",
             ref,
         )
