@@ -14,7 +14,16 @@ import threading
 import time
 from typing import Any
 
-COMPONENTS = ("metrics", "tracing", "access_log", "shipper", "exposition", "adapter")
+# "messaging": the Celery and Kafka integrations (pyobs/_messaging.py, docs/celery.md).
+COMPONENTS = (
+    "metrics",
+    "tracing",
+    "access_log",
+    "shipper",
+    "exposition",
+    "adapter",
+    "messaging",
+)
 INTERVAL = 60.0  # seconds between two log lines for the same (component, error type)
 
 _log = logging.getLogger("pyobs.internal")

@@ -30,12 +30,16 @@ def _family_names(family: Any) -> set[str]:
 
 def _pyobs_collectors() -> set[Any]:
     """The collectors that hold pyobs's own metrics."""
+    from pyobs._messaging import current_metrics
     from pyobs.metrics import get_metrics
 
     found: set[Any] = set()
     for value in vars(get_metrics()).values():
         if hasattr(value, "collect") and hasattr(value, "_name"):
             found.add(value)
+    messaging = current_metrics()
+    if messaging is not None:  # the Celery and Kafka families (pyobs/_messaging.py)
+        found.update(messaging.collectors())
     return found
 
 
