@@ -18,6 +18,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from pyobs import _messaging
 from pyobs._dashgen import slo
 from pyobs._dashgen.slo import scale_durations, scaled
 
@@ -28,54 +29,55 @@ ALERT_GROUP = "pyobs-workers-alerts"
 #: Runbooks of the worker alerts: one section per alert.
 RUNBOOK_URL = "https://github.com/pyobs/pyobs/blob/main/docs/workers-dashboard.md"
 
-# --- The series (pyobs/_messaging.py) -------------------------------------------------------
+# --- The series (pyobs/_messaging.py, MessagingMetrics) --------------------------------------
 
-#: Messages a producer sent (a Celery task enqueued, a Kafka record delivered or failed).
+#: Messages a producer sent (Celery: tasks published; Kafka: records produced), by error.
 SENT = "messaging_client_sent_messages_total"
-#: Messages a consumer received (a Celery task taken by a worker, a Kafka record polled).
+#: Messages a consumer received (Celery: tasks started; Kafka: records polled), by error.
 CONSUMED = "messaging_client_consumed_messages_total"
-#: Time a consumer spent processing one message (a Celery task run, a Kafka record handled).
+#: Time a consumer spent processing one message (Celery: one task run; Kafka: one record).
 PROCESS = "messaging_process_duration_seconds"
-#: Time of a client operation (publish, produce, poll).
+#: Time of a client operation (``send``: publishing one task, producing one record).
 OPERATION = "messaging_client_operation_duration_seconds"
-#: Bytes of message payload sent and received (Kafka).
-SENT_BYTES = "pyobs_messaging_client_sent_bytes_total"
-CONSUMED_BYTES = "pyobs_messaging_client_consumed_bytes_total"
-#: Celery task runs by task name and outcome (success, failure, retry, ...).
+#: Time between publish and the start of processing.
+QUEUE_WAIT = "pyobs_messaging_queue_wait_seconds"
+#: Size of the message bodies sent (``send``) and received (``receive``).
+BODY_SIZE = "pyobs_messaging_message_body_size_bytes"
+#: Celery task runs that ended, by task name and outcome (success, failure, retry).
 TASKS = "pyobs_celery_tasks_total"
-#: Retries Celery tasks asked for, by task name.
-RETRIES = "pyobs_celery_task_retries_total"
-#: Time a task waited in its queue, from publish to the start of its run.
-QUEUE_WAIT = "pyobs_celery_task_queue_wait_seconds"
-#: Tasks running right now.
+#: Duration of Celery task runs by task name and outcome, with trace_id exemplars.
+TASK_DURATION = "pyobs_celery_task_duration_seconds"
+#: Celery tasks running now, by task name (every pool process).
 ACTIVE = "pyobs_celery_active_tasks"
 
-#: Labels, as the library writes them.
-SYSTEM = "messaging_system"
-DESTINATION = "messaging_destination_name"
-ERROR_TYPE = "error_type"
-TASK = "task_name"
-OUTCOME = "outcome"
-FAILURE = 'outcome="failure"'
-RETRY = 'outcome="retry"'
-CELERY = 'messaging_system="celery"'
-KAFKA = 'messaging_system="kafka"'
-
 #: Every series name the dashboard and the rules read (a test checks each one is emitted).
-SERIES: tuple[str, ...] = (SENT, CONSUMED, PROCESS, SENT_BYTES, CONSUMED_BYTES, TASKS, RETRIES)
-SERIES += (QUEUE_WAIT, ACTIVE)
+SERIES = (SENT, CONSUMED, PROCESS, OPERATION, QUEUE_WAIT, BODY_SIZE, TASKS, TASK_DURATION, ACTIVE)
+
+#: Labels, as the library writes them.
+SYSTEM = _messaging.SYSTEM
+DESTINATION = _messaging.DESTINATION
+OPERATION_NAME = _messaging.OPERATION
+OPERATION_TYPE = _messaging.OPERATION_TYPE
+ERROR_TYPE = _messaging.ERROR
+TASK = _messaging.TASK
+OUTCOME = _messaging.OUTCOME
+FAILURE = f'{OUTCOME}="failure"'
+RETRY = f'{OUTCOME}="retry"'
+CELERY = f'{SYSTEM}="celery"'
+KAFKA = f'{SYSTEM}="kafka"'
+FAILED = f'{ERROR_TYPE}!=""'
 
 # --- Thresholds ------------------------------------------------------------------------------
 
 #: Share of a task's runs that fail before it pages.
 FAILURE_RATIO = 0.1
-#: Retries per task run before it is a retry storm (each run retried once on average: half).
+#: Share of a task's runs that end in a retry before it is a retry storm.
 RETRY_RATIO = 0.5
-#: Least retries per second worth a ticket (a rare task retrying once is no storm).
+#: Least retries per second worth a ticket (a rare task retrying now and then is no storm).
 RETRY_FLOOR = 0.1
 #: Least task runs per second for the failure ratio to mean something.
 TRAFFIC_FLOOR = 0.01
-#: p95 queue wait (seconds) before it is a backlog.
+#: p95 queue wait (seconds) before it is a backlog; a bucket bound of the queue-wait histogram.
 QUEUE_WAIT_SECONDS = 60.0
 
 QUANTILES = ((0.5, "A"), (0.95, "B"), (0.99, "C"))
@@ -116,15 +118,32 @@ class WorkerAlert:
 
 
 def _ratio(part: str, whole: str) -> str:
-    # No failures at all is a ratio of 0, not a missing series.
+    # None of ``part`` at all is a ratio of 0, not a missing series.
     return f"({part} or {whole} * 0) / {whole}"
 
 
+def _quantile_rules(level: str, metric: str, by: str, selector: str = "") -> list[dict[str, str]]:
+    buckets = f"{level}:{metric}_bucket:rate5m"
+    matchers = f"{{{selector}}}" if selector else ""
+    rules = [
+        {"record": buckets, "expr": f"sum by ({by}, le) (rate({metric}_bucket{matchers}[5m]))"}
+    ]
+    rules += [
+        {
+            "record": f"{level}:{metric}:p{round(q * 100)}_rate5m",
+            "expr": f"histogram_quantile({q:g}, {buckets})",
+        }
+        for q, _ref in QUANTILES
+    ]
+    return rules
+
+
 def recording_rules() -> list[dict[str, str]]:
-    """Task rates, failure ratio, retries, percentiles and message rates per service."""
+    """Task rates, failure and retry ratios, percentiles and message rates per service."""
     by_task = f"service, {TASK}"
     tasks = f"sum by ({by_task}) (rate({TASKS}[5m]))"
     failures = f"sum by ({by_task}) (rate({TASKS}{{{FAILURE}}}[5m]))"
+    retries = f"sum by ({by_task}) (rate({TASKS}{{{RETRY}}}[5m]))"
     rules: list[dict[str, str]] = [
         {
             "record": "service_task:pyobs_celery_tasks:rate5m",
@@ -135,36 +154,14 @@ def recording_rules() -> list[dict[str, str]]:
             "expr": _ratio(failures, tasks),
         },
         {
-            "record": "service_task:pyobs_celery_task_retries:rate5m",
-            "expr": f"sum by ({by_task}) (rate({RETRIES}[5m]))",
-        },
-        {
-            "record": f"service_task:{PROCESS}_bucket:rate5m",
-            "expr": f"sum by ({by_task}, le) (rate({PROCESS}_bucket{{{CELERY}}}[5m]))",
+            "record": "service_task:pyobs_celery_tasks_retries:ratio_rate5m",
+            "expr": _ratio(retries, tasks),
         },
     ]
-    rules += [
-        {
-            "record": f"service_task:{PROCESS}:p{round(q * 100)}_rate5m",
-            "expr": f"histogram_quantile({q:g}, service_task:{PROCESS}_bucket:rate5m)",
-        }
-        for q, _ref in QUANTILES
-    ]
-    by_queue = f"service, {DESTINATION}"
-    rules.append(
-        {
-            "record": f"service_queue:{QUEUE_WAIT}_bucket:rate5m",
-            "expr": f"sum by ({by_queue}, le) (rate({QUEUE_WAIT}_bucket[5m]))",
-        }
-    )
-    rules += [
-        {
-            "record": f"service_queue:{QUEUE_WAIT}:p{round(q * 100)}_rate5m",
-            "expr": f"histogram_quantile({q:g}, service_queue:{QUEUE_WAIT}_bucket:rate5m)",
-        }
-        for q, _ref in QUANTILES
-    ]
+    rules += _quantile_rules("service_task", TASK_DURATION, by_task)
     by_destination = f"service, {SYSTEM}, {DESTINATION}"
+    rules += _quantile_rules("service_destination", QUEUE_WAIT, by_destination)
+    rules += _quantile_rules("service_destination", PROCESS, by_destination)
     for name in (SENT, CONSUMED):
         short = name.removesuffix("_total")
         rules.append(
@@ -176,8 +173,7 @@ def recording_rules() -> list[dict[str, str]]:
         rules.append(
             {
                 "record": f"service_destination:{short}_errors:rate5m",
-                "expr": f"sum by ({by_destination}, {ERROR_TYPE}) "
-                f'(rate({name}{{{ERROR_TYPE}!=""}}[5m]))',
+                "expr": f"sum by ({by_destination}, {ERROR_TYPE}) (rate({name}{{{FAILED}}}[5m]))",
             }
         )
     return rules
@@ -188,43 +184,41 @@ def alerts() -> tuple[WorkerAlert, ...]:
     by_task = f"service, {TASK}"
     tasks = f"sum by ({by_task}) (rate({TASKS}[5m]))"
     failures = f"sum by ({by_task}) (rate({TASKS}{{{FAILURE}}}[5m]))"
-    retries = f"sum by ({by_task}) (rate({RETRIES}[5m]))"
+    retries = f"sum by ({by_task}) (rate({TASKS}{{{RETRY}}}[5m]))"
     wait = (
-        f"histogram_quantile(0.95, sum by (service, {DESTINATION}, le) "
+        f"histogram_quantile(0.95, sum by (service, {SYSTEM}, {DESTINATION}, le) "
         f"(rate({QUEUE_WAIT}_bucket[5m])))"
     )
+    task = "{{ $labels.celery_task_name }}"
+    destination = "{{ $labels.messaging_destination_name }}"
     return (
         WorkerAlert(
             "PyobsTaskFailureRatio",
             f"{_ratio(failures, tasks)} > {FAILURE_RATIO:g} and {tasks} > {TRAFFIC_FLOOR:g}",
             "5m",
             "critical",
-            "{{ $labels.service }}: task {{ $labels.task_name }} fails in over "
-            f"{FAILURE_RATIO:.0%} of its runs",
-            "{{ $value | humanizePercentage }} of the runs of {{ $labels.task_name }} ended "
-            "in an exception over the last 5 minutes (retries not counted): its work is lost "
-            "unless it is enqueued again.",
+            f"{{{{ $labels.service }}}}: task {task} fails in over {FAILURE_RATIO:.0%} of its runs",
+            f"{{{{ $value | humanizePercentage }}}} of the runs of {task} ended in an exception "
+            "over the last 5 minutes: their work is lost unless something enqueues it again.",
         ),
         WorkerAlert(
             "PyobsTaskRetryStorm",
             f"{retries} / {tasks} > {RETRY_RATIO:g} and {retries} > {RETRY_FLOOR:g}",
             "10m",
             "warning",
-            "{{ $labels.service }}: task {{ $labels.task_name }} retries over and over",
-            "{{ $labels.task_name }} asks for {{ $value | humanize }} retries per run: a "
-            "dependency it retries on is failing, and every retry adds load to it and to the "
-            "queue.",
+            f"{{{{ $labels.service }}}}: task {task} retries over and over",
+            f"{{{{ $value | humanizePercentage }}}} of the runs of {task} end in a retry: what "
+            "it retries on keeps failing, and every retry adds load to it and to the queue.",
         ),
         WorkerAlert(
-            "PyobsTaskQueueWait",
+            "PyobsQueueWait",
             f"{wait} > {QUEUE_WAIT_SECONDS:g}",
             "10m",
             "warning",
-            "{{ $labels.service }}: tasks wait over a minute in queue "
-            "{{ $labels.messaging_destination_name }}",
-            "The 95th percentile time from enqueue to start in "
-            "{{ $labels.messaging_destination_name }} is {{ $value | humanizeDuration }}: "
-            "the workers do not keep up with the producers.",
+            f"{{{{ $labels.service }}}}: messages wait over a minute in {destination}",
+            f"The 95th percentile time from publish to the start of processing in {destination} "
+            "({{ $labels.messaging_system }}) is {{ $value | humanizeDuration }}: the consumers "
+            "do not keep up with the producers.",
         ),
     )
 
@@ -257,7 +251,7 @@ def rule_file(scale: float = 1.0, interval: str | None = None) -> dict[str, Any]
 # --- The dashboard ---------------------------------------------------------------------------
 
 SVC = 'service=~"$service"'
-SVC_TASK = 'service=~"$service", task_name=~"$task"'
+SVC_TASK = f'service=~"$service", {TASK}=~"$task"'
 RATE = "$__rate_interval"
 
 
@@ -313,14 +307,25 @@ def _percentiles(metric: str, selector: str, by: str, legend: str) -> list[Any]:
     ]
 
 
+def _errors(metric: str, selector: str) -> str:
+    # A flat 0 per destination while nothing fails, rather than "No data".
+    by = f"sum by ({DESTINATION}, {ERROR_TYPE})"
+    return (
+        f"{by} (rate({metric}{{{selector}, {FAILED}}}[{RATE}]))"
+        f" or sum by ({DESTINATION}) (rate({metric}{{{selector}}}[{RATE}])) * 0"
+    )
+
+
 def dashboard() -> dash.Dashboard:
     """pyobs / Workers: Celery tasks and Kafka messages of the selected services."""
     from pyobs._dashgen import dashboards as d
 
-    celery_task = f"{CELERY}, {SVC}, {TASK}=~\"$task\""
-    kafka = f"{KAFKA}, {SVC}"
     tasks = f"rate({TASKS}{{{SVC_TASK}}}[{RATE}])"
     failures = f"rate({TASKS}{{{FAILURE}, {SVC_TASK}}}[{RATE}])"
+    kafka = f"{KAFKA}, {SVC}"
+    destination = "{{messaging_destination_name}}"
+    either = f"{{{{{SYSTEM}}}}} {destination}"
+    clients = f'{{__name__=~"{SENT}|{CONSUMED}"}}'
     return (
         d._with_datasources(
             d._base(
@@ -329,45 +334,48 @@ def dashboard() -> dash.Dashboard:
                 "The work behind the queues: Celery tasks and Kafka messages.",
             )
         )
-        .with_variable(_variable("service", "Service", f"label_values({TASKS}, service)"))
+        .with_variable(_variable("service", "Service", f"label_values({clients}, service)"))
         .with_variable(_variable("task", "Task", f"label_values({TASKS}{{{SVC}}}, {TASK})"))
         .with_row(dash.Row("Celery tasks"))
         .with_panel(
-            d._stat("Tasks per second", "Task runs of the selected tasks.", "ops", f"sum({tasks})")
+            d._stat(
+                "Tasks per second", "Task runs that ended, all outcomes.", "ops", f"sum({tasks})"
+            )
         )
         .with_panel(
             d._stat(
                 "Failure ratio",
-                "Share of task runs that ended in an exception (retries not counted).",
+                "Share of task runs that ended in an exception.",
                 "percentunit",
                 _ratio(f"sum({failures})", f"sum({tasks})"),
             )
         )
         .with_panel(
             d._stat(
-                "p95 queue wait",
-                "95th percentile time from enqueue to the start of the run.",
+                "p95 task duration",
+                "95th percentile run time of the selected tasks, in the worker.",
                 "s",
                 f"histogram_quantile(0.95, sum by (le) "
-                f"(rate({QUEUE_WAIT}_bucket{{{SVC}}}[{RATE}])))",
+                f"(rate({TASK_DURATION}_bucket{{{SVC_TASK}}}[{RATE}])))",
             )
         )
         .with_panel(
             d._stat(
                 "Active tasks",
-                "Tasks running right now, in every worker process.",
+                "Tasks running right now, in every pool process of every worker.",
                 "short",
-                f"sum({ACTIVE}{{{SVC}}})",
+                f"sum({ACTIVE}{{{SVC_TASK}}})",
             )
         )
         .with_panel(
             d._ts(
                 "Tasks per second by task and outcome",
-                "Task runs per second, by task name and outcome.",
+                "Task runs that ended per second, by task name and outcome "
+                "(success, failure, retry).",
                 "ops",
                 d._q(
                     f"sum by (service, {TASK}, {OUTCOME}) ({tasks})",
-                    "{{service}} {{task_name}} {{outcome}}",
+                    "{{service}} {{celery_task_name}} {{outcome}}",
                 ),
             )
         )
@@ -381,18 +389,18 @@ def dashboard() -> dash.Dashboard:
                         f"sum by (service, {TASK}) ({failures})",
                         f"sum by (service, {TASK}) ({tasks})",
                     ),
-                    "{{service}} {{task_name}}",
+                    "{{service}} {{celery_task_name}}",
                 ),
             )
         )
         .with_panel(
             d._ts(
                 "Retries per second by task",
-                "Retries the tasks asked for; many per run is a retry storm.",
+                "Runs that ended asking for a retry; more retries than runs is a retry storm.",
                 "ops",
                 d._q(
-                    f"sum by (service, {TASK}) (rate({RETRIES}{{{SVC_TASK}}}[{RATE}]))",
-                    "{{service}} {{task_name}}",
+                    f"sum by (service, {TASK}) (rate({TASKS}{{{RETRY}, {SVC_TASK}}}[{RATE}]))",
+                    "{{service}} {{celery_task_name}}",
                 ),
             )
         )
@@ -402,70 +410,86 @@ def dashboard() -> dash.Dashboard:
                 "p50, p95 and p99 run time of each task, in the worker.",
                 "s",
                 *_percentiles(
-                    PROCESS, celery_task, f"service, {TASK}", "{{service}} {{task_name}}"
+                    TASK_DURATION, SVC_TASK, f"service, {TASK}", "{{service}} {{celery_task_name}}"
                 ),
             )
         )
         .with_panel(
             _heatmap(
                 "Task duration heatmap",
-                "Task run times; the dots are exemplars linking to the task's trace.",
-                f"sum by (le) (increase({PROCESS}_bucket{{{celery_task}}}[{RATE}]))",
+                "Task run times; the dots are exemplars linking to the task's trace (the "
+                "request that enqueued it, the publish and the run).",
+                f"sum by (le) (increase({TASK_DURATION}_bucket{{{SVC_TASK}}}[{RATE}]))",
             )
         )
+        .with_panel(
+            d._ts(
+                "Active tasks by task",
+                "Tasks running right now, per task name.",
+                "short",
+                d._q(
+                    f"sum by (service, {TASK}) ({ACTIVE}{{{SVC_TASK}}})",
+                    "{{service}} {{celery_task_name}}",
+                ),
+            )
+        )
+        .with_row(dash.Row("Queues"))
         .with_panel(
             d._ts(
                 "Queue wait percentiles",
-                "p50, p95 and p99 time from enqueue to the start of the run, per queue.",
+                "p50, p95 and p99 time from publish to the start of processing, per queue "
+                "or topic.",
                 "s",
-                *_percentiles(
-                    QUEUE_WAIT,
-                    SVC,
-                    f"service, {DESTINATION}",
-                    "{{service}} {{messaging_destination_name}}",
-                ),
+                *_percentiles(QUEUE_WAIT, SVC, f"{SYSTEM}, {DESTINATION}", either),
             )
         )
         .with_panel(
             d._ts(
-                "Active tasks",
-                "Tasks running right now, per service and worker instance.",
-                "short",
-                d._q(
-                    f"sum by (service, instance) ({ACTIVE}{{{SVC}}})",
-                    "{{service}} {{instance}}",
-                ),
-            )
-        )
-        .with_panel(
-            d._ts(
-                "Tasks enqueued and received",
-                "Tasks published by the producers and received by the workers, per queue.",
+                "Sent and consumed",
+                "Messages (Celery: tasks) sent by the producers and taken by the consumers, "
+                "per queue or topic: consumers behind producers fill the queue.",
                 "ops",
                 d._q(
-                    f"sum by ({DESTINATION}) (rate({SENT}{{{CELERY}, {SVC}}}[{RATE}]))",
-                    "{{messaging_destination_name}} sent",
+                    f"sum by ({SYSTEM}, {DESTINATION}) (rate({SENT}{{{SVC}}}[{RATE}]))",
+                    f"{either} sent",
                 ),
                 d._q(
-                    f"sum by ({DESTINATION}) (rate({CONSUMED}{{{CELERY}, {SVC}}}[{RATE}]))",
-                    "{{messaging_destination_name}} received",
+                    f"sum by ({SYSTEM}, {DESTINATION}) (rate({CONSUMED}{{{SVC}}}[{RATE}]))",
+                    f"{either} consumed",
                     "B",
                 ),
+            )
+        )
+        .with_panel(
+            d._ts(
+                "Send duration percentiles",
+                "p50, p95 and p99 time to publish a task or produce a record (Kafka: until "
+                "the broker acknowledged it).",
+                "s",
+                *_percentiles(OPERATION, SVC, f"{SYSTEM}, {DESTINATION}", either),
+            )
+        )
+        .with_panel(
+            d._ts(
+                "Celery publish errors",
+                "Tasks that could not be published, per queue and error type.",
+                "ops",
+                d._q(_errors(SENT, f"{CELERY}, {SVC}"), f"{destination} {{{{error_type}}}}"),
             )
         )
         .with_row(dash.Row("Kafka"))
         .with_panel(
             d._ts(
                 "Messages produced and consumed",
-                "Messages per second, per topic.",
+                "Records per second, per topic.",
                 "ops",
                 d._q(
                     f"sum by ({DESTINATION}) (rate({SENT}{{{kafka}}}[{RATE}]))",
-                    "{{messaging_destination_name}} produced",
+                    f"{destination} produced",
                 ),
                 d._q(
                     f"sum by ({DESTINATION}) (rate({CONSUMED}{{{kafka}}}[{RATE}]))",
-                    "{{messaging_destination_name}} consumed",
+                    f"{destination} consumed",
                     "B",
                 ),
                 width=8,
@@ -474,15 +498,17 @@ def dashboard() -> dash.Dashboard:
         .with_panel(
             d._ts(
                 "Bytes produced and consumed",
-                "Payload bytes per second, per topic.",
+                "Record body bytes per second, per topic.",
                 "Bps",
                 d._q(
-                    f"sum by ({DESTINATION}) (rate({SENT_BYTES}{{{kafka}}}[{RATE}]))",
-                    "{{messaging_destination_name}} produced",
+                    f"sum by ({DESTINATION}) "
+                    f'(rate({BODY_SIZE}_sum{{{kafka}, {OPERATION_TYPE}="send"}}[{RATE}]))',
+                    f"{destination} produced",
                 ),
                 d._q(
-                    f"sum by ({DESTINATION}) (rate({CONSUMED_BYTES}{{{kafka}}}[{RATE}]))",
-                    "{{messaging_destination_name}} consumed",
+                    f"sum by ({DESTINATION}) "
+                    f'(rate({BODY_SIZE}_sum{{{kafka}, {OPERATION_TYPE}="receive"}}[{RATE}]))',
+                    f"{destination} consumed",
                     "B",
                 ),
                 width=8,
@@ -491,35 +517,26 @@ def dashboard() -> dash.Dashboard:
         .with_panel(
             d._ts(
                 "Errors",
-                "Messages that failed to be produced or consumed, per topic and error type.",
+                "Records that failed to be produced or consumed, per topic and error type.",
                 "ops",
-                d._q(
-                    f"sum by ({DESTINATION}, {ERROR_TYPE}) "
-                    f'(rate({SENT}{{{kafka}, {ERROR_TYPE}!=""}}[{RATE}]))',
-                    "{{messaging_destination_name}} produce {{error_type}}",
-                ),
-                d._q(
-                    f"sum by ({DESTINATION}, {ERROR_TYPE}) "
-                    f'(rate({CONSUMED}{{{kafka}, {ERROR_TYPE}!=""}}[{RATE}]))',
-                    "{{messaging_destination_name}} consume {{error_type}}",
-                    "B",
-                ),
+                d._q(_errors(SENT, kafka), f"{destination} produce {{{{error_type}}}}"),
+                d._q(_errors(CONSUMED, kafka), f"{destination} consume {{{{error_type}}}}", "B"),
                 width=8,
             )
         )
         .with_panel(
             d._ts(
                 "Consumer processing duration",
-                "p50, p95 and p99 time the consumers spent on one message, per topic.",
+                "p50, p95 and p99 time the consumers spent on one record, per topic.",
                 "s",
-                *_percentiles(PROCESS, kafka, DESTINATION, "{{messaging_destination_name}}"),
+                *_percentiles(PROCESS, kafka, DESTINATION, destination),
             )
         )
         .with_panel(
             _heatmap(
                 "Consumer processing heatmap",
-                "Processing times of consumed messages; the dots are exemplars linking to "
-                "the message's trace.",
+                "Processing times of consumed records; the dots are exemplars linking to the "
+                "record's trace.",
                 f"sum by (le) (increase({PROCESS}_bucket{{{kafka}}}[{RATE}]))",
             )
         )

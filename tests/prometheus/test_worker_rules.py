@@ -45,7 +45,7 @@ def test_every_worker_alert_fires_and_stays_quiet_in_a_test() -> None:
         for case in test["alert_rule_test"]
     ]
     names = {rule["alert"] for rule in _alerts()}
-    assert names == {"PyobsTaskFailureRatio", "PyobsTaskRetryStorm", "PyobsTaskQueueWait"}
+    assert names == {"PyobsTaskFailureRatio", "PyobsTaskRetryStorm", "PyobsQueueWait"}
     firing = {c["alertname"] for c in cases if c.get("exp_alerts")}
     quiet = [c["alertname"] for c in cases if not c.get("exp_alerts")]
     assert firing == names
@@ -85,7 +85,7 @@ def test_worker_alerts_carry_for_severity_runbook_and_dashboard() -> None:
     [
         ("PyobsTaskFailureRatio", "critical", "page"),
         ("PyobsTaskRetryStorm", "warning", "ticket"),
-        ("PyobsTaskQueueWait", "warning", "ticket"),
+        ("PyobsQueueWait", "warning", "ticket"),
     ],
 )
 def test_worker_alerts_reach_their_receivers(alert: str, severity: str, receiver: str) -> None:
@@ -102,7 +102,7 @@ def test_worker_alerts_reach_their_receivers(alert: str, severity: str, receiver
             f"alertname={alert}",
             f"severity={severity}",
             "service=shop",
-            "task_name=shop.charge",
+            "celery_task_name=shop.charge",
         ]
     )
     assert output.splitlines()[0] == receiver
@@ -180,3 +180,76 @@ def test_the_dashboard_and_rules_read_the_generator_s_series() -> None:
 
     read = _read_by_board_and_rules()
     assert read == set(workers.SERIES)
+
+
+def _emitted() -> dict[str, set[str]]:
+    """Sample name -> label names, as the library's messaging families expose them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pyobs._messaging import MessagingMetrics
+
+    registry = CollectorRegistry()
+    metrics = MessagingMetrics(registry)
+    metrics.record_sent("kafka", "orders", "", 0.002, "ab" * 16)
+    metrics.record_consumed("kafka", "orders")
+    metrics.record_processed("kafka", "orders", "", 0.01, None)
+    metrics.record_queue_wait("celery", "celery", 0.5)
+    metrics.record_body_size("kafka", "orders", "send", 120)
+    metrics.task_started("shop.charge")
+    metrics.task_ended("shop.charge", "success", 0.02, None)
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            out.setdefault(sample.name, set()).update(sample.labels)
+    return out
+
+
+#: A selector of a series the library writes: name, then its matchers if any.
+_SELECTOR = re.compile(r"(?<![\w:])((?:messaging|pyobs)_\w+)(?![\w:])\s*(?:\{(\d+)\})?")
+_BRACES = re.compile(r"\{([^}]*)\}")
+_MATCHER = re.compile(r'(\w+)\s*(?:=~|!~|!=|=)\s*"([^"]*)"')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
+#: Labels Prometheus adds to every series it scrapes (the `service` relabelling included).
+_TARGET_LABELS = {"service", "instance", "job"}
+
+
+def _selectors(expr: str) -> list[tuple[str, str]]:
+    """(series name, its matchers) of every selector of a pyobs series in ``expr``."""
+    matchers = _BRACES.findall(expr)
+    bare = _GROUPING.sub(" ", expr)
+    bare = _BRACES.sub(lambda m: f"{{{matchers.index(m[1])}}}", bare)
+    return [(m[1], matchers[int(m[2])] if m[2] else "") for m in _SELECTOR.finditer(bare)]
+
+
+def test_every_series_and_label_the_workers_dashboard_and_rules_read_is_emitted() -> None:
+    """Each series name, matcher label and grouping label in the dashboard and the rules is
+    one that pyobs's messaging families expose (a panel on a name nobody emits stays empty)."""
+    from pyobs._dashgen.dashboards import prometheus_queries
+
+    emitted = _emitted()
+    exprs = [(title, expr) for title, expr in prometheus_queries(_board())]
+    exprs += [(rule.get("alert") or rule["record"], rule["expr"]) for rule in _rules()]
+    checked = 0
+    for title, expr in exprs:
+        groupings = _GROUPING.findall(expr)
+        selectors = _selectors(expr)
+        selectors += [
+            (name, "")
+            for matchers in re.findall(r"\{([^}]*__name__[^}]*)\}", expr)
+            for label, value in _MATCHER.findall(matchers)
+            if label == "__name__"
+            for name in value.split("|")
+        ]
+        read: set[str] = set()
+        for name, matchers in selectors:
+            assert name in emitted, f"{title}: {name} is not a series pyobs writes"
+            for label, _value in _MATCHER.findall(matchers):
+                if label != "__name__":
+                    assert label in emitted[name] | _TARGET_LABELS, f"{title}: {name}{{{label}}}"
+            read |= emitted[name]
+            checked += 1
+        for group in groupings:
+            for label in (part.strip() for part in group.split(",")):
+                assert label in read | _TARGET_LABELS, f"{title}: no series has label {label}"
+    assert checked > 50
