@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from tests.kafka_broker import Broker
     from tests.tracing_backends import Jaeger
 
 REQUIRE_SERVICES = os.environ.get("PYOBS_REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
@@ -86,3 +87,17 @@ def jaeger() -> Iterator[Jaeger]:
         yield backend
     finally:
         backend.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A real Kafka broker in KRaft mode (tests/kafka_broker.py) for the session."""
+    from tests import kafka_broker
+
+    reason = kafka_broker.missing_reason()
+    require_service(reason is None, reason or "")
+    broker = kafka_broker.start_kafka(tmp_path_factory.mktemp("kafka"))
+    try:
+        yield broker
+    finally:
+        broker.stop()
