@@ -414,6 +414,7 @@ def start_span(
     parent: Context | None = None,
     message_id: str | None = None,
     attributes: Mapping[str, Any] | None = None,
+    make_current: bool = True,
 ) -> MessageSpan:
     """Start a PRODUCER (``send``) or CONSUMER (``process``) span and make it current.
 
@@ -421,6 +422,8 @@ def start_span(
     conventions: ``messaging.system``, ``messaging.destination.name``,
     ``messaging.operation.type`` and ``.name``, ``messaging.message.id``. A CONSUMER span's
     parent is ``parent`` (the producer's context from the headers) when there is one.
+    ``make_current=False`` starts it without making it current (a PRODUCER span whose
+    context only travels in the headers).
     """
     from pyobs import tracing
 
@@ -439,7 +442,7 @@ def start_span(
     span = tracing.get_tracer().start_span(
         f"{operation_name} {destination}", context=base, kind=kind, attributes=attrs
     )
-    token = _context.attach_span(span, base)
+    token = _context.attach_span(span, base) if make_current else None
     trace_id, span_id, sampled = tracing.span_ids(span)
     valid = span.get_span_context().is_valid
     return MessageSpan(

@@ -1,0 +1,93 @@
+"""A tiny Celery app for the Celery tests, instrumented by pyobs (``celery -A tests.celery_app``).
+
+The worker reads its broker and result backend from ``CELERY_TEST_BROKER``; with
+``CELERY_TEST_OTEL=1`` OpenTelemetry's own Celery instrumentation is on as well, and with
+``CELERY_TEST_BROKEN=1`` a span processor that raises is added (the fail-alone test).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from celery import Celery
+
+import pyobs
+import pyobs.celery
+
+BROKER = os.environ.get("CELERY_TEST_BROKER", "memory://")
+app = Celery(
+    "tests.celery_app", broker=BROKER, backend=BROKER.replace("memory://", "cache+memory://")
+)
+app.conf.update(
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    task_track_started=False,
+    result_expires=600,
+)
+log = logging.getLogger("tests.celery_app")
+task: Any = app.task
+
+
+class BrokenProcessor:
+    """A span processor whose every hook raises (a broken exporter or processor)."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        """Raise, as a broken processor would."""
+        raise RuntimeError("span processor on_start broke")
+
+    def on_end(self, span: Any) -> None:
+        """Raise, as a broken exporter behind a simple processor would."""
+        raise RuntimeError("span processor on_end broke")
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing to flush."""
+        return True
+
+
+if os.environ.get("CELERY_TEST_OTEL") == "1":
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    pyobs.setup()
+    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
+if os.environ.get("CELERY_TEST_BROKEN") == "1":
+    from opentelemetry import trace
+
+    pyobs.setup()
+    trace.get_tracer_provider().add_span_processor(BrokenProcessor())  # type: ignore[attr-defined]
+pyobs.celery.instrument(app)
+
+
+@task  # type: ignore[untyped-decorator]
+def add(x: int, y: int) -> int:
+    """Adds; logs one line inside the task; takes a moment so that the pool spreads work."""
+    log.info("adding %s and %s", x, y)
+    time.sleep(0.02)
+    return x + y
+
+
+@task  # type: ignore[untyped-decorator]
+def fail() -> None:
+    """Always fails."""
+    log.info("about to fail")
+    raise ValueError("the task failed on purpose")
+
+
+@task(bind=True, max_retries=5)  # type: ignore[untyped-decorator]
+def flaky(self: Any, times: int) -> str:
+    """Fails ``times`` times (retried at once each time), then succeeds."""
+    if self.request.retries < times:
+        raise self.retry(countdown=0, exc=KeyError("not yet"))
+    return f"done after {self.request.retries}"
+
+
+@task  # type: ignore[untyped-decorator]
+def hang(seconds: float) -> None:
+    """Sleeps (a task whose pool process the test kills)."""
+    log.info("hanging")
+    time.sleep(seconds)
