@@ -170,31 +170,20 @@ class InstrumentedProducer:
         call.pop("callback", None)
         if user_callback is None:
             user_callback = self._default_delivery
-        headers = call.get("headers")
+        destination = _messaging.get_metrics().destination(topic)
+        # Each part on its own: a fault in one (reported) leaves the message as the app made
+        # it and the others working.
         span = None
-        metrics = _messaging.get_metrics()
-        destination = metrics.destination(topic)
-        size = _size(call.get("value"))
-        adopt = self._otel or _foreign_span(trace.SpanKind.PRODUCER)
-        if not adopt:
-            attributes: dict[str, Any] = {"messaging.message.body.size": size}
-            partition = call.get("partition")
-            if isinstance(partition, int) and partition >= 0:
-                attributes["messaging.destination.partition.id"] = str(partition)
-            span = _messaging.start_span(
-                trace.SpanKind.PRODUCER, SYSTEM, str(topic), "send", attributes=attributes
-            )
-        try:
-            if not self._otel:
-                call["headers"] = _with_context(headers)
-            trace_id = span.trace_id if span is not None else _current_trace_id()
-            call["on_delivery"] = _DeliveryReport(
-                destination, user_callback, trace_id, self._only_errors
-            )
-        except BaseException:
-            if span is not None:
-                _messaging.end_span(span)
-            raise
+        if not (self._otel or _foreign_span(trace.SpanKind.PRODUCER)):
+            with _messaging.guard("kafka.produce"):
+                span = _producer_span(topic, call)
+        if not self._otel:
+            with _messaging.guard("kafka.produce"):
+                call["headers"] = _with_context(call.get("headers"), span)
+        trace_id = span.trace_id if span is not None else _current_trace_id()
+        call["on_delivery"] = _DeliveryReport(
+            destination, user_callback, trace_id, self._only_errors
+        )
         return call, span
 
     def _failed(self, topic: str, span: _messaging.MessageSpan | None, exc: BaseException) -> None:
@@ -209,6 +198,23 @@ class InstrumentedProducer:
                 _messaging.end_span(span, exc)
 
 
+def _producer_span(topic: str, call: Mapping[str, Any]) -> _messaging.MessageSpan:
+    """Start the PRODUCER span ``send <topic>`` under the current span."""
+    attributes: dict[str, Any] = {"messaging.message.body.size": _size(call.get("value"))}
+    partition = call.get("partition")
+    if isinstance(partition, int) and partition >= 0:
+        attributes["messaging.destination.partition.id"] = str(partition)
+    # Not made current: its context only travels in the headers.
+    return _messaging.start_span(
+        trace.SpanKind.PRODUCER,
+        SYSTEM,
+        str(topic),
+        "send",
+        attributes=attributes,
+        make_current=False,
+    )
+
+
 def _current_trace_id() -> str | None:
     context = _context.current_span().get_span_context()
     if context.is_valid and context.trace_flags & 1:
@@ -216,14 +222,17 @@ def _current_trace_id() -> str | None:
     return None
 
 
-def _with_context(headers: Any) -> Any:
-    """The app's headers plus the current trace context, as a new object of the same shape.
+def _with_context(headers: Any, span: _messaging.MessageSpan | None) -> Any:
+    """The app's headers plus the trace context (``span``'s, else the current one), as a new
+    object of the same shape.
 
     The app's own object is never changed; a propagation header the app (or another
     instrumentation) already set is kept as it is, and nothing is added then.
     """
     carrier: dict[str, str] = {}
-    _messaging.inject(carrier)
+    # On top of the current context, so that its baggage travels too.
+    context = trace.set_span_in_context(span.span, _context.current()) if span else None
+    _messaging.inject(carrier, context)
     if not carrier:
         return headers
     if headers is None:

@@ -114,7 +114,7 @@ class Broker:
 
     def config(self, **extra: Any) -> dict[str, Any]:
         """A client configuration for this broker (librdkafka's own log lines kept quiet)."""
-        return {"bootstrap.servers": self.bootstrap, "log_level": 3, **extra}
+        return {"bootstrap.servers": self.bootstrap, "log_level": 2, **extra}
 
     def admin(self) -> Any:
         """An AdminClient on this broker."""
@@ -124,7 +124,7 @@ class Broker:
 
     def new_topic(self, prefix: str = "t", partitions: int = 1) -> str:
         """Create a topic no other test uses and wait until it is ready; its name."""
-        from confluent_kafka.admin import NewTopic
+        from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
         name = f"{prefix}-{os.getpid()}-{next(_topics)}-{uuid.uuid4().hex[:6]}"
         admin = self.admin()
@@ -184,8 +184,8 @@ def start_kafka(tmp_path: Path | None = None) -> Broker:
                 _java(
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    _cluster_id(),
+                    # One argument: a cluster id may start with "-" (base64url).
+                    f"--cluster-id={_cluster_id()}",
                     "-c",
                     str(properties),
                     log=log4j,
