@@ -32,7 +32,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.brokers import json_lines, shared_redis
+from tests.brokers import json_lines, redis_url  # noqa: F401 - the session's redis-server
 from tests.conftest import import_or_require
 from tests.helpers import kill_tree, listening_socket, start_server, wait_until
 from tests.kafka_broker import Broker
@@ -220,20 +220,19 @@ def _order(web: Process, order: int, trace_id: str) -> int:
 
 @pytest.fixture(scope="module")
 def shop(
-    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     jaeger: Jaeger,
     kafka: Broker,
+    redis_url: str,  # noqa: F811 - the imported fixture
 ) -> Iterator[Shop]:
     """The shop running, Prometheus scraping it, twenty orders placed and fully processed."""
     for module in ("flask", "celery", "confluent_kafka"):
         import_or_require(module)
     tmp_path = tmp_path_factory.mktemp("shop")
-    redis = shared_redis(request.config, tmp_path_factory.mktemp("redis"))
     suffix = secrets.token_hex(3)
     queue, topic = f"shop-{suffix}", kafka.new_topic("shop-orders")
     services = {name: f"shop-{name}-{suffix}" for name in ("web", "worker", "consumer")}
-    shared = {"SHOP_REDIS": redis, "SHOP_KAFKA": kafka.bootstrap, "SHOP_QUEUE": queue}
+    shared = {"SHOP_REDIS": redis_url, "SHOP_KAFKA": kafka.bootstrap, "SHOP_QUEUE": queue}
     shared["SHOP_TOPIC"] = topic
     multiproc = tmp_path / "multiproc"
     multiproc.mkdir()
