@@ -253,3 +253,15 @@ def test_every_series_and_label_the_workers_dashboard_and_rules_read_is_emitted(
             for label in (part.strip() for part in group.split(",")):
                 assert label in read | _TARGET_LABELS, f"{title}: no series has label {label}"
     assert checked > 50
+
+
+def test_the_docs_list_the_series_the_dashboard_reads() -> None:
+    """docs/workers-dashboard.md's series table names exactly the series the generator reads,
+    and every alert has its row in the alerts table."""
+    from pyobs._dashgen import workers
+
+    text = DOCS.read_text()
+    series = set(re.findall(r"^\| `((?:messaging|pyobs)_\w+)` \|", text, re.MULTILINE))
+    assert series == set(workers.SERIES)
+    rows = set(re.findall(r"^\| `(Pyobs\w+)` \|", text, re.MULTILINE))
+    assert rows == {rule["alert"] for rule in _alerts()}
