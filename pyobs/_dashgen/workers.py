@@ -19,6 +19,7 @@ from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from pyobs import _messaging
+from pyobs._dashgen import dashboards as d
 from pyobs._dashgen import slo
 from pyobs._dashgen.slo import scale_durations, scaled
 
@@ -256,12 +257,10 @@ RATE = "$__rate_interval"
 
 
 def _variable(name: str, label: str, query: str) -> dash.QueryVariable:
-    from pyobs._dashgen.dashboards import PROMETHEUS
-
     return (
         dash.QueryVariable(name)
         .label(label)
-        .datasource(PROMETHEUS)
+        .datasource(d.PROMETHEUS)
         .query(query)
         .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(model.VariableSort.ALPHABETICAL_ASC)
@@ -271,8 +270,6 @@ def _variable(name: str, label: str, query: str) -> dash.QueryVariable:
 
 
 def _heatmap(title: str, description: str, expr: str) -> heatmap.Panel:
-    from pyobs._dashgen import dashboards as d
-
     return (
         heatmap.Panel()
         .title(title)
@@ -294,8 +291,6 @@ def _heatmap(title: str, description: str, expr: str) -> heatmap.Panel:
 
 
 def _percentiles(metric: str, selector: str, by: str, legend: str) -> list[Any]:
-    from pyobs._dashgen import dashboards as d
-
     return [
         d._q(
             f"histogram_quantile({q}, sum by ({by}, le) "
@@ -318,8 +313,6 @@ def _errors(metric: str, selector: str) -> str:
 
 def dashboard() -> dash.Dashboard:
     """pyobs / Workers: Celery tasks and Kafka messages of the selected services."""
-    from pyobs._dashgen import dashboards as d
-
     tasks = f"rate({TASKS}{{{SVC_TASK}}}[{RATE}])"
     failures = f"rate({TASKS}{{{FAILURE}, {SVC_TASK}}}[{RATE}])"
     kafka = f"{KAFKA}, {SVC}"
