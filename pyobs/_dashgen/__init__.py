@@ -78,13 +78,15 @@ def generate() -> dict[str, str]:
     """Every generated file, by path relative to the repository root."""
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-    from pyobs._dashgen import dashboards, promrules, provisioning, slogen, stack
+    from pyobs._dashgen import dashboards, promrules, provisioning, slogen, stack, workers
 
     files: dict[str, str] = {}
     for name, rules in promrules.rule_files().items():
         files[f"prometheus/rules/{name}"] = to_yaml(rules)
     files[f"prometheus/rules/{stack.RULE_FILE}"] = to_yaml(stack.rule_file())
+    files[f"prometheus/rules/{workers.RULE_FILE}"] = to_yaml(workers.rule_file())
     boards = {**dashboards.dashboards(), f"{stack.STACK_UID}.json": stack.dashboard()}
+    boards[f"{workers.WORKERS_UID}.json"] = workers.dashboard()
     for name, board in boards.items():
         files[f"dashboards/{name}"] = to_json(
             json.loads(json.dumps(board.build(), cls=JSONEncoder))

@@ -79,15 +79,14 @@ def test_generated_files_match_committed_tree(tmp_path: Path) -> None:
 
 
 def test_dashboards_with_fixed_uids() -> None:
-    """Overview, runtime, stack and one SLO dashboard per service, with the uids alerts use."""
+    """Overview, runtime, stack, workers and one SLO dashboard per service (the alerts' uids)."""
     from pyobs._dashgen import slospec
 
     specs = slospec.load(REPO / "prometheus" / "slo" / "examples.yaml")
     uids = {json.loads(p.read_text())["uid"] for p in DASHBOARDS}
     slo_uids = {f"pyobs-slo-{spec.service}" for spec in specs}
     assert len(slo_uids) == 10
-    assert uids == {"pyobs-overview", "pyobs-runtime", "pyobs-stack", *slo_uids}
-
+    assert uids == {"pyobs-overview", "pyobs-runtime", "pyobs-stack", "pyobs-workers", *slo_uids}
 
 
 def test_overview_has_the_promised_panels() -> None:

@@ -263,11 +263,12 @@ def _all_queries() -> list[tuple[str, str]]:
 
     out: list[tuple[str, str]] = []
     # The committed dashboards; of the SLO ones, those of the services running here. The
-    # stack dashboard's exporter series (Elasticsearch, Logstash, Jaeger): test_stack_live.py.
+    # stack dashboard's exporter series (Elasticsearch, Logstash, Jaeger): test_stack_live.py;
+    # the workers dashboard's Celery and Kafka series: tests/test_messaging_e2e.py.
     slo_board = REPO / "dashboards" / "slo" / "pyobs-slo-example-flask.json"
     boards = [*sorted((REPO / "dashboards").glob("*.json")), slo_board]
     for path in boards:
-        if path.name == "pyobs-stack.json":
+        if path.name in ("pyobs-stack.json", "pyobs-workers.json"):
             continue
         board = json.loads(path.read_text())
         out += [(f"{path.name}: {title}", expr) for title, expr in prometheus_queries(board)]
@@ -283,7 +284,8 @@ def test_the_shipped_config_loads_in_real_prometheus(tmp_path: Path) -> None:
         groups = http_json(f"http://127.0.0.1:{port}/api/v1/rules")["data"]["groups"]
         services = [f"example-{f}" for f in EXAMPLE_FRAMEWORKS]
         slo_groups = {f"pyobs-slo-{s}{suffix}" for s in services for suffix in ("", "-alerts")}
-        expected = {"pyobs-red", "pyobs-alerts", "pyobs-stack", *slo_groups}
+        workers = {"pyobs-workers-recording", "pyobs-workers-alerts"}
+        expected = {"pyobs-red", "pyobs-alerts", "pyobs-stack", *workers, *slo_groups}
         assert {g["name"] for g in groups} == expected
         flags = http_json(f"http://127.0.0.1:{port}/api/v1/status/flags")["data"]
         assert flags["enable-feature"] == "exemplar-storage"
