@@ -46,9 +46,14 @@ FOLDER_ANNOTATION = "grafana_folder"
 #: The rule files of prometheus/rules/ that go to the cluster. The per-service SLO files of
 #: the compose examples (pyobs-slo-example-*.yml) do not: those services do not run there; a
 #: service's own SLO rules come from `pyobs slo generate` and ship with that service.
-RULE_FILES = ("pyobs-recording.yml", "pyobs-alerts.yml", "pyobs-stack.yml")
+RULE_FILES = ("pyobs-recording.yml", "pyobs-alerts.yml", "pyobs-stack.yml", "pyobs-workers.yml")
 #: The dashboards that go to the cluster (the per-example SLO boards stay with compose).
-DASHBOARDS = ("pyobs-overview.json", "pyobs-runtime.json", "pyobs-stack.json")
+DASHBOARDS = (
+    "pyobs-overview.json",
+    "pyobs-runtime.json",
+    "pyobs-stack.json",
+    "pyobs-workers.json",
+)
 
 #: compose host name -> the in-cluster Service that plays its part.
 SERVICE_URLS = {

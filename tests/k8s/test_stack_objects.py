@@ -202,11 +202,14 @@ def test_references_resolve_to_generated_or_documented_objects() -> None:
 
 def test_prometheus_rules_equal_the_rule_files_and_pass_promtool(tmp_path: Path) -> None:
     """Each PrometheusRule holds its rule file's groups exactly; promtool accepts them."""
+    from pyobs._dashgen import kube
+
     rules = _kind("PrometheusRule")
     assert {r["metadata"]["name"] for r in rules} == {
         "pyobs-recording",
         "pyobs-alerts",
         "pyobs-stack",
+        "pyobs-workers",
     }
     files = []
     for rule in rules:
@@ -217,13 +220,17 @@ def test_prometheus_rules_equal_the_rule_files_and_pass_promtool(tmp_path: Path)
         path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
         files.append(str(path))
     output = run_tool(["promtool", "check", "rules", *files], cwd=tmp_path)
-    assert output.count("SUCCESS") == 3, output
+    assert output.count("SUCCESS") == len(kube.RULE_FILES), output
 
 
 def test_dashboard_configmaps_hold_the_dashboards_byte_for_byte() -> None:
     """The sidecar's ConfigMaps carry dashboards/*.json unchanged, labelled and foldered."""
+    from pyobs._dashgen import kube
+
     maps = [m for m in _kind("ConfigMap") if m["metadata"]["labels"].get("grafana_dashboard")]
-    assert len(maps) == 3
+    assert sorted(
+        m["metadata"]["name"].removeprefix("grafana-dashboard-") + ".json" for m in maps
+    ) == sorted(kube.DASHBOARDS)
     for configmap in maps:
         assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert configmap["metadata"]["annotations"]["grafana_folder"] == "pyobs"
