@@ -277,23 +277,27 @@ _metrics_lock = threading.Lock()
 
 def get_metrics() -> MessagingMetrics:
     """The process-wide messaging families, on the registry and prefix pyobs's config names."""
-    global _metrics
+    global _metrics, _built_for
     from pyobs import _state
 
+    found = _metrics
+    if found is not None and _state._config is _built_for:  # the per-message path
+        return found
     config = _state.ensure_setup()
     from prometheus_client import REGISTRY
 
     registry = config.metrics_registry if config.metrics_registry is not None else REGISTRY
-    found = _metrics
-    if found is not None and found.registry is registry:
-        return found
     with _metrics_lock:
         found = _metrics
         if found is None or found.registry is not registry:
             if found is not None:
                 found.unregister()
             found = _metrics = MessagingMetrics(registry, config.metrics_prefix, config.max_routes)
+        _built_for = config
         return found
+
+
+_built_for: Any = None  # the pyobs config the families were checked against
 
 
 def current_metrics() -> MessagingMetrics | None:

@@ -121,15 +121,23 @@ def otel_active() -> bool:
 
 
 # --- labels ------------------------------------------------------------------------------
+_labels: dict[str, str] = {}  # registered task names already seen (bounded by the apps)
+
+
 def task_label(name: str | None) -> str:
     """The task name when an instrumented app registered it, else ``<unregistered>``."""
-    if name is not None:
-        for app in _apps:
-            try:
-                if name in app.tasks:
-                    return name
-            except Exception:  # noqa: BLE001 - an app that cannot list its tasks yet
-                continue
+    if name is None:
+        return _messaging.UNREGISTERED
+    found = _labels.get(name)
+    if found is not None:
+        return found
+    for app in _apps:
+        try:
+            if name in app.tasks:
+                _labels[name] = name
+                return name
+        except Exception:  # noqa: BLE001 - an app that cannot list its tasks yet
+            continue
     return _messaging.UNREGISTERED
 
 
@@ -260,12 +268,18 @@ def _header(request: Any, name: str) -> Any:
     return value
 
 
+_fields: list[Any] = [None, ()]  # (propagator, the header names it reads), learned once
+
+
 def _carrier(request: Any) -> dict[str, Any]:
     """The headers the configured propagators read, from the task request."""
     from pyobs import tracing
 
+    propagator = tracing.textmap()
+    if propagator is not _fields[0]:
+        _fields[:] = [propagator, tuple(propagator.fields)]
     found: dict[str, Any] = {}
-    for name in tracing.textmap().fields:
+    for name in _fields[1]:
         value = _header(request, name)
         if isinstance(value, (str, bytes)):
             found[name] = value
@@ -312,12 +326,15 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any)
         _messaging.report(exc, "celery.task_prerun")
         return
     run.destination = destination
-    with _messaging.guard("celery.task_prerun metrics"):
+    # Each signal in its own guard (try/except: a context manager costs a microsecond).
+    try:
         metrics.record_consumed(SYSTEM, destination)
         wait = _queue_wait(request)
         if wait is not None:
             metrics.record_queue_wait(SYSTEM, destination, wait)
-    with _messaging.guard("celery.task_prerun span"):
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_prerun metrics")
+    try:
         parent = _messaging.extract(_carrier(request))
         if otel_active():
             # OTel's CONSUMER span carries the trace; the exemplar takes the trace it joins.
@@ -334,10 +351,14 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any)
                 attributes={"celery.task_name": str(getattr(task, "name", ""))[:256]},
             )
             run.trace_id = run.span.trace_id
-    with _messaging.guard("celery.task_prerun logs"):
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_prerun span")
+    try:
         run.log_token = _messaging.set_log_fields(
             {"celery_task_id": str(task_id), "celery_task_name": name}
         )
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_prerun logs")
 
 
 def _failure(sender: Any = None, task_id: Any = None, exception: Any = None, **_: Any) -> None:
@@ -358,38 +379,42 @@ _OUTCOMES = {"SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry"}
 def _postrun(
     sender: Any = None, task_id: Any = None, task: Any = None, state: Any = None, **_: Any
 ) -> None:
-    with _lock:
-        run = _running.pop(str(task_id), None)
-    if run is None:
+    try:
+        with _lock:
+            run = _running.pop(str(task_id), None)
+        if run is None:
+            return
+        duration = time.perf_counter() - run.start
+        outcome = _OUTCOMES.get(str(state), str(state).lower()[:32] if state else "unknown")
+        error = run.error if outcome != "success" else None
+        error_type = ""
+        if outcome == "retry":
+            error_type = "Retry"
+        elif outcome != "success":
+            error_type = _messaging.error_type(error) if error is not None else outcome
+    except Exception as exc:  # noqa: BLE001 - the task's result is already decided
+        _messaging.report(exc, "celery.task_postrun")
         return
-    duration = time.perf_counter() - run.start
-    outcome = _OUTCOMES.get(str(state), str(state).lower()[:32] if state else "unknown")
-    error = run.error if outcome != "success" else None
-    error_type = ""
-    if outcome == "retry":
-        error_type = "Retry"
-    elif outcome != "success":
-        error_type = _messaging.error_type(error) if error is not None else outcome
-    metrics: Any = None
+    # Each signal in its own guard; the active-tasks gauge goes down first, exactly once.
     try:
         metrics = _messaging.get_metrics()
         if run.counted:
             run.counted = False
             metrics.task_ended(run.task, outcome, duration, run.trace_id)
+        metrics.record_processed(SYSTEM, run.destination, error_type, duration, run.trace_id)
     except Exception as exc:  # noqa: BLE001
         _messaging.report(exc, "celery.task_postrun metrics")
-    with _messaging.guard("celery.task_postrun metrics"):
-        if metrics is not None:
-            metrics.record_processed(SYSTEM, run.destination, error_type, duration, run.trace_id)
     if run.log_token is not None:
-        with _messaging.guard("celery.task_postrun logs"):
+        try:
             _messaging.reset_log_fields(run.log_token)
+        except Exception as exc:  # noqa: BLE001
+            _messaging.report(exc, "celery.task_postrun logs")
     if run.span is not None:
-        with _messaging.guard("celery.task_postrun span"):
-            if outcome == "retry":
-                _messaging.end_span(run.span, "Retry")
-            else:
-                _messaging.end_span(run.span, error if error is not None else error_type or None)
+        try:
+            failure: BaseException | str | None = error if error is not None else error_type
+            _messaging.end_span(run.span, "Retry" if outcome == "retry" else failure or None)
+        except Exception as exc:  # noqa: BLE001
+            _messaging.report(exc, "celery.task_postrun span")
 
 
 # --- the worker --------------------------------------------------------------------------
