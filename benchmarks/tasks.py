@@ -52,6 +52,9 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 # --- one configuration, in its own process ------------------------------------------------
+_exported: list[int] = []  # spans the discarding exporter took, batch by batch
+
+
 def _setup(config: str, broker: str) -> Any:
     """A Celery app with a no-op task, instrumented as ``config`` says; tracing batched."""
     from celery import Celery
@@ -67,6 +70,7 @@ def _setup(config: str, broker: str) -> Any:
         """Takes every batch and drops it (the network is not what is measured)."""
 
         def export(self, spans: Any) -> SpanExportResult:
+            _exported.append(len(spans))
             return SpanExportResult.SUCCESS
 
     backend = "redis" + broker[5:] if broker.startswith("redis") else "cache+memory://"
@@ -131,7 +135,20 @@ def _signals(config: str, count: int) -> dict[str, float]:
     for _ in range(sends):
         noop.apply_async()
     publish = (time.perf_counter() - start) / sends * 1e6
-    return {"consume_us": consume, "publish_us": publish}
+    return {"consume_us": consume, "publish_us": publish, **_observed(config)}
+
+
+def _observed(config: str) -> dict[str, float]:
+    """What the instrumentation recorded: spans exported, and pyobs's task count."""
+    if config == "bare":
+        return {"spans": 0.0, "tasks_counted": 0.0}
+    from opentelemetry import trace
+    from prometheus_client import REGISTRY
+
+    trace.get_tracer_provider().force_flush()  # type: ignore[attr-defined]
+    labels = {"celery_task_name": "bench.noop", "outcome": "success"}
+    counted = REGISTRY.get_sample_value("pyobs_celery_tasks_total", labels) or 0.0
+    return {"spans": float(sum(_exported)), "tasks_counted": counted}
 
 
 def _child(config: str, count: int) -> None:
@@ -167,7 +184,10 @@ def measure_signals(count: int, rounds: int) -> dict[str, dict[str, float]]:
         order = CONFIGS if i % 2 == 0 else tuple(reversed(CONFIGS))
         for config in order:
             found[config].append(_in_child(config, count))
-    return {c: {k: _best(found[c], k) for k in ("consume_us", "publish_us")} for c in CONFIGS}
+    return {
+        c: {**found[c][-1], **{k: _best(found[c], k) for k in ("consume_us", "publish_us")}}
+        for c in CONFIGS
+    }
 
 
 def _free_port() -> int:
