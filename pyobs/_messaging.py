@@ -32,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
-from pyobs import _context, _errors, _multiproc
+from pyobs import _context, _errors, _interop, _multiproc
 
 COMPONENT = "messaging"  # pyobs_internal_errors_total{component}
 
@@ -301,8 +301,17 @@ _built_for: Any = None  # the pyobs config the families were checked against
 
 
 def current_metrics() -> MessagingMetrics | None:
-    """The families if they were made in this process (the exposition asks), else None."""
+    """The families if they were made in this process, else None."""
     return _metrics
+
+
+def _own_collectors() -> list[Any]:
+    found = _metrics
+    return found.collectors() if found is not None else []
+
+
+# On a page shared with OTel's Prometheus exporter, these families are pyobs's (they win).
+_interop.register_own(_own_collectors)
 
 
 def _reset() -> None:
