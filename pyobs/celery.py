@@ -362,15 +362,21 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any)
 
 
 def _failure(sender: Any = None, task_id: Any = None, exception: Any = None, **_: Any) -> None:
-    run = _running.get(str(task_id))
-    if run is not None and isinstance(exception, BaseException):
-        run.error = exception
+    try:
+        run = _running.get(str(task_id))
+        if run is not None and isinstance(exception, BaseException):
+            run.error = exception
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_failure")
 
 
 def _retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    run = _running.get(str(getattr(request, "id", None)))
-    if run is not None:
-        run.error = reason if isinstance(reason, BaseException) else None
+    try:
+        run = _running.get(str(getattr(request, "id", None)))
+        if run is not None:
+            run.error = reason if isinstance(reason, BaseException) else None
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_retry")
 
 
 _OUTCOMES = {"SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry"}

@@ -280,3 +280,29 @@ def test_a_pool_process_forked_during_a_scrape_does_not_keep_the_lock(tmp_path: 
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def test_a_prefork_worker_without_a_multiprocess_directory_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker with several pool processes and no PROMETHEUS_MULTIPROC_DIR: one warning
+    naming the fix; a solo pool: none."""
+    import pyobs
+    import pyobs.celery
+
+    pyobs.setup()
+
+    class Worker:
+        concurrency = 4
+        pool_cls = "celery.concurrency.prefork:TaskPool"
+
+    class Solo:
+        concurrency = 1
+        pool_cls = "solo"
+
+    with caplog.at_level(logging.WARNING, logger="pyobs"):
+        pyobs.celery._worker_init(sender=Solo())
+        assert not [r for r in caplog.records if "PROMETHEUS_MULTIPROC_DIR" in r.getMessage()]
+        pyobs.celery._worker_init(sender=Worker())
+    (line,) = [r for r in caplog.records if "PROMETHEUS_MULTIPROC_DIR" in r.getMessage()]
+    assert "4 pool processes" in line.getMessage()
