@@ -44,6 +44,14 @@ UNCONFIRMED = "unconfirmed"  # error_type of a publish whose after_task_publish 
 
 _log = logging.getLogger("pyobs")
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 _apps: list[Any] = []  # the instrumented apps (their registered task names bound the label)
 _connected: list[bool] = []
 _logging_connected: list[bool] = []

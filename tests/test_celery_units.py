@@ -306,3 +306,23 @@ def test_a_prefork_worker_without_a_multiprocess_directory_is_warned_about(
         pyobs.celery._worker_init(sender=Worker())
     (line,) = [r for r in caplog.records if "PROMETHEUS_MULTIPROC_DIR" in r.getMessage()]
     assert "4 pool processes" in line.getMessage()
+
+
+def test_queue_wait_of_a_scheduled_task_starts_at_its_eta() -> None:
+    """A task published with a countdown waits from its ETA, not from its publish time."""
+    from datetime import datetime, timezone
+
+    import pyobs.celery
+
+    class Request:
+        def __init__(self, sent: float, eta: float | None) -> None:
+            self.pyobs_sent_at = repr(sent)
+            self.eta = (
+                None if eta is None else datetime.fromtimestamp(eta, timezone.utc).isoformat()
+            )
+
+    now = time.time()
+    plain = pyobs.celery._queue_wait(Request(now - 10, None))
+    scheduled = pyobs.celery._queue_wait(Request(now - 10, now - 2))
+    assert plain is not None and 10 <= plain < 11
+    assert scheduled is not None and 2 <= scheduled < 3
