@@ -1,8 +1,7 @@
 """A tiny Celery app for the Celery tests, instrumented by pyobs (``celery -A tests.celery_app``).
 
 The worker reads its broker and result backend from ``CELERY_TEST_BROKER``; with
-``CELERY_TEST_OTEL=1`` OpenTelemetry's own Celery instrumentation is on as well, and with
-``CELERY_TEST_BROKEN=1`` a span processor that raises is added (the fail-alone test).
+``CELERY_TEST_OTEL=1`` OpenTelemetry's own Celery instrumentation is on as well.
 """
 
 from __future__ import annotations
@@ -31,35 +30,11 @@ log = logging.getLogger("tests.celery_app")
 task: Any = app.task
 
 
-class BrokenProcessor:
-    """A span processor whose every hook raises (a broken exporter or processor)."""
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        """Raise, as a broken processor would."""
-        raise RuntimeError("span processor on_start broke")
-
-    def on_end(self, span: Any) -> None:
-        """Raise, as a broken exporter behind a simple processor would."""
-        raise RuntimeError("span processor on_end broke")
-
-    def shutdown(self) -> None:
-        """Nothing to release."""
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Nothing to flush."""
-        return True
-
-
 if os.environ.get("CELERY_TEST_OTEL") == "1":
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
     pyobs.setup()
     CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
-if os.environ.get("CELERY_TEST_BROKEN") == "1":
-    from opentelemetry import trace
-
-    pyobs.setup()
-    trace.get_tracer_provider().add_span_processor(BrokenProcessor())  # type: ignore[attr-defined]
 pyobs.celery.instrument(app)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import SpanProcessor
 from prometheus_client import REGISTRY
 
 from tests.conftest import import_or_require
@@ -142,7 +143,7 @@ def test_headers_carry_the_context_and_the_publish_time() -> None:
     assert _messaging.extract({"traceparent": "garbage"}) is None
 
 
-class _Armed:
+class _Armed(SpanProcessor):
     """A span processor that raises in every hook while armed (the SDK cannot remove one)."""
 
     armed = False
