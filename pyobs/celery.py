@@ -35,7 +35,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from pyobs import _integration, _messaging, _state
+from pyobs import _context, _integration, _messaging, _state
 
 SYSTEM = "celery"
 MINIMUM_VERSION = "5.3"
@@ -249,7 +249,8 @@ def _finish_publish(entry: _Publish, error_type: str) -> None:
 # --- run ---------------------------------------------------------------------------------
 class _Run:
     __slots__ = (
-        "counted", "destination", "error", "log_token", "span", "start", "task", "trace_id",
+        "context_token", "counted", "destination", "error", "log_token", "span", "start",
+        "task", "trace_id",
     )  # fmt: skip
 
     def __init__(self, task: str) -> None:
@@ -259,6 +260,7 @@ class _Run:
         self.error: BaseException | None = None
         self.span: _messaging.MessageSpan | None = None
         self.log_token: Any = None
+        self.context_token: Any = None
         self.trace_id: str | None = None
         self.start = time.perf_counter()
 
@@ -342,6 +344,7 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any)
             metrics.record_queue_wait(SYSTEM, destination, wait)
     except Exception as exc:  # noqa: BLE001
         _messaging.report(exc, "celery.task_prerun metrics")
+    parent = None
     try:
         parent = _messaging.extract(_carrier(request))
         if otel_active():
@@ -361,6 +364,9 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any)
             run.trace_id = run.span.trace_id
     except Exception as exc:  # noqa: BLE001
         _messaging.report(exc, "celery.task_prerun span")
+        if parent is not None and run.span is None:
+            # No span of its own: the task's logs still carry the request's trace.
+            run.context_token = _attach(parent)
     try:
         run.log_token = _messaging.set_log_fields(
             {"celery_task_id": str(task_id), "celery_task_name": name}
@@ -423,12 +429,24 @@ def _postrun(
             _messaging.reset_log_fields(run.log_token)
         except Exception as exc:  # noqa: BLE001
             _messaging.report(exc, "celery.task_postrun logs")
+    if run.context_token is not None:
+        try:
+            _context.detach(run.context_token)
+        except Exception as exc:  # noqa: BLE001
+            _messaging.report(exc, "celery.task_postrun context")
     if run.span is not None:
         try:
             failure: BaseException | str | None = error if error is not None else error_type
             _messaging.end_span(run.span, "Retry" if outcome == "retry" else failure or None)
         except Exception as exc:  # noqa: BLE001
             _messaging.report(exc, "celery.task_postrun span")
+
+
+def _attach(context: Any) -> Any:
+    """Make ``context`` current; the token for ``_context.detach``."""
+    from opentelemetry import context as otel_context
+
+    return otel_context.attach(context)
 
 
 # --- the worker --------------------------------------------------------------------------

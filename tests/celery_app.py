@@ -1,7 +1,8 @@
 """A tiny Celery app for the Celery tests, instrumented by pyobs (``celery -A tests.celery_app``).
 
 The worker reads its broker and result backend from ``CELERY_TEST_BROKER``; with
-``CELERY_TEST_OTEL=1`` OpenTelemetry's own Celery instrumentation is on as well.
+``CELERY_TEST_OTEL=1`` OpenTelemetry's own Celery instrumentation is on as well, and with
+``CELERY_TEST_BROKEN=1`` every span processor hook raises (the fail-alone test).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from opentelemetry.sdk.trace import SpanProcessor
 
 import pyobs
 import pyobs.celery
@@ -30,6 +32,23 @@ log = logging.getLogger("tests.celery_app")
 task: Any = app.task
 
 
+class BrokenProcessor(SpanProcessor):
+    """A span processor whose hooks raise (a broken exporter or processor)."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        """Raise, as a broken processor would."""
+        raise RuntimeError("span processor on_start broke")
+
+    def on_end(self, span: Any) -> None:
+        """Raise, as a broken exporter behind a simple processor would."""
+        raise RuntimeError("span processor on_end broke")
+
+
+if os.environ.get("CELERY_TEST_BROKEN") == "1":
+    from opentelemetry import trace
+
+    pyobs.setup()
+    trace.get_tracer_provider().add_span_processor(BrokenProcessor())  # type: ignore[attr-defined]
 if os.environ.get("CELERY_TEST_OTEL") == "1":
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
