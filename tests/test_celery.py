@@ -20,6 +20,8 @@ from tests.brokers import Worker, celery_worker, redis_url  # noqa: F401 - a fix
 from tests.conftest import import_or_require
 from tests.helpers import alive, wait_until
 
+pytestmark = pytest.mark.service  # a real redis-server and a real worker
+
 import_or_require("celery")
 import_or_require("flask")
 
