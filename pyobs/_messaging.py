@@ -159,6 +159,12 @@ class MessagingMetrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._destinations: set[str] = set()
+        # Each histogram's label names, for its multiprocess exemplar slots.
+        self._label_names: dict[int, tuple[str, ...]] = {
+            id(self.operation_duration): (SYSTEM, OPERATION, DESTINATION, ERROR),
+            id(self.process_duration): SHARED,
+            id(self.task_duration): (TASK, OUTCOME),
+        }
 
     def collectors(self) -> list[Any]:
         """Every family this instance registered (for the exposition's de-duplication)."""
@@ -195,9 +201,8 @@ class MessagingMetrics:
             found = metric.labels(*labels)
             if buckets is not None and _multiproc.file_backed():
                 name = metric.describe()[0].name
-                found = _multiproc.ExemplarHistogram(
-                    found, name, metric._labelnames, labels, buckets
-                )
+                names = self._label_names[id(metric)]
+                found = _multiproc.ExemplarHistogram(found, name, names, labels, buckets)
             if len(self._children) < 20_000:
                 self._children[key] = found
         return found

@@ -87,8 +87,7 @@ def instrument(app: Any, *, logging_setup: bool = True, **options: Any) -> None:
         return
     _messaging.install_log_fields()
 
-    # weak=False: the receivers are module functions, but Celery's default weak references
-    # would also drop a receiver whose module is reloaded.
+    # Strong references (weak=False), as OpenTelemetry's instrumentation connects its own.
     signals.before_task_publish.connect(_before_publish, weak=False)
     signals.after_task_publish.connect(_after_publish, weak=False)
     signals.task_prerun.connect(_prerun, weak=False)
