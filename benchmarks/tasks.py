@@ -21,13 +21,14 @@ Two measurements:
   kombu's in-memory transport (before/after publish). Broker I/O is left out on purpose: it
   is the same in every configuration and would hide the difference.
 - ``worker`` (``--worker``, needs redis-server): a real ``celery worker --pool=prefork
-  --concurrency=1`` against a real redis-server drains a queue of pre-enqueued no-op tasks;
-  the time per task from the first task's start to the last one's, with
+  --concurrency=1`` against a real redis-server drains a queue of 1,000 pre-enqueued no-op
+  tasks (best of 4 rounds); the time per task from the first task's start to the last one's,
+  with
   ``PROMETHEUS_MULTIPROC_DIR`` set for pyobs as a prefork deployment has it. Broker round
   trips dominate here; the difference is the overhead as a worker sees it.
 
-Run: ``python benchmarks/tasks.py`` (signals only, about 20 s), ``--worker`` (adds about a
-minute), ``--quick`` (a smoke run). Prints microseconds per task and the ratios.
+Run: ``python benchmarks/tasks.py`` (signals only, about 30 s), ``--worker`` (adds about
+two minutes), ``--quick`` (a smoke run). Prints microseconds per task and the ratios.
 """
 
 from __future__ import annotations
@@ -328,10 +329,13 @@ def main() -> int:
     print(f"pyobs / otel, per task run: {ratio:.2f}")
     result: dict[str, Any] = {"signals": signals, "count": count, "rounds": rounds}
     if args.worker:
-        wcount = 200 if args.quick else 2000
-        worker = measure_worker(wcount, rounds)
+        wcount, wrounds = (200, 1) if args.quick else (1000, 4)
+        worker = measure_worker(wcount, wrounds)
         if worker is not None:
-            print(f"## Through a real prefork worker and redis-server ({wcount} tasks)")
+            print(
+                f"## Through a real prefork worker and redis-server ({wcount} tasks, "
+                f"best of {wrounds})"
+            )
             for config in CONFIGS:
                 print(f"{config:8} {worker[config]:16.1f} us/task")
             print(
