@@ -23,9 +23,8 @@ Two measurements:
 - ``worker`` (``--worker``, needs redis-server): a real ``celery worker --pool=prefork
   --concurrency=1`` against a real redis-server drains a queue of 1,000 pre-enqueued no-op
   tasks (best of 4 rounds); the time per task from the first task's start to the last one's,
-  with
-  ``PROMETHEUS_MULTIPROC_DIR`` set for pyobs as a prefork deployment has it. Broker round
-  trips dominate here; the difference is the overhead as a worker sees it.
+  with ``PROMETHEUS_MULTIPROC_DIR`` set for pyobs as a prefork deployment has it. Broker
+  round trips dominate here; the difference is the overhead as a worker sees it.
 
 Run: ``python benchmarks/tasks.py`` (signals only, about 30 s), ``--worker`` (adds about
 two minutes), ``--quick`` (a smoke run). Prints microseconds per task and the ratios.
