@@ -181,7 +181,8 @@ class MessagingMetrics:
         ]
 
     def destination(self, name: str | None) -> str:
-        """The destination label: at most ``max_values`` distinct ones, then ``<overflow>``."""
+        """The destination label: at most ``max_values`` distinct ones, then ``<overflow>``
+        (counted in ``pyobs_cardinality_overflow_total``)."""
         name = "" if name is None else str(name)[:128]
         if name in self._destinations:
             return name
@@ -191,6 +192,9 @@ class MessagingMetrics:
             if len(self._destinations) < self.max_values:
                 self._destinations.add(name)
                 return name
+        from pyobs.metrics import get_metrics
+
+        get_metrics().cardinality_overflow.inc()  # as for routes (CONTRACT §3)
         return OVERFLOW
 
     def _child(self, metric: Any, labels: tuple[str, ...], buckets: Any = None) -> Any:

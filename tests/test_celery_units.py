@@ -327,3 +327,17 @@ def test_queue_wait_of_a_scheduled_task_starts_at_its_eta() -> None:
     scheduled = pyobs.celery._queue_wait(Request(now - 10, now - 2))
     assert plain is not None and 10 <= plain < 11
     assert scheduled is not None and 2 <= scheduled < 3
+
+
+def test_destinations_beyond_the_cap_become_overflow() -> None:
+    """Queue names beyond PYOBS_MAX_ROUTES share <overflow>, counted like routes."""
+    from prometheus_client import CollectorRegistry
+
+    from pyobs import _messaging
+
+    metrics = _messaging.MessagingMetrics(CollectorRegistry(), max_values=2)
+    before = _value("pyobs_cardinality_overflow_total")
+    assert [metrics.destination(q) for q in ("a", "b", "a", "c", "d")] == [
+        "a", "b", "a", "<overflow>", "<overflow>",
+    ]  # fmt: skip
+    assert _value("pyobs_cardinality_overflow_total") == before + 2
