@@ -93,6 +93,7 @@ class MessagingMetrics:
         from prometheus_client import Counter, Gauge, Histogram
 
         self.registry = registry
+        self.prefix = prefix
         self.max_values = max_values
         p = prefix
         self.sent = Counter(
@@ -298,10 +299,11 @@ def get_metrics() -> MessagingMetrics:
     registry = config.metrics_registry if config.metrics_registry is not None else REGISTRY
     with _metrics_lock:
         found = _metrics
-        if found is None or found.registry is not registry:
+        if found is None or found.registry is not registry or found.prefix != config.metrics_prefix:
             if found is not None:
                 found.unregister()
             found = _metrics = MessagingMetrics(registry, config.metrics_prefix, config.max_routes)
+        found.max_values = config.max_routes
         _built_for = config
         return found
 
