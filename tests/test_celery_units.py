@@ -341,3 +341,22 @@ def test_destinations_beyond_the_cap_become_overflow() -> None:
         "a", "b", "a", "<overflow>", "<overflow>",
     ]  # fmt: skip
     assert _value("pyobs_cardinality_overflow_total") == before + 2
+
+
+def test_the_metrics_prefix_applies_to_the_task_families(app: Any) -> None:
+    """PYOBS_METRICS_PREFIX prefixes the messaging and task families like the HTTP ones."""
+    import pyobs
+
+    pyobs.setup(metrics_prefix="shop_")
+    assert app.tasks["units.double"].apply((1,)).get() == 2
+    labels = {"celery_task_name": "units.double", "outcome": "success"}
+    assert _value("shop_pyobs_celery_tasks_total", **labels) == 1
+    assert (
+        _value(
+            "shop_messaging_process_duration_seconds_count",
+            messaging_system="celery",
+            messaging_destination_name="",
+            error_type="",
+        )
+        == 1
+    )
