@@ -248,8 +248,8 @@ def _finish_publish(entry: _Publish, error_type: str) -> None:
 # --- run ---------------------------------------------------------------------------------
 class _Run:
     __slots__ = (
-        "context_token", "counted", "destination", "error", "log_token", "span", "start",
-        "task", "trace_id",
+        "context_token", "counted", "destination", "error", "log_token", "metrics", "span",
+        "start", "task", "trace_id",
     )  # fmt: skip
 
     def __init__(self, task: str) -> None:
@@ -260,6 +260,7 @@ class _Run:
         self.span: _messaging.MessageSpan | None = None
         self.log_token: Any = None
         self.context_token: Any = None
+        self.metrics: Any = None  # the families the run was counted in (ended in the same)
         self.trace_id: str | None = None
         self.start = time.perf_counter()
 
@@ -329,6 +330,7 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any)
             _running[str(task_id)] = run
             if len(_running) > MAX_PENDING:  # postrun never came for the oldest
                 _running.pop(next(iter(_running)))
+        run.metrics = metrics
         metrics.task_started(name)
         run.counted = True
     except Exception as exc:  # noqa: BLE001 - the task runs whatever happens here
@@ -416,7 +418,7 @@ def _postrun(
         return
     # Each signal in its own guard; the active-tasks gauge goes down first, exactly once.
     try:
-        metrics = _messaging.get_metrics()
+        metrics = run.metrics or _messaging.get_metrics()
         if run.counted:
             run.counted = False
             metrics.task_ended(run.task, outcome, duration, run.trace_id)
