@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 _log = logging.getLogger("pyobs")
@@ -30,17 +30,25 @@ def _family_names(family: Any) -> set[str]:
 
 def _pyobs_collectors() -> set[Any]:
     """The collectors that hold pyobs's own metrics."""
-    from pyobs._messaging import current_metrics
     from pyobs.metrics import get_metrics
 
     found: set[Any] = set()
     for value in vars(get_metrics()).values():
         if hasattr(value, "collect") and hasattr(value, "_name"):
             found.add(value)
-    messaging = current_metrics()
-    if messaging is not None:  # the Celery and Kafka families (pyobs/_messaging.py)
-        found.update(messaging.collectors())
+    for source in _own_sources:  # the Celery and Kafka families (pyobs/_messaging.py)
+        found.update(source())
     return found
+
+
+# Other pyobs modules' families, named by a callable each (registered at their import).
+_own_sources: list[Callable[[], Iterable[Any]]] = []
+
+
+def register_own(source: Callable[[], Iterable[Any]]) -> None:
+    """Count the collectors ``source()`` returns as pyobs's own (they win a name clash)."""
+    if source not in _own_sources:
+        _own_sources.append(source)
 
 
 class UniqueFamilies:

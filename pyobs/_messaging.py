@@ -32,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
-from pyobs import _context, _errors, _multiproc
+from pyobs import _context, _errors, _interop, _multiproc
 
 COMPONENT = "messaging"  # pyobs_internal_errors_total{component}
 
@@ -93,6 +93,7 @@ class MessagingMetrics:
         from prometheus_client import Counter, Gauge, Histogram
 
         self.registry = registry
+        self.prefix = prefix
         self.max_values = max_values
         p = prefix
         self.sent = Counter(
@@ -159,6 +160,12 @@ class MessagingMetrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._destinations: set[str] = set()
+        # Each histogram's label names, for its multiprocess exemplar slots.
+        self._label_names: dict[int, tuple[str, ...]] = {
+            id(self.operation_duration): (SYSTEM, OPERATION, DESTINATION, ERROR),
+            id(self.process_duration): SHARED,
+            id(self.task_duration): (TASK, OUTCOME),
+        }
 
     def collectors(self) -> list[Any]:
         """Every family this instance registered (for the exposition's de-duplication)."""
@@ -175,7 +182,8 @@ class MessagingMetrics:
         ]
 
     def destination(self, name: str | None) -> str:
-        """The destination label: at most ``max_values`` distinct ones, then ``<overflow>``."""
+        """The destination label: at most ``max_values`` distinct ones, then ``<overflow>``
+        (counted in ``pyobs_cardinality_overflow_total``)."""
         name = "" if name is None else str(name)[:128]
         if name in self._destinations:
             return name
@@ -185,6 +193,9 @@ class MessagingMetrics:
             if len(self._destinations) < self.max_values:
                 self._destinations.add(name)
                 return name
+        from pyobs.metrics import get_metrics
+
+        get_metrics().cardinality_overflow.inc()  # as for routes (CONTRACT §3)
         return OVERFLOW
 
     def _child(self, metric: Any, labels: tuple[str, ...], buckets: Any = None) -> Any:
@@ -195,9 +206,8 @@ class MessagingMetrics:
             found = metric.labels(*labels)
             if buckets is not None and _multiproc.file_backed():
                 name = metric.describe()[0].name
-                found = _multiproc.ExemplarHistogram(
-                    found, name, metric._labelnames, labels, buckets
-                )
+                names = self._label_names[id(metric)]
+                found = _multiproc.ExemplarHistogram(found, name, names, labels, buckets)
             if len(self._children) < 20_000:
                 self._children[key] = found
         return found
@@ -277,28 +287,42 @@ _metrics_lock = threading.Lock()
 
 def get_metrics() -> MessagingMetrics:
     """The process-wide messaging families, on the registry and prefix pyobs's config names."""
-    global _metrics
+    global _metrics, _built_for
     from pyobs import _state
 
+    found = _metrics
+    if found is not None and _state._config is _built_for:  # the per-message path
+        return found
     config = _state.ensure_setup()
     from prometheus_client import REGISTRY
 
     registry = config.metrics_registry if config.metrics_registry is not None else REGISTRY
-    found = _metrics
-    if found is not None and found.registry is registry:
-        return found
     with _metrics_lock:
         found = _metrics
-        if found is None or found.registry is not registry:
+        if found is None or found.registry is not registry or found.prefix != config.metrics_prefix:
             if found is not None:
                 found.unregister()
             found = _metrics = MessagingMetrics(registry, config.metrics_prefix, config.max_routes)
+        found.max_values = config.max_routes
+        _built_for = config
         return found
 
 
+_built_for: Any = None  # the pyobs config the families were checked against
+
+
 def current_metrics() -> MessagingMetrics | None:
-    """The families if they were made in this process (the exposition asks), else None."""
+    """The families if they were made in this process, else None."""
     return _metrics
+
+
+def _own_collectors() -> list[Any]:
+    found = _metrics
+    return found.collectors() if found is not None else []
+
+
+# On a page shared with OTel's Prometheus exporter, these families are pyobs's (they win).
+_interop.register_own(_own_collectors)
 
 
 def _reset() -> None:

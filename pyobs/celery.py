@@ -35,7 +35,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from pyobs import _integration, _messaging, _state
+from pyobs import _context, _integration, _messaging, _state
 
 SYSTEM = "celery"
 MINIMUM_VERSION = "5.3"
@@ -44,6 +44,14 @@ UNCONFIRMED = "unconfirmed"  # error_type of a publish whose after_task_publish 
 
 _log = logging.getLogger("pyobs")
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 _apps: list[Any] = []  # the instrumented apps (their registered task names bound the label)
 _connected: list[bool] = []
 _logging_connected: list[bool] = []
@@ -79,8 +87,7 @@ def instrument(app: Any, *, logging_setup: bool = True, **options: Any) -> None:
         return
     _messaging.install_log_fields()
 
-    # weak=False: the receivers are module functions, but Celery's default weak references
-    # would also drop a receiver whose module is reloaded.
+    # Strong references (weak=False), as OpenTelemetry's instrumentation connects its own.
     signals.before_task_publish.connect(_before_publish, weak=False)
     signals.after_task_publish.connect(_after_publish, weak=False)
     signals.task_prerun.connect(_prerun, weak=False)
@@ -121,15 +128,23 @@ def otel_active() -> bool:
 
 
 # --- labels ------------------------------------------------------------------------------
+_labels: dict[str, str] = {}  # registered task names already seen (bounded by the apps)
+
+
 def task_label(name: str | None) -> str:
     """The task name when an instrumented app registered it, else ``<unregistered>``."""
-    if name is not None:
-        for app in _apps:
-            try:
-                if name in app.tasks:
-                    return name
-            except Exception:  # noqa: BLE001 - an app that cannot list its tasks yet
-                continue
+    if name is None:
+        return _messaging.UNREGISTERED
+    found = _labels.get(name)
+    if found is not None:
+        return found
+    for app in _apps:
+        try:
+            if name in app.tasks:
+                _labels[name] = name
+                return name
+        except Exception:  # noqa: BLE001 - an app that cannot list its tasks yet
+            continue
     return _messaging.UNREGISTERED
 
 
@@ -233,7 +248,8 @@ def _finish_publish(entry: _Publish, error_type: str) -> None:
 # --- run ---------------------------------------------------------------------------------
 class _Run:
     __slots__ = (
-        "counted", "destination", "error", "log_token", "span", "start", "task", "trace_id",
+        "context_token", "counted", "destination", "error", "log_token", "metrics", "span",
+        "start", "task", "trace_id",
     )  # fmt: skip
 
     def __init__(self, task: str) -> None:
@@ -243,6 +259,8 @@ class _Run:
         self.error: BaseException | None = None
         self.span: _messaging.MessageSpan | None = None
         self.log_token: Any = None
+        self.context_token: Any = None
+        self.metrics: Any = None  # the families the run was counted in (ended in the same)
         self.trace_id: str | None = None
         self.start = time.perf_counter()
 
@@ -260,12 +278,18 @@ def _header(request: Any, name: str) -> Any:
     return value
 
 
+_fields: list[Any] = [None, ()]  # (propagator, the header names it reads), learned once
+
+
 def _carrier(request: Any) -> dict[str, Any]:
     """The headers the configured propagators read, from the task request."""
     from pyobs import tracing
 
+    propagator = tracing.textmap()
+    if propagator is not _fields[0]:
+        _fields[:] = [propagator, tuple(propagator.fields)]
     found: dict[str, Any] = {}
-    for name in tracing.textmap().fields:
+    for name in _fields[1]:
         value = _header(request, name)
         if isinstance(value, (str, bytes)):
             found[name] = value
@@ -306,18 +330,23 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any)
             _running[str(task_id)] = run
             if len(_running) > MAX_PENDING:  # postrun never came for the oldest
                 _running.pop(next(iter(_running)))
+        run.metrics = metrics
         metrics.task_started(name)
         run.counted = True
     except Exception as exc:  # noqa: BLE001 - the task runs whatever happens here
         _messaging.report(exc, "celery.task_prerun")
         return
     run.destination = destination
-    with _messaging.guard("celery.task_prerun metrics"):
+    # Each signal in its own guard (try/except: a context manager costs a microsecond).
+    try:
         metrics.record_consumed(SYSTEM, destination)
         wait = _queue_wait(request)
         if wait is not None:
             metrics.record_queue_wait(SYSTEM, destination, wait)
-    with _messaging.guard("celery.task_prerun span"):
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_prerun metrics")
+    parent = None
+    try:
         parent = _messaging.extract(_carrier(request))
         if otel_active():
             # OTel's CONSUMER span carries the trace; the exemplar takes the trace it joins.
@@ -334,22 +363,35 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any)
                 attributes={"celery.task_name": str(getattr(task, "name", ""))[:256]},
             )
             run.trace_id = run.span.trace_id
-    with _messaging.guard("celery.task_prerun logs"):
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_prerun span")
+        if parent is not None and run.span is None:
+            # No span of its own: the task's logs still carry the request's trace.
+            run.context_token = _attach(parent)
+    try:
         run.log_token = _messaging.set_log_fields(
             {"celery_task_id": str(task_id), "celery_task_name": name}
         )
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_prerun logs")
 
 
 def _failure(sender: Any = None, task_id: Any = None, exception: Any = None, **_: Any) -> None:
-    run = _running.get(str(task_id))
-    if run is not None and isinstance(exception, BaseException):
-        run.error = exception
+    try:
+        run = _running.get(str(task_id))
+        if run is not None and isinstance(exception, BaseException):
+            run.error = exception
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_failure")
 
 
 def _retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    run = _running.get(str(getattr(request, "id", None)))
-    if run is not None:
-        run.error = reason if isinstance(reason, BaseException) else None
+    try:
+        run = _running.get(str(getattr(request, "id", None)))
+        if run is not None:
+            run.error = reason if isinstance(reason, BaseException) else None
+    except Exception as exc:  # noqa: BLE001
+        _messaging.report(exc, "celery.task_retry")
 
 
 _OUTCOMES = {"SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry"}
@@ -358,38 +400,54 @@ _OUTCOMES = {"SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry"}
 def _postrun(
     sender: Any = None, task_id: Any = None, task: Any = None, state: Any = None, **_: Any
 ) -> None:
-    with _lock:
-        run = _running.pop(str(task_id), None)
-    if run is None:
-        return
-    duration = time.perf_counter() - run.start
-    outcome = _OUTCOMES.get(str(state), str(state).lower()[:32] if state else "unknown")
-    error = run.error if outcome != "success" else None
-    error_type = ""
-    if outcome == "retry":
-        error_type = "Retry"
-    elif outcome != "success":
-        error_type = _messaging.error_type(error) if error is not None else outcome
-    metrics: Any = None
     try:
-        metrics = _messaging.get_metrics()
+        with _lock:
+            run = _running.pop(str(task_id), None)
+        if run is None:
+            return
+        duration = time.perf_counter() - run.start
+        outcome = _OUTCOMES.get(str(state), str(state).lower()[:32] if state else "unknown")
+        error = run.error if outcome != "success" else None
+        error_type = ""
+        if outcome == "retry":
+            error_type = "Retry"
+        elif outcome != "success":
+            error_type = _messaging.error_type(error) if error is not None else outcome
+    except Exception as exc:  # noqa: BLE001 - the task's result is already decided
+        _messaging.report(exc, "celery.task_postrun")
+        return
+    # Each signal in its own guard; the active-tasks gauge goes down first, exactly once.
+    try:
+        metrics = run.metrics or _messaging.get_metrics()
         if run.counted:
             run.counted = False
             metrics.task_ended(run.task, outcome, duration, run.trace_id)
+        metrics.record_processed(SYSTEM, run.destination, error_type, duration, run.trace_id)
     except Exception as exc:  # noqa: BLE001
         _messaging.report(exc, "celery.task_postrun metrics")
-    with _messaging.guard("celery.task_postrun metrics"):
-        if metrics is not None:
-            metrics.record_processed(SYSTEM, run.destination, error_type, duration, run.trace_id)
     if run.log_token is not None:
-        with _messaging.guard("celery.task_postrun logs"):
+        try:
             _messaging.reset_log_fields(run.log_token)
+        except Exception as exc:  # noqa: BLE001
+            _messaging.report(exc, "celery.task_postrun logs")
+    if run.context_token is not None:
+        try:
+            _context.detach(run.context_token)
+        except Exception as exc:  # noqa: BLE001
+            _messaging.report(exc, "celery.task_postrun context")
     if run.span is not None:
-        with _messaging.guard("celery.task_postrun span"):
-            if outcome == "retry":
-                _messaging.end_span(run.span, "Retry")
-            else:
-                _messaging.end_span(run.span, error if error is not None else error_type or None)
+        try:
+            failure: BaseException | str | None = error if error is not None else error_type
+            _messaging.end_span(run.span, "Retry" if outcome == "retry" else failure or None)
+        except Exception as exc:  # noqa: BLE001
+            _messaging.report(exc, "celery.task_postrun span")
+
+
+def _attach(context: Any) -> Any:
+    """Make ``context`` current; the token for ``_context.detach``."""
+    from opentelemetry import context as otel_context
+
+    return otel_context.attach(context)
 
 
 # --- the worker --------------------------------------------------------------------------

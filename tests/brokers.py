@@ -183,8 +183,8 @@ def celery_worker(
     stdout, stderr = directory / "worker.out", directory / "worker.err"
 
     def command(port: int) -> list[str]:
+        env["PYOBS_METRICS_PORT"] = str(port)  # the dict start_server hands to Popen
         return [
-            "env", f"PYOBS_METRICS_PORT={port}",
             sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
             "--pool=prefork", f"--concurrency={concurrency}", "-l", "INFO", "-Q", queue,
             "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",

@@ -2,7 +2,7 @@
 
 The worker reads its broker and result backend from ``CELERY_TEST_BROKER``; with
 ``CELERY_TEST_OTEL=1`` OpenTelemetry's own Celery instrumentation is on as well, and with
-``CELERY_TEST_BROKEN=1`` a span processor that raises is added (the fail-alone test).
+``CELERY_TEST_BROKEN=1`` every span processor hook raises (the fail-alone test).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from opentelemetry.sdk.trace import SpanProcessor
 
 import pyobs
 import pyobs.celery
@@ -31,8 +32,8 @@ log = logging.getLogger("tests.celery_app")
 task: Any = app.task
 
 
-class BrokenProcessor:
-    """A span processor whose every hook raises (a broken exporter or processor)."""
+class BrokenProcessor(SpanProcessor):
+    """A span processor whose hooks raise (a broken exporter or processor)."""
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         """Raise, as a broken processor would."""
@@ -42,24 +43,17 @@ class BrokenProcessor:
         """Raise, as a broken exporter behind a simple processor would."""
         raise RuntimeError("span processor on_end broke")
 
-    def shutdown(self) -> None:
-        """Nothing to release."""
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Nothing to flush."""
-        return True
-
-
-if os.environ.get("CELERY_TEST_OTEL") == "1":
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
-
-    pyobs.setup()
-    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
 if os.environ.get("CELERY_TEST_BROKEN") == "1":
     from opentelemetry import trace
 
     pyobs.setup()
     trace.get_tracer_provider().add_span_processor(BrokenProcessor())  # type: ignore[attr-defined]
+if os.environ.get("CELERY_TEST_OTEL") == "1":
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    pyobs.setup()
+    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
 pyobs.celery.instrument(app)
 
 

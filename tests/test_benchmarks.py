@@ -376,3 +376,23 @@ def test_shortcuts_benchmark_times_every_removed_shortcut() -> None:
         direct, public, cost = (float(v) for v in row.split()[-3:])
         assert direct > 0 and public > 0 and abs(public - direct - cost) < 0.002, row
     assert "all removed shortcuts" in out
+
+
+def test_tasks_benchmark_quick_run_measures_every_configuration(tmp_path: Path) -> None:
+    """benchmarks/tasks.py --quick: bare, pyobs and OTel's Celery instrumentation are each
+    measured, and the instrumented ones really recorded every task run."""
+    require_service(importlib.util.find_spec("celery") is not None, "celery is not installed")
+    out = tmp_path / "tasks.json"
+    stdout = _run("--quick", "--json", str(out), script=REPO / "benchmarks" / "tasks.py")
+    assert "pyobs / otel, per task run:" in stdout
+    figures = json.loads(out.read_text())
+    count = figures["count"]
+    signals = figures["signals"]
+    assert set(signals) == {"bare", "pyobs", "otel"}
+    for config in ("bare", "pyobs", "otel"):
+        assert signals[config]["consume_us"] > 0
+        assert signals[config]["publish_us"] > 0
+    # Every run (warm-up included) was counted by pyobs, and both exported their spans.
+    assert signals["pyobs"]["tasks_counted"] == count + count // 10
+    for config in ("pyobs", "otel"):
+        assert signals[config]["spans"] >= count

@@ -20,6 +20,8 @@ from tests.brokers import Worker, celery_worker, redis_url  # noqa: F401 - a fix
 from tests.conftest import import_or_require
 from tests.helpers import alive, wait_until
 
+pytestmark = pytest.mark.service  # a real redis-server and a real worker
+
 import_or_require("celery")
 import_or_require("flask")
 
@@ -94,12 +96,19 @@ def _results(ids: list[str]) -> list[Any]:
     return out
 
 
-def _sent(task_queue: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "messaging_client_sent_messages_total",
-        {"messaging_system": "celery", "messaging_destination_name": task_queue, "error_type": ""},
+def _sent(task_queue: str) -> tuple[float, float]:
+    """(messages sent, publish durations observed) to ``task_queue`` by this process."""
+    labels = {
+        "messaging_system": "celery",
+        "messaging_destination_name": task_queue,
+        "error_type": "",
+    }
+    sent = REGISTRY.get_sample_value("messaging_client_sent_messages_total", labels)
+    timed = REGISTRY.get_sample_value(
+        "messaging_client_operation_duration_seconds_count",
+        {**labels, "messaging_operation_name": "send"},
     )
-    return value or 0.0
+    return sent or 0.0, timed or 0.0
 
 
 def test_tasks_from_a_request_are_one_trace_with_exact_counts(worker: Worker) -> None:
@@ -149,7 +158,8 @@ def test_tasks_from_a_request_are_one_trace_with_exact_counts(worker: Worker) ->
     ]
     assert left == []
     # The enqueuing process counted its own sends.
-    assert _sent(worker.queue) - sent_before == N + 2
+    sent, timed = _sent(worker.queue)
+    assert (sent - sent_before[0], timed - sent_before[1]) == (N + 2, N + 2)
 
     # Spans: SERVER (here) -> PRODUCER (here) -> CONSUMER (in a pool process).
     here = span_exporter().get_finished_spans()

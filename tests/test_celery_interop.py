@@ -18,6 +18,8 @@ from tests.conftest import import_or_require
 from tests.helpers import wait_until
 from tests.test_celery import ADD, WAIT, _results, shop
 
+pytestmark = pytest.mark.service  # a real redis-server and a real worker
+
 import_or_require("celery")
 import_or_require("flask")
 import_or_require("opentelemetry.instrumentation.celery")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import SpanProcessor
 from prometheus_client import REGISTRY
 
 from tests.conftest import import_or_require
@@ -142,7 +143,7 @@ def test_headers_carry_the_context_and_the_publish_time() -> None:
     assert _messaging.extract({"traceparent": "garbage"}) is None
 
 
-class _Armed:
+class _Armed(SpanProcessor):
     """A span processor that raises in every hook while armed (the SDK cannot remove one)."""
 
     armed = False
@@ -280,3 +281,82 @@ def test_a_pool_process_forked_during_a_scrape_does_not_keep_the_lock(tmp_path: 
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def test_a_prefork_worker_without_a_multiprocess_directory_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker with several pool processes and no PROMETHEUS_MULTIPROC_DIR: one warning
+    naming the fix; a solo pool: none."""
+    import pyobs
+    import pyobs.celery
+
+    pyobs.setup()
+
+    class Worker:
+        concurrency = 4
+        pool_cls = "celery.concurrency.prefork:TaskPool"
+
+    class Solo:
+        concurrency = 1
+        pool_cls = "solo"
+
+    with caplog.at_level(logging.WARNING, logger="pyobs"):
+        pyobs.celery._worker_init(sender=Solo())
+        assert not [r for r in caplog.records if "PROMETHEUS_MULTIPROC_DIR" in r.getMessage()]
+        pyobs.celery._worker_init(sender=Worker())
+    (line,) = [r for r in caplog.records if "PROMETHEUS_MULTIPROC_DIR" in r.getMessage()]
+    assert "4 pool processes" in line.getMessage()
+
+
+def test_queue_wait_of_a_scheduled_task_starts_at_its_eta() -> None:
+    """A task published with a countdown waits from its ETA, not from its publish time."""
+    from datetime import datetime, timezone
+
+    import pyobs.celery
+
+    class Request:
+        def __init__(self, sent: float, eta: float | None) -> None:
+            self.pyobs_sent_at = repr(sent)
+            self.eta = (
+                None if eta is None else datetime.fromtimestamp(eta, timezone.utc).isoformat()
+            )
+
+    now = time.time()
+    plain = pyobs.celery._queue_wait(Request(now - 10, None))
+    scheduled = pyobs.celery._queue_wait(Request(now - 10, now - 2))
+    assert plain is not None and 10 <= plain < 11
+    assert scheduled is not None and 2 <= scheduled < 3
+
+
+def test_destinations_beyond_the_cap_become_overflow() -> None:
+    """Queue names beyond PYOBS_MAX_ROUTES share <overflow>, counted like routes."""
+    from prometheus_client import CollectorRegistry
+
+    from pyobs import _messaging
+
+    metrics = _messaging.MessagingMetrics(CollectorRegistry(), max_values=2)
+    before = _value("pyobs_cardinality_overflow_total")
+    assert [metrics.destination(q) for q in ("a", "b", "a", "c", "d")] == [
+        "a", "b", "a", "<overflow>", "<overflow>",
+    ]  # fmt: skip
+    assert _value("pyobs_cardinality_overflow_total") == before + 2
+
+
+def test_the_metrics_prefix_applies_to_the_task_families(app: Any) -> None:
+    """PYOBS_METRICS_PREFIX prefixes the messaging and task families like the HTTP ones."""
+    import pyobs
+
+    pyobs.setup(metrics_prefix="shop_")
+    assert app.tasks["units.double"].apply((1,)).get() == 2
+    labels = {"celery_task_name": "units.double", "outcome": "success"}
+    assert _value("shop_pyobs_celery_tasks_total", **labels) == 1
+    assert (
+        _value(
+            "shop_messaging_process_duration_seconds_count",
+            messaging_system="celery",
+            messaging_destination_name="",
+            error_type="",
+        )
+        == 1
+    )

@@ -14,12 +14,10 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.brokers import start_redis
 from tests.conftest import import_or_require, require_service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,51 +59,12 @@ class Downstream:
         self.server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real redis-server on a free loopback port, stopped after the test."""
-    binary = shutil.which("redis-server")
-    require_service(binary is not None, "redis-server missing (scripts/setup.d/40-redis.sh)")
-    assert binary is not None
-    redis: Any = import_or_require("redis")
-    for _attempt in range(5):  # a port taken between choosing and binding: try another
-        port = _free_port()
-        log = tmp_path / f"redis-{port}.log"
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp_path), "--logfile", str(log)],
-        )  # fmt: skip
-        try:
-            client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
-            for _ in range(100):
-                if proc.poll() is not None:
-                    break
-                try:
-                    if client.ping():
-                        break
-                except redis.exceptions.ConnectionError:
-                    time.sleep(0.05)
-            else:
-                raise AssertionError(f"redis-server did not answer: {log.read_text()[-1000:]}")
-            client.close()
-            if proc.poll() is None:
-                yield f"redis://127.0.0.1:{port}/0"
-                return
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-    pytest.fail("redis-server could not bind a free port in 5 attempts")
+    import_or_require("redis")
+    with start_redis(tmp_path) as url:
+        yield url
 
 
 def test_client_and_database_spans_nest_under_the_server_span(
