@@ -22,9 +22,9 @@ import threading
 import time
 from typing import Any
 
-import pyobs.celery
 from celery import Celery
 
+import pyobs.celery
 import pyobs.kafka
 
 QUEUE = os.environ.get("SHOP_QUEUE", "shop")
