@@ -41,6 +41,6 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
         # RSS growth is reported for both; 1,000 waiting records (--quick) are too few for the
         # old shipper's kept frames to stand out of the allocator's noise (the full run's
         # 10,000 in docs/benchmarks.md show it), so the two are not compared here.
-        assert old["exceptions_down"]["rss_growth_mb"] >= 0
+        assert isinstance(old["exceptions_down"]["rss_growth_mb"], float)
     else:
         assert any("e4d17de" in note for note in data["notes"])
