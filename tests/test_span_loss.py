@@ -31,6 +31,7 @@ from pyobs import ConfigError, _spans
 from pyobs._config import load_config
 from pyobs._otel_env import BatchSettings, batch_settings
 from tests.conftest import import_or_require
+from tests.helpers import wait_until
 from tests.tracing_backends import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,13 +351,26 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda n: app.get_plain(f"/items/{n}"), range(800)))
         assert statuses == [200] * 800
-        with urllib.request.urlopen(f"{app.base}/metrics", timeout=10) as response:
-            page = response.read().decode()
-    served = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in page.splitlines()
-        if line.startswith("http_server_request_duration_seconds_count{")
-    )
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"{app.base}/metrics", timeout=10) as response:
+                return str(response.read().decode())
+
+        def served_on(page: str) -> float:
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in page.splitlines()
+                if line.startswith("http_server_request_duration_seconds_count{")
+            )
+
+        # A request is recorded when the server closes its response, just after the client
+        # has read it: the last one may land a moment after the last answer.
+        def complete_page() -> str | None:
+            page = scrape()
+            return page if served_on(page) >= 800 else None
+
+        page = wait_until(complete_page, 10, "every request on the metrics page")
+    served = served_on(page)
     dropped = {
         m.group(1): float(m.group(2))
         for m in re.finditer(r'^pyobs_spans_dropped_total\{reason="(\w+)"\} (\S+)$', page, re.M)
