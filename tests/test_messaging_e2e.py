@@ -49,6 +49,10 @@ START = 60.0
 DONE = 90.0
 RATE = "$__rate_interval"
 
+# The dashboard generator (grafana-foundation-sdk) needs Python 3.11; the library tests also
+# run on 3.10, where the scenario runs with the committed rules and skips the dashboard test.
+DASHGEN = sys.version_info >= (3, 11)
+
 
 @dataclass
 class Process:
@@ -181,14 +185,18 @@ def _worker_command(queue: str) -> list[str]:
 
 def _prometheus(tmp_path: Path, targets: dict[str, int], stack: contextlib.ExitStack) -> int:
     """A real Prometheus scraping the three processes every second, with the workers rules."""
-    from pyobs._dashgen import workers
-    from tests.prometheus.conftest import start_prometheus, tool
+    from tests.prometheus.conftest import REPO, start_prometheus, tool
 
     tool("prometheus")
     rules = tmp_path / "rules"
     rules.mkdir()
-    rule_file = workers.rule_file(scale=1 / 60)
-    (rules / "pyobs-workers.yml").write_text(yaml.safe_dump(rule_file, sort_keys=False))
+    if DASHGEN:  # the rules with their windows scaled down to the test's minute
+        from pyobs._dashgen import workers
+
+        text = yaml.safe_dump(workers.rule_file(scale=1 / 60), sort_keys=False)
+    else:  # the committed rules (the dashboard test, which reads them, needs the generator)
+        text = (REPO / "prometheus" / "rules" / "pyobs-workers.yml").read_text(encoding="utf-8")
+    (rules / "pyobs-workers.yml").write_text(text)
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules / "*.yml")],
@@ -426,6 +434,7 @@ def _label_values(port: int, expr: str) -> list[str]:
         return list(json.loads(response.read())["data"])
 
 
+@pytest.mark.skipif(not DASHGEN, reason="dashboard generation needs Python 3.11 or newer")
 def test_prometheus_gets_the_exact_counts_and_every_dashboard_query_returns_data(
     shop: Shop,
 ) -> None:
