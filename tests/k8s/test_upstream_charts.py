@@ -102,7 +102,9 @@ def exporter(helm_bin: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def eck(helm_bin: str) -> list[dict[str, Any]]:
     """ECK's operator chart with its defaults, as docs/kubernetes.md installs it."""
-    return _render(chart("eck-operator", "ECK_OPERATOR"), None, "elastic-operator", "elastic-system")
+    return _render(
+        chart("eck-operator", "ECK_OPERATOR"), None, "elastic-operator", "elastic-system"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,11 @@ def service_monitors(helm_bin: str) -> dict[str, list[dict[str, Any]]]:
             ("PodMonitor", {"metrics": {"monitor": {"kind": "PodMonitor"}}}),
         )
     }
+
+
+def _datasources() -> dict[str, Any]:
+    """The datasources ConfigMap of deploy/stack/grafana."""
+    return kube.one(_docs(STACK / "grafana" / "datasources.yaml"), "ConfigMap")
 
 
 def _named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -175,7 +182,7 @@ def test_selector_semantics() -> None:
     assert matches({"matchLabels": {"release": "x"}}, labels)
     assert not matches({"matchLabels": {"release": "y"}}, labels)
     assert not matches({"matchExpressions": [{"key": "team", "operator": "Exists"}]}, labels)
-    spec = {"ruleSelector": {}, "ruleNamespaceSelector": None}
+    spec: dict[str, Any] = {"ruleSelector": {}, "ruleNamespaceSelector": None}
     rule = {"metadata": {"labels": labels}}
     assert selected(spec, "rule", rule, "a", "a") and not selected(spec, "rule", rule, "b", "a")
 
@@ -200,8 +207,7 @@ def test_kube_prometheus_stack_renders_no_grafana(kps: list[dict[str, Any]]) -> 
         (obj["kind"], obj["metadata"]["name"])
         for obj in kps
         if (obj["metadata"].get("labels") or {}).get("helm.sh/chart", "").startswith("grafana-")
-        or obj["kind"] == "Deployment"
-        and "grafana" in obj["metadata"]["name"]
+        or (obj["kind"] == "Deployment" and "grafana" in obj["metadata"]["name"])
     ]
     assert from_subchart == []
 
@@ -228,12 +234,11 @@ def test_our_monitoring_objects_fit_the_installed_operator(
 
     deploy/crds pins an older Prometheus Operator; the cluster gets the chart's.
     """
-    ours = [
-        obj
-        for obj in _docs(STACK / "prometheus" / "rules.yaml")
+    ours = (
+        _docs(STACK / "prometheus" / "rules.yaml")
         + _docs(STACK / "prometheus" / "servicemonitors.yaml")
         + _docs(STACK / "agent" / "prometheus-agent.yaml")
-    ]
+    )
     monitors = service_monitors["ServiceMonitor"] + service_monitors["PodMonitor"]
     assert len(monitors) == 2
     kube.validate(ours + monitors, crd_dir=kps_crds)
@@ -336,13 +341,7 @@ def test_grafana_datasources_reach_the_services_the_charts_create(
     kps: list[dict[str, Any]],
 ) -> None:
     """The Prometheus and Alertmanager URLs of the datasources are Services kps renders."""
-    configmaps = [
-        obj
-        for obj in _docs(STACK / "grafana" / "datasources.yaml")
-        if obj["kind"] == "ConfigMap"
-    ]
-    (configmap,) = configmaps
-    (content,) = configmap["data"].values()
+    (content,) = _datasources()["data"].values()
     urls = {d["uid"]: d["url"] for d in yaml.safe_load(content)["datasources"]}
     for uid in ("prometheus", "alertmanager"):
         match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)/?", urls[uid])
@@ -412,7 +411,7 @@ def test_grafana_sidecars_load_our_configmaps(
     (providers,) = [yaml.safe_load(text)["providers"] for text in provider["data"].values()]
     assert providers[0]["options"]["foldersFromFilesStructure"] is True
     assert providers[0]["options"]["path"] == dashboards["FOLDER"]
-    (source,) = [o for o in _docs(STACK / "grafana" / "datasources.yaml") if o["kind"] == "ConfigMap"]
+    source = _datasources()
     assert matches(
         {"matchLabels": {datasources["LABEL"]: datasources["LABEL_VALUE"]}},
         source["metadata"]["labels"],
@@ -431,7 +430,7 @@ def test_grafana_gets_the_reader_password_the_datasource_uses(
 ) -> None:
     """The Elasticsearch datasource's $GRAFANA_READER_PASSWORD is in Grafana's environment,
     from the stack's Secret; the admin login comes from the same Secret."""
-    (source,) = [o for o in _docs(STACK / "grafana" / "datasources.yaml") if o["kind"] == "ConfigMap"]
+    source = _datasources()
     (content,) = source["data"].values()
     # $NAME and ${NAME} are expanded from the environment; $$ is a literal $.
     referenced = set(re.findall(r"(?<!\$)\$(?!\$)\{?([A-Za-z_][A-Za-z0-9_]*)", content))
@@ -469,12 +468,10 @@ def test_exporter_reads_the_elasticsearch_eck_starts(exporter: list[dict[str, An
     es = kube.one(_docs(STACK / "elastic" / "elasticsearch.yaml"), "Elasticsearch")
     plain = es["spec"]["http"]["tls"]["selfSignedCertificate"]["disabled"] is True
     scheme = "http" if plain else "https"
-    exporter_container = kube.one(exporter, "Deployment")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
-    args = exporter_container.get("command", []) + exporter_container.get("args", [])
+    (container,) = kube.one(exporter, "Deployment")["spec"]["template"]["spec"]["containers"]
+    args = container.get("command", []) + container.get("args", [])
     assert f"--es.uri={scheme}://{es['metadata']['name']}-es-http:9200" in args
-    env = _env(exporter_container)
+    env = _env(container)
     assert env["ES_USERNAME"] == "pyobs_monitor"
     job = kube.one(_docs(STACK / "elastic" / "setup.yaml"), "Job")
     (setup,) = job["spec"]["template"]["spec"]["containers"]
