@@ -484,3 +484,31 @@ def test_exporter_reads_the_elasticsearch_eck_starts(exporter: list[dict[str, An
         if re.match(r"--(es\.(indices|shards|snapshots|slm|ilm|data_stream)|collector\.)", a)
     }
     assert collectors <= set(compose_flags), collectors
+
+
+def test_docs_install_the_charts_rendered_here() -> None:
+    """docs/kubernetes.md installs each chart at the pinned version, under the release name
+    these tests render it with (the names of its objects follow from the release)."""
+    docs = (REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8")
+    pins = _pins()
+    for release, ref, pin in (
+        ("elastic-operator", "elastic/eck-operator", "ECK_OPERATOR"),
+        (
+            "kube-prometheus-stack",
+            "prometheus-community/kube-prometheus-stack",
+            "KUBE_PROMETHEUS_STACK",
+        ),
+        ("grafana", "grafana-community/grafana", "GRAFANA"),
+        (
+            "elasticsearch-exporter",
+            "prometheus-community/prometheus-elasticsearch-exporter",
+            "PROMETHEUS_ELASTICSEARCH_EXPORTER",
+        ),
+    ):
+        command = re.search(
+            rf"helm install (\S+) {re.escape(ref)}\s(?:(?!helm install).)*?--version (\S+)",
+            docs,
+            re.DOTALL,
+        )
+        assert command, f"docs/kubernetes.md does not install {ref} with --version"
+        assert command.groups() == (release, pins[pin]), ref
