@@ -512,3 +512,87 @@ def test_docs_install_the_charts_rendered_here() -> None:
         )
         assert command, f"docs/kubernetes.md does not install {ref} with --version"
         assert command.groups() == (release, pins[pin]), ref
+
+
+# --- no value is silently ignored -----------------------------------------------------------
+
+
+def _unread(ours: Mapping[str, Any], defaults: Any, templates: str, path: str = "") -> list[str]:
+    """Keys of our values that neither the chart's values.yaml nor its templates know.
+
+    Below a key whose default is empty or not a map (free-form: a config, labels, env) any
+    key goes. The charts have no values.schema.json, so helm ignores a misspelt key quietly.
+    """
+    unread = []
+    for key, value in ours.items():
+        where = f"{path}.{key}" if path else key
+        if not isinstance(defaults, dict) or not defaults:
+            break
+        if key in defaults:
+            if isinstance(value, dict):
+                unread += _unread(value, defaults[key], templates, where)
+            continue
+        if not re.search(rf"(?<![\w.])\.Values\.{re.escape(where)}\b", templates):
+            unread.append(where)
+    return unread
+
+
+def test_unread_detects_a_misspelt_key() -> None:
+    """The check is not a rubber stamp: a typo is found, a key read by a template is not."""
+    defaults = {"prometheus": {"prometheusSpec": {"retention": "10d", "externalLabels": {}}}}
+    templates = "{{ .Values.prometheus.prometheusSpec.retentionSize }}"
+    ours = {
+        "prometheus": {
+            "prometheusSpec": {
+                "retension": "30d",
+                "retentionSize": "45GB",
+                "externalLabels": {"stack": "pyobs"},
+            }
+        }
+    }
+    assert _unread(ours, defaults, templates) == ["prometheus.prometheusSpec.retension"]
+
+
+@pytest.mark.parametrize(
+    ("chart_name", "pin", "values_file"),
+    [
+        ("kube-prometheus-stack", "KUBE_PROMETHEUS_STACK", "kube-prometheus-stack.yaml"),
+        ("grafana", "GRAFANA", "grafana.yaml"),
+        (
+            "prometheus-elasticsearch-exporter",
+            "PROMETHEUS_ELASTICSEARCH_EXPORTER",
+            "elasticsearch-exporter.yaml",
+        ),
+    ],
+    ids=["kube-prometheus-stack", "grafana", "elasticsearch-exporter"],
+)
+def test_every_value_we_set_is_one_the_chart_reads(
+    chart_name: str, pin: str, values_file: str, helm_bin: str
+) -> None:
+    """No key of our values file is unknown to its chart (a typo would be ignored silently)."""
+    path = chart(chart_name, pin)
+    defaults = yaml.safe_load((path / "values.yaml").read_text(encoding="utf-8"))
+    templates = "\n".join(
+        p.read_text(encoding="utf-8") for p in sorted(path.glob("templates/**/*")) if p.is_file()
+    )
+    ours = _values(values_file)
+    ours.pop("grafana.ini", None)  # free-form ini sections: checked rendered, below
+    assert _unread(ours, defaults, templates) == []
+
+
+def test_grafana_ini_sections_reach_grafana(grafana: list[dict[str, Any]]) -> None:
+    """Every grafana.ini setting of our values is in the rendered grafana.ini."""
+    rendered = _named(grafana, "ConfigMap", "grafana")["data"]["grafana.ini"]
+    sections: dict[str, dict[str, str]] = {}
+    current = ""
+    for line in rendered.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+        elif " = " in line:
+            key, value = line.split(" = ", 1)
+            sections.setdefault(current, {})[key] = value
+    ours = _values("grafana.yaml")["grafana.ini"]
+    assert ours
+    for section, settings in ours.items():
+        for key, value in settings.items():
+            assert sections[section][key] == str(value).lower(), (section, key)
