@@ -216,11 +216,9 @@ def test_kube_prometheus_stack_renders_no_grafana(kps: list[dict[str, Any]]) -> 
 def test_chart_renders_valid_objects(
     name: str, request: pytest.FixtureRequest, kps_crds: Path
 ) -> None:
-    """Grafana's, the exporter's and ECK's charts render objects that validate.
-
-    Their ServiceMonitors against the CRDs kube-prometheus-stack installs (the operator that
-    reads them); ECK's chart renders no custom resource, only its CRDs and the operator.
-    """
+    """Grafana's, the exporter's and ECK's charts render valid objects."""
+    # ServiceMonitors against the CRDs kube-prometheus-stack installs (the operator that
+    # reads them); ECK's chart renders no custom resource, only its CRDs and the operator.
     objects: list[dict[str, Any]] = request.getfixturevalue(name)
     assert {"Deployment", "StatefulSet"} & {obj["kind"] for obj in objects}
     for version in kube.KUBERNETES_VERSIONS:
@@ -230,10 +228,8 @@ def test_chart_renders_valid_objects(
 def test_our_monitoring_objects_fit_the_installed_operator(
     kps_crds: Path, service_monitors: dict[str, list[dict[str, Any]]]
 ) -> None:
-    """deploy/stack's rules and monitors and the service chart's fit kube-prometheus-stack's CRDs.
-
-    deploy/crds pins an older Prometheus Operator; the cluster gets the chart's.
-    """
+    """pyobs's rules and monitors also fit the newer CRDs kube-prometheus-stack installs."""
+    # deploy/crds pins an older Prometheus Operator; the cluster gets the chart's.
     ours = (
         _docs(STACK / "prometheus" / "rules.yaml")
         + _docs(STACK / "prometheus" / "servicemonitors.yaml")
@@ -268,11 +264,9 @@ def test_prometheus_selects_our_rules_and_monitors(
     exporter: list[dict[str, Any]],
     service_monitors: dict[str, list[dict[str, Any]]],
 ) -> None:
-    """The rendered Prometheus picks up pyobs's PrometheusRules and every monitor that feeds it.
-
-    The rules and Jaeger's monitor go into the stack's namespace, a service's monitor into
-    the service's own, Grafana's and the exporter's come from their charts.
-    """
+    """The rendered Prometheus picks up pyobs's PrometheusRules and every monitor feeding it."""
+    # The rules and Jaeger's monitor go into the stack's namespace, a service's monitor into
+    # the service's own, Grafana's and the exporter's come from their charts.
     prometheus = kube.one(kps, "Prometheus")
     spec, own = prometheus["spec"], prometheus["metadata"]["namespace"]
     rules = _docs(STACK / "prometheus" / "rules.yaml")
@@ -364,7 +358,8 @@ def test_alertmanager_runs_our_config_and_it_passes_amtool(
     data.update(secret.get("stringData") or {})
     config = yaml.safe_load(data["alertmanager.yaml"])
     compose = yaml.safe_load((REPO / "prometheus/alertmanager.yml").read_text(encoding="utf-8"))
-    for key in ("route", "receivers", "inhibit_rules"):
+    assert set(config) == set(compose)
+    for key in ("global", "route", "receivers", "inhibit_rules"):
         assert config[key] == compose[key], key
     template = (REPO / "prometheus/templates/pyobs.tmpl").read_text(encoding="utf-8")
     assert data["pyobs.tmpl"] == template
@@ -392,18 +387,17 @@ def _containers(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_grafana_sidecars_load_our_configmaps(
     grafana: list[dict[str, Any]], kps: list[dict[str, Any]]
 ) -> None:
-    """The dashboard sidecar watches our dashboards' label and folder annotation in every
-    namespace, the datasource sidecar our datasources' label; kps's dashboards come along."""
+    """Grafana's sidecars watch our ConfigMaps' labels and folder annotation, in every namespace."""
     containers = _containers(grafana)
     dashboards = _env(containers["grafana-sc-dashboard"])
     datasources = _env(containers["grafana-sc-datasources"])
     ours = _docs(STACK / "grafana" / "dashboards.yaml")
     assert len(ours) >= 3
     label = {dashboards["LABEL"]: dashboards["LABEL_VALUE"]}
-    for configmap in ours + [c for c in kps if c["kind"] == "ConfigMap"]:
-        assert matches({"matchLabels": label}, configmap["metadata"]["labels"]), configmap[
-            "metadata"
-        ]["name"]
+    # kube-prometheus-stack's own dashboards (forceDeployDashboards) are picked up too.
+    for configmap in ours + kube.by_kind(kps, "ConfigMap"):
+        name = configmap["metadata"]["name"]
+        assert matches({"matchLabels": label}, configmap["metadata"]["labels"]), name
     assert dashboards["NAMESPACE"] == "ALL"
     for configmap in ours:
         assert configmap["metadata"]["annotations"][dashboards["FOLDER_ANNOTATION"]] == "pyobs"
@@ -428,8 +422,7 @@ def test_grafana_sidecars_load_our_configmaps(
 def test_grafana_gets_the_reader_password_the_datasource_uses(
     grafana: list[dict[str, Any]],
 ) -> None:
-    """The Elasticsearch datasource's $GRAFANA_READER_PASSWORD is in Grafana's environment,
-    from the stack's Secret; the admin login comes from the same Secret."""
+    """The datasources' $GRAFANA_READER_PASSWORD reaches Grafana from the stack's Secret."""
     source = _datasources()
     (content,) = source["data"].values()
     # $NAME and ${NAME} are expanded from the environment; $$ is a literal $.
@@ -463,8 +456,8 @@ def test_chart_monitor_scrapes_its_service_as_the_compose_job(
 
 
 def test_exporter_reads_the_elasticsearch_eck_starts(exporter: list[dict[str, Any]]) -> None:
-    """--es.uri is the ECK Service of our Elasticsearch, as pyobs_monitor with the setup Job's
-    password; only compose's collectors, which the monitor role may read, are on."""
+    """The exporter reads ECK's Elasticsearch as pyobs_monitor, with compose's collectors only."""
+    # Only those the monitor role (cluster `monitor`) may read: the others would get a 403.
     es = kube.one(_docs(STACK / "elastic" / "elasticsearch.yaml"), "Elasticsearch")
     plain = es["spec"]["http"]["tls"]["selfSignedCertificate"]["disabled"] is True
     scheme = "http" if plain else "https"
@@ -487,8 +480,8 @@ def test_exporter_reads_the_elasticsearch_eck_starts(exporter: list[dict[str, An
 
 
 def test_docs_install_the_charts_rendered_here() -> None:
-    """docs/kubernetes.md installs each chart at the pinned version, under the release name
-    these tests render it with (the names of its objects follow from the release)."""
+    """docs/kubernetes.md installs each chart at its pinned version, under the tested release."""
+    # The names of a chart's objects follow from the release name.
     docs = (REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8")
     pins = _pins()
     for release, ref, pin in (
