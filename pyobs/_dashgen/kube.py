@@ -293,10 +293,23 @@ def elasticsearch_exporter_values() -> dict[str, Any]:
 
     It logs in as pyobs_monitor (cluster `monitor` only, made by the setup Job); its
     ServiceMonitor gives the targets job and service "elasticsearch", which the stack's
-    alerts select on.
+    alerts select on. It collects what compose's exporter does (cluster health and info,
+    node stats), of every node (`all`: the Service reaches a different node each scrape);
+    the chart's per-index, per-shard and snapshot collectors are off, as in compose: they
+    need index and snapshot privileges pyobs_monitor does not have (each scrape would get a
+    403) and add series per index and shard.
     """
     return {
-        "es": {"uri": f"http://{ECK_NAME}-es-http:9200", "timeout": "10s"},
+        "es": {
+            "uri": f"http://{ECK_NAME}-es-http:9200",
+            "timeout": "10s",
+            "all": True,
+            "indices": False,
+            "indices_settings": False,
+            "indices_mappings": False,
+            "shards": False,
+            "snapshots": False,
+        },
         "env": {"ES_USERNAME": "pyobs_monitor"},
         "extraEnvSecrets": {"ES_PASSWORD": {"secret": CREDENTIALS, "key": "MONITOR_PASSWORD"}},
         "serviceMonitor": {

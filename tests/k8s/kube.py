@@ -213,10 +213,11 @@ _KIND = re.compile(r"^  names:\n(?:    .*\n)*?    kind: (\w+)$", re.MULTILINE)
 
 
 @functools.cache
-def crds() -> dict[tuple[str, str], Crd]:
-    """(group, kind) -> Crd for every YAML under deploy/crds (parsed only when first used)."""
+def crds(directory: Path = CRD_DIR) -> dict[tuple[str, str], Crd]:
+    """(group, kind) -> Crd for every YAML under deploy/crds, or under another directory of
+    CRD files such as an upstream chart's (parsed only when first used)."""
     found: dict[tuple[str, str], Crd] = {}
-    for path in sorted(CRD_DIR.rglob("*.yaml")):
+    for path in sorted(directory.rglob("*.yaml")):
         text = path.read_text(encoding="utf-8")
         group, kind = _GROUP.search(text), _KIND.search(text)
         assert group and kind, f"{path.relative_to(REPO)} is not a CustomResourceDefinition"
@@ -249,10 +250,20 @@ def _describe(obj: Mapping[str, Any]) -> str:
     return f"{obj.get('apiVersion', '?')} {obj.get('kind', '?')} {name!r}"
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
 def problems(
-    objects: Iterable[Mapping[str, Any]], kubernetes_version: str = MIN_KUBERNETES
+    objects: Iterable[Mapping[str, Any]],
+    kubernetes_version: str = MIN_KUBERNETES,
+    crd_dir: Path = CRD_DIR,
 ) -> list[str]:
-    """Every reason these objects would be refused: schema errors, bad names, unknown kinds."""
+    """Every reason these objects would be refused: schema errors, bad names, unknown kinds.
+
+    Custom resources are checked against the CRDs under ``crd_dir`` (deploy/crds unless an
+    upstream chart brings the CRDs its objects are written for).
+    """
     found: list[str] = []
     for obj in objects:
         where = _describe(obj)
@@ -262,7 +273,7 @@ def problems(
             continue
         found += [f"{where}: {p}" for p in _metadata_problems(obj)]
         group = api_version.rpartition("/")[0]
-        crd = crds().get((group, kind))
+        crd = crds(crd_dir).get((group, kind))
         if crd is not None:
             validator = crd.versions.get(api_version)
             if validator is None:
@@ -281,18 +292,20 @@ def problems(
         except kubernetes_validate.SchemaNotFoundError:
             found.append(
                 f"{where}: unknown kind: neither Kubernetes {kubernetes_version} nor a CRD in "
-                "deploy/crds defines it"
+                f"{_shown(crd_dir)} defines it"
             )
     return found
 
 
 def validate(
-    objects: Iterable[Mapping[str, Any]], kubernetes_version: str = MIN_KUBERNETES
+    objects: Iterable[Mapping[str, Any]],
+    kubernetes_version: str = MIN_KUBERNETES,
+    crd_dir: Path = CRD_DIR,
 ) -> None:
     """Raise KubeValidationError listing every problem of these objects (see problems())."""
     objects = list(objects)
     assert objects, "nothing to validate"
-    found = problems(objects, kubernetes_version)
+    found = problems(objects, kubernetes_version, crd_dir)
     if found:
         raise KubeValidationError(
             f"{len(found)} problem(s) against Kubernetes {kubernetes_version}:\n  "

@@ -8,8 +8,8 @@ agent-mode config runs in a real Prometheus agent and remote-writes.
 
 Only a live cluster proves the rest: that kube-prometheus-stack and ECK reconcile these
 objects, that Grafana's sidecars load the ConfigMaps, that the Job succeeds against the
-Elasticsearch ECK starts, and the upstream charts' handling of the values files (those
-charts cannot be downloaded here, so their values are checked only for what they wire).
+Elasticsearch ECK starts. The upstream charts render the values files in
+tests/k8s/test_upstream_charts.py.
 """
 
 from __future__ import annotations
