@@ -103,6 +103,7 @@ def test_every_configuration_was_measured(
         assert row["error"] == "", (config, row["error"])
         assert row["us_per_request"] is not None and row["us_per_request"] > 0, row
         assert row["requests"] >= 32, row
+        assert row["thread_switches_per_request"] >= 0, row
 
 
 @pytest.mark.parametrize("framework", sorted(_apps().FRAMEWORKS))
