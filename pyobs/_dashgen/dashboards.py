@@ -229,28 +229,10 @@ def overview() -> dash.Dashboard:
             )
         )
         .with_panel(
-            heatmap.Panel()
-            .title("Latency heatmap")
-            .description("Request durations; the dots are exemplars linking to their trace.")
-            .datasource(PROMETHEUS)
-            .span(12)
-            .height(8)
-            .with_target(
-                _q(
-                    f"sum by (le) (increase({REQUESTS}_bucket{{{SVC_ROUTE}}}[{RATE}]))",
-                    "{{le}}",
-                )
-                .format(PromQueryFormat.HEATMAP)
-                .exemplar(True)
-            )
-            .calculate(False)
-            .y_axis(heatmap.YAxisConfig().unit("s"))
-            .exemplars_color("rgba(255,0,255,0.7)")
-            .color(
-                heatmap.HeatmapColorOptions()
-                .mode(heatmap_model.HeatmapColorMode.SCHEME)
-                .scheme("Oranges")
-                .steps(64)
+            exemplar_heatmap(
+                "Latency heatmap",
+                "Request durations; the dots are exemplars linking to their trace.",
+                f"sum by (le) (increase({REQUESTS}_bucket{{{SVC_ROUTE}}}[{RATE}]))",
             )
         )
         .with_panel(
@@ -485,3 +467,25 @@ def prometheus_queries(board: dict[str, Any]) -> list[tuple[str, str]]:
             text = query.get("query") if isinstance(query, dict) else query
             out.append((f"${variable['name']}", str(text)))
     return out
+
+
+def exemplar_heatmap(title: str, description: str, expr: str) -> heatmap.Panel:
+    """A full-width duration heatmap of ``expr`` (buckets by ``le``) with exemplars shown."""
+    return (
+        heatmap.Panel()
+        .title(title)
+        .description(description)
+        .datasource(PROMETHEUS)
+        .span(12)
+        .height(8)
+        .with_target(_q(expr, "{{le}}").format(PromQueryFormat.HEATMAP).exemplar(True))
+        .calculate(False)
+        .y_axis(heatmap.YAxisConfig().unit("s"))
+        .exemplars_color("rgba(255,0,255,0.7)")
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(heatmap_model.HeatmapColorMode.SCHEME)
+            .scheme("Oranges")
+            .steps(64)
+        )
+    )

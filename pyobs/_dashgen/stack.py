@@ -47,10 +47,18 @@ class StackAlert:
             "annotations": {
                 "summary": self.summary,
                 "description": self.description,
-                "runbook_url": f"{slo.RUNBOOK_URL}#{self.name.lower()}",
-                "dashboard_url": f"{slo.GRAFANA_URL}/d/{STACK_UID}",
+                "runbook_url": self.runbook_url(),
+                "dashboard_url": self.dashboard_url(),
             },
         }
+
+    def runbook_url(self) -> str:
+        """Where the alert's runbook section is."""
+        return f"{slo.RUNBOOK_URL}#{self.name.lower()}"
+
+    def dashboard_url(self) -> str:
+        """The dashboard to open when the alert fires."""
+        return f"{slo.GRAFANA_URL}/d/{STACK_UID}"
 
 
 ALERTS = (

@@ -9,19 +9,16 @@ used here to them, so no panel queries a series nobody emits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import heatmap
 from grafana_foundation_sdk.models import dashboard as model
-from grafana_foundation_sdk.models import heatmap as heatmap_model
-from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from pyobs import _messaging
 from pyobs._dashgen import dashboards as d
 from pyobs._dashgen import slo
 from pyobs._dashgen.slo import scale_durations, scaled
+from pyobs._dashgen.stack import StackAlert
 
 WORKERS_UID = "pyobs-workers"
 RULE_FILE = "pyobs-workers.yml"
@@ -84,38 +81,17 @@ QUEUE_WAIT_SECONDS = 60.0
 QUANTILES = ((0.5, "A"), (0.95, "B"), (0.99, "C"))
 
 
-@dataclass(frozen=True)
-class WorkerAlert:
-    """One Prometheus alerting rule on the workers of a service."""
+class WorkerAlert(StackAlert):
+    """One Prometheus alerting rule on the workers of a service (labels and annotations as
+    the stack's alerts), its runbook in docs/workers-dashboard.md."""
 
-    name: str
-    expr: str
-    for_: str
-    severity: str
-    summary: str
-    description: str
-    labels: dict[str, str] = field(default_factory=dict)
+    def runbook_url(self) -> str:
+        """The runbook section in docs/workers-dashboard.md."""
+        return f"{RUNBOOK_URL}#{self.name.lower()}"
 
-    def rule(self) -> dict[str, Any]:
-        """The rule as Prometheus reads it (the labels and annotations of pyobs's alerts)."""
-        return {
-            "alert": self.name,
-            "expr": self.expr,
-            "for": self.for_,
-            "labels": {
-                "severity": self.severity,
-                "notify": "page" if self.severity == "critical" else "ticket",
-                **self.labels,
-            },
-            "annotations": {
-                "summary": self.summary,
-                "description": self.description,
-                "runbook_url": f"{RUNBOOK_URL}#{self.name.lower()}",
-                "dashboard_url": (
-                    f"{slo.GRAFANA_URL}/d/{WORKERS_UID}?var-service={{{{ $labels.service }}}}"
-                ),
-            },
-        }
+    def dashboard_url(self) -> str:
+        """The workers dashboard, showing the alerting service."""
+        return f"{slo.GRAFANA_URL}/d/{WORKERS_UID}?var-service={{{{ $labels.service }}}}"
 
 
 def _ratio(part: str, whole: str) -> str:
@@ -269,27 +245,6 @@ def _variable(name: str, label: str, query: str) -> dash.QueryVariable:
     )
 
 
-def _heatmap(title: str, description: str, expr: str) -> heatmap.Panel:
-    return (
-        heatmap.Panel()
-        .title(title)
-        .description(description)
-        .datasource(d.PROMETHEUS)
-        .span(12)
-        .height(8)
-        .with_target(d._q(expr, "{{le}}").format(PromQueryFormat.HEATMAP).exemplar(True))
-        .calculate(False)
-        .y_axis(heatmap.YAxisConfig().unit("s"))
-        .exemplars_color("rgba(255,0,255,0.7)")
-        .color(
-            heatmap.HeatmapColorOptions()
-            .mode(heatmap_model.HeatmapColorMode.SCHEME)
-            .scheme("Oranges")
-            .steps(64)
-        )
-    )
-
-
 def _percentiles(metric: str, selector: str, by: str, legend: str) -> list[Any]:
     return [
         d._q(
@@ -408,7 +363,7 @@ def dashboard() -> dash.Dashboard:
             )
         )
         .with_panel(
-            _heatmap(
+            d.exemplar_heatmap(
                 "Task duration heatmap",
                 "Task run times; the dots are exemplars linking to the task's trace (the "
                 "request that enqueued it, the publish and the run).",
@@ -526,7 +481,7 @@ def dashboard() -> dash.Dashboard:
             )
         )
         .with_panel(
-            _heatmap(
+            d.exemplar_heatmap(
                 "Consumer processing heatmap",
                 "Processing times of consumed records; the dots are exemplars linking to the "
                 "record's trace.",
