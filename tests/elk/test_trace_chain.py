@@ -56,13 +56,27 @@ def _scraped_all(prom_port: int, job: str, sent: int) -> bool:
     return bool(result) and float(result[0]["value"][1]) == sent
 
 
-def _serving_pids(output: Path) -> set[int]:
-    """The processes that wrote an access line to the service's output so far."""
+def _exemplars_after(prom_port: int, job: str, since: float, sent: int) -> list[dict[str, Any]]:
+    """The stored exemplars, once Prometheus has scraped a page counting all `sent`."""
+    wait_until(
+        functools.partial(_scraped_all, prom_port, job, sent),
+        60,
+        f"a scrape that counts all {sent} requests",
+    )
+    return _exemplars(prom_port, job, since)
+
+
+def _pids_of(output: Path, exemplars: list[dict[str, Any]]) -> set[int]:
+    """The processes whose access lines (in the service's output) carry the exemplars'
+    trace ids."""
+    wanted = {e["labels"]["trace_id"] for e in exemplars}
     pids = set()
     for line in output.read_text(errors="replace").splitlines():
         if '"pyobs.access"' in line:
             with contextlib.suppress(ValueError, KeyError):
-                pids.add(int(json.loads(line)["process.pid"]))
+                record = json.loads(line)
+                if record["trace.id"] in wanted:
+                    pids.add(int(record["process.pid"]))
     return pids
 
 
@@ -132,22 +146,18 @@ def test_exemplar_to_trace_to_logs(
                 assert app.get_plain(f"/items/{n % 7 + 1}") == 200
                 time.sleep(0.05)
             sent = REQUESTS
-            # The kernel may hand every connection to one worker on a busy machine: keep
-            # sending concurrent rounds (bounded) until at least two workers have served.
-            for _ in range(20 if workers else 0):
-                if len(_serving_pids(app.output)) >= 2:
+            exemplars = _exemplars_after(prometheus.port, service, since, sent)
+            # The merged page shows one exemplar per bucket, the newest of any worker, and
+            # the kernel may hand most connections to one worker: keep sending concurrent
+            # rounds, one scrape apart (bounded), until the stored exemplars name two workers.
+            for _ in range(30 if workers else 0):
+                if len(_pids_of(app.output, exemplars)) >= 2:
                     break
                 with ThreadPoolExecutor(4) as pool:
                     statuses = list(pool.map(app.get_plain, ["/items/1"] * 8))
                 assert statuses == [200] * 8
                 sent += 8
-                time.sleep(0.2)
-            wait_until(
-                functools.partial(_scraped_all, prometheus.port, service, sent),
-                60,
-                f"a scrape that counts all {sent} requests",
-            )
-            exemplars = _exemplars(prometheus.port, service, since)
+                exemplars = _exemplars_after(prometheus.port, service, since, sent)
             assert len(exemplars) >= 2, exemplars
             timings["exemplars in Prometheus"] = time.monotonic() - started
         finally:
