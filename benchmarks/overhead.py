@@ -60,6 +60,10 @@ FULL_TARGET = 0.25  # pyobs-full vs the OTel contrib instrumentation
 # An extra row (--log-file): pyobs-full with its access log written to a file, as in
 # production, instead of /dev/null.
 LOG_FILE_CONFIG = "pyobs-full+log-file"
+# An extra row (--sdk-bsp): pyobs-full on the SDK's own BatchSpanProcessor (512-span batches),
+# as when the app installs its own provider and pyobs adopts it.
+SDK_BSP_CONFIG = "pyobs-full+sdk-bsp"
+FULL_VARIANTS = (LOG_FILE_CONFIG, SDK_BSP_CONFIG)
 
 
 # ======================================================================================
@@ -410,8 +414,9 @@ class Bench:
             if name.startswith(("PYOBS_", "OTEL_")):
                 del os.environ[name]
         self.config = config
-        if config == LOG_FILE_CONFIG:
-            config = "pyobs-full"  # the same app and setup; only stdout differs
+        sdk_bsp = config in (SDK_BSP_CONFIG, "otel-contrib")
+        if config in FULL_VARIANTS:
+            config = "pyobs-full"  # the same app and setup; only stdout or the processor differ
         self.exporter: _CountingDropExporter | None = None
         if config in ("pyobs-full", "otel-contrib"):
             from opentelemetry import trace
@@ -419,11 +424,17 @@ class Bench:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+            from pyobs._spans import batch_processor
+
             self.exporter = _CountingDropExporter()
-            # As in production: the SDK's batch processor (spans leave on its own thread), and a
-            # resource naming the service, as pyobs.setup(service_name=...) below does.
+            # As in production: a batch processor (spans leave on its own thread) and a
+            # resource naming the service, as pyobs.setup(service_name=...) below does. The
+            # processor is the one each side installs for an exporter: the SDK's for contrib
+            # (and for the --sdk-bsp row), pyobs's (pyobs/_spans.py) for pyobs.setup().
+            exporter: Any = self.exporter
+            processor = BatchSpanProcessor(exporter) if sdk_bsp else batch_processor(exporter)
             provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
-            provider.add_span_processor(BatchSpanProcessor(self.exporter))  # type: ignore[arg-type]
+            provider.add_span_processor(processor)
             trace.set_tracer_provider(provider)
         if config.startswith("pyobs"):
             import pyobs
@@ -806,9 +817,10 @@ class Worker:
             self.stderr.close()
 
 
-def configs_for(framework: str, log_file: bool = False) -> list[str]:
-    """Every configuration measured for a framework (with --log-file, one row more)."""
+def configs_for(framework: str, log_file: bool = False, sdk_bsp: bool = False) -> list[str]:
+    """Every configuration measured for a framework (--log-file, --sdk-bsp: one row more)."""
     extra = [LOG_FILE_CONFIG] if log_file else []
+    extra += [SDK_BSP_CONFIG] if sdk_bsp else []
     return [*BASE_CONFIGS, *extra, *FRAMEWORKS[framework][2]]
 
 
@@ -847,9 +859,10 @@ def measure_framework(
     limit: int,
     seed: int,
     log_file: bool = False,
+    sdk_bsp: bool = False,
 ) -> list[Worker]:
     """Start every configuration of ``framework``, warm up, then interleave bursts."""
-    workers = [_start(framework, c) for c in configs_for(framework, log_file)]
+    workers = [_start(framework, c) for c in configs_for(framework, log_file, sdk_bsp)]
     live = [w for w in workers if w.proc is not None]
     try:
         for w in live:
@@ -903,7 +916,7 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
     kind = FRAMEWORKS[framework][0]
     by_config = {w.config: w for w in workers}
     bare = median(by_config["bare"])
-    peers = [w for w in workers if w.config not in (*BASE_CONFIGS, LOG_FILE_CONFIG)]
+    peers = [w for w in workers if w.config not in (*BASE_CONFIGS, *FULL_VARIANTS)]
     out.write(f"\n## {framework}  (driven as: {DRIVEN_AS[kind]})\n")
     notes = sorted({w.facts.get("note", "") for w in workers if w.facts.get("note")})
     for note in notes:
@@ -943,7 +956,7 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
         if w.config.startswith("pyobs"):
             routes = [r for r in w.facts.get("pyobs_routes", []) if r != "<unmatched>"]
             extra.append(f"route {routes[0]}" if routes else "NO route recorded")
-            if w.config in ("pyobs-full", LOG_FILE_CONFIG):
+            if w.config in ("pyobs-full", *FULL_VARIANTS):
                 per_request = w.facts.get("access_log_lines", 0) / max(
                     w.facts.get("pyobs_requests", 1), 1
                 )
@@ -970,7 +983,7 @@ def _verdicts(framework: str, by_config: dict[str, Worker], bare: float | None) 
         return None if m is None else m - bare
 
     prom_peers = [
-        c for c in by_config if c not in (*BASE_CONFIGS, LOG_FILE_CONFIG) and c != "otel-contrib"
+        c for c in by_config if c not in (*BASE_CONFIGS, *FULL_VARIANTS) and c != "otel-contrib"
     ]
     pm = added("pyobs-metrics")
     peer_added = [(a, c) for c in prom_peers if (a := added(c)) is not None]
@@ -1007,6 +1020,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--log-file",
         action="store_true",
         help=f"one row more, {LOG_FILE_CONFIG}: pyobs-full with the access log in a file",
+    )
+    parser.add_argument(
+        "--sdk-bsp",
+        action="store_true",
+        help=f"one row more, {SDK_BSP_CONFIG}: pyobs-full on the SDK's own BatchSpanProcessor",
     )
     parser.add_argument(
         "--profile",
@@ -1052,9 +1070,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "# us/req: median over rounds of process CPU microseconds per request (all threads);\n"
         "#   wall: the same in wall-clock time; IQR%: spread of the rounds around the median.\n"
         "# pyobs-metrics: tracing=False, access_log=False.  pyobs-full: metrics + SDK span "
-        "(BatchSpanProcessor, exporter drops) + ECS access log to /dev/null.\n"
-        "# otel-contrib: the same SDK provider/exporter, contrib instrumentation only.\n"
+        "(the batch processor pyobs.setup() installs, exporter drops) + ECS access log to "
+        "/dev/null.\n"
+        "# otel-contrib: the same SDK provider and exporter on the SDK's BatchSpanProcessor, "
+        "contrib instrumentation only.\n"
         f"# {LOG_FILE_CONFIG} (--log-file): pyobs-full, access log to a file on disk.\n"
+        f"# {SDK_BSP_CONFIG} (--sdk-bsp): pyobs-full on the SDK's BatchSpanProcessor.\n"
         "# spans/req: spans exported per request served (fewer than one: spans were lost);\n"
         "#   start: CPU ms of a fresh worker until ready (interpreter, imports, setup, app;\n"
         "#   bare: the framework's own); first request: its CPU ms (first-use work included).\n"
@@ -1065,7 +1086,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
         workers = measure_framework(
-            name, rounds, burst, warmup, limit, args.seed + i, args.log_file
+            name, rounds, burst, warmup, limit, args.seed + i, args.log_file, args.sdk_bsp
         )
         verdicts += report_framework(name, workers, out)
         results[name] = {

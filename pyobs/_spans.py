@@ -49,6 +49,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from pyobs._otel_env import BatchSettings, batch_settings
 
 REASONS = ("queue_full", "export_failed", "shutdown")
+# A batch still not taken this many spans after the SDK woke its export thread: the request
+# thread steps aside for at most NUDGE_WAIT seconds (CountingBatchSpanProcessor._nudge).
+NUDGE_AFTER = 4
+NUDGE_WAIT = 0.005  # CPython's default switch interval
 INTERVAL = 60.0  # seconds between two log lines about dropped spans
 
 _log = logging.getLogger("pyobs")
@@ -134,9 +138,10 @@ DROPPED = _Dropped()
 class _CountingExporter(SpanExporter):
     """The real exporter, with the spans of a failed batch counted as dropped."""
 
-    def __init__(self, inner: SpanExporter, taken: Any) -> None:
+    def __init__(self, inner: SpanExporter, taken: Any, done: Any) -> None:
         self.inner = inner
         self._taken = taken
+        self._done = done
         self.in_flight = 0  # spans of the batch being exported (counted if the process dies)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -150,6 +155,7 @@ class _CountingExporter(SpanExporter):
             result = SpanExportResult.FAILURE
         finally:
             self.in_flight = 0
+            self._done()
         if result is not SpanExportResult.SUCCESS:
             DROPPED.add("export_failed", len(spans))
         return result
@@ -173,10 +179,16 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         self.settings = settings or batch_settings(os.environ)
         self._pending = 0  # spans handed to the SDK that the exporter has not taken yet
         self._pending_lock = threading.Lock()
+        self._progressed = threading.Condition(self._pending_lock)  # see _progress
+        self._progress = 0  # batches the exporter has taken, and exports it has finished
+        self._nudge_at = min(
+            self.settings.max_export_batch_size + NUDGE_AFTER, self.settings.max_queue_size
+        )
+        self._gave_up_at = -1  # _progress when a nudge last waited in vain
         self._closed = False
         self.exporter = exporter
         self._pid = os.getpid()
-        self._counting = _CountingExporter(exporter, self._taken)
+        self._counting = _CountingExporter(exporter, self._taken, self._exported)
         DROPPED.ensure()
         super().__init__(
             self._counting,
@@ -199,29 +211,64 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     def _after_fork(self) -> None:
         # The SDK empties its queue in a forked child; the parent still exports its copy.
         self._pending_lock = threading.Lock()
+        self._progressed = threading.Condition(self._pending_lock)
         self._pending = 0
+        self._gave_up_at = -1
         self._counting.in_flight = 0
         self._pid = os.getpid()
 
     def _taken(self, count: int) -> None:
         with self._pending_lock:
             self._pending = max(0, self._pending - count)
+            self._progress += 1
+            self._progressed.notify_all()
+
+    def _exported(self) -> None:
+        with self._pending_lock:
+            self._progress += 1
+            self._progressed.notify_all()
+
+    def _nudge(self) -> None:
+        """Step aside until the export thread makes progress (at most NUDGE_WAIT).
+
+        The SDK wakes its export thread when a batch is queued, and that thread then needs
+        the GIL. A request thread that releases the GIL only for short system calls (one
+        ``write`` per access line) takes it straight back each time, and CPython forces a
+        switch only after a full switch interval without one: the export thread is woken
+        in vain per request and starved until the queue overflows (docs/benchmarks.md, "The
+        export thread and the GIL"); so is an export whose socket call returned. Blocking
+        here, every NUDGE_AFTER spans while a batch is overdue, lets that thread in until it
+        takes a batch or finishes an export. A wait that ends without either (an export
+        blocked on a slow backend) is not repeated until one happens: a slow backend costs
+        one request at most NUDGE_WAIT per export, and what it cannot take is counted as
+        dropped as before.
+        """
+        with self._progressed:
+            seen = self._progress
+            if seen == self._gave_up_at:
+                return
+            if not self._progressed.wait_for(lambda: self._progress != seen, NUDGE_WAIT):
+                self._gave_up_at = seen
 
     def on_end(self, span: ReadableSpan) -> None:
         """Queue a sampled span, or count it as dropped when the queue is full."""
-        if not (span.context and span.context.trace_flags.sampled):
+        context = span.context
+        if context is None or not context.trace_flags.sampled:
             return
         if self._closed:
             DROPPED.add("shutdown", 1)
             return
         with self._pending_lock:
-            admitted = self._pending < self.settings.max_queue_size
+            pending = self._pending
+            admitted = pending < self.settings.max_queue_size
             if admitted:
-                self._pending += 1
+                self._pending = pending = pending + 1
         if not admitted:
             DROPPED.add("queue_full", 1)
             return
-        super().on_end(span)
+        BatchSpanProcessor.on_end(self, span)
+        if pending >= self._nudge_at and not (pending - self._nudge_at) % NUDGE_AFTER:
+            self._nudge()
 
     def shutdown(self) -> None:
         """Export what is queued (within the SDK's shutdown time); count what is left."""

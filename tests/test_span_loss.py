@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -378,3 +379,88 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
     assert served == 800
     assert dropped["queue_full"] > 0, page
     assert len(slow_receiver.spans) + sum(dropped.values()) == served
+
+
+class _BlockingExporter(TestExporter):
+    """Holds every export until ``release`` is set (an export stuck on a slow backend)."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Wait for the release, then count the batch."""
+        self.entered.set()
+        self.release.wait(10)
+        return super().export(spans)
+
+
+def test_a_starved_export_thread_is_let_in_once_per_export(
+    monkeypatch: pytest.MonkeyPatch, frozen_clock: None
+) -> None:
+    """While a batch is overdue, the thread ending spans steps aside for the export thread
+    (docs/benchmarks.md, "The export thread and the GIL") every NUDGE_AFTER spans, but an
+    export that makes no progress (a slow backend) costs one such wait, not one per span;
+    once the export goes on, every span is exported or counted."""
+    monkeypatch.setattr(_spans, "NUDGE_WAIT", 0.05)
+    exporter = _BlockingExporter()
+    provider = TracerProvider()
+    processor = _spans.CountingBatchSpanProcessor(exporter, SMALL)  # batch 16, queue 64
+    provider.add_span_processor(processor)
+    waits: list[bool] = []
+    real_wait = processor._progressed.wait_for
+
+    def counting_wait(predicate: Any, timeout: float | None = None) -> bool:
+        result = bool(real_wait(predicate, timeout))
+        waits.append(result)
+        return result
+
+    monkeypatch.setattr(processor._progressed, "wait_for", counting_wait)
+    tracer = provider.get_tracer("nudge")
+    before = dropped()
+    for _ in range(16):  # one batch: the SDK wakes its export thread, which takes it
+        tracer.start_span("op").end()
+    assert exporter.entered.wait(10), "the export thread never took the first batch"
+    for _ in range(100):  # far past the queue while that export is stuck
+        tracer.start_span("op").end()
+    assert waits == [False], "one wait in vain while the export is stuck, then none"
+    exporter.release.set()
+    processor.force_flush()
+    provider.shutdown()
+    lost = dropped()["queue_full"] - before["queue_full"]
+    assert lost > 0, "the queue never filled: the test proves nothing"
+    assert exporter.exported + lost == 116
+
+
+def test_the_export_thread_keeps_up_with_a_thread_that_writes_per_span(
+    monkeypatch: pytest.MonkeyPatch, frozen_clock: None
+) -> None:
+    """A request thread that releases the GIL only for one short write per span (an access
+    line to a fast sink) at full speed: every span is exported, none dropped, and every
+    wait for the export thread ended with the batch taken."""
+    monkeypatch.setattr(_spans, "NUDGE_WAIT", 2.0)  # a loaded machine may be slow to switch
+    exporter = TestExporter()
+    provider = TracerProvider()
+    settings = BatchSettings(
+        max_queue_size=256, max_export_batch_size=64, schedule_delay_millis=5000,
+        export_timeout_millis=1000,
+    )  # fmt: skip
+    processor = _spans.CountingBatchSpanProcessor(exporter, settings)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("starve")
+    before = dropped()
+    sink = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for _ in range(20_000):
+            tracer.start_span("op").end()
+            os.write(sink, b'{"message":"GET /items/7 200"}\n')
+    finally:
+        os.close(sink)
+    assert processor._gave_up_at == -1, "a wait for the export thread ended in vain"
+    processor.force_flush()
+    provider.shutdown()
+    assert dropped() == before
+    assert exporter.exported == 20_000
