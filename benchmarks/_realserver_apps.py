@@ -2,7 +2,8 @@
 
 Each worker process imports this module, which builds one configuration of one framework from
 ``_overhead_apps`` (the same apps the in-process benchmark measures), with the span pipeline
-users run in production: the SDK's ``BatchSpanProcessor`` (``OTEL_BSP_*`` honoured) feeding
+users run in production: the batch processor ``pyobs.setup()`` installs (for pyobs) or the
+SDK's ``BatchSpanProcessor`` (for OTel contrib), ``OTEL_BSP_*`` honoured by both, feeding
 either an exporter that counts spans and drops them, or the OTLP exporter (HTTP/protobuf or
 gRPC, configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables) behind a counter.
 
@@ -101,11 +102,13 @@ def _otlp_exporter() -> Any:
     return OTLPSpanExporter()
 
 
-def _install_tracing(facts: Path | None) -> CountingExporter:
+def _install_tracing(facts: Path | None, config: str) -> CountingExporter:
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from pyobs._spans import batch_processor
 
     export = os.environ.get("RB_EXPORT", "drop")
     inner: Any = None
@@ -115,7 +118,10 @@ def _install_tracing(facts: Path | None) -> CountingExporter:
         inner = LeanHttpExporter()
     exporter = CountingExporter(inner, facts)
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
-    provider.add_span_processor(BatchSpanProcessor(exporter))  # type: ignore[arg-type]
+    # The processor each side installs for an exporter: pyobs.setup()'s for pyobs (the SDK's
+    # class with its losses counted, pyobs/_spans.py), the SDK's own for contrib.
+    processor = batch_processor if config.startswith("pyobs") else BatchSpanProcessor
+    provider.add_span_processor(processor(exporter))  # type: ignore[arg-type]
     trace.set_tracer_provider(provider)
     # The SDK registers its own exit hook (shutdown flushes the batch); this one runs first
     # (last registered, first run) only to make sure the counts are written even if that
@@ -150,7 +156,7 @@ def make_app() -> Any:
     config = os.environ["RB_CONFIG"]
     facts = Path(os.environ["RB_FACTS"]) if os.environ.get("RB_FACTS") else None
     if config in ("pyobs-full", "otel-contrib"):
-        _install_tracing(facts)
+        _install_tracing(facts, config)
     if config.startswith("pyobs"):
         import pyobs
 

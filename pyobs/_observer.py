@@ -229,6 +229,7 @@ class RequestObserver:
         self._capture_headers = _capture_header_names()
         # Spans and access logs need every request fact; metrics need method, path, headers.
         self.details = config.tracing or config.access_log
+        self._access_log_on = config.access_log
         self._proxies = bool(config.trusted_proxies)  # client_ip() has work to do
         self._quiet, self._excluded = config.exclusions  # Config.is_excluded, inlined
         redact.configure(config.redact_headers, config.redact_query_params)
@@ -441,7 +442,7 @@ class RequestObserver:
             finally:
                 if guard:
                     _reading.active = False
-        if self.config.access_log:
+        if self._access_log_on:
             try:
                 self._access_log(handle, code, duration, exc)
             except Exception as error:  # noqa: BLE001

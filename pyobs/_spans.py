@@ -47,6 +47,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from pyobs._otel_env import BatchSettings, batch_settings
+from pyobs._span import RequestSpan
 
 REASONS = ("queue_full", "export_failed", "shutdown")
 # A batch still not taken this many spans after the SDK woke its export thread: the request
@@ -252,9 +253,13 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         """Queue a sampled span, or count it as dropped when the queue is full."""
-        context = span.context
-        if context is None or not context.trace_flags.sampled:
-            return
+        if type(span) is RequestSpan:  # pyobs's own span knows whether it is sampled
+            if not span.ids[2]:
+                return
+        else:
+            context = span.context
+            if context is None or not context.trace_flags.sampled:
+                return
         if self._closed:
             DROPPED.add("shutdown", 1)
             return

@@ -158,12 +158,18 @@ def celery_worker(
     concurrency: int = 4,
     max_tasks_per_child: int | None = None,
 ) -> Iterator[Worker]:
-    """``celery -A tests.celery_app worker --pool=prefork`` on a queue of its own.
+    """``celery -A tests.celery_app worker --pool=prefork`` on a queue of its own, with this
+    process's ``tests.celery_app`` pointed at the same broker.
 
     Its metrics are served by the main process on a free ``PYOBS_METRICS_PORT`` with a fresh
     ``PROMETHEUS_MULTIPROC_DIR``; spans go to stderr (console exporter), ECS logs to stdout.
     The whole process tree is ended on exit, failure or timeout.
     """
+    from tests import celery_app
+
+    # This process's Celery app (the enqueuing side) sends to the same broker.
+    celery_app.app.conf.broker_url = broker
+    celery_app.app.conf.result_backend = broker
     queue = f"pyobs-test-{uuid.uuid4().hex[:8]}"
     multiproc = directory / "multiproc"
     multiproc.mkdir(parents=True, exist_ok=True)

@@ -34,22 +34,11 @@ HANG = "tests.celery_app.hang"
 
 
 @pytest.fixture(scope="module")
-def broker(redis_url: str) -> str:  # noqa: F811 - the imported fixture
-    """The session's redis-server; this process's Celery app sends to it."""
-    url = redis_url
-    from tests import celery_app
-
-    celery_app.app.conf.broker_url = url
-    celery_app.app.conf.result_backend = url
-    return url
-
-
-@pytest.fixture(scope="module")
-def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:  # noqa: F811
     """One prefork worker with four pool processes (replaced as they go) for the module."""
     # Each pool process is replaced after 5 tasks: counts must survive the churn.
     directory = tmp_path_factory.mktemp("worker")
-    with celery_worker(broker, directory, max_tasks_per_child=5) as running:
+    with celery_worker(redis_url, directory, max_tasks_per_child=5) as running:
         yield running
 
 

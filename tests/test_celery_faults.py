@@ -28,10 +28,6 @@ N = 8
 @pytest.fixture(scope="module")
 def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:  # noqa: F811
     """A prefork worker whose span processor raises in every hook."""
-    from tests import celery_app
-
-    celery_app.app.conf.broker_url = redis_url
-    celery_app.app.conf.result_backend = redis_url
     directory = tmp_path_factory.mktemp("worker-broken")
     with celery_worker(redis_url, directory, {"CELERY_TEST_BROKEN": "1"}) as running:
         yield running

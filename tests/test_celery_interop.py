@@ -30,10 +30,6 @@ N = 6
 @pytest.fixture(scope="module")
 def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:  # noqa: F811
     """A prefork worker with OTel's Celery instrumentation on as well as pyobs's."""
-    from tests import celery_app
-
-    celery_app.app.conf.broker_url = redis_url
-    celery_app.app.conf.result_backend = redis_url
     directory = tmp_path_factory.mktemp("worker-otel")
     with celery_worker(redis_url, directory, {"CELERY_TEST_OTEL": "1"}) as running:
         yield running

@@ -88,6 +88,7 @@ def test_dashboards_with_fixed_uids() -> None:
     assert len(slo_uids) == 10
     assert uids == {"pyobs-overview", "pyobs-runtime", "pyobs-stack", "pyobs-workers", *slo_uids}
 
+
 def test_overview_has_the_promised_panels() -> None:
     """RED per route, latency heatmap with exemplars, status codes, in-flight, exceptions, logs."""
     board = json.loads((REPO / "dashboards" / "pyobs-overview.json").read_text())
