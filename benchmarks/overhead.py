@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import io
 import json
 import os
@@ -64,6 +65,12 @@ LOG_FILE_CONFIG = "pyobs-full+log-file"
 # as when the app installs its own provider and pyobs adopts it.
 SDK_BSP_CONFIG = "pyobs-full+sdk-bsp"
 FULL_VARIANTS = (LOG_FILE_CONFIG, SDK_BSP_CONFIG)
+# Two rows more (--parts): pyobs-full without its access log, and without its span, so the
+# cost of each signal in context is the difference to pyobs-full.
+NO_LOG_CONFIG = "pyobs-full-no-log"
+NO_SPAN_CONFIG = "pyobs-full-no-span"
+PART_CONFIGS = (NO_LOG_CONFIG, NO_SPAN_CONFIG)
+EXTRA_CONFIGS = (*FULL_VARIANTS, *PART_CONFIGS)
 
 
 # ======================================================================================
@@ -381,6 +388,35 @@ class Burst:
     cpu_ns: int
     bad: int
     switches: int = 0  # voluntary context switches of all the process's threads
+    gc_ns: int = 0  # CPU time the cyclic garbage collector took, all threads
+
+
+class _GcClock:
+    """CPU time spent in the cyclic garbage collector, from ``gc.callbacks`` (every
+    generation, on whichever thread collects): spans waiting in a batch processor's queue
+    survive into older generations and make collections longer and more frequent."""
+
+    def __init__(self) -> None:
+        self.total_ns = 0
+        self._started: dict[int, int] = {}
+        gc.callbacks.append(self._on)
+
+    def _on(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.thread_time_ns()
+        if phase == "start":
+            self._started[info["generation"]] = now
+        else:
+            self.total_ns += now - self._started.pop(info["generation"], now)
+
+
+_gc_clock: _GcClock | None = None
+
+
+def _gc_ns() -> int:
+    global _gc_clock
+    if _gc_clock is None:
+        _gc_clock = _GcClock()
+    return _gc_clock.total_ns
 
 
 def _voluntary_switches() -> int:
@@ -415,10 +451,15 @@ class Bench:
                 del os.environ[name]
         self.config = config
         sdk_bsp = config in (SDK_BSP_CONFIG, "otel-contrib")
-        if config in FULL_VARIANTS:
-            config = "pyobs-full"  # the same app and setup; only stdout or the processor differ
+        tracing = access_log = config.startswith("pyobs-full")
+        if config == NO_LOG_CONFIG:
+            access_log = False
+        elif config == NO_SPAN_CONFIG:
+            tracing = False
+        if config in EXTRA_CONFIGS:
+            config = "pyobs-full"  # the same app; only stdout, processor or signals differ
         self.exporter: _CountingDropExporter | None = None
-        if config in ("pyobs-full", "otel-contrib"):
+        if tracing or config == "otel-contrib":
             from opentelemetry import trace
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
@@ -439,8 +480,7 @@ class Bench:
         if config.startswith("pyobs"):
             import pyobs
 
-            full = config == "pyobs-full"
-            pyobs.setup(service_name="bench", tracing=full, access_log=full)
+            pyobs.setup(service_name="bench", tracing=tracing, access_log=access_log)
 
         self.access_lines = _LineCount()
         self.target = build(framework, config)
@@ -474,6 +514,7 @@ class Bench:
         one = self.one
         count, bad = 0, 0
         switches = _voluntary_switches()
+        collecting = _gc_ns()
         cpu = time.process_time_ns()
         start = time.perf_counter_ns()
         deadline = start + int(seconds * 1e9)
@@ -487,12 +528,13 @@ class Bench:
         wall = time.perf_counter_ns() - start
         self.served += count
         cpu = time.process_time_ns() - cpu
-        return Burst(count, wall, cpu, bad, _voluntary_switches() - switches)
+        return Burst(count, wall, cpu, bad, _voluntary_switches() - switches, _gc_ns() - collecting)
 
     async def _run_async(self, seconds: float, limit: int) -> Burst:
         one = self.one
         count, bad = 0, 0
         switches = _voluntary_switches()
+        collecting = _gc_ns()
         cpu = time.process_time_ns()
         start = time.perf_counter_ns()
         deadline = start + int(seconds * 1e9)
@@ -506,7 +548,7 @@ class Bench:
         wall = time.perf_counter_ns() - start
         self.served += count
         cpu = time.process_time_ns() - cpu
-        return Burst(count, wall, cpu, bad, _voluntary_switches() - switches)
+        return Burst(count, wall, cpu, bad, _voluntary_switches() - switches, _gc_ns() - collecting)
 
     def facts(self) -> dict[str, Any]:
         """What the warm-up proved: spans per request, recorded routes, access log lines."""
@@ -554,6 +596,7 @@ def worker(framework: str, config: str) -> int:
                 "cpu_ns": b.cpu_ns,
                 "bad": b.bad,
                 "switches": b.switches,
+                "gc_ns": b.gc_ns,
             }
             if words[0] == "warmup":
                 reply["facts"] = bench.facts()
@@ -777,6 +820,7 @@ class Worker:
     error: str = ""
     requests: int = 0
     switches: int = 0  # voluntary context switches over the measured bursts
+    gc_ns: int = 0  # CPU time in the cyclic garbage collector over the measured bursts
 
     def ask(self, command: str, timeout: float) -> dict[str, Any]:
         """Send one command; wait at most ``timeout`` seconds for its JSON reply."""
@@ -817,10 +861,13 @@ class Worker:
             self.stderr.close()
 
 
-def configs_for(framework: str, log_file: bool = False, sdk_bsp: bool = False) -> list[str]:
-    """Every configuration measured for a framework (--log-file, --sdk-bsp: one row more)."""
+def configs_for(
+    framework: str, log_file: bool = False, sdk_bsp: bool = False, parts: bool = False
+) -> list[str]:
+    """Every configuration measured for a framework (--log-file, --sdk-bsp, --parts: more)."""
     extra = [LOG_FILE_CONFIG] if log_file else []
     extra += [SDK_BSP_CONFIG] if sdk_bsp else []
+    extra += list(PART_CONFIGS) if parts else []
     return [*BASE_CONFIGS, *extra, *FRAMEWORKS[framework][2]]
 
 
@@ -860,9 +907,10 @@ def measure_framework(
     seed: int,
     log_file: bool = False,
     sdk_bsp: bool = False,
+    parts: bool = False,
 ) -> list[Worker]:
     """Start every configuration of ``framework``, warm up, then interleave bursts."""
-    workers = [_start(framework, c) for c in configs_for(framework, log_file, sdk_bsp)]
+    workers = [_start(framework, c) for c in configs_for(framework, log_file, sdk_bsp, parts)]
     live = [w for w in workers if w.proc is not None]
     try:
         for w in live:
@@ -890,6 +938,7 @@ def measure_framework(
                     w.error = f"{reply['bad']} of {reply['count']} requests not 200"
                 w.requests += reply["count"]
                 w.switches += int(reply.get("switches", 0))
+                w.gc_ns += int(reply.get("gc_ns", 0))
                 w.us_per_request.append(reply["cpu_ns"] / reply["count"] / 1000)
                 w.wall_us.append(reply["ns"] / reply["count"] / 1000)
     finally:
@@ -916,7 +965,7 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
     kind = FRAMEWORKS[framework][0]
     by_config = {w.config: w for w in workers}
     bare = median(by_config["bare"])
-    peers = [w for w in workers if w.config not in (*BASE_CONFIGS, *FULL_VARIANTS)]
+    peers = [w for w in workers if w.config not in (*BASE_CONFIGS, *EXTRA_CONFIGS)]
     out.write(f"\n## {framework}  (driven as: {DRIVEN_AS[kind]})\n")
     notes = sorted({w.facts.get("note", "") for w in workers if w.facts.get("note")})
     for note in notes:
@@ -963,6 +1012,7 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
                 extra.append(f"{per_request:g} access-log lines/req")
         if w.requests:
             extra.append(f"{w.switches / w.requests:.2f} thread switches/req")
+            extra.append(f"gc {w.gc_ns / w.requests / 1000:.2f} us/req")
         if "startup_ms" in w.facts:
             extra.append(
                 f"start {w.facts['startup_ms']:g} ms, first request "
@@ -983,7 +1033,7 @@ def _verdicts(framework: str, by_config: dict[str, Worker], bare: float | None) 
         return None if m is None else m - bare
 
     prom_peers = [
-        c for c in by_config if c not in (*BASE_CONFIGS, *FULL_VARIANTS) and c != "otel-contrib"
+        c for c in by_config if c not in (*BASE_CONFIGS, *EXTRA_CONFIGS) and c != "otel-contrib"
     ]
     pm = added("pyobs-metrics")
     peer_added = [(a, c) for c in prom_peers if (a := added(c)) is not None]
@@ -1025,6 +1075,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sdk-bsp",
         action="store_true",
         help=f"one row more, {SDK_BSP_CONFIG}: pyobs-full on the SDK's own BatchSpanProcessor",
+    )
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help=f"two rows more, {NO_LOG_CONFIG} and {NO_SPAN_CONFIG}: what each signal costs",
     )
     parser.add_argument(
         "--profile",
@@ -1076,7 +1131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "contrib instrumentation only.\n"
         f"# {LOG_FILE_CONFIG} (--log-file): pyobs-full, access log to a file on disk.\n"
         f"# {SDK_BSP_CONFIG} (--sdk-bsp): pyobs-full on the SDK's BatchSpanProcessor.\n"
+        f"# {NO_LOG_CONFIG}, {NO_SPAN_CONFIG} (--parts): pyobs-full without one signal.\n"
         "# spans/req: spans exported per request served (fewer than one: spans were lost);\n"
+        "# gc: CPU us per request in the cyclic garbage collector (part of us/req).\n"
         "#   start: CPU ms of a fresh worker until ready (interpreter, imports, setup, app;\n"
         "#   bare: the framework's own); first request: its CPU ms (first-use work included).\n"
         "# +us: added per request vs bare;  'N of PEER': pyobs's added us / the peer's.\n"
@@ -1086,7 +1143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
         workers = measure_framework(
-            name, rounds, burst, warmup, limit, args.seed + i, args.log_file, args.sdk_bsp
+            name,
+            rounds,
+            burst,
+            warmup,
+            limit,
+            args.seed + i,
+            args.log_file,
+            args.sdk_bsp,
+            args.parts,
         )
         verdicts += report_framework(name, workers, out)
         results[name] = {
@@ -1096,6 +1161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "wall_us_per_request": statistics.median(w.wall_us) if w.wall_us else None,
                 "requests": w.requests,
                 "thread_switches_per_request": w.switches / w.requests if w.requests else None,
+                "gc_us_per_request": w.gc_ns / w.requests / 1000 if w.requests else None,
                 "error": w.error,
                 "facts": w.facts,
             }

@@ -130,6 +130,28 @@ def test_pyobs_configurations_really_observe(
         assert results["otel-contrib"]["facts"]["spans_per_request"] >= 1
 
 
+def test_extra_rows_isolate_each_signal_and_the_span_processor(tmp_path: Path) -> None:
+    """--parts and --sdk-bsp add rows that measure what they say: without the access log
+    (spans, no line), without the span (lines, no span), and pyobs on the SDK's own batch
+    processor; every row reports the garbage collector's share."""
+    out = tmp_path / "extra.json"
+    stdout = _run(
+        "--quick", "--frameworks", "flask", "--parts", "--sdk-bsp", "--json", str(out), timeout=240
+    )
+    rows = json.loads(out.read_text())["frameworks"]["flask"]
+    no_log, no_span = rows["pyobs-full-no-log"]["facts"], rows["pyobs-full-no-span"]["facts"]
+    sdk_bsp = rows["pyobs-full+sdk-bsp"]["facts"]
+    assert no_log["spans_per_request"] == 1 and no_log["access_log_lines"] == 0, no_log
+    assert "spans_per_request" not in no_span, no_span
+    assert no_span["access_log_lines"] == no_span["pyobs_requests"] > 0, no_span
+    assert sdk_bsp["span_scopes"] == {"pyobs": 1}, sdk_bsp
+    assert sdk_bsp["access_log_lines"] == sdk_bsp["pyobs_requests"], sdk_bsp
+    for name, row in rows.items():
+        assert row["error"] == "", (name, row["error"])
+        assert row["gc_us_per_request"] is not None and row["gc_us_per_request"] >= 0, name
+    assert "gc " in stdout and "us/req" in stdout
+
+
 def test_floors_prints_each_building_block() -> None:
     """--floors times a histogram observe, a gauge, an SDK span and an access-log line."""
     out = _run("--floors", "--quick")
