@@ -1133,9 +1133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"# {SDK_BSP_CONFIG} (--sdk-bsp): pyobs-full on the SDK's BatchSpanProcessor.\n"
         f"# {NO_LOG_CONFIG}, {NO_SPAN_CONFIG} (--parts): pyobs-full without one signal.\n"
         "# spans/req: spans exported per request served (fewer than one: spans were lost);\n"
-        "# gc: CPU us per request in the cyclic garbage collector (part of us/req).\n"
         "#   start: CPU ms of a fresh worker until ready (interpreter, imports, setup, app;\n"
         "#   bare: the framework's own); first request: its CPU ms (first-use work included).\n"
+        "# gc: CPU us per request in the cyclic garbage collector (part of us/req).\n"
         "# +us: added per request vs bare;  'N of PEER': pyobs's added us / the peer's.\n"
     )
     out.flush()

@@ -151,9 +151,6 @@ def _install_input_filter() -> None:
             logger.addFilter(_input_filter)
 
 
-UNREAD: Any = object()  # a RequestFacts header field the protocol layer did not read
-
-
 @dataclass(slots=True)
 class RequestFacts:
     """What a protocol layer knows about a request before the app runs."""
@@ -167,11 +164,6 @@ class RequestFacts:
     server_addr: str | None = None
     server_port: int | None = None
     http_version: str = "1.1"
-    # Headers the observer reads on every request, when the protocol layer read them already
-    # (the WSGI environ holds them as plain keys); UNREAD: the observer asks ``headers``.
-    request_id: Any = UNREAD  # X-Request-ID, None when absent
-    user_agent: Any = UNREAD
-    content_length: Any = UNREAD
 
 
 class RequestHandle:
@@ -237,7 +229,6 @@ class RequestObserver:
         self._capture_headers = _capture_header_names()
         # Spans and access logs need every request fact; metrics need method, path, headers.
         self.details = config.tracing or config.access_log
-        self._access_log_on = config.access_log
         self._proxies = bool(config.trusted_proxies)  # client_ip() has work to do
         self._quiet, self._excluded = config.exclusions  # Config.is_excluded, inlined
         redact.configure(config.redact_headers, config.redact_query_params)
@@ -272,9 +263,7 @@ class RequestObserver:
             if method not in STANDARD_METHODS:
                 method = method_label(method)
             # request_id_for(), inlined: this runs on every request.
-            request_id = facts.request_id
-            if request_id is UNREAD:
-                request_id = facts.headers.get("x-request-id")
+            request_id = facts.headers.get("x-request-id")
             if request_id is None or _SAFE_REQUEST_ID.fullmatch(request_id) is None:
                 request_id = "%032x" % _random_bits(128)  # noqa: UP031 - faster than format()
             handle = kind(facts, method, request_id, time.perf_counter())
@@ -292,9 +281,7 @@ class RequestObserver:
                 if client is not None and len(client) > 256:
                     client = client[:256]
                 handle.client = client
-                user_agent = facts.user_agent
-                if user_agent is UNREAD:
-                    user_agent = facts.headers.get("user-agent")
+                user_agent = facts.headers.get("user-agent")
                 if user_agent is not None and len(user_agent) > MAX_FIELD_LENGTH:
                     user_agent = user_agent[:MAX_FIELD_LENGTH]
                 handle.user_agent = user_agent
@@ -454,7 +441,7 @@ class RequestObserver:
             finally:
                 if guard:
                     _reading.active = False
-        if self._access_log_on:
+        if self.config.access_log:
             try:
                 self._access_log(handle, code, duration, exc)
             except Exception as error:  # noqa: BLE001
@@ -504,10 +491,7 @@ class RequestObserver:
             except Exception as error:  # noqa: BLE001
                 _errors.report("metrics", error, "finish")
         try:
-            facts = handle.facts
-            raw_length = facts.content_length
-            if raw_length is UNREAD:
-                raw_length = facts.headers.get("content-length")
+            raw_length = handle.facts.headers.get("content-length")
             if raw_length is not None:  # most requests have no body
                 length = content_length(raw_length)
                 if length is not None:

@@ -47,7 +47,6 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from pyobs._otel_env import BatchSettings, batch_settings
-from pyobs._span import RequestSpan
 
 REASONS = ("queue_full", "export_failed", "shutdown")
 # A batch still not taken this many spans after the SDK woke its export thread: the request
@@ -253,13 +252,8 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         """Queue a sampled span, or count it as dropped when the queue is full."""
-        if type(span) is RequestSpan:  # pyobs's own span knows whether it is sampled
-            if not span.ids[2]:
-                return
-        else:
-            context = span.context
-            if context is None or not context.trace_flags.sampled:
-                return
+        if not (span.context and span.context.trace_flags.sampled):
+            return
         if self._closed:
             DROPPED.add("shutdown", 1)
             return
@@ -271,7 +265,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         if not admitted:
             DROPPED.add("queue_full", 1)
             return
-        BatchSpanProcessor.on_end(self, span)
+        super().on_end(span)
         if pending >= self._nudge_at and not (pending - self._nudge_at) % NUDGE_AFTER:
             self._nudge()
 

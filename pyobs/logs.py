@@ -332,33 +332,6 @@ def direct_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
     and the record takes the normal logging path. With no handler anywhere on the way,
     the record would go to ``logging.lastResort``: direct only when that is a StdoutHandler.
     """
-    # The usual shape first, checked flat (this runs once per access line): a logger and
-    # its parent without handlers or filters, and pyobs's handler alone at the root.
-    parent = logger.parent
-    if (
-        parent is not None
-        and parent.parent is _root
-        and not (logger.handlers or logger.filters or logger.disabled)
-        and logger.propagate
-        and not (parent.handlers or parent.filters or parent.disabled)
-        and parent.propagate
-        and not (_root.filters or _root.disabled)
-    ):
-        # pyobs's handler on the root, or standing in as logging.lastResort (no handler).
-        handlers = _root.handlers
-        handler = handlers[0] if len(handlers) == 1 else None if handlers else logging.lastResort
-        if (
-            type(handler) is StdoutHandler
-            and not handler.filters
-            and level >= handler.level
-            and type(handler.formatter) is ECSFormatter
-        ):
-            return handler
-    return _walk_to_handler(logger, level)
-
-
-def _walk_to_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
-    """direct_handler() for any shape of the logger tree."""
     current = logger
     while not current.handlers:
         if current.filters or current.disabled or not current.propagate:

@@ -64,12 +64,9 @@ class _EnvironHeaders(Mapping[str, str]):
         return self._environ.get(_ENVIRON_KEYS.get(name) or self._key(name), default)
 
     def __contains__(self, name: object) -> bool:
-        key = _ENVIRON_KEYS.get(name)  # type: ignore[call-overload]
-        if key is None:
-            if not isinstance(name, str):
-                return False
-            key = self._key(name)
-        return key in self._environ
+        if not isinstance(name, str):
+            return False
+        return (_ENVIRON_KEYS.get(name) or self._key(name)) in self._environ
 
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
@@ -89,10 +86,7 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
     if not path.isascii():
         path = decoded_path(path)
     if not details:
-        facts = RequestFacts(get("REQUEST_METHOD") or "GET", path, _EnvironHeaders(environ))
-        facts.request_id = get("HTTP_X_REQUEST_ID")
-        facts.content_length = get("CONTENT_LENGTH")
-        return facts
+        return RequestFacts(get("REQUEST_METHOD") or "GET", path, _EnvironHeaders(environ))
     host = get("HTTP_HOST") or get("SERVER_NAME") or ""
     protocol = get("SERVER_PROTOCOL") or "HTTP/1.1"
     port = get("SERVER_PORT")
@@ -106,10 +100,6 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         host.partition(":")[0] or None,
         int(port) if type(port) is str and port.isdigit() else _port(port),
         protocol[5:] if protocol.startswith("HTTP/") else "1.1",
-        # Read here as plain keys: the observer would ask the header view for each.
-        get("HTTP_X_REQUEST_ID"),
-        get("HTTP_USER_AGENT"),
-        get("CONTENT_LENGTH"),
     )
 
 
@@ -254,8 +244,7 @@ class _ObservedBody(RequestHandle):
             if close is not None:
                 close()
         finally:
-            if self.route is None:
-                self.resolve_route()
+            self.resolve_route()
             observer = self._middleware.observer
             if observer is not None:
                 observer.finish(self)
