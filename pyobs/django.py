@@ -196,27 +196,55 @@ class ObservabilityMiddleware:
             handle.exception = None
         # RequestObserver.response_headers(), inlined.
         response[REQUEST_ID_HEADER] = handle.request_id
-        done = [not response.streaming]
+        closer = _Closer(observer, handle, request, response)
         if response.streaming:
             count = _integration.acounted if response.is_async else _integration.counted
-            response.streaming_content = count(
-                handle, response.streaming_content, lambda: done.__setitem__(0, True)
-            )
+            response.streaming_content = count(handle, response.streaming_content, closer.sent)
         else:
             handle.response_bytes = len(response.content)
-
-        close = response.close
-
         # The server (or Django's test client) calls close() once the body is sent.
-        def closed() -> None:
-            try:
-                handle.disconnected = not done[0] and handle.exception is None
-                observer.finish(handle)
-            finally:
-                close()
-
-        response.close = closed
+        response.close = closer
         return response
+
+
+class _Closer:
+    """``response.close`` while pyobs watches the response: records the request, then closes.
+
+    A closure here would be a reference cycle (response -> close -> closure -> the
+    response's own close -> response) left for the cyclic garbage collector on every
+    request; this object undoes its own attribute (and the request's ``_pyobs_handle``) when
+    called, so the response and pyobs's records are freed by reference counting as without
+    pyobs.
+    """
+
+    __slots__ = ("close", "done", "handle", "observer", "request", "response")
+
+    def __init__(self, observer: RequestObserver, handle: Any, request: Any, response: Any) -> None:
+        self.observer = observer
+        self.handle = handle
+        self.request = request
+        self.response = response
+        self.close = response.close  # what close() was before pyobs: called last
+        self.done = not response.streaming  # a streamed body: when its last chunk is sent
+
+    def sent(self) -> None:
+        self.done = True
+
+    def __call__(self) -> None:
+        response, self.response = self.response, None
+        try:
+            handle = self.handle
+            handle.disconnected = not self.done and handle.exception is None
+            self.observer.finish(handle)
+        finally:
+            if response is not None and vars(response).get("close") is self:
+                del response.close  # a second close() is the response's own, as without pyobs
+            # The request no longer leads to pyobs's records: when the app's own objects
+            # form a cycle around the request (DRF's Request does), they are not in it.
+            request, self.request = self.request, None
+            if request is not None and vars(request).get("_pyobs_handle") is self.handle:
+                del request._pyobs_handle
+            self.close()
 
 
 def _http_response(status: int, headers: list[tuple[str, str]], body: bytes) -> Any:
