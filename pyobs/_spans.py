@@ -157,6 +157,9 @@ class _CountingExporter(SpanExporter):
             self.in_flight = 0
             self._done()
         if result is not SpanExportResult.SUCCESS:
+            reason = getattr(self.inner, "last_error", "")  # pyobs's OTLP exporter says why
+            if reason and isinstance(reason, str):
+                DROPPED.last_error = reason
             DROPPED.add("export_failed", len(spans))
         return result
 
@@ -189,6 +192,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         self.exporter = exporter
         self._pid = os.getpid()
         self._counting = _CountingExporter(exporter, self._taken, self._exported)
+        # pyobs's OTLP exporter encodes each span as it ends (pyobs/_otlp.py, pyobs_prepare).
+        self._prepare = getattr(exporter, "pyobs_prepare", None)
+        if self._prepare is not None:
+            exporter.ready_max = 2 * self.settings.max_queue_size  # type: ignore[attr-defined]
         DROPPED.ensure()
         super().__init__(
             self._counting,
@@ -265,6 +272,12 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         if not admitted:
             DROPPED.add("queue_full", 1)
             return
+        prepare = self._prepare
+        if prepare is not None:
+            try:
+                prepare(span)
+            except Exception:  # noqa: BLE001 - encoded again at export, which reports it
+                pass
         super().on_end(span)
         if pending >= self._nudge_at and not (pending - self._nudge_at) % NUDGE_AFTER:
             self._nudge()

@@ -300,7 +300,7 @@ def test_realserver_exports_every_span_to_jaeger(tmp_path: Path) -> None:
     """The export variants deliver one span per request to a real Jaeger, none failed."""
     bench = _realserver_module()
     require_service(bench.JAEGER.exists(), "Jaeger is not built (scripts/setup.d/40-jaeger.sh)")
-    variants = ["otlp-http", "otlp-grpc", "lean-http-gzip"]
+    variants = ["otlp-http", "otlp-grpc", "pyobs-http-gzip"]
     stdout, data = _realserver(
         tmp_path,
         "--setups",
@@ -318,61 +318,8 @@ def test_realserver_exports_every_span_to_jaeger(tmp_path: Path) -> None:
     assert "/ pyobs-full (dropping exporter)" in stdout
 
 
-def test_lean_encoder_writes_what_the_sdk_encoder_builds() -> None:
-    """The benchmark's lean OTLP encoder: the SDK's protobuf classes parse its bytes into
-    exactly the message the SDK's own encoder builds (events, links, state, status)."""
-    encoder = pytest.importorskip("opentelemetry.exporter.otlp.proto.common.trace_encoder")
-    from opentelemetry import trace
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    name = "pyobs_bench_realserver_apps"
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "_realserver_apps.py")
-    assert spec is not None and spec.loader is not None
-    apps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(apps)
-
-    memory = InMemorySpanExporter()
-    resource = Resource.create({"service.name": "lean", "n": 3, "ratio": 1.5, "tags": ["a", "b"]})
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer, other = provider.get_tracer("pyobs", "1.0"), provider.get_tracer("other")
-    remote = trace.SpanContext(
-        0x1234, 0x5678, True, trace.TraceFlags(1), trace.TraceState([("k", "v"), ("a", "b")])
-    )
-    parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
-    attributes: dict[str, Any] = {
-        "http.route": "/items/{id}",
-        "port": 80,
-        "neg": -5,
-        "f": 2.5,
-        "ok": False,
-    }
-    for index in range(3):
-        with tracer.start_as_current_span(
-            "GET /items/{id}",
-            kind=trace.SpanKind.SERVER,
-            attributes={**attributes, "url.path": f"/items/{index}", "seq": [1, index]},
-            context=parent,
-            links=[trace.Link(remote, {"x": index})],
-        ) as span:
-            span.add_event("event", {"e": "v"})
-            span.set_status(trace.Status(trace.StatusCode.ERROR, "bad"))
-            with other.start_as_current_span("child") as child:
-                child.set_status(trace.Status(trace.StatusCode.OK))
-    spans = memory.get_finished_spans()
-    assert len(spans) == 6
-    lean = ExportTraceServiceRequest.FromString(apps.encode_lean(spans))
-    assert lean == encoder.encode_spans(spans)
-
-
 def test_realserver_encode_cost_prints_each_serializer() -> None:
-    """--encode-cost prices the SDK's OTLP encoder, the lean sketch and compression per span."""
+    """--encode-cost prices the SDK's OTLP encoder, pyobs's and compression per span."""
     pytest.importorskip("opentelemetry.exporter.otlp.proto.common.trace_encoder")
     result = subprocess.run(
         [sys.executable, str(REALSERVER), "--encode-cost"],
@@ -383,7 +330,7 @@ def test_realserver_encode_cost_prints_each_serializer() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("SDK OTLP encoder", "lean encoder", "gzip level 9", "gzip level 1"):
+    for name in ("SDK OTLP encoder", "pyobs encoder", "gzip level 9", "gzip level 1"):
         row = next((ln for ln in result.stdout.splitlines() if ln.startswith(name)), None)
         assert row is not None, result.stdout
         assert float(row.split()[-1]) > 0, row

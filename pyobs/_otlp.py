@@ -1,0 +1,550 @@
+"""pyobs's OTLP/HTTP span exporter: the protobuf request written directly, sent with requests.
+
+The SDK's OTLP exporters build a protobuf message object per span, attribute and value before
+serializing it: about 45 us of CPU per span, in the service's own process, as much as
+pyobs's whole span, access line and metrics (docs/benchmarks.md, "Export off the hot
+path"). This exporter writes the same ``ExportTraceServiceRequest`` bytes directly from the
+spans' public ``ReadableSpan`` fields, reusing the bytes of every attribute pair it has seen
+(method, route, scheme, server address repeat from request to request): about 10 us per
+span. tests/test_otlp.py checks that the SDK's own protobuf classes parse its output into
+exactly the message the SDK's encoder builds.
+
+A batch is encoded in slices of ``SLICE`` spans, and the export thread steps aside for a
+moment between slices, so the GIL is never held for more than one slice at a time: a request
+waits at most about a millisecond for an export, not the interpreter's 5 ms switch interval
+per turn (the SDK encodes a batch in one go).
+
+The environment is read as the SDK's OTLP/HTTP exporter reads it (``OTEL_EXPORTER_OTLP_
+[TRACES_]{ENDPOINT,HEADERS,TIMEOUT,COMPRESSION,CERTIFICATE,CLIENT_KEY,CLIENT_CERTIFICATE}``),
+and a failed request is retried as the SDK retries it: 429, 502, 503 and 504 and broken
+connections, with exponential backoff (or the server's Retry-After) within the timeout. It
+sends with ``requests``, which the SDK's exporter also uses: proxies from the environment,
+TLS and client certificates work the same. Spans a collector reports as rejected (OTLP
+partial success) are counted as dropped. ``OTEL_TRACES_EXPORTER=otlp_proto_http`` selects the
+SDK's exporter instead (docs/configuration.md, span export).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import random
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from pyobs._version import __version__
+
+_log = logging.getLogger("pyobs")
+
+SLICE = 128  # spans encoded between two steps aside (see the module docstring)
+STEP_ASIDE = 0.0002  # seconds: long enough for a waiting thread to be scheduled and take the GIL
+RETRYABLE = frozenset({429, 502, 503, 504})
+MAX_ATTEMPTS = 6
+JITTER = 0.2
+DEFAULT_ENDPOINT = "http://localhost:4318"
+DEFAULT_TIMEOUT = 10.0
+
+# -- protobuf wire format -----------------------------------------------------------------
+
+_PACK_D = struct.Struct("<d").pack
+_PACK_Q = struct.Struct("<Q").pack
+_PACK_I = struct.Struct("<I").pack
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_CACHE_MAX = 4096
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2); tags up to 15 (one key byte)."""
+    size = len(payload)
+    if size < 0x80:
+        return bytes((tag << 3 | 2, size)) + payload
+    return bytes((tag << 3 | 2,)) + _varint(size) + payload
+
+
+def _any_value(value: Any) -> bytes:
+    """An AnyValue message for an attribute value, as the SDK's encoder writes it."""
+    if isinstance(value, bool):
+        return b"\x10" + (b"\x01" if value else b"\x00")
+    if isinstance(value, str):
+        return _field(1, value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(f"an integer attribute out of the int64 range: {value}")
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + _PACK_D(value)
+    if isinstance(value, bytes):
+        return _field(7, value)
+    if isinstance(value, Mapping):
+        return _field(6, b"".join(_field(1, _key_value(str(k), v)) for k, v in value.items()))
+    if isinstance(value, Sequence):
+        return _field(5, b"".join(_field(1, _any_value(v)) for v in value))
+    if value is None:
+        return b""
+    raise ValueError(f"an attribute value of type {type(value).__name__}")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    return _field(1, key.encode("utf-8", "surrogatepass")) + _field(2, _any_value(value))
+
+
+class _Encoder:
+    """ExportTraceServiceRequest bytes for ReadableSpans; one per exporter (its caches)."""
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[int, str, type, Any], bytes] = {}  # (tag, key, type, value)
+        self.names: dict[str, bytes] = {}
+        self.resources: dict[int, tuple[Any, bytes]] = {}
+        self.scopes: dict[int, tuple[Any, bytes]] = {}
+
+    def attributes(self, tag: int, attributes: Any) -> bytes:
+        """Repeated KeyValue fields; scalar pairs are encoded once and then reused."""
+        if not attributes:
+            return b""
+        parts = []
+        cache = self.pairs
+        for key, value in attributes.items():
+            kind = type(value)
+            if kind is str or kind is int or kind is float or kind is bool:
+                ident = (tag, key, kind, value)
+                encoded = cache.get(ident)
+                if encoded is None:
+                    if len(cache) >= _CACHE_MAX:
+                        cache.clear()  # bounded: ids and paths must not grow it without end
+                    encoded = cache[ident] = _field(tag, _key_value(key, value))
+                parts.append(encoded)
+            else:
+                parts.append(_field(tag, _key_value(key, value)))
+        return b"".join(parts)
+
+    def span(self, span: ReadableSpan) -> bytes:
+        context = span.context
+        assert context is not None  # a span the SDK ends always has one
+        parts = [
+            b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
+            b"\x12\x08" + context.span_id.to_bytes(8, "big"),
+        ]
+        if context.trace_state:
+            state = ",".join(f"{k}={v}" for k, v in context.trace_state.items())
+            parts.append(_field(3, state.encode()))
+        parent = span.parent
+        if parent is not None:
+            parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+        name = self.names.get(span.name)
+        if name is None:
+            if len(self.names) >= _CACHE_MAX:
+                self.names.clear()
+            name = self.names[span.name] = _field(5, span.name.encode("utf-8", "surrogatepass"))
+        parts.append(name)
+        parts.append(bytes((0x30, span.kind.value + 1)))
+        parts.append(
+            b"\x39" + _PACK_Q(span.start_time or 0) + b"\x41" + _PACK_Q(span.end_time or 0)
+        )
+        parts.append(self.attributes(9, span.attributes))
+        if span.dropped_attributes:
+            parts.append(b"\x50" + _varint(span.dropped_attributes))
+        for event in span.events:
+            body = b"\x09" + _PACK_Q(event.timestamp) + _field(2, event.name.encode())
+            body += self.attributes(3, event.attributes)
+            dropped = getattr(event, "dropped_attributes", 0)
+            if dropped:
+                body += b"\x20" + _varint(dropped)
+            parts.append(_field(11, body))
+        if span.dropped_events:
+            parts.append(b"\x60" + _varint(span.dropped_events))
+        for link in span.links:
+            body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
+            body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
+            body += self.attributes(4, link.attributes)
+            dropped = getattr(link, "dropped_attributes", 0)
+            if dropped:
+                body += b"\x28" + _varint(dropped)
+            body += b"\x35" + _PACK_I(0x300 if link.context.is_remote else 0x100)
+            parts.append(_field(13, body))
+        if span.dropped_links:
+            parts.append(b"\x70" + _varint(span.dropped_links))
+        status = span.status
+        if status.description or status.status_code.value:
+            body = _field(2, status.description.encode()) if status.description else b""
+            if status.status_code.value:
+                body += b"\x18" + _varint(status.status_code.value)
+            parts.append(_field(15, body))
+        else:
+            parts.append(b"\x7a\x00")
+        remote = parent is not None and parent.is_remote
+        parts.append(b"\x85\x01" + _PACK_I(0x300 if remote else 0x100))
+        return _field(2, b"".join(parts))
+
+    def resource(self, resource: Any) -> bytes:
+        cached = self.resources.get(id(resource))
+        if cached is None or cached[0] is not resource:
+            if len(self.resources) >= 64:
+                self.resources.clear()
+            cached = (resource, _field(1, self.attributes(1, resource.attributes)))
+            self.resources[id(resource)] = cached
+        return cached[1]
+
+    def scope(self, scope: Any) -> bytes:
+        """The InstrumentationScope field of a ScopeSpans message."""
+        if scope is None:
+            return _field(1, b"")
+        cached = self.scopes.get(id(scope))
+        if cached is None or cached[0] is not scope:
+            if len(self.scopes) >= 256:
+                self.scopes.clear()
+            head = _field(1, scope.name.encode())
+            if scope.version:
+                head += _field(2, scope.version.encode())
+            head += self.attributes(3, getattr(scope, "attributes", None))
+            cached = self.scopes[id(scope)] = (scope, _field(1, head))
+        return cached[1]
+
+    def request(
+        self,
+        spans: Sequence[ReadableSpan],
+        step_aside: Any = None,
+        ready: dict[int, bytes] | None = None,
+    ) -> bytes:
+        """The whole request; ``step_aside()`` is called between slices of SLICE spans.
+
+        ``ready`` holds spans already encoded when they ended (by id), taken out as used.
+        """
+        # Grouped by identity: a Resource hashes by serializing its attributes to JSON.
+        grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+        for index, span in enumerate(spans):
+            if step_aside is not None and index and not index % SLICE:
+                step_aside()
+            resource = span.resource
+            entry = grouped.get(id(resource))
+            if entry is None:
+                entry = grouped[id(resource)] = (resource, {})
+            scope = span.instrumentation_scope
+            listed = entry[1].get(id(scope))
+            if listed is None:
+                listed = entry[1][id(scope)] = (scope, [])
+            done = ready.pop(id(span), None) if ready else None
+            if done is not None and done.find(_span_id(span), 0, 40) < 0:
+                done = None  # bytes of another span that had this id (it never reached export)
+            listed[1].append(self.span(span) if done is None else done)
+        out = []
+        for resource, by_scope in grouped.values():
+            body = [self.resource(resource)]
+            for scope, encoded in by_scope.values():
+                tail = b""
+                if scope is not None and scope.schema_url:
+                    tail = _field(3, scope.schema_url.encode())
+                body.append(_field(2, self.scope(scope) + b"".join(encoded) + tail))
+            if resource.schema_url:
+                body.append(_field(3, resource.schema_url.encode()))
+            out.append(_field(1, b"".join(body)))
+        return b"".join(out)
+
+
+def _span_id(span: ReadableSpan) -> bytes:
+    context = span.context
+    return b"\x12\x08" + (context.span_id if context is not None else 0).to_bytes(8, "big")
+
+
+def encode(spans: Sequence[ReadableSpan]) -> bytes:
+    """ExportTraceServiceRequest bytes for ``spans`` (a fresh encoder, no stepping aside)."""
+    return _Encoder().request(spans)
+
+
+def _rejected(body: bytes) -> tuple[int, str]:
+    """(rejected spans, message) from an ExportTraceServiceResponse's partial_success."""
+    try:
+        fields = _fields(body)
+        partial = fields.get(1)
+        if not isinstance(partial, bytes):
+            return 0, ""
+        inner = _fields(partial)
+        count = inner.get(1, 0)
+        message = inner.get(2, b"")
+        return (
+            count if isinstance(count, int) else 0,
+            message.decode("utf-8", "replace") if isinstance(message, bytes) else "",
+        )
+    except (IndexError, ValueError):
+        return 0, ""  # not protobuf (a collector answering with text): nothing to read
+
+
+def _fields(data: bytes) -> dict[int, int | bytes]:
+    """Top-level varint and length-delimited fields of a protobuf message (last one wins)."""
+    out: dict[int, int | bytes] = {}
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        tag, wire = key >> 3, key & 7
+        if wire == 0:
+            out[tag], pos = _read_varint(data, pos)
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            out[tag], pos = data[pos : pos + size], pos + size
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+# -- configuration, as the SDK's OTLP/HTTP exporter reads it --------------------------------
+
+
+def _setting(env: Mapping[str, str], name: str) -> str:
+    """OTEL_EXPORTER_OTLP_TRACES_<name>, else OTEL_EXPORTER_OTLP_<name>, else ''."""
+    return (
+        env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}", "").strip()
+        or env.get(f"OTEL_EXPORTER_OTLP_{name}", "").strip()
+    )
+
+
+def endpoint(env: Mapping[str, str]) -> str:
+    """The traces URL: the TRACES endpoint as given, else the base endpoint + /v1/traces."""
+    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if traces:
+        return traces
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or DEFAULT_ENDPOINT
+    return f"{base.removesuffix('/')}/v1/traces"
+
+
+def headers(env: Mapping[str, str]) -> dict[str, str]:
+    """Content type and user agent, then OTEL_EXPORTER_OTLP_[TRACES_]HEADERS (W3C baggage
+    form, percent-decoded; names lower-cased), parsed by the OpenTelemetry API's own parser."""
+    from opentelemetry.util.re import parse_env_headers
+
+    out = {
+        "content-type": "application/x-protobuf",
+        "user-agent": f"pyobs/{__version__} (OTLP/HTTP)",
+    }
+    raw = _setting(env, "HEADERS")
+    try:
+        parsed = parse_env_headers(raw, liberal=True)
+    except TypeError:  # an API before the liberal parser (it then logs what it skips)
+        parsed = parse_env_headers(raw)
+    out.update({name.lower(): value for name, value in parsed.items()})
+    return out
+
+
+def timeout(env: Mapping[str, str]) -> float:
+    """Seconds for one export, retries included (the Python SDK reads the value as seconds)."""
+    raw = _setting(env, "TIMEOUT")
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        _log.warning(
+            "pyobs: OTEL_EXPORTER_OTLP_TIMEOUT=%r is not a positive number of seconds; using %s",
+            raw,
+            DEFAULT_TIMEOUT,
+        )
+        return DEFAULT_TIMEOUT
+    return value
+
+
+def compression(env: Mapping[str, str]) -> str:
+    """none, gzip or deflate (anything else: none, with a warning)."""
+    value = _setting(env, "COMPRESSION").lower() or "none"
+    if value not in ("none", "gzip", "deflate"):
+        _log.warning(
+            "pyobs: OTEL_EXPORTER_OTLP_COMPRESSION=%r is not none, gzip or deflate; "
+            "spans are sent uncompressed",
+            value,
+        )
+        return "none"
+    return value
+
+
+def takes_over(env: Mapping[str, str]) -> bool:
+    """False when a setting only the SDK's exporter implements is present (a credential
+    provider plug-in): pyobs then leaves export to the SDK's exporter."""
+    return not any(
+        env.get(name)
+        for name in (
+            "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+            "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+        )
+    )
+
+
+# -- the exporter ---------------------------------------------------------------------------
+
+
+class OtlpHttpSpanExporter(SpanExporter):
+    """OTLP/HTTP protobuf span exporter with a direct encoder (see the module docstring)."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        import requests
+
+        env = os.environ if env is None else env
+        self.endpoint = endpoint(env)
+        self.timeout = timeout(env)
+        self.compression = compression(env)
+        self.headers = headers(env)
+        if self.compression != "none" and "content-encoding" not in self.headers:
+            self.headers["content-encoding"] = self.compression
+        self._session = requests.Session()
+        self._session.verify = _setting(env, "CERTIFICATE") or True
+        client_cert = _setting(env, "CLIENT_CERTIFICATE")
+        client_key = _setting(env, "CLIENT_KEY")
+        if client_cert:
+            self._session.cert = (client_cert, client_key) if client_key else client_cert
+        self._requests = requests
+        self._encoder = _Encoder()
+        self._ready: dict[int, bytes] = {}  # id(span) -> its bytes, encoded as it ended
+        if hasattr(os, "register_at_fork"):  # a child's queue starts empty: so does this
+            ready = self._ready
+            os.register_at_fork(after_in_child=ready.clear)
+        self._closed = threading.Event()
+        self.last_error = ""  # the last failure, for pyobs's dropped-spans log line
+
+    def pyobs_prepare(self, span: ReadableSpan) -> None:
+        """Encode a span as it ends (pyobs's batch processor calls this from ``on_end``).
+
+        The cost is the same as at export, but spread over the requests instead of taken in
+        one go by the export thread, which then only joins the bytes and sends them: a burst
+        of encoding shares the CPU with the requests of its moment and shows in their
+        latency (docs/benchmarks.md, "Export off the hot path"). A span that is never
+        exported leaves its bytes here until the next cut (twice the queue).
+        """
+        ready = self._ready
+        if len(ready) >= self.ready_max:
+            ready.clear()  # spans that never reached export (a queue cleared by fork)
+        ready[id(span)] = self._encoder.span(span)
+
+    ready_max = 2 * 8192
+
+    def _step_aside(self) -> None:
+        time.sleep(STEP_ASIDE)
+
+    def _body(self, spans: Sequence[ReadableSpan]) -> bytes:
+        body = self._encoder.request(spans, self._step_aside, self._ready)
+        if self.compression == "gzip":
+            return gzip.compress(body, compresslevel=6, mtime=0)
+        if self.compression == "deflate":
+            return zlib.compress(body)
+        return body
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Send one batch; SUCCESS only once the receiver answered 2xx."""
+        if self._closed.is_set():
+            self.last_error = "the exporter is shut down"
+            return SpanExportResult.FAILURE
+        if not spans:
+            return SpanExportResult.SUCCESS
+        try:
+            body = self._body(spans)
+        except Exception as exc:  # noqa: BLE001 - a value the protocol cannot carry
+            self.last_error = f"a span could not be encoded: {exc}"
+            return SpanExportResult.FAILURE
+        deadline = time.monotonic() + self.timeout
+        for attempt in range(MAX_ATTEMPTS):
+            retry_after: float | None = None
+            try:
+                response = self._post(body, deadline)
+            except self._requests.RequestException as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                retryable = isinstance(
+                    exc, (self._requests.ConnectionError, self._requests.Timeout)
+                )
+            else:
+                if 200 <= response.status_code < 300:
+                    self._count_rejected(response.content)
+                    return SpanExportResult.SUCCESS
+                self.last_error = (
+                    f"HTTP {response.status_code} from {self.endpoint}: {response.text[:200]!r}"
+                )
+                retryable = response.status_code in RETRYABLE
+                retry_after = _retry_after(response.headers.get("retry-after"))
+            if not retryable or attempt + 1 == MAX_ATTEMPTS:
+                return SpanExportResult.FAILURE
+            backoff = retry_after
+            if backoff is None:
+                backoff = 2**attempt * random.uniform(1 - JITTER, 1 + JITTER)
+            if backoff > deadline - time.monotonic() or self._closed.wait(backoff):
+                return SpanExportResult.FAILURE
+        return SpanExportResult.FAILURE
+
+    def _post(self, body: bytes, deadline: float) -> Any:
+        remaining = max(deadline - time.monotonic(), 0.001)
+        try:
+            return self._session.post(
+                self.endpoint, data=body, headers=self.headers, timeout=remaining
+            )
+        except self._requests.ConnectionError:
+            # A kept-alive connection the receiver closed in between: once more at once.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise
+            return self._session.post(
+                self.endpoint, data=body, headers=self.headers, timeout=remaining
+            )
+
+    def _count_rejected(self, body: bytes) -> None:
+        count, message = _rejected(body) if body else (0, "")
+        if count > 0:
+            from pyobs._spans import DROPPED
+
+            DROPPED.last_error = f"the receiver rejected {count} span(s): {message[:200]}"
+            DROPPED.add("export_failed", count)
+
+    def shutdown(self) -> None:
+        """Stop retrying and close the connection."""
+        self._closed.set()
+        self._ready.clear()
+        self._session.close()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Nothing is buffered here."""
+        return True
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date), None if absent."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(moment.timestamp() - time.time(), 0.0)
+    return max(seconds, 0.0) if seconds == seconds and seconds != float("inf") else None

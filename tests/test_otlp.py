@@ -1,0 +1,323 @@
+"""pyobs's OTLP/HTTP span exporter (pyobs/_otlp.py): the SDK's request, its settings, its retries.
+
+The receiver here is a real HTTP server on loopback that answers as an OTLP collector would
+(scripted statuses, Retry-After, partial success); delivery to a real Jaeger through
+``pyobs.setup()`` is covered by tests/test_otel_env.py and tests/test_traces_e2e.py. What
+these tests cannot prove: TLS and proxies, which are ``requests``' (the same library and
+settings the SDK's exporter uses).
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import import_or_require
+
+import_or_require("opentelemetry.exporter.otlp.proto.common.trace_encoder")
+
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.resources import Resource  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+
+from pyobs import _otlp  # noqa: E402
+
+
+def _spans(count: int = 3) -> list[ReadableSpan]:
+    """SDK spans with everything a span can carry: events, links, trace state, statuses,
+    array and numeric attributes, two scopes, a remote parent, resource attributes."""
+    memory = InMemorySpanExporter()
+    resource = Resource.create({"service.name": "lean", "n": 3, "ratio": 1.5, "tags": ["a", "b"]})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer, other = provider.get_tracer("pyobs", "1.0"), provider.get_tracer("other")
+    remote = trace.SpanContext(
+        0x1234, 0x5678, True, trace.TraceFlags(1), trace.TraceState([("k", "v"), ("a", "b")])
+    )
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+    attributes: dict[str, Any] = {
+        "http.route": "/items/{id}",
+        "port": 80,
+        "neg": -5,
+        "f": 2.5,
+        "ok": False,
+        "unicode": "café ☕",
+    }
+    for index in range(count):
+        with tracer.start_as_current_span(
+            "GET /items/{id}",
+            kind=trace.SpanKind.SERVER,
+            attributes={**attributes, "url.path": f"/items/{index}", "seq": [1, index]},
+            context=parent,
+            links=[trace.Link(remote, {"x": index})],
+        ) as span:
+            span.add_event("event", {"e": "v", "n": index})
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "bad"))
+            with other.start_as_current_span("child") as child:
+                child.set_status(trace.Status(trace.StatusCode.OK))
+    spans = list(memory.get_finished_spans())
+    assert len(spans) == 2 * count
+    return spans
+
+
+def test_the_encoder_writes_what_the_sdk_encoder_builds() -> None:
+    """The SDK's protobuf classes parse pyobs's bytes into exactly the message the SDK's own
+    encoder builds, for a first batch and for a later one that reuses encoded pairs."""
+    spans = _spans()
+    encoder = _otlp._Encoder()
+    expected = encode_spans(spans)
+    assert ExportTraceServiceRequest.FromString(encoder.request(spans)) == expected
+    assert ExportTraceServiceRequest.FromString(encoder.request(spans)) == expected
+    steps: list[int] = []
+    many = _spans(_otlp.SLICE)  # two spans each: the batch is two slices
+    body = encoder.request(many, lambda: steps.append(1))
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(many)
+    assert len(steps) == 1  # stepped aside between the two slices, not after the last
+
+
+def test_the_encoder_writes_pyobs_request_spans_as_the_sdk_would() -> None:
+    """pyobs's own request spans (RequestSpan), as a Flask request records them."""
+    from pyobs.testing import span_exporter
+    from tests.core_apps import FACTORIES, Client
+
+    import_or_require("flask")
+    client = Client("flask", FACTORIES["flask"]())
+    exporter = span_exporter()
+    exporter.clear()
+    for path in ("/items/1?q=2", "/boom", "/missing"):
+        client.get(path, {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+    spans = list(exporter.get_finished_spans())
+    assert len(spans) == 3
+    parsed = ExportTraceServiceRequest.FromString(_otlp.encode(spans))
+    assert parsed == encode_spans(spans)
+
+
+def test_a_value_the_protocol_cannot_carry_fails_the_batch_with_a_reason() -> None:
+    (span, _child) = _spans(1)
+    span._attributes = {"big": 1 << 70}
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    assert exporter.export([span]) is SpanExportResult.FAILURE
+    assert "int64" in exporter.last_error
+
+
+# -- a scripted OTLP receiver ---------------------------------------------------------------
+
+
+class Receiver:
+    """An OTLP/HTTP receiver on loopback whose answers are scripted per request."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.script: list[tuple[int, dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.posts.append(
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "request": ExportTraceServiceRequest.FromString(body),
+                    }
+                )
+                status, headers, answer = (
+                    receiver.script.pop(0) if receiver.script else (200, {}, b"")
+                )
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_settings_are_read_as_the_sdk_exporter_reads_them(receiver: Receiver) -> None:
+    """Base endpoint + /v1/traces; TRACES_ endpoint as given; headers percent-decoded,
+    TRACES_ over generic; gzip on request; the content type OTLP/HTTP protobuf needs."""
+    spans = _spans(1)
+    exporter = _otlp.OtlpHttpSpanExporter(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base + "/",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=blue,authorization=Bearer%20abc",
+            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        }
+    )
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    other = _otlp.OtlpHttpSpanExporter(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9/unused",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.base + "/custom/traces",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=blue",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-tenant=green",
+        }
+    )
+    assert other.export(spans) is SpanExportResult.SUCCESS
+    first, second = receiver.posts
+    assert first["path"] == "/v1/traces"
+    assert first["headers"]["x-tenant"] == "blue"
+    assert first["headers"]["authorization"] == "Bearer abc"
+    assert first["headers"]["content-encoding"] == "gzip"
+    assert first["headers"]["content-type"] == "application/x-protobuf"
+    assert first["request"] == encode_spans(spans)
+    assert second["path"] == "/custom/traces"
+    assert second["headers"]["x-tenant"] == "green"
+    assert "content-encoding" not in second["headers"]
+
+
+def test_transient_answers_are_retried_and_others_are_not(receiver: Receiver) -> None:
+    """503 then 429 (Retry-After honoured) then 200: one success after three requests;
+    400: one request, a failure that says why."""
+    spans = _spans(1)
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    receiver.script = [(503, {"retry-after": "0"}, b""), (429, {"retry-after": "0.1"}, b"")]
+    started = time.monotonic()
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert len(receiver.posts) == 3
+    assert time.monotonic() - started >= 0.1
+    receiver.script = [(400, {}, b"bad request")]
+    assert exporter.export(spans) is SpanExportResult.FAILURE
+    assert len(receiver.posts) == 4
+    assert "HTTP 400" in exporter.last_error and "bad request" in exporter.last_error
+
+
+def test_an_unreachable_receiver_fails_within_the_timeout() -> None:
+    """Nothing listens: retried with backoff, given up within OTEL_EXPORTER_OTLP_TIMEOUT."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exporter = _otlp.OtlpHttpSpanExporter(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        }
+    )
+    started = time.monotonic()
+    assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
+    assert time.monotonic() - started < 1.5
+    assert "ConnectionError" in exporter.last_error
+
+
+def test_shutdown_stops_a_retry_wait(receiver: Receiver) -> None:
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    receiver.script = [(503, {"retry-after": "5"}, b"")]
+    threading.Timer(0.2, exporter.shutdown).start()
+    started = time.monotonic()
+    assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
+    assert time.monotonic() - started < 2
+    assert exporter.export(_spans(1)) is SpanExportResult.FAILURE  # shut down: not sent
+    assert len(receiver.posts) == 1
+
+
+def test_spans_the_receiver_rejects_are_counted_as_dropped(receiver: Receiver) -> None:
+    """An OTLP partial success (rejected_spans) counts those spans in
+    pyobs_spans_dropped_total{reason="export_failed"}, and a failed batch counts all of its
+    spans, through pyobs's batch processor."""
+    from prometheus_client import REGISTRY
+
+    from pyobs._spans import CountingBatchSpanProcessor
+
+    def dropped() -> float:
+        return (
+            REGISTRY.get_sample_value("pyobs_spans_dropped_total", {"reason": "export_failed"})
+            or 0.0
+        )
+
+    partial = ExportTraceServiceResponse()
+    partial.partial_success.rejected_spans = 2
+    partial.partial_success.error_message = "too old"
+    receiver.script = [(200, {}, partial.SerializeToString()), (400, {}, b"no")]
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    processor = CountingBatchSpanProcessor(exporter)
+    before = dropped()
+    spans = _spans(2)
+    for span in spans[:2]:
+        processor.on_end(span)
+    processor.force_flush()
+    assert dropped() - before == 2
+    for span in spans[2:]:
+        processor.on_end(span)
+    processor.force_flush()
+    assert dropped() - before == 4
+    processor.shutdown()
+    assert len(receiver.posts) == 2
+
+
+def test_setup_picks_pyobs_exporter_for_otlp_over_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_TRACES_EXPORTER=otlp (or unset, with an endpoint) over http/protobuf: pyobs's;
+    otlp_proto_http, or a credential provider only the SDK's exporter knows: the SDK's."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from pyobs import tracing
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    assert isinstance(tracing._make_exporter("otlp"), _otlp.OtlpHttpSpanExporter)
+    assert isinstance(tracing._make_exporter("otlp_proto_http"), OTLPSpanExporter)
+    monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "missing")
+    assert tracing._make_exporter("otlp") is None  # the SDK's, which cannot find the plug-in
+
+
+def test_spans_encoded_as_they_end_are_sent_as_the_sdk_would(receiver: Receiver) -> None:
+    """Behind pyobs's batch processor the exporter encodes each span as it ends; the request
+    is still exactly the SDK's, and bytes left under a reused object id are not trusted."""
+    from pyobs._spans import CountingBatchSpanProcessor
+
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    processor = CountingBatchSpanProcessor(exporter)
+    spans = _spans(2)
+    for span in spans:
+        processor.on_end(span)
+    assert set(exporter._ready) == {id(span) for span in spans}
+    exporter._ready[id(spans[0])] = exporter._encoder.span(spans[1])  # another span's bytes
+    processor.force_flush()
+    processor.shutdown()
+    (post,) = receiver.posts
+    assert post["request"] == encode_spans(spans)
+    assert exporter._ready == {}
