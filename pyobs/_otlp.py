@@ -9,10 +9,12 @@ spans' public ``ReadableSpan`` fields, reusing the bytes of every attribute pair
 span. tests/test_otlp.py checks that the SDK's own protobuf classes parse its output into
 exactly the message the SDK's encoder builds.
 
-A batch is encoded in slices of ``SLICE`` spans, and the export thread steps aside for a
-moment between slices, so the GIL is never held for more than one slice at a time: a request
-waits at most about a millisecond for an export, not the interpreter's 5 ms switch interval
-per turn (the SDK encodes a batch in one go).
+Behind pyobs's batch processor each span is encoded as it ends (``pyobs_prepare``), so
+the export thread only joins bytes and sends them. Spans without their bytes are encoded at
+export in slices of ``SLICE`` spans, and the export thread steps aside for a moment between
+slices, so the GIL is never held for more than one slice at a time: a request waits at most
+about a millisecond for an export, not the interpreter's 5 ms switch interval per turn (the
+SDK encodes a batch in one go).
 
 The environment is read as the SDK's OTLP/HTTP exporter reads it (``OTEL_EXPORTER_OTLP_
 [TRACES_]{ENDPOINT,HEADERS,TIMEOUT,COMPRESSION,CERTIFICATE,CLIENT_KEY,CLIENT_CERTIFICATE}``),

@@ -15,53 +15,20 @@ the collector, with or without pyobs.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.test_benchmarks import _run
+
 REQUESTS = 50
 
-_PROBE = """
-import gc, json, sys
-sys.path.insert(0, "benchmarks")
-import overhead
-
-framework, config, out, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-bench = overhead.Bench(framework, config)
-
-
-def one():
-    return bench.loop.run_until_complete(bench.one()) if bench.is_async else bench.one()
-
-
-for _ in range(20):  # first-use work (caches, lazy imports) is not per request
-    one()
-gc.collect()
-gc.disable()
-gc.set_debug(gc.DEBUG_SAVEALL)
-for _ in range(n):
-    assert one() == 200
-gc.collect()
-kinds = sorted({f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage})
-with open(out, "w") as f:
-    json.dump({"objects": len(gc.garbage), "pyobs": [k for k in kinds if k.startswith("pyobs")]}, f)
-"""
+PROBE = Path(__file__).with_name("garbage_probe.py")
 
 
 def _left_to_collector(framework: str, config: str, tmp_path: Path) -> dict[str, object]:
     out = tmp_path / f"{config}.json"
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE, framework, config, str(out), str(REQUESTS)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(REPO),
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run(framework, config, str(out), str(REQUESTS), script=PROBE)
     data: dict[str, object] = json.loads(out.read_text())
     return data
 
