@@ -35,6 +35,7 @@ import random
 import struct
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
@@ -420,20 +421,39 @@ class OtlpHttpSpanExporter(SpanExporter):
         self.headers = headers(env)
         if self.compression != "none" and "content-encoding" not in self.headers:
             self.headers["content-encoding"] = self.compression
-        self._session = requests.Session()
-        self._session.verify = _setting(env, "CERTIFICATE") or True
+        self._verify: bool | str = _setting(env, "CERTIFICATE") or True
         client_cert = _setting(env, "CLIENT_CERTIFICATE")
         client_key = _setting(env, "CLIENT_KEY")
-        if client_cert:
-            self._session.cert = (client_cert, client_key) if client_key else client_cert
+        self._cert: Any = (client_cert, client_key) if client_cert and client_key else client_cert
         self._requests = requests
+        self._session = self._new_session()
         self._encoder = _Encoder()
         self._ready: dict[int, bytes] = {}  # id(span) -> its bytes, encoded as it ended
-        if hasattr(os, "register_at_fork"):  # a child's queue starts empty: so does this
-            ready = self._ready
-            os.register_at_fork(after_in_child=ready.clear)
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+
+            def _after_in_child() -> None:
+                exporter = ref()
+                if exporter is not None:
+                    exporter._forked()
+
+            os.register_at_fork(after_in_child=_after_in_child)
         self._closed = threading.Event()
         self.last_error = ""  # the last failure, for pyobs's dropped-spans log line
+
+    def _new_session(self) -> Any:
+        session = self._requests.Session()
+        session.verify = self._verify
+        if self._cert:
+            session.cert = self._cert
+        return session
+
+    def _forked(self) -> None:
+        """In a fork child: its queue starts empty, and a kept-alive connection inherited
+        from the parent is the parent's (its socket is left to close with the old session,
+        without a word on the wire)."""
+        self._ready.clear()
+        self._session = self._new_session()
 
     def pyobs_prepare(self, span: ReadableSpan) -> None:
         """Encode a span as it ends (pyobs's batch processor calls this from ``on_end``).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -135,6 +136,7 @@ class Receiver:
                     body = gzip.decompress(body)
                 receiver.posts.append(
                     {
+                        "client": self.client_address,
                         "path": self.path,
                         "headers": {k.lower(): v for k, v in self.headers.items()},
                         "request": ExportTraceServiceRequest.FromString(body),
@@ -321,3 +323,21 @@ def test_spans_encoded_as_they_end_are_sent_as_the_sdk_would(receiver: Receiver)
     (post,) = receiver.posts
     assert post["request"] == encode_spans(spans)
     assert exporter._ready == {}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_fork_child_sends_on_its_own_connection(receiver: Receiver) -> None:
+    """A connection kept alive in the parent is the parent's: a fork child's export opens its
+    own, and the parent's still works afterwards."""
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS
+    pid = os.fork()
+    if pid == 0:  # the child: export, report through the exit code only
+        ok = exporter.export(_spans(1)) is SpanExportResult.SUCCESS
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS
+    parent_first, child, parent_again = (post["client"] for post in receiver.posts)
+    assert child != parent_first
+    assert parent_again == parent_first  # the parent kept its connection
