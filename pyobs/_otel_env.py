@@ -130,13 +130,17 @@ def exporter_names(env: Mapping[str, str]) -> list[str]:
     return []
 
 
+def otlp_setting(env: Mapping[str, str], name: str) -> str:
+    """OTEL_EXPORTER_OTLP_TRACES_<name>, else OTEL_EXPORTER_OTLP_<name>, else '' (stripped)."""
+    return (
+        env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}", "").strip()
+        or env.get(f"OTEL_EXPORTER_OTLP_{name}", "").strip()
+    )
+
+
 def otlp_protocol(env: Mapping[str, str]) -> str:
     """The OTLP protocol for traces (TRACES_PROTOCOL over PROTOCOL; default http/protobuf)."""
-    return (
-        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "").strip()
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()
-        or "http/protobuf"
-    ).lower()
+    return (otlp_setting(env, "PROTOCOL") or "http/protobuf").lower()
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from pyobs._otel_env import otlp_setting
 from pyobs._version import __version__
 
 _log = logging.getLogger("pyobs")
@@ -326,14 +327,6 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 # -- configuration, as the SDK's OTLP/HTTP exporter reads it --------------------------------
 
 
-def _setting(env: Mapping[str, str], name: str) -> str:
-    """OTEL_EXPORTER_OTLP_TRACES_<name>, else OTEL_EXPORTER_OTLP_<name>, else ''."""
-    return (
-        env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}", "").strip()
-        or env.get(f"OTEL_EXPORTER_OTLP_{name}", "").strip()
-    )
-
-
 def endpoint(env: Mapping[str, str]) -> str:
     """The traces URL: the TRACES endpoint as given, else the base endpoint + /v1/traces."""
     traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
@@ -352,7 +345,7 @@ def headers(env: Mapping[str, str]) -> dict[str, str]:
         "content-type": "application/x-protobuf",
         "user-agent": f"pyobs/{__version__} (OTLP/HTTP)",
     }
-    raw = _setting(env, "HEADERS")
+    raw = otlp_setting(env, "HEADERS")
     try:
         parsed = parse_env_headers(raw, liberal=True)
     except TypeError:  # an API before the liberal parser (it then logs what it skips)
@@ -363,7 +356,7 @@ def headers(env: Mapping[str, str]) -> dict[str, str]:
 
 def timeout(env: Mapping[str, str]) -> float:
     """Seconds for one export, retries included (the Python SDK reads the value as seconds)."""
-    raw = _setting(env, "TIMEOUT")
+    raw = otlp_setting(env, "TIMEOUT")
     if not raw:
         return DEFAULT_TIMEOUT
     try:
@@ -382,7 +375,7 @@ def timeout(env: Mapping[str, str]) -> float:
 
 def compression(env: Mapping[str, str]) -> str:
     """none, gzip or deflate (anything else: none, with a warning)."""
-    value = _setting(env, "COMPRESSION").lower() or "none"
+    value = otlp_setting(env, "COMPRESSION").lower() or "none"
     if value not in ("none", "gzip", "deflate"):
         _log.warning(
             "pyobs: OTEL_EXPORTER_OTLP_COMPRESSION=%r is not none, gzip or deflate; "
@@ -421,9 +414,9 @@ class OtlpHttpSpanExporter(SpanExporter):
         self.headers = headers(env)
         if self.compression != "none" and "content-encoding" not in self.headers:
             self.headers["content-encoding"] = self.compression
-        self._verify: bool | str = _setting(env, "CERTIFICATE") or True
-        client_cert = _setting(env, "CLIENT_CERTIFICATE")
-        client_key = _setting(env, "CLIENT_KEY")
+        self._verify: bool | str = otlp_setting(env, "CERTIFICATE") or True
+        client_cert = otlp_setting(env, "CLIENT_CERTIFICATE")
+        client_key = otlp_setting(env, "CLIENT_KEY")
         self._cert: Any = (client_cert, client_key) if client_cert and client_key else client_cert
         self._requests = requests
         self._session = self._new_session()
