@@ -52,6 +52,12 @@ class CountingExporter:
         self.scopes: dict[str, int] = {}
         self.facts = facts
         self.lock = threading.Lock()
+        # pyobs's OTLP exporter encodes each span as it ends, when its processor finds this
+        # hook on the exporter it was given (pyobs/_spans.py): passed through, so that the
+        # pyobs-http rows run what pyobs.setup() installs.
+        prepare = getattr(inner, "pyobs_prepare", None)
+        if prepare is not None:
+            self.pyobs_prepare = prepare
 
     def export(self, spans: Sequence[Any]) -> Any:
         result = self.success if self.inner is None else self.inner.export(spans)
