@@ -71,6 +71,11 @@ NO_LOG_CONFIG = "pyobs-full-no-log"
 NO_SPAN_CONFIG = "pyobs-full-no-span"
 PART_CONFIGS = (NO_LOG_CONFIG, NO_SPAN_CONFIG)
 EXTRA_CONFIGS = (*FULL_VARIANTS, *PART_CONFIGS)
+# With --baseline DIR: pyobs's two rows again, with pyobs imported from DIR (another checkout),
+# so a change is measured against the code before it in one interleaved run.
+BASELINE = "@baseline"
+BASELINE_CONFIGS = ("pyobs-metrics" + BASELINE, "pyobs-full" + BASELINE)
+_baseline_dir: str | None = None  # set by main() from --baseline
 
 
 # ======================================================================================
@@ -450,6 +455,7 @@ class Bench:
             if name.startswith(("PYOBS_", "OTEL_")):
                 del os.environ[name]
         self.config = config
+        config = config.removesuffix(BASELINE)  # the same row; pyobs came from the baseline
         sdk_bsp = config in (SDK_BSP_CONFIG, "otel-contrib")
         tracing = access_log = config.startswith("pyobs-full")
         if config == NO_LOG_CONFIG:
@@ -465,16 +471,22 @@ class Bench:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+            from pyobs import _spans
             from pyobs._spans import batch_processor
+
+            # A baseline from before pyobs had its own provider: the SDK's, as it installed.
+            pyobs_provider: Any = getattr(_spans, "PyobsTracerProvider", TracerProvider)
 
             self.exporter = _CountingDropExporter()
             # As in production: a batch processor (spans leave on its own thread) and a
             # resource naming the service, as pyobs.setup(service_name=...) below does. The
-            # processor is the one each side installs for an exporter: the SDK's for contrib
-            # (and for the --sdk-bsp row), pyobs's (pyobs/_spans.py) for pyobs.setup().
+            # provider and processor are the ones each side installs for an exporter: the
+            # SDK's for contrib (and for the --sdk-bsp row, as when the app brings its own
+            # provider), pyobs's (pyobs/_spans.py) for pyobs.setup().
             exporter: Any = self.exporter
             processor = BatchSpanProcessor(exporter) if sdk_bsp else batch_processor(exporter)
-            provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+            provider_type = TracerProvider if sdk_bsp else pyobs_provider
+            provider = provider_type(resource=Resource.create({"service.name": "bench"}))
             provider.add_span_processor(processor)
             trace.set_tracer_provider(provider)
         if config.startswith("pyobs"):
@@ -868,6 +880,7 @@ def configs_for(
     extra = [LOG_FILE_CONFIG] if log_file else []
     extra += [SDK_BSP_CONFIG] if sdk_bsp else []
     extra += list(PART_CONFIGS) if parts else []
+    extra += list(BASELINE_CONFIGS) if _baseline_dir else []
     return [*BASE_CONFIGS, *extra, *FRAMEWORKS[framework][2]]
 
 
@@ -882,9 +895,12 @@ def _start(framework: str, config: str) -> Worker:
         )
         return w
     w.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by Worker.stop()
+    roots = [str(ROOT)]
+    if config.endswith(BASELINE) and _baseline_dir:
+        roots.insert(0, _baseline_dir)  # its pyobs package comes first
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([*roots, os.environ.get("PYTHONPATH", "")]),
     }
     w.proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--worker", framework, config],
@@ -908,9 +924,17 @@ def measure_framework(
     log_file: bool = False,
     sdk_bsp: bool = False,
     parts: bool = False,
+    replicas: int = 1,
 ) -> list[Worker]:
-    """Start every configuration of ``framework``, warm up, then interleave bursts."""
-    workers = [_start(framework, c) for c in configs_for(framework, log_file, sdk_bsp, parts)]
+    """Start every configuration of ``framework``, warm up, then interleave bursts.
+
+    With ``replicas`` > 1 each configuration runs in that many worker processes, all
+    interleaved, and its figures pool their rounds: one process's memory layout (address
+    space randomisation, hash seed) can make it a microsecond or two faster or slower for
+    its whole life, which more rounds do not average out but more processes do.
+    """
+    configs = configs_for(framework, log_file, sdk_bsp, parts)
+    workers = [_start(framework, c) for c in configs for _ in range(replicas)]
     live = [w for w in workers if w.proc is not None]
     try:
         for w in live:
@@ -944,7 +968,25 @@ def measure_framework(
     finally:
         for w in workers:
             w.stop()
-    return workers
+    return [_pooled([w for w in workers if w.config == c]) for c in configs]
+
+
+def _pooled(replicas: list[Worker]) -> Worker:
+    """One configuration's replicas as one worker: rounds and counts pooled, the first error."""
+    first = replicas[0]
+    if len(replicas) == 1:
+        return first
+    # The facts of the replica that exported the fewest spans per request: a loss shows.
+    worst = min(replicas, key=lambda w: w.facts.get("spans_per_request", 0))
+    pooled = Worker(first.framework, first.config, facts=worst.facts)
+    pooled.error = next((w.error for w in replicas if w.error), "")
+    for w in replicas:
+        pooled.us_per_request += w.us_per_request
+        pooled.wall_us += w.wall_us
+        pooled.requests += w.requests
+        pooled.switches += w.switches
+        pooled.gc_ns += w.gc_ns
+    return pooled
 
 
 def median(w: Worker) -> float | None:
@@ -965,7 +1007,9 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
     kind = FRAMEWORKS[framework][0]
     by_config = {w.config: w for w in workers}
     bare = median(by_config["bare"])
-    peers = [w for w in workers if w.config not in (*BASE_CONFIGS, *EXTRA_CONFIGS)]
+    peers = [
+        w for w in workers if w.config not in (*BASE_CONFIGS, *EXTRA_CONFIGS, *BASELINE_CONFIGS)
+    ]
     out.write(f"\n## {framework}  (driven as: {DRIVEN_AS[kind]})\n")
     notes = sorted({w.facts.get("note", "") for w in workers if w.facts.get("note")})
     for note in notes:
@@ -1005,7 +1049,7 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
         if w.config.startswith("pyobs"):
             routes = [r for r in w.facts.get("pyobs_routes", []) if r != "<unmatched>"]
             extra.append(f"route {routes[0]}" if routes else "NO route recorded")
-            if w.config in ("pyobs-full", *FULL_VARIANTS):
+            if w.config in ("pyobs-full", "pyobs-full" + BASELINE, *FULL_VARIANTS):
                 per_request = w.facts.get("access_log_lines", 0) / max(
                     w.facts.get("pyobs_requests", 1), 1
                 )
@@ -1033,7 +1077,9 @@ def _verdicts(framework: str, by_config: dict[str, Worker], bare: float | None) 
         return None if m is None else m - bare
 
     prom_peers = [
-        c for c in by_config if c not in (*BASE_CONFIGS, *EXTRA_CONFIGS) and c != "otel-contrib"
+        c
+        for c in by_config
+        if c not in (*BASE_CONFIGS, *EXTRA_CONFIGS, *BASELINE_CONFIGS) and c != "otel-contrib"
     ]
     pm = added("pyobs-metrics")
     peer_added = [(a, c) for c in prom_peers if (a := added(c)) is not None]
@@ -1064,6 +1110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--burst", type=float, default=0.15, help="seconds per burst")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="two rows more, pyobs-metrics@baseline and pyobs-full@baseline: pyobs imported "
+        "from DIR, a checkout of another commit (measure a change against the code before it)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="worker processes per configuration, their rounds pooled (see measure_framework)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few requests each")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
@@ -1095,6 +1153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
+    global _baseline_dir
+    if args.baseline:
+        if not (Path(args.baseline) / "pyobs" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no pyobs package there")
+        _baseline_dir = str(Path(args.baseline).resolve())
     if args.worker:
         return worker(*args.worker)
     if args.floors:
@@ -1121,7 +1184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"# Python {platform.python_version()} on {platform.machine()}, "
         f"{os.cpu_count()} CPUs, {platform.platform()}\n"
         f"# in-process, GET {REQUEST_PATH} -> 200 JSON; {rounds} interleaved rounds of "
-        f"{burst:g} s bursts per configuration (after {warmup:g} s warm-up)\n"
+        f"{burst:g} s bursts per configuration (after {warmup:g} s warm-up)"
+        f"{f', in each of {args.replicas} processes, rounds pooled' if args.replicas > 1 else ''}"
+        "\n"
         "# us/req: median over rounds of process CPU microseconds per request (all threads);\n"
         "#   wall: the same in wall-clock time; IQR%: spread of the rounds around the median.\n"
         "# pyobs-metrics: tracing=False, access_log=False.  pyobs-full: metrics + SDK span "
@@ -1132,6 +1197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"# {LOG_FILE_CONFIG} (--log-file): pyobs-full, access log to a file on disk.\n"
         f"# {SDK_BSP_CONFIG} (--sdk-bsp): pyobs-full on the SDK's BatchSpanProcessor.\n"
         f"# {NO_LOG_CONFIG}, {NO_SPAN_CONFIG} (--parts): pyobs-full without one signal.\n"
+        f"# {', '.join(BASELINE_CONFIGS)} (--baseline DIR): the same, pyobs from DIR.\n"
         "# spans/req: spans exported per request served (fewer than one: spans were lost);\n"
         "#   start: CPU ms of a fresh worker until ready (interpreter, imports, setup, app;\n"
         "#   bare: the framework's own); first request: its CPU ms (first-use work included).\n"
@@ -1152,6 +1218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.log_file,
             args.sdk_bsp,
             args.parts,
+            max(1, args.replicas),
         )
         verdicts += report_framework(name, workers, out)
         results[name] = {

@@ -313,7 +313,10 @@ class RequestObserver:
             handle.span = current
         else:
             facts = handle.facts
-            parent = self._extract(facts.headers)
+            # None of the headers the configured propagators read: nothing to read or guard.
+            parent = (
+                self._extract(facts.headers) if tracing.may_carry_context(facts.headers) else None
+            )
             attrs: dict[str, Any] = {
                 "http.request.method": handle.method,
                 "url.path": handle.path,
@@ -342,9 +345,13 @@ class RequestObserver:
             handle.owns_span = True
             handle.context_token = _context.attach_span(span, context if parent is None else parent)
         span = handle.span
-        trace_id, span_id, sampled = (
-            span.ids if type(span) is tracing.request_span_type else tracing.span_ids(span)
-        )
+        if type(span) is tracing.request_span_type:
+            # pyobs's own span formatted its ids once; the handle shares that pair.
+            handle.trace_ids = ids = span.ids
+            if span.is_sampled:
+                handle.trace_id = ids[0]
+            return
+        trace_id, span_id, sampled = tracing.span_ids(span)
         handle.trace_ids = (trace_id, span_id)
         if sampled:
             handle.trace_id = trace_id
@@ -352,9 +359,6 @@ class RequestObserver:
     @staticmethod
     def _extract(headers: Mapping[str, str]) -> Any:
         """The incoming trace context; a header that cannot be read starts a fresh trace."""
-        # None of the headers the configured propagators read: nothing to read or guard.
-        if not tracing.may_carry_context(headers):
-            return None
         reading = getattr(_reading, "active", False)  # start() may have set it already
         _reading.active = True
         try:
@@ -589,7 +593,7 @@ class RequestObserver:
             if exc is not None:
                 extra.update(error_fields(exc))
             line = direct.formatter.direct_line(level_name, ACCESS_LOGGER, message, extra)  # type: ignore[union-attr]
-            direct.write_line(line, level_name)
+            direct.write_line(line + "\n", level_name)
             return
         exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
         # Built by hand: Logger.log() would walk the stack for a caller we do not report.
@@ -642,6 +646,10 @@ def _capture_header_names() -> re.Pattern[str] | None:
         return re.compile("|".join(re.escape(n) for n in names), re.IGNORECASE)
 
 
+# Header-name tuples (a propagator's headers) as raw lower-case names, for _PairHeaders.has_any.
+_RAW_NAMES: dict[tuple[str, ...], tuple[bytes, ...]] = {}
+
+
 class _PairHeaders(Mapping[str, str]):
     """Lower-case ASGI header pairs as a str mapping, each value decoded only when read."""
 
@@ -659,6 +667,13 @@ class _PairHeaders(Mapping[str, str]):
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.encode("latin-1") in self._raw
+
+    def has_any(self, names: tuple[str, ...]) -> bool:
+        """True when one of ``names`` is present (one set operation on the raw names)."""
+        keys = _RAW_NAMES.get(names)
+        if keys is None:
+            keys = _RAW_NAMES[names] = tuple(n.encode("latin-1") for n in names)
+        return not self._raw.keys().isdisjoint(keys)
 
     def __iter__(self) -> Iterator[str]:
         return (name.decode("latin-1") for name in self._raw)

@@ -19,7 +19,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.util import BoundedList
 
-from pyobs import _context, _errors, _internals
+from pyobs import _context, _errors, _internals, _spans
 from pyobs._version import __version__
 from pyobs.redact import exception_attributes
 
@@ -56,7 +56,10 @@ class RequestSpan(trace.Span, ReadableSpan):
     _events: Any
     _links: Any
     _context: trace.SpanContext
-    ids: tuple[str, str, bool]  # (trace id, span id) in hex, sampled: set by its maker
+    # Set by its maker: (trace id, span id) in hex (the request's handle shares this pair),
+    # and whether the span is sampled.
+    ids: tuple[str, str]
+    is_sampled: bool
 
     def __init__(
         self,
@@ -210,6 +213,13 @@ class _Recorder:
         self.resource = provider.resource
         self.processor = _internals.sdk_span_processor(provider)
         self.on_ending = _internals.sdk_on_ending(self.processor)
+        self.on_start: Any = self.processor.on_start
+        self._all = (self.processor, self.on_ending, self.on_start)
+        if isinstance(provider, _spans.PyobsTracerProvider):
+            # pyobs's own provider: while its batch processor is the only one, spans go
+            # straight to it (its start and ending hooks are empty).
+            provider.on_processors_changed(self._processors_changed)
+            self._processors_changed()
         self.limits = _internals.sdk_span_limits(provider)
         self.max_length: int | None = self.limits.max_span_attribute_length
         self.max_count: int = self.limits.max_span_attributes
@@ -222,6 +232,13 @@ class _Recorder:
         # The default sampler (OTEL_TRACES_SAMPLER unset or parentbased_always_on) is one
         # shared instance with fixed delegates, so its decision can be taken inline.
         self.parent_based_always_on = self.sampler is sampling.DEFAULT_ON
+
+    def _processors_changed(self) -> None:
+        sole = self.provider.sole_processor()
+        if sole is None:
+            self.processor, self.on_ending, self.on_start = self._all
+        else:
+            self.processor, self.on_ending, self.on_start = sole, None, None
 
     def bounded(self, attributes: Any, events: bool = False, links: bool = False) -> Any:
         """``attributes`` under the provider's limits, as the SDK's span applies them."""
@@ -302,11 +319,14 @@ def _start_recorded(
             return trace.NonRecordingSpan(context)
         attributes = dict(result.attributes) if result.attributes is not None else {}
     span = RequestSpan(recorder, name, context, parent_context, attributes)
-    span.ids = ("%032x" % trace_id, "%016x" % span_id, sampled)  # noqa: UP031 - faster
-    try:
-        recorder.processor.on_start(span, parent_context=parent)
-    except Exception as exc:  # noqa: BLE001 - the span is still recorded and exported
-        _errors.report("tracing", exc, "span processor on_start")
+    span.ids = ("%032x" % trace_id, "%016x" % span_id)  # noqa: UP031 - faster
+    span.is_sampled = sampled
+    on_start = recorder.on_start
+    if on_start is not None:
+        try:
+            on_start(span, parent_context=parent)
+        except Exception as exc:  # noqa: BLE001 - the span is still recorded and exported
+            _errors.report("tracing", exc, "span processor on_start")
     return span
 
 

@@ -43,7 +43,8 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from pyobs._otel_env import BatchSettings, batch_settings
@@ -257,9 +258,21 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             if not self._progressed.wait_for(lambda: self._progress != seen, NUDGE_WAIT):
                 self._gave_up_at = seen
 
+    # Nothing to do when a span starts or is ending, as in the SDK's class; said here so that
+    # pyobs's own provider may skip these calls (PyobsTracerProvider.sole_processor).
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Nothing: spans are queued when they end."""
+
+    def _on_ending(self, span: Span) -> None:
+        """Nothing: spans are queued when they end."""
+
     def on_end(self, span: ReadableSpan) -> None:
         """Queue a sampled span, or count it as dropped when the queue is full."""
-        if not (span.context and span.context.trace_flags.sampled):
+        sampled = getattr(span, "is_sampled", None)  # pyobs's request span knows it
+        if sampled is None:
+            context = span.context
+            sampled = context is not None and context.trace_flags.sampled
+        if not sampled:
             return
         if self._closed:
             DROPPED.add("shutdown", 1)
@@ -391,6 +404,41 @@ def flush_all() -> None:
     """Shut down this process's processors within the export timeout (a worker ends)."""
     for processor in list(_processors):
         processor.shutdown_on_signal()
+
+
+class PyobsTracerProvider(TracerProvider):
+    """The SDK's TracerProvider as ``pyobs.setup()`` installs it (when the app has none).
+
+    It is the SDK's class, used through its public methods, and it also remembers the
+    processors added to it. While pyobs's batch processor is the only one,
+    ``sole_processor`` returns it, and pyobs's request span hands itself straight to its
+    ``on_end``. This skips the fan-out to every processor and the two hooks that this
+    processor leaves empty. When another processor is added, the listeners
+    (``on_processors_changed``) hear it, and every span takes the SDK's path again.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.pyobs_processors: list[SpanProcessor] = []
+        self._listeners: list[Any] = []
+        super().__init__(*args, **kwargs)
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        """The SDK's method; then the listeners learn that the processors changed."""
+        super().add_span_processor(span_processor)
+        self.pyobs_processors.append(span_processor)
+        for listener in list(self._listeners):
+            listener()
+
+    def on_processors_changed(self, listener: Any) -> None:
+        """Call ``listener()`` whenever a span processor is added."""
+        self._listeners.append(listener)
+
+    def sole_processor(self) -> CountingBatchSpanProcessor | None:
+        """pyobs's batch processor when it is the provider's only processor, else None."""
+        if len(self.pyobs_processors) != 1:
+            return None
+        processor = self.pyobs_processors[0]
+        return processor if type(processor) is CountingBatchSpanProcessor else None
 
 
 def batch_processor(exporter: SpanExporter) -> CountingBatchSpanProcessor:

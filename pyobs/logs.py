@@ -212,7 +212,7 @@ class ECSFormatter(logging.Formatter):
         trace_ids: tuple[str, str] | None,
         optional: tuple[str | None, str | None, str | None, str | None],
     ) -> str:
-        """The access-log line, the same text as the logging path would write.
+        """The access-log line with its newline, the same text as the logging path would write.
 
         ``request`` is (request id, method label, path, status, body bytes, duration ns);
         ``optional`` is (url.query, http.route, client.ip, user_agent.original), None when
@@ -250,7 +250,7 @@ class ECSFormatter(logging.Formatter):
             f'"http.request.id":"{request_id}","event.dataset":"{ACCESS_LOGGER}",'
             f'"http.request.method":"{method}","url.path":{_quote(path)},'
             f'"http.response.status_code":{status},"http.response.body.bytes":{nbytes},'
-            f'"event.duration":{duration}{ids}{more}}}'
+            f'"event.duration":{duration}{ids}{more}}}\n'
         )
 
     @staticmethod
@@ -305,10 +305,11 @@ class StdoutHandler(logging.Handler):
         _count(record.levelname.lower())
 
     def write_line(self, line: str, level: str) -> None:
-        """Write a line pyobs built itself (the access-log fast path); same output as emit()."""
+        """Write a line pyobs built itself, newline included (the access-log fast path); the
+        same output as emit()."""
         with self.lock or _NO_LOCK:
             stream = sys.stdout
-            stream.write(line + "\n")
+            stream.write(line)
             stream.flush()
         try:  # _count(), inlined: this runs once per access line
             get_metrics().log_event(level)

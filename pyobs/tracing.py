@@ -139,15 +139,22 @@ def may_carry_context(headers: Mapping[str, str]) -> bool:
 
 
 def _may_carry_context(propagator: TextMapPropagator, headers: Mapping[str, str]) -> bool:
-    """False when none of the headers ``propagator`` reads is present."""
+    """False when none of the headers ``propagator`` reads is present.
+
+    pyobs's own header views answer in one call (``has_any``: a set operation on the
+    environ or the raw header names); any other mapping is asked name by name.
+    """
     if propagator is not _triggers_for:  # set_global_textmap() since: learn its headers
         _learn_triggers(propagator)
     triggers = _triggers
+    if triggers is None:
+        return True
+    has_any = getattr(headers, "has_any", None)
+    if has_any is not None:
+        return bool(has_any(triggers))
     if triggers is _W3C_TRIGGERS:  # the default: tracecontext,baggage
         return "traceparent" in headers or "baggage" in headers
-    if triggers is not None:
-        return any(name in headers for name in triggers)
-    return True
+    return any(name in headers for name in triggers)
 
 
 def _exporter_names() -> list[str]:
@@ -257,10 +264,9 @@ def configure_tracing(config: Config) -> trace.Tracer:
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider) and config.tracing:
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-        from pyobs._spans import batch_processor
+        from pyobs._spans import PyobsTracerProvider, batch_processor
 
         attributes: dict[str, str] = {"service.name": config.service_name}
         if config.service_version:
@@ -270,7 +276,7 @@ def configure_tracing(config: Config) -> trace.Tracer:
         # Resource.create runs the detectors (OTEL_EXPERIMENTAL_RESOURCE_DETECTORS) and merges
         # OTEL_RESOURCE_ATTRIBUTES; the SDK's own samplers come from OTEL_TRACES_SAMPLER[_ARG]
         # inside TracerProvider, a plug-in sampler from its entry point.
-        sdk = TracerProvider(resource=Resource.create(attributes), sampler=_plugin_sampler())
+        sdk = PyobsTracerProvider(resource=Resource.create(attributes), sampler=_plugin_sampler())
         for name in _exporter_names():
             exporter = _make_exporter(name)
             if exporter is not None:
@@ -384,8 +390,9 @@ def _get_recorder() -> Any:
 def span_ids(span: trace.Span) -> tuple[str, str, bool]:
     """(trace id, span id) in hex and whether the span is sampled."""
     if type(span) is request_span_type:
-        ids: tuple[str, str, bool] = span.ids  # type: ignore[attr-defined]
-        return ids  # formatted once, from the ints the span was made with
+        # Formatted once, from the ints the span was made with.
+        trace_id, span_id = span.ids  # type: ignore[attr-defined]
+        return trace_id, span_id, span.is_sampled  # type: ignore[attr-defined]
     context = span.get_span_context()
     return (
         "%032x" % context.trace_id,  # noqa: UP031 - faster than format()
@@ -406,7 +413,9 @@ def start_server_span(
     current span (``current`` when the caller already looked it up), as the SDK does.
     """
     recorder = _recorder
-    if recorder is None or trace.get_tracer_provider() is not _recorder_for:
+    # OpenTelemetry sets the global provider once (set_tracer_provider refuses a second
+    # one), so a recorder made for it stays right; pyobs's reset forgets it (tests).
+    if recorder is None or _recorder_for is None:
         recorder = _get_recorder()
     if recorder is None:
         return get_tracer().start_span(

@@ -21,6 +21,9 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 RouteResolver = Callable[[Environ], "str | None"]
 
+# Status line -> code, for the lines seen ("200 OK" is one dict lookup, not a slice and a parse).
+_STATUS_CODES: dict[str, int] = {}
+
 # Errors a WSGI server raises when the client went away mid-response.
 _DISCONNECTS: tuple[type[BaseException], ...] = (ConnectionError, BrokenPipeError)
 
@@ -35,6 +38,10 @@ _ENVIRON_KEYS: dict[str, str] = {
     "baggage": "HTTP_BAGGAGE",
     "x-forwarded-for": "HTTP_X_FORWARDED_FOR",
 }
+
+
+# Header-name tuples (a propagator's headers) as environ keys, for _EnvironHeaders.has_any.
+_NAME_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 class _EnvironHeaders(Mapping[str, str]):
@@ -68,6 +75,13 @@ class _EnvironHeaders(Mapping[str, str]):
             return False
         return (_ENVIRON_KEYS.get(name) or self._key(name)) in self._environ
 
+    def has_any(self, names: tuple[str, ...]) -> bool:
+        """True when one of ``names`` is present (one set operation on the environ's keys)."""
+        keys = _NAME_KEYS.get(names)
+        if keys is None:
+            keys = _NAME_KEYS[names] = tuple(self._key(name) for name in names)
+        return not self._environ.keys().isdisjoint(keys)
+
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
             if key.startswith("HTTP_"):
@@ -87,9 +101,13 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         path = decoded_path(path)
     if not details:
         return RequestFacts(get("REQUEST_METHOD") or "GET", path, _EnvironHeaders(environ))
-    host = get("HTTP_HOST") or get("SERVER_NAME") or ""
-    protocol = get("SERVER_PROTOCOL") or "HTTP/1.1"
-    port = get("SERVER_PORT")
+    key = (get("HTTP_HOST") or get("SERVER_NAME") or "", get("SERVER_PORT"), get("SERVER_PROTOCOL"))
+    try:
+        server = _SERVER_FACTS.get(key)
+    except TypeError:  # an unhashable environ value
+        server = None
+    if server is None:
+        server = _server_facts(key)
     return RequestFacts(
         get("REQUEST_METHOD") or "GET",
         path,
@@ -97,10 +115,31 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         get("wsgi.url_scheme") or "http",
         get("QUERY_STRING") or "",
         get("REMOTE_ADDR"),
-        host.partition(":")[0] or None,
-        int(port) if type(port) is str and port.isdigit() else _port(port),
-        protocol[5:] if protocol.startswith("HTTP/") else "1.1",
+        *server,
     )
+
+
+# (host, SERVER_PORT, SERVER_PROTOCOL) -> (server.address, server.port, protocol version):
+# the same few values on every request, so each is worked out once (bounded: Host is the
+# client's to choose).
+_SERVER_FACTS: dict[tuple[Any, ...], tuple[str | None, int | None, str]] = {}
+
+
+def _server_facts(key: tuple[Any, ...]) -> tuple[str | None, int | None, str]:
+    host, port, protocol = key
+    protocol = protocol or "HTTP/1.1"
+    facts = (
+        str(host).partition(":")[0] or None,
+        int(port) if type(port) is str and port.isdigit() else _port(port),
+        protocol[5:] if type(protocol) is str and protocol.startswith("HTTP/") else "1.1",
+    )
+    if len(_SERVER_FACTS) >= 256:
+        _SERVER_FACTS.clear()
+    try:
+        _SERVER_FACTS[key] = facts
+    except TypeError:  # an unhashable environ value: not remembered
+        pass
+    return facts
 
 
 def decoded_path(path: str) -> str:
@@ -111,6 +150,17 @@ def decoded_path(path: str) -> str:
         return path.encode("latin-1").decode("utf-8", "replace")
     except UnicodeEncodeError:  # not a PEP 3333 string: a server that already decoded it
         return path
+
+
+def _status_code(status: str) -> int:
+    """The code of a WSGI status line (500 when it has none), remembered for the next time."""
+    try:
+        code = int(status[:3])
+    except (TypeError, ValueError):
+        return 500
+    if len(_STATUS_CODES) < 256:
+        _STATUS_CODES[status] = code
+    return code
 
 
 def _port(value: Any) -> int | None:
@@ -197,10 +247,8 @@ class _ObservedBody(RequestHandle):
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The app's start_response: notes the status and adds pyobs's response headers."""
         assert self._server is not None
-        try:
-            self.status = int(status[:3])
-        except ValueError:
-            self.status = 500
+        code = _STATUS_CODES.get(status)
+        self.status = code if code is not None else _status_code(status)
         # Routing is done and the app's request context is still active: ask for the route
         # now, and again at the end if it is still unknown.
         self.resolve_route()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_service
+from tests.conftest import import_or_require, require_service
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "overhead.py"
@@ -366,3 +366,54 @@ def test_tasks_benchmark_quick_run_measures_every_configuration(tmp_path: Path) 
     assert signals["pyobs"]["tasks_counted"] == count + count // 10
     for config in ("pyobs", "otel"):
         assert signals[config]["spans"] >= count
+
+
+def test_replicas_pool_the_rounds_of_several_processes(tmp_path: Path) -> None:
+    """--replicas 2 runs each configuration in two worker processes and pools their rounds:
+    twice the rounds and requests of one process, one row per configuration."""
+    import_or_require("flask")
+    out = tmp_path / "replicas.json"
+    stdout = _run("--quick", "--frameworks", "flask", "--replicas", "2", "--json", str(out))
+    assert "in each of 2 processes, rounds pooled" in stdout
+    rows = _section(stdout, "flask")
+    for config, row in json.loads(out.read_text())["frameworks"]["flask"].items():
+        if row["error"]:
+            continue
+        assert len(row["rounds"]) == 4, (config, row["rounds"])  # 2 rounds x 2 processes
+        assert sum(1 for r in rows if r.split() and r.split()[0] == config) == 1, config
+
+
+def test_baseline_rows_import_pyobs_from_the_other_checkout(tmp_path: Path) -> None:
+    """--baseline DIR adds pyobs-metrics@baseline and pyobs-full@baseline, whose workers take
+    pyobs from DIR (here a copy of this checkout's package that says where it is), measured
+    and checked like pyobs's own rows; a DIR without pyobs is refused."""
+    import shutil
+
+    import_or_require("flask")
+    baseline = tmp_path / "baseline"
+    shutil.copytree(REPO / "pyobs", baseline / "pyobs")
+    init = baseline / "pyobs" / "__init__.py"
+    # The copy leaves a file per process that imports it (its facts look like the original's).
+    init.write_text(
+        init.read_text()
+        + "\nimport os as _os\n"
+        + f"open({str(tmp_path / 'imported')!r} + str(_os.getpid()), 'w').close()\n"
+    )
+    out = tmp_path / "baseline.json"
+    _run("--quick", "--frameworks", "flask", "--baseline", str(baseline), "--json", str(out))
+    results = json.loads(out.read_text())["frameworks"]["flask"]
+    for config in ("pyobs-metrics@baseline", "pyobs-full@baseline"):
+        row = results[config]
+        assert row["error"] == "", row
+        assert row["facts"]["pyobs_routes"], row["facts"]
+    assert len(list(tmp_path.glob("imported*"))) == 2  # the two baseline workers, no other
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--baseline", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no pyobs package there" in result.stderr

@@ -450,3 +450,28 @@ def test_access_log_fields_are_ecs(framework: str, capsys: pytest.CaptureFixture
     else:
         assert "client.ip" not in line
         assert line["client.address"] == "testclient"
+
+
+def test_wsgi_server_facts_follow_each_request() -> None:
+    """The server address, port and protocol version pyobs reads from a WSGI environ are each
+    request's own (they are remembered per value, so a change must show), and odd values
+    give what the span and access log expect: no port, version 1.1."""
+    from pyobs.wsgi import facts_from_environ
+
+    def facts(host: str, port: Any, protocol: Any) -> tuple[Any, ...]:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "HTTP_HOST": host,
+            "SERVER_PORT": port,
+            "SERVER_PROTOCOL": protocol,
+        }
+        got = facts_from_environ(environ)
+        return got.server_addr, got.server_port, got.http_version
+
+    assert facts("a.example:8080", "8080", "HTTP/1.1") == ("a.example", 8080, "1.1")
+    assert facts("b.example", "8080", "HTTP/1.1") == ("b.example", 8080, "1.1")
+    assert facts("b.example", "443", "HTTP/2") == ("b.example", 443, "2")
+    assert facts("b.example", "abc", "SPDY") == ("b.example", None, "1.1")
+    assert facts("b.example", ["unhashable"], None) == ("b.example", None, "1.1")
+    assert facts("", None, None) == (None, None, "1.1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -298,3 +299,72 @@ def test_metrics_only_never_loads_the_tracing_sdk(tracing: bool) -> None:
         assert "opentelemetry.sdk.trace" in loaded
     else:
         assert loaded == "[]"
+
+
+def test_pyobs_provider_hands_spans_to_its_only_processor_until_another_is_added() -> None:
+    """The provider pyobs.setup() installs gives each request span straight to pyobs's batch
+    processor while it is the only one; a processor the app adds later gets every hook
+    (start and end) for the spans that follow, and pyobs's processor still gets them all."""
+    import_or_require("flask")
+    script = textwrap.dedent(
+        """
+        import json
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import SpanProcessor
+        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+        from flask import Flask
+        import pyobs, pyobs.flask
+        from pyobs import tracing
+        from pyobs._spans import PyobsTracerProvider, batch_processor
+
+        class Keep(SpanExporter):
+            def __init__(self):
+                self.names = []
+            def export(self, spans):
+                self.names += [s.name for s in spans]
+                return SpanExportResult.SUCCESS
+
+        class Hooks(SpanProcessor):
+            def __init__(self):
+                self.calls = []
+            def on_start(self, span, parent_context=None):
+                self.calls.append("start " + span.name)
+            def on_end(self, span):
+                self.calls.append("end " + span.name)
+
+        kept = Keep()
+        provider = PyobsTracerProvider()
+        provider.add_span_processor(batch_processor(kept))
+        trace.set_tracer_provider(provider)
+        pyobs.setup(access_log=False)
+        app = Flask("lane")
+        app.add_url_rule("/a", "a", lambda: "a")
+        app.add_url_rule("/b", "b", lambda: "b")
+        pyobs.flask.instrument(app)
+        client = app.test_client()
+
+        def get(path):
+            response = client.get(path)
+            response.close()  # the body is closed: the request and its span end
+            assert response.status_code == 200
+
+        get("/a")
+        recorder = tracing._recorder
+        lane = (recorder.on_start is None, type(recorder.processor).__name__)
+        hooks = Hooks()
+        provider.add_span_processor(hooks)
+        get("/b")
+        after = (recorder.on_start is None, type(recorder.processor).__name__)
+        provider.force_flush()
+        print(json.dumps({"lane": lane, "after": after, "hooks": hooks.calls, "kept": kept.names}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["lane"] == [True, "CountingBatchSpanProcessor"]
+    assert result["after"] == [False, "SynchronousMultiSpanProcessor"]
+    assert result["hooks"] == ["start GET", "end GET /b"]
+    assert result["kept"] == ["GET /a", "GET /b"]
