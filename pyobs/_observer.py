@@ -346,10 +346,10 @@ class RequestObserver:
             handle.context_token = _context.attach_span(span, context if parent is None else parent)
         span = handle.span
         if type(span) is tracing.request_span_type:
-            # pyobs's own span formatted its ids once; the handle shares that pair.
-            handle.trace_ids = ids = span.ids
+            # pyobs's own span formatted its ids once.
+            handle.trace_ids = (trace_id := span.trace_hex, span.span_hex)
             if span.is_sampled:
-                handle.trace_id = ids[0]
+                handle.trace_id = trace_id
             return
         trace_id, span_id, sampled = tracing.span_ids(span)
         handle.trace_ids = (trace_id, span_id)

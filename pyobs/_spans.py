@@ -269,7 +269,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         """Queue a sampled span, or count it as dropped when the queue is full."""
         sampled = getattr(span, "is_sampled", None)  # pyobs's request span knows it
-        if sampled is None:
+        if type(sampled) is not bool:  # any other span: its context says
             context = span.context
             sampled = context is not None and context.trace_flags.sampled
         if not sampled:

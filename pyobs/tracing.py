@@ -391,8 +391,7 @@ def span_ids(span: trace.Span) -> tuple[str, str, bool]:
     """(trace id, span id) in hex and whether the span is sampled."""
     if type(span) is request_span_type:
         # Formatted once, from the ints the span was made with.
-        trace_id, span_id = span.ids  # type: ignore[attr-defined]
-        return trace_id, span_id, span.is_sampled  # type: ignore[attr-defined]
+        return span.trace_hex, span.span_hex, span.is_sampled  # type: ignore[attr-defined]
     context = span.get_span_context()
     return (
         "%032x" % context.trace_id,  # noqa: UP031 - faster than format()
