@@ -130,7 +130,7 @@ def _server_facts(key: tuple[Any, ...]) -> tuple[str | None, int | None, str]:
     protocol = protocol or "HTTP/1.1"
     facts = (
         str(host).partition(":")[0] or None,
-        int(port) if type(port) is str and port.isdigit() else _port(port),
+        _port(port),
         protocol[5:] if type(protocol) is str and protocol.startswith("HTTP/") else "1.1",
     )
     if len(_SERVER_FACTS) >= 256:
