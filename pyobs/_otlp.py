@@ -435,10 +435,29 @@ class OtlpHttpSpanExporter(SpanExporter):
         self.last_error = ""  # the last failure, for pyobs's dropped-spans log line
 
     def _new_session(self) -> Any:
-        session = self._requests.Session()
-        session.verify = self._verify
+        """A requests session that took what it needs from the environment once.
+
+        requests reads the environment on every request of a session that trusts it: every
+        variable for the proxies (``HTTPS_PROXY``, ``NO_PROXY``...), the CA bundle
+        (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) and ``~/.netrc``, about a third of a
+        millisecond of CPU per batch. The same settings are taken here, when the exporter
+        starts (and again in a fork child), and the session then leaves the environment
+        alone. As for the SDK's exporter, a configured certificate wins over the CA bundle.
+        """
+        requests = self._requests
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies.update(requests.utils.get_environ_proxies(self.endpoint))
+        verify = self._verify
+        if verify is True:
+            environ = os.environ
+            verify = environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or True
+        session.verify = verify
         if self._cert:
             session.cert = self._cert
+        auth = requests.utils.get_netrc_auth(self.endpoint)
+        if auth:
+            session.auth = auth
         return session
 
     def _forked(self) -> None:

@@ -3,8 +3,9 @@
 The receiver here is a real HTTP server on loopback that answers as an OTLP collector would
 (scripted statuses, Retry-After, partial success); delivery to a real Jaeger through
 ``pyobs.setup()`` is covered by tests/test_otel_env.py and tests/test_traces_e2e.py. What
-these tests cannot prove: TLS and proxies, which are ``requests``' (the same library and
-settings the SDK's exporter uses).
+these tests cannot prove: a TLS handshake and a CONNECT tunnel through an HTTPS proxy, which
+are ``requests``' (the same library the SDK's exporter uses); which proxy and CA bundle apply
+is checked here.
 """
 
 from __future__ import annotations
@@ -341,3 +342,50 @@ def test_a_fork_child_sends_on_its_own_connection(receiver: Receiver) -> None:
     parent_first, child, parent_again = (post["client"] for post in receiver.posts)
     assert child != parent_first
     assert parent_again == parent_first  # the parent kept its connection
+
+
+def test_proxy_settings_come_from_the_environment_as_the_exporter_starts(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY and NO_PROXY are honoured as requests honours them for the SDK's exporter,
+    read once when the exporter starts (not on every export, where they cost a third of a
+    millisecond per batch); a change made later is not seen. The receiver stands in for the
+    proxy: a request through a proxy names the whole URL in its request line."""
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    target = "http://collector.invalid:4318/v1/traces"
+    monkeypatch.setenv("HTTP_PROXY", receiver.base)
+    proxied = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": target})
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    monkeypatch.delenv("HTTP_PROXY")
+    assert proxied.export(_spans(1)) is SpanExportResult.SUCCESS  # still through the proxy
+    assert direct.export(_spans(1)) is SpanExportResult.SUCCESS
+    through_proxy, straight = receiver.posts
+    assert through_proxy["path"] == target
+    assert straight["path"] == "/v1/traces"
+
+
+def test_a_configured_certificate_wins_over_the_ca_bundle_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """REQUESTS_CA_BUNDLE applies when no certificate is configured, as for the SDK's exporter;
+    OTEL_EXPORTER_OTLP_CERTIFICATE wins when set. Checked on the settings requests resolves
+    for a request (no TLS server here: the handshake itself is requests' and is not shown)."""
+    bundle, configured = tmp_path / "bundle.pem", tmp_path / "collector.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    url = "https://collector.example:4318/v1/traces"
+    plain = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": url})
+    pinned = _otlp.OtlpHttpSpanExporter(
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": url,
+            "OTEL_EXPORTER_OTLP_CERTIFICATE": str(configured),
+        }
+    )
+
+    def verify(exporter: Any) -> Any:
+        session = exporter._session
+        return session.merge_environment_settings(url, {}, None, None, None)["verify"]
+
+    assert verify(plain) == str(bundle)
+    assert verify(pinned) == str(configured)

@@ -368,3 +368,68 @@ def test_pyobs_provider_hands_spans_to_its_only_processor_until_another_is_added
     assert result["after"] == [False, "SynchronousMultiSpanProcessor"]
     assert result["hooks"] == ["start GET", "end GET /b"]
     assert result["kept"] == ["GET /a", "GET /b"]
+
+
+def test_a_queued_request_span_leaves_one_object_for_the_garbage_collector() -> None:
+    """Spans wait in the batch processor's queue for up to a batch; every object they keep
+    that the cyclic garbage collector tracks makes its collections come sooner and cost more
+    (docs/benchmarks.md). A queued request span keeps no SpanContext object of its own: it
+    is made again from the ids when asked, equal to the one the request saw, and the span
+    exports as before."""
+    import_or_require("flask")
+    script = textwrap.dedent(
+        """
+        import gc, json
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+        from flask import Flask
+        import pyobs, pyobs.flask
+        from pyobs._spans import PyobsTracerProvider, batch_processor
+
+        class Keep(SpanExporter):
+            def __init__(self):
+                self.ids = []
+            def export(self, spans):
+                self.ids += [(s.context.trace_id, s.context.span_id) for s in spans]
+                return SpanExportResult.SUCCESS
+
+        kept = Keep()
+        provider = PyobsTracerProvider()
+        provider.add_span_processor(batch_processor(kept))
+        trace.set_tracer_provider(provider)
+        pyobs.setup(access_log=False)
+        app = Flask("queued")
+        seen = {}
+
+        @app.route("/a")
+        def a():
+            context = trace.get_current_span().get_span_context()
+            seen["ids"] = (context.trace_id, context.span_id)
+            seen["span"] = trace.get_current_span()
+            return "a"
+
+        pyobs.flask.instrument(app)
+        response = app.test_client().get("/a")
+        response.close()
+        span = seen.pop("span")
+        queued = [type(o).__name__ for o in gc.get_referents(span) if gc.is_tracked(o)]
+        again = span.get_span_context()
+        provider.force_flush()
+        print(json.dumps({
+            "queued": sorted(set(queued)),
+            "again": [again.trace_id, again.span_id, again.is_valid, int(again.trace_flags)],
+            "seen": seen["ids"],
+            "kept": kept.ids,
+        }))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "SpanContext" not in result["queued"], result["queued"]
+    trace_id, span_id = result["seen"]
+    assert result["again"][:3] == [trace_id, span_id, True]
+    assert result["again"][3] & 1  # sampled
+    assert result["kept"] == [[trace_id, span_id]]
