@@ -851,7 +851,7 @@ def encode_cost(batch: int = 512, repeat: int = 10) -> int:
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("pyobs", "1.0")
-    for index in range(batch):
+    for index in range(max(batch, 2048)):  # distinct spans for the send cost's batches too
         with tracer.start_as_current_span(
             "GET /items/{item_id}",
             kind=trace.SpanKind.SERVER,
@@ -869,7 +869,8 @@ def encode_cost(batch: int = 512, repeat: int = 10) -> int:
             },
         ):
             pass
-    spans = memory.get_finished_spans()
+    every = memory.get_finished_spans()
+    spans = every[:batch]
     body = encode_spans(spans).SerializeToString()
     warm = _Encoder()  # an exporter's encoder after its first batch: pairs already seen
     warm.request(spans)
@@ -895,7 +896,89 @@ def encode_cost(batch: int = 512, repeat: int = 10) -> int:
     print(f"# {len(body) / batch:.0f} bytes per span; gzip: {len(gzip.compress(body)) / batch:.0f}")
     for name, cost in rows:
         print(f"{name:<40} {cost:>7.1f}")
+    send_cost(every)
     return 0
+
+
+def send_cost(spans: Any, sizes: tuple[int, ...] = (128, 512, 2048), rounds: int = 8) -> None:
+    """Print what sending one batch costs pyobs's exporter, spans encoded as they ended.
+
+    The receiver is a loopback HTTP server in another process that acknowledges each POST
+    with 200, so the figure is the exporting thread's own CPU time (requests, the HTTP
+    client, joining the bytes): a fixed part per batch and a part per span. The second
+    column is the same exporter with a session that reads the environment on every request,
+    as requests does by default (pyobs reads it once, pyobs/_otlp.py).
+    """
+    import multiprocessing
+
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from pyobs._otlp import OtlpHttpSpanExporter
+
+    ready = multiprocessing.get_context("spawn").Event()
+    port = free_port()
+    receiver = multiprocessing.get_context("spawn").Process(
+        target=_acknowledge, args=(port, ready), daemon=True
+    )
+    receiver.start()
+    try:
+        if not ready.wait(20):
+            print("# send cost: the receiver did not start")
+            return
+        exporter = OtlpHttpSpanExporter(
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces"}
+        )
+
+        def per_batch(size: int) -> float:
+            batch = spans[:size]
+            spent = 0.0
+            for _ in range(rounds):
+                for span in batch:
+                    exporter.pyobs_prepare(span)  # as pyobs's processor does when it ends
+                start = time.thread_time()
+                result = exporter.export(batch)
+                spent += time.thread_time() - start
+                if result is not SpanExportResult.SUCCESS:
+                    raise SystemExit(
+                        f"send cost: a batch was not acknowledged: {exporter.last_error}"
+                    )
+            return spent / rounds * 1e6
+
+        per_batch(16)  # the connection is open
+        print("# sending, CPU us of the exporting thread, loopback receiver answering 200")
+        print(f"{'batch':>6} {'per batch':>10} {'per span':>9} {'env read per request':>21}")
+        for size in sizes:
+            once = per_batch(size)
+            exporter._session.trust_env = True  # requests' default: the environment each time
+            each = per_batch(size)
+            exporter._session.trust_env = False
+            print(f"{size:>6} {once:>10.0f} {once / size:>9.2f} {each:>21.0f}")
+        exporter.shutdown()
+    finally:
+        receiver.terminate()
+        receiver.join(5)
+
+
+def _acknowledge(port: int, ready: Any) -> None:
+    """A loopback OTLP/HTTP receiver that answers every POST with an empty 200."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    ready.set()
+    server.serve_forever()
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -928,7 +1011,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument(
-        "--encode-cost", action="store_true", help="only print what serializing a span costs"
+        "--encode-cost",
+        action="store_true",
+        help="only print what serializing a span and sending a batch cost",
     )
     args = parser.parse_args(argv)
     if args.encode_cost:

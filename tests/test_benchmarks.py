@@ -319,7 +319,8 @@ def test_realserver_exports_every_span_to_jaeger(tmp_path: Path) -> None:
 
 
 def test_realserver_encode_cost_prints_each_serializer() -> None:
-    """--encode-cost prices the SDK's OTLP encoder, pyobs's and compression per span."""
+    """--encode-cost prices the SDK's OTLP encoder, pyobs's and compression per span, and
+    sending a batch to a loopback receiver for each batch size (every send acknowledged)."""
     pytest.importorskip("opentelemetry.exporter.otlp.proto.common.trace_encoder")
     result = subprocess.run(
         [sys.executable, str(REALSERVER), "--encode-cost"],
@@ -334,6 +335,13 @@ def test_realserver_encode_cost_prints_each_serializer() -> None:
         row = next((ln for ln in result.stdout.splitlines() if ln.startswith(name)), None)
         assert row is not None, result.stdout
         assert float(row.split()[-1]) > 0, row
+    sends = {
+        ln.split()[0]: ln.split()[1:]
+        for ln in result.stdout.splitlines()
+        if ln[:6].strip().isdigit()
+    }
+    assert set(sends) == {"128", "512", "2048"}, result.stdout
+    assert all(float(value) > 0 for row in sends.values() for value in row), sends
 
 
 def test_shortcuts_benchmark_times_every_removed_shortcut() -> None:
