@@ -64,7 +64,10 @@ LOG_FILE_CONFIG = "pyobs-full+log-file"
 # An extra row (--sdk-bsp): pyobs-full on the SDK's own BatchSpanProcessor (512-span batches),
 # as when the app installs its own provider and pyobs adopts it.
 SDK_BSP_CONFIG = "pyobs-full+sdk-bsp"
-FULL_VARIANTS = (LOG_FILE_CONFIG, SDK_BSP_CONFIG)
+# An extra row (--batch-512): pyobs-full with OTEL_BSP_MAX_EXPORT_BATCH_SIZE=512 (the SDK's
+# batch size instead of pyobs's 2048): what the queued spans cost the garbage collector.
+BATCH_512_CONFIG = "pyobs-full+batch-512"
+FULL_VARIANTS = (LOG_FILE_CONFIG, SDK_BSP_CONFIG, BATCH_512_CONFIG)
 # Two rows more (--parts): pyobs-full without its access log, and without its span, so the
 # cost of each signal in context is the difference to pyobs-full.
 NO_LOG_CONFIG = "pyobs-full-no-log"
@@ -76,6 +79,7 @@ EXTRA_CONFIGS = (*FULL_VARIANTS, *PART_CONFIGS)
 BASELINE = "@baseline"
 BASELINE_CONFIGS = ("pyobs-metrics" + BASELINE, "pyobs-full" + BASELINE)
 _baseline_dir: str | None = None  # set by main() from --baseline
+_batch_512 = False  # set by main() from --batch-512
 
 
 # ======================================================================================
@@ -458,6 +462,8 @@ class Bench:
         config = config.removesuffix(BASELINE)  # the same row; pyobs came from the baseline
         sdk_bsp = config in (SDK_BSP_CONFIG, "otel-contrib")
         tracing = access_log = config.startswith("pyobs-full")
+        if config == BATCH_512_CONFIG:
+            os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = "512"  # read by batch_processor()
         if config == NO_LOG_CONFIG:
             access_log = False
         elif config == NO_SPAN_CONFIG:
@@ -485,6 +491,8 @@ class Bench:
             # provider), pyobs's (pyobs/_spans.py) for pyobs.setup().
             exporter: Any = self.exporter
             processor = BatchSpanProcessor(exporter) if sdk_bsp else batch_processor(exporter)
+            settings = getattr(processor, "settings", None)  # pyobs's processor says
+            exporter.batch_size = getattr(settings, "max_export_batch_size", None)
             provider_type = TracerProvider if sdk_bsp else pyobs_provider
             provider = provider_type(resource=Resource.create({"service.name": "bench"}))
             provider.add_span_processor(processor)
@@ -807,6 +815,7 @@ def _facts(config: str, requests: int, exporter: Any, target: Target) -> dict[st
         facts["span_scopes"] = {
             name: round(n / max(requests, 1), 2) for name, n in sorted(exporter.scopes.items())
         }
+        facts["export_batch_size"] = getattr(exporter, "batch_size", None)
     if config.startswith("pyobs"):
         facts["pyobs_requests"] = _sample("http_server_request_duration_seconds_count")
         facts["pyobs_routes"] = sorted(_route_labels())
@@ -879,6 +888,7 @@ def configs_for(
     """Every configuration measured for a framework (--log-file, --sdk-bsp, --parts: more)."""
     extra = [LOG_FILE_CONFIG] if log_file else []
     extra += [SDK_BSP_CONFIG] if sdk_bsp else []
+    extra += [BATCH_512_CONFIG] if _batch_512 else []
     extra += list(PART_CONFIGS) if parts else []
     extra += list(BASELINE_CONFIGS) if _baseline_dir else []
     return [*BASE_CONFIGS, *extra, *FRAMEWORKS[framework][2]]
@@ -1135,6 +1145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"one row more, {SDK_BSP_CONFIG}: pyobs-full on the SDK's own BatchSpanProcessor",
     )
     parser.add_argument(
+        "--batch-512",
+        action="store_true",
+        help=f"one row more, {BATCH_512_CONFIG}: pyobs-full exporting batches of 512 spans",
+    )
+    parser.add_argument(
         "--parts",
         action="store_true",
         help=f"two rows more, {NO_LOG_CONFIG} and {NO_SPAN_CONFIG}: what each signal costs",
@@ -1153,7 +1168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--worker", nargs=2, metavar=("FRAMEWORK", "CONFIG"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
-    global _baseline_dir
+    global _baseline_dir, _batch_512
+    _batch_512 = args.batch_512
     if args.baseline:
         if not (Path(args.baseline) / "pyobs" / "__init__.py").is_file():
             parser.error(f"--baseline {args.baseline}: no pyobs package there")
@@ -1196,6 +1212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "contrib instrumentation only.\n"
         f"# {LOG_FILE_CONFIG} (--log-file): pyobs-full, access log to a file on disk.\n"
         f"# {SDK_BSP_CONFIG} (--sdk-bsp): pyobs-full on the SDK's BatchSpanProcessor.\n"
+        f"# {BATCH_512_CONFIG} (--batch-512): pyobs-full, batches of 512 spans.\n"
         f"# {NO_LOG_CONFIG}, {NO_SPAN_CONFIG} (--parts): pyobs-full without one signal.\n"
         f"# {', '.join(BASELINE_CONFIGS)} (--baseline DIR): the same, pyobs from DIR.\n"
         "# spans/req: spans exported per request served (fewer than one: spans were lost);\n"

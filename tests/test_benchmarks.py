@@ -131,12 +131,21 @@ def test_pyobs_configurations_really_observe(
 
 
 def test_extra_rows_isolate_each_signal_and_the_span_processor(tmp_path: Path) -> None:
-    """--parts and --sdk-bsp add rows that measure what they say: without the access log
-    (spans, no line), without the span (lines, no span), and pyobs on the SDK's own batch
-    processor; every row reports the garbage collector's share."""
+    """--parts, --sdk-bsp and --batch-512 add rows that measure what they say: without the
+    access log (spans, no line), without the span (lines, no span), pyobs on the SDK's own
+    batch processor, and pyobs's processor with 512-span batches; every row reports the
+    garbage collector's share."""
     out = tmp_path / "extra.json"
     stdout = _run(
-        "--quick", "--frameworks", "flask", "--parts", "--sdk-bsp", "--json", str(out), timeout=240
+        "--quick",
+        "--frameworks",
+        "flask",
+        "--parts",
+        "--sdk-bsp",
+        "--batch-512",
+        "--json",
+        str(out),
+        timeout=240,
     )
     rows = json.loads(out.read_text())["frameworks"]["flask"]
     no_log, no_span = rows["pyobs-full-no-log"]["facts"], rows["pyobs-full-no-span"]["facts"]
@@ -146,6 +155,9 @@ def test_extra_rows_isolate_each_signal_and_the_span_processor(tmp_path: Path) -
     assert no_span["access_log_lines"] == no_span["pyobs_requests"] > 0, no_span
     assert sdk_bsp["span_scopes"] == {"pyobs": 1}, sdk_bsp
     assert sdk_bsp["access_log_lines"] == sdk_bsp["pyobs_requests"], sdk_bsp
+    batch_512, full = rows["pyobs-full+batch-512"]["facts"], rows["pyobs-full"]["facts"]
+    assert batch_512["export_batch_size"] == 512 and full["export_batch_size"] == 2048
+    assert batch_512["spans_per_request"] == 1, batch_512
     for name, row in rows.items():
         assert row["error"] == "", (name, row["error"])
         assert row["gc_us_per_request"] is not None and row["gc_us_per_request"] >= 0, name
