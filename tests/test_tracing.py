@@ -301,29 +301,41 @@ def test_metrics_only_never_loads_the_tracing_sdk(tracing: bool) -> None:
         assert loaded == "[]"
 
 
+# A Flask app on the provider pyobs.setup() installs, with pyobs's batch processor in front of
+# an exporter that keeps what it gets (kept.spans); the scripts below go on from here.
+_PYOBS_PROVIDER_APP = """
+import gc, json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from flask import Flask
+import pyobs, pyobs.flask
+from pyobs import tracing
+from pyobs._spans import PyobsTracerProvider, batch_processor
+
+class Keep(SpanExporter):
+    def __init__(self):
+        self.spans = []
+    def export(self, spans):
+        self.spans += spans
+        return SpanExportResult.SUCCESS
+
+kept = Keep()
+provider = PyobsTracerProvider()
+provider.add_span_processor(batch_processor(kept))
+trace.set_tracer_provider(provider)
+pyobs.setup(access_log=False)
+app = Flask("lane")
+"""
+
+
 def test_pyobs_provider_hands_spans_to_its_only_processor_until_another_is_added() -> None:
     """The provider pyobs.setup() installs gives each request span straight to pyobs's batch
     processor while it is the only one; a processor the app adds later gets every hook
     (start and end) for the spans that follow, and pyobs's processor still gets them all."""
     import_or_require("flask")
-    script = textwrap.dedent(
+    script = _PYOBS_PROVIDER_APP + textwrap.dedent(
         """
-        import json
-        from opentelemetry import trace
-        from opentelemetry.sdk.trace import SpanProcessor
-        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-        from flask import Flask
-        import pyobs, pyobs.flask
-        from pyobs import tracing
-        from pyobs._spans import PyobsTracerProvider, batch_processor
-
-        class Keep(SpanExporter):
-            def __init__(self):
-                self.names = []
-            def export(self, spans):
-                self.names += [s.name for s in spans]
-                return SpanExportResult.SUCCESS
-
         class Hooks(SpanProcessor):
             def __init__(self):
                 self.calls = []
@@ -332,12 +344,6 @@ def test_pyobs_provider_hands_spans_to_its_only_processor_until_another_is_added
             def on_end(self, span):
                 self.calls.append("end " + span.name)
 
-        kept = Keep()
-        provider = PyobsTracerProvider()
-        provider.add_span_processor(batch_processor(kept))
-        trace.set_tracer_provider(provider)
-        pyobs.setup(access_log=False)
-        app = Flask("lane")
         app.add_url_rule("/a", "a", lambda: "a")
         app.add_url_rule("/b", "b", lambda: "b")
         pyobs.flask.instrument(app)
@@ -356,7 +362,8 @@ def test_pyobs_provider_hands_spans_to_its_only_processor_until_another_is_added
         get("/b")
         after = (recorder.on_start is None, type(recorder.processor).__name__)
         provider.force_flush()
-        print(json.dumps({"lane": lane, "after": after, "hooks": hooks.calls, "kept": kept.names}))
+        names = [s.name for s in kept.spans]
+        print(json.dumps({"lane": lane, "after": after, "hooks": hooks.calls, "kept": names}))
         """
     )
     out = subprocess.run(
@@ -377,28 +384,8 @@ def test_a_queued_request_span_leaves_one_object_for_the_garbage_collector() -> 
     is made again from the ids when asked, equal to the one the request saw, and the span
     exports as before."""
     import_or_require("flask")
-    script = textwrap.dedent(
+    script = _PYOBS_PROVIDER_APP + textwrap.dedent(
         """
-        import gc, json
-        from opentelemetry import trace
-        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-        from flask import Flask
-        import pyobs, pyobs.flask
-        from pyobs._spans import PyobsTracerProvider, batch_processor
-
-        class Keep(SpanExporter):
-            def __init__(self):
-                self.ids = []
-            def export(self, spans):
-                self.ids += [(s.context.trace_id, s.context.span_id) for s in spans]
-                return SpanExportResult.SUCCESS
-
-        kept = Keep()
-        provider = PyobsTracerProvider()
-        provider.add_span_processor(batch_processor(kept))
-        trace.set_tracer_provider(provider)
-        pyobs.setup(access_log=False)
-        app = Flask("queued")
         seen = {}
 
         @app.route("/a")
@@ -419,7 +406,7 @@ def test_a_queued_request_span_leaves_one_object_for_the_garbage_collector() -> 
             "queued": sorted(set(queued)),
             "again": [again.trace_id, again.span_id, again.is_valid, int(again.trace_flags)],
             "seen": seen["ids"],
-            "kept": kept.ids,
+            "kept": [[s.context.trace_id, s.context.span_id] for s in kept.spans],
         }))
         """
     )
