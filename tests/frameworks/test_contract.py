@@ -22,11 +22,18 @@ ACCESS_FIELDS = {
 
 
 def _server_spans(served: Served, path: str) -> list[Any]:
-    return [
-        s
-        for s in served.spans.get_finished_spans()
-        if s.kind is SpanKind.SERVER and s.attributes.get("url.path") == path
-    ]
+    """The SERVER spans of ``path``, once there is one (bounded wait): pyobs ends the span
+    last, after the metrics and the access line a test may have waited for."""
+
+    def found() -> list[Any]:
+        return [
+            s
+            for s in served.spans.get_finished_spans()
+            if s.kind is SpanKind.SERVER and s.attributes.get("url.path") == path
+        ]
+
+    served.wait_for(lambda: bool(found()))
+    return found()
 
 
 def test_route_template_labels_the_metrics(served: Served) -> None:
