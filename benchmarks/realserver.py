@@ -907,7 +907,9 @@ def send_cost(spans: Any, sizes: tuple[int, ...] = (128, 512, 2048), rounds: int
     with 200, so the figure is the exporting thread's own CPU time (requests, the HTTP
     client, joining the bytes): a fixed part per batch and a part per span. The second
     column is the same exporter with a session that reads the environment on every request,
-    as requests does by default (pyobs reads it once, pyobs/_otlp.py).
+    as requests does by default (pyobs reads it once, pyobs/_otlp.py). The suite's
+    ``OtlpReceiver`` (tests/tracing_backends.py) is not used here: it answers in HTTP/1.0,
+    so every batch would pay for a new connection, where a collector keeps it alive.
     """
     import multiprocessing
 

@@ -388,10 +388,11 @@ def _get_recorder() -> Any:
 
 
 def span_ids(span: trace.Span) -> tuple[str, str, bool]:
-    """(trace id, span id) in hex and whether the span is sampled."""
-    if type(span) is request_span_type:
-        # Formatted once, from the ints the span was made with.
-        return span.trace_hex, span.span_hex, span.is_sampled  # type: ignore[attr-defined]
+    """(trace id, span id) in hex and whether the span is sampled.
+
+    For any span; the request path reads pyobs's own span's ``trace_hex``, ``span_hex`` and
+    ``is_sampled`` directly (RequestObserver._start_span).
+    """
     context = span.get_span_context()
     return (
         "%032x" % context.trace_id,  # noqa: UP031 - faster than format()
