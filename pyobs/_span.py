@@ -340,8 +340,14 @@ def _start_recorded(
             return trace.NonRecordingSpan(context)
         attributes = dict(result.attributes) if result.attributes is not None else {}
     span = RequestSpan(recorder, name, trace_id, span_id, flags, state, parent_context, attributes)
-    span.trace_hex = "%032x" % trace_id  # noqa: UP031 - faster than format()
-    span.span_hex = "%016x" % span_id  # noqa: UP031
+    # The ids in hex, in half the time of "%032x" % trace_id (an id generator of the
+    # application's may exceed 128 and 64 bits: then as the SDK writes it).
+    try:
+        span.trace_hex = trace_id.to_bytes(16, "big").hex()
+        span.span_hex = span_id.to_bytes(8, "big").hex()
+    except OverflowError:
+        span.trace_hex = "%032x" % trace_id  # noqa: UP031
+        span.span_hex = "%016x" % span_id  # noqa: UP031
     span.is_sampled = sampled
     on_start = recorder.on_start
     if on_start is not None:

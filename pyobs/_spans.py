@@ -1,17 +1,23 @@
-"""The span pipeline pyobs sets up for OTLP: the SDK's BatchSpanProcessor, with every loss counted.
+"""The span pipeline pyobs sets up for OTLP: a batch span processor with every loss counted.
 
-The SDK's processor drops a span when its queue is full and logs "Queue full, dropping Span."
-for each one (issue 16: a log flood and no metric), and a batch the exporter refuses or
-raises on is gone with one log line. ``CountingBatchSpanProcessor`` is the SDK's class (its
-public constructor and methods) with two additions:
+The SDK's ``BatchSpanProcessor`` drops a span when its queue is full and logs "Queue full,
+dropping Span." for each one (issue 16: a log flood and no metric), and a batch the exporter
+refuses or raises on is gone with one log line. ``CountingBatchSpanProcessor`` does what the
+SDK's processor does (a queue, an export thread, the same batching rules and ``OTEL_BSP_*``
+settings, instrumentation suppressed while exporting, a fresh queue in a fork child), with
+counting built in:
 
-- admission in ``on_end``: pyobs counts the spans handed to the SDK that the exporter has not
-  taken yet, and refuses a span when that count reaches the queue size. The SDK's queue
-  never holds more than that count, so it never overflows and never logs per span; the
-  refused span is counted as ``queue_full``;
+- admission in ``on_end``: a span is queued only while the queue holds fewer spans than its
+  size; a refused span is counted as ``queue_full``, and nothing is logged per span;
 - the exporter is wrapped: a batch it refuses, raises on or times out on is counted as
   ``export_failed``; spans that end after shutdown, or that shutdown leaves unexported, as
   ``shutdown``.
+
+It is pyobs's own class, not a subclass of the SDK's: queueing through the SDK's class made
+the span's ``SpanContext``, checked the process id and went through two more calls for each
+span, about 2 us per request on the request thread (docs/benchmarks.md, "Sixth round"). It
+uses only the SDK's public ``SpanProcessor`` interface; the context it exports in is the one
+the SDK's own ``SimpleSpanProcessor`` exports in (``_suppressing_context``).
 
 So spans sampled = spans exported + ``pyobs_spans_dropped_total`` (over every reason),
 exactly. Drops are logged on ``pyobs`` at most once per minute, with the count since the last
@@ -27,11 +33,12 @@ it flushes, calls that handler, and keeps flushing every DRAIN_INTERVAL from a d
 so that spans ending during the app's graceful shutdown are out before a server that
 restores SIG_DFL and re-raises ends the process. The shipper's handler and this one chain
 in either order: each runs its own flush and calls the one it found. A fork child flushes
-only its own spans (the SDK empties the parent's queue in the child).
+only its own spans (the child starts with an empty queue, as the SDK's does).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -43,9 +50,11 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+from opentelemetry import context as context_api
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from pyobs._otel_env import BatchSettings, batch_settings
 
@@ -57,7 +66,8 @@ NUDGE_WAIT = 0.005  # CPython's default switch interval
 INTERVAL = 60.0  # seconds between two log lines about dropped spans
 
 _log = logging.getLogger("pyobs")
-_clock = time.monotonic
+_clock = time.monotonic  # the drop log's clock (tests stop it)
+_now = time.monotonic  # deadlines of flushes
 
 
 class _Dropped:
@@ -176,35 +186,70 @@ class _CountingExporter(SpanExporter):
         return getattr(self.inner, name)
 
 
-class CountingBatchSpanProcessor(BatchSpanProcessor):
-    """The SDK's BatchSpanProcessor, bounded by admission so that every lost span is counted."""
+def _suppressing_context() -> Context:
+    """The context the SDK's span processors export in: instrumentation suppressed.
+
+    Taken from the SDK's own ``SimpleSpanProcessor`` through public calls (its exporter is
+    called inside that context and reads it with ``get_current()``), so that an HTTP client
+    that OpenTelemetry instruments makes no span of its own while it exports pyobs's spans
+    (the key that marks it is private to the API). Should a later SDK stop suppressing
+    there, this is the plain current context and export still works (tests/test_span_loss.py
+    checks that it suppresses).
+    """
+    seen: list[Context] = []
+
+    class _Look(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            seen.append(context_api.get_current())
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            """Nothing to release."""
+
+    probe = ReadableSpan(
+        name="pyobs-probe", context=SpanContext(1, 1, False, TraceFlags(TraceFlags.SAMPLED))
+    )
+    try:
+        SimpleSpanProcessor(_Look()).on_end(probe)
+    except Exception:  # noqa: BLE001 - no suppression then: export still works
+        pass
+    return seen[0] if seen else context_api.get_current()
+
+
+# How an export pass ends (the SDK's batch strategies).
+_FULL_BATCHES, _ONE_BATCH, _EVERYTHING = 0, 1, 2
+
+
+class CountingBatchSpanProcessor(SpanProcessor):
+    """A batch span processor like the SDK's, whose every lost span is counted.
+
+    It behaves as the SDK's ``BatchSpanProcessor`` does (a queue, an export thread that
+    sends a batch when one is full or when the schedule delay has passed, ``OTEL_BSP_*``,
+    ``force_flush``, ``shutdown``, a fresh queue and thread in a fork child, instrumentation
+    suppressed while exporting), with admission and counting built in: a span is queued
+    only while the queue holds fewer than its size and is otherwise counted as
+    ``queue_full``; a batch the exporter refuses or raises on is counted as
+    ``export_failed``; spans left at shutdown as ``shutdown``. Queueing a span is one
+    length check and one append on the request thread (docs/benchmarks.md, "Sixth round").
+    """
 
     def __init__(self, exporter: SpanExporter, settings: BatchSettings | None = None) -> None:
-        self.settings = settings or batch_settings(os.environ)
-        self._pending = 0  # spans handed to the SDK that the exporter has not taken yet
-        self._pending_lock = threading.Lock()
-        self._progressed = threading.Condition(self._pending_lock)  # see _progress
-        self._progress = 0  # batches the exporter has taken, and exports it has finished
-        self._nudge_at = min(
-            self.settings.max_export_batch_size + NUDGE_AFTER, self.settings.max_queue_size
-        )
-        self._gave_up_at = -1  # _progress when a nudge last waited in vain
-        self._closed = False
+        self.settings = settings = settings or batch_settings(os.environ)
+        self._max_queue = settings.max_queue_size
+        self._batch_size = settings.max_export_batch_size
+        self._delay = settings.schedule_delay_millis / 1000
+        self._nudge_at = min(settings.max_export_batch_size + NUDGE_AFTER, settings.max_queue_size)
+        self._closed = False  # shutdown began: spans that end now are counted as shutdown
+        self._stopped = False  # shutdown's time ran out: no export is started any more
         self.exporter = exporter
-        self._pid = os.getpid()
         self._counting = _CountingExporter(exporter, self._taken, self._exported)
         # pyobs's OTLP exporter encodes each span as it ends (pyobs/_otlp.py, pyobs_prepare).
         self._prepare = getattr(exporter, "pyobs_prepare", None)
         if self._prepare is not None:
-            exporter.ready_max = 2 * self.settings.max_queue_size  # type: ignore[attr-defined]
+            exporter.ready_max = 2 * settings.max_queue_size  # type: ignore[attr-defined]
+        self._suppressed = _suppressing_context()
         DROPPED.ensure()
-        super().__init__(
-            self._counting,
-            max_queue_size=self.settings.max_queue_size,
-            schedule_delay_millis=self.settings.schedule_delay_millis,
-            max_export_batch_size=self.settings.max_export_batch_size,
-            export_timeout_millis=self.settings.export_timeout_millis,
-        )
+        self._start()
         if hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
 
@@ -216,18 +261,28 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             os.register_at_fork(after_in_child=_after_in_child)
         _processors.add(self)
 
-    def _after_fork(self) -> None:
-        # The SDK empties its queue in a forked child; the parent still exports its copy.
+    def _start(self) -> None:
+        """A fresh queue, locks and export thread (at start, and in a fork child)."""
+        # Oldest on the left. deque's append and popleft are atomic: the request thread
+        # appends and the export thread pops without a lock between them.
+        self._queue: collections.deque[ReadableSpan] = collections.deque()
         self._pending_lock = threading.Lock()
-        self._progressed = threading.Condition(self._pending_lock)
-        self._pending = 0
-        self._gave_up_at = -1
+        self._progressed = threading.Condition(self._pending_lock)  # see _nudge
+        self._progress = 0  # batches the exporter has taken, and exports it has finished
+        self._gave_up_at = -1  # _progress when a nudge last waited in vain
+        self._export_lock = threading.Lock()  # one export pass at a time
+        self._wake = threading.Event()
         self._counting.in_flight = 0
         self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._work, name="pyobs-span-export", daemon=True)
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        # The child starts empty: the parent still exports its own queue.
+        self._start()
 
     def _taken(self, count: int) -> None:
         with self._pending_lock:
-            self._pending = max(0, self._pending - count)
             self._progress += 1
             self._progressed.notify_all()
 
@@ -236,13 +291,56 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             self._progress += 1
             self._progressed.notify_all()
 
+    # -- the export thread -------------------------------------------------------------
+
+    def _work(self) -> None:
+        wake = self._wake
+        while not self._closed:
+            woken = wake.wait(self._delay)
+            wake.clear()  # a span queued from here on wakes the next wait at once
+            if self._closed:
+                break
+            self._export(_FULL_BATCHES if woken else _ONE_BATCH)
+        self._export(_EVERYTHING)
+
+    def _export(self, until: int, deadline: float | None = None) -> bool:
+        """Export batches (``until`` says how many); False when ``deadline`` ran out first."""
+        lock = self._export_lock
+        if deadline is None:
+            lock.acquire()
+        elif not lock.acquire(timeout=max(0.0, deadline - _now())):
+            return False
+        try:
+            queue = self._queue
+            first = True
+            while queue and not self._stopped:
+                if len(queue) < self._batch_size and not (
+                    until == _EVERYTHING or (until == _ONE_BATCH and first)
+                ):
+                    break
+                if deadline is not None and not first and _now() >= deadline:
+                    return False
+                first = False
+                pop = queue.popleft
+                batch = [pop() for _ in range(min(self._batch_size, len(queue)))]
+                token = context_api.attach(self._suppressed)
+                try:
+                    self._counting.export(batch)
+                except Exception:  # noqa: BLE001 - counted by the exporter wrapper; never raise here
+                    pass
+                finally:
+                    context_api.detach(token)
+            return not queue
+        finally:
+            lock.release()
+
     def _nudge(self) -> None:
         """Step aside until the export thread makes progress (at most NUDGE_WAIT).
 
-        The SDK wakes its export thread when a batch is queued, and that thread then needs
-        the GIL. A request thread that releases the GIL only for short system calls (one
-        ``write`` per access line) takes it straight back each time, and CPython forces a
-        switch only after a full switch interval without one: the export thread is woken
+        The processor wakes its export thread when a batch is queued, and that thread then
+        needs the GIL. A request thread that releases the GIL only for short system calls
+        (one ``write`` per access line) takes it straight back each time, and CPython forces
+        a switch only after a full switch interval without one: the export thread is woken
         in vain per request and starved until the queue overflows (docs/benchmarks.md, "The
         export thread and the GIL"); so is an export whose socket call returned. Blocking
         here, every NUDGE_AFTER spans while a batch is overdue, lets that thread in until it
@@ -258,8 +356,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             if not self._progressed.wait_for(lambda: self._progress != seen, NUDGE_WAIT):
                 self._gave_up_at = seen
 
-    # Nothing to do when a span starts or is ending, as in the SDK's class; said here so that
-    # pyobs's own provider may skip these calls (PyobsTracerProvider.sole_processor).
+    # -- the span processor hooks --------------------------------------------------------
+
+    # Nothing to do when a span starts or is ending, as in the SDK's batch processor; said
+    # here so that pyobs's own provider may skip these calls (PyobsTracerProvider.sole_processor).
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Nothing: spans are queued when they end."""
 
@@ -277,12 +377,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         if self._closed:
             DROPPED.add("shutdown", 1)
             return
-        with self._pending_lock:
-            pending = self._pending
-            admitted = pending < self.settings.max_queue_size
-            if admitted:
-                self._pending = pending = pending + 1
-        if not admitted:
+        queue = self._queue
+        # Threads that check at the same moment may each add one span past the size; none
+        # is ever dropped uncounted.
+        if len(queue) >= self._max_queue:
             DROPPED.add("queue_full", 1)
             return
         prepare = self._prepare
@@ -291,19 +389,46 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
                 prepare(span)
             except Exception:  # noqa: BLE001 - encoded again at export, which reports it
                 pass
-        super().on_end(span)
-        if pending >= self._nudge_at and not (pending - self._nudge_at) % NUDGE_AFTER:
-            self._nudge()
+        queue.append(span)
+        pending = len(queue)
+        if pending >= self._batch_size:
+            wake = self._wake
+            if not wake.is_set():
+                wake.set()
+            if pending >= self._nudge_at and not (pending - self._nudge_at) % NUDGE_AFTER:
+                self._nudge()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Export every queued span from this thread; False when time ran out first."""
+        if self._closed:
+            return False
+        return self._export(_EVERYTHING, _now() + timeout_millis / 1000)
 
     def shutdown(self) -> None:
-        """Export what is queued (within the SDK's shutdown time); count what is left."""
+        """Export what is queued (within the export timeout); count what is left."""
+        if self._closed:
+            return
         self._closed = True
-        super().shutdown()  # type: ignore[no-untyped-call]
-        with self._pending_lock:
-            left, self._pending = self._pending, 0
+        self._wake.set()
+        if self._pid == os.getpid():
+            self._thread.join(self.settings.export_timeout_millis / 1000)
+        self._stopped = True  # an export still running finishes; no other starts
+        with contextlib.suppress(Exception):
+            self._counting.shutdown()
+        left = self._take_all()
         if left:
             DROPPED.add("shutdown", left)
         DROPPED.flush_line()
+
+    def _take_all(self) -> int:
+        """Empty the queue; how many spans it held."""
+        left = 0
+        pop = self._queue.popleft
+        with contextlib.suppress(IndexError):
+            while True:
+                pop()
+                left += 1
+        return left
 
     def shutdown_on_signal(self) -> None:
         """Flush within the export timeout, then count every span not exported (process ends)."""
@@ -311,15 +436,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             return
         self._closed = True  # spans that end from now on are counted as shutdown
         with contextlib.suppress(Exception):
-            self.force_flush(self.settings.export_timeout_millis)
-        # The signal may have interrupted on_end on this very thread while it held the lock:
-        # wait for it only briefly (the process is ending; a plain read is then close enough).
-        locked = self._pending_lock.acquire(timeout=0.5)
-        try:
-            left, self._pending = self._pending, 0
-        finally:
-            if locked:
-                self._pending_lock.release()
+            self._export(_EVERYTHING, _now() + self.settings.export_timeout_millis / 1000)
+        self._stopped = True
+        self._wake.set()
+        left = self._take_all()
         left += self._counting.in_flight  # a batch still on the wire is not known as exported
         self._counting.in_flight = 0
         if left:

@@ -174,6 +174,65 @@ def test_spans_ending_after_shutdown_are_counted(frozen_clock: None) -> None:
     assert exporter.exported == 0
 
 
+class _RecordingExporter(TestExporter):
+    """Notes each batch's size, its thread, and whether instrumentation was on while exporting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, str, bool]] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+        self.calls.append(
+            (len(spans), threading.current_thread().name, is_instrumentation_enabled())
+        )
+        return super().export(spans)
+
+
+def test_batches_leave_as_the_sdk_sends_them_with_instrumentation_suppressed() -> None:
+    """pyobs's processor batches as the SDK's BatchSpanProcessor does: a full batch leaves on
+    the export thread at once, a partial one after the schedule delay or at force_flush; it
+    exports with instrumentation suppressed (an instrumented HTTP client makes no span of
+    the export), and the application's own context is untouched; after shutdown,
+    force_flush says False."""
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+    exporter = _RecordingExporter()
+    settings = BatchSettings(
+        max_queue_size=64, max_export_batch_size=16, schedule_delay_millis=60_000,
+        export_timeout_millis=1000,
+    )  # fmt: skip
+    provider = TracerProvider()
+    processor = _spans.CountingBatchSpanProcessor(exporter, settings)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("batches")
+    for _ in range(40):
+        tracer.start_span("op").end()
+    wait_until(lambda: exporter.exported == 32, 10, "two full batches")
+    time.sleep(0.2)  # the 8 left wait for the (one minute) delay
+    assert exporter.exported == 32
+    assert processor.force_flush() is True
+    assert exporter.exported == 40
+    sizes = [size for size, _, _ in exporter.calls]
+    assert sizes == [16, 16, 8]
+    assert exporter.calls[0][1] == "pyobs-span-export"
+    assert exporter.calls[2][1] == threading.current_thread().name  # force_flush exports here
+    assert [enabled for _, _, enabled in exporter.calls] == [False, False, False]
+    assert is_instrumentation_enabled()
+    provider.shutdown()
+    assert processor.force_flush() is False
+
+    quick = _RecordingExporter()  # a short delay sends a partial batch without a flush
+    processor = _spans.CountingBatchSpanProcessor(quick, SMALL)  # 5 ms delay
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    for _ in range(3):
+        provider.get_tracer("delay").start_span("op").end()
+    wait_until(lambda: quick.exported == 3, 10, "the delay's partial batch")
+    provider.shutdown()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_worker_accounts_for_its_own_spans(frozen_clock: None) -> None:
     """After a fork (gunicorn --preload builds the pipeline in the master) with the parent's
