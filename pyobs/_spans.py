@@ -14,8 +14,9 @@ counting built in:
   ``shutdown``.
 
 It is pyobs's own class, not a subclass of the SDK's: queueing through the SDK's class made
-the span's ``SpanContext``, checked the process id and went through two more calls for each
-span, about 2 us per request on the request thread (docs/benchmarks.md, "Sixth round"). It
+the span's ``SpanContext``, read the process id and went through two more calls for each
+span: 6-7 us of CPU per request in the interleaved benchmark (docs/benchmarks.md, "Sixth
+round"). It
 uses only the SDK's public ``SpanProcessor`` interface; the context it exports in is the one
 the SDK's own ``SimpleSpanProcessor`` exports in (``_suppressing_context``).
 
@@ -266,7 +267,9 @@ class CountingBatchSpanProcessor(SpanProcessor):
         # Oldest on the left. deque's append and popleft are atomic: the request thread
         # appends and the export thread pops without a lock between them.
         self._queue: collections.deque[ReadableSpan] = collections.deque()
-        self._pending_lock = threading.Lock()
+        # Re-entrant: pyobs's SIGTERM handler exports on the main thread, which the signal may
+        # have interrupted inside _nudge while it held this lock.
+        self._pending_lock = threading.RLock()
         self._progressed = threading.Condition(self._pending_lock)  # see _nudge
         self._progress = 0  # batches the exporter has taken, and exports it has finished
         self._gave_up_at = -1  # _progress when a nudge last waited in vain
