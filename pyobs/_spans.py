@@ -16,9 +16,8 @@ counting built in:
 It is pyobs's own class, not a subclass of the SDK's: queueing through the SDK's class made
 the span's ``SpanContext``, read the process id and went through two more calls for each
 span: 6-7 us of CPU per request in the interleaved benchmark (docs/benchmarks.md, "Sixth
-round"). It
-uses only the SDK's public ``SpanProcessor`` interface; the context it exports in is the one
-the SDK's own ``SimpleSpanProcessor`` exports in (``_suppressing_context``).
+round"). It uses only the SDK's public ``SpanProcessor`` interface; the context it exports
+in is the one the SDK's own ``SimpleSpanProcessor`` exports in (``_suppressing_context``).
 
 So spans sampled = spans exported + ``pyobs_spans_dropped_total`` (over every reason),
 exactly. Drops are logged on ``pyobs`` at most once per minute, with the count since the last
@@ -150,15 +149,14 @@ DROPPED = _Dropped()
 class _CountingExporter(SpanExporter):
     """The real exporter, with the spans of a failed batch counted as dropped."""
 
-    def __init__(self, inner: SpanExporter, taken: Any, done: Any) -> None:
+    def __init__(self, inner: SpanExporter, progress: Any) -> None:
         self.inner = inner
-        self._taken = taken
-        self._done = done
+        self._progress = progress  # called when a batch is taken and when its export ends
         self.in_flight = 0  # spans of the batch being exported (counted if the process dies)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Export through the real exporter; a refused or raising batch is counted."""
-        self._taken(len(spans))
+        self._progress()
         self.in_flight = len(spans)
         try:
             result = self.inner.export(spans)
@@ -167,7 +165,7 @@ class _CountingExporter(SpanExporter):
             result = SpanExportResult.FAILURE
         finally:
             self.in_flight = 0
-            self._done()
+            self._progress()
         if result is not SpanExportResult.SUCCESS:
             reason = getattr(self.inner, "last_error", "")  # pyobs's OTLP exporter says why
             if reason and isinstance(reason, str):
@@ -243,7 +241,7 @@ class CountingBatchSpanProcessor(SpanProcessor):
         self._closed = False  # shutdown began: spans that end now are counted as shutdown
         self._stopped = False  # shutdown's time ran out: no export is started any more
         self.exporter = exporter
-        self._counting = _CountingExporter(exporter, self._taken, self._exported)
+        self._counting = _CountingExporter(exporter, self._advance)
         # pyobs's OTLP exporter encodes each span as it ends (pyobs/_otlp.py, pyobs_prepare).
         self._prepare = getattr(exporter, "pyobs_prepare", None)
         if self._prepare is not None:
@@ -257,7 +255,7 @@ class CountingBatchSpanProcessor(SpanProcessor):
             def _after_in_child() -> None:
                 processor = ref()
                 if processor is not None:
-                    processor._after_fork()
+                    processor._start()  # the child starts empty; the parent exports its own
 
             os.register_at_fork(after_in_child=_after_in_child)
         _processors.add(self)
@@ -280,16 +278,8 @@ class CountingBatchSpanProcessor(SpanProcessor):
         self._thread = threading.Thread(target=self._work, name="pyobs-span-export", daemon=True)
         self._thread.start()
 
-    def _after_fork(self) -> None:
-        # The child starts empty: the parent still exports its own queue.
-        self._start()
-
-    def _taken(self, count: int) -> None:
-        with self._pending_lock:
-            self._progress += 1
-            self._progressed.notify_all()
-
-    def _exported(self) -> None:
+    def _advance(self) -> None:
+        """The exporter took a batch, or finished an export: progress for _nudge."""
         with self._pending_lock:
             self._progress += 1
             self._progressed.notify_all()

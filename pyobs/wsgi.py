@@ -292,8 +292,7 @@ class _ObservedBody(RequestHandle):
             if close is not None:
                 close()
         finally:
-            if self.route is None:  # usually known since start_response
-                self.resolve_route()
+            self.resolve_route()
             observer = self._middleware.observer
             if observer is not None:
                 observer.finish(self)
