@@ -331,8 +331,9 @@ def test_realserver_exports_every_span_to_jaeger(tmp_path: Path) -> None:
 
 
 def test_realserver_encode_cost_prints_each_serializer() -> None:
-    """--encode-cost prices the SDK's OTLP encoder, pyobs's and compression per span, and
-    sending a batch to a loopback receiver for each batch size (every send acknowledged)."""
+    """--encode-cost prices the SDK's OTLP encoder, pyobs's (on SDK spans and on pyobs's own
+    request spans, made by Flask requests) and compression per span, and sending a batch to a
+    loopback receiver for each batch size (every send acknowledged)."""
     pytest.importorskip("opentelemetry.exporter.otlp.proto.common.trace_encoder")
     result = subprocess.run(
         [sys.executable, str(REALSERVER), "--encode-cost"],
@@ -343,7 +344,8 @@ def test_realserver_encode_cost_prints_each_serializer() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("SDK OTLP encoder", "pyobs encoder", "gzip level 9", "gzip level 1"):
+    names = ("SDK OTLP encoder", "pyobs encoder", "pyobs encoder, pyobs's request spans")
+    for name in (*names, "gzip level 9", "gzip level 1"):
         row = next((ln for ln in result.stdout.splitlines() if ln.startswith(name)), None)
         assert row is not None, result.stdout
         assert float(row.split()[-1]) > 0, row

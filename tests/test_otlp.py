@@ -90,10 +90,18 @@ def test_the_encoder_writes_what_the_sdk_encoder_builds() -> None:
     body = encoder.request(many, lambda: steps.append(1))
     assert ExportTraceServiceRequest.FromString(body) == encode_spans(many)
     assert len(steps) == 1  # stepped aside between the two slices, not after the last
+    # Spans encoded as they ended are only joined: no step aside (a GIL hand-off each).
+    ready = {id(span): encoder.span(span) for span in many}
+    steps.clear()
+    body = encoder.request(many, lambda: steps.append(1), ready)
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(many)
+    assert steps == [] and ready == {}
 
 
 def test_the_encoder_writes_pyobs_request_spans_as_the_sdk_would() -> None:
-    """pyobs's own request spans (RequestSpan), as a Flask request records them."""
+    """pyobs's own request spans (RequestSpan), as a Flask request records them: with and
+    without a remote parent, with an error status (written by the general path), and once
+    an application added an event (general path too)."""
     from pyobs.testing import span_exporter
     from tests.core_apps import FACTORIES, Client
 
@@ -101,12 +109,26 @@ def test_the_encoder_writes_pyobs_request_spans_as_the_sdk_would() -> None:
     client = Client("flask", FACTORIES["flask"]())
     exporter = span_exporter()
     exporter.clear()
+    parent = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"}
     for path in ("/items/1?q=2", "/boom", "/missing"):
-        client.get(path, {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+        client.get(path, parent)
+        client.get(path)
     spans = list(exporter.get_finished_spans())
-    assert len(spans) == 3
-    parsed = ExportTraceServiceRequest.FromString(_otlp.encode(spans))
+    assert len(spans) == 6
+    encoder = _otlp._Encoder()
+    parsed = ExportTraceServiceRequest.FromString(encoder.request(spans))
     assert parsed == encode_spans(spans)
+    # The common spans took the request-span path, the error spans the general one.
+    taken = [encoder.request_span(span) is not None for span in spans]
+    assert taken == [True, True, False, False, True, True]
+    # An event (application code on the current span) sends the span down the general path.
+    spans[0]._events = ()  # what the span holds before its first event
+    spans[0]._end_time = None
+    spans[0].add_event("cache miss", {"key": "k"})
+    spans[0]._end_time = spans[1].end_time
+    assert encoder.request_span(spans[0]) is None
+    parsed = ExportTraceServiceRequest.FromString(encoder.request(spans[:1]))
+    assert parsed == encode_spans(spans[:1])
 
 
 def test_a_value_the_protocol_cannot_carry_fails_the_batch_with_a_reason() -> None:
