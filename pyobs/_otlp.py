@@ -87,6 +87,11 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _prefix(tag: int, size: int) -> bytes:
+    """The key and length of a length-delimited field (wire type 2) of ``size`` bytes."""
+    return bytes((tag << 3 | 2,)) + _varint(size)
+
+
 def _field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2); tags up to 15 (one key byte)."""
     size = len(payload)
@@ -290,7 +295,8 @@ class _Encoder:
     ) -> bytes:
         """The whole request; ``step_aside()`` is called after each SLICE spans encoded here.
 
-        ``ready`` holds spans already encoded when they ended (by id), taken out as used.
+        ``ready`` holds spans already encoded when they ended (by id), taken out as used;
+        pyobs's request spans carry theirs (``RequestSpan.encoded``).
         Joining those takes no step aside: each step is a GIL hand-off, and while the export
         thread waits to take the GIL back, every release of it by a request thread wakes it
         in vain (one futex call each; docs/benchmarks.md, "Export off the hot path").
@@ -298,42 +304,60 @@ class _Encoder:
         # Grouped by identity: a Resource hashes by serializing its attributes to JSON.
         grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
         fresh = 0  # spans encoded here since the last step aside
+        # The export thread holds the GIL for this loop: a request waits for it. Spans of
+        # the same resource and scope as the one before (pyobs's request spans all are)
+        # skip the grouping lookups.
+        last: tuple[Any, Any] = (None, None)
+        listed: list[bytes] = []
+        pop = ready.pop if ready else None
         for span in spans:
-            resource = span.resource
-            entry = grouped.get(id(resource))
-            if entry is None:
-                entry = grouped[id(resource)] = (resource, {})
-            scope = span.instrumentation_scope
-            listed = entry[1].get(id(scope))
-            if listed is None:
-                listed = entry[1][id(scope)] = (scope, [])
-            done = ready.pop(id(span), None) if ready else None
-            if done is not None and done.find(_span_id(span), 0, 40) < 0:
-                done = None  # bytes of another span that had this id (it never reached export)
+            if type(span) is RequestSpan:
+                resource = span._resource
+                scope = span._instrumentation_scope
+                done: bytes | None = span.encoded
+            else:
+                resource = span.resource
+                scope = span.instrumentation_scope
+                done = pop(id(span), None) if pop is not None else None
+                if done is not None and done.find(_span_id(span), 0, 40) < 0:
+                    done = None  # bytes of another span that had this id (it was not exported)
+            if resource is not last[0] or scope is not last[1]:
+                entry = grouped.get(id(resource))
+                if entry is None:
+                    entry = grouped[id(resource)] = (resource, {})
+                found = entry[1].get(id(scope))
+                if found is None:
+                    found = entry[1][id(scope)] = (scope, [])
+                listed = found[1]
+                last = (resource, scope)
             if done is None:
                 if fresh == SLICE and step_aside is not None:
                     step_aside()
                     fresh = 0
                 fresh += 1
                 done = self.span(span)
-            listed[1].append(done)
-        out = []
+            listed.append(done)
+        # The nested messages' parts are listed with their length prefixes and joined once:
+        # a batch of 2,048 spans is about 0.7 MB, and each nested join would copy it again
+        # into fresh memory (page faults included) while the GIL is held.
+        out: list[bytes] = []
         for resource, by_scope in grouped.values():
-            body = [self.resource(resource)]
+            head = self.resource(resource)
+            parts: list[bytes] = []
             for scope, encoded in by_scope.values():
                 tail = b""
                 if scope is not None and scope.schema_url:
                     tail = _field(3, scope.schema_url.encode())
-                body.append(_field(2, self.scope(scope) + b"".join(encoded) + tail))
+                scope_head = self.scope(scope)
+                size = len(scope_head) + sum(map(len, encoded)) + len(tail)
+                parts += (_prefix(2, size), scope_head, *encoded, tail)
             if resource.schema_url:
-                body.append(_field(3, resource.schema_url.encode()))
-            out.append(_field(1, b"".join(body)))
+                parts.append(_field(3, resource.schema_url.encode()))
+            out += (_prefix(1, len(head) + sum(map(len, parts))), head, *parts)
         return b"".join(out)
 
 
 def _span_id(span: ReadableSpan) -> bytes:
-    if type(span) is RequestSpan:
-        return b"\x12\x08" + span._span_id.to_bytes(8, "big")
     context = span.context
     return b"\x12\x08" + (context.span_id if context is not None else 0).to_bytes(8, "big")
 
@@ -544,8 +568,15 @@ class OtlpHttpSpanExporter(SpanExporter):
         one go by the export thread, which then only joins the bytes and sends them: a burst
         of encoding shares the CPU with the requests of its moment and shows in their
         latency (docs/benchmarks.md, "Export off the hot path"). A span that is never
-        exported leaves its bytes here until the next cut (twice the queue).
+        exported leaves its bytes here until the next cut (twice the queue). pyobs's own
+        request span keeps its bytes itself (``RequestSpan.encoded``): the export thread
+        then reads them from the span, with no lookup by id and no check that the bytes are
+        this span's (the loop that does that for other spans holds the GIL for up to 2 ms
+        per batch of 2,048; docs/benchmarks.md).
         """
+        if type(span) is RequestSpan:
+            span.encoded = self._encoder.span(span)
+            return
         ready = self._ready
         if len(ready) >= self.ready_max:
             ready.clear()  # spans that never reached export (a queue cleared by fork)

@@ -63,6 +63,8 @@ class RequestSpan(trace.Span, ReadableSpan):
 
     # The span's SpanContext, made when first asked for (see _context).
     _made: trace.SpanContext | None = None
+    # The span's OTLP bytes, when pyobs's OTLP exporter encoded it as it ended (_otlp.py).
+    encoded: bytes | None = None
 
     def __init__(
         self,

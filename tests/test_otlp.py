@@ -348,6 +348,36 @@ def test_spans_encoded_as_they_end_are_sent_as_the_sdk_would(receiver: Receiver)
     assert exporter._ready == {}
 
 
+def test_request_spans_carry_their_bytes_to_the_export(receiver: Receiver) -> None:
+    """pyobs's request spans keep the bytes encoded as they ended on themselves (no lookup by
+    id at export); a request span without them (it ended before the exporter was there) is
+    encoded at export; the request is exactly the SDK's either way."""
+    from pyobs._spans import CountingBatchSpanProcessor
+    from pyobs.testing import span_exporter
+    from tests.core_apps import FACTORIES, Client
+
+    import_or_require("flask")
+    client = Client("flask", FACTORIES["flask"]())
+    memory = span_exporter()
+    memory.clear()
+    for path in ("/items/1", "/items/2", "/missing"):
+        client.get(path)
+    spans = list(memory.get_finished_spans())
+    assert [type(span).__name__ for span in spans] == ["RequestSpan"] * 3
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    processor = CountingBatchSpanProcessor(exporter)
+    for span in spans[:2]:
+        processor.on_end(span)
+    assert exporter._ready == {}
+    assert [span.encoded == exporter._encoder.span(span) for span in spans] == [True, True, False]
+    processor.on_end(spans[2])  # as if it had ended with no bytes: encoded at export
+    spans[2].encoded = None
+    processor.force_flush()
+    processor.shutdown()
+    (post,) = receiver.posts
+    assert post["request"] == encode_spans(spans)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
 def test_a_fork_child_sends_on_its_own_connection(receiver: Receiver) -> None:
     """A connection kept alive in the parent is the parent's: a fork child's export opens its
