@@ -344,7 +344,12 @@ def test_realserver_encode_cost_prints_each_serializer() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    names = ("SDK OTLP encoder", "pyobs encoder", "pyobs encoder, pyobs's request spans")
+    names = [
+        "SDK OTLP encoder",
+        "pyobs encoder",
+        "pyobs encoder, pyobs's request spans",
+        "pyobs exporter, joining those",
+    ]
     for name in (*names, "gzip level 9", "gzip level 1"):
         row = next((ln for ln in result.stdout.splitlines() if ln.startswith(name)), None)
         assert row is not None, result.stdout
