@@ -830,22 +830,16 @@ def _versions() -> str:
 
 def _request_spans(count: int) -> list[Any]:
     """``count`` of pyobs's own request spans (RequestSpan), made by Flask requests through
-    pyobs (routes, status, user agent as in the real-server runs), as its exporter gets them."""
-    from flask import Flask
+    pyobs (the benchmarks' Flask app, user agent as in the real-server runs), as its exporter
+    gets them."""
+    from _overhead_apps import build
     from werkzeug.test import Client
 
     import pyobs
-    import pyobs.flask
     from pyobs.testing import span_exporter
 
     pyobs.setup(service_name="bench", tracing=True, access_log=False)
-    app = Flask("encode")
-
-    @app.get("/items/<int:item_id>")
-    def get_item(item_id: int) -> dict[str, int]:
-        return {"id": item_id}
-
-    pyobs.flask.instrument(app)
+    app = build("flask", "pyobs-full").app
     memory = span_exporter()
     client = Client(app)
     for index in range(count):

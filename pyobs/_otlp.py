@@ -156,6 +156,15 @@ class _Encoder:
                 parts.append(_field(tag, _key_value(key, value)))
         return b"".join(parts)
 
+    def name(self, name: str) -> bytes:
+        """A span's name field; the bytes of every name seen are reused (routes repeat)."""
+        encoded = self.names.get(name)
+        if encoded is None:
+            if len(self.names) >= _CACHE_MAX:
+                self.names.clear()
+            encoded = self.names[name] = _field(5, name.encode("utf-8", "surrogatepass"))
+        return encoded
+
     def span(self, span: ReadableSpan) -> bytes:
         if type(span) is RequestSpan:
             encoded = self.request_span(span)
@@ -173,12 +182,7 @@ class _Encoder:
         parent = span.parent
         if parent is not None:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        name = self.names.get(span.name)
-        if name is None:
-            if len(self.names) >= _CACHE_MAX:
-                self.names.clear()
-            name = self.names[span.name] = _field(5, span.name.encode("utf-8", "surrogatepass"))
-        parts.append(name)
+        parts.append(self.name(span.name))
         parts.append(bytes((0x30, span.kind.value + 1)))
         parts.append(
             b"\x39" + _PACK_Q(span.start_time or 0) + b"\x41" + _PACK_Q(span.end_time or 0)
@@ -234,11 +238,6 @@ class _Encoder:
             or type(span._links) is not tuple
         ):
             return None
-        name = self.names.get(span._name)
-        if name is None:
-            if len(self.names) >= _CACHE_MAX:
-                self.names.clear()
-            name = self.names[span._name] = _field(5, span._name.encode("utf-8", "surrogatepass"))
         parent = span._parent
         if parent is None:
             parent_id, tail = b"", _LOCAL_TAIL
@@ -252,7 +251,7 @@ class _Encoder:
                 b"\x12\x08",
                 span._span_id.to_bytes(8, "big"),
                 parent_id,
-                name,
+                self.name(span._name),
                 _SERVER_START,
                 _PACK_Q(span._start_time),
                 b"\x41",
