@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from threading import get_ident
 from typing import Any
 
 from pyobs import _state
@@ -61,20 +62,31 @@ def facts_from_scope(scope: Scope, details: bool = True) -> tuple[RequestFacts, 
 
 
 _lag_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-_last_loop: asyncio.AbstractEventLoop | None = None  # fast path; a new loop is checked again
+# Fast path: the loop probed last and the thread it ran in; a new loop is checked again.
+_last_loop: asyncio.AbstractEventLoop | None = None
+_last_thread = 0
 
 
 def ensure_loop_lag_monitor() -> None:
-    """Start one lag probe per running event loop (pyobs_event_loop_lag_seconds)."""
-    global _last_loop
+    """Start one lag probe per running event loop (pyobs_event_loop_lag_seconds).
+
+    Called on every request, so the common case does not ask asyncio: before Python 3.12,
+    ``asyncio.get_running_loop()`` makes a ``getpid()`` system call each time. A coroutine
+    runs on its thread's running loop, so when the loop probed last was probed from this
+    thread and is still running, it is this request's loop.
+    """
+    global _last_loop, _last_thread
+    last = _last_loop
+    if last is not None and _last_thread == get_ident() and last.is_running():
+        return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    if loop is _last_loop or loop in _lag_loops:
+    _last_loop, _last_thread = loop, get_ident()
+    if loop in _lag_loops:
         return
     _lag_loops.add(loop)
-    _last_loop = loop
     from pyobs.metrics import get_metrics
 
     histogram = get_metrics().loop_lag

@@ -164,6 +164,44 @@ def test_extra_rows_isolate_each_signal_and_the_span_processor(tmp_path: Path) -
     assert "gc " in stdout and "us/req" in stdout
 
 
+def test_quick_run_states_both_rounds_targets(quick_run: tuple[str, dict[str, Any]]) -> None:
+    """The verdicts name each target with a figure and meets/MISSES: metrics-only against the
+    lightest Prometheus peer (<= 0.5 and <= 0.33), full against that peer (<= 1.0) and full
+    against OTel contrib (<= 0.25), for every framework with such a peer."""
+    _, data = quick_run
+    verdicts = data["targets"]
+    for framework in ("flask", "fastapi", "django"):
+        mine = [v for v in verdicts if v.startswith(f"{framework}: ")]
+        metrics = next(v for v in mine if v.startswith(f"{framework}: pyobs-metrics "))
+        full_peer = next(v for v in mine if "pyobs-full" in v and "lightest Prometheus peer" in v)
+        full_otel = next(v for v in mine if "pyobs-full" in v and "OTel contrib" in v)
+        assert "target <= 0.5: " in metrics and "target <= 0.33: " in metrics, metrics
+        assert "target <= 1.0: " in full_peer and "target <= 0.25: " in full_otel
+        for line in (metrics, full_peer, full_otel):
+            assert line.endswith(("meets", "MISSES")) and " x " in line, line
+
+
+@pytest.mark.service
+def test_jaeger_row_exports_every_span_to_a_real_jaeger(tmp_path: Path) -> None:
+    """--jaeger adds pyobs-full exporting OTLP/HTTP to a real Jaeger: every request's span is
+    acknowledged by Jaeger (counted only on its success reply), the access log still writes
+    one line per request, and the row is measured like the others."""
+    from tests.tracing_backends import BINARY
+
+    require_service(BINARY.exists(), "Jaeger is not built (scripts/setup.d/40-jaeger.sh)")
+    out = tmp_path / "jaeger.json"
+    stdout = _run("--quick", "--frameworks", "flask", "--jaeger", "--json", str(out))
+    row = json.loads(out.read_text())["frameworks"]["flask"]["pyobs-full+jaeger"]
+    facts = row["facts"]
+    assert row["error"] == "" and row["us_per_request"] > 0, row
+    assert facts["span_scopes"] == {"pyobs": 1}, facts
+    assert facts["spans_exported"] == facts["warmup_requests"] > 0, facts
+    assert facts["access_log_lines"] == facts["pyobs_requests"], facts
+    assert "LOSES SPANS" not in stdout
+    (verdict,) = [v for v in json.loads(out.read_text())["targets"] if "+jaeger" in v]
+    assert "x pyobs-full with a dropping exporter" in verdict and "target <= 1.2: " in verdict
+
+
 def test_floors_prints_each_building_block() -> None:
     """--floors times a histogram observe, a gauge, an SDK span and an access-log line."""
     out = _run("--floors", "--quick")

@@ -495,3 +495,37 @@ def test_generated_request_ids_differ_across_forked_workers() -> None:
     parent_ids = [request_id_for({}) for _ in range(3)]
     assert len(child_ids) == 3 and all(len(i) == 32 for i in child_ids)
     assert not set(child_ids) & set(parent_ids)
+
+
+def test_event_loop_lag_probe_on_every_new_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One lag probe per event loop: a second loop in the same thread (``asyncio.run`` again,
+    as test suites do) and a loop in another thread get their own. Requests on a loop already
+    probed do not ask asyncio for the running loop: before Python 3.12 every
+    ``get_running_loop()`` is a ``getpid()`` system call, which showed as one extra system
+    call per request on uvicorn (strace) before this fast path."""
+    from pyobs import asgi
+
+    asked: list[int] = []
+    real = asyncio.get_running_loop
+
+    def spy() -> asyncio.AbstractEventLoop:
+        asked.append(1)
+        return real()
+
+    monkeypatch.setattr(asyncio, "get_running_loop", spy)
+
+    async def serve(requests: int) -> int:
+        for _ in range(requests):
+            asgi.ensure_loop_lag_monitor()
+            await asyncio.sleep(0)
+        return sum(1 for task in asyncio.all_tasks() if task.get_name() == "pyobs-loop-lag")
+
+    assert asyncio.run(serve(50)) == 1
+    assert len(asked) == 1  # the first request of the loop only
+    assert asyncio.run(serve(50)) == 1  # a new loop in the same thread: probed again
+    assert len(asked) == 2
+    in_thread: list[int] = []
+    worker = threading.Thread(target=lambda: in_thread.append(asyncio.run(serve(5))))
+    worker.start()
+    worker.join(10)
+    assert in_thread == [1]
