@@ -1263,15 +1263,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 @contextlib.contextmanager
 def _jaeger() -> Iterator[dict[str, int]]:
     """A real Jaeger v2 on free loopback ports (the test suite's launcher), stopped after."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from tests.tracing_backends import BINARY, start_jaeger
 
     if not BINARY.exists():
         raise SystemExit(f"--jaeger: Jaeger is not built ({BINARY.relative_to(ROOT)} is missing)")
-    running = start_jaeger()
-    try:
-        yield running.ports
-    finally:
-        running.stop()
+    with tempfile.TemporaryDirectory(prefix="pyobs-bench-jaeger-") as workdir:
+        running = start_jaeger(Path(workdir))
+        try:
+            yield running.ports
+        finally:
+            running.stop()
 
 
 def compare(args: argparse.Namespace, names: list[str]) -> int:
