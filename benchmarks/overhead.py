@@ -1262,19 +1262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _jaeger() -> Iterator[dict[str, int]]:
-    """A real Jaeger v2 on free loopback ports (the test suite's launcher), stopped after."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.tracing_backends import BINARY, start_jaeger
+    """A real Jaeger v2 on free loopback ports (realserver.py's launcher), stopped after."""
+    from realserver import BenchError, jaeger
 
-    if not BINARY.exists():
-        raise SystemExit(f"--jaeger: Jaeger is not built ({BINARY.relative_to(ROOT)} is missing)")
     with tempfile.TemporaryDirectory(prefix="pyobs-bench-jaeger-") as workdir:
-        running = start_jaeger(Path(workdir))
         try:
-            yield running.ports
-        finally:
-            running.stop()
+            with jaeger(Path(workdir), []) as ports:
+                yield ports
+        except BenchError as exc:
+            raise SystemExit(f"--jaeger: {exc}") from exc
 
 
 def compare(args: argparse.Namespace, names: list[str]) -> int:

@@ -69,11 +69,15 @@ _PACK_Q = struct.Struct("<Q").pack
 _PACK_I = struct.Struct("<I").pack
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _CACHE_MAX = 4096
-# A request span's fixed parts: its kind (SERVER) and the tag of its start time; its status
-# (unset) and flags (parent local or none / remote).
+# A span's status when unset, and its flags field (parent local or none / remote).
+_STATUS_UNSET = b"\x7a\x00"
+_LOCAL_FLAGS = b"\x85\x01" + _PACK_I(0x100)
+_REMOTE_FLAGS = b"\x85\x01" + _PACK_I(0x300)
+# A request span's fixed parts: its kind (SERVER) and the tag of its start time; its tail
+# (status unset, then the flags).
 _SERVER_START = bytes((0x30, trace.SpanKind.SERVER.value + 1, 0x39))
-_LOCAL_TAIL = b"\x7a\x00\x85\x01" + _PACK_I(0x100)
-_REMOTE_TAIL = b"\x7a\x00\x85\x01" + _PACK_I(0x300)
+_LOCAL_TAIL = _STATUS_UNSET + _LOCAL_FLAGS
+_REMOTE_TAIL = _STATUS_UNSET + _REMOTE_FLAGS
 
 
 def _varint(value: int) -> bytes:
@@ -217,9 +221,9 @@ class _Encoder:
                 body += b"\x18" + _varint(status.status_code.value)
             parts.append(_field(15, body))
         else:
-            parts.append(b"\x7a\x00")
+            parts.append(_STATUS_UNSET)
         remote = parent is not None and parent.is_remote
-        parts.append(b"\x85\x01" + _PACK_I(0x300 if remote else 0x100))
+        parts.append(_REMOTE_FLAGS if remote else _LOCAL_FLAGS)
         return _field(2, b"".join(parts))
 
     def request_span(self, span: RequestSpan) -> bytes | None:
