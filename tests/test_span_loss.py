@@ -395,10 +395,19 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
     slow_receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
     """gunicorn, 2 workers, multiprocess mode, a small queue and a receiver taking 0.1 s per
-    export: one scrape's pyobs_spans_dropped_total (every worker's) plus the spans received
-    once gunicorn has stopped (each worker flushes at exit) == requests served."""
+    export: one scrape shows every worker's requests and drops, and once gunicorn has stopped
+    (each worker flushes at exit) the spans received plus pyobs_spans_dropped_total, read
+    from the metric files the workers leave, equal the requests served.
+
+    The final count is read from the files, not from a scrape: a request is recorded before
+    its span ends, so a live scrape can show the last request but not yet that span's drop,
+    and drops counted while a worker ends come after any scrape."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from pyobs import _multiproc
     from tests.tracing_backends import serve
 
     env = {
@@ -407,6 +416,20 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "10",
         "PYOBS_ACCESS_LOG": "false",
     }
+
+    def served_on(page: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in page.splitlines()
+            if line.startswith("http_server_request_duration_seconds_count{")
+        )
+
+    def dropped_on(page: str) -> dict[str, float]:
+        return {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(r'^pyobs_spans_dropped_total\{reason="(\w+)"\} (\S+)$', page, re.M)
+        }
+
     with serve(tmp_path, env, workers=2) as app:
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda n: app.get_plain(f"/items/{n}"), range(800)))
@@ -416,13 +439,6 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
             with urllib.request.urlopen(f"{app.base}/metrics", timeout=10) as response:
                 return str(response.read().decode())
 
-        def served_on(page: str) -> float:
-            return sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in page.splitlines()
-                if line.startswith("http_server_request_duration_seconds_count{")
-            )
-
         # A request is recorded when the server closes its response, just after the client
         # has read it: the last one may land a moment after the last answer.
         def complete_page() -> str | None:
@@ -430,14 +446,17 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
             return page if served_on(page) >= 800 else None
 
         page = wait_until(complete_page, 10, "every request on the metrics page")
-    served = served_on(page)
-    dropped = {
-        m.group(1): float(m.group(2))
-        for m in re.finditer(r'^pyobs_spans_dropped_total\{reason="(\w+)"\} (\S+)$', page, re.M)
-    }
-    assert served == 800
-    assert dropped["queue_full"] > 0, page
-    assert len(slow_receiver.spans) + sum(dropped.values()) == served
+    assert served_on(page) == 800
+    live = dropped_on(page)
+    assert live["queue_full"] > 0, page
+
+    registry = CollectorRegistry()
+    registry.register(_multiproc.MultiprocessCollector(str(tmp_path / "app-metrics")))
+    final_page = generate_latest(registry).decode()  # type: ignore[no-untyped-call]
+    final = dropped_on(final_page)
+    assert served_on(final_page) == 800
+    assert all(final[reason] >= count for reason, count in live.items()), (live, final)
+    assert len(slow_receiver.spans) + sum(final.values()) == 800, (live, final)
 
 
 class _BlockingExporter(TestExporter):
