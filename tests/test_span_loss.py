@@ -452,7 +452,7 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
 
     registry = CollectorRegistry()
     registry.register(_multiproc.MultiprocessCollector(str(tmp_path / "app-metrics")))
-    final_page = generate_latest(registry).decode()  # type: ignore[no-untyped-call]
+    final_page = generate_latest(registry).decode()
     final = dropped_on(final_page)
     assert served_on(final_page) == 800
     assert all(final[reason] >= count for reason, count in live.items()), (live, final)
