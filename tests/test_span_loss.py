@@ -431,6 +431,7 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
         }
 
     with serve(tmp_path, env, workers=2) as app:
+        assert app.metrics_dir is not None
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda n: app.get_plain(f"/items/{n}"), range(800)))
         assert statuses == [200] * 800
@@ -451,7 +452,7 @@ def test_gunicorn_workers_count_their_losses_in_one_scrape(
     assert live["queue_full"] > 0, page
 
     registry = CollectorRegistry()
-    registry.register(_multiproc.MultiprocessCollector(str(tmp_path / "app-metrics")))
+    registry.register(_multiproc.MultiprocessCollector(str(app.metrics_dir)))
     final_page = generate_latest(registry).decode()
     final = dropped_on(final_page)
     assert served_on(final_page) == 800

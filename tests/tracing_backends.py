@@ -252,6 +252,7 @@ class Service:
     proc: subprocess.Popen[bytes]
     base: str
     output: Path
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR under gunicorn
 
     def get_plain(self, path: str) -> int:
         """GET ``path`` with no trace context: the service starts the trace."""
@@ -298,6 +299,7 @@ def serve(
     port = listener.getsockname()[1]
     fd = listener.fileno()
     full_env = app_env(env)
+    metrics: Path | None = None
     if workers:
         import_or_require("gunicorn")
         metrics = tmp_path / f"{name}-metrics"
@@ -333,7 +335,7 @@ def serve(
             start_new_session=True,
         )
     listener.close()
-    service = Service(proc, f"http://127.0.0.1:{port}", output)
+    service = Service(proc, f"http://127.0.0.1:{port}", output, metrics)
     try:
 
         def up() -> bool:
