@@ -597,8 +597,9 @@ def _flock(path: str, exclusive: bool, wait: float | None) -> Iterator[bool]:
 
     ``wait=None`` blocks; otherwise the lock is tried until ``wait`` seconds have passed.
     """
-    fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-    _lock_fds.add(fd)
+    with _fork_guard:  # see _lock_fds: no fork between the open and the bookkeeping
+        fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        _lock_fds.add(fd)
     try:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         if wait is None:
@@ -618,25 +619,35 @@ def _flock(path: str, exclusive: bool, wait: float | None) -> Iterator[bool]:
                     time.sleep(0.01)
         yield True
     finally:
-        _lock_fds.discard(fd)
-        os.close(fd)  # releases the lock
+        with _fork_guard:
+            _lock_fds.discard(fd)
+            os.close(fd)  # releases the lock
 
 
 # A flock belongs to the open file, which a fork shares: a child forked while another thread
 # holds the lock (a scrape on the metrics port of a Celery worker or gunicorn master that
 # forks pool processes) would keep it held for its whole life, and every later scrape would
-# wait forever. The child closes its copies at once.
+# wait forever. The child closes its copies at once. A fork is held back while a thread opens
+# or closes such a file (_fork_guard): forked between ``os.open`` (which releases the GIL) and
+# the bookkeeping, the child would keep a copy nobody knows of, and the lock taken next on
+# the shared open file would outlive the parent's close.
 _lock_fds: set[int] = set()
+_fork_guard = threading.Lock()
 
 
 def _close_inherited_locks() -> None:
+    _fork_guard.release()
     for fd in list(_lock_fds):
         with contextlib.suppress(OSError):
             os.close(fd)
     _lock_fds.clear()
 
 
-os.register_at_fork(after_in_child=_close_inherited_locks)
+os.register_at_fork(
+    before=_fork_guard.acquire,
+    after_in_parent=_fork_guard.release,
+    after_in_child=_close_inherited_locks,
+)
 
 
 class MultiprocessCollector:

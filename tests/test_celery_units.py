@@ -7,6 +7,7 @@ same signals a worker sends around a task; the real worker is tests/test_celery.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -276,6 +277,51 @@ def test_a_pool_process_forked_during_a_scrape_does_not_keep_the_lock(tmp_path: 
             time.sleep(30)
             os._exit(0)
     try:
+        with _multiproc._flock(str(tmp_path), exclusive=True, wait=2.0) as locked:
+            assert locked
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+def test_a_process_forked_while_the_lock_file_opens_does_not_keep_the_lock(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork that lands while a scrape thread is inside ``os.open`` of the lock file (which
+    releases the GIL) waits until that thread has noted the file, so the child closes its copy:
+    the lock the scrape takes next is released when the scrape ends, not when the child does.
+    Without the wait, every later scrape blocked for the child's whole life."""
+    import os
+    import signal
+
+    from pyobs import _multiproc
+
+    real_open = os.open
+    opened = threading.Event()
+
+    def slow_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, *args, **kwargs)
+        if str(path).endswith(_multiproc.LOCK_NAME):
+            opened.set()
+            time.sleep(0.3)  # the window a fork from another thread could land in
+        return fd
+
+    monkeypatch.setattr(os, "open", slow_open)
+
+    def compaction() -> None:  # what a scrape does first
+        with _multiproc._flock(str(tmp_path), exclusive=True, wait=None):
+            pass
+
+    scrape = threading.Thread(target=compaction)
+    scrape.start()
+    assert opened.wait(10)
+    child = os.fork()
+    if child == 0:  # the pool process: lives on, never touches the lock
+        time.sleep(30)
+        os._exit(0)
+    try:
+        scrape.join(10)
+        monkeypatch.undo()
         with _multiproc._flock(str(tmp_path), exclusive=True, wait=2.0) as locked:
             assert locked
     finally:
