@@ -482,3 +482,54 @@ def test_baseline_rows_import_pyobs_from_the_other_checkout(tmp_path: Path) -> N
     )
     assert result.returncode == 2
     assert "no pyobs package there" in result.stderr
+
+
+def test_compiled_benchmark_runs_a_compiled_build_next_to_the_pure_one(tmp_path: Path) -> None:
+    """benchmarks/compiled.py --quick: the request path's modules are compiled with mypyc in
+    a scratch copy; the pyobs rows run that build and the @baseline rows pyobs as shipped,
+    each really observing its requests; the closing lines give compiled / pure for both
+    configurations. The script checks that every module it compiled loads compiled. What
+    this cannot prove: that compiling is faster (no timing is asserted; see
+    docs/benchmarks.md for measured runs)."""
+    import_or_require("flask")
+    spec = importlib.util.spec_from_file_location(
+        "pyobs_bench_compiled", REPO / "benchmarks" / "compiled.py"
+    )
+    assert spec is not None and spec.loader is not None
+    compiled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compiled)
+    missing = compiled.missing_tools()
+    require_service(missing is None, f"cannot compile here: {missing}")
+    out = tmp_path / "compiled.json"
+    stdout = _run(
+        "--quick",
+        "--replicas",
+        "1",
+        "--json",
+        str(out),
+        script=REPO / "benchmarks" / "compiled.py",
+        timeout=600,
+    )
+    rows = json.loads(out.read_text())["frameworks"]["flask"]
+    for config in ("pyobs-metrics", "pyobs-full"):
+        for row in (rows[config], rows[config + "@baseline"]):
+            assert row["error"] == "", row
+            assert row["facts"]["pyobs_requests"] > 0, row["facts"]
+            assert "/items/<int:item_id>" in row["facts"]["pyobs_routes"], row["facts"]
+            assert "<unmatched>" not in row["facts"]["pyobs_routes"], row["facts"]
+        assert f"flask {config}: compiled +" in stdout, stdout[-2000:]
+    for row in (rows["pyobs-full"], rows["pyobs-full@baseline"]):
+        facts = row["facts"]
+        assert facts["spans_per_request"] == 1, facts
+        assert facts["access_log_lines"] == facts["pyobs_requests"], facts
+    # A module that is not in pyobs/ is refused before anything is built.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "compiled.py"), "--modules", "nothing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no such module in pyobs/: nothing" in result.stderr
