@@ -16,8 +16,9 @@ peers. It prints overhead.py's report, then per framework the compiled build's a
 as a share of the pure build's (below 1: compiling saves that much).
 
 Modules left out of the default set, and why (docs/benchmarks.md, "Compiling the request
-path"): ``tracing`` (the compiled package crashes on import), ``metrics`` (creating a
-histogram fails), ``_span`` (the compiled span doubles pyobs-full's cost).
+path"): ``tracing`` (its module-level ``__getattr__``, which mypyc does not support, crashes
+the import), ``metrics`` (a method alias and weak references to a native class fail),
+``_span`` (compiled, the request span costs more, not less).
 """
 
 from __future__ import annotations
