@@ -9,7 +9,8 @@ pyobs ships as pure Python; this is a measurement, not a build option. The scrip
 the package and the benchmarks into a scratch directory, compiles the modules named by
 ``--modules`` there (mypyc, from the mypy the test command installs; it needs a C compiler
 and the interpreter's headers), checks that those modules really load compiled, and runs
-``benchmarks/overhead.py`` from the copy with ``--baseline`` pointing at this checkout. So
+``benchmarks/overhead.py`` from the copy with ``--baseline`` pointing at this checkout
+(every worker reports the pyobs modules it ran compiled, and that is checked too). So
 one interleaved run has ``pyobs-metrics`` and ``pyobs-full`` compiled and
 ``pyobs-metrics@baseline`` and ``pyobs-full@baseline`` pure, next to the bare app and the
 peers. It prints overhead.py's report, then per framework the compiled build's added time
@@ -105,6 +106,22 @@ def loaded_from(scratch: Path, modules: list[str]) -> dict[str, str]:
     return files
 
 
+def check_workers(results: dict[str, Any], modules: list[str]) -> list[str]:
+    """What is wrong with where the workers took pyobs from: the compiled rows must run
+    every compiled module, the @baseline rows none (an empty list: as intended)."""
+    wanted = sorted(f"pyobs.{name}" for name in modules)
+    problems = []
+    for framework, rows in results["frameworks"].items():
+        for config, row in rows.items():
+            if not config.startswith("pyobs") or row.get("error"):
+                continue
+            loaded = row["facts"].get("pyobs_compiled", [])
+            expected = [] if config.endswith("@baseline") else wanted
+            if [m for m in loaded if m in wanted] != expected:
+                problems.append(f"{framework} {config}: compiled modules loaded: {loaded}")
+    return problems
+
+
 def shares(results: dict[str, Any]) -> list[str]:
     """Per framework and configuration: compiled added us / pure added us."""
     lines = []
@@ -153,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         pure = [m for m, f in files.items() if f.endswith(".py")]
         if pure:
             raise SystemExit(f"not compiled after the build: {', '.join(pure)}")
-        print("# rows pyobs-*: compiled; rows pyobs-*@baseline: pure Python (as shipped)")
+        print("# rows pyobs-*: compiled; rows pyobs-*@baseline: pure Python (as shipped);")
+        print("# each worker reports which pyobs modules it ran compiled, and that is checked")
         out = scratch / "results.json"
         command = [
             sys.executable,
@@ -173,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(out.read_text())
         if args.json:
             Path(args.json).write_text(json.dumps(results))
+    problems = check_workers(results, modules)
+    if problems:
+        print("the workers did not run the builds they should:", *problems, sep="\n  ")
+        return 1
     print("\n## compiled vs pure (added time over the bare app, same run)")
     for line in shares(results):
         print(line)

@@ -856,6 +856,13 @@ def _facts(config: str, requests: int, exporter: Any, target: Target) -> dict[st
     if config.startswith("pyobs"):
         facts["pyobs_requests"] = _sample("http_server_request_duration_seconds_count")
         facts["pyobs_routes"] = sorted(_route_labels())
+        # pyobs's modules this worker runs as compiled extensions (benchmarks/compiled.py)
+        facts["pyobs_compiled"] = sorted(
+            name
+            for name, module in list(sys.modules.items())
+            if name.startswith("pyobs.")
+            and str(getattr(module, "__file__", None) or "").endswith((".so", ".pyd"))
+        )
     return facts
 
 
