@@ -25,15 +25,21 @@ SCRIPT = REPO / "benchmarks" / "overhead.py"
 
 
 @functools.cache
-def _apps() -> ModuleType:
-    """The benchmark's table of frameworks and configurations (benchmarks/ is no package)."""
-    name = "pyobs_bench_overhead_apps"
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "_overhead_apps.py")
+def _benchmark_module(filename: str) -> ModuleType:
+    """One of the benchmark scripts' modules, imported from its file (benchmarks/ is no
+    package)."""
+    name = "pyobs_bench_" + filename.removesuffix(".py").lstrip("_")
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / filename)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def _apps() -> ModuleType:
+    """The benchmark's table of frameworks and configurations."""
+    return _benchmark_module("_overhead_apps.py")
 
 
 def _run(*args: str, script: Path = SCRIPT, timeout: float = 120) -> str:
@@ -498,12 +504,7 @@ def test_compiled_benchmark_runs_a_compiled_build_next_to_the_pure_one(tmp_path:
     cannot prove: that compiling is faster (no timing is asserted; see
     docs/benchmarks.md for measured runs)."""
     import_or_require("flask")
-    spec = importlib.util.spec_from_file_location(
-        "pyobs_bench_compiled", REPO / "benchmarks" / "compiled.py"
-    )
-    assert spec is not None and spec.loader is not None
-    compiled = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compiled)
+    compiled = _benchmark_module("compiled.py")
     missing = compiled.missing_tools()
     require_service(missing is None, f"cannot compile here: {missing}")
     out = tmp_path / "compiled.json"
