@@ -12,7 +12,9 @@ Driven by environment variables, set by realserver.py:
 - ``RB_FRAMEWORK``: flask | fastapi | django
 - ``RB_CONFIG``: bare | pyobs-metrics | pyobs-full | a Prometheus peer | otel-contrib
 - ``RB_EXPORT``: drop (default) | otlp (the SDK's exporter for the protocol) | pyobs-http
-  (pyobs's own OTLP/HTTP exporter, ``pyobs._otlp``, what ``pyobs.setup()`` installs)
+  (pyobs's own OTLP/HTTP exporter, ``pyobs._otlp``, what ``pyobs.setup()`` installs) |
+  pyobs-http-requests (the same, sending through requests even to a plain-http endpoint:
+  how it sent before it used http.client there)
 - ``RB_SERVER``: gunicorn | uvicorn
 - ``RB_FACTS``: a directory; every worker writes ``spans.<pid>`` there (spans exported and
   spans the exporter failed to deliver, as JSON) after each export batch and at exit.
@@ -117,10 +119,12 @@ def _install_tracing(facts: Path | None, config: str) -> CountingExporter:
     inner: Any = None
     if export == "otlp":
         inner = _otlp_exporter()
-    elif export == "pyobs-http":
+    elif export in ("pyobs-http", "pyobs-http-requests"):
         from pyobs._otlp import OtlpHttpSpanExporter
 
         inner = OtlpHttpSpanExporter()
+        if export == "pyobs-http-requests":
+            inner._plain = None  # requests' path, as for https, a proxy or netrc credentials
     exporter = CountingExporter(inner, facts)
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
     # The processor each side installs for an exporter: pyobs.setup()'s for pyobs (the SDK's

@@ -4,6 +4,8 @@
     python benchmarks/realserver.py --rounds 6 --seconds 10
     python benchmarks/realserver.py --setups fastapi-uvicorn-1 --configs bare,pyobs-full \\
         --export otlp-http,otlp-grpc                        # OTLP export to a real Jaeger
+    python benchmarks/realserver.py --setups flask-gunicorn-1 --configs bare,pyobs-full \\
+        --export pyobs-http,pyobs-http@ack       # to Jaeger, and to a receiver that only acks
     python benchmarks/realserver.py --quick --json out.json # smoke run
 
 Every configuration (bare app, pyobs metrics-only, pyobs full, the lightest Prometheus peer,
@@ -87,7 +89,10 @@ SETUPS = {
 BASE = ("bare", "pyobs-metrics", "pyobs-full")
 
 # Named OTLP export variants (``--export``); any of them takes extra ``+NAME=VALUE`` settings,
-# e.g. ``otlp-http+OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128``.
+# e.g. ``otlp-http+OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128``. An HTTP variant's name with
+# ``@ack`` (``pyobs-http@ack``) sends to a receiver that acknowledges without parsing,
+# on the same core as Jaeger: what exporting costs the service, Jaeger's own work left out.
+ACK = "@ack"
 EXPORTS: dict[str, dict[str, str]] = {
     "otlp-http": {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
     "otlp-http-gzip": {
@@ -102,6 +107,12 @@ EXPORTS: dict[str, dict[str, str]] = {
     # pyobs's own OTLP/HTTP exporter (pyobs/_otlp.py), what pyobs.setup() installs for
     # OTLP over HTTP; the otlp-* variants above are the SDK's exporters.
     "pyobs-http": {"RB_EXPORT": "pyobs-http", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+    # The same exporter sending through requests to the plain-http endpoint (what it does for
+    # https, a proxy or netrc credentials), next to its http.client path.
+    "pyobs-http-requests": {
+        "RB_EXPORT": "pyobs-http-requests",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    },
     "pyobs-http-gzip": {
         "RB_EXPORT": "pyobs-http",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
@@ -439,14 +450,47 @@ def jaeger(workdir: Path, pin: list[str]) -> Iterator[dict[str, int]]:
         running.stop()
 
 
+@contextmanager
+def acknowledger(pin: list[str]) -> Iterator[dict[str, int]]:
+    """A loopback OTLP/HTTP receiver that answers every POST with an empty 200 without
+    parsing it, in its own process pinned like Jaeger; stopped on the way out."""
+    port = free_port()
+    command = [*pin, sys.executable, str(Path(__file__).resolve()), "--acknowledge", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    raise BenchError(f"the acknowledging receiver did not start: {err}") from None
+                time.sleep(0.05)
+        yield {"ack_http": port}
+    finally:
+        _stop(proc)
+
+
+def is_ack(variant: str) -> bool:
+    """True for an export variant sent to the acknowledging receiver (``NAME@ack``)."""
+    return variant.split("+")[0].endswith(ACK)
+
+
 def export_env(variant: str, ports: dict[str, int]) -> dict[str, str]:
-    """The OTEL_ variables of an export variant: ``NAME[+VAR=VALUE...]``."""
+    """The OTEL_ variables of an export variant: ``NAME[@ack][+VAR=VALUE...]``."""
     name, *settings = variant.split("+")
+    name = name.removesuffix(ACK)
     if name not in EXPORTS:
         raise SystemExit(f"unknown export variant {name!r}; known: {', '.join(EXPORTS)}")
     env = {"RB_EXPORT": "otlp", **EXPORTS[name]}
     grpc = env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    if is_ack(variant) and grpc:
+        raise SystemExit(f"{variant}: the acknowledging receiver speaks OTLP over HTTP only")
     port = ports["otlp_grpc"] if grpc else ports["otlp_http"]
+    if is_ack(variant):
+        port = ports["ack_http"]
     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
     for setting in settings:
         key, _, value = setting.partition("=")
@@ -530,8 +574,10 @@ def measure_setup(
     servers: dict[str, Server] = {}
     with ExitStack() as stack:
         ports: dict[str, int] = {}
-        if exports:
-            ports = stack.enter_context(jaeger(workdir, load_pin))
+        if any(not is_ack(v) for v in exports):
+            ports.update(stack.enter_context(jaeger(workdir, load_pin)))
+        if any(is_ack(v) for v in exports):
+            ports.update(stack.enter_context(acknowledger(load_pin)))
         specs: list[tuple[str, dict[str, str]]] = [(c, {}) for c in wanted]
         specs += [(f"pyobs-full {v}", export_env(v, ports)) for v in exports]
         for config, env in specs:
@@ -940,10 +986,13 @@ def send_cost(spans: Any, sizes: tuple[int, ...] = (128, 512, 2048), rounds: int
     """Print what sending one batch costs pyobs's exporter, spans encoded as they ended.
 
     The receiver is a loopback HTTP server in another process that acknowledges each POST
-    with 200, so the figure is the exporting thread's own CPU time (requests, the HTTP
-    client, joining the bytes): a fixed part per batch and a part per span. The second
-    column is the same exporter with a session that reads the environment on every request,
-    as requests does by default (pyobs reads it once, pyobs/_otlp.py). The suite's
+    with 200, so the figure is the exporting thread's own CPU time (the HTTP client, joining
+    the bytes): a fixed part per batch and a part per span, all of it time the thread holds
+    the GIL except the socket calls. The first columns are what pyobs does for a plain-http
+    endpoint with no proxy (``http.client``, pyobs/_otlp.py); then the same batches through
+    requests (what it does for https, a proxy or netrc credentials), and through requests
+    with a session that reads the environment on every request, as requests does by
+    default (pyobs reads it once). The suite's
     ``OtlpReceiver`` (tests/tracing_backends.py) is not used here: it answers in HTTP/1.0,
     so every batch would pay for a new connection, where a collector keeps it alive.
     """
@@ -982,15 +1031,27 @@ def send_cost(spans: Any, sizes: tuple[int, ...] = (128, 512, 2048), rounds: int
                     )
             return spent / rounds * 1e6
 
-        per_batch(16)  # the connection is open
+        plain = exporter._plain
+        if plain is None:
+            raise SystemExit("send cost: the exporter did not take the plain-http path")
+        per_batch(16)  # the connections are open
+        exporter._plain = None
+        per_batch(16)
+        exporter._plain = plain
         print("# sending, CPU us of the exporting thread, loopback receiver answering 200")
-        print(f"{'batch':>6} {'per batch':>10} {'per span':>9} {'env read per request':>21}")
+        print(
+            f"{'batch':>6} {'per batch':>10} {'per span':>9} {'through requests':>17} "
+            f"{'requests, env read per request':>31}"
+        )
         for size in sizes:
-            once = per_batch(size)
+            direct = per_batch(size)
+            exporter._plain = None  # requests, as for https, a proxy or netrc credentials
+            through = per_batch(size)
             exporter._session.trust_env = True  # requests' default: the environment each time
             each = per_batch(size)
             exporter._session.trust_env = False
-            print(f"{size:>6} {once:>10.0f} {once / size:>9.2f} {each:>21.0f}")
+            exporter._plain = plain
+            print(f"{size:>6} {direct:>10.0f} {direct / size:>9.2f} {through:>17.0f} {each:>31.0f}")
         exporter.shutdown()
     finally:
         receiver.terminate()
@@ -1038,8 +1099,10 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="OTLP export variants of pyobs-full to add, sent to a real Jaeger: "
         + ", ".join(EXPORTS)
-        + "; each may add +OTEL_VAR=VALUE settings",
+        + "; each may add +OTEL_VAR=VALUE settings; an HTTP one named NAME@ack is sent "
+        "to a receiver that acknowledges without parsing instead",
     )
+    parser.add_argument("--acknowledge", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument(
         "--connections", type=int, default=0, help="wrk connections (default: per setup)"
     )
@@ -1054,6 +1117,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only print what serializing a span and sending a batch cost",
     )
     args = parser.parse_args(argv)
+    if args.acknowledge:  # the receiver process of the NAME@ack export variants
+        import threading
+
+        _acknowledge(args.acknowledge, threading.Event())
+        return 0
     if args.encode_cost:
         sys.path.insert(0, str(HERE))
         return encode_cost()

@@ -24,7 +24,12 @@ The environment is read as the SDK's OTLP/HTTP exporter reads it (``OTEL_EXPORTE
 and a failed request is retried as the SDK retries it: 429, 502, 503 and 504 and broken
 connections, with exponential backoff (or the server's Retry-After) within the timeout. It
 sends with ``requests``, which the SDK's exporter also uses: proxies from the environment,
-TLS and client certificates work the same. Spans a collector reports as rejected (OTLP
+TLS and client certificates work the same. To a plain ``http://`` endpoint that no proxy
+setting applies to (a collector or agent next to the service, the common case) it posts
+with the standard library's ``http.client`` on one kept-alive connection instead: 0.3-0.45
+ms of CPU per batch of 2,048 spans instead of 1.4-1.5 ms through requests' layers, time the
+export thread holds the GIL while requests wait (docs/benchmarks.md). A redirect is
+followed through requests. Spans a collector reports as rejected (OTLP
 partial success) are counted as dropped. ``OTEL_TRACES_EXPORTER=otlp_proto_http`` selects the
 SDK's exporter instead (docs/configuration.md, span export).
 """
@@ -32,6 +37,7 @@ SDK's exporter instead (docs/configuration.md, span export).
 from __future__ import annotations
 
 import gzip
+import http.client
 import logging
 import os
 import random
@@ -43,6 +49,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
@@ -555,6 +562,9 @@ class OtlpHttpSpanExporter(SpanExporter):
         auth = requests.utils.get_netrc_auth(self.endpoint)
         if auth:
             session.auth = auth
+        # Plain HTTP, no proxy and no netrc credentials: requests would add nothing.
+        direct = urlsplit(self.endpoint).scheme == "http" and not session.proxies and not auth
+        self._plain: _PlainHttp | None = _PlainHttp(self.endpoint) if direct else None
         return session
 
     def _forked(self) -> None:
@@ -562,6 +572,8 @@ class OtlpHttpSpanExporter(SpanExporter):
         from the parent is the parent's (its socket is left to close with the old session,
         without a word on the wire)."""
         self._ready.clear()
+        if self._plain is not None:
+            self._plain.forget()
         self._session = self._new_session()
 
     def pyobs_prepare(self, span: ReadableSpan) -> None:
@@ -641,17 +653,29 @@ class OtlpHttpSpanExporter(SpanExporter):
     def _post(self, body: bytes, deadline: float) -> Any:
         remaining = max(deadline - time.monotonic(), 0.001)
         try:
-            return self._session.post(
-                self.endpoint, data=body, headers=self.headers, timeout=remaining
-            )
+            return self._send(body, remaining)
         except self._requests.ConnectionError:
             # A kept-alive connection the receiver closed in between: once more at once.
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise
-            return self._session.post(
-                self.endpoint, data=body, headers=self.headers, timeout=remaining
-            )
+            return self._send(body, remaining)
+
+    def _send(self, body: bytes, timeout: float) -> Any:
+        """One POST: over the plain connection when there is one, else through requests.
+        The plain path's errors are raised as requests' (ConnectionError, Timeout), so
+        retries and messages are the same on both."""
+        plain = self._plain
+        if plain is not None:
+            try:
+                answer = plain.post(body, self.headers, timeout)
+            except TimeoutError as exc:
+                raise self._requests.Timeout(f"{type(exc).__name__}: {exc}") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._requests.ConnectionError(f"{type(exc).__name__}: {exc}") from exc
+            if not 300 <= answer.status_code < 400:
+                return answer
+        return self._session.post(self.endpoint, data=body, headers=self.headers, timeout=timeout)
 
     def _count_rejected(self, body: bytes) -> None:
         count, message = _rejected(body) if body else (0, "")
@@ -666,10 +690,67 @@ class OtlpHttpSpanExporter(SpanExporter):
         self._closed.set()
         self._ready.clear()
         self._session.close()
+        if self._plain is not None:
+            self._plain.close()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Nothing is buffered here."""
         return True
+
+
+class _Answer:
+    """A plain-HTTP response, read whole: what export() reads of requests' Response."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, content: bytes, headers: Any) -> None:
+        self.status_code = status_code
+        self.content = content
+        self.headers = headers  # http.client's HTTPMessage: get() ignores case
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+class _PlainHttp:
+    """POSTs to a plain ``http://`` URL over one kept-alive HTTP/1.1 connection
+    (``http.client``), opened again after the receiver closed it or an error."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or 80
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._connection: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes, headers: Mapping[str, str], timeout: float) -> _Answer:
+        connection = self._connection
+        if connection is None:
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            self._connection = connection
+        else:
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+        try:
+            connection.request("POST", self._target, body=body, headers=dict(headers))
+            response = connection.getresponse()
+            content = response.read()
+        except BaseException:
+            self.close()  # a connection in an unknown state is not used again
+            raise
+        return _Answer(response.status, content, response.headers)
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def forget(self) -> None:
+        """In a fork child: drop the parent's connection without closing its socket (the
+        parent still uses it; the child's copy of the descriptor closes with the object)."""
+        self._connection = None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -367,10 +367,11 @@ def test_realserver_prints_ratios_against_the_targets(
 
 @pytest.mark.service
 def test_realserver_exports_every_span_to_jaeger(tmp_path: Path) -> None:
-    """The export variants deliver one span per request to a real Jaeger, none failed."""
+    """The export variants deliver one span per request to a real Jaeger, none failed; the
+    ``@ack`` variant delivers them to the receiver that acknowledges without parsing."""
     bench = _realserver_module()
     require_service(bench.JAEGER.exists(), "Jaeger is not built (scripts/setup.d/40-jaeger.sh)")
-    variants = ["otlp-http", "otlp-grpc", "pyobs-http-gzip"]
+    variants = ["otlp-http", "otlp-grpc", "pyobs-http-gzip", "pyobs-http@ack"]
     stdout, data = _realserver(
         tmp_path,
         "--setups",
@@ -386,6 +387,19 @@ def test_realserver_exports_every_span_to_jaeger(tmp_path: Path) -> None:
         assert row["problems"] == [], (variant, row)
         assert row["spans_failed"] == 0 and row["spans"] == row["pyobs_counted"] > 0, row
     assert "/ pyobs-full (dropping exporter)" in stdout
+    assert "pyobs-full pyobs-http@ack / pyobs-full (dropping exporter)" in stdout
+
+
+def test_realserver_ack_receiver_refuses_grpc() -> None:
+    """The acknowledging receiver speaks OTLP over HTTP: a gRPC variant sent there is refused
+    with a message, not measured against a port that cannot answer it."""
+    bench = _realserver_module()
+    assert (
+        bench.export_env("pyobs-http@ack", {"ack_http": 4318})["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        == "http://127.0.0.1:4318"
+    )
+    with pytest.raises(SystemExit, match="OTLP over HTTP only"):
+        bench.export_env("otlp-grpc@ack", {"ack_http": 4318})
 
 
 def test_realserver_encode_cost_prints_each_serializer() -> None:
@@ -418,6 +432,8 @@ def test_realserver_encode_cost_prints_each_serializer() -> None:
         if ln[:6].strip().isdigit()
     }
     assert set(sends) == {"128", "512", "2048"}, result.stdout
+    # per batch and per span over http.client, then per batch through requests (twice)
+    assert all(len(row) == 4 for row in sends.values()), sends
     assert all(float(value) > 0 for row in sends.values() for value in row), sends
 
 

@@ -378,6 +378,77 @@ def test_request_spans_carry_their_bytes_to_the_export(receiver: Receiver) -> No
     assert post["request"] == encode_spans(spans)
 
 
+def test_a_plain_http_endpoint_gets_the_same_request_without_requests(receiver: Receiver) -> None:
+    """To a plain-http endpoint with no proxy, pyobs posts with http.client on one kept-alive
+    connection: the receiver gets the same path, pyobs's headers and the same bytes as
+    through requests (which https, a proxy or netrc credentials still take)."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base, "OTEL_EXPORTER_OTLP_HEADERS": "x-t=1"}
+    exporter = _otlp.OtlpHttpSpanExporter(env)
+    assert exporter._plain is not None
+    spans = _spans(2)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    plain = exporter._plain
+    exporter._plain = None  # the requests path, for comparison
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    exporter._plain = plain
+    first, second, through_requests = receiver.posts
+    assert first["client"] == second["client"]  # kept alive
+    ours = ("content-type", "user-agent", "x-t", "content-length", "host")
+    for post in (first, through_requests):
+        assert post["path"] == "/v1/traces"
+        assert post["request"] == encode_spans(spans)
+    assert {k: first["headers"][k] for k in ours} == {
+        k: through_requests["headers"][k] for k in ours
+    }
+    assert first["headers"]["user-agent"].startswith("pyobs/")
+    https = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c.invalid:4318"})
+    assert https._plain is None
+
+
+def test_a_receiver_that_closes_each_connection_is_reconnected(receiver: Receiver) -> None:
+    """A receiver that answers with Connection: close gets a new connection per batch, and
+    every batch is delivered."""
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    receiver.script = [(200, {"connection": "close"}, b"")] * 3
+    for _ in range(3):
+        assert exporter.export(_spans(1)) is SpanExportResult.SUCCESS, exporter.last_error
+    assert len({post["client"] for post in receiver.posts}) == 3
+
+
+def test_a_redirect_is_followed_as_requests_follows_it(receiver: Receiver) -> None:
+    """A 307 from the endpoint is not a failure: the batch goes through requests, which
+    follows it (POST kept, body kept), as the SDK's exporter would."""
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    moved = (307, {"location": receiver.base + "/moved"}, b"")
+    receiver.script = [moved, moved]
+    spans = _spans(1)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS, exporter.last_error
+    assert [post["path"] for post in receiver.posts] == ["/v1/traces", "/v1/traces", "/moved"]
+    assert receiver.posts[-1]["request"] == encode_spans(spans)
+
+
+def test_a_receiver_that_never_answers_fails_within_the_timeout() -> None:
+    """Connected, request sent, no answer: the batch fails within OTEL_EXPORTER_OTLP_TIMEOUT
+    with a Timeout, as through requests."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the backlog; nothing ever reads or answers
+        port = silent.getsockname()[1]
+        exporter = _otlp.OtlpHttpSpanExporter(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+            }
+        )
+        started = time.monotonic()
+        assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
+        assert time.monotonic() - started < 1.8
+    assert "Timeout" in exporter.last_error, exporter.last_error
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
 def test_a_fork_child_sends_on_its_own_connection(receiver: Receiver) -> None:
     """A connection kept alive in the parent is the parent's: a fork child's export opens its
