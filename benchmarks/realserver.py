@@ -488,9 +488,10 @@ def export_env(variant: str, ports: dict[str, int]) -> dict[str, str]:
     grpc = env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     if is_ack(variant) and grpc:
         raise SystemExit(f"{variant}: the acknowledging receiver speaks OTLP over HTTP only")
-    port = ports["otlp_grpc"] if grpc else ports["otlp_http"]
     if is_ack(variant):
         port = ports["ack_http"]
+    else:
+        port = ports["otlp_grpc"] if grpc else ports["otlp_http"]
     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
     for setting in settings:
         key, _, value = setting.partition("=")
