@@ -563,8 +563,12 @@ class OtlpHttpSpanExporter(SpanExporter):
         if auth:
             session.auth = auth
         # Plain HTTP, no proxy and no netrc credentials: requests would add nothing.
-        direct = urlsplit(self.endpoint).scheme == "http" and not session.proxies and not auth
-        self._plain: _PlainHttp | None = _PlainHttp(self.endpoint) if direct else None
+        self._plain: _PlainHttp | None = None
+        try:
+            if urlsplit(self.endpoint).scheme == "http" and not session.proxies and not auth:
+                self._plain = _PlainHttp(self.endpoint)
+        except ValueError:  # a malformed URL (bad port): requests reports it at export
+            self._plain = None
         return session
 
     def _forked(self) -> None:

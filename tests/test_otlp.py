@@ -406,6 +406,14 @@ def test_a_plain_http_endpoint_gets_the_same_request_without_requests(receiver: 
     assert https._plain is None
 
 
+def test_a_malformed_endpoint_fails_the_export_with_a_reason_not_the_setup() -> None:
+    """An endpoint URL with a bad port does not stop the exporter from being built (the
+    service starts); each export fails and says why, and nothing is sent anywhere."""
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:99x"})
+    assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
+    assert "99x" in exporter.last_error, exporter.last_error
+
+
 def test_a_receiver_that_closes_each_connection_is_reconnected(receiver: Receiver) -> None:
     """A receiver that answers with Connection: close gets a new connection per batch, and
     every batch is delivered."""
