@@ -251,6 +251,16 @@ def test_transient_answers_are_retried_and_others_are_not(receiver: Receiver) ->
     assert "HTTP 400" in exporter.last_error and "bad request" in exporter.last_error
 
 
+def _one_second_exporter(port: int) -> _otlp.OtlpHttpSpanExporter:
+    """An exporter to 127.0.0.1:port that gives a batch one second (OTEL_EXPORTER_OTLP_TIMEOUT)."""
+    return _otlp.OtlpHttpSpanExporter(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        }
+    )
+
+
 def test_an_unreachable_receiver_fails_within_the_timeout() -> None:
     """Nothing listens: retried with backoff, given up within OTEL_EXPORTER_OTLP_TIMEOUT."""
     import socket
@@ -258,12 +268,7 @@ def test_an_unreachable_receiver_fails_within_the_timeout() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    exporter = _otlp.OtlpHttpSpanExporter(
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
-        }
-    )
+    exporter = _one_second_exporter(port)
     started = time.monotonic()
     assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
     assert time.monotonic() - started < 1.5
@@ -444,13 +449,7 @@ def test_a_receiver_that_never_answers_fails_within_the_timeout() -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # connections complete in the backlog; nothing ever reads or answers
-        port = silent.getsockname()[1]
-        exporter = _otlp.OtlpHttpSpanExporter(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-                "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
-            }
-        )
+        exporter = _one_second_exporter(silent.getsockname()[1])
         started = time.monotonic()
         assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
         assert time.monotonic() - started < 1.8
