@@ -453,7 +453,8 @@ def jaeger(workdir: Path, pin: list[str]) -> Iterator[dict[str, int]]:
 @contextmanager
 def acknowledger(pin: list[str]) -> Iterator[dict[str, int]]:
     """A loopback OTLP/HTTP receiver that answers every POST with an empty 200 without
-    parsing it, in its own process pinned like Jaeger; stopped on the way out."""
+    parsing it, in its own process (pinned with ``pin``, as Jaeger is); stopped on the way
+    out."""
     port = free_port()
     command = [*pin, sys.executable, str(Path(__file__).resolve()), "--acknowledge", str(port)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -486,9 +487,9 @@ def export_env(variant: str, ports: dict[str, int]) -> dict[str, str]:
         raise SystemExit(f"unknown export variant {name!r}; known: {', '.join(EXPORTS)}")
     env = {"RB_EXPORT": "otlp", **EXPORTS[name]}
     grpc = env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
-    if is_ack(variant) and grpc:
-        raise SystemExit(f"{variant}: the acknowledging receiver speaks OTLP over HTTP only")
     if is_ack(variant):
+        if grpc:
+            raise SystemExit(f"{variant}: the acknowledging receiver speaks OTLP over HTTP only")
         port = ports["ack_http"]
     else:
         port = ports["otlp_grpc"] if grpc else ports["otlp_http"]
@@ -997,21 +998,15 @@ def send_cost(spans: Any, sizes: tuple[int, ...] = (128, 512, 2048), rounds: int
     ``OtlpReceiver`` (tests/tracing_backends.py) is not used here: it answers in HTTP/1.0,
     so every batch would pay for a new connection, where a collector keeps it alive.
     """
-    import multiprocessing
-
     from opentelemetry.sdk.trace.export import SpanExportResult
 
     from pyobs._otlp import OtlpHttpSpanExporter
 
-    ready = multiprocessing.get_context("spawn").Event()
-    port = free_port()
-    receiver = multiprocessing.get_context("spawn").Process(
-        target=_acknowledge, args=(port, ready), daemon=True
-    )
-    receiver.start()
-    try:
-        if not ready.wait(20):
-            print("# send cost: the receiver did not start")
+    with ExitStack() as stack:
+        try:
+            port = stack.enter_context(acknowledger([]))["ack_http"]
+        except BenchError as exc:
+            print(f"# send cost: {exc}")
             return
         exporter = OtlpHttpSpanExporter(
             {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces"}
@@ -1054,13 +1049,11 @@ def send_cost(spans: Any, sizes: tuple[int, ...] = (128, 512, 2048), rounds: int
             exporter._plain = plain
             print(f"{size:>6} {direct:>10.0f} {direct / size:>9.2f} {through:>17.0f} {each:>31.0f}")
         exporter.shutdown()
-    finally:
-        receiver.terminate()
-        receiver.join(5)
 
 
-def _acknowledge(port: int, ready: Any) -> None:
-    """A loopback OTLP/HTTP receiver that answers every POST with an empty 200."""
+def _acknowledge(port: int) -> None:
+    """A loopback OTLP/HTTP receiver that answers every POST with an empty 200 (the process
+    ``acknowledger()`` starts)."""
     import http.server
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -1077,7 +1070,6 @@ def _acknowledge(port: int, ready: Any) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    ready.set()
     server.serve_forever()
 
 
@@ -1118,10 +1110,8 @@ def main(argv: list[str] | None = None) -> int:
         help="only print what serializing a span and sending a batch cost",
     )
     args = parser.parse_args(argv)
-    if args.acknowledge:  # the receiver process of the NAME@ack export variants
-        import threading
-
-        _acknowledge(args.acknowledge, threading.Event())
+    if args.acknowledge:  # the receiver process acknowledger() starts
+        _acknowledge(args.acknowledge)
         return 0
     if args.encode_cost:
         sys.path.insert(0, str(HERE))

@@ -573,12 +573,10 @@ class OtlpHttpSpanExporter(SpanExporter):
 
     def _forked(self) -> None:
         """In a fork child: its queue starts empty, and a kept-alive connection inherited
-        from the parent is the parent's (its socket is left to close with the old session,
-        without a word on the wire)."""
+        from the parent is the parent's (its socket is left to close with the old session or
+        plain connection, without a word on the wire)."""
         self._ready.clear()
-        if self._plain is not None:
-            self._plain.forget()
-        self._session = self._new_session()
+        self._session = self._new_session()  # and a new plain connection, the same way
 
     def pyobs_prepare(self, span: ReadableSpan) -> None:
         """Encode a span as it ends (pyobs's batch processor calls this from ``on_end``).
@@ -738,7 +736,7 @@ class _PlainHttp:
             if connection.sock is not None:
                 connection.sock.settimeout(timeout)
         try:
-            connection.request("POST", self._target, body=body, headers=dict(headers))
+            connection.request("POST", self._target, body=body, headers=headers)
             response = connection.getresponse()
             content = response.read()
         except BaseException:
@@ -750,11 +748,6 @@ class _PlainHttp:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
-
-    def forget(self) -> None:
-        """In a fork child: drop the parent's connection without closing its socket (the
-        parent still uses it; the child's copy of the descriptor closes with the object)."""
-        self._connection = None
 
 
 def _retry_after(value: str | None) -> float | None:
