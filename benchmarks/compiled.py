@@ -130,13 +130,19 @@ def shares(results: dict[str, Any]) -> list[str]:
         for config in ("pyobs-metrics", "pyobs-full"):
             compiled = (rows.get(config) or {}).get("us_per_request")
             pure = (rows.get(config + "@baseline") or {}).get("us_per_request")
-            if bare is None or compiled is None or pure is None or pure <= bare:
-                lines.append(f"{framework} {config}: not measured")
+            if bare is None or compiled is None or pure is None:
+                lines.append(f"{framework} {config}: not measured (a row failed)")
                 continue
             added_c, added_p = compiled - bare, pure - bare
-            lines.append(
-                f"{framework} {config}: compiled +{added_c:.1f} us, pure +{added_p:.1f} us "
+            # A pure cost at or below the bare app is noise larger than the cost itself: the
+            # added times are still printed, the ratio would mean nothing.
+            ratio = (
                 f"= {added_c / added_p:.2f} x pure"
+                if added_p > 0
+                else "(no ratio: pure is within noise of the bare app)"
+            )
+            lines.append(
+                f"{framework} {config}: compiled {added_c:+.1f} us, pure {added_p:+.1f} us {ratio}"
             )
     return lines
 
