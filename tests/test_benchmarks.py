@@ -199,7 +199,51 @@ def test_quick_run_states_both_rounds_targets(quick_run: tuple[str, dict[str, An
         assert "target <= 0.5: " in metrics and "target <= 0.33: " in metrics, metrics
         assert "target <= 1.0: " in full_peer and "target <= 0.25: " in full_otel
         for line in (metrics, full_peer, full_otel):
-            assert line.endswith(("meets", "MISSES")) and " x " in line, line
+            assert line.endswith(("meets", "MISSES", "undecided")) and " x " in line, line
+
+
+def test_verdicts_are_read_off_the_noise_not_one_median() -> None:
+    """A ratio decides a target only when the rounds' bootstrap interval lies wholly on one
+    side of it: well clear below is "meets", well clear above "MISSES", and a point ratio
+    that meets the target while its rounds spread across it is "undecided" (as on a noisy
+    machine, where the next run can land on the other side)."""
+    overhead = _benchmark_module("overhead.py")
+    spread = [-6.0, -3.0, -1.0, 0.0, 0.0, 1.0, 3.0, 6.0]
+
+    def worker(config: str, center: float, wide: float = 0.2) -> Any:
+        w = overhead.Worker("flask", config)
+        w.us_per_request = [center + wide * d for d in spread]
+        return w
+
+    def verdicts(metrics: float, wide: float) -> list[str]:
+        by_config = {
+            w.config: w
+            for w in (
+                worker("bare", 100.0),
+                worker("pyobs-metrics", 100.0 + metrics, wide),
+                worker("pyobs-full", 160.0),
+                worker("prometheus-flask-exporter", 200.0),
+                worker("otel-contrib", 500.0),
+            )
+        }
+        lines: list[str] = overhead._verdicts("flask", by_config, 100.0)
+        return lines
+
+    clear = verdicts(20.0, 0.2)[0]  # 0.20 x the peer, rounds within +-1.2 us
+    assert "= 0.20 x lightest Prometheus peer" in clear, clear
+    assert clear.endswith("target <= 0.5: meets, target <= 0.33: meets"), clear
+    above = verdicts(45.0, 0.2)[0]  # 0.45 x
+    assert above.endswith("target <= 0.5: meets, target <= 0.33: MISSES"), above
+    noisy = verdicts(32.0, 4.0)[0]  # 0.32 x, rounds spread +-24 us
+    assert "= 0.32 x" in noisy and noisy.endswith("target <= 0.33: undecided"), noisy
+    low, high = (float(v) for v in noisy.split("interval ")[1].split(")")[0].split("-"))
+    assert low < 0.33 < high, noisy
+    # Two rounds (a --quick run) give no interval: the point ratio decides, and says so.
+    few = {c: overhead.Worker("flask", c) for c in ("bare", "pyobs-metrics", "django-x")}
+    for w, value in zip(few.values(), (100.0, 110.0, 140.0), strict=True):
+        w.us_per_request = [value, value]
+    (line, *_) = overhead._verdicts("flask", few, 100.0)
+    assert "too few rounds for an interval" in line and line.endswith("0.33: meets"), line
 
 
 @pytest.mark.service
