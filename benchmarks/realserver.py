@@ -726,10 +726,70 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def verdict(value: float | None, target: float) -> str:
+# A ratio of added CPU is judged on a paired bootstrap interval: the rounds are resampled
+# (BOOTSTRAP_SAMPLES times) with each round's differences to bare kept together, and the ratio
+# of the median differences recomputed. "met" / "MISSED" need the whole central INTERVAL on
+# one side of the target; an interval across it is "undecided" (as is a ratio without a
+# decidable denominator, see _ratio).
+BOOTSTRAP_SAMPLES = 2000
+INTERVAL = 0.90
+MIN_ROUNDS_FOR_INTERVAL = 4
+
+
+def paired_interval(
+    rows: dict[str, dict[str, Any]], numerator: str, denominator: str, key: str, seed: int = 0
+) -> tuple[float, float] | None:
+    """The INTERVAL range of median(numerator - bare) / median(denominator - bare) over
+    resamplings of the rounds (a round's three figures stay together); None with too few
+    rounds or a row missing. A resampling whose denominator added nothing is infinite."""
+    series = [rows.get(name) or {} for name in ("bare", numerator, denominator)]
+    if any(row.get("error") or not row.get(key) for row in series):
+        return None
+    bare, top, bottom = (row[key] for row in series)
+    n = len(bare)
+    if n < MIN_ROUNDS_FOR_INTERVAL or len(top) != n or len(bottom) != n:
+        return None
+    d_top = [a - z for a, z in zip(top, bare, strict=True)]
+    d_bottom = [b - z for b, z in zip(bottom, bare, strict=True)]
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        picks = [rng.randrange(n) for _ in range(n)]
+        den = statistics.median(d_bottom[i] for i in picks)
+        num = statistics.median(d_top[i] for i in picks)
+        ratios.append(num / den if den > 0 else float("inf"))
+    ratios.sort()
+    tail = (1 - INTERVAL) / 2
+    last = len(ratios) - 1
+    return ratios[int(tail * last)], ratios[int((1 - tail) * last)]
+
+
+def verdict(value: float | None, target: float, interval: tuple[float, float] | None = None) -> str:
+    """met / MISSED / undecided for one ratio; with an interval, only a whole interval on one
+    side of the target decides."""
     if value is None:
         return "undecided: an added cost within the noise"
-    return "met" if value <= target else "MISSED"
+    if interval is None:
+        return "met" if value <= target else "MISSED"
+    low, high = interval
+    if high <= target:
+        return "met"
+    if low > target:
+        return "MISSED"
+    return f"undecided: {INTERVAL:.0%} interval {low:.2f}-{high:.2f}"
+
+
+def _judged(value: float | None, target: float, interval: tuple[float, float] | None) -> str:
+    """'0.45 (90% interval 0.30-0.61; target <= 0.33: undecided ...)' for a report line."""
+    spread = (
+        f"{INTERVAL:.0%} interval {interval[0]:.2f}-{interval[1]:.2f}; "
+        if interval is not None and value is not None
+        else ""
+    )
+    decided = verdict(value, target, interval)
+    if decided.startswith("undecided: ") and spread:
+        decided = "undecided"
+    return f"{_fmt(value)} ({spread}target <= {target}: {decided})"
 
 
 def _paired(row: dict[str, Any], bare: dict[str, Any], key: str) -> float | None:
@@ -808,20 +868,30 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
             added_user.get("pyobs-full"), added_user.get(setup.peer), noise_user.get(setup.peer, 0)
         ),
     }
+    intervals = {
+        "metrics_vs_peer": paired_interval(rows, "pyobs-metrics", setup.peer, "cpu_us_rounds"),
+        "full_vs_peer": paired_interval(rows, "pyobs-full", setup.peer, "cpu_us_rounds"),
+        "user_metrics_vs_peer": paired_interval(
+            rows, "pyobs-metrics", setup.peer, "user_us_rounds"
+        ),
+        "user_full_vs_peer": paired_interval(rows, "pyobs-full", setup.peer, "user_us_rounds"),
+    }
+    ratios["intervals"] = intervals
     out.write("\n")
     if peer is not None:
         out.write(
-            f"pyobs metrics-only / {setup.peer}: {_fmt(ratios['metrics_vs_peer'])} "
-            f"(target <= {METRICS_TARGET}: {verdict(ratios['metrics_vs_peer'], METRICS_TARGET)})\n"
-            f"pyobs full / {setup.peer}: {_fmt(ratios['full_vs_peer'])} "
-            f"(target <= {FULL_TARGET}: {verdict(ratios['full_vs_peer'], FULL_TARGET)})\n"
+            f"pyobs metrics-only / {setup.peer}: "
+            f"{_judged(ratios['metrics_vs_peer'], METRICS_TARGET, intervals['metrics_vs_peer'])}\n"
+            f"pyobs full / {setup.peer}: "
+            f"{_judged(ratios['full_vs_peer'], FULL_TARGET, intervals['full_vs_peer'])}\n"
         )
     if added_user.get(setup.peer) is not None:
+        metrics_user = ratios["user_metrics_vs_peer"]
+        full_user = ratios["user_full_vs_peer"]
         out.write(
-            f"on user CPU only: metrics-only {_fmt(ratios['user_metrics_vs_peer'])} "
-            f"({verdict(ratios['user_metrics_vs_peer'], METRICS_TARGET)}), "
-            f"full {_fmt(ratios['user_full_vs_peer'])} "
-            f"({verdict(ratios['user_full_vs_peer'], FULL_TARGET)})\n"
+            "on user CPU only: metrics-only "
+            f"{_judged(metrics_user, METRICS_TARGET, intervals['user_metrics_vs_peer'])}, "
+            f"full {_judged(full_user, FULL_TARGET, intervals['user_full_vs_peer'])}\n"
         )
     if ratios["full_vs_otel"] is not None:
         out.write(f"pyobs full / OTel contrib: {_fmt(ratios['full_vs_otel'])}\n")
@@ -836,10 +906,12 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
             added_user[config], added_user.get("pyobs-full"), noise_user.get("pyobs-full", 0)
         )
         p99 = _ratio(row["p99_ms"], full_p99)
-        exports[config] = {"cpu": cpu, "user_cpu": user, "p99": p99}
+        cpu_interval = paired_interval(rows, config, "pyobs-full", "cpu_us_rounds")
+        exports[config] = {"cpu": cpu, "user_cpu": user, "p99": p99, "cpu_interval": cpu_interval}
+        # p99 is one figure per row (over all its rounds): no interval, the figure decides.
         out.write(
-            f"{config} / pyobs-full (dropping exporter): added CPU {_fmt(cpu)} "
-            f"({verdict(cpu, EXPORT_TARGET)}), user CPU {_fmt(user)}, "
+            f"{config} / pyobs-full (dropping exporter): added CPU "
+            f"{_judged(cpu, EXPORT_TARGET, cpu_interval)}, user CPU {_fmt(user)}, "
             f"p99 {_fmt(p99)} ({verdict(p99, EXPORT_TARGET)}); "
             f"target <= {EXPORT_TARGET}\n"
         )

@@ -246,6 +246,37 @@ def test_verdicts_are_read_off_the_noise_not_one_median() -> None:
     assert "too few rounds for an interval" in line and line.endswith("0.33: meets"), line
 
 
+def test_real_server_verdicts_keep_each_rounds_figures_together() -> None:
+    """realserver.py judges a ratio of added CPU on a paired bootstrap interval: a round
+    where the whole machine was slow moves bare, pyobs and the peer together and does not
+    decide anything, and a ratio whose rounds spread across the target is undecided."""
+    realserver = _benchmark_module("realserver.py")
+    slow = [0.0, 0.0, 300.0, 0.0, 0.0, 500.0]  # two rounds where the machine was slow
+
+    def rows(metrics: list[float]) -> dict[str, dict[str, Any]]:
+        bare = [400.0 + d for d in slow]
+        return {
+            "bare": {"cpu_us_rounds": bare},
+            "pyobs-metrics": {"cpu_us_rounds": [b + m for b, m in zip(bare, metrics, strict=True)]},
+            "peer": {"cpu_us_rounds": [b + 100.0 for b in bare]},
+        }
+
+    steady = realserver.paired_interval(rows([20.0] * 6), "pyobs-metrics", "peer", "cpu_us_rounds")
+    assert steady == (0.2, 0.2), steady  # the slow rounds cancel within each round
+    assert realserver.verdict(0.2, 0.33, steady) == "met"
+    assert realserver.verdict(0.4, 0.33, (0.38, 0.45)) == "MISSED"
+    spread = [10.0, 50.0, 20.0, 45.0, 15.0, 40.0]
+    low, high = realserver.paired_interval(rows(spread), "pyobs-metrics", "peer", "cpu_us_rounds")
+    assert low < 0.33 < high, (low, high)
+    assert realserver.verdict(0.3, 0.33, (low, high)).startswith("undecided: 90% interval")
+    # Too few rounds: no interval, the figure decides (and a missing row gives none).
+    three = {
+        name: {"cpu_us_rounds": row["cpu_us_rounds"][:3]} for name, row in rows(spread).items()
+    }
+    assert realserver.paired_interval(three, "pyobs-metrics", "peer", "cpu_us_rounds") is None
+    assert realserver.paired_interval(rows(spread), "pyobs-full", "peer", "cpu_us_rounds") is None
+
+
 @pytest.mark.service
 def test_jaeger_row_exports_every_span_to_a_real_jaeger(tmp_path: Path) -> None:
     """--jaeger adds pyobs-full exporting OTLP/HTTP to a real Jaeger: every request's span is
