@@ -39,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _intervals import BOOTSTRAP_SAMPLES, INTERVAL, MIN_ROUNDS_FOR_INTERVAL, central, describe, side
 from _overhead_apps import (
     BASE_CONFIGS,
     DRIVEN_AS,
@@ -1123,27 +1124,16 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
     return _verdicts(framework, by_config, bare)
 
 
-# Verdicts are read off an interval, not one number: the rounds of each configuration are
-# resampled (bootstrap) and the ratio of added costs recomputed each time. "meets" needs the
-# whole interval within the target, "MISSES" the whole interval above it; a ratio whose
-# interval straddles the target is "undecided": this machine's noise could put it either side.
-BOOTSTRAP_SAMPLES = 2000
-INTERVAL = 0.90  # the central share of the resampled ratios the verdict is read from
-MIN_ROUNDS_FOR_INTERVAL = 4  # fewer (e.g. --quick): the point ratio alone, marked so
+# Verdicts are read off an interval, not one number (benchmarks/_intervals.py): here each
+# configuration's rounds are resampled on their own (replicas pool rounds of several
+# processes, so rounds of different configurations do not pair up).
+WORDS = {"within": "meets", "above": "MISSES", "across": "undecided"}
 
 
-def _resampled(by_config: dict[str, Worker], seed: int = 0) -> dict[str, list[float]]:
-    """Per configuration: the median CPU us/request of BOOTSTRAP_SAMPLES resamplings of its
-    rounds (configurations with too few rounds are left out)."""
-    rng = random.Random(seed)
-    out: dict[str, list[float]] = {}
-    for name, w in by_config.items():
-        values = w.us_per_request
-        if w.error or len(values) < MIN_ROUNDS_FOR_INTERVAL:
-            continue
-        n = len(values)
-        out[name] = [statistics.median(rng.choices(values, k=n)) for _ in range(BOOTSTRAP_SAMPLES)]
-    return out
+def _resampled(values: list[float], rng: random.Random) -> list[float]:
+    """The median of BOOTSTRAP_SAMPLES resamplings of one configuration's rounds."""
+    n = len(values)
+    return [statistics.median(rng.choices(values, k=n)) for _ in range(BOOTSTRAP_SAMPLES)]
 
 
 def ratio_interval(
@@ -1154,32 +1144,20 @@ def ratio_interval(
     bare, a, b = (samples.get(n) for n in ("bare", numerator, denominator))
     if bare is None or a is None or b is None:
         return None
-    ratios = sorted(
-        (x - z) / (y - z) if y > z else float("inf") for x, y, z in zip(a, b, bare, strict=True)
+    return central(
+        [(x - z) / (y - z) if y > z else float("inf") for x, y, z in zip(a, b, bare, strict=True)]
     )
-    tail = (1 - INTERVAL) / 2
-    low = ratios[int(tail * (len(ratios) - 1))]
-    high = ratios[int((1 - tail) * (len(ratios) - 1))]
-    return low, high
 
 
 def judge(ratio: float, interval: tuple[float, float] | None, target: float) -> str:
-    """meets / MISSES / undecided for one target (see BOOTSTRAP_SAMPLES)."""
+    """meets / MISSES / undecided for one target (see benchmarks/_intervals.py)."""
     if interval is None:  # too few rounds: the point ratio, flagged
         return f"target <= {target}: {'meets' if ratio <= target else 'MISSES'}"
-    low, high = interval
-    if high <= target:
-        return f"target <= {target}: meets"
-    if low > target:
-        return f"target <= {target}: MISSES"
-    return f"target <= {target}: undecided"
+    return f"target <= {target}: {WORDS[side(interval, target)]}"
 
 
 def _spread_note(interval: tuple[float, float] | None) -> str:
-    if interval is None:
-        return "too few rounds for an interval"
-    low, high = interval
-    return f"{INTERVAL:.0%} interval {low:.2f}-{high:.2f}"
+    return "too few rounds for an interval" if interval is None else describe(interval)
 
 
 def _verdicts(framework: str, by_config: dict[str, Worker], bare: float | None) -> list[str]:
@@ -1192,7 +1170,6 @@ def _verdicts(framework: str, by_config: dict[str, Worker], bare: float | None) 
         m = median(w) if w is not None else None
         return None if m is None else m - bare
 
-    samples = _resampled(by_config)
     prom_peers = [
         c
         for c in by_config
@@ -1200,8 +1177,22 @@ def _verdicts(framework: str, by_config: dict[str, Worker], bare: float | None) 
     ]
     pm, pf = added("pyobs-metrics"), added("pyobs-full")
     peer_added = [(a, c) for c in prom_peers if (a := added(c)) is not None]
-    if peer_added:
-        lightest, name = min(peer_added)
+    lightest_peer = min(peer_added) if peer_added else None
+    # Resampled: only the configurations a verdict reads (bare, pyobs's rows, the lightest
+    # peer, OTel contrib), and only those with enough rounds.
+    judged = ["bare", "pyobs-metrics", "pyobs-full", JAEGER_CONFIG, "otel-contrib"]
+    if lightest_peer is not None:
+        judged.append(lightest_peer[1])
+    rng = random.Random(0)
+    samples = {
+        name: _resampled(w.us_per_request, rng)
+        for name in judged
+        if (w := by_config.get(name)) is not None
+        and not w.error
+        and len(w.us_per_request) >= MIN_ROUNDS_FOR_INTERVAL
+    }
+    if lightest_peer is not None:
+        lightest, name = lightest_peer
         for config, value, targets in (
             ("pyobs-metrics", pm, (METRICS_TARGET, METRICS_PEER_TARGET)),
             ("pyobs-full", pf, (FULL_PEER_TARGET,)),

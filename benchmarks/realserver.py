@@ -43,6 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _intervals import BOOTSTRAP_SAMPLES, MIN_ROUNDS_FOR_INTERVAL, central, describe, side
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 REQUEST_PATH = "/items/7"
@@ -511,7 +515,6 @@ def missing_modules(setup: Setup, config: str) -> str | None:
     """A module the (setup, config) needs that is not installed, else None."""
     import importlib.util
 
-    sys.path.insert(0, str(HERE))
     from _overhead_apps import missing_module
 
     need = [setup.server]
@@ -726,14 +729,11 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-# A ratio of added CPU is judged on a paired bootstrap interval: the rounds are resampled
-# (BOOTSTRAP_SAMPLES times) with each round's differences to bare kept together, and the ratio
-# of the median differences recomputed. "met" / "MISSED" need the whole central INTERVAL on
-# one side of the target; an interval across it is "undecided" (as is a ratio without a
-# decidable denominator, see _ratio).
-BOOTSTRAP_SAMPLES = 2000
-INTERVAL = 0.90
-MIN_ROUNDS_FOR_INTERVAL = 4
+# A ratio of added CPU is judged on a paired bootstrap interval (benchmarks/_intervals.py):
+# the rounds are resampled with each round's differences to bare kept together, and the
+# ratio of the median differences recomputed. An interval across the target is
+# "undecided", as is a ratio without a decidable denominator (see _ratio).
+WORDS = {"within": "met", "above": "MISSED"}
 
 
 def paired_interval(
@@ -758,10 +758,7 @@ def paired_interval(
         den = statistics.median(d_bottom[i] for i in picks)
         num = statistics.median(d_top[i] for i in picks)
         ratios.append(num / den if den > 0 else float("inf"))
-    ratios.sort()
-    tail = (1 - INTERVAL) / 2
-    last = len(ratios) - 1
-    return ratios[int(tail * last)], ratios[int((1 - tail) * last)]
+    return central(ratios)
 
 
 def verdict(value: float | None, target: float, interval: tuple[float, float] | None = None) -> str:
@@ -771,25 +768,15 @@ def verdict(value: float | None, target: float, interval: tuple[float, float] | 
         return "undecided: an added cost within the noise"
     if interval is None:
         return "met" if value <= target else "MISSED"
-    low, high = interval
-    if high <= target:
-        return "met"
-    if low > target:
-        return "MISSED"
-    return f"undecided: {INTERVAL:.0%} interval {low:.2f}-{high:.2f}"
+    return WORDS.get(side(interval, target), f"undecided: {describe(interval)}")
 
 
 def _judged(value: float | None, target: float, interval: tuple[float, float] | None) -> str:
-    """'0.45 (90% interval 0.30-0.61; target <= 0.33: undecided ...)' for a report line."""
-    spread = (
-        f"{INTERVAL:.0%} interval {interval[0]:.2f}-{interval[1]:.2f}; "
-        if interval is not None and value is not None
-        else ""
-    )
-    decided = verdict(value, target, interval)
-    if decided.startswith("undecided: ") and spread:
-        decided = "undecided"
-    return f"{_fmt(value)} ({spread}target <= {target}: {decided})"
+    """'0.45 (90% interval 0.30-0.61; target <= 0.33: undecided)' for a report line."""
+    if value is None or interval is None:
+        return f"{_fmt(value)} (target <= {target}: {verdict(value, target)})"
+    word = WORDS.get(side(interval, target), "undecided")
+    return f"{_fmt(value)} ({describe(interval)}; target <= {target}: {word})"
 
 
 def _paired(row: dict[str, Any], bare: dict[str, Any], key: str) -> float | None:
@@ -1186,7 +1173,6 @@ def main(argv: list[str] | None = None) -> int:
         _acknowledge(args.acknowledge)
         return 0
     if args.encode_cost:
-        sys.path.insert(0, str(HERE))
         return encode_cost()
     # SIGTERM unwinds like Ctrl-C: every server and Jaeger started so far is stopped on the way.
     signal.signal(signal.SIGTERM, _terminate)
