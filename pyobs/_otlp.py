@@ -657,9 +657,10 @@ class OtlpHttpSpanExporter(SpanExporter):
         try:
             return self._send(body, remaining)
         except self._requests.ConnectionError:
-            # A kept-alive connection the receiver closed in between: once more at once.
+            # A kept-alive connection the receiver closed in between: once more at once,
+            # unless shutdown() closed it (then nothing more is sent, as for any retry).
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._closed.is_set():
                 raise
             return self._send(body, remaining)
 

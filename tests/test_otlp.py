@@ -286,6 +286,28 @@ def test_shutdown_stops_a_retry_wait(receiver: Receiver) -> None:
     assert len(receiver.posts) == 1
 
 
+def test_shutdown_during_a_post_sends_nothing_more(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """shutdown() while a POST is in flight closes its connection under it: the export fails
+    and nothing is sent again, not even the immediate resend a kept-alive connection the
+    receiver closed gets (a slow CI run once saw the resend succeed after shutdown)."""
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    receiver.script = [(503, {}, b"")]
+    plain = exporter._plain
+    assert plain is not None
+    post = plain.post
+
+    def shut_down_in_flight(body: bytes, headers: Any, timeout: float) -> Any:
+        post(body, headers, timeout)  # the receiver has it
+        exporter.shutdown()
+        raise OSError("the connection was closed by shutdown()")
+
+    monkeypatch.setattr(plain, "post", shut_down_in_flight)
+    assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
+    assert len(receiver.posts) == 1
+
+
 def test_spans_the_receiver_rejects_are_counted_as_dropped(receiver: Receiver) -> None:
     """An OTLP partial success (rejected_spans) counts those spans in
     pyobs_spans_dropped_total{reason="export_failed"}, and a failed batch counts all of its
