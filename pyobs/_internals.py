@@ -212,8 +212,13 @@ def prom_histogram(child: Any) -> tuple[Any, list[Any], list[float]] | None:
 
 def prom_add(lock: Any, value: Any, amount: float) -> None:
     """``value.inc(amount)``, under pyobs's lock instead of the value's own."""
-    with lock:
+    # acquire()/release() rather than ``with``: half the cost on CPython 3.10-3.13, where
+    # ``with`` also calls __exit__ with three arguments; this runs twice per request.
+    lock.acquire()
+    try:
         value._value += amount
+    finally:
+        lock.release()
 
 
 def prom_request(
@@ -227,7 +232,8 @@ def prom_request(
     active, d_sum, d_buckets, d_bounds, r_sum, r_buckets, r_bounds = direct
     d_bucket = d_buckets[bisect_left(d_bounds, duration)]
     r_bucket = r_buckets[bisect_left(r_bounds, response_bytes)] if r_sum is not None else None
-    with lock:
+    lock.acquire()  # not ``with``: see prom_add
+    try:
         active._value -= 1
         try:
             d_sum._value += duration
@@ -239,15 +245,20 @@ def prom_request(
                 d_bucket._exemplar = exemplar
         except Exception as exc:
             raise AfterGauge() from exc
+    finally:
+        lock.release()
 
 
 def prom_observe(lock: Any, direct: tuple[Any, list[Any], list[float]], amount: float) -> None:
     """``histogram_child.observe(amount)`` (no exemplar), under pyobs's lock."""
     total, buckets, bounds = direct
     bucket = buckets[bisect_left(bounds, amount)]
-    with lock:
+    lock.acquire()  # not ``with``: see prom_add
+    try:
         total._value += amount
         bucket._value += 1
+    finally:
+        lock.release()
 
 
 # -- web frameworks (the adapters) --------------------------------------------------------

@@ -17,6 +17,7 @@ from pyobs._observer import (
     RequestObserver,
     headers_from_pairs,
     report_internal_error,
+    request_id_and_length,
 )
 from pyobs._websocket import open_session
 
@@ -109,29 +110,29 @@ class _DisconnectWatch:
     """Reads the request's input on the app's behalf while it streams a response without
     reading it, so a client that leaves is seen; the app still gets every message, in order."""
 
-    __slots__ = ("_busy", "_queue", "_receive", "gone", "handle", "task")
+    __slots__ = ("_queue", "_receive", "busy", "gone", "handle", "task")
 
-    def __init__(self, receive: Receive, handle: RequestHandle) -> None:
+    def __init__(self, receive: Receive, handle: RequestHandle, busy: int = 0) -> None:
         self._receive = receive
         self.handle = handle
         self.task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[Message] | None = None
-        self._busy = 0  # the app is inside receive(): it watches for itself
+        self.busy = busy  # the app's receive() calls in progress: it watches for itself
         self.gone = False
 
     async def receive(self) -> Message:
         queue = self._queue
         if queue is not None and (not queue.empty() or not self._stopped()):
             return await queue.get()
-        self._busy += 1
+        self.busy += 1
         try:
             return await self._receive()
         finally:
-            self._busy -= 1
+            self.busy -= 1
 
     def start(self) -> None:
         """Start watching (first streamed chunk), unless the app is reading itself."""
-        if self._busy or self.task is not None:
+        if self.busy or self.task is not None:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -214,15 +215,17 @@ class ObservabilityMiddleware:
             return
         try:
             ensure_loop_lag_monitor()
-            facts, _ = facts_from_scope(scope, observer.details)
+            facts, headers = facts_from_scope(scope, observer.details)
+            incoming_id, raw_length = request_id_and_length(headers)
         except Exception as exc:  # noqa: BLE001 - failsafe
             report_internal_error("asgi.scope", exc)
             await self.app(scope, receive, send)
             return
-        handle = observer.start(facts)
+        handle = observer.start(facts, RequestHandle, incoming_id)
         if handle is None:
             await self.app(scope, receive, send)
             return
+        handle.raw_length = raw_length
         # Routers rewrite root_path in place (mounts); resolvers compare it with this.
         scope[ROOT_PATH_KEY] = scope.get("root_path", "")
         scope[HANDLE_KEY] = handle
@@ -233,15 +236,31 @@ class ObservabilityMiddleware:
         # A raw app that streams without ever reading its input would not see the client
         # leave (some servers drop sends to a closed connection silently): once it streams,
         # a watcher reads the input for it and keeps the messages for the app (issue 13.9).
-        watch = _DisconnectWatch(receive, handle)
+        # The watcher is made at the first streamed chunk (most responses are one chunk);
+        # until then ``busy`` counts the app's receive() calls in progress, as the watcher's
+        # own count does after.
+        watch: _DisconnectWatch | None = None
+        busy = 0
 
         async def observed_receive() -> Message:
-            message = await watch.receive()
+            nonlocal busy
+            if watch is not None:
+                message = await watch.receive()
+            else:
+                busy += 1
+                try:
+                    message = await receive()
+                finally:
+                    if watch is None:
+                        busy -= 1
+                    else:  # the watcher was made meanwhile, with this call in its count
+                        watch.busy -= 1
             if message.get("type") == "http.disconnect" and not handle.finished:
                 handle.disconnected = True
             return message
 
         async def observed_send(message: Message) -> None:
+            nonlocal watch
             kind = message.get("type")
             if kind == "http.response.start":
                 handle.status = message.get("status")
@@ -256,10 +275,15 @@ class ObservabilityMiddleware:
                         handle.disconnected = True
                         raise
                     # The last byte is out: this is where the duration ends.
-                    handle.disconnected = watch.gone
-                    watch.stop()
+                    if watch is None:
+                        handle.disconnected = False
+                    else:
+                        handle.disconnected = watch.gone
+                        watch.stop()
                     self._finish(observer, handle, original)
                     return
+                if watch is None:
+                    watch = _DisconnectWatch(receive, handle, busy)
                 if watch.task is None:
                     watch.start()
             try:
@@ -281,7 +305,8 @@ class ObservabilityMiddleware:
                 # The app returned before the last body byte (or sent nothing: 500).
                 self._finish(observer, handle, original)
         finally:
-            watch.stop()
+            if watch is not None:
+                watch.stop()
             observer.detach(handle)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

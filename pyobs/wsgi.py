@@ -210,13 +210,21 @@ class ObservabilityMiddleware:
             start_response(status_line(status), headers)
             return [body]
         try:
-            facts = facts_from_environ(environ, observer.details)
+            if observer.details:
+                facts = facts_from_environ(environ)
+            else:  # facts_from_environ(environ, False), inlined: metrics-only runs it per request
+                path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
+                if not path.isascii():
+                    path = decoded_path(path)
+                method = environ.get("REQUEST_METHOD") or "GET"
+                facts = RequestFacts(method, path, _EnvironHeaders(environ))
         except Exception as exc:  # noqa: BLE001 - failsafe: a malformed environ is the app's call
             report_internal_error("wsgi.environ", exc)
             return self.app(environ, start_response)
-        handle = observer.start(facts, _ObservedBody)
+        handle = observer.start(facts, _ObservedBody, environ.get("HTTP_X_REQUEST_ID"))
         if not isinstance(handle, _ObservedBody):  # None: not observed (excluded path)
             return self.app(environ, start_response)
+        handle.raw_length = environ.get("CONTENT_LENGTH")
         environ[HANDLE_KEY] = handle
         handle._middleware = self
         handle._environ = environ
@@ -251,7 +259,13 @@ class _ObservedBody(RequestHandle):
         self.status = code if code is not None else _status_code(status)
         # Routing is done and the app's request context is still active: ask for the route
         # now, and again at the end if it is still unknown.
-        self.resolve_route()
+        if self.route is None:  # resolve_route(), inlined
+            resolver = self._middleware.route_resolver
+            if resolver is not None:
+                try:
+                    self.route = resolver(self._environ)
+                except Exception:  # noqa: BLE001 - an unresolvable route is just unmatched
+                    self.route = None
         # RequestObserver.response_headers(), inlined.
         return self._server(status, [*headers, (REQUEST_ID_HEADER, self.request_id)], *args)
 
@@ -265,10 +279,9 @@ class _ObservedBody(RequestHandle):
                 self.route = None
 
     def __iter__(self) -> Iterator[bytes]:
+        # A generator: the server's iter() and each next() are one call each. The state is
+        # 1 from the first next(), when the server starts sending the body.
         self._state = 1
-        return self._iterate()
-
-    def _iterate(self) -> Iterator[bytes]:
         try:
             for chunk in self.inner:
                 self.response_bytes += len(chunk)
@@ -292,7 +305,8 @@ class _ObservedBody(RequestHandle):
             if close is not None:
                 close()
         finally:
-            self.resolve_route()
+            if self.route is None:
+                self.resolve_route()
             observer = self._middleware.observer
             if observer is not None:
                 observer.finish(self)

@@ -307,6 +307,47 @@ def test_floors_prints_each_building_block() -> None:
         assert float(row.split()[-1]) > 0, row
 
 
+def test_instruction_ratios_read_against_the_lightest_peer() -> None:
+    """benchmarks/instructions.py subtracts bare's count, picks the lightest Prometheus peer
+    (not OTel contrib), and says meets or MISSES for each of issue 18's ratios."""
+    bench = _benchmark_module("instructions.py")
+    figures = {
+        "bare": 100_000.0,
+        "pyobs-metrics": 130_000.0,  # +30k
+        "pyobs-full": 280_000.0,  # +180k
+        "heavy-exporter": 300_000.0,  # +200k
+        "light-exporter": 250_000.0,  # +150k: the lightest peer
+        "otel-contrib": 1_100_000.0,  # +1,000k
+    }
+    lines = bench.verdicts("flask", figures)
+    assert any(
+        "pyobs-metrics +30.0k = 0.20 x lightest Prometheus peer (light-exporter +150.0k);"
+        " target <= 0.33: meets" in line
+        for line in lines
+    ), lines
+    assert any("pyobs-full +180.0k = 1.20 x" in ln and ln.endswith("MISSES") for ln in lines)
+    assert any("0.18 x OTel contrib" in ln and ln.endswith("meets") for ln in lines), lines
+    assert bench.verdicts("flask", {"pyobs-metrics": 1.0}) == []  # no bare: no ratio
+
+
+def test_instruction_child_serves_every_request_it_is_asked_for() -> None:
+    """The process instructions.py runs under valgrind builds the configuration, serves the
+    requests (each a 200, else it exits non-zero) and flushes its spans."""
+    if importlib.util.find_spec("flask") is None:
+        require_service(False, "flask is not installed")
+    script = REPO / "benchmarks" / "instructions.py"
+    for config in ("bare", "pyobs-full"):
+        done = subprocess.run(
+            [sys.executable, str(script), "--child", "flask", config, "20"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_profile_names_pyobs_modules() -> None:
     """--profile shows where a configuration's time goes, pyobs modules by name."""
     if importlib.util.find_spec("flask") is None:

@@ -283,6 +283,67 @@ def test_raw_asgi_app_that_reads_while_streaming_gets_its_whole_body_in_order() 
     assert span.attributes["http.response.status_code"] == 200
 
 
+async def _stream_until(stop: threading.Event, send: Any) -> None:
+    """Stream 1 KB chunks every 50 ms until ``stop`` is set (at most ~2 s), then end the body."""
+    for _ in range(40):
+        if stop.is_set():
+            break
+        await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+        await asyncio.sleep(0.05)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _feed_status(exporter: Any, stop: threading.Event) -> int:
+    """The status of the /feed request's span, once it is recorded; then the stream stops."""
+
+    def spans() -> list[Any]:
+        return [s for s in exporter.get_finished_spans() if s.attributes.get("url.path") == "/feed"]
+
+    recorded = wait_for(lambda: bool(spans()), 15)
+    stop.set()
+    assert recorded
+    (span,) = spans()
+    return int(span.attributes["http.response.status_code"])
+
+
+def test_client_that_leaves_is_seen_after_an_app_stops_reading_mid_stream() -> None:
+    """A raw ASGI app is still waiting in receive() for the request body when it sends its
+    first chunk, then gets the body and streams on without reading: the client reads two
+    chunks and leaves. pyobs's watcher cannot start while the app reads for itself, but must
+    start once it stops, so the request is recorded as 499, not 200."""
+    import_or_require("uvicorn")
+    import pyobs
+    from pyobs.asgi import ObservabilityMiddleware
+    from pyobs.testing import span_exporter
+
+    stop = threading.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        reading = asyncio.ensure_future(receive())  # the body is not sent yet: it waits
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
+        await reading
+        await _stream_until(stop, send)
+
+    pyobs.setup(service_name="raw")
+    exporter = span_exporter()
+    with servers.uvicorn_server(ObservabilityMiddleware(app)) as url:
+        parsed = urllib.parse.urlsplit(url)
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
+            sock.sendall(b"POST /feed HTTP/1.1\r\nHost: probe\r\nContent-Length: 5\r\n\r\n")
+            seen = b""
+            while b"first" not in seen:  # the first chunk, sent while the app waits to read
+                chunk = sock.recv(4096)
+                assert chunk
+                seen += chunk
+            assert seen.startswith(b"HTTP/1.1 200")
+            sock.sendall(b"hello")  # the app's receive() returns; it streams on
+            assert sock.recv(4096)
+
+        assert _feed_status(exporter, stop) == 499
+
+
 def test_raw_asgi_app_that_never_reads_records_a_client_that_left_as_499() -> None:
     """A raw ASGI app streaming without reading its input, under uvicorn: the client reads
     one chunk and leaves; the request is recorded as 499, not 200 (uvicorn drops the later
@@ -296,12 +357,7 @@ def test_raw_asgi_app_that_never_reads_records_a_client_that_left_as_499() -> No
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        for _ in range(40):  # at most ~2 s
-            if stop.is_set():
-                break
-            await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
-            await asyncio.sleep(0.05)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await _stream_until(stop, send)
 
     pyobs.setup(service_name="raw")
     exporter = span_exporter()
@@ -313,16 +369,7 @@ def test_raw_asgi_app_that_never_reads_records_a_client_that_left_as_499() -> No
         # The client is gone; the app learns nothing and finishes its stream.
         from pyobs.metrics import get_metrics
 
-        def recorded() -> bool:
-            return any(
-                s.attributes.get("url.path") == "/feed" for s in exporter.get_finished_spans()
-            )
-
-        ok = wait_for(recorded, 15)
-        stop.set()
-        assert ok
-    (span,) = [s for s in exporter.get_finished_spans() if s.attributes.get("url.path") == "/feed"]
-    assert span.attributes["http.response.status_code"] == 499
+        assert _feed_status(exporter, stop) == 499
     from prometheus_client import REGISTRY
 
     assert (

@@ -1,0 +1,179 @@
+"""Instructions each configuration adds per request, counted by valgrind: the same figure on
+every run, where the timed benchmarks move by 10-50 % between rounds on a noisy machine.
+
+    python benchmarks/instructions.py                    # flask, fastapi, django; ~15 minutes
+    python benchmarks/instructions.py --frameworks flask --requests 500
+    python benchmarks/instructions.py --configs bare,pyobs-metrics,prometheus-flask-exporter
+
+Each configuration of benchmarks/overhead.py (the same apps, the same request, the same span
+pipeline: pyobs's batch processor or the SDK's BatchSpanProcessor to an exporter that drops)
+runs in its own process under valgrind's callgrind tool, twice: WARMUP requests, then WARMUP +
+REQUESTS. The difference of the two totals, divided by REQUESTS, is what one request costs in
+user-space instructions on every thread of the process (the span export thread included:
+each run flushes its spans before it exits). ``PYTHONHASHSEED=0`` keeps dict and set layouts
+the same from run to run. The ratios are those of issue 18's targets, as added instructions.
+
+What it verifies: every request answered 200 in every run (the worker exits non-zero
+otherwise). What it cannot show: time. An instruction is not a fixed cost: a cache miss, a
+contended lock, a system call or the garbage collector's pauses weigh more than their count,
+so these ratios complement the timed ones of overhead.py and realserver.py; they do not
+replace them. Needs valgrind (Debian's package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from _overhead_apps import BASE_CONFIGS, FRAMEWORKS  # noqa: E402
+from overhead import (  # noqa: E402
+    FULL_PEER_TARGET,
+    FULL_TARGET,
+    METRICS_PEER_TARGET,
+    Bench,
+    _quiet_stdout,
+)
+
+WARMUP = 300  # requests before the counted ones, in both runs: first-use work cancels out
+DEFAULT_FRAMEWORKS = ("flask", "fastapi", "django")
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def child(framework: str, config: str, requests: int) -> int:
+    """Serve ``requests`` requests to one configuration (run under valgrind by the parent)."""
+    _quiet_stdout()
+    bench = Bench(framework, config)
+    bad = 0
+    if bench.is_async:
+
+        async def serve() -> int:
+            return sum([await bench.one() != 200 for _ in range(requests)])
+
+        bad = bench.loop.run_until_complete(serve())
+    else:
+        bad = sum(bench.one() != 200 for _ in range(requests))
+    from opentelemetry import trace
+
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is not None:  # the spans still queued are exported inside the counted run
+        flush()
+    return 1 if bad else 0
+
+
+def count(framework: str, config: str, requests: int) -> int:
+    """Instructions callgrind counted for one run of ``requests`` requests."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        framework,
+        config,
+        str(requests),
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        tail = "\n".join(done.stderr.splitlines()[-15:])
+        raise RuntimeError(f"{framework}:{config} failed ({done.returncode}):\n{tail}")
+    return int(found.group(1))
+
+
+def per_request(framework: str, config: str, requests: int) -> float:
+    """Instructions one request costs: (WARMUP + requests) run minus the WARMUP run."""
+    return (count(framework, config, WARMUP + requests) - count(framework, config, WARMUP)) / (
+        requests
+    )
+
+
+def configs_of(framework: str, chosen: list[str] | None) -> list[str]:
+    every = [*BASE_CONFIGS, *FRAMEWORKS[framework][2]]
+    return [c for c in every if chosen is None or c in chosen]
+
+
+def verdicts(framework: str, figures: dict[str, float]) -> list[str]:
+    """Issue 18's ratios, read off added instructions (bare's subtracted)."""
+    bare = figures.get("bare")
+    if bare is None:
+        return []
+    added = {config: value - bare for config, value in figures.items() if config != "bare"}
+    peers = {c: v for c, v in added.items() if not c.startswith(("pyobs", "otel"))}
+    lines = []
+    if peers:
+        name = min(peers, key=lambda c: peers[c])
+        lightest = peers[name]
+        for config, target in (
+            ("pyobs-metrics", METRICS_PEER_TARGET),
+            ("pyobs-full", FULL_PEER_TARGET),
+        ):
+            if config in added and lightest > 0:
+                ratio = added[config] / lightest
+                verdict = "meets" if ratio <= target else "MISSES"
+                lines.append(
+                    f"{framework}: {config} {added[config] / 1000:+.1f}k = {ratio:.2f} x lightest"
+                    f" Prometheus peer ({name} {lightest / 1000:+.1f}k); target <= {target}:"
+                    f" {verdict}"
+                )
+    contrib = added.get("otel-contrib")
+    if contrib and "pyobs-full" in added:
+        ratio = added["pyobs-full"] / contrib
+        verdict = "meets" if ratio <= FULL_TARGET else "MISSES"
+        lines.append(
+            f"{framework}: pyobs-full {added['pyobs-full'] / 1000:+.1f}k = {ratio:.2f} x OTel"
+            f" contrib ({contrib / 1000:+.1f}k); target <= {FULL_TARGET}: {verdict}"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--frameworks", default=",".join(DEFAULT_FRAMEWORKS))
+    parser.add_argument("--configs", help="a comma-separated subset (default: all of each)")
+    parser.add_argument("--requests", type=int, default=2000, help="counted requests per run")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "CONFIG", "REQUESTS"))
+    args = parser.parse_args(argv)
+    if args.child:
+        framework, config, requests = args.child
+        return child(framework, config, int(requests))
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    chosen = args.configs.split(",") if args.configs else None
+    frameworks = args.frameworks.split(",")
+    jobs = [(fw, config) for fw in frameworks for config in configs_of(fw, chosen)]
+    print(
+        f"# user-space instructions per request (valgrind callgrind, PYTHONHASHSEED=0):"
+        f" a run of {WARMUP} + {args.requests} requests minus a run of {WARMUP}"
+    )
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures: dict[tuple[str, str], Any] = {
+            job: pool.submit(per_request, *job, args.requests) for job in jobs
+        }
+        results = {job: future.result() for job, future in futures.items()}
+    for framework in frameworks:
+        figures = {config: results[(framework, config)] for config in configs_of(framework, chosen)}
+        bare = figures.get("bare")
+        print(f"\n{framework}\n{'configuration':34} {'instr/req':>10} {'added':>10} {'x bare':>7}")
+        for config, value in figures.items():
+            extra = "" if bare is None else f"{value - bare:+10.0f} {value / bare:7.2f}"
+            print(f"{config:34} {value:10.0f} {extra}")
+        for line in verdicts(framework, figures):
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
