@@ -4,6 +4,7 @@ every run, where the timed benchmarks move by 10-50 % between rounds on a noisy 
     python benchmarks/instructions.py                    # flask, fastapi, django; ~15 minutes
     python benchmarks/instructions.py --frameworks flask --requests 500
     python benchmarks/instructions.py --configs bare,pyobs-metrics,prometheus-flask-exporter
+    python benchmarks/instructions.py --cache            # cache misses and mispredicts too
 
 Each configuration of benchmarks/overhead.py (the same apps, the same request, the same span
 pipeline: pyobs's batch processor or the SDK's BatchSpanProcessor to an exporter that drops)
@@ -17,7 +18,11 @@ What it verifies: every request answered 200 in every run (the worker exits non-
 otherwise). What it cannot show: time. An instruction is not a fixed cost: a cache miss, a
 contended lock, a system call or the garbage collector's pauses weigh more than their count,
 so these ratios complement the timed ones of overhead.py and realserver.py; they do not
-replace them. Needs valgrind (Debian's package).
+replace them. ``--cache`` runs cachegrind instead of callgrind, with its cache and branch
+simulation: first-level instruction- and data-cache misses and mispredicted branches per
+request, which show the kinds of work that cost more than their instruction count (a
+simulation of this machine's cache sizes, not of its timings). Needs valgrind (Debian's
+package).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,7 +59,8 @@ def child(framework: str, config: str, requests: int) -> int:
     """Serve ``requests`` requests to one configuration (run under valgrind by the parent)."""
     _quiet_stdout()
     bench = Bench(framework, config)
-    bad = 0
+    # Not Bench.run(): it sends whole groups of 16 and reads clocks and counters per burst,
+    # instructions that would be counted here; this loop sends exactly ``requests``.
     if bench.is_async:
 
         async def serve() -> int:
@@ -69,33 +77,97 @@ def child(framework: str, config: str, requests: int) -> int:
     return 1 if bad else 0
 
 
-def count(framework: str, config: str, requests: int) -> int:
-    """Instructions callgrind counted for one run of ``requests`` requests."""
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        os.path.abspath(__file__),
-        "--child",
-        framework,
-        config,
-        str(requests),
-    ]
+# The events --cache reports, as cachegrind names them, and how the tables head them.
+CACHE_EVENTS = {
+    "Ir": "instr",
+    "I1mr": "I1 miss",
+    "D1mr": "D1 rd miss",
+    "D1mw": "D1 wr miss",
+    "Bim": "ind mispred",
+    "Bcm": "cond mispred",
+}
+
+
+def count(framework: str, config: str, requests: int, cache: bool = False) -> dict[str, int]:
+    """Events valgrind counted for one run of ``requests`` requests: instructions (``Ir``)
+    with callgrind; with ``cache``, cachegrind's simulated cache and branch events too."""
+    child = [sys.executable, os.path.abspath(__file__), "--child", framework, config]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    found = _COLLECTED.search(done.stderr)
-    if done.returncode != 0 or found is None:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "events.out")
+        if cache:
+            tool = [
+                "--tool=cachegrind",
+                "--cache-sim=yes",
+                "--branch-sim=yes",
+                f"--cachegrind-out-file={out}",
+            ]
+        else:
+            tool = ["--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        command = ["valgrind", *tool, *child, str(requests)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        events = None
+        if done.returncode == 0:
+            if cache:
+                events = summary(Path(out).read_text()) if os.path.exists(out) else None
+            elif (found := _COLLECTED.search(done.stderr)) is not None:
+                events = {"Ir": int(found.group(1))}
+    if events is None:
         tail = "\n".join(done.stderr.splitlines()[-15:])
         raise RuntimeError(f"{framework}:{config} failed ({done.returncode}):\n{tail}")
-    return int(found.group(1))
+    return events
 
 
-def per_request(framework: str, config: str, requests: int) -> float:
-    """Instructions one request costs: (WARMUP + requests) run minus the WARMUP run."""
-    return (count(framework, config, WARMUP + requests) - count(framework, config, WARMUP)) / (
-        requests
-    )
+def summary(text: str) -> dict[str, int] | None:
+    """The totals of a cachegrind output file: its ``events:`` names, its ``summary:`` counts."""
+    names = values = None
+    for line in text.splitlines():
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith("summary:"):
+            values = [int(v) for v in line.split()[1:]]
+    if names is None or values is None or len(names) != len(values):
+        return None
+    return dict(zip(names, values, strict=True))
+
+
+def per_request(
+    framework: str, config: str, requests: int, cache: bool = False
+) -> dict[str, float]:
+    """Events one request costs: the (WARMUP + requests) run minus the WARMUP run."""
+    longer = count(framework, config, WARMUP + requests, cache)
+    shorter = count(framework, config, WARMUP, cache)
+    return {event: (longer[event] - shorter[event]) / requests for event in longer}
+
+
+def cache_table(framework: str, figures: dict[str, dict[str, float]]) -> list[str]:
+    """Per configuration, each cache and branch event added per request over bare, and the
+    same for each pyobs row as a share of the lightest Prometheus peer's (by instructions)."""
+    bare = figures.get("bare")
+    if bare is None:
+        return []
+    added = {
+        config: {e: events.get(e, 0.0) - bare.get(e, 0.0) for e in CACHE_EVENTS}
+        for config, events in figures.items()
+        if config != "bare"
+    }
+    peers = [c for c in added if not c.startswith(("pyobs", "otel"))]
+    lightest = min(peers, key=lambda c: added[c]["Ir"]) if peers else None
+    lines = [
+        f"{framework}: added per request over bare (cachegrind's simulation)",
+        f"{'configuration':34}" + "".join(f"{head:>13}" for head in CACHE_EVENTS.values()),
+    ]
+    for config, events in added.items():
+        lines.append(f"{config:34}" + "".join(f"{events[e]:>+13.0f}" for e in CACHE_EVENTS))
+        if lightest is not None and config.startswith("pyobs"):
+            shares = [
+                f"{events[e] / added[lightest][e]:>13.2f}"
+                if added[lightest][e] > 0
+                else f"{'-':>13}"
+                for e in CACHE_EVENTS
+            ]
+            lines.append(f"{'  / ' + lightest:34}" + "".join(shares))
+    return lines
 
 
 def configs_of(framework: str, chosen: list[str] | None) -> list[str]:
@@ -143,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", help="a comma-separated subset (default: all of each)")
     parser.add_argument("--requests", type=int, default=2000, help="counted requests per run")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="count with cachegrind instead: simulated cache misses and branch mispredictions"
+        " per request too (about twice as slow)",
+    )
     parser.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "CONFIG", "REQUESTS"))
     args = parser.parse_args(argv)
     if args.child:
@@ -154,17 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.configs.split(",") if args.configs else None
     frameworks = args.frameworks.split(",")
     jobs = [(fw, config) for fw in frameworks for config in configs_of(fw, chosen)]
+    tool = "cachegrind, cache and branch simulation" if args.cache else "callgrind"
     print(
-        f"# user-space instructions per request (valgrind callgrind, PYTHONHASHSEED=0):"
+        f"# user-space instructions per request (valgrind {tool}, PYTHONHASHSEED=0):"
         f" a run of {WARMUP} + {args.requests} requests minus a run of {WARMUP}"
     )
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures: dict[tuple[str, str], Any] = {
-            job: pool.submit(per_request, *job, args.requests) for job in jobs
+            job: pool.submit(per_request, *job, args.requests, args.cache) for job in jobs
         }
         results = {job: future.result() for job, future in futures.items()}
     for framework in frameworks:
-        figures = {config: results[(framework, config)] for config in configs_of(framework, chosen)}
+        events = {config: results[(framework, config)] for config in configs_of(framework, chosen)}
+        figures = {config: counted["Ir"] for config, counted in events.items()}
         bare = figures.get("bare")
         print(f"\n{framework}\n{'configuration':34} {'instr/req':>10} {'added':>10} {'x bare':>7}")
         for config, value in figures.items():
@@ -172,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{config:34} {value:10.0f} {extra}")
         for line in verdicts(framework, figures):
             print(line)
+        if args.cache:
+            print("\n" + "\n".join(cache_table(framework, events)))
     return 0
 
 

@@ -330,6 +330,45 @@ def test_instruction_ratios_read_against_the_lightest_peer() -> None:
     assert bench.verdicts("flask", {"pyobs-metrics": 1.0}) == []  # no bare: no ratio
 
 
+def test_instruction_cache_events_are_read_from_cachegrind_and_set_against_the_peer() -> None:
+    """--cache reads cachegrind's totals (its events: and summary: lines) and prints each
+    event a configuration adds over bare, with pyobs's rows as a share of the lightest
+    Prometheus peer's (the peer with the fewest added instructions)."""
+    bench = _benchmark_module("instructions.py")
+    text = (
+        "desc: I1 cache: 32768 B, 64 B, 8-way associative\n"
+        "cmd: python x\n"
+        "events: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw Bc Bcm Bi Bim\n"
+        "fl=x.c\nfn=f\n1 5 0 0 0 0 0 0 0 0 0 0 0 0\n"
+        "summary: 1000 40 0 500 30 0 200 10 0 300 20 50 15\n"
+    )
+    events = bench.summary(text)
+    assert events is not None
+    assert (events["Ir"], events["I1mr"], events["D1mr"], events["Bim"]) == (1000, 40, 30, 15)
+    assert bench.summary("events: Ir I1mr\n") is None  # no totals: the run failed
+    assert bench.summary("events: Ir I1mr\nsummary: 1\n") is None  # not one count per event
+
+    def run(ir: float, misses: float) -> dict[str, float]:
+        return {"Ir": ir, "I1mr": misses, "D1mr": misses, "D1mw": 1.0, "Bim": 1.0, "Bcm": 1.0}
+
+    lines = bench.cache_table(
+        "flask",
+        {
+            "bare": run(100_000, 1_000),
+            "pyobs-metrics": run(130_000, 1_300),  # +30k instructions, +300 misses
+            "light-exporter": run(250_000, 1_600),  # +150k, +600: the lightest peer
+            "heavy-exporter": run(300_000, 1_100),  # fewer misses, more instructions
+        },
+    )
+    row = next(ln for ln in lines if ln.startswith("pyobs-metrics"))
+    assert row.split()[1:4] == ["+30000", "+300", "+300"], row
+    share = lines[lines.index(row) + 1]
+    assert share.split()[:2] == ["/", "light-exporter"], share
+    assert share.split()[2:5] == ["0.20", "0.50", "0.50"], share
+    assert share.split()[5] == "-", share  # the peer added nothing here: no share
+    assert bench.cache_table("flask", {"pyobs-metrics": run(1, 1)}) == []  # no bare
+
+
 def test_instruction_child_serves_every_request_it_is_asked_for() -> None:
     """The process instructions.py runs under valgrind builds the configuration, serves the
     requests (each a 200, else it exits non-zero) and flushes its spans."""

@@ -10,6 +10,7 @@ access log and the spans (unless the server itself refused it before the app ran
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -306,16 +307,28 @@ def _feed_status(exporter: Any, stop: threading.Event) -> int:
     return int(span.attributes["http.response.status_code"])
 
 
-def test_client_that_leaves_is_seen_after_an_app_stops_reading_mid_stream() -> None:
-    """A raw ASGI app is still waiting in receive() for the request body when it sends its
-    first chunk, then gets the body and streams on without reading: the client reads two
-    chunks and leaves. pyobs's watcher cannot start while the app reads for itself, but must
-    start once it stops, so the request is recorded as 499, not 200."""
+@contextlib.contextmanager
+def _raw_asgi_client(app: Any) -> Iterator[tuple[socket.socket, Any]]:
+    """pyobs set up, ``app`` behind its ASGI middleware under uvicorn, and a client socket
+    connected to it: yields (the socket, the span exporter)."""
     import_or_require("uvicorn")
     import pyobs
     from pyobs.asgi import ObservabilityMiddleware
     from pyobs.testing import span_exporter
 
+    pyobs.setup(service_name="raw")
+    exporter = span_exporter()
+    with servers.uvicorn_server(ObservabilityMiddleware(app)) as url:
+        parsed = urllib.parse.urlsplit(url)
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
+            yield sock, exporter
+
+
+def test_client_that_leaves_is_seen_after_an_app_stops_reading_mid_stream() -> None:
+    """A raw ASGI app is still waiting in receive() for the request body when it sends its
+    first chunk, then gets the body and streams on without reading: the client reads two
+    chunks and leaves. pyobs's watcher cannot start while the app reads for itself, but must
+    start once it stops, so the request is recorded as 499, not 200."""
     stop = threading.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -326,21 +339,17 @@ def test_client_that_leaves_is_seen_after_an_app_stops_reading_mid_stream() -> N
         await reading
         await _stream_until(stop, send)
 
-    pyobs.setup(service_name="raw")
-    exporter = span_exporter()
-    with servers.uvicorn_server(ObservabilityMiddleware(app)) as url:
-        parsed = urllib.parse.urlsplit(url)
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
-            sock.sendall(b"POST /feed HTTP/1.1\r\nHost: probe\r\nContent-Length: 5\r\n\r\n")
-            seen = b""
-            while b"first" not in seen:  # the first chunk, sent while the app waits to read
-                chunk = sock.recv(4096)
-                assert chunk
-                seen += chunk
-            assert seen.startswith(b"HTTP/1.1 200")
-            sock.sendall(b"hello")  # the app's receive() returns; it streams on
-            assert sock.recv(4096)
-
+    with _raw_asgi_client(app) as (sock, exporter):
+        sock.sendall(b"POST /feed HTTP/1.1\r\nHost: probe\r\nContent-Length: 5\r\n\r\n")
+        seen = b""
+        while b"first" not in seen:  # the first chunk, sent while the app waits to read
+            chunk = sock.recv(4096)
+            assert chunk
+            seen += chunk
+        assert seen.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"hello")  # the app's receive() returns; it streams on
+        assert sock.recv(4096)
+        sock.close()
         assert _feed_status(exporter, stop) == 499
 
 
@@ -348,10 +357,7 @@ def test_raw_asgi_app_that_never_reads_records_a_client_that_left_as_499() -> No
     """A raw ASGI app streaming without reading its input, under uvicorn: the client reads
     one chunk and leaves; the request is recorded as 499, not 200 (uvicorn drops the later
     sends silently, so only the input tells)."""
-    import_or_require("uvicorn")
-    import pyobs
-    from pyobs.asgi import ObservabilityMiddleware
-    from pyobs.testing import span_exporter
+    from pyobs.metrics import get_metrics
 
     stop = threading.Event()
 
@@ -359,16 +365,10 @@ def test_raw_asgi_app_that_never_reads_records_a_client_that_left_as_499() -> No
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await _stream_until(stop, send)
 
-    pyobs.setup(service_name="raw")
-    exporter = span_exporter()
-    with servers.uvicorn_server(ObservabilityMiddleware(app)) as url:
-        parsed = urllib.parse.urlsplit(url)
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
-            sock.sendall(b"GET /feed HTTP/1.1\r\nHost: probe\r\n\r\n")
-            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        # The client is gone; the app learns nothing and finishes its stream.
-        from pyobs.metrics import get_metrics
-
+    with _raw_asgi_client(app) as (sock, exporter):
+        sock.sendall(b"GET /feed HTTP/1.1\r\nHost: probe\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.close()  # the client is gone; the app learns nothing and finishes its stream
         assert _feed_status(exporter, stop) == 499
     from prometheus_client import REGISTRY
 
