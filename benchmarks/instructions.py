@@ -147,12 +147,11 @@ def cache_table(framework: str, figures: dict[str, dict[str, float]]) -> list[st
     if bare is None:
         return []
     added = {
-        config: {e: events.get(e, 0.0) - bare.get(e, 0.0) for e in CACHE_EVENTS}
+        config: {e: events[e] - bare[e] for e in CACHE_EVENTS}
         for config, events in figures.items()
         if config != "bare"
     }
-    peers = [c for c in added if not c.startswith(("pyobs", "otel"))]
-    lightest = min(peers, key=lambda c: added[c]["Ir"]) if peers else None
+    lightest = lightest_peer({config: events["Ir"] for config, events in added.items()})
     lines = [
         f"{framework}: added per request over bare (cachegrind's simulation)",
         f"{'configuration':34}" + "".join(f"{head:>13}" for head in CACHE_EVENTS.values()),
@@ -175,17 +174,22 @@ def configs_of(framework: str, chosen: list[str] | None) -> list[str]:
     return [c for c in every if chosen is None or c in chosen]
 
 
+def lightest_peer(added: dict[str, float]) -> str | None:
+    """The Prometheus peer (not pyobs, not OTel contrib) that adds the fewest instructions."""
+    peers = [config for config in added if not config.startswith(("pyobs", "otel"))]
+    return min(peers, key=lambda config: added[config]) if peers else None
+
+
 def verdicts(framework: str, figures: dict[str, float]) -> list[str]:
     """Issue 18's ratios, read off added instructions (bare's subtracted)."""
     bare = figures.get("bare")
     if bare is None:
         return []
     added = {config: value - bare for config, value in figures.items() if config != "bare"}
-    peers = {c: v for c, v in added.items() if not c.startswith(("pyobs", "otel"))}
+    name = lightest_peer(added)
     lines = []
-    if peers:
-        name = min(peers, key=lambda c: peers[c])
-        lightest = peers[name]
+    if name is not None:
+        lightest = added[name]
         for config, target in (
             ("pyobs-metrics", METRICS_PEER_TARGET),
             ("pyobs-full", FULL_PEER_TARGET),
