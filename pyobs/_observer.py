@@ -15,7 +15,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from pyobs import _context, _errors, redact, tracing
+from pyobs import _context, _errors, _internals, redact, tracing
 from pyobs._config import Config
 from pyobs._errors import report_internal_error as report_internal_error  # moved; still here
 from pyobs._otel_env import full_url
@@ -48,7 +48,6 @@ if hasattr(os, "register_at_fork"):
 _random_bits = _ids.getrandbits
 # Cleared by pyobs's reset (tests): the rate limit of internal error lines.
 _reported = _errors._last
-
 # Longest value taken from the request that pyobs writes into a log field or a span
 # attribute (url.path, url.query, user_agent.original, captured headers); longer ones are cut.
 MAX_FIELD_LENGTH = 8192
@@ -197,13 +196,12 @@ class RequestHandle:
     raw_length: str | None = UNREAD  # the Content-Length header, if the adapter read it
     path: str  # facts.path, cut to MAX_FIELD_LENGTH for logs and spans
 
-    def __init__(self, facts: RequestFacts, method: str, request_id: str, start: float) -> None:
-        self.facts = facts
-        self.method = method
-        self.request_id = request_id
-        self.start = start
-        path = facts.path
-        self.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]
+    # Set by RequestObserver.start(), which makes the handle: no __init__, so making one is
+    # a single C call (a Python __init__ would enter a second eval loop per request).
+    facts: RequestFacts
+    method: str  # the method label (_OTHER for a non-standard one)
+    request_id: str
+    start: float  # time.perf_counter() at start
 
     def __repr__(self) -> str:
         return f"RequestHandle({self.method} {self.facts.path!r}, route={self.route!r})"
@@ -279,12 +277,26 @@ class RequestObserver:
                 request_id = facts.headers.get("x-request-id")
             if request_id is None or _SAFE_REQUEST_ID.fullmatch(request_id) is None:
                 request_id = _random_bits(128).to_bytes(16, "big").hex()  # as request_id_for()
-            handle = kind(facts, method, request_id, time.perf_counter())
+            handle = kind()  # no __init__: the fields are set here
+            handle.facts = facts
+            handle.method = method
+            handle.request_id = request_id
+            handle.start = time.perf_counter()
+            handle.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]
         except Exception as exc:  # noqa: BLE001 - failsafe: the request must go on
             _errors.report("adapter", exc, "start")
             return None
+        m = self.metrics
         try:
-            self.metrics.request_started(method)
+            # m.request_started(method), inlined for a value pyobs writes directly.
+            value = m.active_values.get(method)
+            if value is None:
+                m.request_started(method)
+            else:
+                try:
+                    _internals.prom_add(m.lock, value, 1)
+                except Exception:  # noqa: BLE001 - request_started reports it, goes public
+                    m.request_started(method)
             handle.counted = True
         except Exception as exc:  # noqa: BLE001
             _errors.report("metrics", exc, "start")
@@ -561,7 +573,6 @@ class RequestObserver:
         # The request's own ids, even when a server closes the body in another context.
         trace_ids = handle.trace_ids
         query = redact_query(capped(facts.query) or "") if facts.query else None
-        optional = (query, handle.route, handle.client or None, handle.user_agent or None)
         # The message repeats the path for people; url.path has it in full (up to the cap).
         raw_method = facts.method
         message = (
@@ -573,17 +584,24 @@ class RequestObserver:
             # Fast path: pyobs's own stdout handler is the only destination.
             formatter: Any = direct.formatter
             level_name = _LEVEL_NAMES[level]
-            request = (
+            line = formatter.access_line(
+                level_name,
+                message,
                 handle.request_id,
                 handle.method,
                 path,
                 code,
                 handle.response_bytes,
                 int(duration * 1e9),
+                trace_ids,
+                query,
+                handle.route,
+                handle.client or None,
+                handle.user_agent or None,
             )
-            line = formatter.access_line(level_name, message, request, trace_ids, optional)
             direct.write_line(line, level_name)
             return
+        optional = (query, handle.route, handle.client or None, handle.user_agent or None)
         extra: dict[str, Any] = {
             "http.request.id": handle.request_id,
             "event.dataset": ACCESS_LOGGER,
@@ -665,9 +683,7 @@ class _PairHeaders(Mapping[str, str]):
     """Lower-case ASGI header pairs as a str mapping, each value decoded only when read."""
 
     __slots__ = ("_raw",)
-
-    def __init__(self, raw: dict[bytes, bytes]) -> None:
-        self._raw = raw
+    _raw: dict[bytes, bytes]  # set by its maker (no __init__: one C call to make one)
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self._raw.get(name.encode("latin-1"))
@@ -716,7 +732,9 @@ def headers_from_pairs(pairs: Any) -> Mapping[str, str]:
         pairs = list(pairs)
     raw = dict(pairs)
     if len(raw) == len(pairs) and (b"x" + b"".join(raw)).islower():
-        return _PairHeaders(raw)
+        view = _PairHeaders()
+        view._raw = raw
+        return view
     out: dict[str, str] = {}
     for raw_name, raw_value in pairs:
         name = raw_name.decode("latin-1").lower()

@@ -8,10 +8,11 @@ internals, gated in ``pyobs._internals`` (``otel-sdk-span``).
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
@@ -31,6 +32,9 @@ _RANDOM = int(getattr(trace.TraceFlags, "RANDOM_TRACE_ID", 0))
 _FLAGS = {n: trace.TraceFlags(n) for n in (0, _SAMPLED, _RANDOM, _SAMPLED | _RANDOM)}
 _NO_EVENTS: tuple[Event, ...] = ()
 _INVALID_SPAN = trace.INVALID_SPAN
+# The SDK's RandomIdGenerator draws from the ``random`` module's generator; so does pyobs.
+_getrandbits = random.getrandbits
+_SPAN_ID_BITS = (1 << 64) - 1
 _NO_LINKS: tuple[trace.Link, ...] = ()
 
 
@@ -51,6 +55,12 @@ class RequestSpan(trace.Span, ReadableSpan):
 
     _kind = trace.SpanKind.SERVER
     _instrumentation_info = None
+    # What the span's SpanContext is made of (see _context), and where it reports.
+    _recorder: _Recorder
+    _trace_id: int
+    _span_id: int
+    _trace_flags: trace.TraceFlags
+    _trace_state: trace.TraceState | None
     # ReadableSpan's fields, as this class fills them (narrower than the base declares).
     _attributes: Any
     _events: Any
@@ -66,36 +76,11 @@ class RequestSpan(trace.Span, ReadableSpan):
     # The span's OTLP bytes, when pyobs's OTLP exporter encoded it as it ended (_otlp.py).
     encoded: bytes | None = None
 
-    def __init__(
-        self,
-        recorder: _Recorder,
-        name: str,
-        trace_id: int,
-        span_id: int,
-        flags: trace.TraceFlags,
-        state: trace.TraceState | None,
-        parent: trace.SpanContext | None,
-        attributes: dict[str, Any],
-    ) -> None:
-        # ReadableSpan's fields, set directly: this object is also what the processors get.
-        self._recorder = recorder
-        self._name = name
-        # What its SpanContext is made of (see _context).
-        self._trace_id = trace_id
-        self._span_id = span_id
-        self._trace_flags = flags
-        self._trace_state = state
-        self._parent = parent
-        if recorder.max_length is not None or len(attributes) > recorder.max_count:
-            attributes = recorder.bounded(attributes)
-        self._attributes = attributes
-        self._events = _NO_EVENTS
-        self._links = _NO_LINKS
-        self._status = _UNSET
-        self._resource = recorder.resource
-        self._instrumentation_scope = recorder.scope
-        self._start_time = time.time_ns()
-        self._end_time = None
+    # Made by _start_recorded(), which sets ReadableSpan's fields directly (this object is
+    # also what the processors get): object's __init__, so making one is a single C call
+    # (ReadableSpan's, or a Python __init__ of its own, would run Python code per request).
+    if not TYPE_CHECKING:  # typed as ReadableSpan's, which RequestSpan() does not run
+        __init__ = object.__init__
 
     @property
     def _context(self) -> trace.SpanContext:  # type: ignore[override]
@@ -234,6 +219,7 @@ class _Recorder:
 
     def __init__(self, provider: Any, tracer: Any) -> None:
         from opentelemetry.sdk.trace import sampling
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.provider = provider
@@ -256,6 +242,9 @@ class _Recorder:
         if self.max_count is None:
             self.max_count = sys.maxsize
         self.scope = InstrumentationScope("pyobs", __version__)
+        # The SDK's default generator (random.getrandbits(128), then (64)): a new trace's
+        # two ids are then drawn in one call, as the same 192 random bits.
+        self.default_ids = type(self.ids) is RandomIdGenerator
         is_random = getattr(self.ids, "is_trace_id_random", None)
         self.random_ids = _RANDOM if callable(is_random) and is_random() else 0
         self.root_flags = _FLAGS[_SAMPLED | self.random_ids]  # a sampled new trace's flags
@@ -308,9 +297,16 @@ def _start_recorded(
         current = _context.current_span()
     # No current span (the common case): no parent, without asking INVALID_SPAN for its context.
     parent_context = None if current is _INVALID_SPAN else current.get_span_context()
+    span_id = 0  # not drawn yet
     if parent_context is None or not parent_context.is_valid:
         parent_context = None
-        trace_id = recorder.ids.generate_trace_id()
+        if recorder.default_ids:
+            # RandomIdGenerator's two draws in one (neither id may be 0, as it ensures).
+            bits = _getrandbits(192)
+            trace_id = bits >> 64 or recorder.ids.generate_trace_id()
+            span_id = bits & _SPAN_ID_BITS
+        else:
+            trace_id = recorder.ids.generate_trace_id()
     else:
         trace_id = parent_context.trace_id
     sampled = True
@@ -318,7 +314,8 @@ def _start_recorded(
         # The SDK's default sampler, decided here without building a SamplingResult: a span
         # is sampled unless its parent is valid and not sampled; the trace state is the
         # parent's. Attributes pass through unchanged.
-        span_id = recorder.ids.generate_span_id()
+        if not span_id:
+            span_id = recorder.ids.generate_span_id()
         state: trace.TraceState | None = None
         if parent_context is None:
             flags = recorder.root_flags
@@ -334,14 +331,33 @@ def _start_recorded(
             parent, trace_id, name, trace.SpanKind.SERVER, attributes
         )
         sampled = result.decision.is_sampled()
-        span_id = recorder.ids.generate_span_id()
+        if not span_id:
+            span_id = recorder.ids.generate_span_id()
         flags = _flags(sampled, parent_context, recorder)
         state = result.trace_state
         if not result.decision.is_recording():
             context = trace.SpanContext(trace_id, span_id, False, flags, state)
             return trace.NonRecordingSpan(context)
         attributes = dict(result.attributes) if result.attributes is not None else {}
-    span = RequestSpan(recorder, name, trace_id, span_id, flags, state, parent_context, attributes)
+    span = RequestSpan()  # type: ignore[call-arg]  # object.__init__: see the class
+    # ReadableSpan's fields, set directly; then what its SpanContext is made of (see _context).
+    span._recorder = recorder
+    span._name = name
+    span._trace_id = trace_id
+    span._span_id = span_id
+    span._trace_flags = flags
+    span._trace_state = state
+    span._parent = parent_context
+    if recorder.max_length is not None or len(attributes) > recorder.max_count:
+        attributes = recorder.bounded(attributes)
+    span._attributes = attributes
+    span._events = _NO_EVENTS
+    span._links = _NO_LINKS
+    span._status = _UNSET
+    span._resource = recorder.resource
+    span._instrumentation_scope = recorder.scope
+    span._start_time = time.time_ns()
+    span._end_time = None
     # The ids in hex, in half the time of "%032x" % trace_id (an id generator of the
     # application's may exceed 128 and 64 bits: then as the SDK writes it).
     try:

@@ -204,23 +204,30 @@ class ECSFormatter(logging.Formatter):
             self._line_templates[(logger, keys)] = template
         return template
 
-    def access_line(
+    def access_line(  # fields as arguments: no tuples packed and unpacked per request
         self,
         level: str,
         message: str,
-        request: tuple[str, str, str, int, int, int],
+        request_id: str,
+        method: str,
+        path: str,
+        status: int,
+        nbytes: int,
+        duration: int,
         trace_ids: tuple[str, str] | None,
-        optional: tuple[str | None, str | None, str | None, str | None],
+        query: str | None,
+        route: str | None,
+        client: str | None,
+        user_agent: str | None,
     ) -> str:
         """The access-log line with its newline, the same text as the logging path would write.
 
-        ``request`` is (request id, method label, path, status, body bytes, duration ns);
-        ``optional`` is (url.query, http.route, client.ip, user_agent.original), None when
-        absent. The request id (checked against [A-Za-z0-9._-] or generated), the method
-        label and the hex trace ids need no JSON escaping, so they go in as they are.
+        ``method`` is the method label, ``duration`` in nanoseconds; ``query`` (url.query),
+        ``route`` (http.route), ``client`` (client.ip) and ``user_agent``
+        (user_agent.original) are None when absent. The request id (checked against
+        [A-Za-z0-9._-] or generated), the method label and the hex trace ids need no JSON
+        escaping, so they go in as they are.
         """
-        request_id, method, path, status, nbytes, duration = request
-        query, route, client, user_agent = optional
         ids = ""
         if trace_ids is not None:
             ids = f',"trace.id":"{trace_ids[0]}","span.id":"{trace_ids[1]}"'

@@ -200,9 +200,13 @@ class PyobsMetrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         # The request path's values, updated directly (see _Series) under this one lock.
         self._lock = threading.Lock()
+        self.lock = self._lock  # for the request path's inlined writes (RequestObserver.start)
         _instances.add(self)
         self._series: dict[tuple[Any, ...], _Series] = {}
         self._active: dict[str, Any] = {}
+        # The in-flight gauge's values pyobs writes directly (not _PublicInc), by method:
+        # RequestObserver.start() adds 1 to them under ``lock`` without a call in between.
+        self.active_values: dict[str, Any] = {}
         self._request_sizes: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._log_levels: dict[str, Any] = {}
 
@@ -232,6 +236,8 @@ class PyobsMetrics:
         except Exception as exc:  # noqa: BLE001 - a changed layout: public API from now on
             self._direct_failed(exc)
             self._active_add(method, amount)
+            return
+        self.active_values[method] = value
 
     request_started = _active_add  # http_server_active_requests{method} + 1
 
@@ -320,6 +326,7 @@ class PyobsMetrics:
         _internals.broken(_internals.PROM_VALUES.name, exc)
         self._series.clear()
         self._active.clear()
+        self.active_values.clear()
         self._request_sizes.clear()
         self._log_levels.clear()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from pyobs import _state
+from pyobs import _errors, _state
 from pyobs._integration import MetricsPage, status_line
 from pyobs._observer import (
     REQUEST_ID_HEADER,
@@ -14,6 +14,7 @@ from pyobs._observer import (
     RequestObserver,
     report_internal_error,
 )
+from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
 Environ = dict[str, Any]
@@ -48,9 +49,7 @@ class _EnvironHeaders(Mapping[str, str]):
     """Lower-cased header view over a WSGI environ, without copying it."""
 
     __slots__ = ("_environ",)
-
-    def __init__(self, environ: Environ) -> None:
-        self._environ = environ
+    _environ: Environ  # set by its maker (no __init__: one C call to make one)
 
     @staticmethod
     def _key(name: str) -> str:
@@ -99,8 +98,10 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
     path = (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
     if not path.isascii():
         path = decoded_path(path)
+    view = _EnvironHeaders()
+    view._environ = environ
     if not details:
-        return RequestFacts(get("REQUEST_METHOD") or "GET", path, _EnvironHeaders(environ))
+        return RequestFacts(get("REQUEST_METHOD") or "GET", path, view)
     key = (get("HTTP_HOST") or get("SERVER_NAME") or "", get("SERVER_PORT"), get("SERVER_PROTOCOL"))
     try:
         server = _SERVER_FACTS.get(key)
@@ -111,7 +112,7 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
     return RequestFacts(
         get("REQUEST_METHOD") or "GET",
         path,
-        _EnvironHeaders(environ),
+        view,
         get("wsgi.url_scheme") or "http",
         get("QUERY_STRING") or "",
         get("REMOTE_ADDR"),
@@ -216,8 +217,10 @@ class ObservabilityMiddleware:
                 path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
                 if not path.isascii():
                     path = decoded_path(path)
+                view = _EnvironHeaders()
+                view._environ = environ
                 method = environ.get("REQUEST_METHOD") or "GET"
-                facts = RequestFacts(method, path, _EnvironHeaders(environ))
+                facts = RequestFacts(method, path, view)
         except Exception as exc:  # noqa: BLE001 - failsafe: a malformed environ is the app's call
             report_internal_error("wsgi.environ", exc)
             return self.app(environ, start_response)
@@ -237,7 +240,14 @@ class ObservabilityMiddleware:
             observer.detach(handle)
             environ.pop(HANDLE_KEY, None)
             raise
-        observer.detach(handle)
+        if handle.context_token is None:  # observer.detach(handle), inlined: no span attached
+            token, handle.request_id_token = handle.request_id_token, None
+            try:
+                request_id_var.reset(token)
+            except Exception as exc:  # noqa: BLE001 - a token from another context
+                _errors.report("adapter", exc, "detach")
+        else:
+            observer.detach(handle)
         return handle
 
 

@@ -270,6 +270,67 @@ def test_span_ids_are_the_span_contexts_ids_in_hex() -> None:
             )
 
 
+@pytest.mark.parametrize("generator", ["default", "custom"])
+def test_a_new_traces_ids_come_from_the_providers_id_generator(generator: str) -> None:
+    """A request without a parent starts a trace with the provider's id generator: the
+    SDK's default one gives valid random ids (pyobs draws both in one call then), an app's
+    own generator gives its own ids, and the access line carries the same ids."""
+    script = textwrap.dedent(
+        """
+        import io, json, sys
+        from flask import Flask
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.id_generator import IdGenerator
+
+        class Counting(IdGenerator):
+            def __init__(self):
+                self.next = 0
+            def generate_span_id(self):
+                self.next += 1
+                return 0x1000 + self.next
+            def generate_trace_id(self):
+                self.next += 1
+                return 0xABC000 + self.next
+
+        if sys.argv[1] == "custom":
+            trace.set_tracer_provider(TracerProvider(id_generator=Counting()))
+        import pyobs.flask
+        from pyobs.testing import span_exporter
+        app = Flask("ids")
+        app.get("/x")(lambda: "ok")
+        pyobs.flask.instrument(app)
+        exporter = span_exporter()
+        out = io.StringIO(); real = sys.stdout; sys.stdout = out
+        for _ in range(3):
+            assert app.test_client().get("/x", buffered=True).status_code == 200
+        sys.stdout = real
+        spans = exporter.get_finished_spans()
+        access = [json.loads(l) for l in out.getvalue().splitlines() if "pyobs.access" in l]
+        ids = [(s.context.trace_id, s.context.span_id) for s in spans]
+        assert [(int(a["trace.id"], 16), int(a["span.id"], 16)) for a in access] == ids
+        if sys.argv[1] == "custom":
+            assert ids == [(0xABC001, 0x1002), (0xABC003, 0x1004), (0xABC005, 0x1006)], ids
+        else:
+            assert all(0 < t < 1 << 128 and 0 < s < 1 << 64 for t, s in ids), ids
+            assert len({t for t, _ in ids}) == 3 and len({s for _, s in ids}) == 3, ids
+            assert all(s.parent is None and s.context.trace_flags.sampled for s in spans)
+        print("ok")
+        """
+    )
+    import_or_require("flask")
+    result = subprocess.run(
+        [sys.executable, "-c", script, generator],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("tracing", [False, True])
 def test_metrics_only_never_loads_the_tracing_sdk(tracing: bool) -> None:
     """With tracing off, setup and a served request import no OpenTelemetry SDK module;
