@@ -135,15 +135,6 @@ def may_carry_context(headers: Mapping[str, str]) -> bool:
     ``get_global_textmap()``, and its headers learned again only when the app set another.
     """
     propagator = _global_textmap() if _global_textmap is not None else _fallback()
-    # _may_carry_context(propagator, headers), inlined for pyobs's own header views.
-    if propagator is not _triggers_for:  # set_global_textmap() since: learn its headers
-        _learn_triggers(propagator)
-    triggers = _triggers
-    if triggers is None:
-        return True
-    has_any = getattr(headers, "has_any", None)
-    if has_any is not None:
-        return bool(has_any(triggers))
     return _may_carry_context(propagator, headers)
 
 
