@@ -199,8 +199,10 @@ class PyobsMetrics:
         self._routes_lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
         # The request path's values, updated directly (see _Series) under this one lock.
-        self._lock = threading.Lock()
-        self.lock = self._lock  # for the request path's inlined writes (RequestObserver.start)
+        # Public: RequestObserver.start() writes the in-flight gauge's +1 under it too. One
+        # attribute, so the lock a fork child gets (_locks_after_fork) is the one every
+        # writer takes.
+        self.lock = threading.Lock()
         _instances.add(self)
         self._series: dict[tuple[Any, ...], _Series] = {}
         self._active: dict[str, Any] = {}
@@ -232,7 +234,7 @@ class PyobsMetrics:
             value.inc(amount)
             return
         try:
-            _internals.prom_add(self._lock, value, amount)
+            _internals.prom_add(self.lock, value, amount)
         except Exception as exc:  # noqa: BLE001 - a changed layout: public API from now on
             self._direct_failed(exc)
             self._active_add(method, amount)
@@ -302,7 +304,7 @@ class PyobsMetrics:
                 else None
             )
             try:
-                _internals.prom_request(self._lock, direct, duration, response_bytes, exemplar)
+                _internals.prom_request(self.lock, direct, duration, response_bytes, exemplar)
                 return
             except _internals.AfterGauge as exc:
                 # The gauge is down; record the rest through the public API below.
@@ -406,7 +408,7 @@ class PyobsMetrics:
             child.observe(nbytes)
             return
         try:
-            _internals.prom_observe(self._lock, direct, nbytes)
+            _internals.prom_observe(self.lock, direct, nbytes)
         except Exception as exc:  # noqa: BLE001 - a changed layout: public API from now on
             self._direct_failed(exc)
             child.observe(nbytes)
@@ -468,7 +470,7 @@ class PyobsMetrics:
             value.inc(1)
             return
         try:  # like the request path's values: only pyobs writes this one
-            _internals.prom_add(self._lock, value, 1)
+            _internals.prom_add(self.lock, value, 1)
         except Exception as exc:  # noqa: BLE001 - a changed layout: public API from now on
             self._direct_failed(exc)
             self.log_event(level)
@@ -579,12 +581,12 @@ _instances: weakref.WeakSet[PyobsMetrics] = weakref.WeakSet()
 
 def _locks_after_fork() -> None:
     """In a forked child, new locks: another thread of the parent may have held one at the
-    fork (every log record takes ``_lock``), and it would never be released here."""
+    fork (every log record takes ``lock``), and it would never be released here."""
     global _metrics_lock, _checking
     _metrics_lock = threading.Lock()
     _checking = False  # a check another parent thread was running does not go on here
     for metrics in list(_instances):
-        metrics._lock = threading.Lock()
+        metrics.lock = threading.Lock()
         metrics._routes_lock = threading.Lock()
 
 

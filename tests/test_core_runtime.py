@@ -497,6 +497,53 @@ def test_generated_request_ids_differ_across_forked_workers() -> None:
     assert not set(child_ids) & set(parent_ids)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_counts_requests_though_the_parent_held_the_metrics_lock() -> None:
+    """A parent thread may hold pyobs's metrics lock at the fork (gunicorn --preload with a
+    thread logging or serving): the child gets a fresh lock, and both the in-flight gauge's
+    +1 at the start of a request and its -1 at the end take that one. The child serves a
+    request within 10 s (SIGALRM ends it otherwise) and its gauge is back at 0."""
+    script = textwrap.dedent(
+        r"""
+        import os, re, signal
+        from flask import Flask
+        import pyobs.flask
+        from pyobs.metrics import get_metrics
+
+        app = Flask("fork")
+        app.get("/x")(lambda: "ok")
+        pyobs.flask.instrument(app, tracing=False, access_log=False)
+        client = app.test_client()
+        assert client.get("/x", buffered=True).status_code == 200  # the gauge's value cached
+        held = get_metrics().lock
+        held.acquire()  # as another parent thread holds it at the moment of the fork
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)
+            served = client.get("/x", buffered=True).status_code == 200
+            page = client.get("/metrics").text
+            gauge = re.search(r'^http_server_active_requests\{[^}]*method="GET"[^}]*\} (\S+)$',
+                              page, re.M)
+            os._exit(0 if served and gauge and float(gauge.group(1)) == 0 else 1)
+        held.release()
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+        """
+    )
+    import_or_require("flask")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip().endswith("child exit 0"), (result.stdout, result.stderr[-2000:])
+
+
 def test_event_loop_lag_probe_on_every_new_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """One lag probe per event loop: a second loop in the same thread (``asyncio.run`` again,
     as test suites do) and a loop in another thread get their own. Requests on a loop already
