@@ -48,6 +48,7 @@ if hasattr(os, "register_at_fork"):
 _random_bits = _ids.getrandbits
 # Cleared by pyobs's reset (tests): the rate limit of internal error lines.
 _reported = _errors._last
+
 # Longest value taken from the request that pyobs writes into a log field or a span
 # attribute (url.path, url.query, user_agent.original, captured headers); longer ones are cut.
 MAX_FIELD_LENGTH = 8192
