@@ -69,8 +69,11 @@ class CountingExporter:
             else:
                 self.failed += len(spans)
             for span in spans:
-                scope = span.instrumentation_scope
-                name = scope.name if scope is not None else "?"
+                if type(span) is bytes:  # a pyobs request span that pyobs_prepare encoded
+                    name = "pyobs"
+                else:
+                    scope = span.instrumentation_scope
+                    name = scope.name if scope is not None else "?"
                 self.scopes[name] = self.scopes.get(name, 0) + 1
         self.write()
         return result

@@ -89,6 +89,8 @@ EXTRA_CONFIGS = (*FULL_VARIANTS, *PART_CONFIGS)
 # so a change is measured against the code before it in one interleaved run.
 BASELINE = "@baseline"
 BASELINE_CONFIGS = ("pyobs-metrics" + BASELINE, "pyobs-full" + BASELINE)
+# With --baseline and --jaeger: the export row again, pyobs from DIR.
+JAEGER_BASELINE = JAEGER_CONFIG + BASELINE
 _baseline_dir: str | None = None  # set by main() from --baseline
 _batch_512 = False  # set by main() from --batch-512
 _jaeger_endpoint: str | None = None  # set by main() for --jaeger: Jaeger's OTLP/HTTP endpoint
@@ -366,8 +368,11 @@ class _CountingDropExporter:
     def export(self, spans: Sequence[Any]) -> Any:
         self.spans += len(spans)
         for span in spans:
-            scope = span.instrumentation_scope
-            name = scope.name if scope is not None else "?"
+            if type(span) is bytes:  # a pyobs request span, encoded as it ended (below)
+                name = "pyobs"
+            else:
+                scope = span.instrumentation_scope
+                name = scope.name if scope is not None else "?"
             self.scopes[name] = self.scopes.get(name, 0) + 1
         return self.success
 
@@ -384,6 +389,11 @@ class _AcknowledgedCount(_CountingDropExporter):
     def __init__(self, inner: Any) -> None:
         super().__init__()
         self.inner = inner
+        # As pyobs.setup() installs it: pyobs's batch processor has pyobs's OTLP exporter
+        # encode each span as it ends and queues the bytes of its request spans.
+        prepare = getattr(inner, "pyobs_prepare", None)
+        if prepare is not None:
+            self.pyobs_prepare = prepare
 
     def export(self, spans: Sequence[Any]) -> Any:
         result = self.inner.export(spans)
@@ -516,7 +526,7 @@ class Bench:
             pyobs_provider: Any = getattr(_spans, "PyobsTracerProvider", TracerProvider)
 
             self.exporter = _CountingDropExporter()
-            if self.config == JAEGER_CONFIG:
+            if self.config.removesuffix(BASELINE) == JAEGER_CONFIG:
                 from pyobs._otlp import OtlpHttpSpanExporter
 
                 endpoint = os.environ[JAEGER_ENDPOINT_VAR]
@@ -937,6 +947,7 @@ def configs_for(
     extra += [JAEGER_CONFIG] if _jaeger_endpoint else []
     extra += list(PART_CONFIGS) if parts else []
     extra += list(BASELINE_CONFIGS) if _baseline_dir else []
+    extra += [JAEGER_BASELINE] if _baseline_dir and _jaeger_endpoint else []
     return [*BASE_CONFIGS, *extra, *FRAMEWORKS[framework][2]]
 
 
@@ -958,7 +969,7 @@ def _start(framework: str, config: str) -> Worker:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([*roots, os.environ.get("PYTHONPATH", "")]),
     }
-    if config == JAEGER_CONFIG and _jaeger_endpoint:
+    if config in (JAEGER_CONFIG, JAEGER_BASELINE) and _jaeger_endpoint:
         env[JAEGER_ENDPOINT_VAR] = _jaeger_endpoint
     w.proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--worker", framework, config],
@@ -1066,7 +1077,9 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
     by_config = {w.config: w for w in workers}
     bare = median(by_config["bare"])
     peers = [
-        w for w in workers if w.config not in (*BASE_CONFIGS, *EXTRA_CONFIGS, *BASELINE_CONFIGS)
+        w
+        for w in workers
+        if w.config not in (*BASE_CONFIGS, *EXTRA_CONFIGS, *BASELINE_CONFIGS, JAEGER_BASELINE)
     ]
     out.write(f"\n## {framework}  (driven as: {DRIVEN_AS[kind]})\n")
     notes = sorted({w.facts.get("note", "") for w in workers if w.facts.get("note")})
@@ -1107,7 +1120,7 @@ def report_framework(framework: str, workers: list[Worker], out: Any) -> list[st
         if w.config.startswith("pyobs"):
             routes = [r for r in w.facts.get("pyobs_routes", []) if r != "<unmatched>"]
             extra.append(f"route {routes[0]}" if routes else "NO route recorded")
-            if w.config in ("pyobs-full", "pyobs-full" + BASELINE, *FULL_VARIANTS):
+            if w.config in ("pyobs-full", "pyobs-full" + BASELINE, *FULL_VARIANTS, JAEGER_BASELINE):
                 per_request = w.facts.get("access_log_lines", 0) / max(
                     w.facts.get("pyobs_requests", 1), 1
                 )
@@ -1173,7 +1186,8 @@ def _verdicts(framework: str, by_config: dict[str, Worker], bare: float | None) 
     prom_peers = [
         c
         for c in by_config
-        if c not in (*BASE_CONFIGS, *EXTRA_CONFIGS, *BASELINE_CONFIGS) and c != "otel-contrib"
+        if c not in (*BASE_CONFIGS, *EXTRA_CONFIGS, *BASELINE_CONFIGS, JAEGER_BASELINE)
+        and c != "otel-contrib"
     ]
     pm, pf = added("pyobs-metrics"), added("pyobs-full")
     peer_added = [(a, c) for c in prom_peers if (a := added(c)) is not None]
@@ -1359,7 +1373,8 @@ def compare(args: argparse.Namespace, names: list[str]) -> int:
         f"# {JAEGER_CONFIG} (--jaeger): pyobs-full exporting OTLP/HTTP to a real Jaeger "
         "(spans counted when acknowledged).\n"
         f"# {NO_LOG_CONFIG}, {NO_SPAN_CONFIG} (--parts): pyobs-full without one signal.\n"
-        f"# {', '.join(BASELINE_CONFIGS)} (--baseline DIR): the same, pyobs from DIR.\n"
+        f"# {', '.join(BASELINE_CONFIGS)} (--baseline DIR; with --jaeger also "
+        f"{JAEGER_BASELINE}): the same, pyobs from DIR.\n"
         "# spans/req: spans exported per request served (fewer than one: spans were lost);\n"
         "#   start: CPU ms of a fresh worker until ready (interpreter, imports, setup, app;\n"
         "#   bare: the framework's own); first request: its CPU ms (first-use work included).\n"

@@ -329,7 +329,8 @@ class RequestObserver:
 
     def _start_span(self, handle: RequestHandle) -> None:
         context = _context.current()
-        current = _context.span_in(context)
+        # An empty context (the common case as a request starts) holds no span: not looked up.
+        current = _context.span_in(context) if context else _context.INVALID_SPAN
         # The OTel contrib instrumentation is already serving this request: reuse its span.
         if (
             current is not _context.INVALID_SPAN
@@ -512,7 +513,14 @@ class RequestObserver:
             if guard:
                 _reading.active = True
             try:
-                self._end_span(handle, span, code, exc)
+                error_type = _error_type(exc) if exc is not None else None
+                if error_type is None and code >= 500:
+                    error_type = str(code)
+                if handle.owns_span and type(span) is tracing.request_span_type:
+                    # pyobs's own span records it in one call (it ignores changes once ended).
+                    span.request_done(code, method, handle.route, error_type, exc)
+                else:
+                    self._end_span(handle, span, code, error_type, exc)
             except Exception as error:  # noqa: BLE001
                 _errors.report("tracing", error, "finish")
             finally:
@@ -530,19 +538,17 @@ class RequestObserver:
                 _errors.report("tracing", error, "span end")
 
     def _end_span(
-        self, handle: RequestHandle, span: Any, code: int, exc: BaseException | None
+        self,
+        handle: RequestHandle,
+        span: Any,
+        code: int,
+        error_type: str | None,
+        exc: BaseException | None,
     ) -> None:
-        # pyobs's own span ignores changes once ended, so only other spans are asked.
-        own = handle.owns_span and type(span) is tracing.request_span_type
-        if not own and not span.is_recording():
+        """Record the outcome on a span that is not pyobs's own (finish() does that one)."""
+        if not span.is_recording():
             return  # an adopted span that its owner already ended
         method = handle.method
-        error_type = _error_type(exc) if exc is not None else None
-        if error_type is None and code >= 500:
-            error_type = str(code)
-        if own:
-            span.request_done(code, method, handle.route, error_type, exc)
-            return
         attributes: dict[str, Any] = {"http.response.status_code": code}
         if handle.route is not None:
             attributes["http.route"] = handle.route

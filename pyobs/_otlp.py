@@ -302,11 +302,13 @@ class _Encoder:
         spans: Sequence[ReadableSpan],
         step_aside: Any = None,
         ready: dict[int, bytes] | None = None,
+        origin: tuple[Any, Any] | None = None,
     ) -> bytes:
         """The whole request; ``step_aside()`` is called after each SLICE spans encoded here.
 
         ``ready`` holds spans already encoded when they ended (by id), taken out as used;
-        pyobs's request spans carry theirs (``RequestSpan.encoded``).
+        pyobs's request spans carry theirs (``RequestSpan.encoded``), or are those bytes in
+        ``spans``, of ``origin``'s resource and scope (``pyobs_prepare``).
         Joining those takes no step aside: each step is a GIL hand-off, and while the export
         thread waits to take the GIL back, every release of it by a request thread wakes it
         in vain (one futex call each; docs/benchmarks.md, "Export off the hot path").
@@ -320,11 +322,16 @@ class _Encoder:
         last: tuple[Any, Any] = (None, None)
         listed: list[bytes] = []
         pop = ready.pop if ready else None
+        span: Any
+        done: bytes | None
         for span in spans:
-            if type(span) is RequestSpan:
+            if type(span) is bytes:  # a request span, encoded as it ended (pyobs_prepare)
+                resource, scope = origin or (None, None)
+                done = span
+            elif type(span) is RequestSpan:
                 resource = span._resource
                 scope = span._instrumentation_scope
-                done: bytes | None = span.encoded
+                done = span.encoded
             else:
                 resource = span.resource
                 scope = span.instrumentation_scope
@@ -525,6 +532,8 @@ class OtlpHttpSpanExporter(SpanExporter):
         self._session = self._new_session()
         self._encoder = _Encoder()
         self._ready: dict[int, bytes] = {}  # id(span) -> its bytes, encoded as it ended
+        # The resource and scope of the request spans queued as bytes (pyobs_prepare).
+        self._origin: tuple[Any, Any] | None = None
         if hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
 
@@ -578,7 +587,7 @@ class OtlpHttpSpanExporter(SpanExporter):
         self._ready.clear()
         self._session = self._new_session()  # and a new plain connection, the same way
 
-    def pyobs_prepare(self, span: ReadableSpan) -> None:
+    def pyobs_prepare(self, span: ReadableSpan) -> bytes | None:
         """Encode a span as it ends (pyobs's batch processor calls this from ``on_end``).
 
         The cost is the same as at export, but spread over the requests instead of taken in
@@ -590,14 +599,29 @@ class OtlpHttpSpanExporter(SpanExporter):
         then reads them from the span, with no lookup by id and no check that the bytes are
         this span's (the loop that does that for other spans holds the GIL for up to 2 ms
         per batch of 2,048; docs/benchmarks.md).
+
+        For a request span of the resource and scope of the first one prepared (all of
+        them, unless the provider changed), the bytes are returned and the processor queues
+        them instead of the span: the span is freed with its request rather than waiting
+        for its batch, where the cyclic garbage collector would walk it at every collection
+        and move it to its oldest generation, whose full collections walk every object of
+        the process (docs/benchmarks.md, "Queued spans out of the collector's way").
+        ``export`` takes such bytes in place of spans.
         """
         if type(span) is RequestSpan:
-            span.encoded = self._encoder.span(span)
-            return
+            encoded = self._encoder.span(span)
+            resource, scope = span._resource, span._instrumentation_scope
+            if self._origin is None:
+                self._origin = (resource, scope)
+            if resource is self._origin[0] and scope is self._origin[1]:
+                return encoded  # queued instead of the span
+            span.encoded = encoded
+            return None
         ready = self._ready
         if len(ready) >= self.ready_max:
             ready.clear()  # spans that never reached export (a queue cleared by fork)
         ready[id(span)] = self._encoder.span(span)
+        return None
 
     ready_max = 2 * 8192
 
@@ -605,7 +629,7 @@ class OtlpHttpSpanExporter(SpanExporter):
         time.sleep(STEP_ASIDE)
 
     def _body(self, spans: Sequence[ReadableSpan]) -> bytes:
-        body = self._encoder.request(spans, self._step_aside, self._ready)
+        body = self._encoder.request(spans, self._step_aside, self._ready, self._origin)
         if self.compression == "gzip":
             return gzip.compress(body, compresslevel=6, mtime=0)
         if self.compression == "deflate":

@@ -264,7 +264,8 @@ class CountingBatchSpanProcessor(SpanProcessor):
         """A fresh queue, locks and export thread (at start, and in a fork child)."""
         # Oldest on the left. deque's append and popleft are atomic: the request thread
         # appends and the export thread pops without a lock between them.
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        # Spans, or what the exporter's pyobs_prepare handed back for them (their bytes).
+        self._queue: collections.deque[Any] = collections.deque()
         # Re-entrant: pyobs's SIGTERM handler exports on the main thread, which the signal may
         # have interrupted inside _nudge while it held this lock.
         self._pending_lock = threading.RLock()
@@ -377,12 +378,14 @@ class CountingBatchSpanProcessor(SpanProcessor):
             DROPPED.add("queue_full", 1)
             return
         prepare = self._prepare
+        item: Any = span
         if prepare is not None:
             try:
-                prepare(span)
+                # pyobs's OTLP exporter may hand back the span's bytes: queued in its place.
+                item = prepare(span) or span
             except Exception:  # noqa: BLE001 - encoded again at export, which reports it
                 pass
-        queue.append(span)
+        queue.append(item)
         pending = len(queue)
         if pending >= self._batch_size:
             wake = self._wake

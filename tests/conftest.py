@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -24,6 +26,22 @@ def require_service(available: bool, reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"required service missing (PYOBS_REQUIRE_SERVICES=1): {reason}")
     pytest.skip(reason)
+
+
+def run_python(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter from the repository root, with no PYOBS_/OTEL_
+    variables but ``env``; fails the test unless it exits 0."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**clean, **env},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
 
 
 def import_or_require(module: str) -> object:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import import_or_require
+from tests.conftest import import_or_require, run_python
 
 import_or_require("opentelemetry.exporter.otlp.proto.common.trace_encoder")
 
@@ -375,10 +375,11 @@ def test_spans_encoded_as_they_end_are_sent_as_the_sdk_would(receiver: Receiver)
     assert exporter._ready == {}
 
 
-def test_request_spans_carry_their_bytes_to_the_export(receiver: Receiver) -> None:
-    """pyobs's request spans keep the bytes encoded as they ended on themselves (no lookup by
-    id at export); a request span without them (it ended before the exporter was there) is
-    encoded at export; the request is exactly the SDK's either way."""
+def test_request_spans_wait_for_export_as_their_bytes(receiver: Receiver) -> None:
+    """pyobs's request spans are encoded as they end and only their bytes wait in the batch
+    queue (no span object kept, no lookup by id at export); a request span queued without
+    them (it ended before the exporter was there) is encoded at export; the request is
+    exactly the SDK's either way."""
     from pyobs._spans import CountingBatchSpanProcessor
     from pyobs.testing import span_exporter
     from tests.core_apps import FACTORIES, Client
@@ -395,14 +396,56 @@ def test_request_spans_carry_their_bytes_to_the_export(receiver: Receiver) -> No
     processor = CountingBatchSpanProcessor(exporter)
     for span in spans[:2]:
         processor.on_end(span)
+    assert list(processor._queue) == [exporter._encoder.span(span) for span in spans[:2]]
     assert exporter._ready == {}
-    assert [span.encoded == exporter._encoder.span(span) for span in spans] == [True, True, False]
-    processor.on_end(spans[2])  # as if it had ended with no bytes: encoded at export
-    spans[2].encoded = None
+    processor._queue.append(spans[2])  # queued as a span: encoded at export
     processor.force_flush()
     processor.shutdown()
     (post,) = receiver.posts
     assert post["request"] == encode_spans(spans)
+
+
+def test_a_request_span_is_freed_with_its_request_when_exporting_otlp(receiver: Receiver) -> None:
+    """With pyobs's OTLP exporter (what ``pyobs.setup()`` installs for an OTLP endpoint) a
+    request's span object does not wait for its batch, its bytes do: once the request is
+    over nothing of it is left for the garbage collector, and the span still arrives with
+    the ids the request saw."""
+    import json
+
+    import_or_require("flask")
+    script = """
+import gc, json, weakref
+from opentelemetry import trace
+from flask import Flask
+import pyobs, pyobs.flask
+pyobs.setup(service_name="freed", access_log=False)
+app = Flask("freed")
+seen = {}
+
+@app.route("/a")
+def a():
+    span = trace.get_current_span()
+    seen["ref"] = weakref.ref(span)
+    seen["ids"] = [span.get_span_context().trace_id, span.get_span_context().span_id]
+    return "a"
+
+pyobs.flask.instrument(app)
+app.test_client().get("/a").close()
+gc.collect()
+alive = seen["ref"]() is not None
+trace.get_tracer_provider().force_flush()
+print(json.dumps({"alive": alive, "ids": seen["ids"]}))
+"""
+    out = run_python(script, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["alive"] is False, "the span object waited for its batch"
+    (post,) = receiver.posts
+    (resource_spans,) = post["request"].resource_spans
+    (scope_spans,) = resource_spans.scope_spans
+    (span,) = scope_spans.spans
+    ids = [int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big")]
+    assert ids == result["ids"]
+    assert span.name == "GET /a"
 
 
 def test_a_plain_http_endpoint_gets_the_same_request_without_requests(receiver: Receiver) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import pyobs
-from tests.conftest import import_or_require
+from tests.conftest import import_or_require, run_python
 from tests.core_apps import Client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,25 +167,7 @@ def test_sampler_off_records_nothing_but_keeps_trace_ids_in_logs() -> None:
     assert result.stdout.strip().endswith("ok")
 
 
-def _clean_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
-
-
-def _python(script: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` in a fresh interpreter with no PYOBS_/OTEL_ variables but ``env``;
-    fails the test unless it exits 0."""
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**_clean_env(), **env},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result
+_python = run_python  # a fresh interpreter with no PYOBS_/OTEL_ variables but the given ones
 
 
 @pytest.mark.parametrize("exporter", ["console"])
