@@ -534,6 +534,7 @@ class OtlpHttpSpanExporter(SpanExporter):
         self._ready: dict[int, bytes] = {}  # id(span) -> its bytes, encoded as it ended
         # The resource and scope of the request spans queued as bytes (pyobs_prepare).
         self._origin: tuple[Any, Any] | None = None
+        self._origin_lock = threading.Lock()
         if hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
 
@@ -611,9 +612,13 @@ class OtlpHttpSpanExporter(SpanExporter):
         if type(span) is RequestSpan:
             encoded = self._encoder.span(span)
             resource, scope = span._resource, span._instrumentation_scope
-            if self._origin is None:
-                self._origin = (resource, scope)
-            if resource is self._origin[0] and scope is self._origin[1]:
+            origin = self._origin
+            if origin is None:
+                with self._origin_lock:  # two first spans at once: one origin for both
+                    if self._origin is None:
+                        self._origin = (resource, scope)
+                    origin = self._origin
+            if resource is origin[0] and scope is origin[1]:
                 return encoded  # queued instead of the span
             span.encoded = encoded
             return None

@@ -405,6 +405,38 @@ def test_request_spans_wait_for_export_as_their_bytes(receiver: Receiver) -> Non
     assert post["request"] == encode_spans(spans)
 
 
+def test_a_request_span_of_another_resource_waits_as_itself(receiver: Receiver) -> None:
+    """Only request spans of the first one's resource and scope wait as bytes (the export
+    groups those under that resource): one of another provider keeps its bytes on itself
+    and is sent under its own resource."""
+    import copy
+
+    from pyobs._spans import CountingBatchSpanProcessor
+    from pyobs.testing import span_exporter
+    from tests.core_apps import FACTORIES, Client
+
+    import_or_require("flask")
+    client = Client("flask", FACTORIES["flask"]())
+    memory = span_exporter()
+    memory.clear()
+    client.get("/items/1")
+    (first,) = memory.get_finished_spans()
+    other = copy.copy(first)
+    other._resource = Resource.create({"service.name": "another-service"})
+    exporter = _otlp.OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base})
+    processor = CountingBatchSpanProcessor(exporter)
+    processor.on_end(first)
+    processor.on_end(other)
+    queued = list(processor._queue)
+    assert type(queued[0]) is bytes and queued[1] is other
+    assert other.encoded == exporter._encoder.span(other)
+    processor.force_flush()
+    processor.shutdown()
+    (post,) = receiver.posts
+    assert post["request"] == encode_spans([first, other])
+    assert len(post["request"].resource_spans) == 2
+
+
 def test_a_request_span_is_freed_with_its_request_when_exporting_otlp(receiver: Receiver) -> None:
     """With pyobs's OTLP exporter (what ``pyobs.setup()`` installs for an OTLP endpoint) a
     request's span object does not wait for its batch, its bytes do: once the request is
