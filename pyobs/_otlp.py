@@ -322,12 +322,12 @@ class _Encoder:
         last: tuple[Any, Any] = (None, None)
         listed: list[bytes] = []
         pop = ready.pop if ready else None
+        origin_resource, origin_scope = origin or (None, None)
         span: Any
         done: bytes | None
         for span in spans:
             if type(span) is bytes:  # a request span, encoded as it ended (pyobs_prepare)
-                resource, scope = origin or (None, None)
-                done = span
+                resource, scope, done = origin_resource, origin_scope, span
             elif type(span) is RequestSpan:
                 resource = span._resource
                 scope = span._instrumentation_scope

@@ -21,7 +21,7 @@ import pytest
 import pyobs
 import pyobs.exposition
 import pyobs.testing
-from tests.conftest import import_or_require
+from tests.conftest import import_or_require, run_python
 from tests.core_apps import FACTORIES, Client, json_lines, sample, series
 from tests.helpers import PortTaken, kill_tree, running, start_with_retry, wait_until
 
@@ -531,16 +531,7 @@ def test_a_forked_worker_counts_requests_though_the_parent_held_the_metrics_lock
         """
     )
     import_or_require("flask")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYOBS_", "OTEL_"))}
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(script)
     assert result.stdout.strip().endswith("child exit 0"), (result.stdout, result.stderr[-2000:])
 
 
