@@ -13,8 +13,10 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 INVALID_SPAN = trace.INVALID_SPAN
-_set_span = trace.set_span_in_context
-_attach = api.attach
+#: ``attach(set_span(span, context))`` makes ``context`` plus ``span`` current and returns
+#: the token for ``detach`` (``attach_span``, written out where it runs per request).
+set_span = _set_span = trace.set_span_in_context
+attach = _attach = api.attach
 
 # The API's own functions, not wrappers around them (a wrapper is one more call per use):
 #: The current context (``opentelemetry.context.get_current()``).

@@ -15,6 +15,7 @@ from pyobs._observer import (
     RequestFacts,
     RequestHandle,
     RequestObserver,
+    _PairHeaders,
     headers_from_pairs,
     report_internal_error,
     request_id_and_length,
@@ -48,18 +49,45 @@ def facts_from_scope(scope: Scope, details: bool = True) -> tuple[RequestFacts, 
     server = get("server") or (None, None)
     query = get("query_string") or b""
     host = headers.get("host")
-    facts = RequestFacts(
-        get("method", "GET"),
-        get("path", "/"),
-        headers,
-        get("scheme", "http"),
-        (query.decode("latin-1") if isinstance(query, bytes) else str(query)) if query else "",
-        client[0],
-        host.partition(":")[0] if host else server[0],
-        server[1],
-        get("http_version", "1.1"),
-    )
+    facts = RequestFacts.__new__(RequestFacts)  # no Python __init__: see RequestFacts
+    facts.method = get("method", "GET")
+    facts.path = get("path", "/")
+    facts.headers = headers
+    facts.scheme = get("scheme", "http")
+    if query:
+        facts.query = query.decode("latin-1") if isinstance(query, bytes) else str(query)
+    facts.client_addr = client[0]
+    facts.server_addr = host.partition(":")[0] if host else server[0]
+    facts.server_port = server[1]
+    facts.http_version = get("http_version", "1.1")
     return facts, headers
+
+
+def _metrics_facts(scope: Scope) -> tuple[RequestFacts, str | None, str | None]:
+    """What metrics-only needs, in one call: facts_from_scope(scope, False) and the
+    X-Request-ID and Content-Length headers (request_id_and_length)."""
+    get = scope.get
+    pairs = get("headers") or ()
+    if type(pairs) is list or type(pairs) is tuple:
+        # headers_from_pairs()'s common case, inlined: lower-case names, none repeated.
+        raw = dict(pairs)
+        if len(raw) == len(pairs) and (b"x" + b"".join(raw)).islower():
+            view = _PairHeaders()
+            view._raw = raw
+            request_id = raw.get(b"x-request-id")
+            length = raw.get(b"content-length")
+            facts = RequestFacts.__new__(RequestFacts)  # no Python __init__: see RequestFacts
+            facts.method = get("method", "GET")
+            facts.path = get("path", "/")
+            facts.headers = view
+            return (
+                facts,
+                None if request_id is None else request_id.decode("latin-1"),
+                None if length is None else length.decode("latin-1"),
+            )
+    headers = headers_from_pairs(pairs)
+    facts = RequestFacts(get("method", "GET"), get("path", "/"), headers)
+    return facts, headers.get("x-request-id"), headers.get("content-length")
 
 
 _lag_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -173,6 +201,93 @@ class _DisconnectWatch:
                 self._queue.put_nowait({"type": "http.disconnect"})
 
 
+class _ObservedExchange(RequestHandle):
+    """The request's handle, and also the receive and send the app gets: one object per
+    request instead of two closures and their cells."""
+
+    # Set per request by the middleware after observer.start().
+    _middleware: ObservabilityMiddleware
+    _observer: RequestObserver
+    _scope: Scope  # the scope as the middleware got it (routers may copy theirs)
+    _receive: Receive  # the server's
+    _send: Send
+    # A raw app that streams without ever reading its input would not see the client
+    # leave (some servers drop sends to a closed connection silently): once it streams,
+    # a watcher reads the input for it and keeps the messages for the app (issue 13.9).
+    # The watcher is made at the first streamed chunk (most responses are one chunk);
+    # until then ``_busy`` counts the app's receive() calls in progress, as the watcher's
+    # own count does after.
+    _watch: _DisconnectWatch | None = None
+    _busy = 0
+
+    async def receive(self) -> Message:
+        """The app's receive: notes a client that went away."""
+        watch = self._watch
+        if watch is not None:
+            message = await watch.receive()
+        else:
+            self._busy += 1
+            try:
+                message = await self._receive()
+            finally:
+                watch = self._watch
+                if watch is None:
+                    self._busy -= 1
+                else:  # the watcher was made meanwhile, with this call in its count
+                    watch.busy -= 1
+        if message.get("type") == "http.disconnect" and not self.finished:
+            self.disconnected = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        """The app's send: notes status and size, adds the request id header, and finishes
+        the request when the last body byte is out."""
+        kind = message.get("type")
+        if kind == "http.response.start":
+            self.status = message.get("status")
+            message = dict(message)
+            # RequestObserver.response_headers(), inlined and encoded (the id is ASCII).
+            message["headers"] = [
+                *message.get("headers", ()),
+                (REQUEST_ID_NAME, self.request_id.encode()),
+            ]
+        elif kind == "http.response.body":
+            self.response_bytes += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                try:
+                    await self._send(message)
+                except OSError:
+                    self.disconnected = True
+                    raise
+                # The last byte is out: this is where the duration ends.
+                watch = self._watch
+                if watch is None:
+                    self.disconnected = False
+                else:
+                    self.disconnected = watch.gone
+                    watch.stop()
+                # ObservabilityMiddleware._finish(), inlined: one call less per request.
+                if self.route is None:
+                    resolver = self._middleware.route_resolver
+                    if resolver is not None:
+                        try:
+                            self.route = resolver(self._scope)
+                        except Exception:  # noqa: BLE001 - an unresolvable route is unmatched
+                            self.route = None
+                self._observer.finish(self)
+                return
+            watch = self._watch
+            if watch is None:
+                watch = self._watch = _DisconnectWatch(self._receive, self, self._busy)
+            if watch.task is None:
+                watch.start()
+        try:
+            await self._send(message)
+        except OSError:
+            self.disconnected = True
+            raise
+
+
 class ObservabilityMiddleware:
     """Wrap an ASGI app: HTTP requests and WebSocket connections; lifespan passes through.
 
@@ -214,99 +329,51 @@ class ObservabilityMiddleware:
             await self._serve_metrics(page, scope, send)
             return
         try:
-            ensure_loop_lag_monitor()
-            facts, headers = facts_from_scope(scope, observer.details)
-            incoming_id, raw_length = request_id_and_length(headers)
+            last = _last_loop  # ensure_loop_lag_monitor()'s fast path, inlined
+            if last is None or _last_thread != get_ident() or not last.is_running():
+                ensure_loop_lag_monitor()
+            if observer.details:
+                facts, headers = facts_from_scope(scope)
+                incoming_id, raw_length = request_id_and_length(headers)
+            else:
+                facts, incoming_id, raw_length = _metrics_facts(scope)
         except Exception as exc:  # noqa: BLE001 - failsafe
             report_internal_error("asgi.scope", exc)
             await self.app(scope, receive, send)
             return
-        handle = observer.start(facts, RequestHandle, incoming_id)
-        if handle is None:
+        handle = observer.start(facts, _ObservedExchange, incoming_id)
+        if not isinstance(handle, _ObservedExchange):  # None: not observed (excluded path)
             await self.app(scope, receive, send)
             return
         handle.raw_length = raw_length
         # Routers rewrite root_path in place (mounts); resolvers compare it with this.
         scope[ROOT_PATH_KEY] = scope.get("root_path", "")
         scope[HANDLE_KEY] = handle
-        original = scope
-        # RequestObserver.response_headers(), inlined and encoded (the id is ASCII).
-        extra = ((REQUEST_ID_NAME, handle.request_id.encode()),)
-
-        # A raw app that streams without ever reading its input would not see the client
-        # leave (some servers drop sends to a closed connection silently): once it streams,
-        # a watcher reads the input for it and keeps the messages for the app (issue 13.9).
-        # The watcher is made at the first streamed chunk (most responses are one chunk);
-        # until then ``busy`` counts the app's receive() calls in progress, as the watcher's
-        # own count does after.
-        watch: _DisconnectWatch | None = None
-        busy = 0
-
-        async def observed_receive() -> Message:
-            nonlocal busy
-            if watch is not None:
-                message = await watch.receive()
-            else:
-                busy += 1
-                try:
-                    message = await receive()
-                finally:
-                    if watch is None:
-                        busy -= 1
-                    else:  # the watcher was made meanwhile, with this call in its count
-                        watch.busy -= 1
-            if message.get("type") == "http.disconnect" and not handle.finished:
-                handle.disconnected = True
-            return message
-
-        async def observed_send(message: Message) -> None:
-            nonlocal watch
-            kind = message.get("type")
-            if kind == "http.response.start":
-                handle.status = message.get("status")
-                message = dict(message)
-                message["headers"] = [*message.get("headers", ()), *extra]
-            elif kind == "http.response.body":
-                handle.response_bytes += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    try:
-                        await send(message)
-                    except OSError:
-                        handle.disconnected = True
-                        raise
-                    # The last byte is out: this is where the duration ends.
-                    if watch is None:
-                        handle.disconnected = False
-                    else:
-                        handle.disconnected = watch.gone
-                        watch.stop()
-                    self._finish(observer, handle, original)
-                    return
-                if watch is None:
-                    watch = _DisconnectWatch(receive, handle, busy)
-                if watch.task is None:
-                    watch.start()
-            try:
-                await send(message)
-            except OSError:
-                handle.disconnected = True
-                raise
-
+        handle._middleware = self
+        handle._observer = observer
+        handle._scope = scope
+        handle._receive = receive
+        handle._send = send
         try:
-            await self.app(scope, observed_receive, observed_send)
+            await self.app(scope, handle.receive, handle.send)
         except BaseException as exc:
             if not handle.finished:
                 if isinstance(exc, asyncio.CancelledError):
                     handle.disconnected = True
-                self._finish(observer, handle, original, exc)
+                self._finish(observer, handle, scope, exc)
             raise
         else:
             if not handle.finished:
                 # The app returned before the last body byte (or sent nothing: 500).
-                self._finish(observer, handle, original)
+                self._finish(observer, handle, scope)
         finally:
+            # handle -> scope -> handle and handle -> watcher -> handle: cycles that would
+            # leave the request to the cyclic collector; broken once the app is done.
+            handle._scope = {}
+            watch = handle._watch
             if watch is not None:
                 watch.stop()
+                handle._watch = None
             observer.detach(handle)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -113,6 +113,17 @@ def instrument_asgi(
     build = app.build_middleware_stack
 
     def resolve(scope: Scope) -> str | None:
+        # resolve_route()'s common case, inlined (it runs on every request): the router left
+        # a plain route in the scope and no mount changed root_path.
+        route = scope.get("route")
+        if (
+            route is not None
+            and scope.get("root_path", "") == scope.get(ROOT_PATH_KEY, "")
+            and not isinstance(route, (Mount, Host))
+        ):
+            path = getattr(route, "path", None)
+            if type(path) is str:
+                return path
         return resolve_route(app.router.routes, scope)
 
     def build_observed() -> Any:

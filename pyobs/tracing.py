@@ -135,6 +135,11 @@ def may_carry_context(headers: Mapping[str, str]) -> bool:
     ``get_global_textmap()``, and its headers learned again only when the app set another.
     """
     propagator = _global_textmap() if _global_textmap is not None else _fallback()
+    if propagator is _triggers_for and _triggers is not None:
+        # _may_carry_context()'s common case, inlined: pyobs's own header view.
+        has_any = getattr(headers, "has_any", None)
+        if has_any is not None:
+            return bool(has_any(_triggers))
     return _may_carry_context(propagator, headers)
 
 

@@ -100,8 +100,12 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         path = decoded_path(path)
     view = _EnvironHeaders()
     view._environ = environ
+    facts = RequestFacts.__new__(RequestFacts)  # no Python __init__: see RequestFacts
+    facts.method = get("REQUEST_METHOD") or "GET"
+    facts.path = path
+    facts.headers = view
     if not details:
-        return RequestFacts(get("REQUEST_METHOD") or "GET", path, view)
+        return facts
     key = (get("HTTP_HOST") or get("SERVER_NAME") or "", get("SERVER_PORT"), get("SERVER_PROTOCOL"))
     try:
         server = _SERVER_FACTS.get(key)
@@ -109,15 +113,11 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         server = None
     if server is None:
         server = _server_facts(key)
-    return RequestFacts(
-        get("REQUEST_METHOD") or "GET",
-        path,
-        view,
-        get("wsgi.url_scheme") or "http",
-        get("QUERY_STRING") or "",
-        get("REMOTE_ADDR"),
-        *server,
-    )
+    facts.scheme = get("wsgi.url_scheme") or "http"
+    facts.query = get("QUERY_STRING") or ""
+    facts.client_addr = get("REMOTE_ADDR")
+    facts.server_addr, facts.server_port, facts.http_version = server
+    return facts
 
 
 # (host, SERVER_PORT, SERVER_PROTOCOL) -> (server.address, server.port, protocol version):
@@ -219,8 +219,10 @@ class ObservabilityMiddleware:
                     path = decoded_path(path)
                 view = _EnvironHeaders()
                 view._environ = environ
-                method = environ.get("REQUEST_METHOD") or "GET"
-                facts = RequestFacts(method, path, view)
+                facts = RequestFacts.__new__(RequestFacts)  # no Python __init__: see RequestFacts
+                facts.method = environ.get("REQUEST_METHOD") or "GET"
+                facts.path = path
+                facts.headers = view
         except Exception as exc:  # noqa: BLE001 - failsafe: a malformed environ is the app's call
             report_internal_error("wsgi.environ", exc)
             return self.app(environ, start_response)

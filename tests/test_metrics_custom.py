@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import pyobs
-from tests.core_apps import Client, make_flask, sample, series
+from tests.core_apps import Client, make_fastapi, make_flask, sample, series
 
 ROOT = Path(__file__).resolve().parents[1]
 ITEM = {"http_request_method": "GET", "http_route": "/items/<int:item_id>"}
@@ -105,6 +105,33 @@ def test_request_label_hook_is_cardinality_guarded() -> None:
     )
     assert overflow == 2
     assert (sample("pyobs_cardinality_overflow_total") or 0) >= 2
+
+
+@pytest.mark.parametrize("framework", ["flask", "fastapi"])
+def test_label_hook_sees_query_scheme_and_client_with_metrics_only(framework: str) -> None:
+    """docs/configuration.md promises the hook the request's query, scheme and client; with
+    tracing and the access log off (metrics only) it once got empty defaults instead."""
+    seen: list[tuple[str, str, str | None]] = []
+
+    def plan(facts: Any) -> dict[str, str]:
+        seen.append((facts.query, facts.scheme, facts.client_addr))
+        return {"plan": facts.query.partition("=")[2]}
+
+    options: dict[str, Any] = {
+        "request_label_names": ("plan",),
+        "request_label_hook": plan,
+        "tracing": False,
+        "access_log": False,
+    }
+    app = make_flask(**options) if framework == "flask" else make_fastapi(**options)
+    assert Client(framework, app).get("/items/1?plan=gold").status == 200
+    query, scheme, client = seen[0]
+    assert (query, scheme) == ("plan=gold", "http")
+    assert client  # the test client's peer address
+    plans = {
+        dict(labels).get("plan") for labels in series("http_server_request_duration_seconds_count")
+    }
+    assert plans == {"gold"}
 
 
 def test_a_failing_label_hook_still_counts_the_request() -> None:
