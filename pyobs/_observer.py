@@ -22,6 +22,7 @@ from pyobs._otel_env import full_url
 from pyobs.logs import (
     ACCESS_LOGGER,
     ACCESS_OPTIONAL_FIELDS,
+    access_message,
     direct_handler,
     error_fields,
     request_id_var,
@@ -586,38 +587,17 @@ class RequestObserver:
         if not _access.isEnabledFor(level):
             return
         facts = handle.facts
+        query = redact_query(capped(facts.query) or "") if facts.query else None
+        direct = direct_handler(_access, level)
+        if direct is not None and exc is None:
+            # Fast path: pyobs's own stdout handler is the only destination; it reads the
+            # rest from the handle.
+            direct.write_access(handle, _LEVEL_NAMES[level], code, duration, query)
+            return
         path = handle.path
         # The request's own ids, even when a server closes the body in another context.
         trace_ids = handle.trace_ids
-        query = redact_query(capped(facts.query) or "") if facts.query else None
-        # The message repeats the path for people; url.path has it in full (up to the cap).
-        raw_method = facts.method
-        message = (
-            f"{raw_method if len(raw_method) <= 64 else raw_method[:64]} "
-            f"{path if len(path) <= 1024 else path[:1024]} {code}"
-        )
-        direct = direct_handler(_access, level)
-        if direct is not None and exc is None:
-            # Fast path: pyobs's own stdout handler is the only destination.
-            formatter: Any = direct.formatter
-            level_name = _LEVEL_NAMES[level]
-            line = formatter.access_line(
-                level_name,
-                message,
-                handle.request_id,
-                handle.method,
-                path,
-                code,
-                handle.response_bytes,
-                int(duration * 1e9),
-                trace_ids,
-                query,
-                handle.route,
-                handle.client or None,
-                handle.user_agent or None,
-            )
-            direct.write_line(line, level_name)
-            return
+        message = access_message(facts.method, path, code)
         optional = (query, handle.route, handle.client or None, handle.user_agent or None)
         extra: dict[str, Any] = {
             "http.request.id": handle.request_id,
