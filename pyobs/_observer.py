@@ -590,9 +590,13 @@ class RequestObserver:
         query = redact_query(capped(facts.query) or "") if facts.query else None
         direct = direct_handler(_access, level)
         if direct is not None and exc is None:
-            # Fast path: pyobs's own stdout handler is the only destination; it reads the
-            # rest from the handle.
-            direct.write_access(handle, _LEVEL_NAMES[level], code, duration, query)
+            # Fast path: pyobs's own stdout handler is the only destination; the formatter
+            # reads the line's fields from the handle.
+            level_name = _LEVEL_NAMES[level]
+            formatter: Any = direct.formatter
+            direct.write_line(
+                formatter.access_line(handle, level_name, code, duration, query), level_name
+            )
             return
         path = handle.path
         # The request's own ids, even when a server closes the body in another context.

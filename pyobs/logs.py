@@ -213,6 +213,55 @@ class ECSFormatter(logging.Formatter):
             self._line_templates[(logger, keys)] = template
         return template
 
+    def access_line(
+        self, handle: Any, level: str, code: int, duration: float, query: str | None
+    ) -> str:
+        """The access-log line of a request, with its newline: the same text as the logging
+        path would write.
+
+        ``handle`` is the request's RequestHandle (the line's fields are read from it, not
+        passed one by one), ``query`` its redacted url.query (None when absent). The
+        request id (checked against [A-Za-z0-9._-] or generated), the method label and the
+        hex trace ids need no JSON escaping, so they go in as they are.
+        """
+        path = handle.path
+        message = access_message(handle.facts.method, path, code)
+        more = "" if query is None else ',"url.query":' + _quote(query)
+        trace_ids = handle.trace_ids
+        if trace_ids is not None:
+            more = f',"trace.id":"{trace_ids[0]}","span.id":"{trace_ids[1]}"' + more
+        route = handle.route
+        if route is not None:
+            encoded = _ROUTE_FIELDS.get(route)
+            if encoded is None:
+                encoded = _remember(_ROUTE_FIELDS, route, ',"http.route":' + _quote(route))
+            more += encoded
+        client = handle.client
+        if client:
+            # The peer's fields, encoded once per address: the parse (X-Forwarded-For may
+            # hold anything) and the escaping give the same text every time.
+            encoded = _CLIENT_FIELDS.get(client)
+            if encoded is None:
+                ip = _ecs.parse_ip(client)
+                encoded = "" if ip is None else ',"client.ip":' + _quote(ip)
+                if ip != client:
+                    encoded += ',"client.address":' + _quote(client)
+                encoded = _remember(_CLIENT_FIELDS, client, encoded)
+            more += encoded
+        user_agent = handle.user_agent
+        if user_agent:
+            more += ',"user_agent.original":' + _quote(user_agent)
+        # One f-string: cheaper than %-formatting a template with a value tuple.
+        return (
+            f'{{"@timestamp":"{self._timestamp(time.time())}","log.level":"{level}",'
+            f'"message":{_quote(message)}{self._access_static},"process.pid":{_pid[0]},'
+            f'"http.request.id":"{handle.request_id}","event.dataset":"{ACCESS_LOGGER}",'
+            f'"http.request.method":"{handle.method}","url.path":{_quote(path)},'
+            f'"http.response.status_code":{code},'
+            f'"http.response.body.bytes":{handle.response_bytes},'
+            f'"event.duration":{int(duration * 1e9)}{more}}}\n'
+        )
+
     @staticmethod
     def dumps(fields: dict[str, Any]) -> str:
         """One JSON line (without the newline)."""
@@ -265,71 +314,13 @@ class StdoutHandler(logging.Handler):
         _count(record.levelname.lower())
 
     def write_line(self, line: str, level: str) -> None:
-        """Write a line pyobs built itself, newline included (the access-log fast path); the
-        same output as emit()."""
+        """Write a line pyobs built itself, newline included (the access log's direct
+        paths); the same output as emit()."""
         with self.lock or _NO_LOCK:
             stream = sys.stdout
             stream.write(line)
             stream.flush()
         try:  # _count(), inlined: this runs once per access line
-            get_metrics().log_event(level)
-        except Exception:  # noqa: BLE001 - a metric failure must not stop logging
-            pass
-
-    def write_access(
-        self, handle: Any, level: str, code: int, duration: float, query: str | None
-    ) -> None:
-        """Write a request's access line (the fast path: this handler is the record's only
-        destination, with pyobs's ECSFormatter); the same text as the logging path writes.
-
-        ``handle`` is the request's RequestHandle, ``query`` its redacted url.query (None
-        when absent). The request id (checked against [A-Za-z0-9._-] or generated), the
-        method label and the hex trace ids need no JSON escaping, so they go in as they are.
-        Built, written and counted in one call: this runs once per request.
-        """
-        formatter: Any = self.formatter
-        path = handle.path
-        message = access_message(handle.facts.method, path, code)
-        more = "" if query is None else ',"url.query":' + _quote(query)
-        trace_ids = handle.trace_ids
-        if trace_ids is not None:
-            more = f',"trace.id":"{trace_ids[0]}","span.id":"{trace_ids[1]}"' + more
-        route = handle.route
-        if route is not None:
-            encoded = _ROUTE_FIELDS.get(route)
-            if encoded is None:
-                encoded = _remember(_ROUTE_FIELDS, route, ',"http.route":' + _quote(route))
-            more += encoded
-        client = handle.client
-        if client:
-            # The peer's fields, encoded once per address: the parse (X-Forwarded-For may
-            # hold anything) and the escaping give the same text every time.
-            encoded = _CLIENT_FIELDS.get(client)
-            if encoded is None:
-                ip = _ecs.parse_ip(client)
-                encoded = "" if ip is None else ',"client.ip":' + _quote(ip)
-                if ip != client:
-                    encoded += ',"client.address":' + _quote(client)
-                encoded = _remember(_CLIENT_FIELDS, client, encoded)
-            more += encoded
-        user_agent = handle.user_agent
-        if user_agent:
-            more += ',"user_agent.original":' + _quote(user_agent)
-        # One f-string: cheaper than %-formatting a template with a value tuple.
-        line = (
-            f'{{"@timestamp":"{formatter._timestamp(time.time())}","log.level":"{level}",'
-            f'"message":{_quote(message)}{formatter._access_static},"process.pid":{_pid[0]},'
-            f'"http.request.id":"{handle.request_id}","event.dataset":"{ACCESS_LOGGER}",'
-            f'"http.request.method":"{handle.method}","url.path":{_quote(path)},'
-            f'"http.response.status_code":{code},'
-            f'"http.response.body.bytes":{handle.response_bytes},'
-            f'"event.duration":{int(duration * 1e9)}{more}}}\n'
-        )
-        with self.lock or _NO_LOCK:
-            stream = sys.stdout
-            stream.write(line)
-            stream.flush()
-        try:  # _count(), inlined
             get_metrics().log_event(level)
         except Exception:  # noqa: BLE001 - a metric failure must not stop logging
             pass
