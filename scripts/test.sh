@@ -10,9 +10,9 @@
 #    .venv-3.X for the oldest and newest other supported Pythons found on PATH as
 #    python3.X (no interpreter is downloaded).
 # 3. Runs the extra installers in scripts/setup.d (Debian packages, Maven artifacts, Go builds).
-# 4. ruff and mypy, then the full pytest suite on 3.11 (it includes the wheel test), then the
-#    library's own tests (LIBRARY_TESTS) on the other Pythons, then the compatibility smoke
-#    run (oldest and newest Flask, scripts/compat.py --smoke).
+# 4. ruff and mypy, then the full pytest suite on 3.11 on two workers (it includes the wheel
+#    test), then the library's own tests (LIBRARY_TESTS) on the other Pythons, then the
+#    compatibility smoke run (oldest and newest Flask, scripts/compat.py --smoke).
 # Any failing step fails the command; pytest collecting no test is a failure too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +22,16 @@ export PYOBS_REQUIRE_SERVICES="${PYOBS_REQUIRE_SERVICES:-1}"
 UV_VERSION=0.13.9
 FULL_PYTHON=3.11                       # the full suite runs here
 SUPPORTED_PYTHONS="3.10 3.11 3.12 3.13" # as pyproject.toml's classifiers
+# The full suite runs on two pytest-xdist workers, each file on one worker; tests/conftest.py
+# also keeps the Elasticsearch and Kafka users together (their services start once).
+FULL_SUITE_ARGS=(-n 2 --dist loadfile)
 # The library's own tests: everything but the stack, Elasticsearch/Logstash, Prometheus-asset
 # and Kubernetes suites (those test files this repository ships, not the library, and need
-# Python 3.11 tools) and the overhead benchmarks (performance, measured on 3.11).
+# Python 3.11 tools), the overhead benchmarks (performance, measured on 3.11) and the tests
+# marked slow (many processes or a service stack each; the code paths they drive are the
+# ones the remaining tests run on every Python).
 LIBRARY_TESTS=(tests --ignore=tests/stack --ignore=tests/elk --ignore=tests/prometheus
-    --ignore=tests/k8s --ignore=tests/test_benchmarks.py)
+    --ignore=tests/k8s --ignore=tests/test_benchmarks.py -m "not slow")
 
 # Interpreters come from this machine only: uv must never download one.
 export UV_PYTHON_DOWNLOADS=never
@@ -138,7 +143,7 @@ run_pytest() {  # run_pytest LABEL PYTHON ARGS...: pytest, where "no test collec
 if [ "$#" -gt 0 ]; then
     run_pytest "$FULL_PYTHON" "$PYTHON" "$@"
 else
-    run_pytest "$FULL_PYTHON (full suite)" "$PYTHON"
+    run_pytest "$FULL_PYTHON (full suite)" "$PYTHON" "${FULL_SUITE_ARGS[@]}"
     # The other Pythons' library runs go side by side (much of them waits on servers and
     # sleeps); each writes its own log, shown when both are done.
     logs="$(mktemp -d)"

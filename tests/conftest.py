@@ -19,6 +19,41 @@ if TYPE_CHECKING:
 REQUIRE_SERVICES = os.environ.get("PYOBS_REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
 
 
+# Under pytest-xdist (`-n 2 --dist loadfile`, as scripts/test.sh runs the suite) each file's
+# tests go to one worker, so a module fixture (a benchmark's quick run, a Prometheus) runs
+# once. Files that share a costly session service go together too: the three Elasticsearch
+# nodes of tests/elk and the Kafka broker start in one worker only.
+_SHARED_SERVICE_GROUPS = {
+    "tests/elk/": "elasticsearch",
+    "tests/test_kafka.py": "kafka",
+    "tests/test_kafka_broker.py": "kafka",
+    "tests/test_messaging_e2e.py": "kafka",
+}
+
+
+def scheduling_group(nodeid: str) -> str:
+    """The unit --dist loadfile hands to one worker: the test's file, or its service group."""
+    path = nodeid.split("::", 1)[0]
+    return next(
+        (name for prefix, name in _SHARED_SERVICE_GROUPS.items() if path.startswith(prefix)),
+        path,
+    )
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """--dist loadfile, by scheduling_group (xdist's loadgroup marks do not reach the
+    scheduler under pytest 9.2, whose node ids xdist 3.8 cannot rename)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileAndService(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return scheduling_group(nodeid)
+
+    return ByFileAndService(config, log)
+
+
 def require_service(available: bool, reason: str) -> None:
     """Skip when a real service or extra is missing; fail instead under PYOBS_REQUIRE_SERVICES=1."""
     if available:

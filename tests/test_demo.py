@@ -99,6 +99,7 @@ def _metrics(base: str) -> str:
         return str(response.read().decode())
 
 
+@pytest.mark.slow
 def test_demo_runs_examples_with_traffic_and_stops(tmp_path: Path) -> None:
     """A block on stderr lists each service and its /metrics; stdout is JSON lines with traces."""
     import_or_require("flask")
@@ -138,6 +139,7 @@ def test_demo_runs_examples_with_traffic_and_stops(tmp_path: Path) -> None:
     assert spans and all(s["kind"] == "SpanKind.SERVER" for s in spans)
 
 
+@pytest.mark.slow
 def test_demo_default_is_the_two_services_the_readme_names(tmp_path: Path) -> None:
     """Without --framework the demo runs Flask and FastAPI, not every installed example."""
     import_or_require("flask")
@@ -150,6 +152,7 @@ def test_demo_default_is_the_two_services_the_readme_names(tmp_path: Path) -> No
     assert [set(b) for b in blocks] == [{"example-flask", "example-fastapi"}] * 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_demo_stops_every_service_on_signal(sig: signal.Signals, tmp_path: Path) -> None:
     """Ctrl-C and SIGTERM stop the demo with exit code 0, and no service process is left."""

@@ -274,6 +274,7 @@ def _access(server: Gunicorn) -> list[dict[str, Any]]:
     return [e for e in list(server.logs.events) if e.get("log.logger") == "pyobs.access"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
 def test_flask_under_gunicorn_sums_exactly(gunicorn_run: Any, preload: bool) -> None:
     """With 4 sync workers (with and without --preload) one scrape holds the exact totals."""
@@ -283,6 +284,7 @@ def test_flask_under_gunicorn_sums_exactly(gunicorn_run: Any, preload: bool) -> 
     _assert_exact(server, "/items/<int:item_id>", total)
 
 
+@pytest.mark.slow
 def test_fastapi_under_gunicorn_uvicorn_workers_sums_exactly(gunicorn_run: Any) -> None:
     """With 4 uvicorn workers (ASGI) and --preload, one scrape holds the exact totals."""
     import_or_require("fastapi")
@@ -344,6 +346,7 @@ def _own_port_run(gunicorn_run: Any, **kwargs: Any) -> tuple[Gunicorn, int]:
     return start_with_retry(start)
 
 
+@pytest.mark.slow
 def test_preload_with_metrics_port_and_multiproc_dir_counts_every_request(
     gunicorn_run: Any,
 ) -> None:
@@ -461,6 +464,7 @@ def _newest_per_bucket(
     return newest
 
 
+@pytest.mark.slow
 def test_exemplars_of_every_worker_in_one_scrape(gunicorn_run: Any, tmp_path: Path) -> None:
     """4 sync workers: one OpenMetrics scrape has, per bucket, the newest request's trace id,
     from several workers; promtool accepts the page and a real Prometheus stores them."""
@@ -558,6 +562,7 @@ def _files_by_owner(server: Gunicorn) -> tuple[set[str], set[str]]:
     return shared, pids
 
 
+@pytest.mark.slow
 def test_worker_restarts_keep_exact_counts_and_no_dead_files(gunicorn_run: Any) -> None:
     """--max-requests 5 with 2 workers: after dozens of restarts every request is counted
     exactly once and no dead worker's file stays in the directory."""

@@ -39,7 +39,7 @@ from tests.kafka_broker import Broker
 from tests.messaging_app import busy_first, declined
 from tests.tracing_backends import ROOT, Jaeger, app_env, parent_id, span_service, tags
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 ORDERS = range(1, 21)
 DECLINED = [n for n in ORDERS if declined(n)]

@@ -170,6 +170,7 @@ def _per_process(path: Path) -> list[str]:
     return [n for n in _files(path) if re.search(r"_\d+(-dead[0-9a-f]+|-pyobs)?\.(db|bin)$", n)]
 
 
+@pytest.mark.slow
 def test_dead_workers_are_compacted_exactly(mpdir: Path) -> None:
     """20 short-lived workers: the totals stay exact and the directory does not grow."""
     sizes = []

@@ -14,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_scale_run_reports_every_curve(tmp_path: Path) -> None:
     """--quick: request path, routes, workers and restarts curves, with flat pyobs files."""
     out = tmp_path / "scale.json"

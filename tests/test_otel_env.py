@@ -510,6 +510,7 @@ def otlp_http() -> Iterator[OtlpReceiver]:
         receiver.close()
 
 
+@pytest.mark.slow
 def test_otel_traces_exporter_names_where_spans_go(otlp_http: OtlpReceiver) -> None:
     """OTEL_TRACES_EXPORTER: console (stderr JSON), otlp, both, or none (not even with an
     OTLP endpoint set); unset with an endpoint means otlp; an unknown name fails setup()."""
@@ -534,6 +535,7 @@ def test_otel_traces_exporter_names_where_spans_go(otlp_http: OtlpReceiver) -> N
         load_config(env={"OTEL_TRACES_EXPORTER": "zipkin_jsn"})
 
 
+@pytest.mark.slow
 def test_otel_exporter_otlp_variables_are_read_by_the_exporter(
     otlp_http: OtlpReceiver,
 ) -> None:

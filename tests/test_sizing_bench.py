@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import import_or_require
 
+pytestmark = pytest.mark.slow  # a benchmark script's smoke runs
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "sizing.py"
 

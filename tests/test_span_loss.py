@@ -390,6 +390,7 @@ def test_setup_pipeline_counts_its_losses_on_the_metrics_page(
     assert output.count("span(s) dropped") <= 2
 
 
+@pytest.mark.slow
 @pytest.mark.service
 def test_gunicorn_workers_count_their_losses_in_one_scrape(
     slow_receiver: OtlpReceiver, tmp_path: Path

@@ -180,6 +180,7 @@ def test_sigterm_exports_every_span(
     assert len(receiver.spans) == REQUESTS, log.read_text()[-3000:]
 
 
+@pytest.mark.slow
 def test_a_span_ending_during_uvicorns_graceful_shutdown_is_exported(
     tmp_path: Path, receivers: list[OtlpReceiver]
 ) -> None:
@@ -210,6 +211,7 @@ def test_a_span_ending_during_uvicorns_graceful_shutdown_is_exported(
     assert len(receiver.spans) == REQUESTS + 1, log.read_text()[-3000:]
 
 
+@pytest.mark.slow
 def test_sigterm_counts_what_a_hung_collector_did_not_take(
     tmp_path: Path, receivers: list[OtlpReceiver]
 ) -> None:

@@ -87,6 +87,7 @@ def test_spans_reach_jaeger_with_resource_attributes_and_status(
     assert service in jaeger.services()
 
 
+@pytest.mark.slow
 def test_one_trace_across_two_services_through_a_client_span(
     jaeger: Jaeger, tmp_path: Path
 ) -> None:
@@ -165,6 +166,7 @@ def _send_one_span(endpoint: str, service: str) -> str:
     return format(span.get_span_context().trace_id, "032x")
 
 
+@pytest.mark.slow
 def test_the_stacks_jaeger_keeps_traces_across_a_restart(tmp_path: Path) -> None:
     """The compose stack's jaeger/config.yaml runs on the real Jaeger (ports moved to loopback,
     the volume to a scratch directory): health and metrics answer where compose and Prometheus

@@ -13,6 +13,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from pyobs.cli.demo import REQUIRES, available_examples
 from tests.conftest import require_service
 from tests.helpers import alive, descendants, kill_tree, wait_until
@@ -26,6 +28,7 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.slow
 def test_demo_all_runs_every_example_and_stops_cleanly(tmp_path: Path) -> None:
     """Every installed example serves traffic at once; stdout is JSON; nothing is left running."""
     examples = available_examples()
