@@ -40,6 +40,7 @@ def scheduling_group(nodeid: str) -> str:
     )
 
 
+@pytest.hookimpl(optionalhook=True)  # without pytest-xdist (scripts/compat.py's runs) unused
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """--dist loadfile, by scheduling_group (xdist's loadgroup marks do not reach the
     scheduler under pytest 9.2, whose node ids xdist 3.8 cannot rename)."""
