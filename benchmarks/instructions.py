@@ -46,6 +46,7 @@ from overhead import (  # noqa: E402
     FULL_PEER_TARGET,
     FULL_TARGET,
     METRICS_PEER_TARGET,
+    PART_CONFIGS,
     Bench,
     _quiet_stdout,
 )
@@ -170,8 +171,12 @@ def cache_table(framework: str, figures: dict[str, dict[str, float]]) -> list[st
 
 
 def configs_of(framework: str, chosen: list[str] | None) -> list[str]:
-    every = [*BASE_CONFIGS, *FRAMEWORKS[framework][2]]
-    return [c for c in every if chosen is None or c in chosen]
+    """Every configuration of ``framework`` (default), or those of ``chosen`` it has: the
+    part rows (pyobs-full without its log or its span) only when named."""
+    if chosen is None:
+        return [*BASE_CONFIGS, *FRAMEWORKS[framework][2]]
+    every = [*BASE_CONFIGS, *PART_CONFIGS, *FRAMEWORKS[framework][2]]
+    return [c for c in every if c in chosen]
 
 
 def lightest_peer(added: dict[str, float]) -> str | None:

@@ -150,8 +150,8 @@ if [ "$#" -gt 0 ]; then
     run_pytest "$FULL_PYTHON" "$PYTHON" "$@"
 else
     run_pytest "$FULL_PYTHON (full suite)" "$PYTHON" "${FULL_SUITE_ARGS[@]}"
-    # The other Pythons' library runs go side by side (much of them waits on servers and
-    # sleeps); each writes its own log, shown when both are done.
+    # The other Pythons' library runs go side by side, one per core (each is CPU-bound);
+    # each writes its own log, shown when both are done.
     logs="$(mktemp -d)"
     pids=()
     for version in "${extra_pythons[@]}"; do

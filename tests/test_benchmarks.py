@@ -330,6 +330,21 @@ def test_instruction_ratios_read_against_the_lightest_peer() -> None:
     assert bench.verdicts("flask", {"pyobs-metrics": 1.0}) == []  # no bare: no ratio
 
 
+def test_instruction_configs_take_the_part_rows_when_named() -> None:
+    """--configs pyobs-full-no-span counts that row (overhead.py's --parts rows), and the
+    default list stays the base rows and the framework's peers."""
+    bench = _benchmark_module("instructions.py")
+    assert bench.configs_of("flask", ["bare", "pyobs-full-no-span", "pyobs-full-no-log"]) == [
+        "bare",
+        "pyobs-full-no-log",
+        "pyobs-full-no-span",
+    ]
+    every = bench.configs_of("flask", None)
+    assert every[:3] == ["bare", "pyobs-metrics", "pyobs-full"], every
+    assert "prometheus-flask-exporter" in every and "pyobs-full-no-span" not in every, every
+    assert bench.configs_of("flask", ["no-such-row"]) == []
+
+
 def test_instruction_cache_events_are_read_from_cachegrind_and_set_against_the_peer() -> None:
     """--cache reads cachegrind's totals (its events: and summary: lines) and prints each
     event a configuration adds over bare, with pyobs's rows as a share of the lightest
