@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import import_or_require, require_service
+from tests.helpers import http_status, kill_tree, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "overhead.py"
@@ -305,6 +307,61 @@ def test_floors_prints_each_building_block() -> None:
         row = next((ln for ln in out.splitlines() if name in ln), None)
         assert row is not None, out
         assert float(row.split()[-1]) > 0, row
+
+
+def test_wsgi_driver_builds_the_environ_gunicorn_builds(tmp_path: Path) -> None:
+    """The in-process WSGI driver hands the app the keys real gunicorn puts in the environ
+    of the same request (same headers), no fewer: the environ's size decides whether a key
+    the framework or pyobs adds makes the dict grow, so a smaller one would charge that to
+    whichever adds it. Cannot show: the values' types beyond the key names (placeholders for
+    the socket and the file wrapper, which no benchmarked route uses)."""
+    import_or_require("gunicorn")
+    overhead = _benchmark_module("overhead.py")
+    seen: list[set[str]] = []
+
+    def recorder(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(set(environ))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    assert overhead._Drivers.wsgi(recorder)() == 200
+    (driver_keys,) = seen
+    (tmp_path / "keysapp.py").write_text(
+        "import json\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'application/json')])\n"
+        "    return [json.dumps(sorted(environ)).encode()]\n"
+    )
+    log = tmp_path / "gunicorn.log"
+    proc, port = start_server(
+        lambda port: [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            "1",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(tmp_path),
+            "keysapp:app",
+        ],
+        lambda port: http_status(f"http://127.0.0.1:{port}/") == 200,
+        log,
+    )
+    try:
+        headers = {k: v for k, v in overhead.HEADERS.items() if k != "host"}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{overhead.REQUEST_PATH}", headers=headers
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            gunicorn_keys = set(json.loads(reply.read()))
+    finally:
+        kill_tree(proc)
+    # urllib adds Connection: close; the benchmark's client sends no such header.
+    gunicorn_keys.discard("HTTP_CONNECTION")
+    assert gunicorn_keys - driver_keys == set(), sorted(gunicorn_keys - driver_keys)
+    assert driver_keys - gunicorn_keys == set(), sorted(driver_keys - gunicorn_keys)
 
 
 def test_instruction_ratios_read_against_the_lightest_peer() -> None:
