@@ -180,27 +180,34 @@ class _Drivers:
         }
         request_message = {"type": "http.request", "body": b"", "more_body": False}
 
-        async def one() -> int:
-            scope = dict(template)
-            scope["state"] = {}
-            sent: list[int] = []
-            first = True
+        class Cycle:
+            """What a server keeps per request, as uvicorn's RequestResponseCycle does: the
+            scope, and the receive and send the app gets are its methods (so anything that
+            keeps them keeps the scope too)."""
 
-            async def receive() -> dict[str, Any]:
-                nonlocal first
-                if first:
-                    first = False
+            def __init__(self, scope: dict[str, Any]) -> None:
+                self.scope = scope
+                self.first = True
+                self.sent: list[int] = []
+
+            async def receive(self) -> dict[str, Any]:
+                if self.first:
+                    self.first = False
                     return request_message
                 # A real server blocks here until the client goes away; ours never does.
                 await asyncio.get_running_loop().create_future()
                 raise AssertionError("unreachable")
 
-            async def send(message: dict[str, Any]) -> None:
+            async def send(self, message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
-                    sent.append(message["status"])
+                    self.sent.append(message["status"])
 
-            await app(scope, receive, send)
-            return sent[0]
+        async def one() -> int:
+            scope = dict(template)
+            scope["state"] = {}
+            cycle = Cycle(scope)
+            await app(scope, cycle.receive, cycle.send)
+            return cycle.sent[0]
 
         return one
 

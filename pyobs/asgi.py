@@ -367,9 +367,14 @@ class ObservabilityMiddleware:
                 # The app returned before the last body byte (or sent nothing: 500).
                 self._finish(observer, handle, scope)
         finally:
-            # handle -> scope -> handle and handle -> watcher -> handle: cycles that would
-            # leave the request to the cyclic collector; broken once the app is done.
+            # handle -> scope -> handle, scope -> handle -> the server's receive and send ->
+            # the server's per-request object -> scope (uvicorn's RequestResponseCycle), and
+            # handle -> watcher -> handle: cycles that would leave the request to the cyclic
+            # collector (its full passes stall the event loop); broken once the app is done.
             handle._scope = {}
+            current: object = scope.get(HANDLE_KEY)
+            if current is handle:
+                del scope[HANDLE_KEY]
             watch = handle._watch
             if watch is not None:
                 watch.stop()
