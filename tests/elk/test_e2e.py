@@ -175,7 +175,16 @@ def test_example_service_logs_are_searchable_by_trace(
 def test_receiver_restart_every_event_once_in_elasticsearch(
     es_url: str, sink: IndexingSink, tmp_path: Path
 ) -> None:
-    """Logstash down for a while, then back: every event indexed, in order, none twice."""
+    """Logstash (the TCP input) killed mid-stream, down a while, then back.
+
+    TCP has no acknowledgement, so pyobs's TCP mode is at-most-once (docs/logs.md): what the
+    kernel had taken for the receiver when it died is lost with it, and pyobs counts every
+    line it wrote there ``unconfirmed``, none ``acknowledged``. Asserted: the only loss is one
+    run of events written just before the kill (what the dying receiver's buffers held;
+    under load, when its reading thread lags, that run is longer); every other event, those
+    logged while it was down included, reaches Elasticsearch once and in order. Cannot show
+    which of the written events the receiver's kernel held: no TCP peer reports that.
+    """
     receiver = JsonLinesReceiver(on_batch=sink)
     receiver.start()
     config = Config(logstash_host="127.0.0.1", logstash_port=receiver.port,
@@ -212,7 +221,14 @@ def test_receiver_restart_every_event_once_in_elasticsearch(
     first_seen: dict[str, int] = {}
     for event in events:
         first_seen.setdefault(event["event.id"], int(event["message"].split()[-1]))
-    assert list(first_seen.values()) == list(range(total)), "lost or out of order"
+    arrived = list(first_seen.values())
+    assert arrived == sorted(arrived), "out of order"
+    lost = sorted(set(range(total)) - set(arrived))
+    if lost:  # one run, written before the kill (event 2000 was the last one before it)
+        assert lost == list(range(lost[0], lost[-1] + 1)), lost
+        assert lost[-1] <= 2000 and lost[0] >= 1500, lost  # 1,500 had arrived before the kill
+    assert handler.counters.stats["acknowledged"] == 0  # TCP never says "stored"
+    assert handler.counters.stats["unconfirmed"] >= len(arrived)
     sink.refresh()
     count = http_json(
         "POST",
@@ -220,8 +236,8 @@ def test_receiver_restart_every_event_once_in_elasticsearch(
         {"query": {"term": {"log.logger": "e2e.restart"}}},
     )["count"]
     assert sink.counts["errors"] == 0, sink.counts
-    assert count == total, sink.counts  # none twice
-    assert sink.counts["duplicates"] == len(events) - total
+    assert count == len(arrived), sink.counts  # none twice
+    assert sink.counts["duplicates"] == len(events) - len(arrived)
     twice = http_json(
         "POST",
         f"{es_url}/{sink.index}/_search",
