@@ -44,7 +44,6 @@ def _left_to_collector(framework: str, config: str, tmp_path: Path) -> dict[str,
         "flask",
         "flask-restful",
         "django",
-        "django-asgi",
         "drf",
         "fastapi",
         "starlette",
@@ -57,7 +56,7 @@ def _left_to_collector(framework: str, config: str, tmp_path: Path) -> dict[str,
 def test_requests_leave_no_pyobs_object_in_a_reference_cycle(
     framework: str, tmp_path: Path
 ) -> None:
-    if framework in ("django", "django-asgi", "drf") and sys.version_info < (3, 11):
+    if framework in ("django", "drf") and sys.version_info < (3, 11):
         # Django's response.close() sends request_finished, whose cache cleanup raises and
         # catches inside asgiref on every request; before 3.11 that traceback holds the
         # frames of the whole call stack, and with them whatever the callers hold (pyobs's
