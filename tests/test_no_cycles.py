@@ -9,7 +9,8 @@ collection with ``gc.DEBUG_SAVEALL`` shows what the requests left to it. The ASG
 receive and send are methods of a per-request object that holds the scope, as uvicorn's
 are, so a handle left in the scope after the request (scope -> handle -> send -> scope)
 shows here as it did under uvicorn: about a hundred collections a second, full ones of up to
-76 ms, and FastAPI's p99 at 18-22 ms instead of 3-5.
+76 ms, and FastAPI's p99 at 18-22 ms instead of 3-5. Django runs twice: through its WSGI
+handler and through its ASGI handler with the same driver (``django-asgi``).
 
 Sanic is not listed: its request object sits in a cycle of its own, so whatever any
 middleware keeps on ``request.ctx`` (pyobs's request handle included) is freed with it by
@@ -44,6 +45,7 @@ def _left_to_collector(framework: str, config: str, tmp_path: Path) -> dict[str,
         "flask",
         "flask-restful",
         "django",
+        "django-asgi",
         "drf",
         "fastapi",
         "starlette",
@@ -56,7 +58,7 @@ def _left_to_collector(framework: str, config: str, tmp_path: Path) -> dict[str,
 def test_requests_leave_no_pyobs_object_in_a_reference_cycle(
     framework: str, tmp_path: Path
 ) -> None:
-    if framework in ("django", "drf") and sys.version_info < (3, 11):
+    if framework in ("django", "django-asgi", "drf") and sys.version_info < (3, 11):
         # Django's response.close() sends request_finished, whose cache cleanup raises and
         # catches inside asgiref on every request; before 3.11 that traceback holds the
         # frames of the whole call stack, and with them whatever the callers hold (pyobs's
@@ -66,6 +68,11 @@ def test_requests_leave_no_pyobs_object_in_a_reference_cycle(
     bare = _left_to_collector(framework, "bare", tmp_path)
     observed = _left_to_collector(framework, "pyobs-full", tmp_path)
     assert observed["pyobs"] == [], f"pyobs objects left to the cyclic collector: {observed}"
+    if framework == "django-asgi" and sys.version_info >= (3, 13):
+        # On 3.13 Django's ASGI handler leaves a number of its own objects to the collector
+        # that varies from run to run (about 2,800 for 50 requests, bare or not): a count
+        # compared with bare's means nothing there; the pyobs objects above are the check.
+        return
     # What the app's own cycles hold of pyobs's work: DRF keeps its response in a cycle,
     # and with it the X-Request-ID header pair pyobs added (one tuple per request).
     extra = int(observed["objects"]) - int(bare["objects"])  # type: ignore[call-overload]
