@@ -73,9 +73,12 @@ def post_fork(server: Any, worker: Any) -> None:
     State created in the master by ``--preload`` (the Logstash shipper, the span processor
     threads, the metric files) re-initialises itself in the child through ``os.register_at_fork``.
     """
-    from pyobs import exposition
+    try:
+        from pyobs import exposition
 
-    exposition.start_process_sampler()
+        exposition.start_process_sampler()
+    except Exception as exc:  # noqa: BLE001 - the worker serves without fresh process_* values
+        _log.warning("pyobs: process metrics of worker %s not sampled: %s", os.getpid(), exc)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -97,15 +100,32 @@ def child_exit(server: Any, worker: Any) -> None:
     ``_multiproc.LOCK_WAIT`` seconds, or compaction would take more than a tenth of the
     master's time, a later exit or the next scrape compacts instead.
     """
-    directory = _multiproc_dir()
-    if directory is None:
-        return
-    from prometheus_client import multiprocess
-
-    from pyobs import _multiproc
-
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    # gunicorn's master re-raises an OSError from this hook and stops: nothing may escape.
     try:
+        directory = _multiproc_dir()
+        if directory is None:
+            return
+        from pyobs import _multiproc
+
+        _mark_process_dead(directory, worker.pid)
         _multiproc.compact_exited(directory, worker.pid)
     except Exception as exc:  # noqa: BLE001 - the master goes on; the next scrape retries
         _log.warning("pyobs: compacting the metrics files of worker %s failed: %s", worker.pid, exc)
+
+
+def _mark_process_dead(directory: str, pid: int) -> None:
+    """prometheus_client's ``mark_process_dead``, when a scrape removed a file first.
+
+    A worker's scrape compacts the files of workers that ended, dropping their live gauges;
+    when it does so between the listing and the removal in ``mark_process_dead``, the
+    removal fails with FileNotFoundError (the file is gone, as wanted). Listing again sees
+    only the files still there.
+    """
+    from prometheus_client import multiprocess
+
+    for _ in range(3):
+        try:
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+            return
+        except FileNotFoundError:
+            continue

@@ -386,3 +386,37 @@ def test_child_exit_batches_compaction_under_fast_churn(
     assert _multiproc.compact_exited(str(mpdir), pids[2]) is True
     assert _per_process(mpdir) == []
     assert _page()[f"{DURATION}_count"] == 9
+
+
+def test_child_exit_survives_a_scrape_removing_a_dead_workers_gauge_first(
+    mpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's scrape compacts workers that ended and drops their live gauges; when it
+    does so between prometheus_client's listing and removal in ``mark_process_dead``, the
+    removal fails. gunicorn's master re-raises an OSError from ``child_exit`` and stops
+    serving (CI saw the port refuse connections under ``--max-requests 5``). The hook must
+    return, with the dead worker's gauges gone and its counts compacted."""
+    import glob as globmodule
+    from types import SimpleNamespace
+
+    from pyobs import gunicorn
+
+    _worker(3, "a")
+    [pid] = {int(m.group(1)) for f in _files(mpdir) if (m := re.search(r"_(\d+)-pyobs", f))}
+    live = [mpdir / f"gauge_livesum_{pid}.db", mpdir / f"gauge_liveall_{pid}.db"]
+    for path in live:
+        path.write_bytes(b"")
+    real_glob = globmodule.glob
+
+    def glob_then_scrape_removes(pattern: str, **kwargs: Any) -> list[str]:
+        found = real_glob(pattern, **kwargs)
+        for name in found:  # the scrape in another worker wins the race
+            os.unlink(name)
+        return found
+
+    monkeypatch.setattr(globmodule, "glob", glob_then_scrape_removes)  # the module it calls
+    monkeypatch.setattr(_multiproc, "_next_compaction", 0.0)
+    gunicorn.child_exit(None, SimpleNamespace(pid=pid))
+    assert not any(path.exists() for path in live)
+    assert _per_process(mpdir) == []  # compacted in the same call
+    assert _page()[f"{DURATION}_count"] == 3
