@@ -187,13 +187,19 @@ class EsStream:
             raise
 
     def messages(self) -> list[str]:
-        """Every document's message, oldest @timestamp first (up to 10,000)."""
-        http_json("POST", f"{self.es_url}/{self.name}/_refresh")
-        answer = http_json(
-            "POST",
-            f"{self.es_url}/{self.name}/_search",
-            {"size": 10000, "sort": [{"@timestamp": "asc"}], "_source": ["message"]},
-        )
+        """Every document's message, oldest @timestamp first (up to 10,000); none before the
+        stream exists."""
+        try:
+            http_json("POST", f"{self.es_url}/{self.name}/_refresh")
+            answer = http_json(
+                "POST",
+                f"{self.es_url}/{self.name}/_search",
+                {"size": 10000, "sort": [{"@timestamp": "asc"}], "_source": ["message"]},
+            )
+        except RuntimeError as exc:
+            if "index_not_found" in str(exc):
+                return []
+            raise
         return [hit["_source"]["message"] for hit in answer["hits"]["hits"]]
 
 

@@ -394,21 +394,42 @@ if __name__ == "__main__":
 """
 
 
-def _left_in_spool(spool: Path, parent: int) -> int:
-    """Events still on disk after the parent ended; every one must sit in the parent's spool.
+def _left_in_spool(spool: Path, parent: int) -> list[str]:
+    """The messages still on disk after the parent ended; every one must sit in its spool.
 
     The parent's exit sends for at most 0.8 s; on a loaded host what did not go out stays in
     its spool for the next process. A child's directory left behind means the parent's exit
     never claimed it (the documented promise: children's spools go out with the parent's).
     """
-    left = 0
+    left: list[str] = []
     for directory in spool.iterdir():
         if directory.name == "quarantine" or not directory.is_dir():
             continue
         mine = (f"pid-{parent}-", f"claimed-{parent}-")  # claimed: adopted when exit cut it short
         assert directory.name.startswith(mine), sorted(p.name for p in spool.iterdir())
-        left += sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
+        for path in directory.glob("*.jsonl"):
+            left += [json.loads(line)["message"] for line in path.read_bytes().splitlines()]
     return left
+
+
+_EMITTED = {f"child {n} record {i}" for n in range(4) for i in range(100)} | {"parent done"}
+
+
+def _indexed_or_kept(stream: EsStream, left: list[str]) -> None:
+    """Every record the script emitted is in Elasticsearch or in the parent's spool, once each.
+
+    A record can be in both: when the parent's bounded exit cuts a request short after the
+    receiver stored the batch but before its answer arrived, the batch stays on disk (delivery
+    counts only on an answer). Replaying it is harmless because ``event.id`` is the document
+    id, which the next process's replay proves (Elasticsearch ends with exactly 402).
+    """
+    assert len(left) == len(set(left)), "a record is twice in the spool"
+    assert set(left) <= _EMITTED
+    wait_until(lambda: set(stream.messages()) | set(left) >= _EMITTED, timeout=90,
+               what="every record indexed or kept")  # fmt: skip
+    indexed = stream.messages()
+    assert len(indexed) == len(set(indexed)), "a record indexed twice"
+    assert set(indexed) | set(left) == _EMITTED
 
 
 def _next_process_sends_the_rest(
@@ -429,7 +450,7 @@ def test_multiprocessing_children_logging_just_before_they_end(
 ) -> None:  # fmt: skip
     """Children that log and end at once (they leave through os._exit) lose nothing: what
     neither they nor the parent could send before exiting is in the parent's spool, and the
-    next process sends it (indexed + left on disk == emitted, exactly, at every step)."""
+    next process sends it (indexed or left on disk, each record exactly once, at every step)."""
     spool = tmp_path / "spool"
     script = tmp_path / "children.py"
     script.write_text(_CHILDREN)
@@ -437,9 +458,7 @@ def test_multiprocessing_children_logging_just_before_they_end(
     result = _run(script, env, method)
     assert result.returncode == 0, result.stderr[-3000:]
     parent = int(result.stdout.split()[0])
-    left = _left_in_spool(spool, parent)
-    wait_until(lambda: stream.count() + left >= 401, timeout=90, what="every child's records")
-    assert stream.count() + left == 401
+    _indexed_or_kept(stream, _left_in_spool(spool, parent))
     _next_process_sends_the_rest(handlers, receiver, stream, spool, 401)
 
 
@@ -484,10 +503,9 @@ def test_children_spooled_while_the_receiver_was_down_go_out_with_the_parent(
     assert proc.returncode == 0, err.read_text()[-3000:]
     left = _left_in_spool(spool, int(out.read_text().split()[0]))
     if answer != 200:
-        assert left == 401
+        assert sorted(left) == sorted(_EMITTED)
         receiver.statuses = []
-    wait_until(lambda: stream.count() + left >= 401, timeout=90, what="the children's records")
-    assert stream.count() + left == 401
+    _indexed_or_kept(stream, left)
     _next_process_sends_the_rest(handlers, receiver, stream, spool, 401)
 
 
