@@ -202,6 +202,7 @@ class RequestHandle:
     context_token: Any = None
     counted: bool = False  # the in-flight gauge was incremented: finish() decrements it
     raw_length: str | None = UNREAD  # the Content-Length header, if the adapter read it
+    ended: float | None = None  # perf_counter() at the last byte, when finish() comes later
     path: str  # facts.path, cut to MAX_FIELD_LENGTH for logs and spans
 
     # Set by RequestObserver.start(), which makes the handle: no __init__, so making one is
@@ -454,7 +455,8 @@ class RequestObserver:
         if handle.finished:
             return
         handle.finished = True
-        duration = time.perf_counter() - handle.start
+        ended = handle.ended
+        duration = (time.perf_counter() if ended is None else ended) - handle.start
         if exception is not None:
             handle.exception = exception
         exc = handle.exception
@@ -544,7 +546,11 @@ class RequestObserver:
                 _errors.report("access_log", error, "finish")
         if span is not None and handle.owns_span:
             try:
-                span.end()
+                if ended is None:
+                    span.end()
+                else:  # recorded after the last byte: the span ends at that byte too
+                    late = time.perf_counter() - ended
+                    span.end(end_time=time.time_ns() - int(late * 1e9))
             except Exception as error:  # noqa: BLE001
                 _errors.report("tracing", error, "span end")
 

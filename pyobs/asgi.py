@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from threading import get_ident
@@ -266,9 +267,17 @@ class _ObservedExchange(RequestHandle):
                 else:
                     self.disconnected = watch.gone
                     watch.stop()
+                middleware = self._middleware
+                if middleware.server_errors_reraised:
+                    status = self.status
+                    if type(status) is not int or status >= 500:
+                        # The framework re-raises the exception it rendered as this 5xx:
+                        # __call__ records the request with it (this byte ends the duration).
+                        self.ended = time.perf_counter()
+                        return
                 # ObservabilityMiddleware._finish(), inlined: one call less per request.
                 if self.route is None:
-                    resolver = self._middleware.route_resolver
+                    resolver = middleware.route_resolver
                     if resolver is not None:
                         try:
                             self.route = resolver(self._scope)
@@ -296,7 +305,14 @@ class ObservabilityMiddleware:
     ``scope["pyobs.websocket"].route`` before the app accepts the connection).
     ``app_serves(scope)`` tells whether the app has its own route at the metrics path (then
     pyobs leaves it to the app).
+
+    ``server_errors_reraised`` (set by adapters, False by default): the framework renders an
+    exception as a 5xx response and then re-raises it (Starlette's ServerErrorMiddleware
+    does), so a 5xx is recorded when the app call ends, with that exception's type; its
+    duration still ends at the response's last byte.
     """
+
+    server_errors_reraised = False
 
     def __init__(
         self,

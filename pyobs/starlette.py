@@ -71,23 +71,6 @@ def serves(routes: Sequence[Any], path: str, prefix: str = "") -> bool:
     return False
 
 
-class _KeepExceptions:
-    """Inside Starlette's error middleware: notes the exception it is about to render as a
-    500, so the record (made outside, when the 500 is sent) keeps its type."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        try:
-            await self.app(scope, receive, send)
-        except Exception as exc:
-            handle = scope.get(HANDLE_KEY)
-            if handle is not None and handle.exception is None:
-                handle.exception = exc
-            raise
-
-
 class _Adopted:
     """Just inside pyobs's middleware: the framework's own SERVER span, adopted by pyobs,
     gets pyobs's request attributes before the app runs."""
@@ -128,18 +111,21 @@ def instrument_asgi(
 
     def build_observed() -> Any:
         inner = build()
-        return ObservabilityMiddleware(
+        middleware = ObservabilityMiddleware(
             _Adopted(inner) if adopting else inner,
             route_resolver=resolve,
             framework=framework,
             app_serves=lambda scope: serves(app.router.routes, scope["path"]),
             **options,
         )
+        # Starlette's error middleware sends the 500 and then re-raises the exception: the
+        # request is recorded once it comes out, with its type (no middleware of pyobs's
+        # inside the app's stack to catch it earlier).
+        middleware.server_errors_reraised = True
+        return middleware
 
-    if app.middleware_stack is None:
-        app.add_middleware(_KeepExceptions)
-    else:  # already serving: rebuilt with pyobs outermost on the next request
-        app.middleware_stack = None
+    # Already serving: rebuilt with pyobs outermost on the next request.
+    app.middleware_stack = None
     app.build_middleware_stack = build_observed
     return app
 

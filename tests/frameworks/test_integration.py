@@ -6,6 +6,7 @@ import ast
 import http.client
 import importlib
 import logging
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -457,3 +458,64 @@ def test_a_catch_all_route_does_not_hide_the_metrics_page() -> None:
     with TestClient(star) as client:
         assert client.get("/some/page").text == "index.html"
         assert "http_server_active_requests" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("served_before", [False, True], ids=["new app", "already serving"])
+def test_starlette_5xx_keeps_its_exception_type_and_its_own_duration(served_before: bool) -> None:
+    """Starlette renders an unhandled exception as a 500 and then re-raises it: pyobs records
+    the request once the exception comes out, with its type, also for an app that already
+    served before it was instrumented (pyobs once lost the type there), and without adding a
+    middleware of its own to the app's stack. The duration (metric and span) still ends at the
+    response's last byte: a background task that runs after a 503 is sent does not lengthen
+    it."""
+    import_or_require("starlette")
+    import_or_require("httpx")
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    import pyobs.starlette
+    from pyobs.testing import span_exporter
+
+    async def boom(request: Any) -> Any:
+        raise RuntimeError("boom")
+
+    async def unavailable(request: Any) -> Any:
+        return PlainTextResponse("later", status_code=503, background=BackgroundTask(_pause))
+
+    app = Starlette(routes=[Route("/boom", boom), Route("/unavailable", unavailable)])
+    if served_before:
+        with TestClient(app) as client:
+            assert client.get("/unavailable").status_code == 503
+    stack = list(app.user_middleware)
+    pyobs.starlette.instrument(app)
+    assert app.user_middleware == stack
+    spans = span_exporter()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        started = time.monotonic()
+        answer = client.get("/unavailable")
+        waited = time.monotonic() - started
+        assert answer.status_code == 503
+        assert client.get("/boom").status_code == 500
+    assert waited >= _PAUSE  # the client saw the app end after its background task
+    exceptions = _scrape(
+        "pyobs_http_server_exceptions_total", http_route="/boom", error_type="RuntimeError"
+    )
+    assert exceptions == 1.0
+    labels = {"http_route": "/unavailable", "http_response_status_code": "503"}
+    assert _scrape(f"{DURATION}_count", **labels) == 1.0
+    duration = _scrape(f"{DURATION}_sum", **labels)
+    assert duration is not None and duration < _PAUSE / 2
+    by_route = {span.attributes["http.route"]: span for span in spans.get_finished_spans()}
+    assert by_route["/boom"].attributes["error.type"] == "RuntimeError"
+    span = by_route["/unavailable"]
+    assert (span.end_time - span.start_time) / 1e9 < _PAUSE / 2
+
+
+_PAUSE = 0.4
+
+
+def _pause() -> None:
+    time.sleep(_PAUSE)
