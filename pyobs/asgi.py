@@ -374,9 +374,13 @@ class ObservabilityMiddleware:
             await self.app(scope, handle.receive, handle.send)
         except BaseException as exc:
             if not handle.finished:
+                error: BaseException | None = exc
                 if isinstance(exc, asyncio.CancelledError):
-                    handle.disconnected = True
-                self._finish(observer, handle, scope, exc)
+                    if handle.ended is None:
+                        handle.disconnected = True
+                    else:  # cancelled after the whole response went out: recorded as sent
+                        error = None
+                self._finish(observer, handle, scope, error)
             raise
         else:
             if not handle.finished:

@@ -519,3 +519,35 @@ _PAUSE = 0.4
 
 def _pause() -> None:
     time.sleep(_PAUSE)
+
+
+def test_a_5xx_fully_sent_then_cancelled_is_recorded_as_sent() -> None:
+    """A 5xx whose record waits for the app call to end (the framework re-raises what it
+    rendered) is not turned into a client disconnect (499) or an exception when the app is
+    cancelled after the whole response went out: it is recorded with the status sent."""
+    import asyncio
+
+    from pyobs.asgi import ObservabilityMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b"later"})
+        raise asyncio.CancelledError  # e.g. the server cancels a background task's wait
+
+    middleware = ObservabilityMiddleware(app, framework="starlette")
+    middleware.server_errors_reraised = True
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/later", "headers": [], "query_string": b""}
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(middleware(scope, receive, send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert _scrape(f"{DURATION}_count", http_response_status_code="503") == 1.0
+    assert _scrape(f"{DURATION}_count", http_response_status_code="499") is None
+    assert _scrape("pyobs_http_server_exceptions_total", error_type="CancelledError") is None
