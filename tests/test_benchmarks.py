@@ -581,7 +581,29 @@ def test_realserver_pyobs_rows_really_observe(
         assert metrics["spans"] == 0 and metrics["access_lines"] == 0, (name, metrics)
         assert full["spans"] == full["pyobs_counted"] == full["access_lines"], (name, full)
         assert full["span_scopes"] == {"pyobs": full["spans"]}, (name, full)
-        assert rows["otel-contrib"]["spans"] >= rows["otel-contrib"]["requests_total"], name
+        assert rows["otel-contrib"]["spans"] > 0, name  # what it lost is reported, not failed
+
+
+def test_realserver_reports_what_otel_contrib_lost_without_failing_the_run() -> None:
+    """Spans OTel contrib's batch processor drops under load are a measured finding (issue 18
+    compares pyobs's losses with contrib's), shown after 'ok'; contrib exporting no span at
+    all means its instrumentation did not run, a failed check. pyobs full's rows still fail
+    on any span missing."""
+    bench = _realserver_module()
+    setup = bench.SETUPS["flask-gunicorn-1"]
+    row = {
+        "error": "", "non_200": 0, "config": "otel-contrib", "pyobs_counted": None,
+        "requests_total": 2259, "socket_errors": 0, "spans_failed": 0, "spans": 2258,
+        "queue_full_warnings": 1, "access_lines": 0, "span_scopes": {"contrib": 2258},
+    }  # fmt: skip
+    assert bench.verify(setup, row, 1) == []
+    assert bench.findings(row) == ["OTel contrib lost 1 of 2259 spans (1 'Queue full' warnings)"]
+    assert bench.verify(setup, {**row, "spans": 0}, 1) == ["no span exported"]
+    assert bench.findings({**row, "spans": 2259}) == []
+    full = {**row, "config": "pyobs-full", "pyobs_counted": 2259.0, "access_lines": 2259,
+            "span_scopes": {"pyobs": 2258}, "queue_full_warnings": 0}  # fmt: skip
+    assert bench.verify(setup, full, 1) == ["2258 spans exported for 2259 requests"]
+    assert bench.findings(full) == []
 
 
 def test_realserver_prints_ratios_against_the_targets(
