@@ -176,30 +176,31 @@ class EsStream:
                 raise RuntimeError(f"bulk item errors: {bad[:3]}")
         return 200
 
-    def count(self) -> int:
-        """Documents in the stream (refreshed first); 0 before it exists."""
+    def _read(self, method: str, endpoint: str, body: Any = None) -> Any:
+        """One request on the stream after a refresh; None before the stream exists."""
         try:
             http_json("POST", f"{self.es_url}/{self.name}/_refresh")
-            return int(http_json("GET", f"{self.es_url}/{self.name}/_count")["count"])
+            return http_json(method, f"{self.es_url}/{self.name}/{endpoint}", body)
         except RuntimeError as exc:
             if "index_not_found" in str(exc):
-                return 0
+                return None
             raise
+
+    def count(self) -> int:
+        """Documents in the stream (refreshed first); 0 before it exists."""
+        answer = self._read("GET", "_count")
+        return 0 if answer is None else int(answer["count"])
 
     def messages(self) -> list[str]:
         """Every document's message, oldest @timestamp first (up to 10,000); none before the
         stream exists."""
-        try:
-            http_json("POST", f"{self.es_url}/{self.name}/_refresh")
-            answer = http_json(
-                "POST",
-                f"{self.es_url}/{self.name}/_search",
-                {"size": 10000, "sort": [{"@timestamp": "asc"}], "_source": ["message"]},
-            )
-        except RuntimeError as exc:
-            if "index_not_found" in str(exc):
-                return []
-            raise
+        answer = self._read(
+            "POST",
+            "_search",
+            {"size": 10000, "sort": [{"@timestamp": "asc"}], "_source": ["message"]},
+        )
+        if answer is None:
+            return []
         return [hit["_source"]["message"] for hit in answer["hits"]["hits"]]
 
 
