@@ -10,7 +10,8 @@ gRPC, configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables) behind a co
 Driven by environment variables, set by realserver.py:
 
 - ``RB_FRAMEWORK``: flask | fastapi | django
-- ``RB_CONFIG``: bare | pyobs-metrics | pyobs-full | a Prometheus peer | otel-contrib
+- ``RB_CONFIG``: bare | pyobs-metrics | pyobs-full | pyobs-full-no-log | pyobs-full-no-span |
+  a Prometheus peer | otel-contrib
 - ``RB_EXPORT``: drop (default) | otlp (the SDK's exporter for the protocol) | pyobs-http
   (pyobs's own OTLP/HTTP exporter, ``pyobs._otlp``, what ``pyobs.setup()`` installs) |
   pyobs-http-requests (the same, sending through requests even to a plain-http endpoint:
@@ -167,13 +168,17 @@ def make_app() -> Any:
     framework = os.environ["RB_FRAMEWORK"]
     config = os.environ["RB_CONFIG"]
     facts = Path(os.environ["RB_FACTS"]) if os.environ.get("RB_FACTS") else None
-    if config in ("pyobs-full", "otel-contrib"):
+    # pyobs full without one signal (realserver.py --parts): the same app, one signal off.
+    tracing = config in ("pyobs-full", "pyobs-full-no-log")
+    access_log = config in ("pyobs-full", "pyobs-full-no-span")
+    if tracing or config == "otel-contrib":
         _install_tracing(facts, config)
     if config.startswith("pyobs"):
         import pyobs
 
-        full = config == "pyobs-full"
-        pyobs.setup(service_name="bench", tracing=full, access_log=full)
+        pyobs.setup(service_name="bench", tracing=tracing, access_log=access_log)
+    if config.startswith("pyobs-full"):
+        config = "pyobs-full"
     return build(framework, config).app
 
 

@@ -6,6 +6,8 @@
         --export otlp-http,otlp-grpc                        # OTLP export to a real Jaeger
     python benchmarks/realserver.py --setups flask-gunicorn-1 --configs bare,pyobs-full \\
         --export pyobs-http,pyobs-http@ack       # to Jaeger, and to a receiver that only acks
+    python benchmarks/realserver.py --setups flask-gunicorn-1 --configs bare,pyobs-full \\
+        --parts                            # what the access log and the span each cost
     python benchmarks/realserver.py --quick --json out.json # smoke run
 
 Every configuration (bare app, pyobs metrics-only, pyobs full, the lightest Prometheus peer,
@@ -91,6 +93,11 @@ SETUPS = {
     )
 }
 BASE = ("bare", "pyobs-metrics", "pyobs-full")
+# pyobs full without one signal (``--parts``): what the access log and the span each cost on
+# a real server (full - no-log, full - no-span), the same rows overhead.py --parts adds.
+NO_LOG = "pyobs-full-no-log"
+NO_SPAN = "pyobs-full-no-span"
+PARTS = (NO_LOG, NO_SPAN)
 
 # Named OTLP export variants (``--export``); any of them takes extra ``+NAME=VALUE`` settings,
 # e.g. ``otlp-http+OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128``. An HTTP variant's name with
@@ -692,13 +699,19 @@ def verify(setup: Setup, row: dict[str, Any], runs: int) -> list[str]:
     if (config.startswith("pyobs-full") or config == "otel-contrib") and row["spans_failed"]:
         problems.append(f"{row['spans_failed']} spans failed to export")
     if config.startswith("pyobs-full"):
-        if row["spans"] != counted:
-            problems.append(f"{row['spans']} spans exported for {counted:.0f} requests")
+        spans = 0 if config == NO_SPAN else counted
+        lines = 0 if config == NO_LOG else counted
+        if row["spans"] != spans:
+            expected = "" if spans else " (the span is off in this row)"
+            problems.append(f"{row['spans']} spans exported for {counted:.0f} requests{expected}")
             if row["queue_full_warnings"]:
                 problems.append(f"{row['queue_full_warnings']} 'Queue full' warnings")
-        if row["access_lines"] != counted:
-            problems.append(f"{row['access_lines']} access lines for {counted:.0f} requests")
-        if set(row["span_scopes"]) != {"pyobs"}:
+        if row["access_lines"] != lines:
+            expected = "" if lines else " (the access log is off in this row)"
+            problems.append(
+                f"{row['access_lines']} access lines for {counted:.0f} requests{expected}"
+            )
+        if spans and set(row["span_scopes"]) != {"pyobs"}:
             problems.append(f"span scopes {row['span_scopes']}")
     elif config == "pyobs-metrics":
         if row["spans"] or row["access_lines"]:
@@ -917,9 +930,24 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
             f"p99 {_fmt(p99)} ({verdict(p99, EXPORT_TARGET)}); "
             f"target <= {EXPORT_TARGET}\n"
         )
+    parts: dict[str, Any] = {}
+    for part, signal_name in ((NO_LOG, "access log"), (NO_SPAN, "span")):
+        part_row = rows.get(part)
+        full_row = rows.get("pyobs-full", {})
+        if part_row is None or part_row.get("error") or not full_row.get("cpu_us_rounds"):
+            continue
+        # Taken inside each round, as the +us column is: full's CPU minus the part's.
+        cost = _paired(full_row, part_row, "cpu_us_rounds")
+        cost_user = _paired(full_row, part_row, "user_us_rounds")
+        parts[signal_name] = {"cpu_us": cost, "user_us": cost_user}
+        out.write(
+            f"the {signal_name} (pyobs-full - {part}): {_fmt(cost, '+.1f')} us CPU per request, "
+            f"user CPU {_fmt(cost_user, '+.1f')} us\n"
+        )
     if bare_p99 is not None:
         ratios["bare_p99_ms"] = bare_p99
     ratios["exports"] = exports
+    ratios["parts"] = parts
     return ratios
 
 
@@ -1169,6 +1197,12 @@ def main(argv: list[str] | None = None) -> int:
         + "; each may add +OTEL_VAR=VALUE settings; an HTTP one named NAME@ack is sent "
         "to a receiver that acknowledges without parsing instead",
     )
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help=f"two rows more, {NO_LOG} and {NO_SPAN}: what the access log and the span "
+        "each cost (pyobs-full minus the row, taken inside each round)",
+    )
     parser.add_argument("--acknowledge", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument(
         "--connections", type=int, default=0, help="wrk connections (default: per setup)"
@@ -1203,6 +1237,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.connections:
         setups = [dataclasses.replace(s, connections=args.connections) for s in setups]
     configs = [c for c in args.configs.split(",") if c]
+    if args.parts:
+        configs += [part for part in PARTS if part not in configs]
     exports = [e for e in args.export.split(",") if e]
     server_pin, load_pin, pin_note = cores()
     out = sys.stdout
@@ -1260,7 +1296,8 @@ def main(argv: list[str] | None = None) -> int:
         "pyobs rows: pyobs's request counter matches the requests wrk completed (give or take "
         "those in flight when a run stopped); pyobs full: one span exported per "
         "request, from pyobs's scope, none failed, and one access-log line per request in the "
-        "server's stdout file; metrics-only: no span, no access line; OTel contrib: spans "
+        "server's stdout file (without the access log, none; without the span, no span); "
+        "metrics-only: no span, no access line; OTel contrib: spans "
         "exported (fewer than one per request is its loss, shown after 'ok', not a failed "
         "check).\n"
     )

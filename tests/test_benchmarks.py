@@ -606,6 +606,53 @@ def test_realserver_reports_what_otel_contrib_lost_without_failing_the_run() -> 
     assert bench.findings(full) == []
 
 
+def test_realserver_parts_turn_one_signal_off_each(tmp_path: Path) -> None:
+    """--parts adds pyobs full without the access log and without the span, on the same real
+    server: the first exports one span per request and writes no access line, the second the
+    reverse, pyobs counts every request in both, and the report prices each signal as full's
+    CPU minus the part's."""
+    stdout, data = _realserver(
+        tmp_path, "--setups", "flask-gunicorn-1", "--configs", "bare,pyobs-full", "--parts"
+    )
+    rows = data["setups"]["flask-gunicorn-1"]["rows"]
+    assert set(rows) == {"bare", "pyobs-full", "pyobs-full-no-log", "pyobs-full-no-span"}
+    no_log, no_span = rows["pyobs-full-no-log"], rows["pyobs-full-no-span"]
+    for row in (no_log, no_span):
+        assert row["problems"] == [] and row["pyobs_counted"] >= row["requests_total"] > 0, row
+    assert no_log["spans"] == no_log["pyobs_counted"] and no_log["access_lines"] == 0, no_log
+    assert no_span["access_lines"] == no_span["pyobs_counted"] and no_span["spans"] == 0, no_span
+    parts = data["setups"]["flask-gunicorn-1"]["ratios"]["parts"]
+    assert set(parts) == {"access log", "span"}, parts
+    assert "the access log (pyobs-full - pyobs-full-no-log): " in stdout, stdout[-3000:]
+    assert "the span (pyobs-full - pyobs-full-no-span): " in stdout
+
+
+def test_realserver_part_rows_are_checked_for_the_signal_they_keep() -> None:
+    """A part row fails its checks when the signal it keeps is missing, or the one it turns
+    off shows up: a run whose rows do not isolate one signal prices nothing."""
+    bench = _realserver_module()
+    setup = bench.SETUPS["flask-gunicorn-1"]
+    base = {
+        "error": "", "non_200": 0, "pyobs_counted": 500.0, "requests_total": 500,
+        "socket_errors": 0, "spans_failed": 0, "queue_full_warnings": 0,
+    }  # fmt: skip
+    no_log = {**base, "config": "pyobs-full-no-log", "spans": 500, "access_lines": 0,
+              "span_scopes": {"pyobs": 500}}  # fmt: skip
+    no_span = {**base, "config": "pyobs-full-no-span", "spans": 0, "access_lines": 500,
+               "span_scopes": {}}  # fmt: skip
+    assert bench.verify(setup, no_log, 1) == []
+    assert bench.verify(setup, no_span, 1) == []
+    assert bench.verify(setup, {**no_log, "access_lines": 500}, 1) == [
+        "500 access lines for 500 requests (the access log is off in this row)"
+    ]
+    assert bench.verify(setup, {**no_span, "spans": 500}, 1) == [
+        "500 spans exported for 500 requests (the span is off in this row)"
+    ]
+    assert bench.verify(setup, {**no_log, "spans": 499}, 1) == [
+        "499 spans exported for 500 requests"
+    ]
+
+
 def test_realserver_prints_ratios_against_the_targets(
     realserver_quick: tuple[str, dict[str, Any]],
 ) -> None:
