@@ -15,6 +15,19 @@ from typing import Any
 
 # Configurations measured for every framework, then its peers (when installed).
 BASE_CONFIGS = ("bare", "pyobs-metrics", "pyobs-full")
+# Two rows more (overhead.py and realserver.py --parts): pyobs-full without its access log,
+# and without its span, so the cost of each signal in context is the difference to pyobs-full.
+NO_LOG_CONFIG = "pyobs-full-no-log"
+NO_SPAN_CONFIG = "pyobs-full-no-span"
+PART_CONFIGS = (NO_LOG_CONFIG, NO_SPAN_CONFIG)
+
+
+def pyobs_signals(config: str) -> tuple[bool, bool]:
+    """(tracing, access_log) for a configuration: pyobs-full and its variants have both, a
+    part row lacks the one it names, every other configuration has neither."""
+    full = config.startswith("pyobs-full")
+    return full and config != NO_SPAN_CONFIG, full and config != NO_LOG_CONFIG
+
 
 # framework -> (driver kind, pyobs adapter module, peer configurations)
 FRAMEWORKS: dict[str, tuple[str, str, tuple[str, ...]]] = {

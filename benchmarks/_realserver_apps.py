@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _overhead_apps import build
+from _overhead_apps import build, pyobs_signals
 
 
 class CountingExporter:
@@ -169,8 +169,7 @@ def make_app() -> Any:
     config = os.environ["RB_CONFIG"]
     facts = Path(os.environ["RB_FACTS"]) if os.environ.get("RB_FACTS") else None
     # pyobs full without one signal (realserver.py --parts): the same app, one signal off.
-    tracing = config in ("pyobs-full", "pyobs-full-no-log")
-    access_log = config in ("pyobs-full", "pyobs-full-no-span")
+    tracing, access_log = pyobs_signals(config)
     if tracing or config == "otel-contrib":
         _install_tracing(facts, config)
     if config.startswith("pyobs"):

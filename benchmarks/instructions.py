@@ -41,12 +41,11 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _overhead_apps import BASE_CONFIGS, FRAMEWORKS  # noqa: E402
+from _overhead_apps import BASE_CONFIGS, FRAMEWORKS, PART_CONFIGS  # noqa: E402
 from overhead import (  # noqa: E402
     FULL_PEER_TARGET,
     FULL_TARGET,
     METRICS_PEER_TARGET,
-    PART_CONFIGS,
     Bench,
     _quiet_stdout,
 )

@@ -44,9 +44,13 @@ from _overhead_apps import (
     BASE_CONFIGS,
     DRIVEN_AS,
     FRAMEWORKS,
+    NO_LOG_CONFIG,
+    NO_SPAN_CONFIG,
+    PART_CONFIGS,
     Target,
     build,
     missing_module,
+    pyobs_signals,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,11 +83,7 @@ BATCH_512_CONFIG = "pyobs-full+batch-512"
 JAEGER_CONFIG = "pyobs-full+jaeger"
 JAEGER_ENDPOINT_VAR = "BENCH_OTLP_ENDPOINT"  # the parent tells the worker where Jaeger is
 FULL_VARIANTS = (LOG_FILE_CONFIG, SDK_BSP_CONFIG, BATCH_512_CONFIG, JAEGER_CONFIG)
-# Two rows more (--parts): pyobs-full without its access log, and without its span, so the
-# cost of each signal in context is the difference to pyobs-full.
-NO_LOG_CONFIG = "pyobs-full-no-log"
-NO_SPAN_CONFIG = "pyobs-full-no-span"
-PART_CONFIGS = (NO_LOG_CONFIG, NO_SPAN_CONFIG)
+# The part rows (--parts), NO_LOG_CONFIG and NO_SPAN_CONFIG, are in _overhead_apps.
 EXTRA_CONFIGS = (*FULL_VARIANTS, *PART_CONFIGS)
 # With --baseline DIR: pyobs's two rows again, with pyobs imported from DIR (another checkout),
 # so a change is measured against the code before it in one interleaved run.
@@ -526,13 +526,9 @@ class Bench:
         self.config = config
         config = config.removesuffix(BASELINE)  # the same row; pyobs came from the baseline
         sdk_bsp = config in (SDK_BSP_CONFIG, "otel-contrib")
-        tracing = access_log = config.startswith("pyobs-full")
+        tracing, access_log = pyobs_signals(config)
         if config == BATCH_512_CONFIG:
             os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = "512"  # read by batch_processor()
-        if config == NO_LOG_CONFIG:
-            access_log = False
-        elif config == NO_SPAN_CONFIG:
-            tracing = False
         if config in EXTRA_CONFIGS:
             config = "pyobs-full"  # the same app; only stdout, processor or signals differ
         self.exporter: _CountingDropExporter | None = None

@@ -48,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _intervals import BOOTSTRAP_SAMPLES, MIN_ROUNDS_FOR_INTERVAL, central, describe, side
+from _overhead_apps import NO_LOG_CONFIG, NO_SPAN_CONFIG, PART_CONFIGS, pyobs_signals
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -93,11 +94,8 @@ SETUPS = {
     )
 }
 BASE = ("bare", "pyobs-metrics", "pyobs-full")
-# pyobs full without one signal (``--parts``): what the access log and the span each cost on
-# a real server (full - no-log, full - no-span), the same rows overhead.py --parts adds.
-NO_LOG = "pyobs-full-no-log"
-NO_SPAN = "pyobs-full-no-span"
-PARTS = (NO_LOG, NO_SPAN)
+# --parts adds _overhead_apps's PART_CONFIGS, the rows overhead.py --parts adds: what the
+# access log and the span each cost on a real server (full - no-log, full - no-span).
 
 # Named OTLP export variants (``--export``); any of them takes extra ``+NAME=VALUE`` settings,
 # e.g. ``otlp-http+OTEL_BSP_MAX_EXPORT_BATCH_SIZE=128``. An HTTP variant's name with
@@ -699,19 +697,20 @@ def verify(setup: Setup, row: dict[str, Any], runs: int) -> list[str]:
     if (config.startswith("pyobs-full") or config == "otel-contrib") and row["spans_failed"]:
         problems.append(f"{row['spans_failed']} spans failed to export")
     if config.startswith("pyobs-full"):
-        spans = 0 if config == NO_SPAN else counted
-        lines = 0 if config == NO_LOG else counted
+        tracing, access_log = pyobs_signals(config)
+        spans = counted if tracing else 0
+        lines = counted if access_log else 0
         if row["spans"] != spans:
-            expected = "" if spans else " (the span is off in this row)"
+            expected = "" if tracing else " (the span is off in this row)"
             problems.append(f"{row['spans']} spans exported for {counted:.0f} requests{expected}")
             if row["queue_full_warnings"]:
                 problems.append(f"{row['queue_full_warnings']} 'Queue full' warnings")
         if row["access_lines"] != lines:
-            expected = "" if lines else " (the access log is off in this row)"
+            expected = "" if access_log else " (the access log is off in this row)"
             problems.append(
                 f"{row['access_lines']} access lines for {counted:.0f} requests{expected}"
             )
-        if spans and set(row["span_scopes"]) != {"pyobs"}:
+        if tracing and set(row["span_scopes"]) != {"pyobs"}:
             problems.append(f"span scopes {row['span_scopes']}")
     elif config == "pyobs-metrics":
         if row["spans"] or row["access_lines"]:
@@ -931,9 +930,9 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
             f"target <= {EXPORT_TARGET}\n"
         )
     parts: dict[str, Any] = {}
-    for part, signal_name in ((NO_LOG, "access log"), (NO_SPAN, "span")):
+    full_row = rows.get("pyobs-full", {})
+    for part, signal_name in ((NO_LOG_CONFIG, "access log"), (NO_SPAN_CONFIG, "span")):
         part_row = rows.get(part)
-        full_row = rows.get("pyobs-full", {})
         if part_row is None or part_row.get("error") or not full_row.get("cpu_us_rounds"):
             continue
         # Taken inside each round, as the +us column is: full's CPU minus the part's.
@@ -1200,8 +1199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         action="store_true",
-        help=f"two rows more, {NO_LOG} and {NO_SPAN}: what the access log and the span "
-        "each cost (pyobs-full minus the row, taken inside each round)",
+        help=f"two rows more, {NO_LOG_CONFIG} and {NO_SPAN_CONFIG}: what the access log and "
+        "the span each cost (pyobs-full minus the row, taken inside each round)",
     )
     parser.add_argument("--acknowledge", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -1238,7 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
         setups = [dataclasses.replace(s, connections=args.connections) for s in setups]
     configs = [c for c in args.configs.split(",") if c]
     if args.parts:
-        configs += [part for part in PARTS if part not in configs]
+        configs += [part for part in PART_CONFIGS if part not in configs]
     exports = [e for e in args.export.split(",") if e]
     server_pin, load_pin, pin_note = cores()
     out = sys.stdout

@@ -460,6 +460,13 @@ def test_a_catch_all_route_does_not_hide_the_metrics_page() -> None:
         assert "http_server_active_requests" in client.get("/metrics").text
 
 
+_PAUSE = 0.4  # the background task's sleep after a 503 (the duration must not include it)
+
+
+def _pause() -> None:
+    time.sleep(_PAUSE)
+
+
 @pytest.mark.parametrize("served_before", [False, True], ids=["new app", "already serving"])
 def test_starlette_5xx_keeps_its_exception_type_and_its_own_duration(served_before: bool) -> None:
     """Starlette renders an unhandled exception as a 500 and then re-raises it: pyobs records
@@ -512,13 +519,6 @@ def test_starlette_5xx_keeps_its_exception_type_and_its_own_duration(served_befo
     assert by_route["/boom"].attributes["error.type"] == "RuntimeError"
     span = by_route["/unavailable"]
     assert (span.end_time - span.start_time) / 1e9 < _PAUSE / 2
-
-
-_PAUSE = 0.4
-
-
-def _pause() -> None:
-    time.sleep(_PAUSE)
 
 
 def test_a_5xx_fully_sent_then_cancelled_is_recorded_as_sent() -> None:
