@@ -233,7 +233,8 @@ def method_label(method: str) -> str:
 class RequestObserver:
     """Feeds metrics, the SERVER span and the access log from one code path."""
 
-    # Set by setup from OTEL_PYTHON_[<FRAMEWORK>_]EXCLUDED_URLS (pyobs._otel_env).
+    # Set by setup from OTEL_PYTHON_[<FRAMEWORK>_]EXCLUDED_URLS (pyobs._otel_env), through
+    # exclude_urls().
     excluded_urls: re.Pattern[str] | None = None
 
     def __init__(self, config: Config, metrics: PyobsMetrics | None = None) -> None:
@@ -243,7 +244,9 @@ class RequestObserver:
         self._capture_headers = _capture_header_names()
         # Spans, access logs and a per-request label hook (documented to see the query, the
         # scheme and the client) need every request fact; metrics need method, path, headers.
-        self.details = config.tracing or config.access_log or self.metrics.labelled
+        # So does excluding by full URL (scheme and server address): see exclude_urls().
+        self._signal_details = config.tracing or config.access_log or self.metrics.labelled
+        self.details = self._signal_details
         self._proxies = bool(config.trusted_proxies)  # client_ip() has work to do
         self._quiet, self._excluded = config.exclusions  # Config.is_excluded, inlined
         redact.configure(config.redact_headers, config.redact_query_params)
@@ -253,6 +256,15 @@ class RequestObserver:
         if config.tracing:
             _install_input_filter()
             self._limits_may_warn = self._capture_headers is not None or _value_limits_set()
+
+    def exclude_urls(self, pattern: re.Pattern[str] | None) -> None:
+        """Requests whose full URL (scheme://host/path) ``pattern`` finds are not observed.
+
+        The URL's scheme, and its host when the Host header is missing, are request details:
+        with a pattern set, every request reads them, metrics-only included.
+        """
+        self.excluded_urls = pattern
+        self.details = self._signal_details or pattern is not None
 
     # -- start -------------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ def _set_excluded_urls() -> None:
     from pyobs import _otel_env
 
     if _observer is not None:
-        _observer.excluded_urls = _otel_env.excluded_urls(sorted(_frameworks), os.environ)
+        _observer.exclude_urls(_otel_env.excluded_urls(sorted(_frameworks), os.environ))
 
 
 def _set_info(config: Config) -> None:

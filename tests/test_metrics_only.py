@@ -1,0 +1,253 @@
+"""Metrics-only (tracing and the access log off) records the same metrics as full.
+
+Metrics-only reads fewer request facts and, on ASGI apps, takes its own shorter path through
+pyobs (``pyobs/asgi.py``). Each test sends one set of requests to a fresh app in both
+configurations and compares what a user reads off /metrics and the responses: every
+``http_server_*`` sample (durations by count only, their values being times), the in-flight
+gauge back at zero, the X-Request-ID each response carries, and the request id on the app's
+own log line. Requests go through the frameworks' own test clients, and on FastAPI also
+straight through the ASGI interface, for what a test client cannot send (header names in
+upper case, a repeated header, a client that leaves during a streamed response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import import_or_require
+from tests.core_apps import FACTORIES, Client, json_lines
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "metrics-only": {"tracing": False, "access_log": False},
+}
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")
+# (method, path, headers, body): what each framework's test client sends.
+REQUESTS: list[tuple[str, str, dict[str, str], bytes | None]] = [
+    ("GET", "/items/7", {}, None),
+    ("GET", "/items/8", {"X-Request-ID": "order-42.retry_1"}, None),
+    ("GET", "/items/9", {"X-Request-ID": "not a safe id!"}, None),
+    ("GET", "/items/10", {"X-Request-ID": "x" * 129}, None),
+    ("POST", "/items", {"Content-Type": "application/json"}, b'{"name": "pen"}' * 40),
+    ("GET", "/no/such/route", {}, None),
+    ("GET", "/boom", {}, None),
+    ("GET", "/stream", {}, None),
+    ("GET", "/health", {}, None),
+    ("HEAD", "/items/7", {}, None),
+    ("PURGE", "/items/7", {}, None),
+    ("GET", "/items/7", {"Content-Length": "not a number"}, None),
+]
+
+
+def http_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every http_server_* sample, but the duration's sum and buckets (times) and _created."""
+    from prometheus_client import REGISTRY
+
+    found = {}
+    for family in REGISTRY.collect():
+        for s in family.samples:
+            name = s.name
+            if "http_server_" not in name or name.endswith("_created"):
+                continue
+            if name.startswith("http_server_request_duration_seconds") and not name.endswith(
+                "_count"
+            ):
+                continue
+            found[(name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+def id_kind(echoed: str, sent: str | None) -> str:
+    """What the response's X-Request-ID is: the one sent, a generated one, or none."""
+    if not echoed:
+        return "none"
+    if echoed == sent:
+        return "echoed"
+    assert GENERATED_ID.fullmatch(echoed), echoed
+    return "generated"
+
+
+def request_ids(out: str) -> list[str]:
+    """The request id on each of the app's own log lines (the item route logs one)."""
+    return [r.get("http.request.id", "") for r in json_lines(out) if r.get("log.logger") == "app"]
+
+
+def through_client(framework: str, options: dict[str, Any]) -> list[tuple[int, str]]:
+    client = Client(framework, FACTORIES[framework](**options))
+    return [
+        (reply.status, reply.headers.get("x-request-id", ""))
+        for reply in (client.request(*request) for request in REQUESTS)
+    ]
+
+
+def run_config(
+    options: dict[str, Any],
+    send: Callable[[dict[str, Any]], list[tuple[int, str]]],
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[list[tuple[int, str]], dict[Any, float], list[str]]:
+    from pyobs import testing
+
+    testing.reset()
+    capsys.readouterr()
+    replies = send(options)
+    out = capsys.readouterr().out
+    return replies, http_samples(), request_ids(out)
+
+
+def assert_same(
+    send: Callable[[dict[str, Any]], list[tuple[int, str]]],
+    capsys: pytest.CaptureFixture[str],
+    sent_ids: list[str | None],
+    excluded: int = 0,
+    excluded_items: int = 0,
+) -> None:
+    full = run_config(CONFIGS["full"], send, capsys)
+    lean = run_config(CONFIGS["metrics-only"], send, capsys)
+    (full_replies, full_samples, full_logged), (replies, samples, logged) = full, lean
+    assert [status for status, _ in replies] == [status for status, _ in full_replies]
+    kinds = [id_kind(echoed, sent) for (_, echoed), sent in zip(replies, sent_ids, strict=True)]
+    assert kinds == [
+        id_kind(echoed, sent) for (_, echoed), sent in zip(full_replies, sent_ids, strict=True)
+    ]
+    # A safe incoming id is echoed, any other gets a fresh one; an excluded path gets none.
+    for kind, sent in zip(kinds, sent_ids, strict=True):
+        safe = sent is not None and re.fullmatch(r"[A-Za-z0-9._-]{1,128}", sent) is not None
+        assert kind in (("echoed", "none") if safe else ("generated", "none")), (kind, sent)
+    assert kinds.count("none") == excluded
+    generated = [e for (_, e), kind in zip(replies, kinds, strict=True) if kind == "generated"]
+    assert len(set(generated)) == len(generated)
+    assert samples == full_samples
+    counts = {k: v for k, v in samples.items() if k[0].endswith("duration_seconds_count")}
+    assert sum(counts.values()) == len(replies) - excluded  # nothing lost, nothing twice
+    active = [v for k, v in samples.items() if k[0].startswith("http_server_active_requests")]
+    assert active and set(active) == {0.0}
+    # The app's log line carries the request's id in both configurations.
+    echoed_ids = {echoed for _, echoed in replies if echoed}
+    assert len(logged) == len(full_logged) > 0
+    assert set(logged) - {""} <= echoed_ids  # "": a line of an excluded request
+    assert logged.count("") == full_logged.count("") == excluded_items
+
+
+@pytest.mark.parametrize("framework", ["flask", "fastapi"])
+def test_metrics_only_records_what_full_records(
+    framework: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import_or_require(framework)
+    sent = [headers.get("X-Request-ID") for _, _, headers, _ in REQUESTS]
+    excluded = sum(path == "/health" for _, path, _, _ in REQUESTS)
+    assert_same(lambda options: through_client(framework, options), capsys, sent, excluded)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("framework", ["flask", "fastapi"])
+def test_excluded_urls_see_the_scheme_in_every_configuration(
+    framework: str, config: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OTEL_PYTHON_EXCLUDED_URLS is searched in scheme://host/path with metrics only too (it
+    used to see "http" there, as metrics-only did not read the scheme)."""
+    import_or_require(framework)
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "^https://")
+    app = FACTORIES[framework](**CONFIGS[config])
+    statuses = []
+    for base in ("https://testserver", "http://testserver"):
+        if framework == "flask":
+            reply: Any = app.test_client().get("/items/7", base_url=base, buffered=True)
+            statuses.append((reply.status_code, "X-Request-ID" in reply.headers))
+        else:
+            from starlette.testclient import TestClient
+
+            reply = TestClient(app, base_url=base).get("/items/7")
+            statuses.append((reply.status_code, "x-request-id" in reply.headers))
+    assert statuses == [(200, False), (200, True)]
+    counts = [v for k, v in http_samples().items() if k[0].endswith("duration_seconds_count")]
+    assert counts == [1.0]
+
+
+# -- straight through the ASGI interface -------------------------------------------------
+
+# (method, path, headers, request body, client leaves during the response)
+ASGI_REQUESTS: list[tuple[str, str, list[tuple[bytes, bytes]], bytes, bool]] = [
+    ("GET", "/items/1", [(b"host", b"t"), (b"X-Request-ID", b"upper-case-name")], b"", False),
+    ("GET", "/items/2", [(b"x-request-id", b"first"), (b"x-request-id", b"second")], b"", False),
+    ("GET", "/items/3", [(b"Content-Length", b"0"), (b"Host", b"t")], b"", False),
+    ("POST", "/items", [(b"content-length", b"600"), (b"host", b"t")], b"x" * 600, False),
+    ("GET", "/stream", [(b"host", b"t")], b"", True),
+    ("GET", "/items/4", [(b"x-request-id", b"\xff\xfe")], b"", False),
+    ("get", "/items/5", [], b"", False),
+    ("GET", "/items/6", [], b"", False),  # no Host: the URL is the server's, EXCLUDED_URL
+]
+# Searched in scheme://host/path; without a Host header the host is the server's address.
+EXCLUDED_URL = r"^https://api\.internal:8443/items/6$"
+
+
+def through_asgi(options: dict[str, Any]) -> list[tuple[int, str]]:
+    app = FACTORIES["fastapi"](**options)
+    return [asyncio.run(_asgi_request(app, *request)) for request in ASGI_REQUESTS]
+
+
+async def _asgi_request(
+    app: Any,
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    leaves: bool,
+) -> tuple[int, str]:
+    sent: list[dict[str, Any]] = []
+    gone = asyncio.Event()
+    asked = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if leaves and message["type"] == "http.response.body":
+            gone.set()  # the client leaves after the first chunk
+            raise OSError("the client went away")
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("api.internal", 8443),
+        "state": {},
+    }
+    try:
+        await app(scope, receive, send)
+    except OSError:
+        assert leaves
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    ids = [v.decode() for k, v in start["headers"] if k == b"x-request-id"]
+    return start["status"], ids[-1] if ids else ""
+
+
+def test_metrics_only_records_what_full_records_through_asgi(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import_or_require("fastapi")
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", EXCLUDED_URL)
+    sent: list[str | None] = []
+    for _, _, headers, _, _ in ASGI_REQUESTS:
+        values = [v for k, v in headers if k.lower() == b"x-request-id"]
+        # Repeated headers are joined (RFC 9110), which no safe id contains.
+        sent.append(b",".join(values).decode("latin-1") if values else None)
+    assert_same(through_asgi, capsys, sent, excluded=1, excluded_items=1)
