@@ -230,6 +230,31 @@ def method_label(method: str) -> str:
     return upper if upper in STANDARD_METHODS else "_OTHER"
 
 
+def gauge_up(m: PyobsMetrics, method: str) -> None:
+    """``m.request_started(method)``, inlined for a value pyobs writes directly."""
+    value = m.active_values.get(method)
+    if value is None:
+        m.request_started(method)
+        return
+    try:
+        _internals.prom_add(m.lock, value, 1)
+    except Exception:  # noqa: BLE001 - request_started reports it, goes public
+        m.request_started(method)
+
+
+def route_for(m: PyobsMetrics, route: str | None) -> str:
+    """The route label of a route template (UNMATCHED for none, or a rejected one)."""
+    if route is None:
+        return UNMATCHED
+    if route in m.known_routes:  # a route seen before needs no check
+        return route
+    try:
+        return m.route_label(route)
+    except Exception as error:  # noqa: BLE001
+        _errors.report("metrics", error, "route label")
+        return UNMATCHED
+
+
 class RequestObserver:
     """Feeds metrics, the SERVER span and the access log from one code path."""
 
@@ -308,17 +333,8 @@ class RequestObserver:
         except Exception as exc:  # noqa: BLE001 - failsafe: the request must go on
             _errors.report("adapter", exc, "start")
             return None
-        m = self.metrics
         try:
-            # m.request_started(method), inlined for a value pyobs writes directly.
-            value = m.active_values.get(method)
-            if value is None:
-                m.request_started(method)
-            else:
-                try:
-                    _internals.prom_add(m.lock, value, 1)
-                except Exception:  # noqa: BLE001 - request_started reports it, goes public
-                    m.request_started(method)
+            gauge_up(self.metrics, method)
             handle.counted = True
         except Exception as exc:  # noqa: BLE001
             _errors.report("metrics", exc, "start")
@@ -488,14 +504,8 @@ class RequestObserver:
         m = self.metrics
         method = handle.method
         route = handle.route
-        if route is None:
-            route = UNMATCHED
-        elif route not in m.known_routes:  # a route seen before needs no check
-            try:
-                route = m.route_label(route)
-            except Exception as error:  # noqa: BLE001
-                _errors.report("metrics", error, "route label")
-                route = UNMATCHED
+        if route is None or route not in m.known_routes:
+            route = route_for(m, route)
         extra: tuple[str, ...] = ()
         if m.labelled:
             try:

@@ -7,21 +7,30 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from threading import get_ident
-from typing import Any
+from typing import Any, cast
 
-from pyobs import _state
+from pyobs import _errors, _state
 from pyobs._integration import MetricsPage
 from pyobs._observer import (
+    _SAFE_REQUEST_ID,
+    MAX_FIELD_LENGTH,
     REQUEST_ID_HEADER,
+    STANDARD_METHODS,
     RequestFacts,
     RequestHandle,
     RequestObserver,
     _PairHeaders,
+    _random_bits,
+    content_length,
+    gauge_up,
     headers_from_pairs,
+    method_label,
     report_internal_error,
     request_id_and_length,
+    route_for,
 )
 from pyobs._websocket import open_session
+from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
 REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
@@ -62,33 +71,6 @@ def facts_from_scope(scope: Scope, details: bool = True) -> tuple[RequestFacts, 
     facts.server_port = server[1]
     facts.http_version = get("http_version", "1.1")
     return facts, headers
-
-
-def _metrics_facts(scope: Scope) -> tuple[RequestFacts, str | None, str | None]:
-    """What metrics-only needs, in one call: facts_from_scope(scope, False) and the
-    X-Request-ID and Content-Length headers (request_id_and_length)."""
-    get = scope.get
-    pairs = get("headers") or ()
-    if type(pairs) is list or type(pairs) is tuple:
-        # headers_from_pairs()'s common case, inlined: lower-case names, none repeated.
-        raw = dict(pairs)
-        if len(raw) == len(pairs) and (b"x" + b"".join(raw)).islower():
-            view = _PairHeaders()
-            view._raw = raw
-            request_id = raw.get(b"x-request-id")
-            length = raw.get(b"content-length")
-            facts = RequestFacts.__new__(RequestFacts)  # no Python __init__: see RequestFacts
-            facts.method = get("method", "GET")
-            facts.path = get("path", "/")
-            facts.headers = view
-            return (
-                facts,
-                None if request_id is None else request_id.decode("latin-1"),
-                None if length is None else length.decode("latin-1"),
-            )
-    headers = headers_from_pairs(pairs)
-    facts = RequestFacts(get("method", "GET"), get("path", "/"), headers)
-    return facts, headers.get("x-request-id"), headers.get("content-length")
 
 
 _lag_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -283,7 +265,7 @@ class _ObservedExchange(RequestHandle):
                             self.route = resolver(self._scope)
                         except Exception:  # noqa: BLE001 - an unresolvable route is unmatched
                             self.route = None
-                self._observer.finish(self)
+                self._done()
                 return
             watch = self._watch
             if watch is None:
@@ -295,6 +277,116 @@ class _ObservedExchange(RequestHandle):
         except OSError:
             self.disconnected = True
             raise
+
+    def _done(self) -> None:
+        """The last byte is out and the route known: record the request."""
+        self._observer.finish(self)
+
+
+class _MetricsOnlyExchange(_ObservedExchange):
+    """The handle when pyobs records metrics only (no span, no access log, no label hook,
+    no URL exclusion: ``RequestObserver.details`` is False). It is made by
+    _start_metrics_only() and records the common outcome itself: RequestObserver.start() and
+    finish() cut to what metrics-only needs. Keep the three in step: tests/test_metrics_only.py
+    and tests/frameworks/test_signals_off.py send the same requests with metrics only and with
+    every signal and compare the samples, the X-Request-ID and the request id in logs."""
+
+    _read: tuple[str, str, dict[bytes, bytes] | None, Mapping[str, str] | None]
+    _facts: RequestFacts | None = None
+
+    @property
+    def facts(self) -> RequestFacts:
+        """The request facts, made when first asked (the common path asks for none)."""
+        facts = self._facts
+        if facts is None:
+            method, path, raw, headers = self._read
+            if headers is None:
+                view = _PairHeaders()
+                view._raw = raw or {}
+                headers = view
+            facts = self._facts = RequestFacts(method, path, headers)
+        return facts
+
+    @facts.setter
+    def facts(self, facts: RequestFacts) -> None:
+        self._facts = facts
+
+    def _done(self) -> None:
+        """RequestObserver.finish() at the last byte, for a response that went out whole."""
+        code = self.status
+        if (
+            self.finished
+            or not self.counted
+            or self.disconnected
+            or self.exception is not None
+            or type(code) is not int
+        ):
+            self._observer.finish(self)  # the rarer outcomes: the general path
+            return
+        self.finished = True
+        duration = time.perf_counter() - self.start
+        m = self._observer.metrics
+        method = self.method
+        route = self.route
+        if route is None or route not in m.known_routes:
+            route = route_for(m, route)
+        self.counted = False
+        try:
+            m.request_finished(method, route, code, duration, self.response_bytes)
+        except Exception as error:  # noqa: BLE001 - it takes the gauge down exactly once
+            _errors.report("metrics", error, "finish")
+        raw_length = self.raw_length
+        if raw_length is not None:  # most requests have no body
+            try:
+                length = content_length(raw_length)
+                if length is not None:
+                    m.request_body(method, route, length, ())
+            except Exception as error:  # noqa: BLE001
+                _errors.report("metrics", error, "finish")
+
+
+def _start_metrics_only(observer: RequestObserver, scope: Scope) -> _MetricsOnlyExchange | None:
+    """RequestObserver.start() for metrics only, reading the scope as it goes: None for an
+    excluded path. Only method, path and the X-Request-ID and Content-Length headers are
+    read (see _MetricsOnlyExchange)."""
+    get = scope.get
+    pairs = get("headers") or ()
+    raw = dict(pairs) if type(pairs) is list or type(pairs) is tuple else None
+    headers: Mapping[str, str] | None = None
+    if raw is not None and len(raw) == len(pairs) and (b"x" + b"".join(raw)).islower():
+        # headers_from_pairs()'s common case: lower-case names, none repeated.
+        incoming = raw.get(b"x-request-id")
+        length = raw.get(b"content-length")
+        if incoming is not None:
+            incoming = incoming.decode("latin-1")
+        if length is not None:
+            length = length.decode("latin-1")
+    else:
+        headers = headers_from_pairs(pairs)
+        incoming = headers.get("x-request-id")
+        length = headers.get("content-length")
+    path = get("path", "/")
+    if path in observer._quiet or (
+        observer._excluded is not None and observer._excluded.fullmatch(path) is not None
+    ):
+        return None
+    method = get("method", "GET")
+    if incoming is None or _SAFE_REQUEST_ID.fullmatch(incoming) is None:
+        incoming = _random_bits(128).to_bytes(16, "big").hex()  # as request_id_for()
+    handle = _MetricsOnlyExchange()  # no __init__: see RequestHandle
+    handle._read = (method, path, raw, headers)
+    handle.method = method if method in STANDARD_METHODS else method_label(method)
+    handle.request_id = incoming
+    handle.raw_length = length
+    handle.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]
+    handle.start = time.perf_counter()
+    try:
+        gauge_up(observer.metrics, handle.method)
+        handle.counted = True
+    except Exception as exc:  # noqa: BLE001
+        _errors.report("metrics", exc, "start")
+    handle.request_id_token = request_id_var.set(incoming)
+    return handle
 
 
 class ObservabilityMiddleware:
@@ -344,6 +436,7 @@ class ObservabilityMiddleware:
         if scope.get("path") == page.path and not page.yields(scope):
             await self._serve_metrics(page, scope, send)
             return
+        handle: _ObservedExchange | None
         try:
             last = _last_loop  # ensure_loop_lag_monitor()'s fast path, inlined
             if last is None or _last_thread != get_ident() or not last.is_running():
@@ -351,17 +444,21 @@ class ObservabilityMiddleware:
             if observer.details:
                 facts, headers = facts_from_scope(scope)
                 incoming_id, raw_length = request_id_and_length(headers)
+                handle = cast(
+                    "_ObservedExchange | None",
+                    observer.start(facts, _ObservedExchange, incoming_id),
+                )
+                if handle is not None:
+                    handle.raw_length = raw_length
             else:
-                facts, incoming_id, raw_length = _metrics_facts(scope)
+                handle = _start_metrics_only(observer, scope)
         except Exception as exc:  # noqa: BLE001 - failsafe
             report_internal_error("asgi.scope", exc)
             await self.app(scope, receive, send)
             return
-        handle = observer.start(facts, _ObservedExchange, incoming_id)
-        if not isinstance(handle, _ObservedExchange):  # None: not observed (excluded path)
+        if handle is None:  # not observed (excluded path)
             await self.app(scope, receive, send)
             return
-        handle.raw_length = raw_length
         # Routers rewrite root_path in place (mounts); resolvers compare it with this.
         scope[ROOT_PATH_KEY] = scope.get("root_path", "")
         scope[HANDLE_KEY] = handle
