@@ -231,7 +231,8 @@ def method_label(method: str) -> str:
 
 
 def gauge_up(m: PyobsMetrics, method: str) -> None:
-    """``m.request_started(method)``, inlined for a value pyobs writes directly."""
+    """``m.request_started(method)``, shortened for a value pyobs writes directly (one lock,
+    no lookup through the metrics object); the public path when that write fails."""
     value = m.active_values.get(method)
     if value is None:
         m.request_started(method)
