@@ -854,3 +854,37 @@ def test_compiled_benchmark_runs_a_compiled_build_next_to_the_pure_one(tmp_path:
     # A module that is not in pyobs/ is refused before anything is built.
     result = _refused(REPO / "benchmarks" / "compiled.py", "--modules", "nothing")
     assert "no such module in pyobs/: nothing" in result.stderr
+
+
+PAIRED = REPO / "benchmarks" / "paired.py"
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_paired_quick_run_alternates_checkouts_and_checks_each_process(framework: str) -> None:
+    """benchmarks/paired.py: the bare app, pyobs metrics-only and the peer in one process,
+    a process of this checkout alternated with one of another (here the same checkout); each
+    process is checked to answer 200, to have pyobs count every request it was sent, and to
+    have imported pyobs from the checkout it names. No timing is asserted."""
+    import_or_require(framework)
+    out = _run("--framework", framework, "--quick", "--baseline", str(REPO), script=PAIRED)
+    rows = [
+        line.split() for line in out.splitlines() if re.match(r"\s+1\s+(this|baseline)\s", line)
+    ]
+    assert [row[1] for row in rows] == ["this", "baseline"]
+    for row in rows:
+        float(row[-1])  # a ratio was computed for each process
+    assert re.search(r"median ratio to \S+: this [\d.]+, baseline [\d.]+ \(target <= 0.33\)", out)
+    assert "pyobs counted every request it was sent" in out and "in 2 processes" in out
+
+
+def test_paired_ratio_is_read_off_each_rounds_differences() -> None:
+    """The ratio: the median over rounds of pyobs minus bare, over the same for the peer."""
+    paired = _benchmark_module("paired.py")
+    times = {
+        "bare": [100.0, 150.0, 100.0],
+        "pyobs": [130.0, 180.0, 160.0],  # +30, +30, +60 (a drifting round moves all three)
+        "peer": [200.0, 250.0, 180.0],  # +100, +100, +80
+    }
+    assert paired.ratios(times) == (30.0, 100.0, 0.3)
+    refused = _refused(PAIRED, "--baseline", str(REPO / "docs"))
+    assert "no pyobs package there" in refused.stderr

@@ -1,0 +1,188 @@
+"""pyobs metrics-only, the bare app and the lightest Prometheus peer, timed in one process.
+
+`overhead.py` gives each configuration its own worker process. On a noisy host the workers
+drift apart by more than a change is worth. This script keeps the bare app, the app with
+pyobs metrics-only and the app with the peer in one process. Each gets a burst of requests
+in turn, so whatever slows the host slows all three alike. The ratio is the median over
+rounds of the CPU time pyobs adds to a burst, divided by the median of what the peer adds.
+
+With ``--baseline DIR`` (another checkout), processes that import pyobs from this checkout
+and from DIR alternate ``--pairs`` times, and both series of ratios are printed: a change
+measured against the code before it.
+
+What it checks: every request answers 200, and pyobs counted every request sent to its app
+(its duration histogram's count). Metrics-only only: ``pyobs.setup()`` acts on the whole
+process, and with tracing or the access log on it would act on the other two apps too.
+Flask, FastAPI and Starlette only: Django's settings are per process.
+
+    python benchmarks/paired.py --framework fastapi [--baseline DIR] [--pairs 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from _overhead_apps import FRAMEWORKS, build, missing_module  # noqa: E402
+
+# framework -> its lightest Prometheus peer (overhead.py's runs; the peers on the same driver)
+PEERS = {
+    "flask": "prometheus-flask-exporter",
+    "fastapi": "prometheus-fastapi-instrumentator",
+    "starlette": "starlette-exporter",
+}
+TARGET = 0.33  # issue 18: metrics-only at most a third of the lightest peer's cost
+NAMES = ("bare", "pyobs", "peer")
+
+
+def child(framework: str, rounds: int, requests: int) -> int:
+    """One process: the three apps, bursts in turn; prints one JSON line."""
+    from overhead import _Drivers
+
+    import pyobs
+
+    pyobs.setup(service_name="paired", tracing=False, access_log=False)
+    configs = {"bare": "bare", "pyobs": "pyobs-metrics", "peer": PEERS[framework]}
+    targets = {name: build(framework, config) for name, config in configs.items()}
+    drivers = {name: getattr(_Drivers, t.kind)(t.app) for name, t in targets.items()}
+    is_async = asyncio.iscoroutinefunction(drivers["bare"])
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    sent = 0
+
+    def burst(name: str, count: int) -> float:
+        """CPU µs per request over ``count`` requests to one app."""
+        nonlocal sent
+        one = drivers[name]
+        start = time.process_time()
+        if is_async:
+            statuses = loop.run_until_complete(_many(one, count))
+        else:
+            statuses = [one() for _ in range(count)]
+        spent = time.process_time() - start
+        if set(statuses) != {200}:
+            raise RuntimeError(f"{name}: answered {sorted(set(statuses))}")
+        if name == "pyobs":
+            sent += count
+        return spent / count * 1e6
+
+    for name in NAMES:  # warm-up: first-use work out of the rounds
+        burst(name, max(requests, 50))
+    times: dict[str, list[float]] = {name: [] for name in NAMES}
+    for _ in range(rounds):
+        for name in NAMES:
+            times[name].append(burst(name, requests))
+    where = str(Path(pyobs.__file__).resolve().parents[1])
+    print(json.dumps({"times": times, "sent": sent, "counted": _pyobs_count(), "from": where}))
+    return 0
+
+
+async def _many(one: Any, count: int) -> list[int]:
+    return [await one() for _ in range(count)]
+
+
+def _pyobs_count() -> float:
+    """Requests pyobs recorded: the sum of its duration histogram's counts."""
+    from prometheus_client import REGISTRY
+
+    return sum(
+        s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == "http_server_request_duration_seconds_count"
+    )
+
+
+def ratios(times: dict[str, list[float]]) -> tuple[float, float, float]:
+    """(µs pyobs adds, µs the peer adds, their ratio): medians of the per-round differences."""
+    bare = times["bare"]
+    added = statistics.median(p - b for p, b in zip(times["pyobs"], bare, strict=True))
+    peer = statistics.median(p - b for p, b in zip(times["peer"], bare, strict=True))
+    return added, peer, added / peer if peer > 0 else float("nan")
+
+
+def run_child(framework: str, rounds: int, requests: int, pyobs_from: str | None) -> Any:
+    roots = [str(ROOT)] if pyobs_from is None else [pyobs_from, str(ROOT)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*roots, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", framework, str(rounds),
+         str(requests)],
+        capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=1800, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"the measuring process failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--framework", default="fastapi", choices=sorted(PEERS))
+    parser.add_argument("--rounds", type=int, default=40, help="bursts per app per process")
+    parser.add_argument("--requests", type=int, default=300, help="requests per burst")
+    parser.add_argument("--pairs", type=int, default=3, help="processes per checkout")
+    parser.add_argument("--baseline", metavar="DIR", help="another checkout, alternated")
+    parser.add_argument("--quick", action="store_true", help="smoke run: a few requests")
+    parser.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "ROUNDS", "REQUESTS"))
+    args = parser.parse_args(argv)
+    if args.child:
+        framework, rounds, requests = args.child
+        return child(framework, int(rounds), int(requests))
+    framework = args.framework
+    for config in ("bare", "pyobs-metrics", PEERS[framework]):
+        missing = missing_module(framework, config)
+        if missing is not None:
+            parser.error(f"{config} needs {missing}, which is not installed")
+    baseline = None
+    if args.baseline:
+        baseline = str(Path(args.baseline).resolve())
+        if not (Path(baseline) / "pyobs" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no pyobs package there")
+    rounds, requests, pairs = (3, 20, 1) if args.quick else (args.rounds, args.requests, args.pairs)
+    assert FRAMEWORKS[framework][0] in ("wsgi", "asgi")
+    checkouts = [("this", None)] + ([("baseline", baseline)] if baseline else [])
+    print(
+        f"# paired: {framework}, pyobs metrics-only, bare and {PEERS[framework]} in one process;"
+        f" {rounds} rounds of {requests} requests each, apps in turn; CPU µs per request"
+    )
+    print("pair  checkout   bare  +pyobs   +peer  ratio")
+    found: dict[str, list[float]] = {name: [] for name, _ in checkouts}
+    checked = 0
+    for pair in range(1, pairs + 1):
+        for name, pyobs_from in checkouts:
+            result = run_child(framework, rounds, requests, pyobs_from)
+            if result["counted"] != result["sent"]:
+                raise SystemExit(
+                    f"{name}: pyobs counted {result['counted']} of {result['sent']} requests"
+                )
+            expected = str(Path(pyobs_from).resolve()) if pyobs_from else str(ROOT)
+            if result["from"] != expected:
+                raise SystemExit(f"{name}: pyobs came from {result['from']}, not {expected}")
+            checked += 1
+            added, peer, ratio = ratios(result["times"])
+            bare = statistics.median(result["times"]["bare"])
+            found[name].append(ratio)
+            print(f"{pair:>4}  {name:<8} {bare:6.1f} {added:+7.1f} {peer:+7.1f}  {ratio:5.3f}")
+    summary = ", ".join(f"{name} {statistics.median(v):.3f}" for name, v in found.items())
+    print(f"median ratio to {PEERS[framework]}: {summary} (target <= {TARGET})")
+    print(
+        "checked: every request answered 200; pyobs counted every request it was sent and"
+        f" came from the checkout named, in {checked} processes"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
