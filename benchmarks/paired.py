@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _overhead_apps import FRAMEWORKS, build, missing_module  # noqa: E402
+from _overhead_apps import build, missing_module  # noqa: E402
 
 # framework -> its lightest Prometheus peer (overhead.py's runs; the peers on the same driver)
 PEERS = {
@@ -50,7 +50,7 @@ NAMES = ("bare", "pyobs", "peer")
 
 def child(framework: str, rounds: int, requests: int) -> int:
     """One process: the three apps, bursts in turn; prints one JSON line."""
-    from overhead import _Drivers
+    from overhead import _Drivers, _sample
 
     import pyobs
 
@@ -86,24 +86,21 @@ def child(framework: str, rounds: int, requests: int) -> int:
         for name in NAMES:
             times[name].append(burst(name, requests))
     where = str(Path(pyobs.__file__).resolve().parents[1])
-    print(json.dumps({"times": times, "sent": sent, "counted": _pyobs_count(), "from": where}))
+    print(
+        json.dumps(
+            {
+                "times": times,
+                "sent": sent,
+                "counted": _sample("http_server_request_duration_seconds_count"),
+                "from": where,
+            }
+        )
+    )
     return 0
 
 
 async def _many(one: Any, count: int) -> list[int]:
     return [await one() for _ in range(count)]
-
-
-def _pyobs_count() -> float:
-    """Requests pyobs recorded: the sum of its duration histogram's counts."""
-    from prometheus_client import REGISTRY
-
-    return sum(
-        s.value
-        for family in REGISTRY.collect()
-        for s in family.samples
-        if s.name == "http_server_request_duration_seconds_count"
-    )
 
 
 def ratios(times: dict[str, list[float]]) -> tuple[float, float, float]:
@@ -151,7 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (Path(baseline) / "pyobs" / "__init__.py").is_file():
             parser.error(f"--baseline {args.baseline}: no pyobs package there")
     rounds, requests, pairs = (3, 20, 1) if args.quick else (args.rounds, args.requests, args.pairs)
-    assert FRAMEWORKS[framework][0] in ("wsgi", "asgi")
     checkouts = [("this", None)] + ([("baseline", baseline)] if baseline else [])
     print(
         f"# paired: {framework}, pyobs metrics-only, bare and {PEERS[framework]} in one process;"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +178,38 @@ def series(metric_prefix: str) -> set[tuple[tuple[str, str], ...]]:
             if s.name.startswith(metric_prefix):
                 found.add(tuple(sorted(s.labels.items())))
     return found
+
+
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")
+DURATION = "http_server_request_duration_seconds"
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def compared_samples(families: Iterable[Any]) -> dict[SampleKey, float]:
+    """The http_server_* and exception samples two configurations must agree on: all of them
+    but the duration's sum and buckets (times) and the _created timestamps."""
+    found = {}
+    for family in families:
+        for s in family.samples:
+            name = s.name
+            if not name.startswith(("http_server_", "pyobs_http_server_")):
+                continue
+            if name.endswith("_created") or (
+                name.startswith(DURATION) and name != DURATION + "_count"
+            ):
+                continue
+            found[(name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+def id_kind(echoed: str | None, sent: str | None) -> str:
+    """What a response's X-Request-ID is: the one sent, a generated one, or none."""
+    if not echoed:
+        return "none"
+    if echoed == sent:
+        return "echoed"
+    assert GENERATED_ID.fullmatch(echoed), echoed
+    return "generated"
 
 
 def run_async(coro: Any) -> Any:

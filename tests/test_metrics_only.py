@@ -20,13 +20,19 @@ from typing import Any
 import pytest
 
 from tests.conftest import import_or_require
-from tests.core_apps import FACTORIES, Client, json_lines
+from tests.core_apps import (
+    FACTORIES,
+    Client,
+    SampleKey,
+    compared_samples,
+    id_kind,
+    json_lines,
+)
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "full": {},
     "metrics-only": {"tracing": False, "access_log": False},
 }
-GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 # (method, path, headers, body): what each framework's test client sends.
 REQUESTS: list[tuple[str, str, dict[str, str], bytes | None]] = [
     ("GET", "/items/7", {}, None),
@@ -44,32 +50,11 @@ REQUESTS: list[tuple[str, str, dict[str, str], bytes | None]] = [
 ]
 
 
-def http_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every http_server_* sample, but the duration's sum and buckets (times) and _created."""
+def http_samples() -> dict[SampleKey, float]:
+    """The samples compared, from the default registry."""
     from prometheus_client import REGISTRY
 
-    found = {}
-    for family in REGISTRY.collect():
-        for s in family.samples:
-            name = s.name
-            if "http_server_" not in name or name.endswith("_created"):
-                continue
-            if name.startswith("http_server_request_duration_seconds") and not name.endswith(
-                "_count"
-            ):
-                continue
-            found[(name, tuple(sorted(s.labels.items())))] = s.value
-    return found
-
-
-def id_kind(echoed: str, sent: str | None) -> str:
-    """What the response's X-Request-ID is: the one sent, a generated one, or none."""
-    if not echoed:
-        return "none"
-    if echoed == sent:
-        return "echoed"
-    assert GENERATED_ID.fullmatch(echoed), echoed
-    return "generated"
+    return compared_samples(REGISTRY.collect())
 
 
 def request_ids(out: str) -> list[str]:

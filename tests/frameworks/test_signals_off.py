@@ -9,15 +9,14 @@ id on the app's own log lines must agree, and metrics-only makes no span and no 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 
+from tests.core_apps import SampleKey, compared_samples, id_kind
 from tests.frameworks.conftest import FRAMEWORKS, Framework, Served, serving
 
 DURATION_COUNT = "http_server_request_duration_seconds_count"
-GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 # (path, headers, observed): /health and /items/99 (PYOBS_EXCLUDED_PATHS) are not.
 REQUESTS: list[tuple[str, dict[str, str], bool]] = [
     ("/items/3", {}, True),
@@ -33,30 +32,11 @@ REQUESTS: list[tuple[str, dict[str, str], bool]] = [
 OBSERVED = sum(observed for _, _, observed in REQUESTS)
 
 
-def _samples(served: Served) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _samples(served: Served) -> dict[SampleKey, float]:
+    """The samples compared, from a scrape of the app's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    found = {}
-    for family in text_string_to_metric_families(served.metrics()):
-        for s in family.samples:
-            name = s.name
-            if not name.startswith(("http_server_", "pyobs_http_server_")):
-                continue
-            if name.endswith("_created") or (
-                name.startswith("http_server_request_duration_seconds") and name != DURATION_COUNT
-            ):
-                continue
-            found[(name, tuple(sorted(s.labels.items())))] = s.value
-    return found
-
-
-def _id_kind(echoed: str | None, sent: str | None) -> str:
-    if echoed is None:
-        return "none"
-    if echoed == sent:
-        return "echoed"
-    assert GENERATED_ID.fullmatch(echoed), echoed
-    return "generated"
+    return compared_samples(text_string_to_metric_families(served.metrics()))
 
 
 def _run(framework: Framework, monkeypatch: pytest.MonkeyPatch, metrics_only: bool) -> Any:
@@ -80,7 +60,7 @@ def _run(framework: Framework, monkeypatch: pytest.MonkeyPatch, metrics_only: bo
         spans = len(served.spans.get_finished_spans())
         access = len(served.access_logs())
     kinds = [
-        _id_kind(headers.get("x-request-id"), sent.get("X-Request-ID"))
+        id_kind(headers.get("x-request-id"), sent.get("X-Request-ID"))
         for (_, headers, _), (_, sent, _) in zip(replies, REQUESTS, strict=True)
     ]
     echoed = {headers.get("x-request-id") for _, headers, _ in replies}
