@@ -31,6 +31,8 @@ from pyobs._observer import (
     RequestHandle,
     RequestObserver,
     capped,
+    enter_again,
+    leave_again,
     report_internal_error,
 )
 from pyobs._websocket import WebSocketSession
@@ -266,8 +268,17 @@ def keep_exception(handle: RequestHandle, exception: BaseException | None, statu
 def counted(
     handle: RequestHandle, chunks: Iterable[bytes], done: Callable[[], None] = lambda: None
 ) -> Iterator[bytes]:
-    """A streamed body that counts its bytes on the handle; ``done()`` after the last one."""
-    for chunk in chunks:
+    """A streamed body that counts its bytes on the handle; ``done()`` after the last one.
+    The request's ids are current while each chunk is made (see enter_again)."""
+    chunks = iter(chunks)
+    while True:
+        tokens = enter_again(handle)
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            break
+        finally:
+            leave_again(tokens)
         handle.response_bytes += len(chunk)
         yield chunk
     done()
@@ -277,7 +288,15 @@ async def acounted(
     handle: RequestHandle, chunks: AsyncIterable[bytes], done: Callable[[], None] = lambda: None
 ) -> AsyncIterator[bytes]:
     """The same for an asynchronous body."""
-    async for chunk in chunks:
+    chunks = aiter(chunks)
+    while True:
+        tokens = enter_again(handle)
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        finally:
+            leave_again(tokens)
         handle.response_bytes += len(chunk)
         yield chunk
     done()

@@ -216,6 +216,35 @@ class RequestHandle:
         return f"RequestHandle({self.method} {self.facts.path!r}, route={self.route!r})"
 
 
+def enter_again(handle: RequestHandle) -> tuple[Any, Any]:
+    """Make the request's ids current again: its request id, and its span when it has one.
+
+    For the request's own code that runs after the adapter left the request's context: each
+    chunk of a body Django streams (only streamed responses pay for it; pyobs.wsgi's body,
+    which every WSGI response goes through, uses the cheaper ``logs.body_request``). Its log
+    lines then carry the request's ids and its spans are children of the request's, as OTel
+    contrib's WSGI middleware does. Returns the tokens for leave_again(), to be called before
+    control goes back to the server (a body a test client leaves unfinished must not leave
+    the request's span current for the next request).
+    """
+    span = handle.span
+    return (
+        request_id_var.set(handle.request_id),
+        None if span is None else _context.attach(_context.set_span(span, _context.current())),
+    )
+
+
+def leave_again(tokens: tuple[Any, Any]) -> None:
+    """Undo enter_again()."""
+    request_token, span_token = tokens
+    if span_token is not None:
+        _context.detach(span_token)  # the API logs a token from another context
+    try:
+        request_id_var.reset(request_token)
+    except ValueError:  # a token from another context (set and reset are one chunk apart)
+        pass
+
+
 def request_id_for(headers: Mapping[str, str]) -> str:
     """The incoming X-Request-ID when safe (1-128 of [A-Za-z0-9._-]), a random 32-hex id else."""
     incoming = headers.get("x-request-id")
@@ -660,6 +689,82 @@ class RequestObserver:
         record.__dict__.update(extra)
         record.pyobs_fields = extra
         _access.handle(record)
+
+
+class MetricsOnlyHandle(RequestHandle):
+    """The handle of a request pyobs records metrics only for (no span, no access log, no
+    label hook, no URL exclusion: ``RequestObserver.details`` is False), made by
+    start_metrics_only(). ``_done()`` records a whole response itself: RequestObserver.start()
+    and finish() cut to what metrics-only needs; every other outcome goes through finish().
+    pyobs.asgi and pyobs.wsgi mix it into their handles. Keep the three in step:
+    tests/test_metrics_only.py and tests/frameworks/test_signals_off.py send the same requests
+    with metrics only and with every signal and compare the samples, the X-Request-ID and the
+    request id in logs."""
+
+    _observer: RequestObserver
+
+    def _done(self) -> None:
+        """RequestObserver.finish() for a response that went out whole, its route known."""
+        code = self.status
+        if (
+            self.finished
+            or not self.counted
+            or self.disconnected
+            or self.exception is not None
+            or type(code) is not int
+        ):
+            self._observer.finish(self)  # the rarer outcomes: the general path
+            return
+        self.finished = True
+        duration = time.perf_counter() - self.start
+        m = self._observer.metrics
+        method = self.method
+        route = self.route
+        if route is None or route not in m.known_routes:
+            route = route_for(m, route)
+        self.counted = False
+        try:
+            m.request_finished(method, route, code, duration, self.response_bytes)
+        except Exception as error:  # noqa: BLE001 - it takes the gauge down exactly once
+            _errors.report("metrics", error, "finish")
+        raw_length = self.raw_length
+        if raw_length is not None:  # most requests have no body
+            try:
+                length = content_length(raw_length)
+                if length is not None:
+                    m.request_body(method, route, length, ())
+            except Exception as error:  # noqa: BLE001
+                _errors.report("metrics", error, "finish")
+
+
+def start_metrics_only(
+    observer: RequestObserver,
+    kind: type[MetricsOnlyHandle],
+    method: str,
+    path: str,
+    incoming: str | None,
+) -> Any:
+    """RequestObserver.start() for metrics only, from what the adapter read (the X-Request-ID
+    header as ``incoming``): a handle of ``kind``, or None for an excluded path."""
+    if path in observer._quiet or (
+        observer._excluded is not None and observer._excluded.fullmatch(path) is not None
+    ):
+        return None
+    if incoming is None or _SAFE_REQUEST_ID.fullmatch(incoming) is None:
+        incoming = _random_bits(128).to_bytes(16, "big").hex()  # as request_id_for()
+    handle = kind()  # no __init__: see RequestHandle
+    handle._observer = observer
+    handle.method = method if method in STANDARD_METHODS else method_label(method)
+    handle.request_id = incoming
+    handle.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]
+    handle.start = time.perf_counter()
+    try:
+        gauge_up(observer.metrics, handle.method)
+        handle.counted = True
+    except Exception as exc:  # noqa: BLE001
+        _errors.report("metrics", exc, "start")
+    handle.request_id_token = request_id_var.set(incoming)
+    return handle
 
 
 def _value_limits_set() -> bool:

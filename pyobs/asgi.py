@@ -9,28 +9,21 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from threading import get_ident
 from typing import Any, cast
 
-from pyobs import _errors, _state
+from pyobs import _state
 from pyobs._integration import MetricsPage
 from pyobs._observer import (
-    _SAFE_REQUEST_ID,
-    MAX_FIELD_LENGTH,
     REQUEST_ID_HEADER,
-    STANDARD_METHODS,
+    MetricsOnlyHandle,
     RequestFacts,
     RequestHandle,
     RequestObserver,
     _PairHeaders,
-    _random_bits,
-    content_length,
-    gauge_up,
     headers_from_pairs,
-    method_label,
     report_internal_error,
     request_id_and_length,
-    route_for,
+    start_metrics_only,
 )
 from pyobs._websocket import open_session
-from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
 REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
@@ -283,13 +276,9 @@ class _ObservedExchange(RequestHandle):
         self._observer.finish(self)
 
 
-class _MetricsOnlyExchange(_ObservedExchange):
-    """The handle when pyobs records metrics only (no span, no access log, no label hook,
-    no URL exclusion: ``RequestObserver.details`` is False). It is made by
-    _start_metrics_only() and records the common outcome itself: RequestObserver.start() and
-    finish() cut to what metrics-only needs. Keep the three in step: tests/test_metrics_only.py
-    and tests/frameworks/test_signals_off.py send the same requests with metrics only and with
-    every signal and compare the samples, the X-Request-ID and the request id in logs."""
+class _MetricsOnlyExchange(MetricsOnlyHandle, _ObservedExchange):
+    """The exchange when pyobs records metrics only (see MetricsOnlyHandle), made by
+    _start_metrics_only(); its request facts are made only if something asks for them."""
 
     _read: tuple[str, str, dict[bytes, bytes] | None, Mapping[str, str] | None]
     _facts: RequestFacts | None = None
@@ -311,44 +300,10 @@ class _MetricsOnlyExchange(_ObservedExchange):
     def facts(self, facts: RequestFacts) -> None:
         self._facts = facts
 
-    def _done(self) -> None:
-        """RequestObserver.finish() at the last byte, for a response that went out whole."""
-        code = self.status
-        if (
-            self.finished
-            or not self.counted
-            or self.disconnected
-            or self.exception is not None
-            or type(code) is not int
-        ):
-            self._observer.finish(self)  # the rarer outcomes: the general path
-            return
-        self.finished = True
-        duration = time.perf_counter() - self.start
-        m = self._observer.metrics
-        method = self.method
-        route = self.route
-        if route is None or route not in m.known_routes:
-            route = route_for(m, route)
-        self.counted = False
-        try:
-            m.request_finished(method, route, code, duration, self.response_bytes)
-        except Exception as error:  # noqa: BLE001 - it takes the gauge down exactly once
-            _errors.report("metrics", error, "finish")
-        raw_length = self.raw_length
-        if raw_length is not None:  # most requests have no body
-            try:
-                length = content_length(raw_length)
-                if length is not None:
-                    m.request_body(method, route, length, ())
-            except Exception as error:  # noqa: BLE001
-                _errors.report("metrics", error, "finish")
-
 
 def _start_metrics_only(observer: RequestObserver, scope: Scope) -> _MetricsOnlyExchange | None:
-    """RequestObserver.start() for metrics only, reading the scope as it goes: None for an
-    excluded path. Only method, path and the X-Request-ID and Content-Length headers are
-    read (see _MetricsOnlyExchange)."""
+    """start_metrics_only(), reading the scope as it goes: None for an excluded path. Only
+    method, path and the X-Request-ID and Content-Length headers are read."""
     get = scope.get
     pairs = get("headers") or ()
     raw = dict(pairs) if type(pairs) is list or type(pairs) is tuple else None
@@ -365,27 +320,14 @@ def _start_metrics_only(observer: RequestObserver, scope: Scope) -> _MetricsOnly
         headers = headers_from_pairs(pairs)
         incoming = headers.get("x-request-id")
         length = headers.get("content-length")
-    path = get("path", "/")
-    if path in observer._quiet or (
-        observer._excluded is not None and observer._excluded.fullmatch(path) is not None
-    ):
-        return None
     method = get("method", "GET")
-    if incoming is None or _SAFE_REQUEST_ID.fullmatch(incoming) is None:
-        incoming = _random_bits(128).to_bytes(16, "big").hex()  # as request_id_for()
-    handle = _MetricsOnlyExchange()  # no __init__: see RequestHandle
-    handle._read = (method, path, raw, headers)
-    handle.method = method if method in STANDARD_METHODS else method_label(method)
-    handle.request_id = incoming
-    handle.raw_length = length
-    handle.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]
-    handle.start = time.perf_counter()
-    try:
-        gauge_up(observer.metrics, handle.method)
-        handle.counted = True
-    except Exception as exc:  # noqa: BLE001
-        _errors.report("metrics", exc, "start")
-    handle.request_id_token = request_id_var.set(incoming)
+    path = get("path", "/")
+    handle: _MetricsOnlyExchange | None = start_metrics_only(
+        observer, _MetricsOnlyExchange, method, path, incoming
+    )
+    if handle is not None:
+        handle._read = (method, path, raw, headers)
+        handle.raw_length = length
     return handle
 
 

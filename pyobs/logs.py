@@ -29,6 +29,15 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "pyobs_request_id", default=None
 )
 
+
+# The handle of a request whose body is being made after the app call returned (pyobs.wsgi's
+# body, while the server iterates it; set only while a chunk is made): its request id and
+# trace ids are read from it when no request id is current. Setting it costs a fraction of
+# making the request's span current again through OTel's API.
+body_request: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "pyobs_body_request", default=None
+)
+
 # Attributes every LogRecord has; anything else on a record came from `extra=` or structlog.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -151,6 +160,12 @@ class ECSFormatter(logging.Formatter):
             out["trace.id"] = format(ctx.trace_id, "032x")
             out["span.id"] = format(ctx.span_id, "016x")
         request_id = request_id_var.get()
+        if request_id is None:
+            body = body_request.get()
+            if body is not None:  # a body being made after the app call returned
+                request_id = body.request_id
+                if not ctx.is_valid and body.trace_ids is not None:
+                    out["trace.id"], out["span.id"] = body.trace_ids
         if request_id is not None:
             out["http.request.id"] = request_id
         fields = record.__dict__.get("pyobs_fields")

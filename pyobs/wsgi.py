@@ -9,12 +9,14 @@ from pyobs import _errors, _state
 from pyobs._integration import MetricsPage, status_line
 from pyobs._observer import (
     REQUEST_ID_HEADER,
+    MetricsOnlyHandle,
     RequestFacts,
     RequestHandle,
     RequestObserver,
     report_internal_error,
+    start_metrics_only,
 )
-from pyobs.logs import request_id_var
+from pyobs.logs import body_request, request_id_var
 
 HANDLE_KEY = "pyobs.handle"
 Environ = dict[str, Any]
@@ -210,24 +212,18 @@ class ObservabilityMiddleware:
             )
             start_response(status_line(status), headers)
             return [body]
+        handle: _ObservedBody | None
         try:
             if observer.details:
                 facts = facts_from_environ(environ)
-            else:  # facts_from_environ(environ, False), inlined: metrics-only runs it per request
-                path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
-                if not path.isascii():
-                    path = decoded_path(path)
-                view = _EnvironHeaders()
-                view._environ = environ
-                facts = RequestFacts.__new__(RequestFacts)  # no Python __init__: see RequestFacts
-                facts.method = environ.get("REQUEST_METHOD") or "GET"
-                facts.path = path
-                facts.headers = view
+                started = observer.start(facts, _ObservedBody, environ.get("HTTP_X_REQUEST_ID"))
+                handle = started if isinstance(started, _ObservedBody) else None
+            else:
+                handle = _start_metrics_only(observer, environ)
         except Exception as exc:  # noqa: BLE001 - failsafe: a malformed environ is the app's call
             report_internal_error("wsgi.environ", exc)
             return self.app(environ, start_response)
-        handle = observer.start(facts, _ObservedBody, environ.get("HTTP_X_REQUEST_ID"))
-        if not isinstance(handle, _ObservedBody):  # None: not observed (excluded path)
+        if handle is None:  # not observed (excluded path)
             return self.app(environ, start_response)
         handle.raw_length = environ.get("CONTENT_LENGTH")
         environ[HANDLE_KEY] = handle
@@ -294,10 +290,19 @@ class _ObservedBody(RequestHandle):
         # A generator: the server's iter() and each next() are one call each. The state is
         # 1 from the first next(), when the server starts sending the body.
         self._state = 1
+        # The app's body may be its own generator, run here after __call__ left the
+        # request's context: each chunk is made with this request current again for its log
+        # lines (logs.body_request: the OTel context is not entered again, so a span started
+        # here has no parent), and the server's code between chunks runs without it (a body
+        # a test client leaves unfinished leaves nothing behind).
+        token: Any = body_request.set(self)
         try:
             for chunk in self.inner:
+                body_request.reset(token)
+                token = None
                 self.response_bytes += len(chunk)
                 yield chunk
+                token = body_request.set(self)
         except _DISCONNECTS:
             self.disconnected = True
             raise
@@ -306,6 +311,9 @@ class _ObservedBody(RequestHandle):
         except BaseException as exc:
             self.exception = exc
             raise
+        finally:
+            if token is not None:  # the app's body raised
+                body_request.reset(token)
         self._state = 2
 
     def close(self) -> None:
@@ -319,9 +327,46 @@ class _ObservedBody(RequestHandle):
         finally:
             if self.route is None:
                 self.resolve_route()
-            observer = self._middleware.observer
-            if observer is not None:
-                observer.finish(self)
+            self._done()
             # environ -> handle -> environ is a cycle; break it so refcounting
             # frees the request at once instead of leaving it to the cyclic GC.
             self._environ.pop(HANDLE_KEY, None)
+
+    def _done(self) -> None:
+        """The server closed the body and the route is known: record the request."""
+        observer = self._middleware.observer
+        if observer is not None:
+            observer.finish(self)
+
+
+class _MetricsOnlyBody(MetricsOnlyHandle, _ObservedBody):
+    """The body when pyobs records metrics only (see MetricsOnlyHandle), made by
+    _start_metrics_only(); its request facts are made only if something asks for them."""
+
+    _facts: RequestFacts | None = None
+
+    @property
+    def facts(self) -> RequestFacts:
+        """The request facts, made when first asked (the common path asks for none)."""
+        facts = self._facts
+        if facts is None:
+            facts = self._facts = facts_from_environ(self._environ, False)
+        return facts
+
+    @facts.setter
+    def facts(self, facts: RequestFacts) -> None:
+        self._facts = facts
+
+
+def _start_metrics_only(observer: RequestObserver, environ: Environ) -> _MetricsOnlyBody | None:
+    """start_metrics_only(), reading the environ: None for an excluded path."""
+    get = environ.get
+    path = (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"  # as facts_from_environ()
+    if not path.isascii():
+        path = decoded_path(path)
+    handle: _MetricsOnlyBody | None = start_metrics_only(
+        observer, _MetricsOnlyBody, get("REQUEST_METHOD") or "GET", path, get("HTTP_X_REQUEST_ID")
+    )
+    if handle is not None:
+        handle._environ = environ
+    return handle

@@ -5,16 +5,20 @@ pyobs (``pyobs/asgi.py``). Each test sends one set of requests to a fresh app in
 configurations and compares what a user reads off /metrics and the responses: every
 ``http_server_*`` sample (durations by count only, their values being times), the in-flight
 gauge back at zero, the X-Request-ID each response carries, and the request id on the app's
-own log line. Requests go through the frameworks' own test clients, and on FastAPI also
-straight through the ASGI interface, for what a test client cannot send (header names in
-upper case, a repeated header, a client that leaves during a streamed response).
+own log line. Requests go through the frameworks' own test clients, and also straight
+through the ASGI and WSGI interfaces, for what a test client cannot send (header names in
+upper case, a repeated header, a client that leaves during a streamed response, a body
+that fails half-way). On WSGI apps metrics-only takes its own shorter path too
+(``pyobs/wsgi.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -90,7 +94,9 @@ def assert_same(
     sent_ids: list[str | None],
     excluded: int = 0,
     excluded_items: int = 0,
+    unanswered: int = 0,
 ) -> None:
+    """``unanswered``: requests recorded whose response pyobs never saw start (no X-Request-ID)."""
     full = run_config(CONFIGS["full"], send, capsys)
     lean = run_config(CONFIGS["metrics-only"], send, capsys)
     (full_replies, full_samples, full_logged), (replies, samples, logged) = full, lean
@@ -103,7 +109,7 @@ def assert_same(
     for kind, sent in zip(kinds, sent_ids, strict=True):
         safe = sent is not None and re.fullmatch(r"[A-Za-z0-9._-]{1,128}", sent) is not None
         assert kind in (("echoed", "none") if safe else ("generated", "none")), (kind, sent)
-    assert kinds.count("none") == excluded
+    assert kinds.count("none") == excluded + unanswered
     generated = [e for (_, e), kind in zip(replies, kinds, strict=True) if kind == "generated"]
     assert len(set(generated)) == len(generated)
     assert samples == full_samples
@@ -114,7 +120,8 @@ def assert_same(
     # The app's log line carries the request's id in both configurations.
     echoed_ids = {echoed for _, echoed in replies if echoed}
     assert len(logged) == len(full_logged) > 0
-    assert set(logged) - {""} <= echoed_ids  # "": a line of an excluded request
+    # "": a line of an excluded request; an unanswered request's id is logged, never echoed.
+    assert len(set(logged) - {""} - echoed_ids) == unanswered
     assert logged.count("") == full_logged.count("") == excluded_items
 
 
@@ -246,3 +253,132 @@ def test_metrics_only_records_what_full_records_through_asgi(
         sent.append(b",".join(values).decode("latin-1") if values else None)
     excluded = int(excluded_urls is not None)
     assert_same(through_asgi, capsys, sent, excluded=excluded, excluded_items=excluded)
+
+
+# -- straight through the WSGI interface -------------------------------------------------
+
+# (method, PATH_INFO, extra environ, request body, the server's quirk: "" none, "leaves" (the
+# client leaves after the first chunk), "closes twice")
+WSGI_REQUESTS: list[tuple[str, str, dict[str, str], bytes, str]] = [
+    ("GET", "/items/1", {"HTTP_HOST": "t", "HTTP_X_REQUEST_ID": "safe-id.1"}, b"", ""),
+    ("GET", "/items/2", {"HTTP_X_REQUEST_ID": "\xff\xfe"}, b"", ""),  # latin-1, unsafe
+    ("POST", "/items", {"CONTENT_LENGTH": "600", "HTTP_HOST": "t"}, b"x" * 600, ""),
+    ("GET", "/stream", {"HTTP_HOST": "t"}, b"", "leaves"),
+    ("GET", "/stream", {"HTTP_HOST": "t"}, b"", ""),
+    ("GET", "/items/caf\xc3\xa9", {}, b"", ""),  # PEP 3333: UTF-8 bytes as latin-1
+    ("get", "/items/5", {}, b"", ""),
+    ("BREW", "/items/5", {}, b"", ""),
+    ("GET", "/boom", {}, b"", ""),
+    ("GET", "/health", {}, b"", ""),
+    ("GET", "/items/6", {}, b"", ""),  # no Host: the URL is the server's (EXCLUDED_URL)
+]
+# The raw app's paths (pyobs.wsgi.ObservabilityMiddleware around a bare WSGI callable).
+RAW_WSGI_REQUESTS: list[tuple[str, str, dict[str, str], bytes, str]] = [
+    ("GET", "/lazy", {}, b"", ""),  # start_response called at the first chunk
+    ("GET", "/fails-midway", {}, b"", ""),  # the body raises after one chunk
+    ("GET", "/fails-midway", {}, b"", "leaves"),
+    ("GET", "/ok", {"CONTENT_LENGTH": "12", "SCRIPT_NAME": "/mounted"}, b"twelve bytes", ""),
+    ("GET", "/ok", {}, b"", "leaves"),
+    ("GET", "/ok", {}, b"", "closes twice"),
+    ("GET", "/no-start", {}, b"", ""),  # never starts a response: the server answers 500
+]
+
+
+def _raw_wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    logging.getLogger("app").info("raw app")  # while the app is called: with the request id
+    if environ["PATH_INFO"] == "/no-start":
+        return []
+    return _raw_body(environ["PATH_INFO"], start_response)
+
+
+def _raw_body(path: str, start_response: Any) -> Iterator[bytes]:
+    if path == "/lazy":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"late start"
+        return
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first chunk"
+    if path == "/fails-midway":
+        raise RuntimeError("the body failed half-way")
+    yield b"second chunk"
+
+
+def _wsgi_request(
+    app: Any, method: str, path: str, extra: dict[str, str], body: bytes, quirk: str
+) -> tuple[int, str]:
+    """One request as a WSGI server makes it: iterate the body, then close() it."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "api.internal",
+        "SERVER_PORT": "8443",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "https",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        **extra,
+    }
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> Any:
+        started.append((status, headers))
+        return lambda data: None
+
+    chunks = app(environ, start_response)
+    try:
+        for _ in chunks:
+            if quirk == "leaves":
+                break  # the client went away after the first chunk
+    except RuntimeError:
+        assert path == "/fails-midway"
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+            if quirk == "closes twice":
+                close()
+    if not started:
+        return 500, ""  # the server's own error response
+    status, headers = started[-1]
+    ids = [value for name, value in headers if name.lower() == "x-request-id"]
+    return int(status[:3]), ids[-1] if ids else ""
+
+
+def through_wsgi(options: dict[str, Any]) -> list[tuple[int, str]]:
+    from pyobs.wsgi import ObservabilityMiddleware
+
+    flask_app = FACTORIES["flask"](**options)
+    raw = ObservabilityMiddleware(_raw_wsgi_app, route_resolver=lambda environ: None)
+    return [_wsgi_request(flask_app, *request) for request in WSGI_REQUESTS] + [
+        _wsgi_request(raw, *request) for request in RAW_WSGI_REQUESTS
+    ]
+
+
+@pytest.mark.parametrize("excluded_urls", [None, EXCLUDED_URL], ids=["", "excluded-urls"])
+def test_metrics_only_records_what_full_records_through_wsgi(
+    excluded_urls: str | None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without OTEL_PYTHON_EXCLUDED_URLS metrics-only takes its own path through pyobs/wsgi.py;
+    with it, the full URL is read and the path is the common one (both compared to full).
+    Flask's own requests, then a bare WSGI app's: a body that starts the response late, one
+    that fails half-way, a client that leaves, a Content-Length the app never reads."""
+    import_or_require("flask")
+    if excluded_urls is not None:
+        monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", excluded_urls)
+    sent = [
+        extra.get("HTTP_X_REQUEST_ID") for _, _, extra, _, _ in WSGI_REQUESTS + RAW_WSGI_REQUESTS
+    ]
+    excluded = sum(path == "/health" for _, path, _, _, _ in WSGI_REQUESTS)
+    excluded += int(excluded_urls is not None)
+    assert_same(
+        through_wsgi, capsys, sent, excluded=excluded, excluded_items=excluded - 1, unanswered=1
+    )

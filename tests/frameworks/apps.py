@@ -1,8 +1,9 @@
 """One tiny app per framework, all with the same routes, each instrumented with its one line.
 
 Routes: GET /items/{id} (logs "item fetched"), GET /boom (raises RuntimeError), GET /stream
-(three chunks), GET /slow (0.2 s), GET /health, and an echo WebSocket at /ws where the
-framework has one. Each builder returns the object its server serves.
+(three chunks; logs "chunk streamed" while making the second, after the view returned),
+GET /slow (0.2 s), GET /health, and an echo WebSocket at /ws where the framework has one.
+Each builder returns the object its server serves.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ SLOW = 0.2
 
 
 def _chunks() -> Iterator[bytes]:
-    for chunk in CHUNKS:
+    for i, chunk in enumerate(CHUNKS):
         time.sleep(CHUNK_DELAY)
+        if i == 1:
+            log.info("chunk streamed")
         yield chunk
 
 
 async def _achunks() -> AsyncIterator[bytes]:
-    for chunk in CHUNKS:
+    for i, chunk in enumerate(CHUNKS):
         await asyncio.sleep(CHUNK_DELAY)
+        if i == 1:
+            log.info("chunk streamed")
         yield chunk
 
 
@@ -404,8 +409,10 @@ def tornado_app() -> Any:
     class Stream(tornado.web.RequestHandler):
         async def get(self) -> None:
             self.set_header("Content-Type", "text/plain")
-            for chunk in CHUNKS:
+            for i, chunk in enumerate(CHUNKS):
                 await asyncio.sleep(CHUNK_DELAY)
+                if i == 1:
+                    log.info("chunk streamed")
                 self.write(chunk)
                 await self.flush()
 

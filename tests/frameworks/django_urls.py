@@ -23,6 +23,17 @@ def stream(request: Any) -> Any:
     return StreamingHttpResponse(_chunks(), content_type="text/plain")
 
 
+def stream_span(request: Any) -> Any:
+    """A streamed body that starts a span of its own while it is made."""
+    from opentelemetry import trace
+
+    def chunks() -> Any:
+        with trace.get_tracer("shop").start_as_current_span("making a chunk"):
+            yield b"chunk\n"
+
+    return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+
 def slow(request: Any) -> Any:
     time.sleep(SLOW)
     return HttpResponse("slow")
@@ -36,6 +47,7 @@ urlpatterns = [
     path("items/<int:item_id>", item),
     path("boom", boom),
     path("stream", stream),
+    path("stream-span", stream_span),
     path("slow", slow),
     path("health", health),
 ]

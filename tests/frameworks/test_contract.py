@@ -191,6 +191,22 @@ def test_streaming_duration_runs_to_the_last_byte(served: Served) -> None:
     assert size >= len(body)
 
 
+def test_a_line_logged_while_the_body_streams_is_correlated(served: Served) -> None:
+    """The app logs while its streamed body is made, after its view returned (for WSGI apps,
+    while the server iterates the body): the line carries the request's id and the ids of
+    its span, like a line the view logs."""
+    status, headers, _ = served.get("/stream", {"X-Request-ID": "stream-7"})
+    assert status == 200
+    assert headers.get("x-request-id") == "stream-7"
+    assert served.wait_for(lambda: len(served.access_logs("/stream")) == 1)
+    (access,) = served.access_logs("/stream")
+    (line,) = [r for r in served.logs if r["message"] == "chunk streamed"]
+    assert line["http.request.id"] == "stream-7"
+    assert (line.get("trace.id"), line.get("span.id")) == (access["trace.id"], access["span.id"])
+    (span,) = _server_spans(served, "/stream")
+    assert line["trace.id"] == format(span.context.trace_id, "032x")
+
+
 def test_slow_request_is_timed(served: Served) -> None:
     """A slow handler's duration lands in the right histogram bucket."""
     status, _, _ = served.get("/slow")
