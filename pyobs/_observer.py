@@ -212,8 +212,55 @@ class RequestHandle:
     request_id: str
     start: float  # time.perf_counter() at start
 
+    # For _done(): the observer (set by the adapters that call it), and whether the handle
+    # records a whole response itself (the handles start_metrics_only() makes).
+    _observer: RequestObserver
+    whole_record = False
+
     def __repr__(self) -> str:
         return f"RequestHandle({self.method} {self.facts.path!r}, route={self.route!r})"
+
+    def _done(self) -> None:
+        """The response is over and its route known: record the request.
+
+        A handle made by start_metrics_only() (``whole_record``) records a response that
+        went out whole itself: RequestObserver.finish() cut to what metrics-only needs.
+        Every other outcome, and every other handle, goes through finish(). Keep the two in
+        step: tests/test_metrics_only.py and tests/frameworks/test_signals_off.py send the
+        same requests with metrics only and with every signal and compare the samples, the
+        X-Request-ID and the request id in logs.
+        """
+        code = self.status
+        if (
+            not self.whole_record
+            or self.finished
+            or not self.counted
+            or self.disconnected
+            or self.exception is not None
+            or type(code) is not int
+        ):
+            self._observer.finish(self)  # the rarer outcomes: the general path
+            return
+        self.finished = True
+        duration = time.perf_counter() - self.start
+        m = self._observer.metrics
+        method = self.method
+        route = self.route
+        if route is None or route not in m.known_routes:
+            route = route_for(m, route)
+        self.counted = False
+        try:
+            m.request_finished(method, route, code, duration, self.response_bytes)
+        except Exception as error:  # noqa: BLE001 - it takes the gauge down exactly once
+            _errors.report("metrics", error, "finish")
+        raw_length = self.raw_length
+        if raw_length is not None:  # most requests have no body
+            try:
+                length = content_length(raw_length)
+                if length is not None:
+                    m.request_body(method, route, length, ())
+            except Exception as error:  # noqa: BLE001
+                _errors.report("metrics", error, "finish")
 
 
 def enter_again(handle: RequestHandle) -> tuple[Any, Any]:
@@ -691,61 +738,17 @@ class RequestObserver:
         _access.handle(record)
 
 
-class MetricsOnlyHandle(RequestHandle):
-    """The handle of a request pyobs records metrics only for (no span, no access log, no
-    label hook, no URL exclusion: ``RequestObserver.details`` is False), made by
-    start_metrics_only(). ``_done()`` records a whole response itself: RequestObserver.start()
-    and finish() cut to what metrics-only needs; every other outcome goes through finish().
-    pyobs.asgi and pyobs.wsgi mix it into their handles. Keep the three in step:
-    tests/test_metrics_only.py and tests/frameworks/test_signals_off.py send the same requests
-    with metrics only and with every signal and compare the samples, the X-Request-ID and the
-    request id in logs."""
-
-    _observer: RequestObserver
-
-    def _done(self) -> None:
-        """RequestObserver.finish() for a response that went out whole, its route known."""
-        code = self.status
-        if (
-            self.finished
-            or not self.counted
-            or self.disconnected
-            or self.exception is not None
-            or type(code) is not int
-        ):
-            self._observer.finish(self)  # the rarer outcomes: the general path
-            return
-        self.finished = True
-        duration = time.perf_counter() - self.start
-        m = self._observer.metrics
-        method = self.method
-        route = self.route
-        if route is None or route not in m.known_routes:
-            route = route_for(m, route)
-        self.counted = False
-        try:
-            m.request_finished(method, route, code, duration, self.response_bytes)
-        except Exception as error:  # noqa: BLE001 - it takes the gauge down exactly once
-            _errors.report("metrics", error, "finish")
-        raw_length = self.raw_length
-        if raw_length is not None:  # most requests have no body
-            try:
-                length = content_length(raw_length)
-                if length is not None:
-                    m.request_body(method, route, length, ())
-            except Exception as error:  # noqa: BLE001
-                _errors.report("metrics", error, "finish")
-
-
 def start_metrics_only(
     observer: RequestObserver,
-    kind: type[MetricsOnlyHandle],
+    kind: type[RequestHandle],
     method: str,
     path: str,
     incoming: str | None,
 ) -> Any:
-    """RequestObserver.start() for metrics only, from what the adapter read (the X-Request-ID
-    header as ``incoming``): a handle of ``kind``, or None for an excluded path."""
+    """RequestObserver.start() for metrics only (no span, no access log, no label hook, no
+    URL exclusion: ``RequestObserver.details`` is False), from what the adapter read (the
+    X-Request-ID header as ``incoming``): a handle of ``kind`` (one with ``whole_record``
+    set, see RequestHandle._done), or None for an excluded path."""
     if path in observer._quiet or (
         observer._excluded is not None and observer._excluded.fullmatch(path) is not None
     ):

@@ -13,7 +13,6 @@ from pyobs import _state
 from pyobs._integration import MetricsPage
 from pyobs._observer import (
     REQUEST_ID_HEADER,
-    MetricsOnlyHandle,
     RequestFacts,
     RequestHandle,
     RequestObserver,
@@ -271,14 +270,13 @@ class _ObservedExchange(RequestHandle):
             self.disconnected = True
             raise
 
-    def _done(self) -> None:
-        """The last byte is out and the route known: record the request."""
-        self._observer.finish(self)
 
+class _MetricsOnlyExchange(_ObservedExchange):
+    """The exchange when pyobs records metrics only, made by _start_metrics_only(): it
+    records a whole response itself (RequestHandle._done), and its request facts are made
+    only if something asks for them."""
 
-class _MetricsOnlyExchange(MetricsOnlyHandle, _ObservedExchange):
-    """The exchange when pyobs records metrics only (see MetricsOnlyHandle), made by
-    _start_metrics_only(); its request facts are made only if something asks for them."""
+    whole_record = True
 
     _read: tuple[str, str, dict[bytes, bytes] | None, Mapping[str, str] | None]
     _facts: RequestFacts | None = None

@@ -9,7 +9,6 @@ from pyobs import _errors, _state
 from pyobs._integration import MetricsPage, status_line
 from pyobs._observer import (
     REQUEST_ID_HEADER,
-    MetricsOnlyHandle,
     RequestFacts,
     RequestHandle,
     RequestObserver,
@@ -228,6 +227,7 @@ class ObservabilityMiddleware:
         handle.raw_length = environ.get("CONTENT_LENGTH")
         environ[HANDLE_KEY] = handle
         handle._middleware = self
+        handle._observer = observer
         handle._environ = environ
         handle._server = start_response
         try:
@@ -332,16 +332,13 @@ class _ObservedBody(RequestHandle):
             # frees the request at once instead of leaving it to the cyclic GC.
             self._environ.pop(HANDLE_KEY, None)
 
-    def _done(self) -> None:
-        """The server closed the body and the route is known: record the request."""
-        observer = self._middleware.observer
-        if observer is not None:
-            observer.finish(self)
 
+class _MetricsOnlyBody(_ObservedBody):
+    """The body when pyobs records metrics only, made by _start_metrics_only(): it records a
+    whole response itself (RequestHandle._done), and its request facts are made only if
+    something asks for them."""
 
-class _MetricsOnlyBody(MetricsOnlyHandle, _ObservedBody):
-    """The body when pyobs records metrics only (see MetricsOnlyHandle), made by
-    _start_metrics_only(); its request facts are made only if something asks for them."""
+    whole_record = True
 
     _facts: RequestFacts | None = None
 
