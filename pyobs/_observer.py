@@ -267,8 +267,9 @@ def enter_again(handle: RequestHandle) -> tuple[Any, Any]:
     """Make the request's ids current again: its request id, and its span when it has one.
 
     For the request's own code that runs after the adapter left the request's context: each
-    chunk of a body Django streams (only streamed responses pay for it; pyobs.wsgi's body,
-    which every WSGI response goes through, uses the cheaper ``logs.body_request``). Its log
+    chunk of a body Django streams (only streamed responses pay for it; a line logged in
+    pyobs.wsgi's body, which every WSGI response goes through, finds the request on the
+    stack instead, logs.body_on_stack(), which costs the request nothing). Its log
     lines then carry the request's ids and its spans are children of the request's, as OTel
     contrib's WSGI middleware does. Returns the tokens for leave_again(), to be called before
     control goes back to the server (a body a test client leaves unfinished must not leave
@@ -755,8 +756,7 @@ def start_metrics_only(
         return None
     if incoming is None or _SAFE_REQUEST_ID.fullmatch(incoming) is None:
         incoming = _random_bits(128).to_bytes(16, "big").hex()  # as request_id_for()
-    handle = kind()  # no __init__: see RequestHandle
-    handle._observer = observer
+    handle = kind()  # no __init__: see RequestHandle; the adapter sets handle._observer
     handle.method = method if method in STANDARD_METHODS else method_label(method)
     handle.request_id = incoming
     handle.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]

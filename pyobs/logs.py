@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import json
 import json.encoder
 import logging
@@ -30,13 +31,31 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-# The handle of a request whose body is being made after the app call returned (pyobs.wsgi's
-# body, while the server iterates it; set only while a chunk is made): its request id and
-# trace ids are read from it when no request id is current. Setting it costs a fraction of
-# making the request's span current again through OTel's API.
-body_request: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "pyobs_body_request", default=None
-)
+# The code of pyobs.wsgi's body iterator (_ObservedBody.__iter__), registered by pyobs.wsgi: a
+# WSGI body may be the app's own generator, run by the server after the app call left the
+# request's context. A line logged while a chunk is made has no request id current; the
+# formatter then looks for that iterator's frame on the logging thread's stack and reads the
+# request's ids from its handle (body_on_stack). A suspended body is not on the stack, so
+# nothing stays current between chunks or after a body left unread. The request path pays
+# a set add and discard for it (bodies_open: the handles of the bodies being iterated, in
+# any thread, from the first chunk to the last or to close()), and a line logged outside
+# any request walks the stack only while some body is being iterated.
+body_code: Any = None
+bodies_open: set[Any] = set()
+
+
+def body_on_stack() -> Any:
+    """The handle of the WSGI body whose chunk this thread is making, or None."""
+    if not bodies_open:
+        return None
+    code = body_code
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code is code:
+            return frame.f_locals.get("self")
+        frame = frame.f_back
+    return None
+
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` or structlog.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -161,7 +180,7 @@ class ECSFormatter(logging.Formatter):
             out["span.id"] = format(ctx.span_id, "016x")
         request_id = request_id_var.get()
         if request_id is None:
-            body = body_request.get()
+            body = body_on_stack()
             if body is not None:  # a body being made after the app call returned
                 request_id = body.request_id
                 if not ctx.is_valid and body.trace_ids is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from pyobs import _errors, _state
+from pyobs import _errors, _state, logs
 from pyobs._integration import MetricsPage, status_line
 from pyobs._observer import (
     REQUEST_ID_HEADER,
@@ -15,9 +15,10 @@ from pyobs._observer import (
     report_internal_error,
     start_metrics_only,
 )
-from pyobs.logs import body_request, request_id_var
+from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
+_BODIES_OPEN = logs.bodies_open  # the bodies being iterated
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
@@ -289,20 +290,17 @@ class _ObservedBody(RequestHandle):
     def __iter__(self) -> Iterator[bytes]:
         # A generator: the server's iter() and each next() are one call each. The state is
         # 1 from the first next(), when the server starts sending the body.
-        self._state = 1
         # The app's body may be its own generator, run here after __call__ left the
-        # request's context: each chunk is made with this request current again for its log
-        # lines (logs.body_request: the OTel context is not entered again, so a span started
-        # here has no parent), and the server's code between chunks runs without it (a body
-        # a test client leaves unfinished leaves nothing behind).
-        token: Any = body_request.set(self)
+        # request's context: a line it logs finds this frame on the stack and takes the
+        # request's ids from ``self`` (logs.body_on_stack, which looks only while
+        # _BODIES_OPEN is not empty; the OTel context is not entered again, so a span
+        # started here has no parent).
+        self._state = 1
+        _BODIES_OPEN.add(self)
         try:
             for chunk in self.inner:
-                body_request.reset(token)
-                token = None
                 self.response_bytes += len(chunk)
                 yield chunk
-                token = body_request.set(self)
         except _DISCONNECTS:
             self.disconnected = True
             raise
@@ -312,8 +310,7 @@ class _ObservedBody(RequestHandle):
             self.exception = exc
             raise
         finally:
-            if token is not None:  # the app's body raised
-                body_request.reset(token)
+            _BODIES_OPEN.discard(self)
         self._state = 2
 
     def close(self) -> None:
@@ -321,6 +318,7 @@ class _ObservedBody(RequestHandle):
             if self._state == 1 and self.exception is None:
                 # The server stopped before the last byte: the client went away.
                 self.disconnected = True
+                _BODIES_OPEN.discard(self)  # the server may keep the suspended iterator
             close = getattr(self.inner, "close", None)
             if close is not None:
                 close()
@@ -355,6 +353,11 @@ class _MetricsOnlyBody(_ObservedBody):
         self._facts = facts
 
 
+# A line logged while a body's chunk is made finds its request through this code object on
+# the stack (logs.body_code). A build compiled to C has no frames for it: no ids there.
+logs.body_code = getattr(_ObservedBody.__iter__, "__code__", None)
+
+
 def _start_metrics_only(observer: RequestObserver, environ: Environ) -> _MetricsOnlyBody | None:
     """start_metrics_only(), reading the environ: None for an excluded path."""
     get = environ.get
@@ -364,6 +367,4 @@ def _start_metrics_only(observer: RequestObserver, environ: Environ) -> _Metrics
     handle: _MetricsOnlyBody | None = start_metrics_only(
         observer, _MetricsOnlyBody, get("REQUEST_METHOD") or "GET", path, get("HTTP_X_REQUEST_ID")
     )
-    if handle is not None:
-        handle._environ = environ
-    return handle
+    return handle  # the middleware sets its _observer and _environ

@@ -873,7 +873,12 @@ def test_paired_quick_run_alternates_checkouts_and_checks_each_process(framework
     assert [row[1] for row in rows] == ["this", "baseline"]
     for row in rows:
         float(row[-1])  # a ratio was computed for each process
-    assert re.search(r"median ratio to \S+: this [\d.]+, baseline [\d.]+ \(target <= 0.33\)", out)
+    # Twenty requests a burst leave the sign to noise: a ratio may be negative, or nan when the
+    # peer's added time came out at zero or below; only its presence is checked.
+    median = re.search(r"median ratio to \S+: this (\S+), baseline (\S+) \(target <= 0.33\)", out)
+    assert median is not None, out
+    for value in median.groups():
+        float(value)
     assert "pyobs counted every request it was sent" in out and "in 2 processes" in out
 
 

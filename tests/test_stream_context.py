@@ -42,6 +42,14 @@ def _app() -> Any:
         log.warning("plain")
         return "plain"
 
+    @app.get("/breaks")
+    def breaks() -> Response:
+        def chunks() -> Iterator[bytes]:
+            yield b"chunk\n"
+            raise RuntimeError("the body broke")
+
+        return Response(chunks(), mimetype="text/plain")
+
     pyobs.flask.instrument(app)
     return app
 
@@ -101,3 +109,36 @@ def test_a_span_started_while_django_streams_is_a_child_of_the_request() -> None
     assert chunk.parent is not None
     assert chunk.parent.span_id == server.context.span_id
     assert chunk.context.trace_id == server.context.trace_id
+
+
+@pytest.mark.parametrize("outcome", ["read", "left unread", "broken", "not started"])
+def test_no_body_stays_counted_as_open(outcome: str) -> None:
+    """While a WSGI body is open a line logged outside any request walks the stack to look
+    for it (logs.body_on_stack); however the body ends, it stops being counted as open, so
+    such lines go back to costing nothing extra."""
+    import_or_require("flask")
+    from werkzeug.test import run_wsgi_app
+
+    from pyobs import logs, testing
+
+    testing.reset()
+    app = _app()
+    assert logs.bodies_open == set()
+    path = "/breaks" if outcome == "broken" else "/stream"
+    returned, _status, _headers = run_wsgi_app(app.wsgi_app, {
+        "REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": None,
+        "wsgi.errors": None,
+    })  # fmt: skip
+    body = iter(returned)
+    if outcome == "read":
+        assert b"".join(body) == b"chunk\n" * 3
+    elif outcome == "left unread":
+        assert next(body) == b"chunk\n"
+        assert len(logs.bodies_open) == 1  # open while the server holds it
+    elif outcome == "broken":
+        assert next(body) == b"chunk\n"
+        with pytest.raises(RuntimeError, match="the body broke"):
+            next(body)
+    getattr(returned, "close", lambda: None)()
+    assert logs.bodies_open == set()
