@@ -55,6 +55,8 @@ def _app() -> Any:
 
 
 def test_an_unfinished_body_leaves_no_request_current(capsys: pytest.CaptureFixture[str]) -> None:
+    """A body the test client leaves half-read leaves no request id or span current: the
+    next request gets its own, and each body's lines carry their own request's ids."""
     import_or_require("flask")
     from opentelemetry import trace
 
@@ -117,7 +119,7 @@ def test_no_body_stays_counted_as_open(outcome: str) -> None:
     for it (logs.body_on_stack); however the body ends, it stops being counted as open, so
     such lines go back to costing nothing extra."""
     import_or_require("flask")
-    from werkzeug.test import run_wsgi_app
+    from werkzeug.test import create_environ, run_wsgi_app
 
     from pyobs import logs, testing
 
@@ -125,11 +127,7 @@ def test_no_body_stays_counted_as_open(outcome: str) -> None:
     app = _app()
     assert logs.bodies_open == set()
     path = "/breaks" if outcome == "broken" else "/stream"
-    returned, _status, _headers = run_wsgi_app(app.wsgi_app, {
-        "REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": None,
-        "wsgi.errors": None,
-    })  # fmt: skip
+    returned, _status, _headers = run_wsgi_app(app.wsgi_app, create_environ(path))
     body = iter(returned)
     if outcome == "read":
         assert b"".join(body) == b"chunk\n" * 3
