@@ -215,28 +215,31 @@ def _build_flask_restful(config: str) -> Target:
     return Target("wsgi", app)
 
 
-def _django_app(config: str, drf: bool) -> Target:
+def _django_middleware(config: str) -> tuple[list[str], list[str]]:
+    """(MIDDLEWARE, the INSTALLED_APPS it needs beyond the base ones) for a configuration."""
+    middleware = [
+        "django.middleware.security.SecurityMiddleware",
+        "django.middleware.common.CommonMiddleware",
+    ]
+    if config.startswith("pyobs"):
+        return ["pyobs.django.ObservabilityMiddleware", *middleware], []
+    if config == "django-prometheus":
+        before = "django_prometheus.middleware.PrometheusBeforeMiddleware"
+        after = "django_prometheus.middleware.PrometheusAfterMiddleware"
+        return [before, *middleware, after], ["django_prometheus"]
+    return middleware, []
+
+
+def _django_setup(middleware: list[str], extra_apps: list[str], drf: bool, otel: bool) -> None:
+    """Configure Django once for this process, and the benchmark's URLconf."""
     import django
     from django.conf import settings
     from django.http import JsonResponse
     from django.urls import path
 
-    middleware = [
-        "django.middleware.security.SecurityMiddleware",
-        "django.middleware.common.CommonMiddleware",
-    ]
-    apps = ["django.contrib.contenttypes", "django.contrib.auth"]
+    apps = ["django.contrib.contenttypes", "django.contrib.auth", *extra_apps]
     if drf:
         apps.append("rest_framework")
-    if config.startswith("pyobs"):
-        middleware.insert(0, "pyobs.django.ObservabilityMiddleware")
-    elif config == "django-prometheus":
-        apps.append("django_prometheus")
-        middleware = [
-            "django_prometheus.middleware.PrometheusBeforeMiddleware",
-            *middleware,
-            "django_prometheus.middleware.PrometheusAfterMiddleware",
-        ]
     settings.configure(
         DEBUG=False,
         SECRET_KEY="benchmark-only",
@@ -254,7 +257,7 @@ def _django_app(config: str, drf: bool) -> Target:
             "UNAUTHENTICATED_USER": None,
         },
     )
-    if config == "otel-contrib":
+    if otel:
         from opentelemetry.instrumentation.django import DjangoInstrumentor
 
         DjangoInstrumentor().instrument()  # inserts its middleware into settings.MIDDLEWARE
@@ -289,9 +292,39 @@ def _django_app(config: str, drf: bool) -> Target:
     ]
     sys.modules["bench_urls"] = urls
 
+
+def _django_app(config: str, drf: bool) -> Target:
+    middleware, extra_apps = _django_middleware(config)
+    _django_setup(middleware, extra_apps, drf, otel=config == "otel-contrib")
     from django.core.wsgi import get_wsgi_application
 
     return Target("wsgi", get_wsgi_application())
+
+
+def build_many(framework: str, configs: list[str]) -> dict[str, Target]:
+    """Apps for several configurations served side by side in one process.
+
+    Django's settings exist once per process, so its apps share them: INSTALLED_APPS holds
+    every app any of the configurations needs, and each configuration gets its own
+    request handler, built while MIDDLEWARE is its own list (a handler reads MIDDLEWARE
+    once, when it is made). OTel contrib's Django instrumentation patches the settings
+    for the whole process, so it cannot be one of them.
+    """
+    if framework not in ("django", "drf"):
+        return {config: build(framework, config) for config in configs}
+    if "otel-contrib" in configs:
+        raise ValueError("otel-contrib's Django instrumentation acts on the whole process")
+    lists = {config: _django_middleware(config) for config in configs}
+    extra_apps = sorted({app for _, apps in lists.values() for app in apps})
+    _django_setup(lists[configs[0]][0], extra_apps, framework == "drf", otel=False)
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.test.utils import override_settings
+
+    targets = {}
+    for config, (middleware, _) in lists.items():
+        with override_settings(MIDDLEWARE=middleware):
+            targets[config] = Target("wsgi", WSGIHandler())
+    return targets
 
 
 def _build_django(config: str) -> Target:

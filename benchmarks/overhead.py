@@ -431,6 +431,34 @@ class _AcknowledgedCount(_CountingDropExporter):
         return bool(self.inner.force_flush(timeout_millis))
 
 
+def install_span_pipeline(exporter: Any, sdk_bsp: bool = False, service: str = "bench") -> Any:
+    """Install a tracer provider exporting to ``exporter``; return its span processor.
+
+    As in production: a batch processor (spans leave on its own thread) and a resource
+    naming the service, as pyobs.setup(service_name=...) does. The provider and processor
+    are the ones each side installs for an exporter: the SDK's for contrib (and for the
+    --sdk-bsp row, as when the app brings its own provider), pyobs's (pyobs/_spans.py) for
+    pyobs.setup().
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from pyobs import _spans
+
+    # A baseline from before pyobs had its own provider: the SDK's, as it installed.
+    pyobs_provider: Any = getattr(_spans, "PyobsTracerProvider", TracerProvider)
+    processor = BatchSpanProcessor(exporter) if sdk_bsp else _spans.batch_processor(exporter)
+    settings = getattr(processor, "settings", None)  # pyobs's processor says
+    exporter.batch_size = getattr(settings, "max_export_batch_size", None)
+    provider_type = TracerProvider if sdk_bsp else pyobs_provider
+    provider = provider_type(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    return processor
+
+
 def _sample(name: str, labels: dict[str, str] | None = None) -> float:
     from prometheus_client import REGISTRY
 
@@ -533,17 +561,6 @@ class Bench:
             config = "pyobs-full"  # the same app; only stdout, processor or signals differ
         self.exporter: _CountingDropExporter | None = None
         if tracing or config == "otel-contrib":
-            from opentelemetry import trace
-            from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-            from pyobs import _spans
-            from pyobs._spans import batch_processor
-
-            # A baseline from before pyobs had its own provider: the SDK's, as it installed.
-            pyobs_provider: Any = getattr(_spans, "PyobsTracerProvider", TracerProvider)
-
             self.exporter = _CountingDropExporter()
             if self.config.removesuffix(BASELINE) == JAEGER_CONFIG:
                 from pyobs._otlp import OtlpHttpSpanExporter
@@ -551,19 +568,7 @@ class Bench:
                 endpoint = os.environ[JAEGER_ENDPOINT_VAR]
                 otlp = OtlpHttpSpanExporter({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
                 self.exporter = _AcknowledgedCount(otlp)
-            # As in production: a batch processor (spans leave on its own thread) and a
-            # resource naming the service, as pyobs.setup(service_name=...) below does. The
-            # provider and processor are the ones each side installs for an exporter: the
-            # SDK's for contrib (and for the --sdk-bsp row, as when the app brings its own
-            # provider), pyobs's (pyobs/_spans.py) for pyobs.setup().
-            exporter: Any = self.exporter
-            processor = BatchSpanProcessor(exporter) if sdk_bsp else batch_processor(exporter)
-            settings = getattr(processor, "settings", None)  # pyobs's processor says
-            exporter.batch_size = getattr(settings, "max_export_batch_size", None)
-            provider_type = TracerProvider if sdk_bsp else pyobs_provider
-            provider = provider_type(resource=Resource.create({"service.name": "bench"}))
-            provider.add_span_processor(processor)
-            trace.set_tracer_provider(provider)
+            install_span_pipeline(self.exporter, sdk_bsp)
         if config.startswith("pyobs"):
             import pyobs
 

@@ -1,4 +1,5 @@
-"""pyobs metrics-only, the bare app and the lightest Prometheus peer, timed in one process.
+"""pyobs (metrics-only or full), the bare app and the lightest Prometheus peer, timed in one
+process.
 
 `overhead.py` gives each configuration its own worker process. On a noisy host the workers
 drift apart by more than a change is worth. This script keeps the bare app, the app with
@@ -10,12 +11,24 @@ With ``--baseline DIR`` (another checkout), processes that import pyobs from thi
 and from DIR alternate ``--pairs`` times, and both series of ratios are printed: a change
 measured against the code before it.
 
-What it checks: every request answers 200, and pyobs counted every request sent to its app
-(its duration histogram's count). Metrics-only only: ``pyobs.setup()`` acts on the whole
-process, and with tracing or the access log on it would act on the other two apps too.
-Flask, FastAPI and Starlette only: Django's settings are per process.
+With ``--full`` the pyobs app is pyobs full, as ``overhead.py`` measures it: metrics, a span
+per request through the batch processor ``pyobs.setup()`` installs (to an exporter that counts
+and drops spans) and the ECS access line on stdout, which goes to /dev/null. The target is
+then 1.0 (issue 18: every signal for what the peer charges for metrics alone). The bare app
+and the peer call no tracing API and log nothing per request, so the process-wide setup
+leaves them as they were; the checks below would catch it if they did.
 
-    python benchmarks/paired.py --framework fastapi [--baseline DIR] [--pairs 3] [--quick]
+What it checks: every request answers 200, pyobs counted every request sent to its app
+(its duration histogram's count) and the peer every request sent to its own (its request
+counter), so neither instrumented another app; with ``--full``, also that the exporter
+received exactly one span and pyobs wrote exactly one access line per request sent to the
+pyobs app, so the other two apps emitted none.
+
+Flask, FastAPI, Starlette and Django. Django's settings exist once per process, so its three
+apps share them, each with its own request handler made with its own middleware list
+(``_overhead_apps.build_many``).
+
+    python benchmarks/paired.py --framework fastapi [--full] [--baseline DIR] [--pairs 3] [--quick]
 """
 
 from __future__ import annotations
@@ -36,36 +49,65 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _overhead_apps import build, missing_module  # noqa: E402
+from _overhead_apps import build_many, missing_module  # noqa: E402
 
 # framework -> its lightest Prometheus peer (overhead.py's runs; the peers on the same driver)
 PEERS = {
+    "django": "django-prometheus",
     "flask": "prometheus-flask-exporter",
     "fastapi": "prometheus-fastapi-instrumentator",
     "starlette": "starlette-exporter",
 }
+# framework -> the peer's own request counter (its samples summed), checked like pyobs's count
+PEER_COUNTERS = {
+    "django": "django_http_requests_before_middlewares_total",
+    "flask": "flask_http_request_total",
+    "fastapi": "http_requests_total",
+    "starlette": "starlette_requests_total",
+}
 TARGET = 0.33  # issue 18: metrics-only at most a third of the lightest peer's cost
+FULL_TARGET = 1.0  # issue 18: full (metrics, span, access line) at most the peer's cost
 NAMES = ("bare", "pyobs", "peer")
 
 
-def child(framework: str, rounds: int, requests: int) -> int:
+def child(framework: str, rounds: int, requests: int, full: bool = False) -> int:
     """One process: the three apps, bursts in turn; prints one JSON line."""
-    from overhead import _Drivers, _sample
+    from overhead import (
+        _CountingDropExporter,
+        _Drivers,
+        _LineCount,
+        _quiet_stdout,
+        _sample,
+        install_span_pipeline,
+    )
 
     import pyobs
 
-    pyobs.setup(service_name="paired", tracing=False, access_log=False)
-    configs = {"bare": "bare", "pyobs": "pyobs-metrics", "peer": PEERS[framework]}
-    targets = {name: build(framework, config) for name, config in configs.items()}
+    out = sys.stdout
+    exporter: Any = None
+    processor: Any = None
+    if full:
+        out = _quiet_stdout()  # the access lines go to /dev/null, the result to the parent
+        exporter = _CountingDropExporter()
+        processor = install_span_pipeline(exporter, service="paired")
+    pyobs.setup(service_name="paired", tracing=full, access_log=full)
+    configs = {
+        "bare": "bare",
+        "pyobs": "pyobs-full" if full else "pyobs-metrics",
+        "peer": PEERS[framework],
+    }
+    built = build_many(framework, list(configs.values()))
+    targets = {name: built[config] for name, config in configs.items()}
     drivers = {name: getattr(_Drivers, t.kind)(t.app) for name, t in targets.items()}
     is_async = asyncio.iscoroutinefunction(drivers["bare"])
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     sent = 0
+    peer_sent = 0
 
     def burst(name: str, count: int) -> float:
         """CPU µs per request over ``count`` requests to one app."""
-        nonlocal sent
+        nonlocal sent, peer_sent
         one = drivers[name]
         start = time.process_time()
         if is_async:
@@ -77,6 +119,8 @@ def child(framework: str, rounds: int, requests: int) -> int:
             raise RuntimeError(f"{name}: answered {sorted(set(statuses))}")
         if name == "pyobs":
             sent += count
+        elif name == "peer":
+            peer_sent += count
         return spent / count * 1e6
 
     for name in NAMES:  # warm-up: first-use work out of the rounds
@@ -86,16 +130,19 @@ def child(framework: str, rounds: int, requests: int) -> int:
         for name in NAMES:
             times[name].append(burst(name, requests))
     where = str(Path(pyobs.__file__).resolve().parents[1])
-    print(
-        json.dumps(
-            {
-                "times": times,
-                "sent": sent,
-                "counted": _sample("http_server_request_duration_seconds_count"),
-                "from": where,
-            }
-        )
-    )
+    result: dict[str, Any] = {
+        "times": times,
+        "sent": sent,
+        "counted": _sample("http_server_request_duration_seconds_count"),
+        "from": where,
+        "peer_sent": peer_sent,
+        "peer_counted": _sample(PEER_COUNTERS[framework]),
+    }
+    if full:
+        processor.force_flush()
+        result["spans"] = exporter.spans
+        result["lines"] = _LineCount().value()
+    print(json.dumps(result), file=out, flush=True)
     return 0
 
 
@@ -111,12 +158,14 @@ def ratios(times: dict[str, list[float]]) -> tuple[float, float, float]:
     return added, peer, added / peer if peer > 0 else float("nan")
 
 
-def run_child(framework: str, rounds: int, requests: int, pyobs_from: str | None) -> Any:
+def run_child(
+    framework: str, rounds: int, requests: int, pyobs_from: str | None, full: bool = False
+) -> Any:
     roots = [str(ROOT)] if pyobs_from is None else [pyobs_from, str(ROOT)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*roots, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", framework, str(rounds),
-         str(requests)],
+         str(requests), *(["--full"] if full else [])],
         capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=1800, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -132,13 +181,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=3, help="processes per checkout")
     parser.add_argument("--baseline", metavar="DIR", help="another checkout, alternated")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few requests")
+    parser.add_argument(
+        "--full", action="store_true", help="pyobs full (span and access line too), target 1.0"
+    )
     parser.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "ROUNDS", "REQUESTS"))
     args = parser.parse_args(argv)
     if args.child:
         framework, rounds, requests = args.child
-        return child(framework, int(rounds), int(requests))
+        return child(framework, int(rounds), int(requests), args.full)
     framework = args.framework
-    for config in ("bare", "pyobs-metrics", PEERS[framework]):
+    measured = "pyobs-full" if args.full else "pyobs-metrics"
+    target = FULL_TARGET if args.full else TARGET
+    for config in ("bare", measured, PEERS[framework]):
         missing = missing_module(framework, config)
         if missing is not None:
             parser.error(f"{config} needs {missing}, which is not installed")
@@ -150,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds, requests, pairs = (3, 20, 1) if args.quick else (args.rounds, args.requests, args.pairs)
     checkouts = [("this", None)] + ([("baseline", baseline)] if baseline else [])
     print(
-        f"# paired: {framework}, pyobs metrics-only, bare and {PEERS[framework]} in one process;"
+        f"# paired: {framework}, {measured}, bare and {PEERS[framework]} in one process;"
         f" {rounds} rounds of {requests} requests each, apps in turn; CPU µs per request"
     )
     print("pair  checkout   bare  +pyobs   +peer  ratio")
@@ -158,11 +212,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     checked = 0
     for pair in range(1, pairs + 1):
         for name, pyobs_from in checkouts:
-            result = run_child(framework, rounds, requests, pyobs_from)
+            result = run_child(framework, rounds, requests, pyobs_from, args.full)
             if result["counted"] != result["sent"]:
                 raise SystemExit(
                     f"{name}: pyobs counted {result['counted']} of {result['sent']} requests"
                 )
+            if result["peer_counted"] != result["peer_sent"]:
+                raise SystemExit(
+                    f"{name}: the peer counted {result['peer_counted']} of"
+                    f" {result['peer_sent']} requests"
+                )
+            for key, what in (("spans", "spans exported"), ("lines", "access lines")):
+                if args.full and result[key] != result["sent"]:
+                    raise SystemExit(f"{name}: {result[key]} {what} for {result['sent']} requests")
             expected = str(Path(pyobs_from).resolve()) if pyobs_from else str(ROOT)
             if result["from"] != expected:
                 raise SystemExit(f"{name}: pyobs came from {result['from']}, not {expected}")
@@ -172,10 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             found[name].append(ratio)
             print(f"{pair:>4}  {name:<8} {bare:6.1f} {added:+7.1f} {peer:+7.1f}  {ratio:5.3f}")
     summary = ", ".join(f"{name} {statistics.median(v):.3f}" for name, v in found.items())
-    print(f"median ratio to {PEERS[framework]}: {summary} (target <= {TARGET})")
+    print(f"median ratio to {PEERS[framework]}: {summary} (target <= {target})")
+    spans = "; one span exported and one access line written per request" if args.full else ""
     print(
-        "checked: every request answered 200; pyobs counted every request it was sent and"
-        f" came from the checkout named, in {checked} processes"
+        "checked: every request answered 200; pyobs and the peer each counted every request"
+        f" sent to their app, pyobs came from the checkout named{spans}, in {checked} processes"
     )
     return 0
 

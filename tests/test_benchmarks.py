@@ -859,12 +859,14 @@ def test_compiled_benchmark_runs_a_compiled_build_next_to_the_pure_one(tmp_path:
 PAIRED = REPO / "benchmarks" / "paired.py"
 
 
-@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+@pytest.mark.parametrize("framework", ["django", "fastapi", "flask"])
 def test_paired_quick_run_alternates_checkouts_and_checks_each_process(framework: str) -> None:
     """benchmarks/paired.py: the bare app, pyobs metrics-only and the peer in one process,
     a process of this checkout alternated with one of another (here the same checkout); each
-    process is checked to answer 200, to have pyobs count every request it was sent, and to
-    have imported pyobs from the checkout it names. No timing is asserted."""
+    process is checked to answer 200, to have pyobs and the peer each count every request sent
+    to their own app (on Django, whose three apps share one settings module, that is what
+    shows each handler has its own middleware), and to have imported pyobs from the checkout
+    it names. No timing is asserted."""
     import_or_require(framework)
     out = _run("--framework", framework, "--quick", "--baseline", str(REPO), script=PAIRED)
     rows = [
@@ -879,7 +881,24 @@ def test_paired_quick_run_alternates_checkouts_and_checks_each_process(framework
     assert median is not None, out
     for value in median.groups():
         float(value)
-    assert "pyobs counted every request it was sent" in out and "in 2 processes" in out
+    assert "pyobs and the peer each counted every request sent to their app" in out
+    assert "in 2 processes" in out
+
+
+@pytest.mark.parametrize("framework", ["django", "fastapi", "flask"])
+def test_paired_full_run_checks_one_span_and_one_access_line_per_request(framework: str) -> None:
+    """benchmarks/paired.py --full: pyobs full next to the bare app and the peer in one
+    process, judged against 1.0; each process must export exactly one span and write exactly
+    one access line per request sent to the pyobs app (so the process-wide setup made the
+    bare app and the peer emit none). No timing is asserted."""
+    import_or_require(framework)
+    out = _run("--framework", framework, "--full", "--quick", script=PAIRED)
+    assert out.startswith(f"# paired: {framework}, pyobs-full, bare and "), out
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+1\s+this\s", line)]
+    assert len(rows) == 1, out
+    float(rows[0][-1])
+    assert re.search(r"median ratio to \S+: this \S+ \(target <= 1.0\)", out), out
+    assert "one span exported and one access line written per request, in 1 processes" in out
 
 
 def test_paired_ratio_is_read_off_each_rounds_differences() -> None:
