@@ -221,6 +221,24 @@ def prom_add(lock: Any, value: Any, amount: float) -> None:
         lock.release()
 
 
+def prom_inc_cached(lock: Any, values: dict[str, Any], key: str) -> bool:
+    """``values[key].inc(1)`` under pyobs's lock, for a value pyobs cached (the in-flight
+    gauge's, a log level's): one call on the request path instead of a lookup and prom_add.
+    False when none is cached or the write failed; the caller then takes its public path,
+    which finds and reports a broken layout."""
+    value = values.get(key)
+    if value is None:
+        return False
+    lock.acquire()  # not ``with``: see prom_add
+    try:
+        value._value += 1
+    except Exception:  # noqa: BLE001 - a changed layout: the caller's public path reports it
+        return False
+    finally:
+        lock.release()
+    return True
+
+
 def prom_request(
     lock: Any, direct: tuple[Any, ...], duration: float, response_bytes: int, exemplar: Any
 ) -> None:

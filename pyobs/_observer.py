@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client.samples import Exemplar
 
 from pyobs import _context, _errors, _internals, redact, tracing
 from pyobs._config import Config
@@ -22,6 +23,7 @@ from pyobs._otel_env import full_url
 from pyobs.logs import (
     ACCESS_LOGGER,
     ACCESS_OPTIONAL_FIELDS,
+    StdoutHandler,
     access_message,
     direct_handler,
     error_fields,
@@ -39,6 +41,7 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 _access = logging.getLogger(ACCESS_LOGGER)
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
+_INFO, _WARNING, _ERROR = logging.INFO, logging.WARNING, logging.ERROR  # one global read each
 _internal = logging.getLogger("pyobs.internal")
 # Generated request ids come from pyobs's own generator (as the OTel SDK's ids come from
 # `random`): no system call per request, unaffected by the app seeding `random`, and
@@ -249,8 +252,17 @@ class RequestHandle:
         if route is None or route not in m.known_routes:
             route = route_for(m, route)
         self.counted = False
+        size = self.response_bytes
         try:
-            m.request_finished(method, route, code, duration, self.response_bytes)
+            # m.request_finished(), inlined for a series already seen (one call less).
+            series = m.series.get((method, route, code))
+            if series is None or series.direct is None:
+                m.request_finished(method, route, code, duration, size)
+            else:
+                try:
+                    _internals.prom_request(m.lock, series.direct, duration, size, None)
+                except Exception as exc:  # noqa: BLE001 - the public path, counted
+                    m.direct_request_failed(exc, method, series, duration, size, None)
         except Exception as error:  # noqa: BLE001 - it takes the gauge down exactly once
             _errors.report("metrics", error, "finish")
         raw_length = self.raw_length
@@ -310,14 +322,8 @@ def method_label(method: str) -> str:
 def gauge_up(m: PyobsMetrics, method: str) -> None:
     """``m.request_started(method)``, shortened for a value pyobs writes directly (one lock,
     no lookup through the metrics object); the public path when that write fails."""
-    value = m.active_values.get(method)
-    if value is None:
-        m.request_started(method)
-        return
-    try:
-        _internals.prom_add(m.lock, value, 1)
-    except Exception:  # noqa: BLE001 - request_started reports it, goes public
-        m.request_started(method)
+    if not _internals.prom_inc_cached(m.lock, m.active_values, method):
+        m.request_started(method)  # reports a broken write and goes public
 
 
 def route_for(m: PyobsMetrics, route: str | None) -> str:
@@ -412,7 +418,9 @@ class RequestObserver:
             _errors.report("adapter", exc, "start")
             return None
         try:
-            gauge_up(self.metrics, method)
+            m = self.metrics  # gauge_up(), inlined: one call less per request
+            if not _internals.prom_inc_cached(m.lock, m.active_values, method):
+                m.request_started(method)
             handle.counted = True
         except Exception as exc:  # noqa: BLE001
             _errors.report("metrics", exc, "start")
@@ -592,10 +600,23 @@ class RequestObserver:
                 _errors.report("metrics", error, "request labels")
         if handle.counted:
             handle.counted = False
+            size = handle.response_bytes
+            trace_id = handle.trace_id
             try:
-                m.request_finished(
-                    method, route, code, duration, handle.response_bytes, handle.trace_id, extra
-                )
+                # m.request_finished(), inlined for a series already seen (one call less).
+                series = None if extra else m.series.get((method, route, code))
+                if series is None or series.direct is None:
+                    m.request_finished(method, route, code, duration, size, trace_id, extra)
+                else:
+                    exemplar = (
+                        tuple.__new__(Exemplar, ({"trace_id": trace_id}, duration, time.time()))
+                        if trace_id
+                        else None
+                    )
+                    try:
+                        _internals.prom_request(m.lock, series.direct, duration, size, exemplar)
+                    except Exception as failed:  # noqa: BLE001 - the public path, counted
+                        m.direct_request_failed(failed, method, series, duration, size, trace_id)
             except Exception as error:  # noqa: BLE001
                 # request_finished takes the gauge down exactly once, whatever fails after.
                 _errors.report("metrics", error, "finish")
@@ -641,7 +662,27 @@ class RequestObserver:
                     _reading.active = False
         if self.config.access_log:
             try:
-                self._access_log(handle, code, duration, exc)
+                level = _ERROR if code >= 500 else _WARNING if code >= 400 else _INFO
+                if _access.isEnabledFor(level):
+                    direct = direct_handler(_access, level)
+                    if direct is not None and exc is None:
+                        # Fast path: pyobs's own stdout handler is the only destination; the
+                        # formatter reads the line's fields from the handle.
+                        query = handle.facts.query
+                        level_name = _LEVEL_NAMES[level]
+                        formatter: Any = direct.formatter
+                        direct.write_line(
+                            formatter.access_line(
+                                handle,
+                                level_name,
+                                code,
+                                duration,
+                                redact_query(capped(query) or "") if query else None,
+                            ),
+                            level_name,
+                        )
+                    else:
+                        self._access_log(handle, level, code, duration, exc, direct)
             except Exception as error:  # noqa: BLE001
                 _errors.report("access_log", error, "finish")
         if span is not None and handle.owns_span:
@@ -687,23 +728,18 @@ class RequestObserver:
         span.set_attributes(attributes)
 
     def _access_log(
-        self, handle: RequestHandle, code: int, duration: float, exc: BaseException | None
+        self,
+        handle: RequestHandle,
+        level: int,
+        code: int,
+        duration: float,
+        exc: BaseException | None,
+        direct: StdoutHandler | None,
     ) -> None:
-        level = logging.ERROR if code >= 500 else logging.WARNING if code >= 400 else logging.INFO
-        if not _access.isEnabledFor(level):
-            return
+        """The access line when finish()'s fast path does not apply: an exception to add,
+        or a handler, filter or formatter of the application's on the way."""
         facts = handle.facts
         query = redact_query(capped(facts.query) or "") if facts.query else None
-        direct = direct_handler(_access, level)
-        if direct is not None and exc is None:
-            # Fast path: pyobs's own stdout handler is the only destination; the formatter
-            # reads the line's fields from the handle.
-            level_name = _LEVEL_NAMES[level]
-            formatter: Any = direct.formatter
-            direct.write_line(
-                formatter.access_line(handle, level_name, code, duration, query), level_name
-            )
-            return
         path = handle.path
         # The request's own ids, even when a server closes the body in another context.
         trace_ids = handle.trace_ids
@@ -762,7 +798,9 @@ def start_metrics_only(
     handle.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]
     handle.start = time.perf_counter()
     try:
-        gauge_up(observer.metrics, handle.method)
+        m = observer.metrics  # gauge_up(), inlined: one call less per request
+        if not _internals.prom_inc_cached(m.lock, m.active_values, handle.method):
+            m.request_started(handle.method)
         handle.counted = True
     except Exception as exc:  # noqa: BLE001
         _errors.report("metrics", exc, "start")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import inspect
 import json
@@ -15,7 +14,8 @@ import traceback
 import weakref
 from typing import Any
 
-from pyobs import _context, _ecs
+from pyobs import _context, _ecs, _internals
+from pyobs import metrics as _metrics_module
 from pyobs._config import Config
 from pyobs.metrics import get_metrics
 from pyobs.redact import scrub
@@ -259,7 +259,11 @@ class ECSFormatter(logging.Formatter):
         hex trace ids need no JSON escaping, so they go in as they are.
         """
         path = handle.path
-        message = access_message(handle.facts.method, path, code)
+        method = handle.facts.method  # access_message(), inlined
+        message = (
+            f"{method if len(method) <= 64 else method[:64]} "
+            f"{path if len(path) <= 1024 else path[:1024]} {code}"
+        )
         more = "" if query is None else ',"url.query":' + _quote(query)
         trace_ids = handle.trace_ids
         if trace_ids is not None:
@@ -350,12 +354,20 @@ class StdoutHandler(logging.Handler):
     def write_line(self, line: str, level: str) -> None:
         """Write a line pyobs built itself, newline included (the access log's direct
         paths); the same output as emit()."""
-        with self.lock or _NO_LOCK:
+        lock = self.lock  # acquire()/release(), not ``with``: see _internals.prom_add
+        if lock is not None:
+            lock.acquire()
+        try:
             stream = sys.stdout
             stream.write(line)
             stream.flush()
+        finally:
+            if lock is not None:
+                lock.release()
         try:  # _count(), inlined: this runs once per access line
-            get_metrics().log_event(level)
+            m = _metrics_module._metrics or get_metrics()
+            if not _internals.prom_inc_cached(m.lock, m.log_level_values, level):
+                m.log_event(level)  # the first of its level, or the public path
         except Exception:  # noqa: BLE001 - a metric failure must not stop logging
             pass
 
@@ -403,7 +415,6 @@ def direct_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
 
 
 _root = logging.root
-_NO_LOCK = contextlib.nullcontext()
 _structlog_ours = False
 # Formatters made without a config (by name, from a dictConfig): setup() updates them.
 _floating: weakref.WeakSet[ECSFormatter] = weakref.WeakSet()

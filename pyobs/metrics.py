@@ -204,13 +204,16 @@ class PyobsMetrics:
         # writer takes.
         self.lock = threading.Lock()
         _instances.add(self)
-        self._series: dict[tuple[Any, ...], _Series] = {}
+        # (method, route, status) -> its values; read by RequestHandle._done() too.
+        self.series: dict[tuple[Any, ...], _Series] = {}
         self._active: dict[str, Any] = {}
         # The in-flight gauge's values pyobs writes directly (not _PublicInc), by method:
         # RequestObserver.start() adds 1 to them under ``lock`` without a call in between.
         self.active_values: dict[str, Any] = {}
         self._request_sizes: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._log_levels: dict[str, Any] = {}
+        # The log-level counters' values pyobs writes directly (StdoutHandler.write_line).
+        self.log_level_values: dict[str, Any] = {}
 
     def _value_for(self, cache: dict[str, Any], metric: Any, label: str) -> Any:
         """The child's in-process value (a MutexValue pyobs adds to under its own lock), or
@@ -288,7 +291,7 @@ class PyobsMetrics:
         """
         # Keyed by the int status: no label string is built for a series already seen.
         key = (method, route, status, extra) if extra else (method, route, status)
-        series = self._series.get(key)
+        series = self.series.get(key)
         if series is None:
             try:
                 series = self._new_series(key, method, route, status, extra)
@@ -296,24 +299,37 @@ class PyobsMetrics:
                 self._active_add(method, -1)  # the gauge goes down exactly once, always
                 raise
         direct = series.direct
-        if direct is not None:
-            exemplar = (
-                # Exemplar(labels, value, timestamp), built without the NamedTuple's __new__
-                tuple.__new__(Exemplar, ({"trace_id": trace_id}, duration, time.time()))
-                if trace_id
-                else None
-            )
-            try:
-                _internals.prom_request(self.lock, direct, duration, response_bytes, exemplar)
-                return
-            except _internals.AfterGauge as exc:
-                # The gauge is down; record the rest through the public API below.
-                self._direct_failed(exc.__cause__ or exc)
-                self._public_observe(series, duration, response_bytes, trace_id)
-                return
-            except Exception as exc:  # noqa: BLE001 - nothing written yet: all public
-                self._direct_failed(exc)
-        self._active_add(method, -1)
+        if direct is None:
+            self._active_add(method, -1)
+            self._public_observe(series, duration, response_bytes, trace_id)
+            return
+        exemplar = (
+            # Exemplar(labels, value, timestamp), built without the NamedTuple's __new__
+            tuple.__new__(Exemplar, ({"trace_id": trace_id}, duration, time.time()))
+            if trace_id
+            else None
+        )
+        try:
+            _internals.prom_request(self.lock, direct, duration, response_bytes, exemplar)
+        except Exception as exc:  # noqa: BLE001 - turned off, and recorded the public way
+            self.direct_request_failed(exc, method, series, duration, response_bytes, trace_id)
+
+    def direct_request_failed(
+        self,
+        exc: Exception,
+        method: str,
+        series: _Series,
+        duration: float,
+        response_bytes: int,
+        trace_id: str | None,
+    ) -> None:
+        """prom_request() raised: the direct writes are turned off (and counted), and the
+        request is recorded through the public API; the gauge still goes down exactly once."""
+        if isinstance(exc, _internals.AfterGauge):
+            self._direct_failed(exc.__cause__ or exc)  # the gauge is down already
+        else:
+            self._direct_failed(exc)  # nothing written yet
+            self._active_add(method, -1)
         self._public_observe(series, duration, response_bytes, trace_id)
 
     def _public_observe(
@@ -326,11 +342,12 @@ class PyobsMetrics:
     def _direct_failed(self, exc: BaseException) -> None:
         """The direct writes failed in use: turn them off, count it, forget cached values."""
         _internals.broken(_internals.PROM_VALUES.name, exc)
-        self._series.clear()
+        self.series.clear()
         self._active.clear()
         self.active_values.clear()
         self._request_sizes.clear()
         self._log_levels.clear()
+        self.log_level_values.clear()
 
     def _new_series(
         self, key: tuple[Any, ...], method: str, route: str, status: int, extra: tuple[str, ...]
@@ -342,8 +359,8 @@ class PyobsMetrics:
             self._mp_child(self.request_duration, labels),
             self._mp_child(response, labels) if response is not None else None,
         )
-        if len(self._series) < 10_000:
-            self._series[key] = series
+        if len(self.series) < 10_000:
+            self.series[key] = series
         return series
 
     def _mp_child(self, metric: Any, labels: tuple[str, ...]) -> Any:
@@ -474,6 +491,8 @@ class PyobsMetrics:
         except Exception as exc:  # noqa: BLE001 - a changed layout: public API from now on
             self._direct_failed(exc)
             self.log_event(level)
+            return
+        self.log_level_values[level] = value
 
     def unregister(self) -> None:
         """Remove every instrument from the registry (tests and re-setup)."""
@@ -527,7 +546,7 @@ def _check_direct_values() -> bool:
             ours.request_started("GET")
             ours.request_finished("GET", "/x", 200, value, size, trace_id)
             ours.request_body("GET", "/x", size)
-            if ours._series[("GET", "/x", 200)].direct is None:
+            if ours.series[("GET", "/x", 200)].direct is None:
                 return False  # the layout is not the one the shortcut knows
             assert theirs.request_size is not None
             assert theirs.response_size is not None

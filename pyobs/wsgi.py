@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from pyobs import _errors, _state, logs
+from pyobs import _context, _errors, _state, logs
 from pyobs._integration import MetricsPage, status_line
 from pyobs._observer import (
     REQUEST_ID_HEADER,
@@ -218,8 +218,18 @@ class ObservabilityMiddleware:
                 facts = facts_from_environ(environ)
                 started = observer.start(facts, _ObservedBody, environ.get("HTTP_X_REQUEST_ID"))
                 handle = started if isinstance(started, _ObservedBody) else None
-            else:
-                handle = _start_metrics_only(observer, environ)
+            else:  # start_metrics_only(), reading the environ as facts_from_environ() does
+                get = environ.get
+                path = (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
+                if not path.isascii():
+                    path = decoded_path(path)
+                handle = start_metrics_only(
+                    observer,
+                    _MetricsOnlyBody,
+                    get("REQUEST_METHOD") or "GET",
+                    path,
+                    get("HTTP_X_REQUEST_ID"),
+                )
         except Exception as exc:  # noqa: BLE001 - failsafe: a malformed environ is the app's call
             report_internal_error("wsgi.environ", exc)
             return self.app(environ, start_response)
@@ -239,14 +249,16 @@ class ObservabilityMiddleware:
             observer.detach(handle)
             environ.pop(HANDLE_KEY, None)
             raise
-        if handle.context_token is None:  # observer.detach(handle), inlined: no span attached
-            token, handle.request_id_token = handle.request_id_token, None
-            try:
+        # observer.detach(handle), inlined (one call less per request).
+        context_token, handle.context_token = handle.context_token, None
+        token, handle.request_id_token = handle.request_id_token, None
+        try:
+            if token is not None:
                 request_id_var.reset(token)
-            except Exception as exc:  # noqa: BLE001 - a token from another context
-                _errors.report("adapter", exc, "detach")
-        else:
-            observer.detach(handle)
+            if context_token is not None:
+                _context.detach(context_token)
+        except Exception as exc:  # noqa: BLE001 - a token from another context
+            _errors.report("adapter", exc, "detach")
         return handle
 
 
@@ -257,13 +269,12 @@ class _ObservedBody(RequestHandle):
     # Set per request by the middleware (or the Pyramid tween) after observer.start().
     _middleware: ObservabilityMiddleware
     _environ: Environ
-    _server: StartResponse | None = None  # the server's start_response
+    _server: StartResponse  # the server's start_response
     inner: Iterable[bytes] = ()  # the app's body, once the app returned it
     _state = 0  # 0 not iterated yet, 1 iterating, 2 the last chunk was handed out
 
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The app's start_response: notes the status and adds pyobs's response headers."""
-        assert self._server is not None
         code = _STATUS_CODES.get(status)
         self.status = code if code is not None else _status_code(status)
         # Routing is done and the app's request context is still active: ask for the route
@@ -275,8 +286,9 @@ class _ObservedBody(RequestHandle):
                     self.route = resolver(self._environ)
                 except Exception:  # noqa: BLE001 - an unresolvable route is just unmatched
                     self.route = None
-        # RequestObserver.response_headers(), inlined.
-        return self._server(status, [*headers, (REQUEST_ID_HEADER, self.request_id)], *args)
+        # RequestObserver.response_headers(), inlined; exc_info, when given, passed on.
+        headers = [*headers, (REQUEST_ID_HEADER, self.request_id)]
+        return self._server(status, headers, *args) if args else self._server(status, headers)
 
     def resolve_route(self) -> None:
         """Ask the middleware's route_resolver for the route, unless it is already known."""
@@ -325,7 +337,10 @@ class _ObservedBody(RequestHandle):
         finally:
             if self.route is None:
                 self.resolve_route()
-            self._done()
+            if self.whole_record:
+                self._done()
+            else:  # what _done() does for this handle, one call less
+                self._observer.finish(self)
             # environ -> handle -> environ is a cycle; break it so refcounting
             # frees the request at once instead of leaving it to the cyclic GC.
             self._environ.pop(HANDLE_KEY, None)
@@ -356,15 +371,3 @@ class _MetricsOnlyBody(_ObservedBody):
 # A line logged while a body's chunk is made finds its request through this code object on
 # the stack (logs.body_code). A build compiled to C has no frames for it: no ids there.
 logs.body_code = getattr(_ObservedBody.__iter__, "__code__", None)
-
-
-def _start_metrics_only(observer: RequestObserver, environ: Environ) -> _MetricsOnlyBody | None:
-    """start_metrics_only(), reading the environ: None for an excluded path."""
-    get = environ.get
-    path = (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"  # as facts_from_environ()
-    if not path.isascii():
-        path = decoded_path(path)
-    handle: _MetricsOnlyBody | None = start_metrics_only(
-        observer, _MetricsOnlyBody, get("REQUEST_METHOD") or "GET", path, get("HTTP_X_REQUEST_ID")
-    )
-    return handle  # the middleware sets its _observer and _environ

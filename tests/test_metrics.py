@@ -111,7 +111,7 @@ def test_direct_writes_are_on_for_the_tested_versions() -> None:
     metrics = PyobsMetrics(CollectorRegistry())
     metrics.request_started("GET")
     metrics.request_finished("GET", "/x", 200, 0.1, 5)
-    assert metrics._series[("GET", "/x", 200)].direct is not None
+    assert metrics.series[("GET", "/x", 200)].direct is not None
 
 
 def _recorded(metrics: PyobsMetrics) -> tuple[float | None, float | None, float | None]:
@@ -200,7 +200,74 @@ def test_untested_version_uses_the_public_api(
         metrics = PyobsMetrics(CollectorRegistry())
         metrics.request_started("GET")
         metrics.request_finished("GET", "/x", 200, 0.1, 5)
-    assert metrics._series[("GET", "/x", 200)].direct is None
+    assert metrics.series[("GET", "/x", 200)].direct is None
     assert "older than tested" in caplog.text
     assert _recorded(metrics) == (1, 5, 0)
     _internals.recheck(_internals.PROM_VALUES.name)
+
+
+@pytest.mark.parametrize("access_log", [False, True], ids=["metrics-only", "access-log"])
+@pytest.mark.parametrize("fails", ["before the gauge", "after the gauge"])
+def test_a_direct_write_failing_on_the_request_path_records_the_request_once(
+    fails: str, access_log: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WSGI requests record through the direct writes, which RequestHandle._done()
+    (metrics-only) and RequestObserver.finish() (any other signal on) call without going
+    through request_finished(). When that write raises (a layout change seen only in use),
+    the request is still counted exactly once through the public API, the in-flight gauge is
+    back at 0 (not -1, not 1), the failure is counted, and later requests take the public
+    path."""
+    from prometheus_client import REGISTRY
+
+    from pyobs import _internals
+    from pyobs._config import load_config
+    from pyobs._observer import RequestObserver
+    from pyobs.wsgi import ObservabilityMiddleware
+
+    metrics = PyobsMetrics(CollectorRegistry())
+    observer = RequestObserver(load_config({}, tracing=False, access_log=access_log), metrics)
+    assert observer.details is access_log  # False: the metrics-only path
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"hello"]
+
+    middleware = ObservabilityMiddleware(app, route_resolver=lambda environ: "/x")
+    middleware.observer = observer
+    real = _internals.prom_request
+    calls = []
+
+    def breaks(lock: Any, direct: tuple[Any, ...], *args: Any) -> None:
+        calls.append(1)
+        if fails == "after the gauge":
+            direct[0].inc(-1)  # the in-flight gauge's value, as prom_request writes it first
+            raise _internals.AfterGauge() from AttributeError("_value")
+        raise AttributeError("'MutexValue' object has no attribute '_value'")
+
+    def get() -> tuple[int, list[tuple[str, str]]]:
+        seen: list[tuple[str, list[tuple[str, str]]]] = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "wsgi.url_scheme": "http"}
+        body = middleware(environ, lambda status, headers, *_: seen.append((status, headers)))
+        assert b"".join(body) == b"hello"
+        body.close()  # type: ignore[attr-defined]
+        return int(seen[0][0][:3]), seen[0][1]
+
+    errors_before = REGISTRY.get_sample_value(
+        "pyobs_internal_errors_total", {"component": "metrics"}
+    )
+    try:
+        assert get()[0] == 200  # the series is cached with its direct values
+        monkeypatch.setattr(_internals, "prom_request", breaks)
+        status, headers = get()
+        assert status == 200 and any(name == "X-Request-ID" for name, _ in headers)
+        assert calls == [1]
+        assert get()[0] == 200  # the public path from now on: prom_request not called again
+        assert calls == [1]
+        assert _recorded(metrics) == (3, 15, 0)
+        errors_after = REGISTRY.get_sample_value(
+            "pyobs_internal_errors_total", {"component": "metrics"}
+        )
+        assert (errors_after or 0) == (errors_before or 0) + 1
+    finally:
+        monkeypatch.setattr(_internals, "prom_request", real)
+        _internals.recheck(_internals.PROM_VALUES.name)
