@@ -155,6 +155,12 @@ def _install_input_filter() -> None:
             logger.addFilter(_input_filter)
 
 
+# "Not read yet": an adapter that has a header at hand passes it to start() (or sets it on
+# the handle) so the observer does not ask the headers mapping again. A str compared by
+# identity: no header value is this object.
+UNREAD = "\x00pyobs:unread"
+
+
 @dataclass
 class RequestFacts:
     """What a protocol layer knows about a request before the app runs.
@@ -174,12 +180,7 @@ class RequestFacts:
     server_addr: str | None = None
     server_port: int | None = None
     http_version: str = "1.1"
-
-
-# "Not read yet": an adapter that has a header at hand passes it to start() (or sets it on
-# the handle) so the observer does not ask the headers mapping again. A str compared by
-# identity: no header value is this object.
-UNREAD = "\x00pyobs:unread"
+    user_agent: str | None = UNREAD  # the User-Agent header, when the adapter read it
 
 
 class RequestHandle:
@@ -430,7 +431,9 @@ class RequestObserver:
                 if client is not None and len(client) > 256:
                     client = client[:256]
                 handle.client = client
-                user_agent = facts.headers.get("user-agent")
+                user_agent = facts.user_agent
+                if user_agent is UNREAD:
+                    user_agent = facts.headers.get("user-agent")
                 if user_agent is not None and len(user_agent) > MAX_FIELD_LENGTH:
                     user_agent = user_agent[:MAX_FIELD_LENGTH]
                 handle.user_agent = user_agent
@@ -490,7 +493,11 @@ class RequestObserver:
                 for name, value in facts.headers.items():
                     if self._capture_headers.fullmatch(name):
                         attrs[f"http.request.header.{name}"] = (capped(redact_header(name, value)),)
-            span = tracing.start_server_span(handle.method, parent, attrs, current)
+            recorder = tracing._recorder  # tracing.start_server_span()'s common case, inlined
+            if recorder is not None and tracing._recorder_for is not None:
+                span = tracing._start_recorded(recorder, handle.method, parent, attrs, current)
+            else:
+                span = tracing.start_server_span(handle.method, parent, attrs, current)
             handle.span = span
             handle.owns_span = True
             # _context.attach_span(), written out: one call less per request.

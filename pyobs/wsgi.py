@@ -118,6 +118,7 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
     facts.scheme = get("wsgi.url_scheme") or "http"
     facts.query = get("QUERY_STRING") or ""
     facts.client_addr = get("REMOTE_ADDR")
+    facts.user_agent = get("HTTP_USER_AGENT")
     facts.server_addr, facts.server_port, facts.http_version = server
     return facts
 
