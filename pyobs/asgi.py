@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from threading import get_ident
 from typing import Any, cast
 
-from pyobs import _state
+from pyobs import _errors, _state
 from pyobs._integration import MetricsPage
 from pyobs._observer import (
     REQUEST_ID_HEADER,
@@ -23,6 +23,7 @@ from pyobs._observer import (
     start_metrics_only,
 )
 from pyobs._websocket import open_session
+from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
 REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
@@ -436,7 +437,15 @@ class ObservabilityMiddleware:
             if watch is not None:
                 watch.stop()
                 handle._watch = None
-            observer.detach(handle)
+            if handle.context_token is None:  # observer.detach(handle), inlined: no span
+                token, handle.request_id_token = handle.request_id_token, None
+                try:
+                    if token is not None:
+                        request_id_var.reset(token)
+                except Exception as exc:  # noqa: BLE001 - a token from another context
+                    _errors.report("adapter", exc, "detach")
+            else:
+                observer.detach(handle)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One span, the pyobs_websocket_* metrics and connect/disconnect logs per connection."""
