@@ -320,13 +320,6 @@ def method_label(method: str) -> str:
     return upper if upper in STANDARD_METHODS else "_OTHER"
 
 
-def gauge_up(m: PyobsMetrics, method: str) -> None:
-    """``m.request_started(method)``, shortened for a value pyobs writes directly (one lock,
-    no lookup through the metrics object); the public path when that write fails."""
-    if not _internals.prom_inc_cached(m.lock, m.active_values, method):
-        m.request_started(method)  # reports a broken write and goes public
-
-
 def route_for(m: PyobsMetrics, route: str | None) -> str:
     """The route label of a route template (UNMATCHED for none, or a rejected one)."""
     if route is None:
@@ -419,7 +412,7 @@ class RequestObserver:
             _errors.report("adapter", exc, "start")
             return None
         try:
-            m = self.metrics  # gauge_up(), inlined: one call less per request
+            m = self.metrics  # the in-flight gauge + 1: the public path when the direct write fails
             if not _internals.prom_inc_cached(m.lock, m.active_values, method):
                 m.request_started(method)
             handle.counted = True
@@ -805,7 +798,7 @@ def start_metrics_only(
     handle.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]
     handle.start = time.perf_counter()
     try:
-        m = observer.metrics  # gauge_up(), inlined: one call less per request
+        m = observer.metrics  # the in-flight gauge + 1, as in RequestObserver.start()
         if not _internals.prom_inc_cached(m.lock, m.active_values, handle.method):
             m.request_started(handle.method)
         handle.counted = True
