@@ -99,7 +99,14 @@ def error_fields(exc: BaseException) -> dict[str, str]:
 # routes by the app, addresses by the cap (they come from the network).
 _ROUTE_FIELDS: dict[str, str] = {}
 _CLIENT_FIELDS: dict[str, str] = {}
+# user_agent.original by value: few per service; one longer than this is encoded each time.
+_AGENT_FIELDS: dict[str, str] = {}
+_AGENT_CACHED_MAX = 256
 _FRAGMENTS_MAX = 4096
+# Methods whose text needs no JSON escaping (the standard ones, as the request sent them).
+_PLAIN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 
 
 def access_message(method: str, path: str, code: int) -> str:
@@ -260,50 +267,67 @@ class ECSFormatter(logging.Formatter):
         hex trace ids need no JSON escaping, so they go in as they are.
         """
         path = handle.path
+        # url.path escaped once: the message repeats it, and JSON escaping goes character by
+        # character, so the message's escaped text is made of the path's.
+        escaped = _quote(path)[1:-1]
         method = handle.facts.method  # access_message(), inlined
-        message = (
-            f"{method if len(method) <= 64 else method[:64]} "
-            f"{path if len(path) <= 1024 else path[:1024]} {code}"
-        )
-        more = "" if query is None else ',"url.query":' + _quote(query)
+        if method in _PLAIN_METHODS and len(path) <= 1024:
+            message = f"{method} {escaped} {code}"
+        else:  # a method that may need escaping, or a path the message cuts
+            message = _quote(
+                f"{method if len(method) <= 64 else method[:64]} "
+                f"{path if len(path) <= 1024 else path[:1024]} {code}"
+            )[1:-1]
         trace_ids = handle.trace_ids
-        if trace_ids is not None:
-            more = f',"trace.id":"{trace_ids[0]}","span.id":"{trace_ids[1]}"' + more
+        ids = (
+            "" if trace_ids is None else f',"trace.id":"{trace_ids[0]}","span.id":"{trace_ids[1]}"'
+        )
         route = handle.route
-        if route is not None:
-            encoded = _ROUTE_FIELDS.get(route)
-            if encoded is None:
-                encoded = _remember(_ROUTE_FIELDS, route, ',"http.route":' + _quote(route))
-            more += encoded
+        if route is None:
+            route_field = ""
+        else:
+            route_field = _ROUTE_FIELDS.get(route) or _remember(
+                _ROUTE_FIELDS, route, ',"http.route":' + _quote(route)
+            )
         client = handle.client
+        client_fields = ""
         if client:
             # The peer's fields, encoded once per address: the parse (X-Forwarded-For may
             # hold anything) and the escaping give the same text every time.
-            encoded = _CLIENT_FIELDS.get(client)
-            if encoded is None:
+            known = _CLIENT_FIELDS.get(client)
+            if known is None:
                 ip = _ecs.parse_ip(client)
-                encoded = "" if ip is None else ',"client.ip":' + _quote(ip)
+                known = "" if ip is None else ',"client.ip":' + _quote(ip)
                 if ip != client:
-                    encoded += ',"client.address":' + _quote(client)
-                encoded = _remember(_CLIENT_FIELDS, client, encoded)
-            more += encoded
+                    known += ',"client.address":' + _quote(client)
+                _remember(_CLIENT_FIELDS, client, known)
+            client_fields = known
         user_agent = handle.user_agent
+        agent_field = ""
         if user_agent:
-            more += ',"user_agent.original":' + _quote(user_agent)
+            # Encoded once per User-Agent (a service sees few); long ones are not kept.
+            known = _AGENT_FIELDS.get(user_agent)
+            if known is None:
+                known = ',"user_agent.original":' + _quote(user_agent)
+                if len(user_agent) <= _AGENT_CACHED_MAX:
+                    _remember(_AGENT_FIELDS, user_agent, known)
+            agent_field = known
+        query_field = "" if query is None else ',"url.query":' + _quote(query)
         # _Timestamps.format(), inlined for a second already formatted (one call less).
         now = time.time()
         second = int(now)
         stamps = self._stamps
         prefix = stamps._prefix if second == stamps._second else stamps.format(now)[:-5]
-        # One f-string: cheaper than %-formatting a template with a value tuple.
+        # One f-string, the optional fields included: one string built, no partial ones.
         return (
             f'{{"@timestamp":"{prefix}{_MILLIS[int((now - second) * 1000)]}","log.level":"{level}",'
-            f'"message":{_quote(message)}{self._access_static},"process.pid":{_pid[0]},'
+            f'"message":"{message}"{self._access_static},"process.pid":{_pid[0]},'
             f'"http.request.id":"{handle.request_id}","event.dataset":"{ACCESS_LOGGER}",'
-            f'"http.request.method":"{handle.method}","url.path":{_quote(path)},'
+            f'"http.request.method":"{handle.method}","url.path":"{escaped}",'
             f'"http.response.status_code":{code},'
             f'"http.response.body.bytes":{handle.response_bytes},'
-            f'"event.duration":{int(duration * 1e9)}{more}}}\n'
+            f'"event.duration":{int(duration * 1e9)}{ids}'
+            f"{query_field}{route_field}{client_fields}{agent_field}}}\n"
         )
 
     @staticmethod

@@ -567,3 +567,27 @@ def test_event_loop_lag_probe_on_every_new_loop(monkeypatch: pytest.MonkeyPatch)
     worker.start()
     worker.join(10)
     assert in_thread == [1]
+
+
+def test_generated_request_ids_are_distinct_across_threads() -> None:
+    """Ids are drawn many at a time and handed out one by one: threads asking at once each
+    get their own, every one 32 lowercase hex digits."""
+    import re
+    import threading
+
+    from pyobs._observer import request_id_for
+
+    taken: list[list[str]] = [[] for _ in range(4)]
+
+    def take(into: list[str]) -> None:
+        for _ in range(2_500):
+            into.append(request_id_for({}))
+
+    threads = [threading.Thread(target=take, args=(ids,)) for ids in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [i for chunk in taken for i in chunk]
+    assert len(ids) == 10_000 == len(set(ids))
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)

@@ -320,25 +320,43 @@ def test_direct_path_used_only_when_pyobs_is_the_only_destination() -> None:
 
 
 def test_fast_and_logging_paths_write_the_same_access_line() -> None:
-    """Through pyobs's last-resort handler, the fast path and the logging path agree."""
+    """Through pyobs's last-resort handler, the fast path and the logging path agree: field
+    order and values, for paths and user agents that need escaping, a method outside the
+    standard ones and a path longer than the message keeps."""
     import_or_require("flask")
-    code = """
+    code = r"""
         import logging, flask, pyobs.flask
         app = flask.Flask("a")
         app.get("/x")(lambda: "ok")
         pyobs.flask.instrument(app)
         client = app.test_client()
-        client.get("/x?q=1", buffered=True)
+        requests = [
+            ("GET", "/x?q=1", "pyobs-test/1"),
+            ("GET", '/x"y\\z/\u00e9', 'agent "quoted"\t\\ \u00e9'),
+            ("BREW", "/x", "x" * 300),
+            ("GET", "/" + "a" * 1500, ""),
+        ]
+        def send():
+            for method, path, agent in requests:
+                client.open(path, method=method, headers={"User-Agent": agent}, buffered=True)
+        send()
         logging.getLogger("pyobs.access").addFilter(lambda record: True)  # the logging path
-        client.get("/x?q=1", buffered=True)
+        send()
     """
     out, err = run(code)
-    fast, slow = json_records(out)
+    records = json_records(out)
+    assert len(records) == 8
     varying = {"@timestamp", "trace.id", "span.id", "http.request.id", "event.duration"}
-    assert list(fast) == list(slow)
-    assert {k: v for k, v in fast.items() if k not in varying} == {
-        k: v for k, v in slow.items() if k not in varying
-    }
+    for fast, slow in zip(records[:4], records[4:], strict=True):
+        assert list(fast) == list(slow)
+        assert {k: v for k, v in fast.items() if k not in varying} == {
+            k: v for k, v in slow.items() if k not in varying
+        }
+    messages = [r["message"] for r in records[:4]]
+    assert messages[1] == 'GET /x"y\\z/\u00e9 404'
+    assert messages[2] == "BREW /x 405"
+    assert messages[3] == "GET /" + "a" * 1023 + " 404"
+    assert records[1]["user_agent.original"] == 'agent "quoted"\t\\ \u00e9'
     assert err == []
 
 
