@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 from pyobs import _state, exposition
 from pyobs._config import Config
 from pyobs._observer import (
-    STANDARD_METHODS,
     RequestFacts,
     RequestHandle,
     RequestObserver,
@@ -36,6 +35,7 @@ from pyobs._observer import (
     report_internal_error,
 )
 from pyobs._websocket import WebSocketSession
+from pyobs.logs import STANDARD_METHODS
 from pyobs.redact import redact_header, redact_query
 
 MARK = "_pyobs_instrumented"

@@ -23,6 +23,7 @@ from pyobs._otel_env import full_url
 from pyobs.logs import (
     ACCESS_LOGGER,
     ACCESS_OPTIONAL_FIELDS,
+    STANDARD_METHODS,
     StdoutHandler,
     access_message,
     direct_handler,
@@ -32,9 +33,6 @@ from pyobs.logs import (
 from pyobs.metrics import UNMATCHED, PyobsMetrics, get_metrics
 from pyobs.redact import redact_header, redact_query
 
-STANDARD_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-)
 CLIENT_CLOSED = 499
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")

@@ -103,8 +103,9 @@ _CLIENT_FIELDS: dict[str, str] = {}
 _AGENT_FIELDS: dict[str, str] = {}
 _AGENT_CACHED_MAX = 256
 _FRAGMENTS_MAX = 4096
-# Methods whose text needs no JSON escaping (the standard ones, as the request sent them).
-_PLAIN_METHODS = frozenset(
+# The standard HTTP methods: the method label keeps them (anything else is _OTHER), and the
+# access line's message takes them as they are (their text needs no JSON escaping).
+STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 
@@ -271,7 +272,7 @@ class ECSFormatter(logging.Formatter):
         # character, so the message's escaped text is made of the path's.
         escaped = _quote(path)[1:-1]
         method = handle.facts.method  # access_message(), inlined
-        if method in _PLAIN_METHODS and len(path) <= 1024:
+        if method in STANDARD_METHODS and len(path) <= 1024:
             message = f"{method} {escaped} {code}"
         else:  # a method that may need escaping, or a path the message cuts
             message = _quote(
