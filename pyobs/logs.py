@@ -271,14 +271,11 @@ class ECSFormatter(logging.Formatter):
         # url.path escaped once: the message repeats it, and JSON escaping goes character by
         # character, so the message's escaped text is made of the path's.
         escaped = _quote(path)[1:-1]
-        method = handle.facts.method  # access_message(), inlined
+        method = handle.facts.method
         if method in STANDARD_METHODS and len(path) <= 1024:
-            message = f"{method} {escaped} {code}"
+            message = f"{method} {escaped} {code}"  # access_message(), from the escaped path
         else:  # a method that may need escaping, or a path the message cuts
-            message = _quote(
-                f"{method if len(method) <= 64 else method[:64]} "
-                f"{path if len(path) <= 1024 else path[:1024]} {code}"
-            )[1:-1]
+            message = _quote(access_message(method, path, code))[1:-1]
         trace_ids = handle.trace_ids
         ids = (
             "" if trace_ids is None else f',"trace.id":"{trace_ids[0]}","span.id":"{trace_ids[1]}"'
