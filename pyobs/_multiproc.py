@@ -437,21 +437,57 @@ class FastHistogram:
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         """Count ``amount`` in its bucket and the sum; store the exemplar, if any."""
-        i = bisect_left(self._bounds, amount)
         with _values_lock:
-            if self._gen is not _gen:
-                self._start()
-            mm = self._file.mm  # type: ignore[union-attr]
-            self._sum = total = self._sum + amount
-            pos = self._sum_pos
-            mm[pos : pos + 8] = _PACK_DOUBLE(total)
-            self._counts[i] = count = self._counts[i] + 1.0
-            pos = self._positions[i]
-            mm[pos : pos + 8] = _PACK_DOUBLE(count)
+            self._write(amount)
         if exemplar and self._exemplars is not None:
             trace_id = exemplar.get("trace_id")
             if trace_id:
                 self._exemplars.record(amount, trace_id)
+
+    def _write(self, amount: float) -> None:
+        """The sum and ``amount``'s bucket, written to the file. Under _values_lock."""
+        i = bisect_left(self._bounds, amount)
+        if self._gen is not _gen:
+            self._start()
+        mm = self._file.mm  # type: ignore[union-attr]
+        self._sum = total = self._sum + amount
+        pos = self._sum_pos
+        mm[pos : pos + 8] = _PACK_DOUBLE(total)
+        self._counts[i] = count = self._counts[i] + 1.0
+        pos = self._positions[i]
+        mm[pos : pos + 8] = _PACK_DOUBLE(count)
+
+
+class FastSeries:
+    """What the end of a request writes for one (method, route, status) in this process's
+    files, under one lock: the in-flight gauge's -1, the duration (its exemplar kept in the
+    exemplar file) and the response size. One call where the public path makes six."""
+
+    __slots__ = ("_active", "_duration", "_response")
+
+    def __init__(
+        self, active: FastValue, duration: FastHistogram, response: FastHistogram | None
+    ) -> None:
+        self._active = active
+        self._duration = duration
+        self._response = response
+
+    def record(self, duration: float, response_bytes: float, trace_id: str | None) -> None:
+        """The request's values; an error after the gauge's -1 leaves the gauge down."""
+        active = self._active
+        histogram = self._duration
+        response = self._response
+        with _values_lock:
+            if active._gen is not _gen:
+                active._start()
+            active._value = value = active._value - 1.0
+            pos = active._pos
+            active._file.mm[pos : pos + 8] = _PACK_DOUBLE(value)  # type: ignore[union-attr]
+            histogram._write(duration)
+            if response is not None:
+                response._write(response_bytes)
+        if trace_id and histogram._exemplars is not None:
+            histogram._exemplars.record(duration, trace_id)
 
 
 def gauge_value(metric: str, labels: dict[str, str], help_text: str) -> FastValue:

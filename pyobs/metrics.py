@@ -217,14 +217,16 @@ class PyobsMetrics:
 
     def _value_for(self, cache: dict[str, Any], metric: Any, label: str) -> Any:
         """The child's in-process value (a MutexValue pyobs adds to under its own lock), or
-        a _PublicInc for multiprocess mode and unknown layouts; cached by label."""
+        pyobs's own file-backed value in multiprocess mode, or a _PublicInc for unknown
+        layouts; cached by label."""
         value = cache.get(label)
         if value is None:
             labels = (label, *self._static) if metric is self.active_requests else (label,)
             child = self._mp_child(metric, labels)
             value = _internals.prom_value(child) if direct_values_ok() else None
             if value is None:
-                value = _PublicInc(child)
+                # pyobs's own file-backed value has inc() itself; anything else, the public API.
+                value = child if type(child) is _multiproc.FastValue else _PublicInc(child)
             cache[label] = value
         return value
 
@@ -233,7 +235,7 @@ class PyobsMetrics:
         value = self._active.get(method) or self._value_for(
             self._active, self.active_requests, method
         )
-        if type(value) is _PublicInc:
+        if type(value) in _OWN_INC:
             value.inc(amount)
             return
         try:
@@ -300,6 +302,10 @@ class PyobsMetrics:
                 raise
         direct = series.direct
         if direct is None:
+            fast = series.fast
+            if fast is not None:  # multiprocess mode: pyobs's own values, in one call
+                fast.record(duration, response_bytes, trace_id)
+                return
             self._active_add(method, -1)
             self._public_observe(series, duration, response_bytes, trace_id)
             return
@@ -483,7 +489,7 @@ class PyobsMetrics:
         value = self._log_levels.get(level) or self._value_for(
             self._log_levels, self.log_events, level
         )
-        if type(value) is _PublicInc:
+        if type(value) in _OWN_INC:
             value.inc(1)
             return
         try:  # like the request path's values: only pyobs writes this one
@@ -512,6 +518,11 @@ class _PublicInc:
 
     def inc(self, amount: float) -> None:
         self._metric.inc(amount)
+
+
+# Values written through their own inc(): the public API's wrapper, and pyobs's file-backed
+# value of multiprocess mode.
+_OWN_INC = (_PublicInc, _multiproc.FastValue)
 
 
 # --- The shortcut into prometheus_client's internals (pyobs._internals) ----------------
@@ -579,17 +590,25 @@ def _direct_values(child: Any) -> tuple[Any, list[Any], list[float]] | None:
 class _Series:
     """The in-flight gauge and the two histograms one (method, route, status) updates."""
 
-    __slots__ = ("direct", "duration", "response")
+    __slots__ = ("direct", "duration", "fast", "response")
 
     def __init__(self, active: Any, duration: Any, response: Any) -> None:
         self.duration = duration
         self.response = response
+        # Multiprocess mode with pyobs's own values: the request's writes in one call.
+        self.fast: _multiproc.FastSeries | None = None
+        if (
+            type(active) is _multiproc.FastValue
+            and type(duration) is _multiproc.FastHistogram
+            and (response is None or type(response) is _multiproc.FastHistogram)
+        ):
+            self.fast = _multiproc.FastSeries(active, duration, response)
         d = _direct_values(duration)
         r = _direct_values(response) if response is not None else (None, None, None)
         # (active gauge value, duration sum/buckets/bounds, response sum/buckets/bounds);
         # the response part is (None, None, None) when body-size histograms are off.
         self.direct: tuple[Any, ...] | None = None
-        if type(active) is not _PublicInc and d is not None and r is not None:
+        if type(active) not in _OWN_INC and d is not None and r is not None:
             self.direct = (active, *d, *r)
 
 

@@ -225,7 +225,8 @@ def test_new_process_with_a_dead_ones_pid_starts_fresh(mpdir: Path) -> None:
     assert _page()[f"{DURATION}_count"] == 10
 
 
-# Records a varied mix through pyobs's instruments; argv[1] "public" turns the fast path off.
+# Records a varied mix through pyobs's instruments; argv[1] "public" turns the fast path off,
+# an argv[2] "off" the body-size histograms.
 MIX = textwrap.dedent(
     """
     import sys
@@ -235,7 +236,8 @@ MIX = textwrap.dedent(
     import pyobs
     from pyobs.metrics import get_metrics
 
-    pyobs.setup(service_name="mp", metrics_labels={"region": "eu"})
+    bodies = sys.argv[2:] != ["off"]
+    pyobs.setup(service_name="mp", metrics_labels={"region": "eu"}, body_size_metrics=bodies)
     m = get_metrics()
     for i, seconds in enumerate([0.0, 0.004, 0.005, 0.3, 7.5, 11.0, 1e9, 0.02]):
         for status in (200, 404, 500):
@@ -266,15 +268,16 @@ def _family_samples(path: Path) -> list[Any]:
     )
 
 
-def test_fast_path_records_what_the_public_api_records(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bodies", ["on", "off"])
+def test_fast_path_records_what_the_public_api_records(tmp_path: Path, bodies: str) -> None:
     """pyobs's own multiprocess writes give the very samples (and exemplars) prometheus_client's
-    public API gives for the same requests."""
+    public API gives for the same requests, body-size histograms on and off."""
     results = {}
     for mode in ("fast", "public"):
         directory = tmp_path / mode
         directory.mkdir()
         proc = subprocess.run(
-            [sys.executable, "-c", MIX, mode],
+            [sys.executable, "-c", MIX, mode, bodies],
             env={**os.environ, "PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(directory)},
             capture_output=True,
             text=True,
@@ -288,6 +291,8 @@ def test_fast_path_records_what_the_public_api_records(tmp_path: Path) -> None:
         results[mode] = _family_samples(directory)
     assert results["fast"] == results["public"]
     assert len(results["fast"]) > 100
+    sizes = any(name.startswith("http_server_response_body") for name, *_ in results["fast"])
+    assert sizes == (bodies == "on")
 
 
 # Every kind of value prometheus_client keeps in multiprocess mode, from the public API.
