@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -258,7 +259,6 @@ class ExemplarHistogram:
 _gen = object()  # replaced in a forked child: every value then starts again in its own file
 _values_lock = threading.Lock()
 _values_files: dict[str, _ValuesFile] = {}
-_PACK_DOUBLE = struct.Struct("<d").pack
 
 
 class _ValuesFile:
@@ -279,6 +279,9 @@ class _ValuesFile:
         except BaseException:
             os.close(fd)
             raise
+        # The map as 8-byte doubles: a value is written with one item assignment, one aligned
+        # 8-byte store (no slice or bytes object); little-endian hosts only (fast_path()).
+        self.doubles = memoryview(self.mm).cast("d")
         self._fd = fd
         self._size = size
         self._retired: list[mmap.mmap] = []
@@ -298,7 +301,8 @@ class _ValuesFile:
         self._used = used
 
     def position(self, key: str) -> int:
-        """The offset of ``key``'s 8-byte value, appended (as 0) when new. Under _values_lock."""
+        """The offset of ``key``'s 8-byte value, appended (as 0) when new (a multiple of 8:
+        ``doubles[offset >> 3]`` is the value). Under _values_lock."""
         raw = key.encode()
         found = self._positions.get(raw)
         if found is not None:
@@ -311,6 +315,7 @@ class _ValuesFile:
             os.ftruncate(self._fd, size)
             self._retired.append(self.mm)  # a value write may still hold the old map
             self.mm = mmap.mmap(self._fd, size)
+            self.doubles = memoryview(self.mm).cast("d")
             self._size = size
         at = self._used
         self.mm[at : at + len(entry)] = entry
@@ -354,7 +359,7 @@ def _mmap_key(metric: str, sample: str, labels: dict[str, str], help_text: str) 
 class FastValue:
     """A counter's or gauge's value of this process: ``inc(amount)`` (``dec`` for gauges)."""
 
-    __slots__ = ("_file", "_gen", "_key", "_pos", "_prefix", "_value")
+    __slots__ = ("_file", "_gen", "_index", "_key", "_prefix", "_value")
 
     def __init__(self, prefix: str, key: str) -> None:
         self._prefix = prefix
@@ -362,23 +367,27 @@ class FastValue:
         self._gen: object = None
         self._value = 0.0
         self._file: _ValuesFile | None = None
-        self._pos = 0
+        self._index = 0  # of the value in the file's doubles
 
     def _start(self) -> None:
         """(Re)start in this process's file (first use, or first use after a fork)."""
         self._file = file = _values_file(self._prefix)
-        self._pos = file.position(self._key)
-        self._value = file.value(self._pos)
+        pos = file.position(self._key)
+        self._index = pos >> 3
+        self._value = file.value(pos)
         self._gen = _gen
 
     def inc(self, amount: float = 1.0) -> None:
         """Add ``amount`` and write the new value."""
-        with _values_lock:
+        lock = _values_lock  # acquire()/release(), not ``with``: one bound method less
+        lock.acquire()
+        try:
             if self._gen is not _gen:
                 self._start()
-            self._value += amount
-            pos = self._pos
-            self._file.mm[pos : pos + 8] = _PACK_DOUBLE(self._value)  # type: ignore[union-attr]
+            self._value = value = self._value + amount
+            self._file.doubles[self._index] = value  # type: ignore[union-attr]
+        finally:
+            lock.release()
 
     def dec(self, amount: float = 1.0) -> None:
         """Subtract ``amount``."""
@@ -390,8 +399,8 @@ class FastHistogram:
     this process's exemplar file (prometheus_client's multiprocess values drop exemplars)."""
 
     __slots__ = (
-        "_bounds", "_counts", "_exemplars", "_file", "_gen", "_help", "_labels", "_metric",
-        "_positions", "_sum", "_sum_pos",
+        "_bounds", "_counts", "_exemplars", "_file", "_gen", "_help", "_indexes", "_labels",
+        "_metric", "_sum", "_sum_index",
     )  # fmt: skip
 
     def __init__(
@@ -417,28 +426,34 @@ class FastHistogram:
         self._gen: object = None
         self._file: _ValuesFile | None = None
         self._sum = 0.0
-        self._sum_pos = 0
+        self._sum_index = 0  # of the sum in the file's doubles; _indexes: of the buckets
         self._counts = [0.0] * len(bounds)
-        self._positions = [0] * len(bounds)
+        self._indexes = [0] * len(bounds)
 
     def _start(self) -> None:
         self._file = file = _values_file("histogram")
         metric, help_text, labels = self._metric, self._help, self._labels
-        self._sum_pos = file.position(_mmap_key(metric, metric + "_sum", labels, help_text))
-        self._positions = [
+        sum_pos = file.position(_mmap_key(metric, metric + "_sum", labels, help_text))
+        positions = [
             file.position(
                 _mmap_key(metric, metric + "_bucket", {**labels, "le": _le(b)}, help_text)
             )
             for b in self._bounds
         ]
-        self._sum = file.value(self._sum_pos)
-        self._counts = [file.value(pos) for pos in self._positions]
+        self._sum = file.value(sum_pos)
+        self._counts = [file.value(pos) for pos in positions]
+        self._sum_index = sum_pos >> 3
+        self._indexes = [pos >> 3 for pos in positions]
         self._gen = _gen
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         """Count ``amount`` in its bucket and the sum; store the exemplar, if any."""
-        with _values_lock:
+        lock = _values_lock
+        lock.acquire()
+        try:
             self._write(amount)
+        finally:
+            lock.release()
         if exemplar and self._exemplars is not None:
             trace_id = exemplar.get("trace_id")
             if trace_id:
@@ -449,13 +464,10 @@ class FastHistogram:
         i = bisect_left(self._bounds, amount)
         if self._gen is not _gen:
             self._start()
-        mm = self._file.mm  # type: ignore[union-attr]
-        self._sum = total = self._sum + amount
-        pos = self._sum_pos
-        mm[pos : pos + 8] = _PACK_DOUBLE(total)
-        self._counts[i] = count = self._counts[i] + 1.0
-        pos = self._positions[i]
-        mm[pos : pos + 8] = _PACK_DOUBLE(count)
+        doubles = self._file.doubles  # type: ignore[union-attr]
+        self._sum = doubles[self._sum_index] = self._sum + amount
+        counts = self._counts
+        counts[i] = doubles[self._indexes[i]] = counts[i] + 1.0
 
 
 class FastSeries:
@@ -477,15 +489,17 @@ class FastSeries:
         active = self._active
         histogram = self._duration
         response = self._response
-        with _values_lock:
+        lock = _values_lock
+        lock.acquire()
+        try:
             if active._gen is not _gen:
                 active._start()
-            active._value = value = active._value - 1.0
-            pos = active._pos
-            active._file.mm[pos : pos + 8] = _PACK_DOUBLE(value)  # type: ignore[union-attr]
+            active._value = active._file.doubles[active._index] = active._value - 1.0  # type: ignore[union-attr]
             histogram._write(duration)
             if response is not None:
                 response._write(response_bytes)
+        finally:
+            lock.release()
         if trace_id and histogram._exemplars is not None:
             histogram._exemplars.record(duration, trace_id)
 
@@ -508,7 +522,13 @@ def fast_path() -> bool:
     global _fast
     if _fast is None:
         path = directory()
-        _fast = path is not None and file_backed() and _format_checked(path)
+        # The files hold little-endian doubles, which pyobs writes as native ones.
+        _fast = (
+            sys.byteorder == "little"
+            and path is not None
+            and file_backed()
+            and _format_checked(path)
+        )
     return _fast
 
 
