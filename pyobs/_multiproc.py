@@ -473,7 +473,7 @@ class FastHistogram:
 class FastSeries:
     """What the end of a request writes for one (method, route, status) in this process's
     files, under one lock: the in-flight gauge's -1, the duration (its exemplar kept in the
-    exemplar file) and the response size. One call where the public path makes six."""
+    exemplar file) and the response size: one call, where there were six."""
 
     __slots__ = ("_active", "_duration", "_response")
 
