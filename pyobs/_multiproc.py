@@ -272,9 +272,9 @@ class _ValuesFile:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
-            if size < _INITIAL_SIZE:
-                os.ftruncate(fd, _INITIAL_SIZE)
-                size = _INITIAL_SIZE
+            if size < _INITIAL_SIZE or size % 8:  # a file cut short elsewhere: whole doubles
+                size = max(_INITIAL_SIZE, size + -size % 8)
+                os.ftruncate(fd, size)
             self.mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)

@@ -370,6 +370,20 @@ def test_process_reusing_a_dead_ones_pid_continues_its_files(mpdir: Path) -> Non
     assert _page()[f"{DURATION}_count"] == 10
 
 
+def test_continued_file_of_an_odd_size_still_counts(mpdir: Path) -> None:
+    """A dead worker's file whose size is not whole 8-byte values (cut or padded by something
+    else) is continued by the process that reuses its pid, without losing a request."""
+    _worker(4, "a")
+    [old_pid] = {m.group(1) for n in _files(mpdir) if (m := re.search(r"_(\d+)-pyobs\.db$", n))}
+    for name in _files(mpdir):
+        if name.endswith(f"_{old_pid}-pyobs.db"):
+            with open(mpdir / name, "ab") as handle:
+                handle.write(b"\0\0\0")
+    reuse = f"import os\nos.getpid = lambda: {old_pid}\n" + WORKER
+    _run(reuse, "6", "b", "0.003", "/x")
+    assert _page()[f"{DURATION}_count"] == 10
+
+
 def test_child_exit_batches_compaction_under_fast_churn(
     mpdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
