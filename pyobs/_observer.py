@@ -277,7 +277,11 @@ class RequestHandle:
             # m.request_finished(), inlined for a series already seen (one call less).
             series = m.series.get((method, route, code))
             if series is None or series.direct is None:
-                m.request_finished(method, route, code, duration, size)
+                fast = None if series is None else series.fast
+                if fast is not None:  # multiprocess mode: the series is known, one call
+                    fast.record(duration, size, None)
+                else:
+                    m.request_finished(method, route, code, duration, size)
             else:
                 try:
                     _internals.prom_request(m.lock, series.direct, duration, size, None)
@@ -631,7 +635,11 @@ class RequestObserver:
                 # m.request_finished(), inlined for a series already seen (one call less).
                 series = None if extra else m.series.get((method, route, code))
                 if series is None or series.direct is None:
-                    m.request_finished(method, route, code, duration, size, trace_id, extra)
+                    fast = None if series is None else series.fast
+                    if fast is not None:  # multiprocess mode: the series is known, one call
+                        fast.record(duration, size, trace_id)
+                    else:
+                        m.request_finished(method, route, code, duration, size, trace_id, extra)
                 else:
                     exemplar = (
                         tuple.__new__(Exemplar, ({"trace_id": trace_id}, duration, time.time()))

@@ -295,6 +295,80 @@ def test_fast_path_records_what_the_public_api_records(tmp_path: Path, bodies: s
     assert sizes == (bodies == "on")
 
 
+# Requests through pyobs's WSGI middleware (the request paths of a real app, not the metrics
+# API); argv[1] "public" turns the fast path off, argv[2] "full" adds the span and access log.
+WSGI_REQUESTS = textwrap.dedent(
+    """
+    import sys
+    from pyobs import _multiproc
+    if sys.argv[1] == "public":
+        _multiproc._fast = False
+    import pyobs
+    from pyobs.wsgi import ObservabilityMiddleware
+
+    full = sys.argv[2] == "full"
+    pyobs.setup(service_name="mp", tracing=full, access_log=full)
+    STATUS = {"/a": "200 OK", "/b": "404 Not Found", "/c": "500 Internal Server Error"}
+
+    def app(environ, start_response):
+        start_response(STATUS[environ["PATH_INFO"]], [("Content-Type", "text/plain")])
+        return [b"x" * (100 * len(environ["QUERY_STRING"])), b"y"]
+
+    wrapped = ObservabilityMiddleware(app, route_resolver=lambda environ: environ["PATH_INFO"])
+    for i in range(30):
+        environ = {
+            "REQUEST_METHOD": "POST" if i % 2 else "GET", "PATH_INFO": ("/a", "/b", "/c")[i % 3],
+            "QUERY_STRING": "q" * (i % 7), "CONTENT_LENGTH": str(10 * i) if i % 4 == 0 else "",
+            "SERVER_NAME": "x", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+        }
+        body = wrapped(environ, lambda status, headers, *rest: None)
+        for chunk in body:
+            pass
+        body.close()
+    print(_multiproc.fast_path())
+    """
+)
+
+
+@pytest.mark.parametrize("config", ["metrics-only", "full"])
+def test_requests_record_through_the_fast_path_what_the_public_api_records(
+    tmp_path: Path, config: str
+) -> None:
+    """Requests through the WSGI middleware, metrics-only (its own shorter path) and full,
+    leave the same samples in the files with pyobs's own writes as with prometheus_client's
+    public API: counts, response and request sizes, the in-flight gauge back at 0 (durations
+    by count only, their values being times; exemplars apart, their trace ids random)."""
+    results = {}
+    for mode in ("fast", "public"):
+        directory = tmp_path / mode
+        directory.mkdir()
+        proc = subprocess.run(
+            [sys.executable, "-c", WSGI_REQUESTS, mode, config],
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split()[-1] == str(mode == "fast")
+        results[mode] = [
+            (name, labels, value)
+            for name, labels, value, _ in _family_samples(directory)
+            if not name.startswith((f"{DURATION}_bucket", f"{DURATION}_sum"))
+        ]
+    assert results["fast"] == results["public"]
+    sizes = {
+        (dict(labels)["http_route"], dict(labels)["http_request_method"]): value
+        for name, labels, value in results["fast"]
+        if name == "http_server_response_body_size_bytes_sum"
+    }
+    assert sizes[("/a", "GET")] == sum(100 * (i % 7) + 1 for i in range(0, 30, 6))
+    active = [v for name, _, v in results["fast"] if name == "http_server_active_requests"]
+    assert active and set(active) == {0.0}
+
+
 # Every kind of value prometheus_client keeps in multiprocess mode, from the public API.
 KINDS = textwrap.dedent(
     """
