@@ -382,15 +382,12 @@ class FastValue:
         lock = _values_lock  # acquire()/release(), not ``with``: one bound method less
         lock.acquire()
         try:
-            self._write(amount)
+            if self._gen is not _gen:
+                self._start()
+            self._value = value = self._value + amount
+            self._file.doubles[self._index] = value  # type: ignore[union-attr]
         finally:
             lock.release()
-
-    def _write(self, amount: float) -> None:
-        """Add ``amount`` and write the new value to the file. Under _values_lock."""
-        if self._gen is not _gen:
-            self._start()
-        self._value = self._file.doubles[self._index] = self._value + amount  # type: ignore[union-attr]
 
     def dec(self, amount: float = 1.0) -> None:
         """Subtract ``amount``."""
@@ -495,7 +492,9 @@ class FastSeries:
         lock = _values_lock
         lock.acquire()
         try:
-            active._write(-1.0)
+            if active._gen is not _gen:
+                active._start()
+            active._value = active._file.doubles[active._index] = active._value - 1.0  # type: ignore[union-attr]
             histogram._write(duration)
             if response is not None:
                 response._write(response_bytes)
