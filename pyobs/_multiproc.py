@@ -492,6 +492,8 @@ class FastSeries:
         lock = _values_lock
         lock.acquire()
         try:
+            # FastValue.inc()'s write, written out: a shared method measured 2.5k instructions
+            # more per request (two calls more), so the three lines stay here.
             if active._gen is not _gen:
                 active._start()
             active._value = active._file.doubles[active._index] = active._value - 1.0  # type: ignore[union-attr]
