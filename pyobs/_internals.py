@@ -242,7 +242,8 @@ def prom_inc_cached(lock: Any, values: dict[str, Any], key: str) -> bool:
 def prom_request(
     lock: Any, direct: tuple[Any, ...], duration: float, response_bytes: int, exemplar: Any
 ) -> None:
-    """One request's values: in-flight gauge - 1, duration (+ exemplar), response size.
+    """One request's values: in-flight gauge - 1 (``direct[0]`` is pyobs's own deque of the
+    requests in flight, PyobsMetrics.inflight), duration (+ exemplar), response size.
 
     Raises AfterGauge (from the cause) when a write after the gauge's failed, so the caller
     knows the gauge is already down and completes the rest through the public API.
@@ -252,7 +253,10 @@ def prom_request(
     r_bucket = r_buckets[bisect_left(r_bounds, response_bytes)] if r_sum is not None else None
     lock.acquire()  # not ``with``: see prom_add
     try:
-        active._value -= 1
+        try:
+            active.pop()
+        except IndexError:  # a -1 without its +1: RequestHandle.counted rules it out
+            pass
         try:
             d_sum._value += duration
             d_bucket._value += 1

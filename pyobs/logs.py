@@ -66,8 +66,16 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 
 
 _pid = [os.getpid()]  # process.pid without a system call per line; updated after fork
+_pid_text = [str(_pid[0])]  # the same as text: the access line formats no number for it
+
+
+def _pid_after_fork() -> None:
+    _pid[0] = os.getpid()
+    _pid_text[0] = str(_pid[0])
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+    os.register_at_fork(after_in_child=_pid_after_fork)
 _quote = json.encoder.encode_basestring  # the C string escaper behind json.dumps
 
 
@@ -316,11 +324,12 @@ class ECSFormatter(logging.Formatter):
         second = int(now)
         stamps = self._stamps
         prefix = stamps._prefix if second == stamps._second else stamps.format(now)[:-5]
-        # One f-string, the optional fields included: one string built, no partial ones.
+        # One f-string, the optional fields included: one string built, no partial ones
+        # (event.dataset is ACCESS_LOGGER, written out).
         return (
             f'{{"@timestamp":"{prefix}{_MILLIS[int((now - second) * 1000)]}","log.level":"{level}",'
-            f'"message":"{message}"{self._access_static},"process.pid":{_pid[0]},'
-            f'"http.request.id":"{handle.request_id}","event.dataset":"{ACCESS_LOGGER}",'
+            f'"message":"{message}"{self._access_static},"process.pid":{_pid_text[0]},'
+            f'"http.request.id":"{handle.request_id}","event.dataset":"pyobs.access",'
             f'"http.request.method":"{handle.method}","url.path":"{escaped}",'
             f'"http.response.status_code":{code},'
             f'"http.response.body.bytes":{handle.response_bytes},'

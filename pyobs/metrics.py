@@ -8,6 +8,7 @@ import re
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -207,9 +208,15 @@ class PyobsMetrics:
         # (method, route, status) -> its values; read by RequestHandle._done() too.
         self.series: dict[tuple[Any, ...], _Series] = {}
         self._active: dict[str, Any] = {}
-        # The in-flight gauge's values pyobs writes directly (not _PublicInc), by method:
-        # RequestObserver.start() adds 1 to them under ``lock`` without a call in between.
-        self.active_values: dict[str, Any] = {}
+        # One process: the requests in flight of each method, one item per request; the
+        # gauge's child reports len() of its deque (set_function, public API). append() and
+        # pop() are atomic, so the request path's +1 (RequestObserver.start()) and -1
+        # (prom_request) take no lock and no call into Python code; a deque keeps its block
+        # when it empties (a list would free and allocate its items on every request).
+        # Never replaced (requests in flight stay counted whatever is reset). Empty in
+        # multiprocess mode.
+        self.inflight: dict[str, deque[None]] = {}
+        self._inflight_lock = threading.Lock()
         self._request_sizes: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._log_levels: dict[str, Any] = {}
         # The log-level counters' values pyobs writes directly (StdoutHandler.write_line).
@@ -221,6 +228,9 @@ class PyobsMetrics:
         layouts; cached by label."""
         value = cache.get(label)
         if value is None:
+            if metric is self.active_requests and not _multiproc.file_backed():
+                value = cache[label] = self._inflight_for(label)
+                return value
             labels = (label, *self._static) if metric is self.active_requests else (label,)
             child = self._mp_child(metric, labels)
             value = _internals.prom_value(child) if direct_values_ok() else None
@@ -230,21 +240,37 @@ class PyobsMetrics:
             cache[label] = value
         return value
 
+    def _inflight_for(self, method: str) -> Any:
+        """The in-flight deque of ``method`` (see ``inflight``), made with its gauge child once;
+        the public API's child if the gauge refuses a function (then its inc() is used)."""
+        with self._inflight_lock:
+            found: Any = self.inflight.get(method)
+            if found is None:
+                child = self.active_requests.labels(method, *self._static)
+                found = deque()
+                try:
+                    child.set_function(found.__len__)
+                except Exception as exc:  # noqa: BLE001 - the public inc() instead
+                    _report("metrics", exc)
+                    return _PublicInc(child)
+                self.inflight[method] = found
+        return found
+
     def _active_add(self, method: str, amount: int = 1) -> None:
-        """http_server_active_requests{method} + amount, always through the same lock."""
-        value = self._active.get(method) or self._value_for(
-            self._active, self.active_requests, method
-        )
-        if type(value) in _OWN_INC:
+        """http_server_active_requests{method} + amount (never below 0 in one process)."""
+        value = self._active.get(method)
+        if value is None:
+            value = self._value_for(self._active, self.active_requests, method)
+        if type(value) is not deque:  # multiprocess mode's file-backed value, or _PublicInc
             value.inc(amount)
             return
-        try:
-            _internals.prom_add(self.lock, value, amount)
-        except Exception as exc:  # noqa: BLE001 - a changed layout: public API from now on
-            self._direct_failed(exc)
-            self._active_add(method, amount)
-            return
-        self.active_values[method] = value
+        for _ in range(amount):
+            value.append(None)
+        for _ in range(-amount):
+            try:
+                value.pop()
+            except IndexError:  # a -1 without its +1: RequestHandle.counted rules it out
+                break
 
     request_started = _active_add  # http_server_active_requests{method} + 1
 
@@ -350,7 +376,6 @@ class PyobsMetrics:
         _internals.broken(_internals.PROM_VALUES.name, exc)
         self.series.clear()
         self._active.clear()
-        self.active_values.clear()
         self._request_sizes.clear()
         self._log_levels.clear()
         self.log_level_values.clear()
@@ -608,7 +633,7 @@ class _Series:
         # (active gauge value, duration sum/buckets/bounds, response sum/buckets/bounds);
         # the response part is (None, None, None) when body-size histograms are off.
         self.direct: tuple[Any, ...] | None = None
-        if type(active) not in _OWN_INC and d is not None and r is not None:
+        if type(active) is deque and d is not None and r is not None:
             self.direct = (active, *d, *r)
 
 
@@ -626,6 +651,7 @@ def _locks_after_fork() -> None:
     for metrics in list(_instances):
         metrics.lock = threading.Lock()
         metrics._routes_lock = threading.Lock()
+        metrics._inflight_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

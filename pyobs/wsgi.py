@@ -198,16 +198,32 @@ class ObservabilityMiddleware:
         self.config = _state.ensure_setup(framework or "wsgi", **options)
         # Asked for the metrics path only: pyobs never shadows a route the app serves.
         self.metrics_page = MetricsPage(self.config, framework or "wsgi", app_serves)
-        self.observer: RequestObserver | None = (
-            None if self.config.disabled else _state.get_observer()
+        self.observer = None if self.config.disabled else _state.get_observer()
+
+    @property
+    def observer(self) -> RequestObserver | None:
+        """The observer requests are recorded with (None: pyobs is disabled)."""
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: RequestObserver | None) -> None:
+        # The handles' classes carry this middleware and its observer as class attributes:
+        # two stores less per request than setting them on each handle.
+        self._observer = observer
+        shared = {"_middleware": self, "_observer": observer, "__module__": __name__}
+        self._observed_kind: type[_ObservedBody] = type("_ObservedBody", (_ObservedBody,), shared)
+        self._metrics_only_kind: type[_MetricsOnlyBody] = type(
+            "_MetricsOnlyBody", (_MetricsOnlyBody,), shared
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        observer = self.observer
+        observer = self._observer
         if observer is None:
             return self.app(environ, start_response)
+        get = environ.get
+        path_info = get("PATH_INFO", "")
         page = self.metrics_page
-        if environ.get("PATH_INFO") == page.path and not page.yields(environ):
+        if path_info == page.path and not page.yields(environ):
             status, headers, body = page.respond(
                 environ.get("HTTP_ACCEPT"), environ.get("HTTP_AUTHORIZATION")
             )
@@ -217,16 +233,17 @@ class ObservabilityMiddleware:
         try:
             if observer.details:
                 facts = facts_from_environ(environ)
-                started = observer.start(facts, _ObservedBody, environ.get("HTTP_X_REQUEST_ID"))
-                handle = started if isinstance(started, _ObservedBody) else None
+                # A handle of the kind asked for, or None.
+                handle = observer.start(  # type: ignore[assignment]
+                    facts, self._observed_kind, get("HTTP_X_REQUEST_ID")
+                )
             else:  # start_metrics_only(), reading the environ as facts_from_environ() does
-                get = environ.get
-                path = (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
+                path = get("SCRIPT_NAME", "") + path_info or "/"
                 if not path.isascii():
                     path = decoded_path(path)
                 handle = start_metrics_only(
                     observer,
-                    _MetricsOnlyBody,
+                    self._metrics_only_kind,
                     get("REQUEST_METHOD") or "GET",
                     path,
                     get("HTTP_X_REQUEST_ID"),
@@ -236,10 +253,8 @@ class ObservabilityMiddleware:
             return self.app(environ, start_response)
         if handle is None:  # not observed (excluded path)
             return self.app(environ, start_response)
-        handle.raw_length = environ.get("CONTENT_LENGTH")
-        environ[HANDLE_KEY] = handle
-        handle._middleware = self
-        handle._observer = observer
+        handle.raw_length = get("CONTENT_LENGTH")
+        environ[HANDLE_KEY] = handle  # its class holds this middleware and the observer
         handle._environ = environ
         handle._server = start_response
         try:
@@ -250,12 +265,13 @@ class ObservabilityMiddleware:
             observer.detach(handle)
             environ.pop(HANDLE_KEY, None)
             raise
-        # observer.detach(handle), inlined (one call less per request).
-        context_token, handle.context_token = handle.context_token, None
-        token, handle.request_id_token = handle.request_id_token, None
+        # observer.detach(handle), inlined (one call less per request). Nothing detaches this
+        # handle again, so its tokens are left on it.
+        token = handle.request_id_token
         try:
             if token is not None:
                 request_id_var.reset(token)
+            context_token = handle.context_token
             if context_token is not None:
                 _context.detach(context_token)
         except Exception as exc:  # noqa: BLE001 - a token from another context
@@ -267,12 +283,13 @@ class _ObservedBody(RequestHandle):
     """The request's handle, and also the body the server gets: it counts body bytes and
     finishes the request when the server closes it (one object per request, not two)."""
 
-    # Set per request by the middleware (or the Pyramid tween) after observer.start().
+    # _middleware and _observer: class attributes of the middleware's own subclasses
+    # (ObservabilityMiddleware.observer); the Pyramid tween sets them per request. The rest
+    # is set per request after observer.start().
     _middleware: ObservabilityMiddleware
     _environ: Environ
     _server: StartResponse  # the server's start_response
     inner: Iterable[bytes] = ()  # the app's body, once the app returned it
-    _state = 0  # 0 not iterated yet, 1 iterating, 2 the last chunk was handed out
 
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The app's start_response: notes the status and adds pyobs's response headers."""
@@ -301,14 +318,15 @@ class _ObservedBody(RequestHandle):
                 self.route = None
 
     def __iter__(self) -> Iterator[bytes]:
-        # A generator: the server's iter() and each next() are one call each. The state is
-        # 1 from the first next(), when the server starts sending the body.
+        # A generator: the server's iter() and each next() are one call each. The handle is
+        # in _BODIES_OPEN from the first next(), when the server starts sending the body,
+        # until the next() after the last chunk: still in it when close() comes means the
+        # server stopped sending (the client went away).
         # The app's body may be its own generator, run here after __call__ left the
         # request's context: a line it logs finds this frame on the stack and takes the
         # request's ids from ``self`` (logs.body_on_stack, which looks only while
         # _BODIES_OPEN is not empty; the OTel context is not entered again, so a span
         # started here has no parent).
-        self._state = 1
         _BODIES_OPEN.add(self)
         try:
             for chunk in self.inner:
@@ -318,17 +336,19 @@ class _ObservedBody(RequestHandle):
             self.disconnected = True
             raise
         except GeneratorExit:
+            # Closed before the last next(): the server dropped the body (a failed write
+            # unwound its loop, or it stopped after the bytes it expected).
+            self.disconnected = True
             raise
         except BaseException as exc:
             self.exception = exc
             raise
         finally:
             _BODIES_OPEN.discard(self)
-        self._state = 2
 
     def close(self) -> None:
         try:
-            if self._state == 1 and self.exception is None:
+            if self in _BODIES_OPEN and self.exception is None:
                 # The server stopped before the last byte: the client went away.
                 self.disconnected = True
                 _BODIES_OPEN.discard(self)  # the server may keep the suspended iterator
@@ -344,7 +364,10 @@ class _ObservedBody(RequestHandle):
                 self._observer.finish(self)
             # environ -> handle -> environ is a cycle; break it so refcounting
             # frees the request at once instead of leaving it to the cyclic GC.
-            self._environ.pop(HANDLE_KEY, None)
+            try:
+                del self._environ[HANDLE_KEY]
+            except KeyError:  # the app took it out
+                pass
 
 
 class _MetricsOnlyBody(_ObservedBody):

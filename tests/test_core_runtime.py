@@ -115,6 +115,54 @@ def test_wsgi_client_gone_is_499() -> None:
     )
 
 
+@pytest.mark.parametrize("server", ["closes first", "drops its iterator first", "reads all"])
+def test_wsgi_body_end_is_told_apart_from_a_client_that_left(server: str) -> None:
+    """However the server lets go of the body, a response it stopped sending is a 499 and one
+    it sent to the end a 200: it closes the body while still holding its iterator (its
+    loop left by a failed write), its iterator is gone first (the loop's frame unwound, the
+    generator closed before close()), or it read every chunk and the end."""
+    import_or_require("flask")
+    app = FACTORIES["flask"]()
+    before = {
+        code: sample(
+            f"{DURATION}_count",
+            http_request_method="GET",
+            http_route="/stream",
+            http_response_status_code=code,
+        )
+        or 0
+        for code in ("200", "499")
+    }
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/stream",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": __import__("io").BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+    }
+    body = app.wsgi_app(environ, lambda status, headers, exc_info=None: None)
+    chunks = iter(body)
+    if server == "reads all":
+        assert b"".join(chunks)
+    else:
+        next(chunks)
+        if server == "drops its iterator first":
+            del chunks
+    body.close()
+    expected = "200" if server == "reads all" else "499"
+    for code in ("200", "499"):
+        now = sample(
+            f"{DURATION}_count",
+            http_request_method="GET",
+            http_route="/stream",
+            http_response_status_code=code,
+        )
+        assert (now or 0) - before[code] == (1 if code == expected else 0), code
+
+
 @pytest.mark.parametrize("how", ["receive", "send"])
 def test_asgi_client_gone_is_499(how: str) -> None:
     """An ASGI client that disconnects mid-stream is counted as 499."""

@@ -47,7 +47,12 @@ def test_request_path_matches_prometheus_client() -> None:
     assert [b._exemplar and (b._exemplar.labels, b._exemplar.value) for b in mine] == [
         b._exemplar and (b._exemplar.labels, b._exemplar.value) for b in other
     ]
-    assert ours.active_requests.labels("GET")._value.get() == 0
+    assert (
+        ours.registry.get_sample_value(
+            "http_server_active_requests", {"http_request_method": "GET"}
+        )
+        == 0
+    )
 
 
 def test_counts_stay_exact_across_threads() -> None:
@@ -70,6 +75,105 @@ def test_counts_stay_exact_across_threads() -> None:
     assert get("http_server_request_duration_seconds_count", labels) == 4 * per_thread
     assert get("http_server_response_body_size_bytes_sum", labels) == 4 * per_thread * 10
     assert get("http_server_active_requests", {"http_request_method": "GET"}) == 0
+
+
+@pytest.mark.parametrize("access_log", [False, True], ids=["metrics-only", "access-log"])
+def test_in_flight_gauge_counts_every_request_in_flight_across_threads(
+    access_log: bool,
+) -> None:
+    """The in-flight gauge is a deque per method in one process (append and pop, no lock):
+    eight requests held inside the app at once on eight threads read 8 at a scrape, while
+    another thread records 2,000 requests through the public request_started() and
+    request_finished(); once every response is closed it reads 0 and every request is
+    counted. It fails when the request path loses a +1 (checked: without the append in
+    start_metrics_only() it reads 0 with eight requests in flight). A lost -1 in
+    prom_request is caught before first use by the direct writes' own check
+    (metrics._check_direct_values, checked: the requests then take the public path)."""
+    from pyobs._config import load_config
+    from pyobs._observer import RequestObserver
+    from pyobs.wsgi import ObservabilityMiddleware
+
+    metrics = PyobsMetrics(CollectorRegistry())
+    observer = RequestObserver(load_config({}, tracing=False, access_log=access_log), metrics)
+    inside = threading.Barrier(9)
+    leave = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/held":
+            inside.wait(10)
+            assert leave.wait(10)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    middleware = ObservabilityMiddleware(app, route_resolver=lambda environ: environ["PATH_INFO"])
+    middleware.observer = observer
+
+    def get(path: str) -> None:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.url_scheme": "http"}
+        body = middleware(environ, lambda status, headers, *_: None)
+        assert b"".join(body) == b"ok"
+        body.close()  # type: ignore[attr-defined]
+
+    def public() -> None:
+        for _ in range(2_000):
+            metrics.request_started("GET")
+            metrics.request_finished("GET", "/public", 200, 0.001, 1)
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value(
+            "http_server_active_requests", {"http_request_method": "GET"}
+        )
+
+    def count(route: str) -> float | None:
+        labels = {"http_request_method": "GET", "http_route": route}
+        return metrics.registry.get_sample_value(
+            "http_server_request_duration_seconds_count",
+            {**labels, "http_response_status_code": "200"},
+        )
+
+    get("/warm")  # the method's deque exists: the held requests take its path
+    held = [threading.Thread(target=get, args=("/held",)) for _ in range(8)]
+    for t in held:
+        t.start()
+    inside.wait(10)  # all eight are inside the app
+    other = threading.Thread(target=public)
+    other.start()
+    other.join()
+    assert gauge() == 8
+    leave.set()
+    for t in held:
+        t.join()
+    assert gauge() == 0
+    assert count("/held") == 8
+    assert count("/public") == 2_000
+
+
+def test_in_flight_gauge_falls_back_to_inc_when_the_gauge_refuses_a_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If prometheus_client's Gauge refuses set_function (a future version), the in-flight
+    gauge is written through the child's public inc()/dec() instead: still exact, and the
+    refusal is counted once as an internal error."""
+    from prometheus_client import REGISTRY, Gauge
+
+    def refuses(self: Any, f: Any) -> None:
+        raise NotImplementedError("no functions here")
+
+    monkeypatch.setattr(Gauge, "set_function", refuses)
+    metrics = PyobsMetrics(CollectorRegistry())
+    before = REGISTRY.get_sample_value("pyobs_internal_errors_total", {"component": "metrics"})
+    metrics.request_started("GET")
+    get = metrics.registry.get_sample_value
+    assert get("http_server_active_requests", {"http_request_method": "GET"}) == 1
+    metrics.request_finished("GET", "/x", 200, 0.01, 10)
+    metrics.request_started("GET")
+    metrics.request_finished("GET", "/x", 200, 0.01, 10)
+    assert get("http_server_active_requests", {"http_request_method": "GET"}) == 0
+    assert metrics.inflight == {}
+    labels = {"http_request_method": "GET", "http_route": "/x", "http_response_status_code": "200"}
+    assert get("http_server_request_duration_seconds_count", labels) == 2
+    after = REGISTRY.get_sample_value("pyobs_internal_errors_total", {"component": "metrics"})
+    assert (after or 0) == (before or 0) + 1
 
 
 class _Opaque:
@@ -240,7 +344,7 @@ def test_a_direct_write_failing_on_the_request_path_records_the_request_once(
     def breaks(lock: Any, direct: tuple[Any, ...], *args: Any) -> None:
         calls.append(1)
         if fails == "after the gauge":
-            direct[0].inc(-1)  # the in-flight gauge's value, as prom_request writes it first
+            direct[0].pop()  # the in-flight deque, as prom_request writes it first
             raise _internals.AfterGauge() from AttributeError("_value")
         raise AttributeError("'MutexValue' object has no attribute '_value'")
 
