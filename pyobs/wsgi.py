@@ -198,26 +198,12 @@ class ObservabilityMiddleware:
         self.config = _state.ensure_setup(framework or "wsgi", **options)
         # Asked for the metrics path only: pyobs never shadows a route the app serves.
         self.metrics_page = MetricsPage(self.config, framework or "wsgi", app_serves)
-        self.observer = None if self.config.disabled else _state.get_observer()
-
-    @property
-    def observer(self) -> RequestObserver | None:
-        """The observer requests are recorded with (None: pyobs is disabled)."""
-        return self._observer
-
-    @observer.setter
-    def observer(self, observer: RequestObserver | None) -> None:
-        # The handles' classes carry this middleware and its observer as class attributes:
-        # two stores less per request than setting them on each handle.
-        self._observer = observer
-        shared = {"_middleware": self, "_observer": observer, "__module__": __name__}
-        self._observed_kind: type[_ObservedBody] = type("_ObservedBody", (_ObservedBody,), shared)
-        self._metrics_only_kind: type[_MetricsOnlyBody] = type(
-            "_MetricsOnlyBody", (_MetricsOnlyBody,), shared
+        self.observer: RequestObserver | None = (
+            None if self.config.disabled else _state.get_observer()
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        observer = self._observer
+        observer = self.observer
         if observer is None:
             return self.app(environ, start_response)
         get = environ.get
@@ -235,7 +221,7 @@ class ObservabilityMiddleware:
                 facts = facts_from_environ(environ)
                 # A handle of the kind asked for, or None.
                 handle = observer.start(  # type: ignore[assignment]
-                    facts, self._observed_kind, get("HTTP_X_REQUEST_ID")
+                    facts, _ObservedBody, get("HTTP_X_REQUEST_ID")
                 )
             else:  # start_metrics_only(), reading the environ as facts_from_environ() does
                 path = get("SCRIPT_NAME", "") + path_info or "/"
@@ -243,7 +229,7 @@ class ObservabilityMiddleware:
                     path = decoded_path(path)
                 handle = start_metrics_only(
                     observer,
-                    self._metrics_only_kind,
+                    _MetricsOnlyBody,
                     get("REQUEST_METHOD") or "GET",
                     path,
                     get("HTTP_X_REQUEST_ID"),
@@ -254,7 +240,9 @@ class ObservabilityMiddleware:
         if handle is None:  # not observed (excluded path)
             return self.app(environ, start_response)
         handle.raw_length = get("CONTENT_LENGTH")
-        environ[HANDLE_KEY] = handle  # its class holds this middleware and the observer
+        environ[HANDLE_KEY] = handle
+        handle._middleware = self
+        handle._observer = observer
         handle._environ = environ
         handle._server = start_response
         try:
@@ -283,9 +271,7 @@ class _ObservedBody(RequestHandle):
     """The request's handle, and also the body the server gets: it counts body bytes and
     finishes the request when the server closes it (one object per request, not two)."""
 
-    # _middleware and _observer: class attributes of the middleware's own subclasses
-    # (ObservabilityMiddleware.observer); the Pyramid tween sets them per request. The rest
-    # is set per request after observer.start().
+    # Set per request by the middleware (or the Pyramid tween) after observer.start().
     _middleware: ObservabilityMiddleware
     _environ: Environ
     _server: StartResponse  # the server's start_response
