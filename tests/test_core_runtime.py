@@ -86,11 +86,9 @@ def test_multiprocess_counts_sum_exactly(
     assert b"process_cpu_seconds_total" in body
 
 
-def test_wsgi_client_gone_is_499() -> None:
-    """A WSGI client that disconnects mid-stream is counted as 499."""
-    import_or_require("flask")
-    app = FACTORIES["flask"]()
-    environ = {
+def _stream_environ() -> dict[str, Any]:
+    """A WSGI environ for GET /stream (the Flask app of tests/core_apps.py streams it)."""
+    return {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": "/stream",
         "SERVER_NAME": "localhost",
@@ -104,7 +102,13 @@ def test_wsgi_client_gone_is_499() -> None:
         "wsgi.run_once": False,
         "wsgi.version": (1, 0),
     }
-    body = app.wsgi_app(environ, lambda status, headers, exc_info=None: None)
+
+
+def test_wsgi_client_gone_is_499() -> None:
+    """A WSGI client that disconnects mid-stream is counted as 499."""
+    import_or_require("flask")
+    app = FACTORIES["flask"]()
+    body = app.wsgi_app(_stream_environ(), lambda status, headers, exc_info=None: None)
     next(iter(body))  # the client reads one chunk, then goes away
     body.close()
     assert sample(
@@ -133,17 +137,7 @@ def test_wsgi_body_end_is_told_apart_from_a_client_that_left(server: str) -> Non
         or 0
         for code in ("200", "499")
     }
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/stream",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": __import__("io").BytesIO(b""),
-        "wsgi.errors": sys.stderr,
-    }
-    body = app.wsgi_app(environ, lambda status, headers, exc_info=None: None)
+    body = app.wsgi_app(_stream_environ(), lambda status, headers, exc_info=None: None)
     chunks = iter(body)
     if server == "reads all":
         assert b"".join(chunks)
