@@ -222,8 +222,8 @@ def prom_add(lock: Any, value: Any, amount: float) -> None:
 
 
 def prom_inc_cached(lock: Any, values: dict[str, Any], key: str) -> bool:
-    """``values[key].inc(1)`` under pyobs's lock, for a value pyobs cached (the in-flight
-    gauge's, a log level's): one call on the request path instead of a lookup and prom_add.
+    """``values[key].inc(1)`` under pyobs's lock, for a value pyobs cached (a log level's
+    counter): one call on the request path instead of a lookup and prom_add.
     False when none is cached or the write failed; the caller then takes its public path,
     which finds and reports a broken layout."""
     value = values.get(key)

@@ -199,10 +199,10 @@ class PyobsMetrics:
         self.known_routes = self._routes
         self._routes_lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
-        # The request path's values, updated directly (see _Series) under this one lock.
-        # Public: RequestObserver.start() writes the in-flight gauge's +1 under it too. One
-        # attribute, so the lock a fork child gets (_locks_after_fork) is the one every
-        # writer takes.
+        # The request path's histogram values and the log-level counters, updated directly
+        # (see _Series) under this one lock; the in-flight gauge needs none (``inflight``).
+        # Public: the log handler writes its counters under it too. One attribute, so the
+        # lock a fork child gets (_locks_after_fork) is the one every writer takes.
         self.lock = threading.Lock()
         _instances.add(self)
         # (method, route, status) -> its values; read by RequestHandle._done() too.
@@ -225,12 +225,9 @@ class PyobsMetrics:
     def _value_for(self, cache: dict[str, Any], metric: Any, label: str) -> Any:
         """The child's in-process value (a MutexValue pyobs adds to under its own lock), or
         pyobs's own file-backed value in multiprocess mode, or a _PublicInc for unknown
-        layouts; cached by label."""
+        layouts; cached by label. (The in-flight gauge in one process: _active_value.)"""
         value = cache.get(label)
         if value is None:
-            if metric is self.active_requests and not _multiproc.file_backed():
-                value = cache[label] = self._inflight_for(label)
-                return value
             labels = (label, *self._static) if metric is self.active_requests else (label,)
             child = self._mp_child(metric, labels)
             value = _internals.prom_value(child) if direct_values_ok() else None
@@ -238,6 +235,17 @@ class PyobsMetrics:
                 # pyobs's own file-backed value has inc() itself; anything else, the public API.
                 value = child if type(child) is _multiproc.FastValue else _PublicInc(child)
             cache[label] = value
+        return value
+
+    def _active_value(self, method: str) -> Any:
+        """The in-flight gauge's value for ``method``, cached: its deque in one process (see
+        ``inflight``), what _value_for gives in multiprocess mode."""
+        value = self._active.get(method)
+        if value is None:
+            if _multiproc.file_backed():
+                value = self._value_for(self._active, self.active_requests, method)
+            else:
+                value = self._active[method] = self._inflight_for(method)
         return value
 
     def _inflight_for(self, method: str) -> Any:
@@ -258,9 +266,9 @@ class PyobsMetrics:
 
     def _active_add(self, method: str, amount: int = 1) -> None:
         """http_server_active_requests{method} + amount (never below 0 in one process)."""
-        value = self._active.get(method)
+        value = self._active.get(method)  # (multiprocess mode's +1: no call before inc())
         if value is None:
-            value = self._value_for(self._active, self.active_requests, method)
+            value = self._active_value(method)
         if type(value) is not deque:  # multiprocess mode's file-backed value, or _PublicInc
             value.inc(amount)
             return
@@ -386,7 +394,7 @@ class PyobsMetrics:
         labels = (method, route, str(status), *self._static, *extra)
         response = self.response_size
         series = _Series(
-            self._value_for(self._active, self.active_requests, method),
+            self._active_value(method),
             self._mp_child(self.request_duration, labels),
             self._mp_child(response, labels) if response is not None else None,
         )
@@ -630,7 +638,7 @@ class _Series:
             self.fast = _multiproc.FastSeries(active, duration, response)
         d = _direct_values(duration)
         r = _direct_values(response) if response is not None else (None, None, None)
-        # (active gauge value, duration sum/buckets/bounds, response sum/buckets/bounds);
+        # (in-flight deque, duration sum/buckets/bounds, response sum/buckets/bounds);
         # the response part is (None, None, None) when body-size histograms are off.
         self.direct: tuple[Any, ...] | None = None
         if type(active) is deque and d is not None and r is not None:

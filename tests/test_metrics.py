@@ -56,7 +56,8 @@ def test_request_path_matches_prometheus_client() -> None:
 
 
 def test_counts_stay_exact_across_threads() -> None:
-    """Four threads recording at once lose no request (one lock guards every value)."""
+    """Four threads recording at once lose no request (one lock guards the histograms'
+    values; the in-flight deque's append and pop are atomic)."""
     metrics = PyobsMetrics(CollectorRegistry())
     per_thread = 5_000
 
