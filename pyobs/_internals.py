@@ -185,6 +185,10 @@ class AfterGauge(Exception):
     """prom_request failed after the in-flight gauge was already taken down."""
 
 
+class AfterRequest(AfterGauge):
+    """prom_request recorded the request, then failed to count its access line."""
+
+
 def prom_value(child: Any) -> Any:
     """A counter or gauge child's in-process MutexValue, or None for any other layout."""
     from prometheus_client.values import MutexValue
@@ -240,13 +244,21 @@ def prom_inc_cached(lock: Any, values: dict[str, Any], key: str) -> bool:
 
 
 def prom_request(
-    lock: Any, direct: tuple[Any, ...], duration: float, response_bytes: int, exemplar: Any
+    lock: Any,
+    direct: tuple[Any, ...],
+    duration: float,
+    response_bytes: int,
+    exemplar: Any,
+    line: Any = None,
 ) -> None:
     """One request's values: in-flight gauge - 1 (``direct[0]`` is pyobs's own deque of the
-    requests in flight, PyobsMetrics.inflight), duration (+ exemplar), response size.
+    requests in flight, PyobsMetrics.inflight), duration (+ exemplar), response size; and,
+    when ``line`` is a log-level counter's value, + 1 for the request's access line (the
+    same lock: one acquisition for both).
 
     Raises AfterGauge (from the cause) when a write after the gauge's failed, so the caller
-    knows the gauge is already down and completes the rest through the public API.
+    knows the gauge is already down and completes the rest through the public API; its
+    subclass AfterRequest when only the line's count failed (the request is recorded).
     """
     active, d_sum, d_buckets, d_bounds, r_sum, r_buckets, r_bounds = direct
     d_bucket = d_buckets[bisect_left(d_bounds, duration)]
@@ -267,6 +279,11 @@ def prom_request(
                 d_bucket._exemplar = exemplar
         except Exception as exc:
             raise AfterGauge() from exc
+        if line is not None:
+            try:
+                line._value += 1
+            except Exception as exc:
+                raise AfterRequest() from exc
     finally:
         lock.release()
 

@@ -52,6 +52,7 @@ _random_bits = _ids.getrandbits
 _ID_POOL: list[str] = []
 _take_id = _ID_POOL.pop
 _perf_counter = time.perf_counter  # one lookup less on the request path
+_time_ns = time.time_ns
 _ID_PIECES = tuple(slice(start, start + 32) for start in range(0, 64 * 32, 32))
 
 
@@ -597,7 +598,13 @@ class RequestObserver:
         status: int | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        """Record the request once: metrics, span end, access log, each in its own guard."""
+        """Record the request once: span end, access line, metrics, each in its own guard.
+
+        The span ends and the access line is written before the metrics are recorded, so
+        the line's count (pyobs_log_events_total) goes in under the metrics' lock with the
+        request's values; one wall-clock reading serves the span's end, the line's
+        timestamp and the exemplar's.
+        """
         if handle.finished:
             return
         handle.finished = True
@@ -618,6 +625,59 @@ class RequestObserver:
             code = _status_code(code)
         if exc is not None and code < 500 and not handle.disconnected:
             code = 500
+        span = handle.span
+        access_log = self.config.access_log
+        # The wall clock, read once for whichever signals need it (none in metrics-only).
+        now_ns = _time_ns() if span is not None or access_log else 0
+        if span is not None:
+            guard = self._limits_may_warn
+            if guard:
+                _reading.active = True
+            try:
+                error_type = _error_type(exc) if exc is not None else None
+                if error_type is None and code >= 500:
+                    error_type = str(code)
+                end_ns = now_ns
+                if ended is not None:  # recorded after the last byte: the span ends there
+                    end_ns -= int((_perf_counter() - ended) * 1e9)
+                if handle.owns_span and type(span) is tracing.request_span_type:
+                    # pyobs's own span records it and ends in one call (nothing once ended).
+                    span.request_end(code, handle.method, handle.route, error_type, exc, end_ns)
+                else:
+                    self._end_span(handle, span, code, error_type, exc, end_ns)
+            except Exception as error:  # noqa: BLE001
+                _errors.report("tracing", error, "finish")
+            finally:
+                if guard:
+                    _reading.active = False
+        logged = None  # the access line's level, once pyobs wrote the line itself
+        if access_log:
+            try:
+                level = _ERROR if code >= 500 else _WARNING if code >= 400 else _INFO
+                if _access.isEnabledFor(level):
+                    direct = direct_handler(_access, level)
+                    if direct is not None and exc is None:
+                        # Fast path: pyobs's own stdout handler is the only destination; the
+                        # formatter reads the line's fields from the handle.
+                        query = handle.facts.query
+                        logged = _LEVEL_NAMES[level]
+                        formatter: Any = direct.formatter
+                        direct.write_line(
+                            formatter.access_line(
+                                handle,
+                                logged,
+                                code,
+                                duration,
+                                redact_query(capped(query) or "") if query else None,
+                                now_ns / 1e9,
+                            ),
+                            None,  # counted below, with the request's metrics
+                        )
+                    else:
+                        self._access_log(handle, level, code, duration, exc, direct)
+            except Exception as error:  # noqa: BLE001
+                logged = None  # not written: not counted
+                _errors.report("access_log", error, "finish")
         # The metrics, inlined (one call less on every request).
         m = self.metrics
         method = handle.method
@@ -642,34 +702,73 @@ class RequestObserver:
                     if fast is not None:  # multiprocess mode: the series is known, one call
                         fast.record(duration, size, trace_id)
                     else:
-                        m.request_finished(method, route, code, duration, size, trace_id, extra)
+                        m.request_finished(
+                            method, route, code, duration, size, trace_id, extra, now_ns / 1e9
+                        )
                 else:
                     exemplar = (
-                        tuple.__new__(Exemplar, ({"trace_id": trace_id}, duration, time.time()))
+                        tuple.__new__(
+                            Exemplar,
+                            ({"trace_id": trace_id}, duration, now_ns / 1e9 or time.time()),
+                        )
                         if trace_id
                         else None
                     )
+                    line = None if logged is None else m.log_level_values.get(logged)
                     try:
-                        _internals.prom_request(m.lock, series.direct, duration, size, exemplar)
+                        _internals.prom_request(
+                            m.lock, series.direct, duration, size, exemplar, line
+                        )
+                        if line is not None:
+                            logged = None  # counted
                     except Exception as failed:  # noqa: BLE001 - the public path, counted
                         m.direct_request_failed(failed, method, series, duration, size, trace_id)
             except Exception as error:  # noqa: BLE001
                 # request_finished takes the gauge down exactly once, whatever fails after.
                 _errors.report("metrics", error, "finish")
         else:
+            self._finish_uncounted(m, method, route, code, duration, handle, extra)
+        if logged is not None:  # the line's count, when the request's write did not take it
             try:
-                # The gauge never went up for this request; request_finished takes it down.
-                m.request_started(method)
-                m.request_finished(
-                    method, route, code, duration, handle.response_bytes, None, extra
-                )
-            except Exception as error:  # noqa: BLE001
-                _errors.report("metrics", error, "finish")
+                m.count_log_line(logged)
+            except Exception:  # noqa: BLE001 - as StdoutHandler.write_line: logging goes on
+                pass
+        if exc is not None or handle.raw_length is not None:
+            self._finish_body_metrics(m, handle, method, route, exc, extra)
+
+    def _finish_uncounted(
+        self,
+        m: PyobsMetrics,
+        method: str,
+        route: str,
+        code: int,
+        duration: float,
+        handle: RequestHandle,
+        extra: tuple[str, ...],
+    ) -> None:
+        """finish(): the metrics of a request whose gauge never went up."""
+        try:
+            # request_finished takes the gauge down: it goes up here first.
+            m.request_started(method)
+            m.request_finished(method, route, code, duration, handle.response_bytes, None, extra)
+        except Exception as error:  # noqa: BLE001
+            _errors.report("metrics", error, "finish")
+
+    def _finish_body_metrics(
+        self,
+        m: PyobsMetrics,
+        handle: RequestHandle,
+        method: str,
+        route: str,
+        exc: BaseException | None,
+        extra: tuple[str, ...],
+    ) -> None:
+        """finish(): the request body's size and the exception count (few requests)."""
         try:
             raw_length = handle.raw_length
             if raw_length is UNREAD:
                 raw_length = handle.facts.headers.get("content-length")
-            if raw_length is not None:  # most requests have no body
+            if raw_length is not None:
                 length = content_length(raw_length)
                 if length is not None:
                     m.request_body(method, route, length, extra)
@@ -677,59 +776,6 @@ class RequestObserver:
                 m.exception(method, route, _error_type(exc), extra)
         except Exception as error:  # noqa: BLE001
             _errors.report("metrics", error, "finish")
-        span = handle.span
-        if span is not None:
-            guard = self._limits_may_warn
-            if guard:
-                _reading.active = True
-            try:
-                error_type = _error_type(exc) if exc is not None else None
-                if error_type is None and code >= 500:
-                    error_type = str(code)
-                if handle.owns_span and type(span) is tracing.request_span_type:
-                    # pyobs's own span records it in one call (it ignores changes once ended).
-                    span.request_done(code, method, handle.route, error_type, exc)
-                else:
-                    self._end_span(handle, span, code, error_type, exc)
-            except Exception as error:  # noqa: BLE001
-                _errors.report("tracing", error, "finish")
-            finally:
-                if guard:
-                    _reading.active = False
-        if self.config.access_log:
-            try:
-                level = _ERROR if code >= 500 else _WARNING if code >= 400 else _INFO
-                if _access.isEnabledFor(level):
-                    direct = direct_handler(_access, level)
-                    if direct is not None and exc is None:
-                        # Fast path: pyobs's own stdout handler is the only destination; the
-                        # formatter reads the line's fields from the handle.
-                        query = handle.facts.query
-                        level_name = _LEVEL_NAMES[level]
-                        formatter: Any = direct.formatter
-                        direct.write_line(
-                            formatter.access_line(
-                                handle,
-                                level_name,
-                                code,
-                                duration,
-                                redact_query(capped(query) or "") if query else None,
-                            ),
-                            level_name,
-                        )
-                    else:
-                        self._access_log(handle, level, code, duration, exc, direct)
-            except Exception as error:  # noqa: BLE001
-                _errors.report("access_log", error, "finish")
-        if span is not None and handle.owns_span:
-            try:
-                if ended is None:
-                    span.end()
-                else:  # recorded after the last byte: the span ends at that byte too
-                    late = time.perf_counter() - ended
-                    span.end(end_time=time.time_ns() - int(late * 1e9))
-            except Exception as error:  # noqa: BLE001
-                _errors.report("tracing", error, "span end")
 
     def _end_span(
         self,
@@ -738,8 +784,24 @@ class RequestObserver:
         code: int,
         error_type: str | None,
         exc: BaseException | None,
+        end_ns: int,
     ) -> None:
-        """Record the outcome on a span that is not pyobs's own (finish() does that one)."""
+        """Record the outcome on a span that is not pyobs's own RequestSpan (finish() does
+        that one), and end it at ``end_ns`` when pyobs started it."""
+        try:
+            self._span_outcome(handle, span, code, error_type, exc)
+        finally:
+            if handle.owns_span:
+                span.end(end_time=end_ns)
+
+    def _span_outcome(
+        self,
+        handle: RequestHandle,
+        span: Any,
+        code: int,
+        error_type: str | None,
+        exc: BaseException | None,
+    ) -> None:
         if not span.is_recording():
             return  # an adopted span that its owner already ended
         method = handle.method

@@ -132,15 +132,17 @@ class RequestSpan(trace.Span, ReadableSpan):
             attributes = self._attributes = self._recorder.bounded(attributes)
         attributes[key] = value  # BoundedAttributes: validates, truncates, drops the oldest
 
-    def request_done(
+    def request_end(
         self,
         status_code: int,
         method: str,
         route: str | None,
         error_type: str | None,
         exception: BaseException | None,
+        end_time: int,
     ) -> None:
-        """The outcome pyobs records on its own span: status, route and name, error."""
+        """The outcome pyobs records on its own span (status, route and name, error), and
+        its end, in one call (RequestObserver.finish's); nothing once the span has ended."""
         if self._end_time is not None:
             return
         attributes = self._attributes
@@ -153,6 +155,16 @@ class RequestSpan(trace.Span, ReadableSpan):
             self._status = _ERROR
         if exception is not None:
             self.record_exception(exception)
+        self._end_time = end_time
+        recorder = self._recorder
+        if recorder.on_ending is not None:
+            self._hand_over()  # end()'s hooks, both
+            return
+        try:
+            recorder.processor.on_end(self)
+        except Exception as exc:  # noqa: BLE001
+            _errors.report("tracing", exc, "span processor on_end")
+        self._made = None
 
     def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
         if self._end_time is not None:
@@ -201,6 +213,11 @@ class RequestSpan(trace.Span, ReadableSpan):
         if self._end_time is not None:
             return
         self._end_time = end_time or time.time_ns()
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The ended span to the provider's processor (request_end() inlines the common
+        case: no ``_on_ending`` hook)."""
         processor = self._recorder.processor
         on_ending = self._recorder.on_ending
         # Each hook in its own guard: a failing processor costs neither the other signals
@@ -465,9 +482,8 @@ def _probe() -> bool:
     public.end()
     public_hooks, hooks.calls = hooks.calls, []
     mine = _start_recorded(_Recorder(provider, tracer), "GET", parent, dict(attributes), None)
-    mine.request_done(500, "GET", "/probe/{id}", "ValueError", error)
     mine.set_attribute("app.extra", "added by the application")
-    mine.end()
+    mine.request_end(500, "GET", "/probe/{id}", "ValueError", error, time.time_ns())
     spans = exporter.get_finished_spans()
     if len(spans) != 2 or hooks.calls != public_hooks:
         return False

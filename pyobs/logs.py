@@ -14,7 +14,7 @@ import traceback
 import weakref
 from typing import Any
 
-from pyobs import _context, _ecs, _internals
+from pyobs import _context, _ecs
 from pyobs import metrics as _metrics_module
 from pyobs._config import Config
 from pyobs.metrics import get_metrics
@@ -265,13 +265,21 @@ class ECSFormatter(logging.Formatter):
         return template
 
     def access_line(
-        self, handle: Any, level: str, code: int, duration: float, query: str | None
+        self,
+        handle: Any,
+        level: str,
+        code: int,
+        duration: float,
+        query: str | None,
+        now: float | None = None,
     ) -> str:
         """The access-log line of a request, with its newline: the same text as the logging
         path would write.
 
         ``handle`` is the request's RequestHandle (the line's fields are read from it, not
-        passed one by one), ``query`` its redacted url.query (None when absent). The
+        passed one by one), ``query`` its redacted url.query (None when absent), ``now``
+        the line's time (time.time(); read here when None: RequestObserver.finish passes
+        the one reading its span's end and exemplar share). The
         request id (checked against [A-Za-z0-9._-] or generated), the method label and the
         hex trace ids need no JSON escaping, so they go in as they are.
         """
@@ -320,7 +328,8 @@ class ECSFormatter(logging.Formatter):
             agent_field = known
         query_field = "" if query is None else ',"url.query":' + _quote(query)
         # _Timestamps.format(), inlined for a second already formatted (one call less).
-        now = time.time()
+        if now is None:
+            now = time.time()
         second = int(now)
         stamps = self._stamps
         prefix = stamps._prefix if second == stamps._second else stamps.format(now)[:-5]
@@ -388,9 +397,10 @@ class StdoutHandler(logging.Handler):
             return
         _count(record.levelname.lower())
 
-    def write_line(self, line: str, level: str) -> None:
+    def write_line(self, line: str, level: str | None) -> None:
         """Write a line pyobs built itself, newline included (the access log's direct
-        paths); the same output as emit()."""
+        paths); the same output as emit(). With ``level`` None the caller counts the line
+        (RequestObserver.finish counts it with the request's metrics, under one lock)."""
         lock = self.lock  # acquire()/release(), not ``with``: see _internals.prom_add
         if lock is not None:
             lock.acquire()
@@ -401,10 +411,10 @@ class StdoutHandler(logging.Handler):
         finally:
             if lock is not None:
                 lock.release()
-        try:  # _count(), inlined: this runs once per access line
-            m = _metrics_module._metrics or get_metrics()
-            if not _internals.prom_inc_cached(m.lock, m.log_level_values, level):
-                m.log_event(level)  # the first of its level, or the public path
+        if level is None:
+            return
+        try:
+            (_metrics_module._metrics or get_metrics()).count_log_line(level)
         except Exception:  # noqa: BLE001 - a metric failure must not stop logging
             pass
 

@@ -320,10 +320,13 @@ class PyobsMetrics:
         response_bytes: int,
         trace_id: str | None = None,
         extra: tuple[str, ...] = (),
+        timestamp: float | None = None,
     ) -> None:
         """Active gauge - 1, then the duration (with a trace_id exemplar) and response size.
 
-        ``extra`` holds the per-request label values (``request_labels``), if any.
+        ``extra`` holds the per-request label values (``request_labels``), if any;
+        ``timestamp`` the exemplar's time (time.time() when None; prometheus_client's
+        public API, when pyobs falls back to it, always reads its own).
         """
         # Keyed by the int status: no label string is built for a series already seen.
         key = (method, route, status, extra) if extra else (method, route, status)
@@ -345,7 +348,7 @@ class PyobsMetrics:
             return
         exemplar = (
             # Exemplar(labels, value, timestamp), built without the NamedTuple's __new__
-            tuple.__new__(Exemplar, ({"trace_id": trace_id}, duration, time.time()))
+            tuple.__new__(Exemplar, ({"trace_id": trace_id}, duration, timestamp or time.time()))
             if trace_id
             else None
         )
@@ -364,7 +367,11 @@ class PyobsMetrics:
         trace_id: str | None,
     ) -> None:
         """prom_request() raised: the direct writes are turned off (and counted), and the
-        request is recorded through the public API; the gauge still goes down exactly once."""
+        request is recorded through the public API; the gauge still goes down exactly once.
+        (An access line it was to count is counted by the caller, count_log_line.)"""
+        if isinstance(exc, _internals.AfterRequest):
+            self._direct_failed(exc.__cause__ or exc)  # the request is recorded already
+            return
         if isinstance(exc, _internals.AfterGauge):
             self._direct_failed(exc.__cause__ or exc)  # the gauge is down already
         else:
@@ -516,6 +523,12 @@ class PyobsMetrics:
             found = metric.labels(*labels)
             self._children[key] = found
         return found
+
+    def count_log_line(self, level: str) -> None:
+        """pyobs_log_events_total{level} + 1 for a line pyobs wrote itself (the access
+        log's direct path): the cached value when there is one, else log_event()."""
+        if not _internals.prom_inc_cached(self.lock, self.log_level_values, level):
+            self.log_event(level)  # the first of its level, or the public path
 
     def log_event(self, level: str) -> None:
         """Count one log record of ``level`` (pyobs_log_events_total)."""

@@ -7,6 +7,7 @@ stderr. "Same lines" means the same records, counted by level, with and without 
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -387,3 +388,101 @@ def test_every_mode_writes_each_record_at_most_once(mode: str) -> None:
         assert (err, levels_of_json(out).total()) == ([], 3)
     else:  # the app's basicConfig owns the output, at its level
         assert (out, levels_of_text(err).total()) == ([], 4)
+
+
+# A Flask app with pyobs's defaults, its spans also kept in memory; requests with the
+# fast access path (pyobs's last-resort handler is the only destination).
+_FAST_APP = r"""
+    import json, sys, flask, pyobs, pyobs.flask
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import REGISTRY
+    from pyobs.metrics import get_metrics
+    app = flask.Flask("a")
+    app.get("/x")(lambda: "ok")
+    pyobs.flask.instrument(app)
+    spans = InMemorySpanExporter()
+    trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(spans))
+    client = app.test_client()
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+    def report(**more):
+        print(json.dumps({
+            "info": sample("pyobs_log_events_total", level="info"),
+            "warning": sample("pyobs_log_events_total", level="warning"),
+            "requests": sum(
+                s.value for m in REGISTRY.collect() for s in m.samples
+                if s.name == "http_server_request_duration_seconds_count"
+            ),
+            "metrics_errors": sample("pyobs_internal_errors_total", component="metrics"),
+            **more,
+        }), file=sys.stderr)
+"""
+
+
+def _fast_path_report(err: list[str]) -> dict[str, Any]:
+    reports = [json.loads(line) for line in err if line.startswith("{")]
+    assert len(reports) == 1, err
+    return reports[0]
+
+
+def test_fast_path_counts_each_access_line_once_and_shares_one_clock_reading() -> None:
+    """On the fast path the access line is counted in pyobs_log_events_total with the
+    request's metrics (one lock): each line exactly once, by level. The span's end, the
+    line's @timestamp and the duration exemplar's timestamp come from one reading of the
+    clock, so a user jumping from a log line to its trace or exemplar sees the same time."""
+    import_or_require("flask")
+    code = r"""
+        for path in ("/x", "/x", "/x", "/missing", "/missing"):
+            client.get(path, buffered=True)
+        exemplars = [
+            (s.exemplar.labels["trace_id"], s.exemplar.timestamp)
+            for m in REGISTRY.collect() for s in m.samples
+            if s.name == "http_server_request_duration_seconds_bucket" and s.exemplar
+        ]
+        ends = {format(s.context.trace_id, "032x"): s.end_time for s in spans.get_finished_spans()}
+        report(exemplars=exemplars, ends=ends)
+    """
+    out, err = run(_FAST_APP, code)
+    lines = [r for r in json_records(out) if r.get("event.dataset") == "pyobs.access"]
+    assert [r["http.response.status_code"] for r in lines] == [200, 200, 200, 404, 404]
+    report = _fast_path_report(err)
+    assert (report["info"], report["warning"], report["requests"]) == (3, 2, 5)
+    ends: dict[str, int] = report["ends"]
+    assert len(ends) == 5
+    for line in lines:
+        end_ms = ends[line["trace.id"]] // 1_000_000
+        stamp = datetime.datetime.fromisoformat(line["@timestamp"].replace("Z", "+00:00"))
+        # The line keeps milliseconds of a float reading: one off at a boundary at most.
+        assert abs(int(stamp.timestamp() * 1000 + 0.5) - end_ms) <= 1, line
+    assert report["exemplars"], "no exemplar"
+    for trace_id, timestamp in report["exemplars"]:
+        assert abs(timestamp - ends[trace_id] / 1e9) < 1e-6
+
+
+def test_a_failing_line_count_costs_neither_the_request_nor_the_line_count() -> None:
+    """If the line's count fails inside the metrics' locked write (a prometheus_client
+    layout change), the request is recorded once, the line is still counted once (through
+    the public API from then on) and the failure is counted as an internal error."""
+    import_or_require("flask")
+    code = r"""
+        client.get("/x", buffered=True)  # the series and the "info" level's value are cached now
+        class Refuses:
+            @property
+            def _value(self):
+                return 0.0
+            @_value.setter
+            def _value(self, value):
+                raise AttributeError("a changed layout")
+        get_metrics().log_level_values["info"] = Refuses()
+        client.get("/x", buffered=True)
+        client.get("/x", buffered=True)
+        report()
+    """
+    out, err = run(_FAST_APP, code)
+    lines = [r for r in json_records(out) if r.get("event.dataset") == "pyobs.access"]
+    assert len(lines) == 3
+    report = _fast_path_report([line for line in err if line.startswith("{")])
+    assert (report["info"], report["requests"]) == (3, 3)
+    assert report["metrics_errors"] == 1
