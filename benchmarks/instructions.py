@@ -5,6 +5,7 @@ every run, where the timed benchmarks move by 10-50 % between rounds on a noisy 
     python benchmarks/instructions.py --frameworks flask --requests 500
     python benchmarks/instructions.py --configs bare,pyobs-metrics,prometheus-flask-exporter
     python benchmarks/instructions.py --cache            # cache misses and mispredicts too
+    python benchmarks/instructions.py --seeds 3          # medians over three hash seeds
 
 Each configuration of benchmarks/overhead.py (the same apps, the same request, the same span
 pipeline: pyobs's batch processor or the SDK's BatchSpanProcessor to an exporter that drops)
@@ -12,7 +13,13 @@ runs in its own process under valgrind's callgrind tool, twice: WARMUP requests,
 REQUESTS. The difference of the two totals, divided by REQUESTS, is what one request costs in
 user-space instructions on every thread of the process (the span export thread included:
 each run flushes its spans before it exits). ``PYTHONHASHSEED=0`` keeps dict and set layouts
-the same from run to run. The ratios are those of issue 18's targets, as added instructions.
+the same from run to run. The seed also decides where each (type, attribute name) pair lands
+in the interpreter's type-attribute cache: under an unlucky seed two pairs a request uses
+evict each other, and every request pays those lookups again (about 3k instructions on a
+Flask request, either way: one change measured +3.2k under seed 0 and -3.6k under seed 1).
+``--seeds N`` runs every configuration under the seeds 0 .. N-1 and reports each count's
+median over them, and pyobs's added counts per seed. The ratios are those of issue 18's
+targets, as added instructions.
 
 What it verifies: every request answered 200 in every run (the worker exits non-zero
 otherwise). What it cannot show: time. An instruction is not a fixed cost: a cache miss, a
@@ -31,6 +38,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,11 +96,14 @@ CACHE_EVENTS = {
 }
 
 
-def count(framework: str, config: str, requests: int, cache: bool = False) -> dict[str, int]:
-    """Events valgrind counted for one run of ``requests`` requests: instructions (``Ir``)
-    with callgrind; with ``cache``, cachegrind's simulated cache and branch events too."""
+def count(
+    framework: str, config: str, requests: int, cache: bool = False, seed: int = 0
+) -> dict[str, int]:
+    """Events valgrind counted for one run of ``requests`` requests under PYTHONHASHSEED
+    ``seed``: instructions (``Ir``) with callgrind; with ``cache``, cachegrind's simulated
+    cache and branch events too."""
     child = [sys.executable, os.path.abspath(__file__), "--child", framework, config]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": str(seed)}
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "events.out")
         if cache:
@@ -132,12 +143,32 @@ def summary(text: str) -> dict[str, int] | None:
 
 
 def per_request(
-    framework: str, config: str, requests: int, cache: bool = False
+    framework: str, config: str, requests: int, cache: bool = False, seed: int = 0
 ) -> dict[str, float]:
     """Events one request costs: the (WARMUP + requests) run minus the WARMUP run."""
-    longer = count(framework, config, WARMUP + requests, cache)
-    shorter = count(framework, config, WARMUP, cache)
+    longer = count(framework, config, WARMUP + requests, cache, seed)
+    shorter = count(framework, config, WARMUP, cache, seed)
     return {event: (longer[event] - shorter[event]) / requests for event in longer}
+
+
+def median_events(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each event's median over the runs of one configuration (one run per hash seed)."""
+    return {event: statistics.median(run[event] for run in runs) for event in runs[0]}
+
+
+def seed_spread(framework: str, runs: dict[str, list[dict[str, float]]]) -> list[str]:
+    """pyobs's rows: the instructions each adds over bare under each seed (bare's run of
+    the same seed subtracted), to show how far the layout alone moves the median."""
+    bare = runs.get("bare")
+    if bare is None or len(bare) < 2:
+        return []
+    lines = []
+    for config, seeded in runs.items():
+        if config.startswith("pyobs"):
+            added = [run["Ir"] - base["Ir"] for run, base in zip(seeded, bare, strict=True)]
+            each = ", ".join(f"{value / 1000:+.1f}k" for value in added)
+            lines.append(f"{framework}: {config} added per seed: {each}")
+    return lines
 
 
 def cache_table(framework: str, figures: dict[str, dict[str, float]]) -> list[str]:
@@ -229,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         help="count with cachegrind instead: simulated cache misses and branch mispredictions"
         " per request too (about twice as slow)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run under PYTHONHASHSEED 0 .. N-1 and report medians (default 1: seed 0 only)",
+    )
     parser.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "CONFIG", "REQUESTS"))
     args = parser.parse_args(argv)
     if args.child:
@@ -240,16 +277,24 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.configs.split(",") if args.configs else None
     frameworks = args.frameworks.split(",")
     jobs = [(fw, config) for fw in frameworks for config in configs_of(fw, chosen)]
+    seeds = range(max(1, args.seeds))
     tool = "cachegrind, cache and branch simulation" if args.cache else "callgrind"
+    hashing = (
+        "PYTHONHASHSEED=0" if len(seeds) == 1 else f"medians over PYTHONHASHSEED 0-{len(seeds) - 1}"
+    )
     print(
-        f"# user-space instructions per request (valgrind {tool}, PYTHONHASHSEED=0):"
+        f"# user-space instructions per request (valgrind {tool}, {hashing}):"
         f" a run of {WARMUP} + {args.requests} requests minus a run of {WARMUP}"
     )
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures: dict[tuple[str, str], Any] = {
-            job: pool.submit(per_request, *job, args.requests, args.cache) for job in jobs
+        futures: dict[tuple[str, str, int], Any] = {
+            (*job, seed): pool.submit(per_request, *job, args.requests, args.cache, seed)
+            for job in jobs
+            for seed in seeds
         }
-        results = {job: future.result() for job, future in futures.items()}
+        seeded = {key: future.result() for key, future in futures.items()}
+    runs = {job: [seeded[(*job, seed)] for seed in seeds] for job in jobs}
+    results = {job: median_events(job_runs) for job, job_runs in runs.items()}
     for framework in frameworks:
         events = {config: results[(framework, config)] for config in configs_of(framework, chosen)}
         figures = {config: counted["Ir"] for config, counted in events.items()}
@@ -259,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             extra = "" if bare is None else f"{value - bare:+10.0f} {value / bare:7.2f}"
             print(f"{config:34} {value:10.0f} {extra}")
         for line in verdicts(framework, figures):
+            print(line)
+        by_config = {config: runs[(framework, config)] for config in configs_of(framework, chosen)}
+        for line in seed_spread(framework, by_config):
             print(line)
         if args.cache:
             print("\n" + "\n".join(cache_table(framework, events)))

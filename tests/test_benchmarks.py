@@ -441,6 +441,20 @@ def test_instruction_cache_events_are_read_from_cachegrind_and_set_against_the_p
     assert bench.cache_table("flask", {"pyobs-metrics": run(1, 1)}) == []  # no bare
 
 
+def test_instruction_seeds_give_medians_and_each_seeds_added_count() -> None:
+    """--seeds N: each event's median over the seeds' runs is what the tables use, and
+    pyobs's rows also list what they add over bare under each seed (bare's run of the same
+    seed subtracted), so a layout-dependent swing is visible next to the median."""
+    bench = _benchmark_module("instructions.py")
+    runs = [{"Ir": 500.0, "D1mr": 9.0}, {"Ir": 400.0, "D1mr": 1.0}, {"Ir": 700.0, "D1mr": 5.0}]
+    assert bench.median_events(runs) == {"Ir": 500.0, "D1mr": 5.0}
+    bare = [{"Ir": 100_000.0}, {"Ir": 101_000.0}, {"Ir": 99_000.0}]
+    full = [{"Ir": 215_000.0}, {"Ir": 212_000.0}, {"Ir": 218_000.0}]
+    lines = bench.seed_spread("flask", {"bare": bare, "pyobs-full": full, "peer": full})
+    assert lines == ["flask: pyobs-full added per seed: +115.0k, +111.0k, +119.0k"]
+    assert bench.seed_spread("flask", {"bare": bare[:1], "pyobs-full": full[:1]}) == []
+
+
 def test_instruction_child_serves_every_request_it_is_asked_for() -> None:
     """The process instructions.py runs under valgrind builds the configuration, serves the
     requests (each a 200, else it exits non-zero) and flushes its spans."""

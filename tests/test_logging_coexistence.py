@@ -424,7 +424,8 @@ _FAST_APP = r"""
 def _fast_path_report(err: list[str]) -> dict[str, Any]:
     reports = [json.loads(line) for line in err if line.startswith("{")]
     assert len(reports) == 1, err
-    return reports[0]
+    report: dict[str, Any] = reports[0]
+    return report
 
 
 def test_fast_path_counts_each_access_line_once_and_shares_one_clock_reading() -> None:
