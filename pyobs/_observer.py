@@ -727,26 +727,21 @@ class RequestObserver:
                 # request_finished takes the gauge down exactly once, whatever fails after.
                 _errors.report("metrics", error, "finish")
         else:
-            self._finish_uncounted(m, method, route, code, duration, handle, extra)
+            self._finish_uncounted(handle, route, code, duration, extra)
         if logged is not None:  # the line's count, when the request's write did not take it
             try:
                 m.count_log_line(logged)
             except Exception:  # noqa: BLE001 - as StdoutHandler.write_line: logging goes on
                 pass
         if exc is not None or handle.raw_length is not None:
-            self._finish_body_metrics(m, handle, method, route, exc, extra)
+            self._finish_body_metrics(handle, route, exc, extra)
 
     def _finish_uncounted(
-        self,
-        m: PyobsMetrics,
-        method: str,
-        route: str,
-        code: int,
-        duration: float,
-        handle: RequestHandle,
-        extra: tuple[str, ...],
+        self, handle: RequestHandle, route: str, code: int, duration: float, extra: tuple[str, ...]
     ) -> None:
         """finish(): the metrics of a request whose gauge never went up."""
+        m = self.metrics
+        method = handle.method
         try:
             # request_finished takes the gauge down: it goes up here first.
             m.request_started(method)
@@ -755,15 +750,11 @@ class RequestObserver:
             _errors.report("metrics", error, "finish")
 
     def _finish_body_metrics(
-        self,
-        m: PyobsMetrics,
-        handle: RequestHandle,
-        method: str,
-        route: str,
-        exc: BaseException | None,
-        extra: tuple[str, ...],
+        self, handle: RequestHandle, route: str, exc: BaseException | None, extra: tuple[str, ...]
     ) -> None:
         """finish(): the request body's size and the exception count (few requests)."""
+        m = self.metrics
+        method = handle.method
         try:
             raw_length = handle.raw_length
             if raw_length is UNREAD:
@@ -789,41 +780,30 @@ class RequestObserver:
         """Record the outcome on a span that is not pyobs's own RequestSpan (finish() does
         that one), and end it at ``end_ns`` when pyobs started it."""
         try:
-            self._span_outcome(handle, span, code, error_type, exc)
+            if span.is_recording():  # else an adopted span that its owner already ended
+                method = handle.method
+                attributes: dict[str, Any] = {"http.response.status_code": code}
+                if handle.route is not None:
+                    attributes["http.route"] = handle.route
+                    if handle.owns_span:
+                        span.update_name(f"{method} {handle.route}")
+                if error_type is not None:
+                    attributes["error.type"] = error_type
+                    span.set_status(Status(StatusCode.ERROR))
+                if exc is not None:
+                    # The SDK's own event, with the message and trace scrubbed of secrets.
+                    scrubbed = tracing.exception_attributes(exc)
+                    span.record_exception(
+                        exc,
+                        attributes={
+                            "exception.message": scrubbed["exception.message"],
+                            "exception.stacktrace": scrubbed["exception.stacktrace"],
+                        },
+                    )
+                span.set_attributes(attributes)
         finally:
             if handle.owns_span:
                 span.end(end_time=end_ns)
-
-    def _span_outcome(
-        self,
-        handle: RequestHandle,
-        span: Any,
-        code: int,
-        error_type: str | None,
-        exc: BaseException | None,
-    ) -> None:
-        if not span.is_recording():
-            return  # an adopted span that its owner already ended
-        method = handle.method
-        attributes: dict[str, Any] = {"http.response.status_code": code}
-        if handle.route is not None:
-            attributes["http.route"] = handle.route
-            if handle.owns_span:
-                span.update_name(f"{method} {handle.route}")
-        if error_type is not None:
-            attributes["error.type"] = error_type
-            span.set_status(Status(StatusCode.ERROR))
-        if exc is not None:
-            # The SDK's own event, with the message and trace scrubbed of secrets.
-            scrubbed = tracing.exception_attributes(exc)
-            span.record_exception(
-                exc,
-                attributes={
-                    "exception.message": scrubbed["exception.message"],
-                    "exception.stacktrace": scrubbed["exception.stacktrace"],
-                },
-            )
-        span.set_attributes(attributes)
 
     def _access_log(
         self,

@@ -154,7 +154,10 @@ class RequestSpan(trace.Span, ReadableSpan):
             attributes["error.type"] = error_type
             self._status = _ERROR
         if exception is not None:
-            self.record_exception(exception)
+            try:
+                self.record_exception(exception)
+            except Exception as exc:  # noqa: BLE001 - the span still ends and is exported
+                _errors.report("tracing", exc, "span exception event")
         self._end_time = end_time
         recorder = self._recorder
         if recorder.on_ending is not None:

@@ -93,6 +93,42 @@ def test_exception_is_an_event_with_error_status() -> None:
     assert span.status.status_code.name == "ERROR"
 
 
+def test_a_failing_exception_event_still_ends_and_exports_the_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If recording the exception event fails inside pyobs (here: the event's recording
+    raises), the span still ends with its status, route and error type, is exported, and
+    the failure is counted as an internal error of tracing."""
+    from prometheus_client import REGISTRY
+
+    from pyobs import tracing
+    from pyobs.testing import span_exporter
+
+    def view(order_id: int) -> str:
+        raise LookupError(f"order {order_id} is gone")
+
+    client = _app_with_view(view)
+    exporter = span_exporter()
+    assert client.get("/orders/1").status == 500  # the span type is known from here on
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("event recording broke")
+
+    monkeypatch.setattr(tracing.request_span_type, "record_exception", broken)
+    exporter.clear()
+    errors = {"component": "tracing"}
+    before = REGISTRY.get_sample_value("pyobs_internal_errors_total", errors) or 0.0
+    assert client.get("/orders/2").status == 500
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET /orders/<int:order_id>"
+    assert span.attributes["http.response.status_code"] == 500
+    assert span.attributes["error.type"] == "LookupError"
+    assert span.status.status_code.name == "ERROR"
+    assert span.end_time is not None and span.end_time >= span.start_time
+    after = REGISTRY.get_sample_value("pyobs_internal_errors_total", errors) or 0.0
+    assert after == before + 1
+
+
 def test_span_processors_see_start_and_end() -> None:
     """Processors on the provider get on_start, _on_ending and on_end for the server span, as
     with the SDK, also when added after pyobs served its first request."""
