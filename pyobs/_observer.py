@@ -626,10 +626,11 @@ class RequestObserver:
         if exc is not None and code < 500 and not handle.disconnected:
             code = 500
         span = handle.span
-        access_log = self.config.access_log
-        # The wall clock, read once for whichever signals need it (none in metrics-only).
-        now_ns = _time_ns() if span is not None or access_log else 0
+        # The wall clock, read once by the first signal that needs it (the span's end, the
+        # fast access line) and shared with the exemplar; 0 while none did.
+        now_ns = 0
         if span is not None:
+            now_ns = _time_ns()
             guard = self._limits_may_warn
             if guard:
                 _reading.active = True
@@ -651,7 +652,7 @@ class RequestObserver:
                 if guard:
                     _reading.active = False
         logged = None  # the access line's level, once pyobs wrote the line itself
-        if access_log:
+        if self.config.access_log:
             try:
                 level = _ERROR if code >= 500 else _WARNING if code >= 400 else _INFO
                 if _access.isEnabledFor(level):
@@ -661,6 +662,8 @@ class RequestObserver:
                         # formatter reads the line's fields from the handle.
                         query = handle.facts.query
                         logged = _LEVEL_NAMES[level]
+                        if not now_ns:
+                            now_ns = _time_ns()
                         formatter: Any = direct.formatter
                         direct.write_line(
                             formatter.access_line(

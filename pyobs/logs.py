@@ -271,15 +271,15 @@ class ECSFormatter(logging.Formatter):
         code: int,
         duration: float,
         query: str | None,
-        now: float | None = None,
+        now: float,
     ) -> str:
         """The access-log line of a request, with its newline: the same text as the logging
         path would write.
 
         ``handle`` is the request's RequestHandle (the line's fields are read from it, not
         passed one by one), ``query`` its redacted url.query (None when absent), ``now``
-        the line's time (time.time(); read here when None: RequestObserver.finish passes
-        the one reading its span's end and exemplar share). The
+        the line's time in seconds (RequestObserver.finish passes the one reading its span's
+        end and exemplar share). The
         request id (checked against [A-Za-z0-9._-] or generated), the method label and the
         hex trace ids need no JSON escaping, so they go in as they are.
         """
@@ -328,8 +328,6 @@ class ECSFormatter(logging.Formatter):
             agent_field = known
         query_field = "" if query is None else ',"url.query":' + _quote(query)
         # _Timestamps.format(), inlined for a second already formatted (one call less).
-        if now is None:
-            now = time.time()
         second = int(now)
         stamps = self._stamps
         prefix = stamps._prefix if second == stamps._second else stamps.format(now)[:-5]

@@ -201,7 +201,8 @@ class PyobsMetrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         # The request path's histogram values and the log-level counters, updated directly
         # (see _Series) under this one lock; the in-flight gauge needs none (``inflight``).
-        # Public: the log handler writes its counters under it too. One attribute, so the
+        # Public: the log-level counters are written under it too (count_log_line, and
+        # RequestObserver.finish through prom_request). One attribute, so the
         # lock a fork child gets (_locks_after_fork) is the one every writer takes.
         self.lock = threading.Lock()
         _instances.add(self)
@@ -219,7 +220,7 @@ class PyobsMetrics:
         self._inflight_lock = threading.Lock()
         self._request_sizes: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._log_levels: dict[str, Any] = {}
-        # The log-level counters' values pyobs writes directly (StdoutHandler.write_line).
+        # The log-level counters' values pyobs writes directly (count_log_line, prom_request).
         self.log_level_values: dict[str, Any] = {}
 
     def _value_for(self, cache: dict[str, Any], metric: Any, label: str) -> Any:
