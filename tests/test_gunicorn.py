@@ -320,10 +320,24 @@ def test_dead_workers_live_gauges_do_not_linger(gunicorn_run: Any) -> None:
     _wait(lambda: len(set(server.workers()) - set(before)) == WORKERS, BOOT_TIMEOUT,
           "gunicorn to replace the killed workers")  # fmt: skip
     assert live_files(before) == []
-    samples = server.scrape()
+    # A request that sat in the listen backlog when its worker died is served by a new
+    # worker; its client can hold the whole response a moment before the worker's
+    # end-of-request code lowers the gauge. A gauge a dead worker left behind would read
+    # 1 for ever, so the wait still fails on a lingering value.
+    samples = _wait(_settled(server), 10, "the in-flight gauge to drop to 0")
     assert _value(samples, "http_server_active_requests") == 0
     pids = {dict(lbls).get("pid") for (n, lbls) in samples if n == "process_resident_memory_bytes"}
     assert not pids & {str(p) for p in before}
+
+
+def _settled(server: Gunicorn) -> Any:
+    """A check that returns a scrape once no request is in flight (for `_wait`)."""
+
+    def check() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+        samples = server.scrape()
+        return samples if _value(samples, "http_server_active_requests") == 0 else None
+
+    return check
 
 
 def _quietly(server: Gunicorn, path: str) -> int:
