@@ -271,17 +271,17 @@ def prom_request(
             pass
         try:
             d_sum._value += duration
-            d_bucket._value += 1
+            d_bucket._value += 1.0
             if r_bucket is not None:
                 r_sum._value += response_bytes
-                r_bucket._value += 1
+                r_bucket._value += 1.0
             if exemplar is not None:
                 d_bucket._exemplar = exemplar
         except Exception as exc:
             raise AfterGauge() from exc
         if line is not None:
             try:
-                line._value += 1
+                line._value += 1.0
             except Exception as exc:
                 raise AfterRequest() from exc
     finally:

@@ -53,6 +53,11 @@ _ID_POOL: list[str] = []
 _take_id = _ID_POOL.pop
 _perf_counter = time.perf_counter  # one lookup less on the request path
 _time_ns = time.time_ns
+# request_id_var's methods, bound once: a method of an imported name is looked up as a plain
+# attribute on every call (CPython compiles no method call for it), which the specialising
+# interpreter cannot speed up.
+_set_request_id = request_id_var.set
+_reset_request_id = request_id_var.reset
 _ID_PIECES = tuple(slice(start, start + 32) for start in range(0, 64 * 32, 32))
 
 
@@ -182,14 +187,14 @@ def _install_input_filter() -> None:
 UNREAD = "\x00pyobs:unread"
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestFacts:
     """What a protocol layer knows about a request before the app runs.
 
-    Not slotted: the defaults are class attributes, so the WSGI and ASGI adapters make one
-    per request with ``RequestFacts.__new__(RequestFacts)`` and set the fields they have
-    (metrics-only: method, path and headers), one C call instead of the dataclass's Python
-    ``__init__``.
+    Slotted, so no default stays on the class (the specialising interpreter reads a slot
+    in one guarded load; see RequestHandle). The WSGI and ASGI adapters make one per
+    request with ``RequestFacts.__new__(RequestFacts)`` and set every field, one C call
+    instead of the dataclass's Python ``__init__``.
     """
 
     method: str
@@ -207,40 +212,67 @@ class RequestFacts:
 class RequestHandle:
     """Per-request state between start() and finish(); adapters set ``route``.
 
-    A plain class whose optional fields default at class level: a request sets only what
-    it uses (most stay at their default), which is cheaper than initialising every field.
+    Slotted, with no class-level defaults: start() and start_metrics_only() set every
+    field on the handle they make. CPython's specialising interpreter turns a read or a
+    write of a slot into one guarded load or store on every version from 3.11; a default
+    kept on the class instead costs a generic attribute lookup, on 3.11 wherever the handle
+    has not set it yet, and from 3.12 wherever it has (docs/benchmarks.md, "Handles the
+    specialising interpreter can read").
     """
 
-    route: str | None = None
-    status: int | None = None
-    response_bytes: int = 0
-    exception: BaseException | None = None
-    disconnected: bool = False
-    finished: bool = False
-    span: Any = None
-    owns_span: bool = False
-    trace_id: str | None = None  # for exemplars: set when the span is sampled
-    trace_ids: tuple[str, str] | None = None  # (trace id, span id) in hex, sampled or not
-    client: str | None = None  # client.ip / client.address (spans and access log only)
-    user_agent: str | None = None
-    request_id_token: Any = None  # contextvar tokens, undone by detach()
-    context_token: Any = None
-    counted: bool = False  # the in-flight gauge was incremented: finish() decrements it
-    raw_length: str | None = UNREAD  # the Content-Length header, if the adapter read it
-    ended: float | None = None  # perf_counter() at the last byte, when finish() comes later
-    path: str  # facts.path, cut to MAX_FIELD_LENGTH for logs and spans by start()
+    __slots__ = (
+        "_observer",
+        "client",
+        "context_token",
+        "counted",
+        "disconnected",
+        "ended",
+        "exception",
+        "facts",
+        "finished",
+        "method",
+        "owns_span",
+        "path",
+        "raw_length",
+        "request_id",
+        "request_id_token",
+        "response_bytes",
+        "route",
+        "span",
+        "start",
+        "status",
+        "trace_id",
+        "trace_ids",
+        "user_agent",
+        "whole_record",
+    )
 
-    # Set by RequestObserver.start(), which makes the handle: no __init__, so making one is
-    # a single C call (a Python __init__ would enter a second eval loop per request).
     facts: RequestFacts
     method: str  # the method label (_OTHER for a non-standard one)
     request_id: str
     start: float  # time.perf_counter() at start
-
-    # For _done(): the observer (set by the adapters that call it), and whether the handle
-    # records a whole response itself (the handles start_metrics_only() makes).
+    path: str  # facts.path, cut to MAX_FIELD_LENGTH for logs and spans by start()
+    route: str | None
+    status: int | None
+    response_bytes: int
+    exception: BaseException | None
+    disconnected: bool
+    finished: bool
+    span: Any
+    owns_span: bool
+    trace_id: str | None  # for exemplars: set when the span is sampled
+    trace_ids: tuple[str, str] | None  # (trace id, span id) in hex, sampled or not
+    client: str | None  # client.ip / client.address (spans and access log only)
+    user_agent: str | None
+    request_id_token: Any  # contextvar tokens, undone by detach()
+    context_token: Any
+    counted: bool  # the in-flight gauge was incremented: finish() decrements it
+    raw_length: str | None  # the Content-Length header (UNREAD until the adapter read it)
+    ended: float | None  # perf_counter() at the last byte, when finish() comes later
+    # Whether the handle records a whole response itself (start_metrics_only()'s handles,
+    # see _done()), and the observer that made it.
+    whole_record: bool
     _observer: RequestObserver
-    whole_record = False
 
     def __repr__(self) -> str:
         return f"RequestHandle({self.method} {self.facts.path!r}, route={self.route!r})"
@@ -314,7 +346,7 @@ def enter_again(handle: RequestHandle) -> tuple[Any, Any]:
     """
     span = handle.span
     return (
-        request_id_var.set(handle.request_id),
+        _set_request_id(handle.request_id),
         None if span is None else _context.attach(_context.set_span(span, _context.current())),
     )
 
@@ -325,7 +357,7 @@ def leave_again(tokens: tuple[Any, Any]) -> None:
     if span_token is not None:
         _context.detach(span_token)  # the API logs a token from another context
     try:
-        request_id_var.reset(request_token)
+        _reset_request_id(request_token)
     except ValueError:  # a token from another context (set and reset are one chunk apart)
         pass
 
@@ -364,11 +396,14 @@ class RequestObserver:
     """Feeds metrics, the SERVER span and the access log from one code path."""
 
     # Set by setup from OTEL_PYTHON_[<FRAMEWORK>_]EXCLUDED_URLS (pyobs._otel_env), through
-    # exclude_urls().
-    excluded_urls: re.Pattern[str] | None = None
+    # exclude_urls(). Fields read per request live on the instance, none on the class (see
+    # RequestHandle).
+    excluded_urls: re.Pattern[str] | None
 
     def __init__(self, config: Config, metrics: PyobsMetrics | None = None) -> None:
         self.config = config
+        self.excluded_urls = None
+        self.access_log = config.access_log  # read per request: an instance field
         self.metrics = metrics or get_metrics()
         self.tracer = tracing.get_tracer() if config.tracing else None
         self._capture_headers = _capture_header_names()
@@ -432,12 +467,21 @@ class RequestObserver:
                     request_id = _take_id()
                 except IndexError:
                     request_id = _fill_ids()
-            handle = kind()  # no __init__: the fields are set here
+            handle = kind()  # no __init__: every field is set here
             handle.facts = facts
             handle.method = method
             handle.request_id = request_id
             handle.start = _perf_counter()
             handle.path = path if len(path) <= MAX_FIELD_LENGTH else path[:MAX_FIELD_LENGTH]
+            handle.route = handle.status = handle.exception = handle.ended = None
+            handle.span = handle.trace_id = handle.trace_ids = None
+            handle.client = handle.user_agent = None
+            handle.request_id_token = handle.context_token = None
+            handle.response_bytes = 0
+            handle.disconnected = handle.finished = handle.owns_span = handle.counted = False
+            handle.whole_record = False
+            handle.raw_length = UNREAD
+            handle._observer = self
         except Exception as exc:  # noqa: BLE001 - failsafe: the request must go on
             _errors.report("adapter", exc, "start")
             return None
@@ -476,7 +520,7 @@ class RequestObserver:
             finally:
                 if guard:
                     _reading.active = False
-        handle.request_id_token = request_id_var.set(request_id)
+        handle.request_id_token = _set_request_id(request_id)
         return handle
 
     def _start_span(self, handle: RequestHandle) -> None:
@@ -584,7 +628,7 @@ class RequestObserver:
         request_id_token, handle.request_id_token = handle.request_id_token, None
         try:
             if request_id_token is not None:
-                request_id_var.reset(request_id_token)
+                _reset_request_id(request_id_token)
             if context_token is not None:
                 _context.detach(context_token)
         except Exception as exc:  # noqa: BLE001 - a token from another context
@@ -652,7 +696,7 @@ class RequestObserver:
                 if guard:
                     _reading.active = False
         logged = None  # the access line's level, once pyobs wrote the line itself
-        if self.config.access_log:
+        if self.access_log:
             try:
                 level = _ERROR if code >= 500 else _WARNING if code >= 400 else _INFO
                 if _access.isEnabledFor(level):
@@ -876,7 +920,7 @@ def start_metrics_only(
             incoming = _take_id()
         except IndexError:
             incoming = _fill_ids()
-    handle = kind()  # no __init__: see RequestHandle; the adapter sets handle._observer
+    handle = kind()  # no __init__: see RequestHandle
     if method not in STANDARD_METHODS:
         method = method_label(method)
     handle.method = method
@@ -884,6 +928,16 @@ def start_metrics_only(
     # Not cut to MAX_FIELD_LENGTH: only the access log and spans write the path out, and
     # neither is on here (RequestObserver.start() cuts it for them).
     handle.path = path
+    # Every field but ``facts`` (the kinds made here make theirs when asked).
+    handle.route = handle.status = handle.exception = handle.ended = None
+    handle.span = handle.trace_id = handle.trace_ids = None
+    handle.client = handle.user_agent = None
+    handle.request_id_token = handle.context_token = None
+    handle.response_bytes = 0
+    handle.disconnected = handle.finished = handle.owns_span = handle.counted = False
+    handle.whole_record = True
+    handle.raw_length = UNREAD
+    handle._observer = observer
     handle.start = _perf_counter()
     try:
         m = observer.metrics  # the in-flight gauge + 1, as in RequestObserver.start()
@@ -895,7 +949,7 @@ def start_metrics_only(
         handle.counted = True
     except Exception as exc:  # noqa: BLE001
         _errors.report("metrics", exc, "start")
-    handle.request_id_token = request_id_var.set(incoming)
+    handle.request_id_token = _set_request_id(incoming)
     return handle
 
 

@@ -13,6 +13,7 @@ from pyobs import _errors, _state
 from pyobs._integration import MetricsPage
 from pyobs._observer import (
     REQUEST_ID_HEADER,
+    UNREAD,
     RequestFacts,
     RequestHandle,
     RequestObserver,
@@ -26,6 +27,7 @@ from pyobs._websocket import open_session
 from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
+_reset_request_id = request_id_var.reset  # bound once: see pyobs._observer
 REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 ROOT_PATH_KEY = "pyobs.root_path"  # the scope's root_path before the app ran
 WEBSOCKET_KEY = "pyobs.websocket"
@@ -59,10 +61,13 @@ def facts_from_scope(scope: Scope, details: bool = True) -> tuple[RequestFacts, 
     facts.scheme = get("scheme", "http")
     if query:
         facts.query = query.decode("latin-1") if isinstance(query, bytes) else str(query)
+    else:
+        facts.query = ""
     facts.client_addr = client[0]
     facts.server_addr = host.partition(":")[0] if host else server[0]
     facts.server_port = server[1]
     facts.http_version = get("http_version", "1.1")
+    facts.user_agent = UNREAD
     return facts, headers
 
 
@@ -182,6 +187,7 @@ class _ObservedExchange(RequestHandle):
     request instead of two closures and their cells."""
 
     # Set per request by the middleware after observer.start().
+    __slots__ = ("_busy", "_middleware", "_receive", "_scope", "_send", "_watch")
     _middleware: ObservabilityMiddleware
     _observer: RequestObserver
     _scope: Scope  # the scope as the middleware got it (routers may copy theirs)
@@ -193,8 +199,8 @@ class _ObservedExchange(RequestHandle):
     # The watcher is made at the first streamed chunk (most responses are one chunk);
     # until then ``_busy`` counts the app's receive() calls in progress, as the watcher's
     # own count does after.
-    _watch: _DisconnectWatch | None = None
-    _busy = 0
+    _watch: _DisconnectWatch | None
+    _busy: int
 
     async def receive(self) -> Message:
         """The app's receive: notes a client that went away."""
@@ -277,23 +283,23 @@ class _MetricsOnlyExchange(_ObservedExchange):
     records a whole response itself (RequestHandle._done), and its request facts are made
     only if something asks for them."""
 
-    whole_record = True
-
+    __slots__ = ("_facts", "_read")
     _read: tuple[str, str, dict[bytes, bytes] | None, Mapping[str, str] | None]
-    _facts: RequestFacts | None = None
+    _facts: RequestFacts  # unset until asked for
 
     @property
     def facts(self) -> RequestFacts:
         """The request facts, made when first asked (the common path asks for none)."""
-        facts = self._facts
-        if facts is None:
+        try:
+            return self._facts
+        except AttributeError:
             method, path, raw, headers = self._read
             if headers is None:
                 view = _PairHeaders()
                 view._raw = raw or {}
                 headers = view
             facts = self._facts = RequestFacts(method, path, headers)
-        return facts
+            return facts
 
     @facts.setter
     def facts(self, facts: RequestFacts) -> None:
@@ -405,12 +411,14 @@ class ObservabilityMiddleware:
         scope[ROOT_PATH_KEY] = scope.get("root_path", "")
         scope[HANDLE_KEY] = handle
         handle._middleware = self
-        handle._observer = observer
         handle._scope = scope
         handle._receive = receive
         handle._send = send
+        handle._watch = None
+        handle._busy = 0
+        app = self.app  # an instance field: loaded, then called (no method lookup)
         try:
-            await self.app(scope, handle.receive, handle.send)
+            await app(scope, handle.receive, handle.send)
         except BaseException as exc:
             if not handle.finished:
                 error: BaseException | None = exc
@@ -442,7 +450,7 @@ class ObservabilityMiddleware:
                 token, handle.request_id_token = handle.request_id_token, None
                 try:
                     if token is not None:
-                        request_id_var.reset(token)
+                        _reset_request_id(token)
                 except Exception as exc:  # noqa: BLE001 - a token from another context
                     _errors.report("adapter", exc, "detach")
             else:

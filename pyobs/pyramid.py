@@ -63,7 +63,6 @@ def tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any
         _integration.add_request_id(observer, handle, response.headers)
         length = response.content_length
         handle._middleware = recorder
-        handle._observer = observer
         handle._environ = environ
         handle.inner = response.app_iter
         response.app_iter = handle

@@ -354,11 +354,10 @@ def _span_module() -> Any:
     return _span
 
 
-def __getattr__(name: str) -> Any:
-    """``tracing.RequestSpan`` and the shortcut's check, loaded on first use (PEP 562)."""
-    if name in ("RequestSpan", "_Recorder", "_same_as_sdk", "_probe"):
-        return getattr(_span_module(), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# No module __getattr__ (PEP 562) here: CPython's specialising interpreter reads a
+# module's attributes in one guarded load only when the module has none, and the request
+# path reads this module's (``tracing._recorder``, ``tracing.request_span_type``) on every
+# request. pyobs._span's names are read from pyobs._span.
 
 
 def _internal_metrics_on() -> bool:

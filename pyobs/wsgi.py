@@ -9,6 +9,7 @@ from pyobs import _context, _errors, _state, logs
 from pyobs._integration import MetricsPage, status_line
 from pyobs._observer import (
     REQUEST_ID_HEADER,
+    UNREAD,
     RequestFacts,
     RequestHandle,
     RequestObserver,
@@ -18,6 +19,7 @@ from pyobs._observer import (
 from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
+_reset_request_id = request_id_var.reset  # bound once: see pyobs._observer
 _BODIES_OPEN = logs.bodies_open  # the bodies being iterated
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -106,7 +108,12 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
     facts.method = get("REQUEST_METHOD") or "GET"
     facts.path = path
     facts.headers = view
-    if not details:
+    if not details:  # the other fields at their defaults (a slot has none)
+        facts.scheme = "http"
+        facts.query = ""
+        facts.client_addr = facts.server_addr = facts.server_port = None
+        facts.http_version = "1.1"
+        facts.user_agent = UNREAD
         return facts
     key = (get("HTTP_HOST") or get("SERVER_NAME") or "", get("SERVER_PORT"), get("SERVER_PROTOCOL"))
     try:
@@ -242,11 +249,11 @@ class ObservabilityMiddleware:
         handle.raw_length = get("CONTENT_LENGTH")
         environ[HANDLE_KEY] = handle
         handle._middleware = self
-        handle._observer = observer
         handle._environ = environ
         handle._server = start_response
+        app = self.app  # an instance field: loaded, then called (no method lookup)
         try:
-            handle.inner = self.app(environ, handle.start_response)
+            handle.inner = app(environ, handle.start_response)
         except BaseException as exc:
             handle.resolve_route()
             observer.finish(handle, exception=exc)
@@ -258,7 +265,7 @@ class ObservabilityMiddleware:
         token = handle.request_id_token
         try:
             if token is not None:
-                request_id_var.reset(token)
+                _reset_request_id(token)
             context_token = handle.context_token
             if context_token is not None:
                 _context.detach(context_token)
@@ -272,10 +279,11 @@ class _ObservedBody(RequestHandle):
     finishes the request when the server closes it (one object per request, not two)."""
 
     # Set per request by the middleware (or the Pyramid tween) after observer.start().
+    __slots__ = ("_environ", "_middleware", "_server", "inner")
     _middleware: ObservabilityMiddleware
     _environ: Environ
     _server: StartResponse  # the server's start_response
-    inner: Iterable[bytes] = ()  # the app's body, once the app returned it
+    inner: Iterable[bytes]  # the app's body, set once the app returned it
 
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The app's start_response: notes the status and adds pyobs's response headers."""
@@ -292,7 +300,8 @@ class _ObservedBody(RequestHandle):
                     self.route = None
         # RequestObserver.response_headers(), inlined; exc_info, when given, passed on.
         headers = [*headers, (REQUEST_ID_HEADER, self.request_id)]
-        return self._server(status, headers, *args) if args else self._server(status, headers)
+        server = self._server  # a slot: one specialised load, then a plain call
+        return server(status, headers, *args) if args else server(status, headers)
 
     def resolve_route(self) -> None:
         """Ask the middleware's route_resolver for the route, unless it is already known."""
@@ -361,17 +370,17 @@ class _MetricsOnlyBody(_ObservedBody):
     whole response itself (RequestHandle._done), and its request facts are made only if
     something asks for them."""
 
-    whole_record = True
-
-    _facts: RequestFacts | None = None
+    __slots__ = ("_facts",)
+    _facts: RequestFacts  # unset until asked for
 
     @property
     def facts(self) -> RequestFacts:
         """The request facts, made when first asked (the common path asks for none)."""
-        facts = self._facts
-        if facts is None:
+        try:
+            return self._facts
+        except AttributeError:
             facts = self._facts = facts_from_environ(self._environ, False)
-        return facts
+            return facts
 
     @facts.setter
     def facts(self, facts: RequestFacts) -> None:

@@ -61,10 +61,10 @@ def _served_span() -> Any:
 
 def test_every_shortcut_is_on_with_the_installed_versions(fresh_gates: None) -> None:
     """With the libraries installed here, each shortcut passes its check and is in use."""
-    from pyobs import _internals, tracing
+    from pyobs import _internals, _span
 
     span = _served_span()
-    assert type(span) is tracing.RequestSpan  # the shortcut served the request
+    assert type(span) is _span.RequestSpan  # the shortcut served the request
     used = [s for s in _internals.status() if s.enabled is not None]
     assert used, "no shortcut was checked"
     for shortcut in used:
@@ -103,7 +103,7 @@ def test_a_missing_private_name_falls_back_to_the_public_path(
 ) -> None:
     """The provider's processor attribute gone: a warning that names it, and the span comes
     from the SDK's public path with every attribute."""
-    from pyobs import _internals, tracing
+    from pyobs import _internals, _span
 
     def gone(provider: Any) -> Any:
         raise AttributeError("'TracerProvider' object has no attribute '_active_span_processor'")
@@ -111,7 +111,7 @@ def test_a_missing_private_name_falls_back_to_the_public_path(
     monkeypatch.setattr(_internals, "sdk_span_processor", gone)
     with caplog.at_level(logging.WARNING, logger="pyobs.internal"):
         span = _served_span()
-    assert type(span) is not tracing.RequestSpan
+    assert type(span) is not _span.RequestSpan
     assert span.name == "GET /orders/<int:order_id>"
     assert span.attributes["http.response.status_code"] == 200
     assert "_active_span_processor" in caplog.text
@@ -125,7 +125,7 @@ def test_a_shortcut_that_fails_in_use_is_counted_and_turned_off(
     pyobs_internal_errors_total{component="tracing"}, and the request still has its span."""
     from prometheus_client import REGISTRY
 
-    from pyobs import _internals, tracing
+    from pyobs import _internals, _span
 
     real = _internals.sdk_span_processor
     probe_provider: list[Any] = []
@@ -144,7 +144,7 @@ def test_a_shortcut_that_fails_in_use_is_counted_and_turned_off(
     before = REGISTRY.get_sample_value(ERRORS, {"component": "tracing"}) or 0.0
     span = _served_span()
     assert probe_provider  # the check ran, and passed
-    assert type(span) is not tracing.RequestSpan
+    assert type(span) is not _span.RequestSpan
     assert span.attributes["http.route"] == "/orders/<int:order_id>"
     assert REGISTRY.get_sample_value(ERRORS, {"component": "tracing"}) == before + 1
     assert _internals.OTEL_SPAN.enabled is False
@@ -154,12 +154,12 @@ def test_a_diverging_shortcut_is_turned_off_with_a_warning(
     fresh_gates: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """When the first-use check finds a difference, pyobs warns and uses the public API."""
-    from pyobs import _internals, _span, tracing
+    from pyobs import _internals, _span
 
     monkeypatch.setattr(_span, "_probe", lambda: False)
     with caplog.at_level(logging.WARNING, logger="pyobs.internal"):
         span = _served_span()
-    assert type(span) is not tracing.RequestSpan
+    assert type(span) is not _span.RequestSpan
     assert span.attributes["http.route"] == "/orders/<int:order_id>"
     (warning,) = [r for r in caplog.records if "otel-sdk-span" in r.getMessage()]
     assert "differs from the public API" in warning.getMessage()
@@ -172,7 +172,7 @@ def test_the_shortcut_check_detects_a_renamed_span_field(
     """A ReadableSpan field renamed (its property reads another name): the check fails."""
     from opentelemetry.sdk.trace import ReadableSpan
 
-    from pyobs import tracing
+    from pyobs import _span
 
     original = ReadableSpan.__init__
 
@@ -188,7 +188,7 @@ def test_the_shortcut_check_detects_a_renamed_span_field(
     monkeypatch.setattr(ReadableSpan, "__init__", init)
     monkeypatch.setattr(ReadableSpan, "name", property(lambda self: self._span_name))
     monkeypatch.setattr(SdkSpan, "update_name", update_name)
-    assert tracing._same_as_sdk() is False
+    assert _span._same_as_sdk() is False
 
 
 def test_the_shortcut_check_detects_a_new_processor_hook(
@@ -199,7 +199,7 @@ def test_the_shortcut_check_detects_a_new_processor_hook(
     from opentelemetry.sdk.trace import Span as SdkSpan
     from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor
 
-    from pyobs import tracing
+    from pyobs import _span
 
     def before_end(self: Any, span: Any) -> None:
         for processor in self._span_processors:
@@ -211,10 +211,10 @@ def test_the_shortcut_check_detects_a_new_processor_hook(
         self._span_processor._before_end(self)
         original_end(self, end_time)
 
-    assert tracing._same_as_sdk() is True
+    assert _span._same_as_sdk() is True
     monkeypatch.setattr(SynchronousMultiSpanProcessor, "_before_end", before_end, raising=False)
     monkeypatch.setattr(SdkSpan, "end", end)
-    assert tracing._same_as_sdk() is False
+    assert _span._same_as_sdk() is False
 
 
 def test_an_older_library_than_tested_turns_the_shortcut_off(
