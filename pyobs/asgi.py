@@ -28,6 +28,7 @@ from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
 _reset_request_id = request_id_var.reset  # bound once: see pyobs._observer
+_new_facts = RequestFacts.__new__  # object.__new__, looked up once
 REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 ROOT_PATH_KEY = "pyobs.root_path"  # the scope's root_path before the app ran
 WEBSOCKET_KEY = "pyobs.websocket"
@@ -54,7 +55,7 @@ def facts_from_scope(scope: Scope, details: bool = True) -> tuple[RequestFacts, 
     server = get("server") or (None, None)
     query = get("query_string") or b""
     host = headers.get("host")
-    facts = RequestFacts.__new__(RequestFacts)  # no Python __init__: see RequestFacts
+    facts = _new_facts(RequestFacts)  # no Python __init__: see RequestFacts
     facts.method = get("method", "GET")
     facts.path = get("path", "/")
     facts.headers = headers

@@ -20,6 +20,7 @@ from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
 _reset_request_id = request_id_var.reset  # bound once: see pyobs._observer
+_new_facts = RequestFacts.__new__  # object.__new__, looked up once
 _BODIES_OPEN = logs.bodies_open  # the bodies being iterated
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -104,7 +105,7 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         path = decoded_path(path)
     view = _EnvironHeaders()
     view._environ = environ
-    facts = RequestFacts.__new__(RequestFacts)  # no Python __init__: see RequestFacts
+    facts = _new_facts(RequestFacts)  # no Python __init__: see RequestFacts
     facts.method = get("REQUEST_METHOD") or "GET"
     facts.path = path
     facts.headers = view

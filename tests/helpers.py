@@ -89,6 +89,24 @@ def start_with_retry(
     raise RuntimeError(f"every port tried was taken before the server bound it ({last})")
 
 
+def asgi_get_scope(path: str, host: str, client_port: int = 50000) -> dict[str, Any]:
+    """The scope an ASGI server builds for ``GET path`` over HTTP/1.1 to ``host``:80."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", host.encode())],
+        "client": ("127.0.0.1", client_port),
+        "server": (host, 80),
+    }
+
+
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll ``check`` until it returns something truthy; AssertionError after ``timeout`` s.
 

@@ -23,7 +23,14 @@ import pyobs.exposition
 import pyobs.testing
 from tests.conftest import import_or_require, run_python
 from tests.core_apps import FACTORIES, Client, json_lines, sample, series
-from tests.helpers import PortTaken, kill_tree, running, start_with_retry, wait_until
+from tests.helpers import (
+    PortTaken,
+    asgi_get_scope,
+    kill_tree,
+    running,
+    start_with_retry,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATION = "http_server_request_duration_seconds"
@@ -162,20 +169,7 @@ def test_asgi_client_gone_is_499(how: str) -> None:
     """An ASGI client that disconnects mid-stream is counted as 499."""
     import_or_require("fastapi")
     app = FACTORIES["fastapi"]()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/stream",
-        "raw_path": b"/stream",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
+    scope = asgi_get_scope("/stream", "testserver", client_port=5000)
     state = {"received": 0, "bodies": 0}
 
     async def receive() -> dict[str, Any]:

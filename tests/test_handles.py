@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import asgi_get_scope
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "full": {},
     "metrics-only": {"tracing": False, "access_log": False},
@@ -110,20 +112,7 @@ def test_asgi_handles_have_every_field_set(config: str) -> None:
         await send({"type": "http.response.body", "body": b"queued"})
 
     wrapped = ObservabilityMiddleware(app, framework="asgi", **CONFIGS[config])
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/jobs/7",
-        "raw_path": b"/jobs/7",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"shop.local")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("shop.local", 80),
-    }
+    scope = asgi_get_scope("/jobs/7", "shop.local")
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
