@@ -210,6 +210,10 @@ class RequestFacts:
     user_agent: str | None = UNREAD  # the User-Agent header, when the adapter read it
 
 
+# object.__new__, looked up once: the WSGI and ASGI adapters make their facts with it.
+_new_facts = RequestFacts.__new__
+
+
 class RequestHandle:
     """Per-request state between start() and finish(); adapters set ``route``.
 

@@ -17,18 +17,17 @@ from pyobs._observer import (
     RequestFacts,
     RequestHandle,
     RequestObserver,
+    _new_facts,
     _PairHeaders,
+    _reset_request_id,
     headers_from_pairs,
     report_internal_error,
     request_id_and_length,
     start_metrics_only,
 )
 from pyobs._websocket import open_session
-from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
-_reset_request_id = request_id_var.reset  # bound once: see pyobs._observer
-_new_facts = RequestFacts.__new__  # object.__new__, looked up once
 REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 ROOT_PATH_KEY = "pyobs.root_path"  # the scope's root_path before the app ran
 WEBSOCKET_KEY = "pyobs.websocket"
@@ -190,7 +189,6 @@ class _ObservedExchange(RequestHandle):
     # Set per request by the middleware after observer.start().
     __slots__ = ("_busy", "_middleware", "_receive", "_scope", "_send", "_watch")
     _middleware: ObservabilityMiddleware
-    _observer: RequestObserver
     _scope: Scope  # the scope as the middleware got it (routers may copy theirs)
     _receive: Receive  # the server's
     _send: Send

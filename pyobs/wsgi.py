@@ -9,18 +9,16 @@ from pyobs import _context, _errors, _state, logs
 from pyobs._integration import MetricsPage, status_line
 from pyobs._observer import (
     REQUEST_ID_HEADER,
-    UNREAD,
     RequestFacts,
     RequestHandle,
     RequestObserver,
+    _new_facts,
+    _reset_request_id,
     report_internal_error,
     start_metrics_only,
 )
-from pyobs.logs import request_id_var
 
 HANDLE_KEY = "pyobs.handle"
-_reset_request_id = request_id_var.reset  # bound once: see pyobs._observer
-_new_facts = RequestFacts.__new__  # object.__new__, looked up once
 _BODIES_OPEN = logs.bodies_open  # the bodies being iterated
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -105,17 +103,13 @@ def facts_from_environ(environ: Environ, details: bool = True) -> RequestFacts:
         path = decoded_path(path)
     view = _EnvironHeaders()
     view._environ = environ
+    method = get("REQUEST_METHOD") or "GET"
+    if not details:  # the other fields at RequestFacts's defaults
+        return RequestFacts(method, path, view)
     facts = _new_facts(RequestFacts)  # no Python __init__: see RequestFacts
-    facts.method = get("REQUEST_METHOD") or "GET"
+    facts.method = method
     facts.path = path
     facts.headers = view
-    if not details:  # the other fields at their defaults (a slot has none)
-        facts.scheme = "http"
-        facts.query = ""
-        facts.client_addr = facts.server_addr = facts.server_port = None
-        facts.http_version = "1.1"
-        facts.user_agent = UNREAD
-        return facts
     key = (get("HTTP_HOST") or get("SERVER_NAME") or "", get("SERVER_PORT"), get("SERVER_PROTOCOL"))
     try:
         server = _SERVER_FACTS.get(key)
