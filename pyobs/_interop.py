@@ -12,6 +12,7 @@ family, leaves the other collector's copy out of the page, and warns once, namin
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,6 +20,15 @@ from typing import Any
 _log = logging.getLogger("pyobs")
 _warned: set[str] = set()
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent thread (a scrape) may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def _family_names(family: Any) -> set[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -309,6 +310,18 @@ def get_metrics() -> MessagingMetrics:
 
 
 _built_for: Any = None  # the pyobs config the families were checked against
+
+
+def _new_locks_after_fork() -> None:
+    """A thread of the parent may have held a lock at the fork: the child gets fresh ones."""
+    global _metrics_lock
+    _metrics_lock = threading.Lock()
+    if _metrics is not None:
+        _metrics._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 def current_metrics() -> MessagingMetrics | None:

@@ -415,8 +415,14 @@ def _after_fork_in_child() -> None:
 
     Typical case: gunicorn ``--preload`` runs ``setup()`` in the master, which binds the
     metrics port and then forks the workers that handle the requests.
+
+    The child also gets fresh locks: a thread of the parent may have held one at the fork
+    (the process sampler, every PROCESS_SAMPLE_INTERVAL, in a Celery worker's main process
+    that forks a new pool process), and the child would wait for it forever.
     """
-    global _server
+    global _server, _process_lock, _server_lock
+    _process_lock = threading.Lock()
+    _server_lock = threading.Lock()
     server = _server
     if server is None or server.owner_pid == os.getpid():
         return

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require_service
-from tests.helpers import LOOPBACK, free_port, kill_tree, start_server
+from tests.helpers import LOOPBACK, descendants, free_port, kill_tree, start_server
 
 START_ATTEMPTS = 5
 
@@ -133,6 +134,52 @@ class Worker:
         """The worker's JSON log lines (stdout)."""
         return json_lines(self.stdout)
 
+    def results(self, ids: list[str], timeout: float) -> list[Any]:
+        """Each task's return value, or the exception it raised, in the order of ``ids``.
+
+        A result that does not come within ``timeout`` fails the test with what the worker
+        did with those tasks (its log lines naming them) and where each of its processes
+        stands now (a stack dump), so that a rare hang can be told from a lost message.
+        """
+        from celery.exceptions import TimeoutError as ResultTimeout
+        from celery.result import AsyncResult
+
+        from tests import celery_app
+
+        out: list[Any] = []
+        late: list[str] = []
+        for task_id in ids:
+            result = AsyncResult(task_id, app=celery_app.app)
+            try:
+                out.append(result.get(timeout=timeout))
+            except ResultTimeout:
+                late.append(task_id)
+            except Exception as exc:
+                out.append(exc)
+        if late:
+            raise AssertionError(f"no result within {timeout} s for {late}\n{self.diagnosis(late)}")
+        return out
+
+    def diagnosis(self, ids: list[str]) -> str:
+        """The worker's log lines that name any of ``ids``, then every process's stacks."""
+        named = [
+            line.get("message", "")
+            for line in self.logs()
+            if any(task_id in json.dumps(line) for task_id in ids)
+        ]
+        stacks = self.stdout.with_name("stacks.txt")
+        dumps: list[str] = []
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+            before = stacks.stat().st_size if stacks.exists() else 0
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGUSR2)  # tests/celery_app.py dumps its threads' stacks
+            time.sleep(0.5)
+            with contextlib.suppress(OSError), stacks.open("rb") as f:
+                f.seek(before)
+                dumps.append(f"process {pid}:\n{f.read().decode(errors='replace')}")
+        dumped = "\n".join(dumps)
+        return "worker log lines naming them:\n" + "\n".join(named) + "\nstacks:\n" + dumped
+
     def spans(self) -> list[dict[str, Any]]:
         """The spans the worker's processes exported (console exporter: stderr)."""
         return [line for line in json_lines(self.stderr) if "context" in line]
@@ -184,6 +231,7 @@ def celery_worker(
         PROMETHEUS_MULTIPROC_DIR=str(multiproc),
         PYOBS_SERVICE_NAME="celery-worker",
         OTEL_TRACES_EXPORTER="console",
+        CELERY_TEST_STACKS=str(directory / "stacks.txt"),
         **(extra_env or {}),
     )
     stdout, stderr = directory / "worker.out", directory / "worker.err"

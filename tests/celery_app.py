@@ -2,13 +2,18 @@
 
 The worker reads its broker and result backend from ``CELERY_TEST_BROKER``; with
 ``CELERY_TEST_OTEL=1`` OpenTelemetry's own Celery instrumentation is on as well, and with
-``CELERY_TEST_BROKEN=1`` every span processor hook raises (the fail-alone test).
+``CELERY_TEST_BROKEN=1`` every span processor hook raises (the fail-alone test). With
+``CELERY_TEST_STACKS`` set, SIGUSR2 makes any of the worker's processes (the pool processes
+inherit the handler) append its threads' stacks to that file: a test that waits in vain for a
+result shows where each process stands.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -29,6 +34,10 @@ app.conf.update(
     result_expires=600,
 )
 log = logging.getLogger("tests.celery_app")
+if os.environ.get("CELERY_TEST_STACKS"):
+    # Kept open for the life of the process; append mode, so forked pool processes share it.
+    _stacks = open(os.environ["CELERY_TEST_STACKS"], "a")  # noqa: SIM115
+    faulthandler.register(signal.SIGUSR2, file=_stacks, all_threads=True)
 task: Any = app.task
 
 

@@ -70,21 +70,6 @@ def shop(queue: str) -> Any:
     return app
 
 
-def _results(ids: list[str]) -> list[Any]:
-    from celery.result import AsyncResult
-
-    from tests import celery_app
-
-    out: list[Any] = []
-    for task_id in ids:
-        result = AsyncResult(task_id, app=celery_app.app)
-        try:
-            out.append(result.get(timeout=WAIT))
-        except Exception as exc:
-            out.append(exc)
-    return out
-
-
 def _sent(task_queue: str) -> tuple[float, float]:
     """(messages sent, publish durations observed) to ``task_queue`` by this process."""
     labels = {
@@ -113,10 +98,10 @@ def test_tasks_from_a_request_are_one_trace_with_exact_counts(worker: Worker) ->
     flaky_ids = client.get("/flaky/2", buffered=True).get_json()["ids"]
 
     # The tasks' own results are untouched.
-    assert _results(add_ids) == [2 * i for i in range(N)]
-    (failed,) = _results(fail_ids)
+    assert worker.results(add_ids, WAIT) == [2 * i for i in range(N)]
+    (failed,) = worker.results(fail_ids, WAIT)
     assert type(failed).__name__ == "ValueError"
-    assert _results(flaky_ids) == ["done after 2"]
+    assert worker.results(flaky_ids, WAIT) == ["done after 2"]
 
     runs = N + 1 + 3  # flaky ran three times: two retries, then success
     tasks = "pyobs_celery_tasks_total"
@@ -217,7 +202,7 @@ def test_worker_metrics_carry_exemplars_and_the_families_once(worker: Worker) ->
 
     client = shop(worker.queue).test_client()
     ids = client.get("/orders/2", buffered=True).get_json()["ids"]
-    assert _results(ids) == [0, 2]
+    assert worker.results(ids, WAIT) == [0, 2]
     request = urllib.request.Request(
         f"http://127.0.0.1:{worker.port}/metrics",
         headers={"Accept": "application/openmetrics-text; version=1.0.0"},
@@ -251,7 +236,7 @@ def test_celerys_own_worker_lines_are_ecs_json(worker: Worker) -> None:
     ``celery -l INFO`` asked for; the task's outcome line carries its task id."""
     client = shop(worker.queue).test_client()
     (task_id,) = client.get("/orders/1", buffered=True).get_json()["ids"]
-    assert _results([task_id]) == [0]
+    assert worker.results([task_id], WAIT) == [0]
 
     def lines() -> dict[str, dict[str, Any]]:
         return {line["log.logger"]: line for line in worker.logs() if task_id in line["message"]}

@@ -15,7 +15,7 @@ import pytest
 from tests.brokers import Worker, celery_worker, redis_url  # noqa: F401 - a fixture
 from tests.conftest import import_or_require
 from tests.helpers import wait_until
-from tests.test_celery import ADD, FAIL, WAIT, _results, shop
+from tests.test_celery import ADD, FAIL, WAIT, shop
 
 pytestmark = pytest.mark.service  # a real redis-server and a real worker
 
@@ -45,8 +45,8 @@ def test_a_broken_span_processor_in_the_worker_never_fails_a_task(worker: Worker
         s for s in span_exporter().get_finished_spans() if s.name == "GET /orders/<int:count>"
     )
     fail_ids = client.get("/fail", buffered=True).get_json()["ids"]
-    assert _results(ids) == [2 * i for i in range(N)]
-    (failed,) = _results(fail_ids)
+    assert worker.results(ids, WAIT) == [2 * i for i in range(N)]
+    (failed,) = worker.results(fail_ids, WAIT)
     assert type(failed).__name__ == "ValueError"
 
     tasks = "pyobs_celery_tasks_total"

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from tests.brokers import Worker, celery_worker, redis_url  # noqa: F401 - a fixture
 from tests.conftest import import_or_require
 from tests.helpers import wait_until
-from tests.test_celery import ADD, WAIT, _results, shop
+from tests.test_celery import ADD, WAIT, shop
 
 pytestmark = pytest.mark.service  # a real redis-server and a real worker
 
@@ -66,7 +66,7 @@ def test_with_otels_celery_instrumentation_nothing_is_doubled(
     client = shop(worker.queue).test_client()
     span_exporter()
     ids = client.get(f"/orders/{N}", buffered=True).get_json()["ids"]
-    assert _results(ids) == [2 * i for i in range(N)]
+    assert worker.results(ids, WAIT) == [2 * i for i in range(N)]
 
     here = span_exporter().get_finished_spans()
     server = next(s for s in here if s.name == "GET /orders/<int:count>")

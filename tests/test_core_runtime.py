@@ -571,6 +571,99 @@ def test_a_forked_worker_counts_requests_though_the_parent_held_the_metrics_lock
     assert result.stdout.strip().endswith("child exit 0"), (result.stdout, result.stderr[-2000:])
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_pool_process_forked_while_pyobs_threads_held_their_locks_works(
+    tmp_path: Path,
+) -> None:
+    """A Celery worker's main process (or any parent with pyobs's threads) forks a new pool
+    process while its process sampler or a scrape holds the sampler's lock, and a message
+    thread holds the messaging families' locks. The child must not inherit them held: it
+    starts its own sampler, counts a message to a queue it has not seen, and renders its
+    page within 10 s (SIGALRM ends it otherwise), with its own ``process_*`` values on it.
+
+    Before the fix the child waited forever in ``worker_process_init``: the pool process
+    never took a task, and the tasks sent to it never ran (a Celery test timed out)."""
+    script = textwrap.dedent(
+        r"""
+        import os, signal
+        import pyobs
+        from pyobs import _messaging, _state, exposition
+
+        pyobs.setup(tracing=False)
+        config = _state.ensure_setup()
+        assert exposition.file_backed()
+        families = _messaging.get_metrics()
+        families.record_consumed("celery", families.destination("seen"))
+        held = [exposition._process_lock, _messaging._metrics_lock, families._lock]
+        for lock in held:
+            lock.acquire()  # as the parent's sampler, a scrape or a message thread holds it
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)
+            exposition.start_process_sampler()
+            families = _messaging.get_metrics()
+            families.record_consumed("celery", families.destination("new-queue"))
+            status, _, body = exposition.render(config, None, None)
+            page = body.decode()
+            ok = (
+                status == 200
+                and f'pid="{os.getpid()}"' in page
+                and 'messaging_destination_name="new-queue"' in page
+            )
+            os._exit(0 if ok else 1)
+        for lock in held:
+            lock.release()
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+        """
+    )
+    result = run_python(script, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    assert result.stdout.strip().endswith("child exit 0"), (result.stdout, result.stderr[-2000:])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_no_module_lock_of_pyobs_is_inherited_by_a_fork_child() -> None:
+    """Every lock pyobs keeps at module level is a new one in a fork child, so a lock a parent
+    thread held at the fork cannot hang the child. The one exception is the guard the
+    forking thread itself takes just before the fork and releases on both sides."""
+    script = textwrap.dedent(
+        r"""
+        import importlib, os, pkgutil, threading
+        import pyobs
+
+        kinds = (type(threading.Lock()), type(threading.RLock()))
+        modules = []
+        for info in pkgutil.walk_packages(pyobs.__path__, "pyobs."):
+            if info.name.endswith("__main__"):
+                continue  # runs the CLI
+            try:
+                modules.append(importlib.import_module(info.name))
+            except ImportError:
+                pass  # an optional framework that is not installed
+        def locks():
+            return {
+                (module.__name__, name): id(value)
+                for module in modules
+                for name, value in vars(module).items()
+                if isinstance(value, kinds)
+            }
+        before = locks()
+        assert len(before) >= 10, before
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            kept = sorted(f"{m}.{n}" for (m, n), i in locks().items() if before.get((m, n)) == i)
+            os.write(write_end, ",".join(kept).encode())
+            os._exit(0)
+        os.close(write_end)
+        print("kept:", os.read(read_end, 65536).decode())
+        os.waitpid(pid, 0)
+        """
+    )
+    result = run_python(script)
+    assert result.stdout.strip() == "kept: pyobs._multiproc._fork_guard", result.stdout
+
+
 def test_event_loop_lag_probe_on_every_new_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """One lag probe per event loop: a second loop in the same thread (``asyncio.run`` again,
     as test suites do) and a loop in another thread get their own. Requests on a loop already
