@@ -146,6 +146,14 @@ class _Dropped:
 DROPPED = _Dropped()
 
 
+def _new_dropped_lock_after_fork() -> None:
+    DROPPED.lock = threading.Lock()  # the parent's export thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_dropped_lock_after_fork)
+
+
 class _CountingExporter(SpanExporter):
     """The real exporter, with the spans of a failed batch counted as dropped."""
 
