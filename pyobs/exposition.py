@@ -416,9 +416,12 @@ def _after_fork_in_child() -> None:
     Typical case: gunicorn ``--preload`` runs ``setup()`` in the master, which binds the
     metrics port and then forks the workers that handle the requests.
 
-    The child also gets fresh locks: a thread of the parent may have held one at the fork
-    (the process sampler, every PROCESS_SAMPLE_INTERVAL, in a Celery worker's main process
-    that forks a new pool process), and the child would wait for it forever.
+    The child also gets fresh locks: a thread of the parent may have held one at the fork,
+    and the child would wait for it forever. The sampler's lock is taken by the forking
+    thread itself (_hold_sampler), so no fork lands inside a sample: a sample sets gauges
+    through prometheus_client, whose multiprocess values share one lock it does not renew
+    in a child (a Celery worker's main process samples every PROCESS_SAMPLE_INTERVAL and
+    at every scrape while it forks new pool processes).
     """
     global _server, _process_lock, _server_lock
     _process_lock = threading.Lock()
@@ -444,7 +447,17 @@ def _after_fork_in_child() -> None:
     )
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+def _hold_sampler() -> None:
+    _process_lock.acquire()  # a sample in progress (ms) ends before the fork
+
+
+def _release_sampler() -> None:
+    _process_lock.release()
+
+
+os.register_at_fork(
+    before=_hold_sampler, after_in_parent=_release_sampler, after_in_child=_after_fork_in_child
+)
 
 
 def serving_in_this_process() -> MetricsServer | None:

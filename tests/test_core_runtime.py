@@ -575,50 +575,66 @@ def test_a_forked_worker_counts_requests_though_the_parent_held_the_metrics_lock
 def test_a_pool_process_forked_while_pyobs_threads_held_their_locks_works(
     tmp_path: Path,
 ) -> None:
-    """A Celery worker's main process (or any parent with pyobs's threads) forks a new pool
-    process while its process sampler or a scrape holds the sampler's lock, and a message
-    thread holds the messaging families' locks. The child must not inherit them held: it
-    starts its own sampler, counts a message to a queue it has not seen, and renders its
-    page within 10 s (SIGALRM ends it otherwise), with its own ``process_*`` values on it.
+    """A Celery worker's main process (or any parent with pyobs's threads) forks new pool
+    processes while its process sampler and scrapes sample (here a thread samples without
+    pause) and a message thread holds the messaging families' locks. No child may inherit a
+    lock held: each of 30 children starts its own sampler, counts on a prometheus_client
+    counter, counts a message to a queue it has not seen and renders its page within 10 s
+    (SIGALRM ends it otherwise), with its own ``process_*`` values on it.
 
-    Before the fix the child waited forever in ``worker_process_init``: the pool process
-    never took a task, and the tasks sent to it never ran (a Celery test timed out)."""
+    Before the fix every child waited forever in ``worker_process_init`` for the sampler's
+    lock: the pool process never took a task, and the tasks sent to it never ran (a Celery
+    test timed out). A sample also holds prometheus_client's one lock for multiprocess
+    values, which prometheus_client does not renew in a child: no fork may land in one."""
     script = textwrap.dedent(
         r"""
-        import os, signal
+        import os, signal, threading
         import pyobs
-        from pyobs import _messaging, _state, exposition
+        from prometheus_client import Counter
+        from pyobs import _interop, _messaging, _state, exposition
 
         pyobs.setup(tracing=False)
         config = _state.ensure_setup()
         assert exposition.file_backed()
+        counter = Counter("forked_children", "children that counted")
+        counter.inc()
         families = _messaging.get_metrics()
         families.record_consumed("celery", families.destination("seen"))
-        held = [exposition._process_lock, _messaging._metrics_lock, families._lock]
+        held = [_messaging._metrics_lock, families._lock, _interop._lock]
         for lock in held:
-            lock.acquire()  # as the parent's sampler, a scrape or a message thread holds it
-        pid = os.fork()
-        if pid == 0:
-            signal.alarm(10)
-            exposition.start_process_sampler()
-            families = _messaging.get_metrics()
-            families.record_consumed("celery", families.destination("new-queue"))
-            status, _, body = exposition.render(config, None, None)
-            page = body.decode()
-            ok = (
-                status == 200
-                and f'pid="{os.getpid()}"' in page
-                and 'messaging_destination_name="new-queue"' in page
-            )
-            os._exit(0 if ok else 1)
-        for lock in held:
-            lock.release()
-        _, status = os.waitpid(pid, 0)
-        print("child exit", os.waitstatus_to_exitcode(status))
+            lock.acquire()  # as a message thread or a scrape holds it at the fork
+
+        def sample_without_pause():
+            while True:
+                exposition.sample_process_metrics()  # as the sampler and every scrape do
+
+        threading.Thread(target=sample_without_pause, daemon=True).start()
+        failed = 0
+        for n in range(30):
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(10)
+                exposition.start_process_sampler()
+                counter.inc()
+                families = _messaging.get_metrics()
+                families.record_consumed("celery", families.destination(f"new-{n}"))
+                status, _, body = exposition.render(config, None, None)
+                page = body.decode()
+                ok = (
+                    status == 200
+                    and f'pid="{os.getpid()}"' in page
+                    and f'messaging_destination_name="new-{n}"' in page
+                )
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                failed += 1
+                break  # one is enough (and each hung child takes its 10 s)
+        print("children failed", failed)
         """
     )
     result = run_python(script, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
-    assert result.stdout.strip().endswith("child exit 0"), (result.stdout, result.stderr[-2000:])
+    assert result.stdout.strip() == "children failed 0", (result.stdout, result.stderr[-2000:])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
