@@ -41,6 +41,7 @@ _process_gauges: dict[str, Gauge] = {}
 _process_lock = threading.Lock()
 _sampler_pid: int | None = None
 PROCESS_SAMPLE_INTERVAL = 5.0  # seconds between a worker's process_* updates
+FORK_WAIT = 2.0  # seconds a fork waits at most for a process sample to end
 # The own metrics port (PYOBS_METRICS_PORT): see MetricsServer.
 MAX_THREADS = 4  # requests handled at once; a scrape takes milliseconds
 MAX_WAITING = 128  # connections that have sent nothing yet; beyond it the oldest is closed
@@ -447,12 +448,19 @@ def _after_fork_in_child() -> None:
     )
 
 
+_forking = threading.local()  # .holds: this thread took the sampler's lock for its fork
+
+
 def _hold_sampler() -> None:
-    _process_lock.acquire()  # a sample in progress (ms) ends before the fork
+    # A sample in progress ends before the fork (it takes milliseconds). Bounded: a fork from
+    # a signal handler that interrupted a sample on the same thread goes ahead without it.
+    _forking.holds = _process_lock.acquire(timeout=FORK_WAIT)
 
 
 def _release_sampler() -> None:
-    _process_lock.release()
+    if getattr(_forking, "holds", False):
+        _forking.holds = False
+        _process_lock.release()
 
 
 os.register_at_fork(

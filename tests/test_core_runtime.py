@@ -638,6 +638,40 @@ def test_a_pool_process_forked_while_pyobs_threads_held_their_locks_works(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_from_inside_a_sample_goes_ahead() -> None:
+    """A fork waits for a process sample in progress, but not for one its own thread is in
+    (a signal handler that forks, run between two bytecodes of a sample): after at most
+    ``FORK_WAIT`` the fork goes ahead, the child works, and the parent's thread still
+    holds the sampler's lock it had and releases it as usual."""
+    script = textwrap.dedent(
+        r"""
+        import os, time
+        from pyobs import exposition
+
+        exposition._process_lock.acquire()  # this thread is inside a sample
+        began = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            exposition.start_process_sampler()  # a fresh lock in the child
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        waited = time.monotonic() - began
+        still_held = exposition._process_lock.locked()
+        exposition._process_lock.release()
+        began = time.monotonic()
+        pid = os.fork()  # the next fork takes and gives back the lock at once
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), still_held, waited < exposition.FORK_WAIT + 5,
+              time.monotonic() - began < 1.0, not exposition._process_lock.locked())
+        """
+    )
+    result = run_python(script)
+    assert result.stdout.split() == ["0", "True", "True", "True", "True"], result.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_no_lock_pyobs_keeps_for_the_process_is_inherited_by_a_fork_child(
     tmp_path: Path,
 ) -> None:
