@@ -162,11 +162,11 @@ class Worker:
 
     def diagnosis(self, ids: list[str]) -> str:
         """The worker's log lines that name any of ``ids``, then every process's stacks."""
-        named = [
-            line.get("message", "")
-            for line in self.logs()
-            if any(task_id in json.dumps(line) for task_id in ids)
-        ]
+        named: list[str] = []
+        for line in self.logs():
+            text = json.dumps(line)  # once per line, whichever field names the task
+            if any(task_id in text for task_id in ids):
+                named.append(line.get("message", ""))
         stacks = self.stdout.with_name("stacks.txt")
         dumps: list[str] = []
         for pid in [self.proc.pid, *descendants(self.proc.pid)]:
