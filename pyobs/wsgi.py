@@ -8,15 +8,21 @@ from typing import Any
 from pyobs import _context, _errors, _state, logs
 from pyobs._integration import MetricsPage, status_line
 from pyobs._observer import (
+    _SAFE_REQUEST_ID,
     REQUEST_ID_HEADER,
     RequestFacts,
     RequestHandle,
     RequestObserver,
+    _fill_ids,
     _new_facts,
+    _perf_counter,
     _reset_request_id,
+    _set_request_id,
+    _take_id,
+    method_label,
     report_internal_error,
-    start_metrics_only,
 )
+from pyobs.logs import STANDARD_METHODS
 
 HANDLE_KEY = "pyobs.handle"
 _BODIES_OPEN = logs.bodies_open  # the bodies being iterated
@@ -225,17 +231,52 @@ class ObservabilityMiddleware:
                 handle = observer.start(  # type: ignore[assignment]
                     facts, _ObservedBody, get("HTTP_X_REQUEST_ID")
                 )
-            else:  # start_metrics_only(), reading the environ as facts_from_environ() does
+            else:
+                # start_metrics_only(observer, _MetricsOnlyBody, method, path, X-Request-ID),
+                # written out: two calls less on every request (the call and _blank()'s).
+                # Keep the two in step (tests/test_metrics_only.py compares this path's
+                # samples, X-Request-ID and log ids with every signal's).
                 path = get("SCRIPT_NAME", "") + path_info or "/"
                 if not path.isascii():
                     path = decoded_path(path)
-                handle = start_metrics_only(
-                    observer,
-                    _MetricsOnlyBody,
-                    get("REQUEST_METHOD") or "GET",
-                    path,
-                    get("HTTP_X_REQUEST_ID"),
-                )
+                if path in observer._quiet or (
+                    observer._excluded is not None
+                    and observer._excluded.fullmatch(path) is not None
+                ):
+                    return self.app(environ, start_response)
+                incoming = get("HTTP_X_REQUEST_ID")
+                if incoming is None or _SAFE_REQUEST_ID.fullmatch(incoming) is None:
+                    try:
+                        incoming = _take_id()
+                    except IndexError:
+                        incoming = _fill_ids()
+                handle = _MetricsOnlyBody()
+                method = get("REQUEST_METHOD") or "GET"
+                if method not in STANDARD_METHODS:
+                    method = method_label(method)
+                handle.method = method
+                handle.request_id = incoming
+                handle.path = path
+                # _blank(handle, observer, True)
+                handle.route = handle.status = handle.exception = handle.ended = None
+                handle.span = handle.trace_id = handle.trace_ids = None
+                handle.client = handle.user_agent = handle.context_token = None
+                handle.response_bytes = 0
+                handle.disconnected = handle.finished = handle.owns_span = False
+                handle.whole_record = True
+                handle._observer = observer
+                handle.start = _perf_counter()
+                try:
+                    inflight = observer.metrics.inflight.get(method)
+                    if inflight is not None:
+                        inflight.append(None)
+                    else:
+                        observer.metrics.request_started(method)
+                    handle.counted = True
+                except Exception as exc:  # noqa: BLE001
+                    handle.counted = False
+                    _errors.report("metrics", exc, "start")
+                handle.request_id_token = _set_request_id(incoming)
         except Exception as exc:  # noqa: BLE001 - failsafe: a malformed environ is the app's call
             report_internal_error("wsgi.environ", exc)
             return self.app(environ, start_response)
@@ -361,7 +402,7 @@ class _ObservedBody(RequestHandle):
 
 
 class _MetricsOnlyBody(_ObservedBody):
-    """The body when pyobs records metrics only, made by _start_metrics_only(): it records a
+    """The body when pyobs records metrics only, made by ObservabilityMiddleware: it records a
     whole response itself (RequestHandle._done), and its request facts are made only if
     something asks for them."""
 
