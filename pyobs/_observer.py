@@ -899,7 +899,8 @@ class RequestObserver:
 
 def _blank(handle: RequestHandle, observer: RequestObserver, whole_record: bool) -> None:
     """The fields of a new handle that do not come from the request, at their starting
-    values (a slot has no default): for RequestObserver.start() and start_metrics_only()."""
+    values (a slot has no default): for RequestObserver.start() and start_metrics_only()
+    (the WSGI middleware sets the same fields itself)."""
     handle.route = handle.status = handle.exception = handle.ended = None
     handle.span = handle.trace_id = handle.trace_ids = None
     handle.client = handle.user_agent = None

@@ -926,3 +926,41 @@ def test_paired_ratio_is_read_off_each_rounds_differences() -> None:
     assert paired.ratios(times) == (30.0, 100.0, 0.3)
     refused = _refused(PAIRED, "--baseline", str(REPO / "docs"))
     assert "no pyobs package there" in refused.stderr
+
+
+CONTEXT = REPO / "benchmarks" / "context.py"
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_context_run_times_each_middleware_alone_and_inside_flask(full: bool) -> None:
+    """benchmarks/context.py: pyobs and a minimal metrics middleware around a trivial WSGI
+    app and inside Flask, in one process; the run is refused unless pyobs and the minimal
+    middleware each counted every request sent to their apps (and, with --full, pyobs
+    exported one span and wrote one access line per request). No timing is asserted."""
+    import_or_require("flask")
+    out = _run("--quick", *(["--full"] if full else []), script=CONTEXT)
+    measured = "pyobs full" if full else "pyobs metrics-only"
+    assert out.startswith(f"# context: {measured} and a minimal metrics middleware"), out
+    for context in ("trivial", "flask"):
+        row = re.search(rf"^{context}\s+(\S+)\s+(\S+)\s+(\S+)$", out, re.MULTILINE)
+        assert row is not None, out
+        for value in row.groups():
+            float(value)
+    for kind in ("pyobs", "minimal"):
+        assert re.search(rf"^{kind}: inside Flask / alone = (\S+ x|n/a)$", out, re.MULTILINE), out
+    assert "each counted every request sent to their apps" in out
+    assert ("one span exported and one access line written per pyobs request" in out) is full
+
+
+def test_context_checks_refuse_a_request_left_uncounted() -> None:
+    """The counts the context benchmark checks: one request pyobs did not count, a span or an
+    access line missing, each refuses the run with what was wrong."""
+    context = _benchmark_module("context.py")
+    exact = {"sent": {"pyobs": 40, "minimal": 40}, "counted": 40, "minimal_counted": 40}
+    assert context.check(exact, False) == []
+    assert context.check({**exact, "counted": 39}, False) == ["pyobs counted 39 of 40 requests"]
+    assert context.check({**exact, "minimal_counted": 41}, False) == [
+        "the minimal middleware counted 41 of 40"
+    ]
+    full = {**exact, "spans": 40, "lines": 39}
+    assert context.check(full, True) == ["39 access lines for 40 pyobs requests"]
