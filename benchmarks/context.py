@@ -115,27 +115,12 @@ class _MinimalBody:
 def child(rounds: int, requests: int, full: bool) -> int:
     """One process: the six apps, bursts in turn; prints one JSON line."""
     from _overhead_apps import _flask_app
-    from overhead import (
-        _CountingDropExporter,
-        _Drivers,
-        _LineCount,
-        _quiet_stdout,
-        _sample,
-        install_span_pipeline,
-    )
+    from overhead import _Drivers, _sample, emitted, in_turn, setup_timing_process
 
-    import pyobs
     import pyobs.flask
     from pyobs.wsgi import ObservabilityMiddleware
 
-    out = sys.stdout
-    exporter: Any = None
-    processor: Any = None
-    if full:
-        out = _quiet_stdout()  # the access lines go to /dev/null, the result to the parent
-        exporter = _CountingDropExporter()
-        processor = install_span_pipeline(exporter, service="context")
-    pyobs.setup(service_name="context", tracing=full, access_log=full)
+    out, exporter, processor = setup_timing_process(full, "context")
     apps: dict[str, Any] = {}
     minimal: list[MinimalMetrics] = []
     for context in CONTEXTS:
@@ -174,12 +159,7 @@ def child(rounds: int, requests: int, full: bool) -> int:
             sent[kind] += count
         return spent / count * 1e6
 
-    for name in apps:  # warm-up: first-use work out of the rounds
-        burst(name, max(requests, 50))
-    times: dict[str, list[float]] = {name: [] for name in apps}
-    for _ in range(rounds):
-        for name in apps:
-            times[name].append(burst(name, requests))
+    times = in_turn(burst, list(apps), rounds, requests)
     result: dict[str, Any] = {
         "times": times,
         "sent": sent,
@@ -187,9 +167,7 @@ def child(rounds: int, requests: int, full: bool) -> int:
         "minimal_counted": sum(m.count() for m in minimal),
     }
     if full:
-        processor.force_flush()
-        result["spans"] = exporter.spans
-        result["lines"] = _LineCount().value()
+        result.update(emitted(exporter, processor))
     print(json.dumps(result), file=out, flush=True)
     return 0
 

@@ -431,6 +431,47 @@ class _AcknowledgedCount(_CountingDropExporter):
         return bool(self.inner.force_flush(timeout_millis))
 
 
+def setup_timing_process(full: bool, service: str) -> tuple[Any, Any, Any]:
+    """pyobs.setup() for a process that times several apps in turn (paired.py, context.py).
+
+    With ``full``: spans through the batch processor ``pyobs.setup()`` installs, to an exporter
+    that counts and drops them, and the access log on stdout, sent to /dev/null. Returns
+    (the stream the result goes to, the exporter, the processor); the last two are None
+    without ``full``.
+    """
+    import pyobs
+
+    out: Any = sys.stdout
+    exporter: Any = None
+    processor: Any = None
+    if full:
+        out = _quiet_stdout()  # the access lines go to /dev/null, the result to the parent
+        exporter = _CountingDropExporter()
+        processor = install_span_pipeline(exporter, service=service)
+    pyobs.setup(service_name=service, tracing=full, access_log=full)
+    return out, exporter, processor
+
+
+def in_turn(
+    burst: Callable[[str, int], float], names: Sequence[str], rounds: int, requests: int
+) -> dict[str, list[float]]:
+    """Each app's figure per round, the apps taking turns (``burst(name, count)`` times one
+    app's burst), after a warm-up burst each that takes first-use work out of the rounds."""
+    for name in names:
+        burst(name, max(requests, 50))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            times[name].append(burst(name, requests))
+    return times
+
+
+def emitted(exporter: Any, processor: Any) -> dict[str, int]:
+    """Spans exported (the processor flushed first) and access lines written so far."""
+    processor.force_flush()
+    return {"spans": exporter.spans, "lines": _LineCount().value()}
+
+
 def install_span_pipeline(exporter: Any, sdk_bsp: bool = False, service: str = "bench") -> Any:
     """Install a tracer provider exporting to ``exporter``; return its span processor.
 

@@ -72,25 +72,11 @@ NAMES = ("bare", "pyobs", "peer")
 
 def child(framework: str, rounds: int, requests: int, full: bool = False) -> int:
     """One process: the three apps, bursts in turn; prints one JSON line."""
-    from overhead import (
-        _CountingDropExporter,
-        _Drivers,
-        _LineCount,
-        _quiet_stdout,
-        _sample,
-        install_span_pipeline,
-    )
+    from overhead import _Drivers, _sample, emitted, in_turn, setup_timing_process
 
     import pyobs
 
-    out = sys.stdout
-    exporter: Any = None
-    processor: Any = None
-    if full:
-        out = _quiet_stdout()  # the access lines go to /dev/null, the result to the parent
-        exporter = _CountingDropExporter()
-        processor = install_span_pipeline(exporter, service="paired")
-    pyobs.setup(service_name="paired", tracing=full, access_log=full)
+    out, exporter, processor = setup_timing_process(full, "paired")
     configs = {
         "bare": "bare",
         "pyobs": "pyobs-full" if full else "pyobs-metrics",
@@ -123,12 +109,7 @@ def child(framework: str, rounds: int, requests: int, full: bool = False) -> int
             peer_sent += count
         return spent / count * 1e6
 
-    for name in NAMES:  # warm-up: first-use work out of the rounds
-        burst(name, max(requests, 50))
-    times: dict[str, list[float]] = {name: [] for name in NAMES}
-    for _ in range(rounds):
-        for name in NAMES:
-            times[name].append(burst(name, requests))
+    times = in_turn(burst, list(NAMES), rounds, requests)
     where = str(Path(pyobs.__file__).resolve().parents[1])
     result: dict[str, Any] = {
         "times": times,
@@ -139,9 +120,7 @@ def child(framework: str, rounds: int, requests: int, full: bool = False) -> int
         "peer_counted": _sample(PEER_COUNTERS[framework]),
     }
     if full:
-        processor.force_flush()
-        result["spans"] = exporter.spans
-        result["lines"] = _LineCount().value()
+        result.update(emitted(exporter, processor))
     print(json.dumps(result), file=out, flush=True)
     return 0
 
