@@ -1,4 +1,5 @@
-"""How the benchmarks decide a target from noisy rounds (overhead.py and realserver.py).
+"""How the benchmarks decide a target from noisy rounds (overhead.py, realserver.py, paired.py
+and context.py).
 
 Each script resamples its rounds (a bootstrap, BOOTSTRAP_SAMPLES times) and recomputes the
 ratio a target is about; the central INTERVAL of those ratios decides: a target is met only
@@ -9,9 +10,18 @@ own: independently per configuration in-process, paired by round on the real ser
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
+
 BOOTSTRAP_SAMPLES = 2000
 INTERVAL = 0.90  # the central share of the resampled ratios a verdict is read from
 MIN_ROUNDS_FOR_INTERVAL = 4  # fewer (e.g. a --quick run): no interval, the point ratio decides
+
+
+def median_added(rounds: Sequence[float], bare: Sequence[float]) -> float:
+    """The median over rounds of a configuration's figure minus the bare app's in the same
+    round: load that moves from round to round moves both and cancels."""
+    return float(statistics.median(a - b for a, b in zip(rounds, bare, strict=True)))
 
 
 def central(ratios: list[float]) -> tuple[float, float]:

@@ -42,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _intervals import median_added  # noqa: E402
+
 CONTEXTS = ("trivial", "flask")
 KINDS = ("bare", "pyobs", "minimal")
 BODY = b'{"id":7,"name":"item 7"}'
@@ -174,8 +176,7 @@ def child(rounds: int, requests: int, full: bool) -> int:
 
 def added(times: dict[str, list[float]], context: str, kind: str) -> float:
     """µs ``kind`` adds in ``context``: the median of its per-round differences to bare."""
-    bare = times[f"{context}-bare"]
-    return statistics.median(m - b for m, b in zip(times[f"{context}-{kind}"], bare, strict=True))
+    return median_added(times[f"{context}-{kind}"], times[f"{context}-bare"])
 
 
 def check(result: dict[str, Any], full: bool) -> list[str]:

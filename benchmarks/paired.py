@@ -49,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _intervals import median_added  # noqa: E402
 from _overhead_apps import build_many, missing_module  # noqa: E402
 
 # framework -> its lightest Prometheus peer (overhead.py's runs; the peers on the same driver)
@@ -131,9 +132,8 @@ async def _many(one: Any, count: int) -> list[int]:
 
 def ratios(times: dict[str, list[float]]) -> tuple[float, float, float]:
     """(µs pyobs adds, µs the peer adds, their ratio): medians of the per-round differences."""
-    bare = times["bare"]
-    added = statistics.median(p - b for p, b in zip(times["pyobs"], bare, strict=True))
-    peer = statistics.median(p - b for p, b in zip(times["peer"], bare, strict=True))
+    added = median_added(times["pyobs"], times["bare"])
+    peer = median_added(times["peer"], times["bare"])
     return added, peer, added / peer if peer > 0 else float("nan")
 
 

@@ -47,7 +47,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _intervals import BOOTSTRAP_SAMPLES, MIN_ROUNDS_FOR_INTERVAL, central, describe, side
+from _intervals import (
+    BOOTSTRAP_SAMPLES,
+    MIN_ROUNDS_FOR_INTERVAL,
+    central,
+    describe,
+    median_added,
+    side,
+)
 from _overhead_apps import NO_LOG_CONFIG, NO_SPAN_CONFIG, PART_CONFIGS, pyobs_signals
 
 HERE = Path(__file__).resolve().parent
@@ -813,7 +820,7 @@ def _paired(row: dict[str, Any], bare: dict[str, Any], key: str) -> float | None
     """
     if not bare.get(key) or not row.get(key):
         return None
-    return float(statistics.median(a - b for a, b in zip(row[key], bare[key], strict=True)))
+    return median_added(row[key], bare[key])
 
 
 def _noise(row: dict[str, Any], bare: dict[str, Any], key: str) -> float:
