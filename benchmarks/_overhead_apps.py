@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
+import time
 import types
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +129,7 @@ def missing_module(framework: str, config: str) -> str | None:
     needed = [FRAMEWORK_MODULES[framework]]
     if config.startswith("pyobs"):
         needed.append(FRAMEWORKS[framework][1])
-    elif config != "bare":
+    elif config not in ("bare", "minimal"):  # the minimal middleware is this module's
         table = PEER_MODULES[config]
         needed.append(table.get(framework, table.get("*", "")))
     for name in needed:
@@ -144,6 +149,67 @@ def build(framework: str, config: str) -> Target:
 
 
 # --- WSGI frameworks --------------------------------------------------------------------
+
+
+# The least any WSGI metrics middleware does (context.py, and realserver.py's ``minimal``
+# row): what pyobs metrics-only is measured against as a floor.
+MINIMAL_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class MinimalMetrics:
+    """The least a WSGI metrics middleware does: time the request to the body's close, and
+    count it in one duration histogram per (method, route, status) under a lock, with an
+    in-flight count. The route is read as pyobs's Flask adapter reads it."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.series: dict[tuple[str, str | None, str], list[Any]] = {}
+        self.inflight: deque[None] = deque()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        body = _MinimalBody()
+        body.owner, body.environ, body.start = self, environ, time.perf_counter()
+        self.inflight.append(None)
+
+        def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+            body.status = status
+            return start_response(status, headers, *args)
+
+        body.inner = self.app(environ, respond)
+        return body
+
+    def count(self) -> int:
+        return sum(sum(buckets) for _, buckets in self.series.values())
+
+
+class _MinimalBody:
+    __slots__ = ("environ", "inner", "owner", "start", "status")
+    owner: MinimalMetrics
+    environ: dict[str, Any]
+    inner: Iterable[bytes]
+    start: float
+    status: str
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.inner
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+        duration = time.perf_counter() - self.start
+        rule = getattr(self.environ.get("werkzeug.request"), "url_rule", None)
+        key = (self.environ["REQUEST_METHOD"], None if rule is None else rule.rule, self.status)
+        owner = self.owner
+        series = owner.series.get(key)
+        if series is None:
+            series = owner.series.setdefault(key, [0.0, [0] * (len(MINIMAL_BOUNDS) + 1)])
+        bucket = bisect_left(MINIMAL_BOUNDS, duration)
+        with owner.lock:
+            owner.inflight.pop()
+            series[0] += duration
+            series[1][bucket] += 1
 
 
 def _flask_app() -> Any:
@@ -175,6 +241,8 @@ def _instrument_flask(app: Any, config: str) -> None:
         import pyobs.flask
 
         pyobs.flask.instrument(app)
+    elif config == "minimal":
+        app.wsgi_app = MinimalMetrics(app.wsgi_app)
     elif config == "prometheus-flask-exporter":
         from prometheus_flask_exporter import PrometheusMetrics
 

@@ -11,14 +11,16 @@ Driven by environment variables, set by realserver.py:
 
 - ``RB_FRAMEWORK``: flask | fastapi | django
 - ``RB_CONFIG``: bare | pyobs-metrics | pyobs-full | pyobs-full-no-log | pyobs-full-no-span |
-  a Prometheus peer | otel-contrib
+  a Prometheus peer | otel-contrib | minimal (Flask only: ``_overhead_apps.MinimalMetrics``,
+  the least a WSGI metrics middleware does)
 - ``RB_EXPORT``: drop (default) | otlp (the SDK's exporter for the protocol) | pyobs-http
   (pyobs's own OTLP/HTTP exporter, ``pyobs._otlp``, what ``pyobs.setup()`` installs) |
   pyobs-http-requests (the same, sending through requests even to a plain-http endpoint:
   how it sent before it used http.client there)
 - ``RB_SERVER``: gunicorn | uvicorn
 - ``RB_FACTS``: a directory; every worker writes ``spans.<pid>`` there (spans exported and
-  spans the exporter failed to deliver, as JSON) after each export batch and at exit.
+  spans the exporter failed to deliver, as JSON) after each export batch and at exit, and
+  with ``minimal``, ``minimal.<pid>`` (the requests that middleware counted) at exit.
 """
 
 from __future__ import annotations
@@ -178,7 +180,20 @@ def make_app() -> Any:
         pyobs.setup(service_name="bench", tracing=tracing, access_log=access_log)
     if config.startswith("pyobs-full"):
         config = "pyobs-full"
-    return build(framework, config).app
+    app = build(framework, config).app
+    if config == "minimal" and facts is not None:
+        _count_at_exit(app.wsgi_app, facts)
+    return app
+
+
+def _count_at_exit(middleware: Any, facts: Path) -> None:
+    """At the worker's exit, the requests the minimal middleware counted (one file per
+    process: realserver.py adds them up and checks them against wrk's count)."""
+
+    def write() -> None:
+        (facts / f"minimal.{os.getpid()}").write_text(str(middleware.count()))
+
+    atexit.register(write)
 
 
 # The server imports this module for ``app``; tests import it for the encoder alone.

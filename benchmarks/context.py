@@ -30,11 +30,8 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from bisect import bisect_left
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +40,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _intervals import median_added  # noqa: E402
+from _overhead_apps import MinimalMetrics  # noqa: E402
 
 CONTEXTS = ("trivial", "flask")
 KINDS = ("bare", "pyobs", "minimal")
 BODY = b'{"id":7,"name":"item 7"}'
-BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
 def trivial_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -56,62 +53,6 @@ def trivial_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
         "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(BODY)))]
     )
     return [BODY]
-
-
-class MinimalMetrics:
-    """The least a WSGI metrics middleware does: time the request to the body's close, and
-    count it in one duration histogram per (method, route, status) under a lock, with an
-    in-flight count. The route is read as pyobs's Flask adapter reads it."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.app = app
-        self.lock = threading.Lock()
-        self.series: dict[tuple[str, str | None, str], list[Any]] = {}
-        self.inflight: deque[None] = deque()
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        body = _MinimalBody()
-        body.owner, body.environ, body.start = self, environ, time.perf_counter()
-        self.inflight.append(None)
-
-        def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
-            body.status = status
-            return start_response(status, headers, *args)
-
-        body.inner = self.app(environ, respond)
-        return body
-
-    def count(self) -> int:
-        return sum(sum(buckets) for _, buckets in self.series.values())
-
-
-class _MinimalBody:
-    __slots__ = ("environ", "inner", "owner", "start", "status")
-    owner: MinimalMetrics
-    environ: dict[str, Any]
-    inner: Iterable[bytes]
-    start: float
-    status: str
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self.inner
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
-        duration = time.perf_counter() - self.start
-        rule = getattr(self.environ.get("werkzeug.request"), "url_rule", None)
-        key = (self.environ["REQUEST_METHOD"], None if rule is None else rule.rule, self.status)
-        owner = self.owner
-        series = owner.series.get(key)
-        if series is None:
-            series = owner.series.setdefault(key, [0.0, [0] * (len(BOUNDS) + 1)])
-        bucket = bisect_left(BOUNDS, duration)
-        with owner.lock:
-            owner.inflight.pop()
-            series[0] += duration
-            series[1][bucket] += 1
 
 
 def child(rounds: int, requests: int, full: bool) -> int:

@@ -8,6 +8,8 @@
         --export pyobs-http,pyobs-http@ack       # to Jaeger, and to a receiver that only acks
     python benchmarks/realserver.py --setups flask-gunicorn-1 --configs bare,pyobs-full \\
         --parts                            # what the access log and the span each cost
+    python benchmarks/realserver.py --setups flask-gunicorn-1 \\
+        --configs bare,minimal,pyobs-metrics,peer  # the floor under any metrics middleware
     python benchmarks/realserver.py --quick --json out.json # smoke run
 
 Every configuration (bare app, pyobs metrics-only, pyobs full, the lightest Prometheus peer,
@@ -101,6 +103,11 @@ SETUPS = {
     )
 }
 BASE = ("bare", "pyobs-metrics", "pyobs-full")
+# A row of its own on Flask setups (``--configs ...,minimal``): _overhead_apps.MinimalMetrics,
+# a timer, one duration histogram kept in the worker's memory (never exposed, not
+# multiprocess-aware) and the in-flight count. What it adds is the floor under any WSGI
+# metrics middleware on that server, so the report sets the targets against it.
+MINIMAL = "minimal"
 # --parts adds _overhead_apps's PART_CONFIGS, the rows overhead.py --parts adds: what the
 # access log and the span each cost on a real server (full - no-log, full - no-span).
 
@@ -552,6 +559,7 @@ def _collect_facts(server: Server) -> None:
         failed += data["failed"]
         for name, count in data["scopes"].items():
             scopes[name] = scopes.get(name, 0) + count
+    counts = [int(path.read_text()) for path in server.facts_dir.glob("minimal.*")]
     access = queue_full = 0
     with server.stdout_path.open("rb") as out:
         for line in out:
@@ -566,6 +574,8 @@ def _collect_facts(server: Server) -> None:
         spans_failed=failed,
         span_scopes=scopes,
         access_lines=access,
+        # The minimal middleware's requests, from each worker's count at exit (None: no file).
+        minimal_counted=sum(counts) if counts else None,
         # The SDK's batch processor logs "Queue full, dropping spans" when it drops one.
         queue_full_warnings=queue_full,
         stderr_tail=stderr[-1500:],
@@ -609,6 +619,9 @@ def measure_setup(
         stack.callback(stop_all)
         live: list[Server] = []
         for server in servers.values():
+            if server.config == MINIMAL and setup.framework != "flask":
+                server.error = "the minimal middleware row is measured on Flask only"
+                continue
             missing = missing_modules(setup, server.config)
             if missing is not None:
                 server.error = f"not installed: {missing}"
@@ -674,12 +687,13 @@ def summarize(server: Server) -> dict[str, Any]:
         span_scopes=facts["span_scopes"],
         access_lines=facts["access_lines"],
         pyobs_counted=facts["pyobs_counted"],
+        minimal_counted=facts["minimal_counted"],
         queue_full_warnings=facts["queue_full_warnings"],
         stderr_tail=facts["stderr_tail"],
     )
     # Server-side count of requests: pyobs's own histogram when it has one, else wrk's total
     # (wrk does not count a request still in flight when it stops: up to one per connection).
-    served = facts["pyobs_counted"] or total
+    served = facts["pyobs_counted"] or facts["minimal_counted"] or total
     row["spans_per_request"] = facts["spans"] / served if served else 0.0
     row["access_per_request"] = facts["access_lines"] / served if served else 0.0
     return row
@@ -694,13 +708,18 @@ def verify(setup: Setup, row: dict[str, Any], runs: int) -> list[str]:
         problems.append(f"{row['non_200']} responses were not 200")
     config = row["config"]
     counted = row["pyobs_counted"]
+    if config == MINIMAL:
+        counted = row.get("minimal_counted")
+        if counted is None:
+            problems.append("the minimal middleware left no count")
     total = row["requests_total"]
     # Requests the server handled but wrk did not count as completed: those in flight when a
     # run stopped (one per connection, and one more seen answered as wrk stops) and those
     # that ended in a socket error or timeout.
     slack = (setup.connections + 1) * runs + row["socket_errors"]
     if counted is not None and not total <= counted <= total + slack:
-        problems.append(f"pyobs counted {counted:.0f} requests, wrk completed {total}")
+        who = "the minimal middleware" if config == MINIMAL else "pyobs"
+        problems.append(f"{who} counted {counted:.0f} requests, wrk completed {total}")
     if (config.startswith("pyobs-full") or config == "otel-contrib") and row["spans_failed"]:
         problems.append(f"{row['spans_failed']} spans failed to export")
     if config.startswith("pyobs-full"):
@@ -916,6 +935,26 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
         )
     if ratios["full_vs_otel"] is not None:
         out.write(f"pyobs full / OTel contrib: {_fmt(ratios['full_vs_otel'])}\n")
+    least = added.get(MINIMAL)
+    if least is not None and peer is not None:
+        # The floor: the same target applied to the least a metrics middleware does.
+        floor = _ratio(least, peer, noise.get(setup.peer, 0))
+        floor_interval = paired_interval(rows, MINIMAL, setup.peer, "cpu_us_rounds")
+        ratios["minimal_vs_peer"] = floor
+        intervals["minimal_vs_peer"] = floor_interval
+        out.write(
+            f"the minimal metrics middleware / {setup.peer}: "
+            f"{_judged(floor, METRICS_TARGET, floor_interval)}\n"
+        )
+        ours = rows.get("pyobs-metrics", {})
+        if not ours.get("error") and ours.get("cpu_us_rounds"):
+            above = _paired(ours, rows[MINIMAL], "cpu_us_rounds")
+            ratios["metrics_above_minimal_us"] = above
+            out.write(
+                f"pyobs metrics-only - the minimal middleware: {_fmt(above, '+.1f')} us CPU "
+                f"per request; the target leaves {_fmt(METRICS_TARGET * peer - least, '.1f')} "
+                "us over the minimal middleware\n"
+            )
     full = added.get("pyobs-full")
     full_p99 = rows.get("pyobs-full", {}).get("p99_ms")
     exports: dict[str, Any] = {}
@@ -1193,7 +1232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--configs",
         default="bare,pyobs-metrics,pyobs-full,peer,otel-contrib",
-        help="comma list; 'peer' is the setup's lightest Prometheus peer",
+        help="comma list; 'peer' is the setup's lightest Prometheus peer; 'minimal' (Flask "
+        "setups) a minimal metrics middleware, the floor the report sets the targets against",
     )
     parser.add_argument(
         "--export",
@@ -1303,7 +1343,8 @@ def main(argv: list[str] | None = None) -> int:
         "those in flight when a run stopped); pyobs full: one span exported per "
         "request, from pyobs's scope, none failed, and one access-log line per request in the "
         "server's stdout file (without the access log, none; without the span, no span); "
-        "metrics-only: no span, no access line; OTel contrib: spans "
+        "metrics-only: no span, no access line; the minimal middleware: its own count of "
+        "requests matches wrk's; OTel contrib: spans "
         "exported (fewer than one per request is its loss, shown after 'ok', not a failed "
         "check).\n"
     )

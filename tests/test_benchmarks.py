@@ -667,6 +667,43 @@ def test_realserver_part_rows_are_checked_for_the_signal_they_keep() -> None:
     ]
 
 
+def test_realserver_minimal_row_counts_every_request_in_every_worker(tmp_path: Path) -> None:
+    """--configs ...,minimal on Flask under two gunicorn workers: the minimal metrics
+    middleware answers every request, each worker's count (written at its exit) adds up to
+    the requests wrk completed, it writes no span and no access line, and the report sets the
+    metrics-only target against it and prices what pyobs adds above it."""
+    stdout, data = _realserver(
+        tmp_path, "--setups", "flask-gunicorn-2", "--configs", "bare,minimal,pyobs-metrics,peer"
+    )
+    result = data["setups"]["flask-gunicorn-2"]
+    minimal = result["rows"]["minimal"]
+    assert minimal["problems"] == [], minimal
+    assert minimal["minimal_counted"] >= minimal["requests_total"] > 0, minimal
+    assert minimal["pyobs_counted"] is None and minimal["spans"] == minimal["access_lines"] == 0
+    assert "minimal_vs_peer" in result["ratios"], result["ratios"]
+    assert "the minimal metrics middleware / prometheus-flask-exporter: " in stdout, stdout
+    assert "pyobs metrics-only - the minimal middleware: " in stdout
+
+
+def test_realserver_minimal_row_fails_without_its_count() -> None:
+    """A minimal row whose workers left no count, or a count short of wrk's, fails its checks:
+    a floor measured on a middleware that did not run would price nothing."""
+    bench = _realserver_module()
+    setup = bench.SETUPS["flask-gunicorn-1"]
+    row = {
+        "error": "", "non_200": 0, "config": "minimal", "pyobs_counted": None,
+        "minimal_counted": 500, "requests_total": 500, "socket_errors": 0, "spans_failed": 0,
+        "spans": 0, "access_lines": 0, "span_scopes": {}, "queue_full_warnings": 0,
+    }  # fmt: skip
+    assert bench.verify(setup, row, 1) == []
+    assert bench.verify(setup, {**row, "minimal_counted": None}, 1) == [
+        "the minimal middleware left no count"
+    ]
+    assert bench.verify(setup, {**row, "minimal_counted": 499}, 1) == [
+        "the minimal middleware counted 499 requests, wrk completed 500"
+    ]
+
+
 def test_realserver_prints_ratios_against_the_targets(
     realserver_quick: tuple[str, dict[str, Any]],
 ) -> None:
