@@ -10,6 +10,8 @@
         --parts                            # what the access log and the span each cost
     python benchmarks/realserver.py --setups flask-gunicorn-1 \\
         --configs bare,minimal,pyobs-metrics,peer  # the floor under any metrics middleware
+    python benchmarks/realserver.py --setups flask-gunicorn-1 --configs bare,pyobs-full \\
+        --stdout pipe                      # stdout through a pipe, as in a container
     python benchmarks/realserver.py --quick --json out.json # smoke run
 
 Every configuration (bare app, pyobs metrics-only, pyobs full, the lightest Prometheus peer,
@@ -143,6 +145,11 @@ EXPORTS: dict[str, dict[str, str]] = {
     },
 }
 
+STDOUT_NOTES = {
+    "file": "a file the server appends to",
+    "pipe": "a pipe drained into a file by cat on the load generator's core",
+}
+
 WRK_SCRIPT = """
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
@@ -273,6 +280,11 @@ class Server:
     warm_requests: int = 0
     facts: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    # With a pipe for stdout (--stdout pipe), the command that drains it into stdout_path,
+    # pinned to the load generator's core: what a container runtime does with a container's
+    # stdout. Empty: the server writes to stdout_path itself.
+    reader: list[str] = field(default_factory=list)
+    reader_proc: subprocess.Popen[bytes] | None = None
 
     @property
     def app_config(self) -> str:
@@ -354,14 +366,27 @@ class Server:
                 self.stdout_path.open("ab") as out,
                 (self.workdir / "stderr.log").open("ab") as err,
             ):
-                self.proc = subprocess.Popen(
-                    [*pin, *self.command(port)],
-                    stdout=out,
-                    stderr=err,
-                    env=self.env(),
-                    cwd=str(HERE),
-                    start_new_session=True,
-                )
+                stdout: Any = out
+                if self.reader:
+                    drain, stdout = os.pipe()
+                    try:
+                        self.reader_proc = subprocess.Popen(
+                            self.reader, stdin=drain, stdout=out, start_new_session=True
+                        )
+                    finally:
+                        os.close(drain)
+                try:
+                    self.proc = subprocess.Popen(
+                        [*pin, *self.command(port)],
+                        stdout=stdout,
+                        stderr=err,
+                        env=self.env(),
+                        cwd=str(HERE),
+                        start_new_session=True,
+                    )
+                finally:
+                    if stdout is not out:
+                        os.close(stdout)  # the server holds the pipe's only write end
             self.port = port
             deadline = time.monotonic() + boot_timeout
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -398,6 +423,13 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of its own session only
         except (ProcessLookupError, PermissionError):
             pass
+        reader, self.reader_proc = self.reader_proc, None
+        if reader is not None:
+            # Every writer is gone: the reader drains the rest of the pipe and ends by itself.
+            try:
+                reader.wait(30)
+            except subprocess.TimeoutExpired:
+                _stop(reader)
 
     def metrics_count(self) -> float | None:
         """Requests pyobs counted (its duration histogram), from the app's own /metrics."""
@@ -592,8 +624,12 @@ def measure_setup(
     workdir: Path,
     pins: tuple[list[str], list[str]],
     log: Any,
+    stdout: str = "file",
 ) -> dict[str, Server]:
-    """Start every configuration of ``setup``, run the interleaved rounds, stop them all."""
+    """Start every configuration of ``setup``, run the interleaved rounds, stop them all.
+
+    ``stdout``: "file" (each server writes its stdout file itself) or "pipe" (a pipe that
+    ``cat``, pinned with the load generator, drains into that file)."""
     server_pin, load_pin = pins
     script = workdir / "status.lua"
     script.write_text(WRK_SCRIPT)
@@ -611,6 +647,8 @@ def measure_setup(
             folder = workdir / f"{setup.name}-{len(servers)}"
             folder.mkdir()
             servers[config] = Server(setup, config, env, folder)
+            if stdout == "pipe":
+                servers[config].reader = [*load_pin, "cat"]
 
         def stop_all() -> None:
             for server in servers.values():
@@ -1249,6 +1287,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"two rows more, {NO_LOG_CONFIG} and {NO_SPAN_CONFIG}: what the access log and "
         "the span each cost (pyobs-full minus the row, taken inside each round)",
     )
+    parser.add_argument(
+        "--stdout",
+        choices=("file", "pipe"),
+        default="file",
+        help="where the servers' stdout (pyobs's access lines) goes: a file, or a pipe that "
+        "cat drains into that file on the load generator's core, as a container runtime does",
+    )
     parser.add_argument("--acknowledge", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument(
         "--connections", type=int, default=0, help="wrk connections (default: per setup)"
@@ -1290,7 +1335,7 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     out.write(
         f"# real servers: {args.rounds} rounds x {args.seconds:g} s per configuration, "
-        f"interleaved; {pin_note}\n"
+        f"interleaved; {pin_note}; stdout: {STDOUT_NOTES[args.stdout]}\n"
         f"# {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs; {_versions()}\n"
         "# figures: medians over rounds; CPU us/req = server process tree utime+stime / "
@@ -1303,6 +1348,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "seconds": args.seconds,
         "pinning": pin_note,
+        "stdout": args.stdout,
         "setups": {},
     }
     failed = False
@@ -1321,6 +1367,7 @@ def main(argv: list[str] | None = None) -> int:
                     workdir,
                     (server_pin, load_pin),
                     lambda msg: print(msg, file=sys.stderr, flush=True),
+                    args.stdout,
                 )
             except BenchError as exc:
                 out.write(f"\n## {setup.name}: FAILED\n{textwrap.indent(str(exc), '  ')}\n")

@@ -685,6 +685,21 @@ def test_realserver_minimal_row_counts_every_request_in_every_worker(tmp_path: P
     assert "pyobs metrics-only - the minimal middleware: " in stdout
 
 
+def test_realserver_stdout_through_a_pipe_keeps_every_access_line(tmp_path: Path) -> None:
+    """--stdout pipe: each server's stdout is a pipe that cat drains into its stdout file, as
+    a container runtime reads a container's stdout. pyobs full still writes one access line
+    per request and every one of them reaches the file (the reader drains the pipe after the
+    server stops, before the lines are counted); the report says where stdout went."""
+    stdout, data = _realserver(
+        tmp_path, "--setups", "flask-gunicorn-1", "--configs", "bare,pyobs-full", "--stdout", "pipe"
+    )
+    assert data["stdout"] == "pipe"
+    assert "stdout: a pipe drained into a file by cat" in stdout.splitlines()[0], stdout[:400]
+    full = data["setups"]["flask-gunicorn-1"]["rows"]["pyobs-full"]
+    assert full["problems"] == [], full
+    assert full["access_lines"] == full["pyobs_counted"] >= full["requests_total"] > 0, full
+
+
 def test_realserver_minimal_row_fails_without_its_count() -> None:
     """A minimal row whose workers left no count, or a count short of wrk's, fails its checks:
     a floor measured on a middleware that did not run would price nothing."""
