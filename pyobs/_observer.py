@@ -217,7 +217,8 @@ _new_facts = RequestFacts.__new__
 class RequestHandle:
     """Per-request state between start() and finish(); adapters set ``route``.
 
-    Slotted, with no class-level defaults: start() and start_metrics_only() set every
+    Slotted, with no class-level defaults: start() and the two middlewares' metrics-only
+    paths (asgi._start_metrics_only, wsgi.ObservabilityMiddleware.__call__) set every
     field on the handle they make. CPython's specialising interpreter turns a read or a
     write of a slot into one guarded load or store on every version from 3.11; a default
     kept on the class instead costs a generic attribute lookup, on 3.11 wherever the handle
@@ -274,7 +275,7 @@ class RequestHandle:
     counted: bool  # the in-flight gauge was incremented: finish() decrements it
     raw_length: str | None  # the Content-Length header (UNREAD until the adapter read it)
     ended: float | None  # perf_counter() at the last byte, when finish() comes later
-    # Whether the handle records a whole response itself (start_metrics_only()'s handles,
+    # Whether the handle records a whole response itself (the metrics-only paths' handles,
     # see _done()), and the observer that made it.
     whole_record: bool
     _observer: RequestObserver
@@ -285,7 +286,7 @@ class RequestHandle:
     def _done(self) -> None:
         """The response is over and its route known: record the request.
 
-        A handle made by start_metrics_only() (``whole_record``) records a response that
+        A handle made by a metrics-only path (``whole_record``) records a response that
         went out whole itself: RequestObserver.finish() cut to what metrics-only needs.
         Every other outcome, and every other handle, goes through finish(). Keep the two in
         step: tests/test_metrics_only.py and tests/frameworks/test_signals_off.py send the
@@ -899,8 +900,8 @@ class RequestObserver:
 
 def _blank(handle: RequestHandle, observer: RequestObserver, whole_record: bool) -> None:
     """The fields of a new handle that do not come from the request, at their starting
-    values (a slot has no default): for RequestObserver.start() and start_metrics_only()
-    (the WSGI middleware sets the same fields itself)."""
+    values (a slot has no default): for RequestObserver.start() (the ASGI and WSGI
+    middlewares' metrics-only paths set the same fields themselves)."""
     handle.route = handle.status = handle.exception = handle.ended = None
     handle.span = handle.trace_id = handle.trace_ids = None
     handle.client = handle.user_agent = None
@@ -910,50 +911,6 @@ def _blank(handle: RequestHandle, observer: RequestObserver, whole_record: bool)
     handle.whole_record = whole_record
     handle.raw_length = UNREAD
     handle._observer = observer
-
-
-def start_metrics_only(
-    observer: RequestObserver,
-    kind: type[RequestHandle],
-    method: str,
-    path: str,
-    incoming: str | None,
-) -> Any:
-    """RequestObserver.start() for metrics only (no span, no access log, no label hook, no
-    URL exclusion: ``RequestObserver.details`` is False), from what the adapter read (the
-    X-Request-ID header as ``incoming``): a handle of ``kind`` (one with ``whole_record``
-    set, see RequestHandle._done), or None for an excluded path."""
-    if path in observer._quiet or (
-        observer._excluded is not None and observer._excluded.fullmatch(path) is not None
-    ):
-        return None
-    if incoming is None or _SAFE_REQUEST_ID.fullmatch(incoming) is None:
-        try:  # as request_id_for()
-            incoming = _take_id()
-        except IndexError:
-            incoming = _fill_ids()
-    handle = kind()  # no __init__: see RequestHandle
-    if method not in STANDARD_METHODS:
-        method = method_label(method)
-    handle.method = method
-    handle.request_id = incoming
-    # Not cut to MAX_FIELD_LENGTH: only the access log and spans write the path out, and
-    # neither is on here (RequestObserver.start() cuts it for them).
-    handle.path = path
-    _blank(handle, observer, True)  # ``facts``: the kinds made here make theirs when asked
-    handle.start = _perf_counter()
-    try:
-        m = observer.metrics  # the in-flight gauge + 1, as in RequestObserver.start()
-        inflight = m.inflight.get(method)
-        if inflight is not None:
-            inflight.append(None)
-        else:
-            m.request_started(method)
-        handle.counted = True
-    except Exception as exc:  # noqa: BLE001
-        _errors.report("metrics", exc, "start")
-    handle.request_id_token = _set_request_id(incoming)
-    return handle
 
 
 def _value_limits_set() -> bool:

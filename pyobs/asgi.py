@@ -12,20 +12,26 @@ from typing import Any
 from pyobs import _errors, _state
 from pyobs._integration import MetricsPage
 from pyobs._observer import (
+    _SAFE_REQUEST_ID,
     REQUEST_ID_HEADER,
     UNREAD,
     RequestFacts,
     RequestHandle,
     RequestObserver,
+    _fill_ids,
     _new_facts,
     _PairHeaders,
+    _perf_counter,
     _reset_request_id,
+    _set_request_id,
+    _take_id,
     headers_from_pairs,
+    method_label,
     report_internal_error,
     request_id_and_length,
-    start_metrics_only,
 )
 from pyobs._websocket import open_session
+from pyobs.logs import STANDARD_METHODS
 
 HANDLE_KEY = "pyobs.handle"
 REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
@@ -306,8 +312,18 @@ class _MetricsOnlyExchange(_ObservedExchange):
 
 
 def _start_metrics_only(observer: RequestObserver, scope: Scope) -> _MetricsOnlyExchange | None:
-    """start_metrics_only(), reading the scope as it goes: None for an excluded path. Only
-    method, path and the X-Request-ID and Content-Length headers are read."""
+    """RequestObserver.start() for metrics only (no span, no access log, no label hook, no
+    URL exclusion: ``RequestObserver.details`` is False), reading the scope as it goes: a
+    handle that records a whole response itself (``whole_record``, see RequestHandle._done),
+    or None for an excluded path. Only method, path and the X-Request-ID and Content-Length
+    headers are read.
+
+    Written out, with _blank()'s fields, as the WSGI middleware's metrics-only path is (two
+    calls less on every request). Keep the three in step: tests/test_handles.py reads every
+    slot of the handles both middlewares make, and tests/test_metrics_only.py and
+    tests/frameworks/test_signals_off.py compare this path's samples, X-Request-ID and log
+    ids with every signal's.
+    """
     get = scope.get
     pairs = get("headers") or ()
     raw = dict(pairs) if type(pairs) is list or type(pairs) is tuple else None
@@ -326,12 +342,44 @@ def _start_metrics_only(observer: RequestObserver, scope: Scope) -> _MetricsOnly
         length = headers.get("content-length")
     method = get("method", "GET")
     path = get("path", "/")
-    handle: _MetricsOnlyExchange | None = start_metrics_only(
-        observer, _MetricsOnlyExchange, method, path, incoming
-    )
-    if handle is not None:
-        handle._read = (method, path, raw, headers)
-        handle.raw_length = length
+    if path in observer._quiet or (
+        observer._excluded is not None and observer._excluded.fullmatch(path) is not None
+    ):
+        return None
+    if incoming is None or _SAFE_REQUEST_ID.fullmatch(incoming) is None:
+        try:  # as request_id_for()
+            incoming = _take_id()
+        except IndexError:
+            incoming = _fill_ids()
+    handle = _MetricsOnlyExchange()  # no __init__: see RequestHandle
+    label = method if method in STANDARD_METHODS else method_label(method)
+    handle.method = label
+    handle.request_id = incoming
+    # Not cut to MAX_FIELD_LENGTH: only the access log and spans write the path out, and
+    # neither is on here (RequestObserver.start() cuts it for them).
+    handle.path = path
+    # _blank(handle, observer, True); ``facts`` is made when asked (_MetricsOnlyExchange).
+    handle.route = handle.status = handle.exception = handle.ended = None
+    handle.span = handle.trace_id = handle.trace_ids = None
+    handle.client = handle.user_agent = handle.context_token = None
+    handle.response_bytes = 0
+    handle.disconnected = handle.finished = handle.owns_span = False
+    handle.whole_record = True
+    handle._observer = observer
+    handle._read = (method, path, raw, headers)
+    handle.raw_length = length
+    handle.start = _perf_counter()
+    try:
+        inflight = observer.metrics.inflight.get(label)  # the in-flight gauge + 1
+        if inflight is not None:
+            inflight.append(None)
+        else:
+            observer.metrics.request_started(label)
+        handle.counted = True
+    except Exception as exc:  # noqa: BLE001
+        handle.counted = False
+        _errors.report("metrics", exc, "start")
+    handle.request_id_token = _set_request_id(incoming)
     return handle
 
 

@@ -232,10 +232,11 @@ class ObservabilityMiddleware:
                     facts, _ObservedBody, get("HTTP_X_REQUEST_ID")
                 )
             else:
-                # start_metrics_only(observer, _MetricsOnlyBody, method, path, X-Request-ID),
-                # written out: two calls less on every request (the call and _blank()'s).
-                # Keep the two in step (tests/test_metrics_only.py compares this path's
-                # samples, X-Request-ID and log ids with every signal's).
+                # RequestObserver.start() for metrics only, written out with _blank()'s
+                # fields as asgi._start_metrics_only() does it: two calls less on every
+                # request. Keep the three in step (tests/test_handles.py reads every slot;
+                # tests/test_metrics_only.py compares this path's samples, X-Request-ID and
+                # log ids with every signal's).
                 path = get("SCRIPT_NAME", "") + path_info or "/"
                 if not path.isascii():
                     path = decoded_path(path)

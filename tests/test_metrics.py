@@ -87,7 +87,7 @@ def test_in_flight_gauge_counts_every_request_in_flight_across_threads(
     another thread records 2,000 requests through the public request_started() and
     request_finished(); once every response is closed it reads 0 and every request is
     counted. It fails when the request path loses a +1 (checked: without the append in
-    start_metrics_only() it reads 0 with eight requests in flight). A lost -1 in
+    the WSGI middleware's metrics-only path it reads 0 with eight requests in flight). A lost -1 in
     prom_request is caught before first use by the direct writes' own check
     (metrics._check_direct_values, checked: the requests then take the public path)."""
     from pyobs._config import load_config
