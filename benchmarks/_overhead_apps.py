@@ -25,6 +25,8 @@ BASE_CONFIGS = ("bare", "pyobs-metrics", "pyobs-full")
 NO_LOG_CONFIG = "pyobs-full-no-log"
 NO_SPAN_CONFIG = "pyobs-full-no-span"
 PART_CONFIGS = (NO_LOG_CONFIG, NO_SPAN_CONFIG)
+# The minimal metrics middleware (MinimalMetrics below) on a Flask app: realserver.py's floor.
+MINIMAL_CONFIG = "minimal"
 
 
 def pyobs_signals(config: str) -> tuple[bool, bool]:
@@ -129,7 +131,7 @@ def missing_module(framework: str, config: str) -> str | None:
     needed = [FRAMEWORK_MODULES[framework]]
     if config.startswith("pyobs"):
         needed.append(FRAMEWORKS[framework][1])
-    elif config not in ("bare", "minimal"):  # the minimal middleware is this module's
+    elif config not in ("bare", MINIMAL_CONFIG):  # the minimal middleware is this module's
         table = PEER_MODULES[config]
         needed.append(table.get(framework, table.get("*", "")))
     for name in needed:
@@ -241,7 +243,7 @@ def _instrument_flask(app: Any, config: str) -> None:
         import pyobs.flask
 
         pyobs.flask.instrument(app)
-    elif config == "minimal":
+    elif config == MINIMAL_CONFIG:
         app.wsgi_app = MinimalMetrics(app.wsgi_app)
     elif config == "prometheus-flask-exporter":
         from prometheus_flask_exporter import PrometheusMetrics

@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _overhead_apps import build, pyobs_signals
+from _overhead_apps import MINIMAL_CONFIG, build, pyobs_signals
 
 
 class CountingExporter:
@@ -181,7 +181,7 @@ def make_app() -> Any:
     if config.startswith("pyobs-full"):
         config = "pyobs-full"
     app = build(framework, config).app
-    if config == "minimal" and facts is not None:
+    if config == MINIMAL_CONFIG and facts is not None:
         _count_at_exit(app.wsgi_app, facts)
     return app
 

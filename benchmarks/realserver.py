@@ -59,7 +59,13 @@ from _intervals import (
     median_added,
     side,
 )
-from _overhead_apps import NO_LOG_CONFIG, NO_SPAN_CONFIG, PART_CONFIGS, pyobs_signals
+from _overhead_apps import (
+    MINIMAL_CONFIG,
+    NO_LOG_CONFIG,
+    NO_SPAN_CONFIG,
+    PART_CONFIGS,
+    pyobs_signals,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -109,7 +115,7 @@ BASE = ("bare", "pyobs-metrics", "pyobs-full")
 # a timer, one duration histogram kept in the worker's memory (never exposed, not
 # multiprocess-aware) and the in-flight count. What it adds is the floor under any WSGI
 # metrics middleware on that server, so the report sets the targets against it.
-MINIMAL = "minimal"
+MINIMAL = MINIMAL_CONFIG
 # --parts adds _overhead_apps's PART_CONFIGS, the rows overhead.py --parts adds: what the
 # access log and the span each cost on a real server (full - no-log, full - no-span).
 
