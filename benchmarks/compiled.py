@@ -16,7 +16,7 @@ one interleaved run has ``pyobs-metrics`` and ``pyobs-full`` compiled and
 peers. It prints overhead.py's report, then per framework the compiled build's added time
 as a share of the pure build's (below 1: compiling saves that much).
 
-Modules left out of the default set, and why (docs/benchmarks.md, "Compiling the request
+Modules left out of the default set, and why (docs/benchmarks-journal.md, "Compiling the request
 path"): ``tracing`` (its module-level ``__getattr__``, which mypyc does not support, crashes
 the import), ``metrics`` (a method alias and weak references to a native class fail),
 ``_span`` (compiled, the request span costs more, not less).

@@ -115,7 +115,8 @@ class _Drivers:
     def wsgi(app: Any) -> Callable[[], int]:
         # The keys gunicorn's sync worker puts in the environ of this request (every one, so
         # the dict is the size a production environ is: with fewer, the key Flask or pyobs
-        # adds can be the one that makes the dict grow, on every request; docs/benchmarks.md).
+        # adds can be the one that makes the dict grow, on every request;
+        # docs/benchmarks-journal.md).
         template = {
             "wsgi.errors": sys.stderr,
             "wsgi.version": (1, 0),

@@ -222,7 +222,7 @@ class RequestHandle:
     field on the handle they make. CPython's specialising interpreter turns a read or a
     write of a slot into one guarded load or store on every version from 3.11; a default
     kept on the class instead costs a generic attribute lookup, on 3.11 wherever the handle
-    has not set it yet, and from 3.12 wherever it has (docs/benchmarks.md, "Handles the
+    has not set it yet, and from 3.12 wherever it has (docs/benchmarks-journal.md, "Handles the
     specialising interpreter can read").
     """
 

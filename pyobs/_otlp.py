@@ -28,7 +28,7 @@ TLS and client certificates work the same. To a plain ``http://`` endpoint that 
 setting applies to (a collector or agent next to the service, the common case) it posts
 with the standard library's ``http.client`` on one kept-alive connection instead: 0.3-0.45
 ms of CPU per batch of 2,048 spans instead of 1.4-1.5 ms through requests' layers, time the
-export thread holds the GIL while requests wait (docs/benchmarks.md). A redirect is
+export thread holds the GIL while requests wait (docs/benchmarks-journal.md). A redirect is
 followed through requests. Spans a collector reports as rejected (OTLP
 partial success) are counted as dropped. ``OTEL_TRACES_EXPORTER=otlp_proto_http`` selects the
 SDK's exporter instead (docs/configuration.md, span export).
@@ -599,14 +599,14 @@ class OtlpHttpSpanExporter(SpanExporter):
         request span keeps its bytes itself (``RequestSpan.encoded``): the export thread
         then reads them from the span, with no lookup by id and no check that the bytes are
         this span's (the loop that does that for other spans holds the GIL for up to 2 ms
-        per batch of 2,048; docs/benchmarks.md).
+        per batch of 2,048; docs/benchmarks-journal.md).
 
         For a request span of the resource and scope of the first one prepared (all of
         them, unless the provider changed), the bytes are returned and the processor queues
         them instead of the span: the span is freed with its request rather than waiting
         for its batch, where the cyclic garbage collector would walk it at every collection
         and move it to its oldest generation, whose full collections walk every object of
-        the process (docs/benchmarks.md, "Queued spans out of the collector's way").
+        the process (docs/benchmarks-journal.md, "Queued spans out of the collector's way").
         ``export`` takes such bytes in place of spans.
         """
         if type(span) is RequestSpan:

@@ -94,7 +94,7 @@ class RequestSpan(trace.Span, ReadableSpan):
         only when something asks for it. Once the span is handed to its processor it lets the
         made one go (``end``): a span waiting in a batch processor's queue then holds no
         object the cyclic garbage collector tracks besides itself, which halves what the
-        queued spans cost the collector (docs/benchmarks.md).
+        queued spans cost the collector (docs/benchmarks-journal.md).
         """
         made = self._made
         if made is None:

@@ -15,7 +15,7 @@ counting built in:
 
 It is pyobs's own class, not a subclass of the SDK's: queueing through the SDK's class made
 the span's ``SpanContext``, read the process id and went through two more calls for each
-span: 6-7 us of CPU per request in the interleaved benchmark (docs/benchmarks.md, "Sixth
+span: 6-7 us of CPU per request in the interleaved benchmark (docs/benchmarks-journal.md, "Sixth
 round"). It uses only the SDK's public ``SpanProcessor`` interface; the context it exports
 in is the one the SDK's own ``SimpleSpanProcessor`` exports in (``_suppressing_context``).
 
@@ -237,7 +237,7 @@ class CountingBatchSpanProcessor(SpanProcessor):
     only while the queue holds fewer than its size and is otherwise counted as
     ``queue_full``; a batch the exporter refuses or raises on is counted as
     ``export_failed``; spans left at shutdown as ``shutdown``. Queueing a span is one
-    length check and one append on the request thread (docs/benchmarks.md, "Sixth round").
+    length check and one append on the request thread (docs/benchmarks-journal.md, "Sixth round").
     """
 
     def __init__(self, exporter: SpanExporter, settings: BatchSettings | None = None) -> None:
@@ -343,7 +343,7 @@ class CountingBatchSpanProcessor(SpanProcessor):
         needs the GIL. A request thread that releases the GIL only for short system calls
         (one ``write`` per access line) takes it straight back each time, and CPython forces
         a switch only after a full switch interval without one: the export thread is woken
-        in vain per request and starved until the queue overflows (docs/benchmarks.md, "The
+        in vain per request and starved until the queue overflows (docs/benchmarks-journal.md, "The
         export thread and the GIL"); so is an export whose socket call returned. Blocking
         here, every NUDGE_AFTER spans while a batch is overdue, lets that thread in until it
         takes a batch or finishes an export. A wait that ends without either (an export

@@ -130,3 +130,64 @@ def test_every_install_hint_names_pyobs_kit() -> None:
             if OLD_HINT.search(line) and "OLD_HINT" not in line:
                 offenders.append(f"{path.relative_to(ROOT)}:{number}")
     assert offenders == [], f"install hints still name pyobs[...]: {offenders}"
+
+
+def _anchors(doc: Path) -> set[str]:
+    """The anchors GitHub makes for a Markdown file's headings (lower case, punctuation
+    dropped, spaces to hyphens, ``-1``, ``-2`` ... on repeats)."""
+    seen: dict[str, int] = {}
+    anchors = set()
+    for match in re.finditer(r"^#+ (.*)$", doc.read_text(), re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_every_link_between_the_docs_resolves() -> None:
+    """Each relative link in README.md, CHANGELOG.md and docs/*.md names a file that exists
+    and, with a ``#fragment``, a heading that file has (sections move between pages)."""
+    broken = []
+    for doc in [*DOCS, ROOT / "CHANGELOG.md"]:
+        outside_code = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.DOTALL | re.M)
+        for target in LINK.findall(outside_code):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, fragment = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if not file.exists():
+                broken.append(f"{doc.name}: {target} (no such file)")
+            elif fragment and file.suffix == ".md" and fragment not in _anchors(file):
+                broken.append(f"{doc.name}: {target} (no such heading)")
+    assert broken == []
+
+
+# A section named in prose or a comment: docs/benchmarks.md, "Scale" (a heading's start).
+SECTION_REFERENCE = re.compile(r'docs/([\w-]+\.md)\)?,\s+"([^"]+)"')
+
+
+def test_every_section_named_in_the_project_is_a_heading_of_that_doc() -> None:
+    """References such as ``docs/benchmarks-journal.md, "Sixth round"`` in the docs, the
+    changelog and the code name the start of a heading the named page has."""
+    headings = {
+        doc.name: [h.lower() for h in re.findall(r"^#+ (.*)$", doc.read_text(), re.M)]
+        for doc in (ROOT / "docs").glob("*.md")
+    }
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md")]
+    for folder in ("pyobs", "benchmarks", "tests", "scripts"):
+        files += sorted((ROOT / folder).rglob("*.py"))
+    found, unknown = 0, []
+    for file in files:
+        # A name may wrap onto the next line, in prose or in a comment.
+        text = re.sub(r"\n\s*(#\s*)?", " ", file.read_text())
+        for page, title in SECTION_REFERENCE.findall(text):
+            found += 1
+            start = " ".join(title.split()).lower()
+            if not any(h.startswith(start) for h in headings.get(page, [])):
+                unknown.append(f"{file.relative_to(ROOT)}: docs/{page}, {title!r}")
+    assert found > 20  # the pattern still finds the project's references
+    assert unknown == []

@@ -482,7 +482,7 @@ def test_a_starved_export_thread_is_let_in_once_per_export(
     monkeypatch: pytest.MonkeyPatch, frozen_clock: None
 ) -> None:
     """While a batch is overdue, the thread ending spans steps aside for the export thread
-    (docs/benchmarks.md, "The export thread and the GIL") every NUDGE_AFTER spans, but an
+    (docs/benchmarks-journal.md, "The export thread and the GIL") every NUDGE_AFTER spans, but an
     export that makes no progress (a slow backend) costs one such wait, not one per span;
     once the export goes on, every span is exported or counted."""
     monkeypatch.setattr(_spans, "NUDGE_WAIT", 0.05)

@@ -451,7 +451,7 @@ def test_pyobs_provider_hands_spans_to_its_only_processor_until_another_is_added
 def test_a_queued_request_span_leaves_one_object_for_the_garbage_collector() -> None:
     """Spans wait in the batch processor's queue for up to a batch; every object they keep
     that the cyclic garbage collector tracks makes its collections come sooner and cost more
-    (docs/benchmarks.md). A queued request span keeps no SpanContext object of its own: it
+    (docs/benchmarks-journal.md). A queued request span keeps no SpanContext object of its own: it
     is made again from the ids when asked, equal to the one the request saw, and the span
     exports as before."""
     import_or_require("flask")
