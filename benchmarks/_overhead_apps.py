@@ -8,6 +8,9 @@ it is driven in-process (see ``overhead.py``).
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import re
 import sys
 import threading
 import time
@@ -15,6 +18,7 @@ import types
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +31,11 @@ NO_SPAN_CONFIG = "pyobs-full-no-span"
 PART_CONFIGS = (NO_LOG_CONFIG, NO_SPAN_CONFIG)
 # The minimal metrics middleware (MinimalMetrics below) on a Flask app: realserver.py's floor.
 MINIMAL_CONFIG = "minimal"
+# What the contract asks of every request, written plainly (PlainContract below), on a Flask
+# app: metrics only, and with the span and the access line too. The floors of the two targets.
+PLAIN_CONFIG = "plain-contract"
+PLAIN_FULL_CONFIG = "plain-contract-full"
+FLOOR_CONFIGS = (MINIMAL_CONFIG, PLAIN_CONFIG, PLAIN_FULL_CONFIG)
 
 
 def pyobs_signals(config: str) -> tuple[bool, bool]:
@@ -131,7 +140,7 @@ def missing_module(framework: str, config: str) -> str | None:
     needed = [FRAMEWORK_MODULES[framework]]
     if config.startswith("pyobs"):
         needed.append(FRAMEWORKS[framework][1])
-    elif config not in ("bare", MINIMAL_CONFIG):  # the minimal middleware is this module's
+    elif config not in ("bare", *FLOOR_CONFIGS):  # the floors are this module's
         table = PEER_MODULES[config]
         needed.append(table.get(framework, table.get("*", "")))
     for name in needed:
@@ -166,16 +175,21 @@ class MinimalMetrics:
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
         self.lock = threading.Lock()
-        self.series: dict[tuple[str, str | None, str], list[Any]] = {}
+        self.series: dict[tuple[Any, ...], list[Any]] = {}
         self.inflight: deque[None] = deque()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         body = _MinimalBody()
         body.owner, body.environ, body.start = self, environ, time.perf_counter()
+        body.route = None
         self.inflight.append(None)
 
         def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
             body.status = status
+            # Read while Flask's request context is active: it takes its request out of the
+            # environ when the context ends, before the server sends the body.
+            rule = getattr(environ.get("werkzeug.request"), "url_rule", None)
+            body.route = None if rule is None else rule.rule
             return start_response(status, headers, *args)
 
         body.inner = self.app(environ, respond)
@@ -186,9 +200,10 @@ class MinimalMetrics:
 
 
 class _MinimalBody:
-    __slots__ = ("environ", "inner", "owner", "start", "status")
+    __slots__ = ("environ", "inner", "owner", "route", "start", "status")
     owner: MinimalMetrics
     environ: dict[str, Any]
+    route: str | None
     inner: Iterable[bytes]
     start: float
     status: str
@@ -201,8 +216,7 @@ class _MinimalBody:
         if close is not None:
             close()
         duration = time.perf_counter() - self.start
-        rule = getattr(self.environ.get("werkzeug.request"), "url_rule", None)
-        key = (self.environ["REQUEST_METHOD"], None if rule is None else rule.rule, self.status)
+        key = (self.environ["REQUEST_METHOD"], self.route, self.status)
         owner = self.owner
         series = owner.series.get(key)
         if series is None:
@@ -212,6 +226,229 @@ class _MinimalBody:
             owner.inflight.pop()
             series[0] += duration
             series[1][bucket] += 1
+
+
+# -- what the contract asks of a request, written plainly ---------------------------------
+
+_STANDARD_METHODS = frozenset(
+    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+)
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_NOT_OBSERVED = frozenset(("/metrics", "/health", "/healthz", "/ready", "/readyz", "/livez"))
+_SIZE_BOUNDS = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+# Log correlation: a record logged inside the request finds its request id here.
+PLAIN_REQUEST_ID: ContextVar[str | None] = ContextVar("plain_request_id", default=None)
+
+
+class PlainContract(MinimalMetrics):
+    """What the contract (metrics, and with ``full`` traces and the access log) asks of
+    every request, written the plain way with public APIs only, and nothing more: no
+    exposition, no multiprocess mode, no exemplars, no counting of its own faults, no
+    redaction (the benchmarked request has no query string), no configuration.
+
+    Per request: health and metrics paths left alone; ``X-Request-ID`` kept when safe, else a
+    pooled random id, set in a context variable for log correlation and echoed; the method
+    folded to ``_OTHER`` outside the standard set; the in-flight count per method; the body
+    counted and its end noted (a client gone before it is 499); duration, response size
+    (and request size when the request has a body) per (method, route, status), route
+    ``<unmatched>`` when none matched; an escaping exception counted as 500. With ``full``:
+    the duration's ``trace_id`` exemplar, the SERVER span through the OTel SDK's public API
+    (W3C parent when ``traceparent`` is sent, current while the app runs, the contract's
+    attributes, named after the route, ERROR on 5xx), and one ECS JSON access line per
+    request written to stdout with one system call, counted per level.
+    """
+
+    def __init__(
+        self, app: Callable[..., Iterable[bytes]], full: bool = False, tracer: Any = None
+    ) -> None:
+        super().__init__(app)
+        self.full = full
+        self.inflight_by_method: dict[str, deque[None]] = {}
+        self.sizes: dict[tuple[str, str, int], list[Any]] = {}
+        self.request_sizes: dict[tuple[str, str], list[Any]] = {}
+        self.lines: dict[str, int] = {}
+        self.exemplars: dict[tuple[str, str, int], tuple[int, float]] = {}
+        self.ids: list[str] = []
+        self.tracer: Any = None
+        self.pid = os.getpid()
+        self.second = -1
+        self.stamp = ""
+        if full:  # the OTel API's functions, looked up once
+            from opentelemetry import context, propagate, trace
+
+            self.tracer = tracer or trace.get_tracer("plain-contract")
+            self.attach, self.detach = context.attach, context.detach
+            self.extract = propagate.extract
+            self.in_context, self.server = trace.set_span_in_context, trace.SpanKind.SERVER
+            self.error = trace.Status(trace.StatusCode.ERROR)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path in _NOT_OBSERVED:
+            return self.app(environ, start_response)
+        request_id = environ.get("HTTP_X_REQUEST_ID")
+        if request_id is None or _SAFE_ID.fullmatch(request_id) is None:
+            ids = self.ids
+            if not ids:
+                pool = os.urandom(16 * 256).hex()
+                ids.extend(pool[i : i + 32] for i in range(0, len(pool), 32))
+            request_id = ids.pop()
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in _STANDARD_METHODS:
+            method = "_OTHER"
+        body = _PlainBody()
+        body.owner, body.environ, body.method, body.request_id = self, environ, method, request_id
+        body.path, body.status, body.size, body.sent, body.span = path, 500, 0, False, None
+        body.route = None
+        inflight = self.inflight_by_method.get(method)
+        if inflight is None:
+            inflight = self.inflight_by_method.setdefault(method, deque())
+        inflight.append(None)
+        token = PLAIN_REQUEST_ID.set(request_id)
+        context_token = None
+        if self.full:
+            parent = None
+            if "HTTP_TRACEPARENT" in environ:
+                parent = self.extract(
+                    {k[5:].lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+                )
+            body.span = self.tracer.start_span(
+                method,
+                parent,
+                self.server,
+                {
+                    "http.request.method": method,
+                    "url.path": path,
+                    "url.scheme": environ.get("wsgi.url_scheme", "http"),
+                    "server.address": environ.get("SERVER_NAME", ""),
+                    "server.port": int(environ.get("SERVER_PORT") or 0),
+                    "client.address": environ.get("REMOTE_ADDR", ""),
+                    "user_agent.original": environ.get("HTTP_USER_AGENT", ""),
+                    "network.protocol.version": environ.get("SERVER_PROTOCOL", "")[5:],
+                },
+            )
+            context_token = self.attach(self.in_context(body.span))
+        body.start = time.perf_counter()
+
+        def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+            body.status = int(status[:3])
+            rule = getattr(environ.get("werkzeug.request"), "url_rule", None)  # as minimal's
+            body.route = None if rule is None else rule.rule
+            return start_response(status, [*headers, ("X-Request-ID", request_id)], *args)
+
+        try:
+            body.inner = self.app(environ, respond)
+        except BaseException:
+            body.status, body.inner, body.sent = 500, (), True
+            body.close()
+            raise
+        finally:
+            if context_token is not None:
+                self.detach(context_token)
+            PLAIN_REQUEST_ID.reset(token)
+        return body
+
+    def timestamp(self) -> str:
+        """Now as ECS's @timestamp (UTC, milliseconds); the seconds formatted once each."""
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.stamp}.{int((now - second) * 1000):03d}Z"
+
+
+class _PlainBody(_MinimalBody):
+    __slots__ = ("method", "path", "request_id", "sent", "size", "span")
+    owner: PlainContract
+    method: str
+    path: str
+    request_id: str
+    sent: bool
+    size: int
+    span: Any
+    status: int  # type: ignore[assignment]
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            self.size += len(chunk)
+            yield chunk
+        self.sent = True
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.record()
+
+    def record(self) -> None:
+        duration = time.perf_counter() - self.start
+        environ, owner, method = self.environ, self.owner, self.method
+        matched = self.route
+        route = "<unmatched>" if matched is None else matched
+        status = self.status if self.sent else 499
+        key = (method, route, status)
+        series = owner.series.get(key)
+        if series is None:
+            series = owner.series.setdefault(key, [0.0, [0] * (len(MINIMAL_BOUNDS) + 1)])
+            owner.sizes[key] = [0, [0] * (len(_SIZE_BOUNDS) + 1)]
+        sizes = owner.sizes[key]
+        bucket = bisect_left(MINIMAL_BOUNDS, duration)
+        size_bucket = bisect_left(_SIZE_BOUNDS, self.size)
+        length = environ.get("CONTENT_LENGTH")
+        level = "info" if status < 400 else "warning" if status < 500 else "error"
+        with owner.lock:
+            owner.inflight_by_method[method].pop()
+            series[0] += duration
+            series[1][bucket] += 1
+            sizes[0] += self.size
+            sizes[1][size_bucket] += 1
+            if length:
+                request = owner.request_sizes.setdefault(
+                    (method, route), [0, [0] * (len(_SIZE_BOUNDS) + 1)]
+                )
+                request[0] += int(length)
+                request[1][bisect_left(_SIZE_BOUNDS, int(length))] += 1
+            if owner.full:
+                owner.lines[level] = owner.lines.get(level, 0) + 1
+        span = self.span
+        if span is None:
+            return
+        span.update_name(f"{method} {route}" if matched is not None else method)
+        if matched is not None:
+            span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(owner.error)
+            span.set_attribute("error.type", str(status))
+        span.end()
+        ids = span.get_span_context()
+        owner.exemplars[key] = (ids.trace_id, duration)  # the duration's trace_id exemplar
+        line = {
+            "@timestamp": owner.timestamp(),
+            "log.level": level,
+            "message": f"{method} {self.path} {status}",
+            "ecs.version": "8.17.0",
+            "service.name": "bench",
+            "service.version": "0",
+            "service.environment": "bench",
+            "log.logger": "pyobs.access",
+            "process.pid": owner.pid,
+            "trace.id": f"{ids.trace_id:032x}",
+            "span.id": f"{ids.span_id:016x}",
+            "http.request.id": self.request_id,
+            "http.request.method": method,
+            "url.path": self.path,
+            "http.route": route,
+            "http.response.status_code": status,
+            "http.response.body.bytes": self.size,
+            "event.duration": int(duration * 1e9),
+            "client.ip": environ.get("REMOTE_ADDR"),
+            "user_agent.original": environ.get("HTTP_USER_AGENT"),
+        }
+        os.write(1, (json.dumps(line, separators=(",", ":")) + "\n").encode())
 
 
 def _flask_app() -> Any:
@@ -245,6 +482,8 @@ def _instrument_flask(app: Any, config: str) -> None:
         pyobs.flask.instrument(app)
     elif config == MINIMAL_CONFIG:
         app.wsgi_app = MinimalMetrics(app.wsgi_app)
+    elif config in (PLAIN_CONFIG, PLAIN_FULL_CONFIG):
+        app.wsgi_app = PlainContract(app.wsgi_app, full=config == PLAIN_FULL_CONFIG)
     elif config == "prometheus-flask-exporter":
         from prometheus_flask_exporter import PrometheusMetrics
 

@@ -12,7 +12,8 @@ Driven by environment variables, set by realserver.py:
 - ``RB_FRAMEWORK``: flask | fastapi | django
 - ``RB_CONFIG``: bare | pyobs-metrics | pyobs-full | pyobs-full-no-log | pyobs-full-no-span |
   a Prometheus peer | otel-contrib | minimal (Flask only: ``_overhead_apps.MinimalMetrics``,
-  the least a WSGI metrics middleware does)
+  the least a WSGI metrics middleware does) | plain-contract, plain-contract-full (Flask only:
+  ``_overhead_apps.PlainContract``, what the contract asks of a request, written plainly)
 - ``RB_EXPORT``: drop (default) | otlp (the SDK's exporter for the protocol) | pyobs-http
   (pyobs's own OTLP/HTTP exporter, ``pyobs._otlp``, what ``pyobs.setup()`` installs) |
   pyobs-http-requests (the same, sending through requests even to a plain-http endpoint:
@@ -20,7 +21,8 @@ Driven by environment variables, set by realserver.py:
 - ``RB_SERVER``: gunicorn | uvicorn
 - ``RB_FACTS``: a directory; every worker writes ``spans.<pid>`` there (spans exported and
   spans the exporter failed to deliver, as JSON) after each export batch and at exit, and
-  with ``minimal``, ``minimal.<pid>`` (the requests that middleware counted) at exit.
+  with ``minimal`` and the ``plain-contract`` rows, ``minimal.<pid>`` (the requests that
+  middleware counted) at exit.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _overhead_apps import MINIMAL_CONFIG, build, pyobs_signals
+from _overhead_apps import FLOOR_CONFIGS, PLAIN_FULL_CONFIG, build, pyobs_signals
 
 
 class CountingExporter:
@@ -172,7 +174,7 @@ def make_app() -> Any:
     facts = Path(os.environ["RB_FACTS"]) if os.environ.get("RB_FACTS") else None
     # pyobs full without one signal (realserver.py --parts): the same app, one signal off.
     tracing, access_log = pyobs_signals(config)
-    if tracing or config == "otel-contrib":
+    if tracing or config in ("otel-contrib", PLAIN_FULL_CONFIG):
         _install_tracing(facts, config)
     if config.startswith("pyobs"):
         import pyobs
@@ -181,13 +183,13 @@ def make_app() -> Any:
     if config.startswith("pyobs-full"):
         config = "pyobs-full"
     app = build(framework, config).app
-    if config == MINIMAL_CONFIG and facts is not None:
+    if config in FLOOR_CONFIGS and facts is not None:
         _count_at_exit(app.wsgi_app, facts)
     return app
 
 
 def _count_at_exit(middleware: Any, facts: Path) -> None:
-    """At the worker's exit, the requests the minimal middleware counted (one file per
+    """At the worker's exit, the requests a floor middleware counted (one file per
     process: realserver.py adds them up and checks them against wrk's count)."""
 
     def write() -> None:

@@ -10,6 +10,8 @@
         --parts                            # what the access log and the span each cost
     python benchmarks/realserver.py --setups flask-gunicorn-1 \\
         --configs bare,minimal,pyobs-metrics,peer  # the floor under any metrics middleware
+    python benchmarks/realserver.py --setups flask-gunicorn-1 --configs \
+        bare,plain-contract,plain-contract-full,pyobs-metrics,pyobs-full,peer  # the contract's
     python benchmarks/realserver.py --setups flask-gunicorn-1 --configs bare,pyobs-full \\
         --stdout pipe                      # stdout through a pipe, as in a container
     python benchmarks/realserver.py --quick --json out.json # smoke run
@@ -60,10 +62,13 @@ from _intervals import (
     side,
 )
 from _overhead_apps import (
+    FLOOR_CONFIGS,
     MINIMAL_CONFIG,
     NO_LOG_CONFIG,
     NO_SPAN_CONFIG,
     PART_CONFIGS,
+    PLAIN_CONFIG,
+    PLAIN_FULL_CONFIG,
     pyobs_signals,
 )
 
@@ -116,6 +121,12 @@ BASE = ("bare", "pyobs-metrics", "pyobs-full")
 # multiprocess-aware) and the in-flight count. What it adds is the floor under any WSGI
 # metrics middleware on that server, so the report sets the targets against it.
 MINIMAL = MINIMAL_CONFIG
+# Two more such rows (``--configs ...,plain-contract,plain-contract-full``):
+# _overhead_apps.PlainContract, what the contract asks of every request (metrics only; and
+# with the SDK's span and the access line) written plainly with public APIs and nothing
+# more. Each target applied to them says whether any implementation of the contract that
+# plain could meet it on that server.
+PLAIN_FLOORS = {PLAIN_CONFIG: "pyobs-metrics", PLAIN_FULL_CONFIG: "pyobs-full"}
 # --parts adds _overhead_apps's PART_CONFIGS, the rows overhead.py --parts adds: what the
 # access log and the span each cost on a real server (full - no-log, full - no-span).
 
@@ -663,8 +674,8 @@ def measure_setup(
         stack.callback(stop_all)
         live: list[Server] = []
         for server in servers.values():
-            if server.config == MINIMAL and setup.framework != "flask":
-                server.error = "the minimal middleware row is measured on Flask only"
+            if server.config in FLOOR_CONFIGS and setup.framework != "flask":
+                server.error = f"the {server.config} row is measured on Flask only"
                 continue
             missing = missing_modules(setup, server.config)
             if missing is not None:
@@ -752,21 +763,31 @@ def verify(setup: Setup, row: dict[str, Any], runs: int) -> list[str]:
         problems.append(f"{row['non_200']} responses were not 200")
     config = row["config"]
     counted = row["pyobs_counted"]
-    if config == MINIMAL:
+    if config in FLOOR_CONFIGS:
         counted = row.get("minimal_counted")
         if counted is None:
-            problems.append("the minimal middleware left no count")
+            problems.append(f"the {config} middleware left no count")
     total = row["requests_total"]
     # Requests the server handled but wrk did not count as completed: those in flight when a
     # run stopped (one per connection, and one more seen answered as wrk stops) and those
     # that ended in a socket error or timeout.
     slack = (setup.connections + 1) * runs + row["socket_errors"]
     if counted is not None and not total <= counted <= total + slack:
-        who = "the minimal middleware" if config == MINIMAL else "pyobs"
+        who = f"the {config} middleware" if config in FLOOR_CONFIGS else "pyobs"
         problems.append(f"{who} counted {counted:.0f} requests, wrk completed {total}")
-    if (config.startswith("pyobs-full") or config == "otel-contrib") and row["spans_failed"]:
+    traced = config.startswith("pyobs-full") or config in ("otel-contrib", PLAIN_FULL_CONFIG)
+    if traced and row["spans_failed"]:
         problems.append(f"{row['spans_failed']} spans failed to export")
-    if config.startswith("pyobs-full"):
+    if config == PLAIN_FULL_CONFIG:
+        if row["spans"] != counted or row["access_lines"] != counted:
+            problems.append(
+                f"{row['spans']} spans and {row['access_lines']} access lines for "
+                f"{counted} requests"
+            )
+    elif config in FLOOR_CONFIGS:
+        if row["spans"] or row["access_lines"]:
+            problems.append(f"the {config} middleware wrote spans or access lines")
+    elif config.startswith("pyobs-full"):
         tracing, access_log = pyobs_signals(config)
         spans = counted if tracing else 0
         lines = counted if access_log else 0
@@ -999,6 +1020,23 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
                 f"per request; the target leaves {_fmt(METRICS_TARGET * peer - least, '.1f')} "
                 "us over the minimal middleware\n"
             )
+    for plain, ours_config in PLAIN_FLOORS.items():
+        least = added.get(plain)
+        if least is None or peer is None:
+            continue
+        target = METRICS_TARGET if plain == PLAIN_CONFIG else FULL_TARGET
+        key = plain.replace("-", "_") + "_vs_peer"
+        ratios[key] = _ratio(least, peer, noise.get(setup.peer, 0))
+        intervals[key] = paired_interval(rows, plain, setup.peer, "cpu_us_rounds")
+        out.write(
+            f"{plain} (the contract, written plainly) / {setup.peer}: "
+            f"{_judged(ratios[key], target, intervals[key])}\n"
+        )
+        ours = rows.get(ours_config, {})
+        if not ours.get("error") and ours.get("cpu_us_rounds"):
+            above = _paired(ours, rows[plain], "cpu_us_rounds")
+            ratios[ours_config.replace("-", "_") + "_above_plain_us"] = above
+            out.write(f"{ours_config} - {plain}: {_fmt(above, '+.1f')} us CPU per request\n")
     full = added.get("pyobs-full")
     full_p99 = rows.get("pyobs-full", {}).get("p99_ms")
     exports: dict[str, Any] = {}
@@ -1277,7 +1315,9 @@ def main(argv: list[str] | None = None) -> int:
         "--configs",
         default="bare,pyobs-metrics,pyobs-full,peer,otel-contrib",
         help="comma list; 'peer' is the setup's lightest Prometheus peer; 'minimal' (Flask "
-        "setups) a minimal metrics middleware, the floor the report sets the targets against",
+        "setups) a minimal metrics middleware, the floor the report sets the targets against; "
+        "'plain-contract' and 'plain-contract-full' (Flask setups) what the contract asks of a "
+        "request, metrics only and with every signal, written plainly",
     )
     parser.add_argument(
         "--export",
@@ -1396,8 +1436,9 @@ def main(argv: list[str] | None = None) -> int:
         "those in flight when a run stopped); pyobs full: one span exported per "
         "request, from pyobs's scope, none failed, and one access-log line per request in the "
         "server's stdout file (without the access log, none; without the span, no span); "
-        "metrics-only: no span, no access line; the minimal middleware: its own count of "
-        "requests matches wrk's; OTel contrib: spans "
+        "metrics-only: no span, no access line; the minimal middleware and the plain-contract "
+        "rows: their own count of requests matches wrk's (plain-contract-full: one span and "
+        "one access line per request); OTel contrib: spans "
         "exported (fewer than one per request is its loss, shown after 'ok', not a failed "
         "check).\n"
     )

@@ -667,22 +667,58 @@ def test_realserver_part_rows_are_checked_for_the_signal_they_keep() -> None:
     ]
 
 
-def test_realserver_minimal_row_counts_every_request_in_every_worker(tmp_path: Path) -> None:
-    """--configs ...,minimal on Flask under two gunicorn workers: the minimal metrics
-    middleware answers every request, each worker's count (written at its exit) adds up to
-    the requests wrk completed, it writes no span and no access line, and the report sets the
-    metrics-only target against it and prices what pyobs adds above it."""
-    stdout, data = _realserver(
-        tmp_path, "--setups", "flask-gunicorn-2", "--configs", "bare,minimal,pyobs-metrics,peer"
-    )
+def test_realserver_floor_rows_count_every_request_in_every_worker(tmp_path: Path) -> None:
+    """--configs ...,minimal,plain-contract,plain-contract-full on Flask under two gunicorn
+    workers: each floor middleware answers every request, each worker's count (written at
+    its exit) adds up to the requests wrk completed; the metrics-only floors write no span and
+    no access line, the full one exactly one of each per request; the report sets the targets
+    against them and prices what pyobs adds above each."""
+    configs = "bare,minimal,plain-contract,plain-contract-full,pyobs-metrics,pyobs-full,peer"
+    stdout, data = _realserver(tmp_path, "--setups", "flask-gunicorn-2", "--configs", configs)
     result = data["setups"]["flask-gunicorn-2"]
-    minimal = result["rows"]["minimal"]
-    assert minimal["problems"] == [], minimal
-    assert minimal["minimal_counted"] >= minimal["requests_total"] > 0, minimal
-    assert minimal["pyobs_counted"] is None and minimal["spans"] == minimal["access_lines"] == 0
-    assert "minimal_vs_peer" in result["ratios"], result["ratios"]
+    rows = result["rows"]
+    for name in ("minimal", "plain-contract", "plain-contract-full"):
+        row = rows[name]
+        assert row["problems"] == [], row
+        assert row["minimal_counted"] >= row["requests_total"] > 0, row
+        assert row["pyobs_counted"] is None, row
+        signals = row["minimal_counted"] if name == "plain-contract-full" else 0
+        assert row["spans"] == row["access_lines"] == signals, row
+    ratios = result["ratios"]
+    assert {"minimal_vs_peer", "plain_contract_vs_peer", "plain_contract_full_vs_peer"} <= set(
+        ratios
+    ), ratios
     assert "the minimal metrics middleware / prometheus-flask-exporter: " in stdout, stdout
     assert "pyobs metrics-only - the minimal middleware: " in stdout
+    assert "plain-contract (the contract, written plainly) / prometheus-flask-exporter: " in stdout
+    assert "pyobs-metrics - plain-contract: " in stdout
+    assert "pyobs-full - plain-contract-full: " in stdout
+
+
+def test_realserver_plain_full_row_is_checked_for_its_span_and_line() -> None:
+    """The plain-contract-full row fails its checks without one span and one access line
+    per request, and a metrics-only floor fails them if it wrote either: a floor that skips
+    work the contract asks for would set the targets too low."""
+    bench = _realserver_module()
+    setup = bench.SETUPS["flask-gunicorn-1"]
+    row = {
+        "error": "", "non_200": 0, "pyobs_counted": None, "minimal_counted": 500,
+        "requests_total": 500, "socket_errors": 0, "spans": 500, "spans_failed": 0,
+        "access_lines": 500, "queue_full_warnings": 0, "span_scopes": {"plain-contract": 500},
+    }  # fmt: skip
+    full = {**row, "config": "plain-contract-full"}
+    assert bench.verify(setup, full, 1) == []
+    assert bench.verify(setup, {**full, "spans": 499}, 1) == [
+        "499 spans and 500 access lines for 500 requests"
+    ]
+    assert bench.verify(setup, {**full, "minimal_counted": None}, 1)[0] == (
+        "the plain-contract-full middleware left no count"
+    )
+    metrics = {**row, "config": "plain-contract"}
+    assert bench.verify(setup, {**metrics, "spans": 0, "access_lines": 0}, 1) == []
+    assert bench.verify(setup, metrics, 1) == [
+        "the plain-contract middleware wrote spans or access lines"
+    ]
 
 
 def test_realserver_stdout_through_a_pipe_keeps_every_access_line(tmp_path: Path) -> None:
@@ -967,6 +1003,36 @@ def test_paired_full_run_checks_one_span_and_one_access_line_per_request(framewo
     assert "one span exported and one access line written per request, in 1 processes" in out
 
 
+@pytest.mark.parametrize("full", [False, True], ids=["metrics-only", "full"])
+def test_paired_floors_run_the_floors_in_the_same_processes(full: bool) -> None:
+    """benchmarks/paired.py --floors: the minimal middleware and the contract written plainly
+    take their turns next to pyobs, each with its ratio to the peer; each process is refused
+    unless every floor counted every request sent to it (and with --full, the plain one
+    exported one span and wrote one access line per request, pyobs's own counts unchanged).
+    Elsewhere than Flask the option is refused. No timing is asserted."""
+    import_or_require("flask")
+    out = _run("--framework", "flask", "--quick", "--floors", *(["--full"] * full), script=PAIRED)
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+1\s+this\s", line)]
+    assert len(rows) == 1 and len(rows[0]) == 10, out
+    assert "+minimal" in out and "+plain" in out and "each floor counted every request" in out
+    for what in ("the minimal middleware (minimal)", "the contract written plainly (plain)"):
+        assert re.search(rf"{re.escape(what)} / prometheus-flask-exporter: \S+", out), out
+    paired = _benchmark_module("paired.py")
+    assert (
+        paired.floor_problem("plain", {"sent": 20, "counted": 20, "spans": 20, "lines": 20}) == ""
+    )
+    assert paired.floor_problem("plain", {"sent": 20, "counted": 19}) == (
+        "the plain floor counted 19 of 20 requests"
+    )
+    assert paired.floor_problem("plain", {"sent": 20, "counted": 20, "spans": 20, "lines": 0}) == (
+        "the plain floor: 0 lines for 20 requests"
+    )
+    assert (
+        "--floors is measured on Flask only"
+        in _refused(PAIRED, "--framework", "fastapi", "--floors").stderr
+    )
+
+
 def test_paired_ratio_is_read_off_each_rounds_differences() -> None:
     """The ratio: the median over rounds of pyobs minus bare, over the same for the peer."""
     paired = _benchmark_module("paired.py")
@@ -1016,3 +1082,71 @@ def test_context_checks_refuse_a_request_left_uncounted() -> None:
     ]
     full = {**exact, "spans": 40, "lines": 39}
     assert context.check(full, True) == ["39 access lines for 40 pyobs requests"]
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["metrics-only", "full"])
+def test_plain_contract_floor_does_what_the_contract_asks_of_each_request(
+    full: bool, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """realserver.py's plain-contract rows are a floor only if they do the contract's
+    per-request work: the route template (read while Flask's context is active), the exact
+    status, 499 for a body never sent, sizes, X-Request-ID kept when safe and echoed,
+    health paths left alone, an empty in-flight count afterwards; with every signal, one
+    SERVER span per request named after the route (a child of an incoming traceparent) and
+    one ECS access line carrying its ids. Checked through Flask's test client."""
+    import_or_require("flask")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    apps = _apps()
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    app = apps._flask_app()
+    plain = app.wsgi_app = apps.PlainContract(app.wsgi_app, full, provider.get_tracer("t"))
+    client = app.test_client()
+    parent = "0af7651916cd43dd8448eb211c80319c"
+
+    def get(path: str, headers: dict[str, str] | None = None, read: bool = True) -> Any:
+        response = client.get(path, headers=headers or {})
+        body = response.data if read else None
+        response.close()
+        return response, body
+
+    ok, body = get(
+        "/items/7", {"X-Request-ID": "abc.1", "traceparent": f"00-{parent}-b7ad6b7169203331-01"}
+    )
+    assert ok.status_code == 200 and ok.headers["X-Request-ID"] == "abc.1"
+    missing, _ = get("/nope", {"X-Request-ID": "not safe!"})
+    assert missing.status_code == 404 and re.fullmatch(
+        "[0-9a-f]{32}", missing.headers["X-Request-ID"]
+    )
+    get("/items/8", read=False)  # the client went away before the body
+    posted = client.post("/items", data=b"x" * 10)
+    assert posted.status_code == 201 and posted.data
+    posted.close()
+    get("/health")
+    route = "/items/<int:item_id>"
+    assert plain.series.keys() == {
+        ("GET", route, 200),
+        ("GET", "<unmatched>", 404),
+        ("GET", route, 499),
+        ("POST", "/items", 201),
+    }
+    assert plain.count() == 4 and plain.sizes[("GET", route, 200)][0] == len(body)
+    assert plain.request_sizes == {("POST", "/items"): [10, [1, 0, 0, 0, 0, 0, 0]]}
+    assert all(not flight for flight in plain.inflight_by_method.values())
+    lines = [
+        json.loads(line) for line in capfd.readouterr().out.splitlines() if "pyobs.access" in line
+    ]
+    spans = exported.get_finished_spans()
+    if not full:
+        assert lines == [] and spans == ()
+        return
+    assert [s.name for s in spans] == [f"GET {route}", "GET", f"GET {route}", "POST /items"]
+    assert spans[0].parent is not None and f"{spans[0].context.trace_id:032x}" == parent
+    assert [line["http.response.status_code"] for line in lines] == [200, 404, 499, 201]
+    assert lines[0]["trace.id"] == parent and lines[0]["http.request.id"] == "abc.1"
+    assert lines[1]["log.level"] == "warning" and lines[0]["http.route"] == route
+    assert plain.lines == {"info": 2, "warning": 2}
