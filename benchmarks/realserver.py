@@ -126,7 +126,49 @@ MINIMAL = MINIMAL_CONFIG
 # with the SDK's span and the access line) written plainly with public APIs and nothing
 # more. Each target applied to them says whether any implementation of the contract that
 # plain could meet it on that server.
-PLAIN_FLOORS = {PLAIN_CONFIG: "pyobs-metrics", PLAIN_FULL_CONFIG: "pyobs-full"}
+
+
+@dataclass(frozen=True)
+class Floor:
+    """How the report judges a floor row: against the peer, with ``target``, then what the
+    pyobs row ``ours`` adds above it. ``name``, ``ratio_key`` and ``above_key`` are what the
+    report prints and keys its JSON ratios by."""
+
+    config: str
+    name: str
+    ours: str
+    target: float
+    ratio_key: str
+    above_name: str
+    above_key: str
+
+
+FLOORS = (
+    Floor(
+        MINIMAL,
+        "the minimal metrics middleware",
+        "pyobs-metrics",
+        METRICS_TARGET,
+        "minimal_vs_peer",
+        "pyobs metrics-only - the minimal middleware",
+        "metrics_above_minimal_us",
+    ),
+    *(
+        Floor(
+            plain,
+            f"{plain} (the contract, written plainly)",
+            ours,
+            target,
+            plain.replace("-", "_") + "_vs_peer",
+            f"{ours} - {plain}",
+            ours.replace("-", "_") + "_above_plain_us",
+        )
+        for plain, ours, target in (
+            (PLAIN_CONFIG, "pyobs-metrics", METRICS_TARGET),
+            (PLAIN_FULL_CONFIG, "pyobs-full", FULL_TARGET),
+        )
+    ),
+)
 # --parts adds _overhead_apps's PART_CONFIGS, the rows overhead.py --parts adds: what the
 # access log and the span each cost on a real server (full - no-log, full - no-span).
 
@@ -1000,43 +1042,26 @@ def report(setup: Setup, rows: dict[str, dict[str, Any]], runs: int, out: Any) -
         )
     if ratios["full_vs_otel"] is not None:
         out.write(f"pyobs full / OTel contrib: {_fmt(ratios['full_vs_otel'])}\n")
-    least = added.get(MINIMAL)
-    if least is not None and peer is not None:
-        # The floor: the same target applied to the least a metrics middleware does.
-        floor = _ratio(least, peer, noise.get(setup.peer, 0))
-        floor_interval = paired_interval(rows, MINIMAL, setup.peer, "cpu_us_rounds")
-        ratios["minimal_vs_peer"] = floor
-        intervals["minimal_vs_peer"] = floor_interval
-        out.write(
-            f"the minimal metrics middleware / {setup.peer}: "
-            f"{_judged(floor, METRICS_TARGET, floor_interval)}\n"
-        )
-        ours = rows.get("pyobs-metrics", {})
-        if not ours.get("error") and ours.get("cpu_us_rounds"):
-            above = _paired(ours, rows[MINIMAL], "cpu_us_rounds")
-            ratios["metrics_above_minimal_us"] = above
-            out.write(
-                f"pyobs metrics-only - the minimal middleware: {_fmt(above, '+.1f')} us CPU "
-                f"per request; the target leaves {_fmt(METRICS_TARGET * peer - least, '.1f')} "
-                "us over the minimal middleware\n"
-            )
-    for plain, ours_config in PLAIN_FLOORS.items():
-        least = added.get(plain)
+    for floor in FLOORS:
+        # A floor: the same target applied to the least that does the work (FLOORS).
+        least = added.get(floor.config)
         if least is None or peer is None:
             continue
-        target = METRICS_TARGET if plain == PLAIN_CONFIG else FULL_TARGET
-        key = plain.replace("-", "_") + "_vs_peer"
-        ratios[key] = _ratio(least, peer, noise.get(setup.peer, 0))
-        intervals[key] = paired_interval(rows, plain, setup.peer, "cpu_us_rounds")
-        out.write(
-            f"{plain} (the contract, written plainly) / {setup.peer}: "
-            f"{_judged(ratios[key], target, intervals[key])}\n"
+        ratio = ratios[floor.ratio_key] = _ratio(least, peer, noise.get(setup.peer, 0))
+        interval = intervals[floor.ratio_key] = paired_interval(
+            rows, floor.config, setup.peer, "cpu_us_rounds"
         )
-        ours = rows.get(ours_config, {})
+        out.write(f"{floor.name} / {setup.peer}: {_judged(ratio, floor.target, interval)}\n")
+        ours = rows.get(floor.ours, {})
         if not ours.get("error") and ours.get("cpu_us_rounds"):
-            above = _paired(ours, rows[plain], "cpu_us_rounds")
-            ratios[ours_config.replace("-", "_") + "_above_plain_us"] = above
-            out.write(f"{ours_config} - {plain}: {_fmt(above, '+.1f')} us CPU per request\n")
+            above = ratios[floor.above_key] = _paired(ours, rows[floor.config], "cpu_us_rounds")
+            leaves = ""
+            if floor.config == MINIMAL:  # what the target leaves a metrics middleware
+                leaves = (
+                    f"; the target leaves {_fmt(floor.target * peer - least, '.1f')} us over "
+                    "the minimal middleware"
+                )
+            out.write(f"{floor.above_name}: {_fmt(above, '+.1f')} us CPU per request{leaves}\n")
     full = added.get("pyobs-full")
     full_p99 = rows.get("pyobs-full", {}).get("p99_ms")
     exports: dict[str, Any] = {}
