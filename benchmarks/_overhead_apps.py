@@ -398,7 +398,9 @@ class _PlainBody(_MinimalBody):
         bucket = bisect_left(MINIMAL_BOUNDS, duration)
         size_bucket = bisect_left(_SIZE_BOUNDS, self.size)
         length = environ.get("CONTENT_LENGTH")
-        level = "info" if status < 400 else "warning" if status < 500 else "error"
+        full = owner.full
+        if full:  # the access line's level, counted with the request
+            level = "info" if status < 400 else "warning" if status < 500 else "error"
         with owner.lock:
             owner.inflight_by_method[method].pop()
             series[0] += duration
@@ -411,7 +413,7 @@ class _PlainBody(_MinimalBody):
                 )
                 request[0] += int(length)
                 request[1][bisect_left(_SIZE_BOUNDS, int(length))] += 1
-            if owner.full:
+            if full:
                 owner.lines[level] = owner.lines.get(level, 0) + 1
         span = self.span
         if span is None:
